@@ -1,0 +1,133 @@
+"""Every call the app makes into ``estimator``, as pure functions plus cached wrappers.
+
+The pure functions take a hashable ``model_key`` (a preset name, or ``"spec:" + JSON`` of an
+uploaded ModelSpec) so ``st.cache_data`` can key on them. The calculator page needs one
+estimate, a sweep (all quantizations x 64 contexts), per-quant estimates and largest contexts,
+and a GPU table (every catalog GPU x every quantization); cached, a rerun only formats.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+import streamlit as st
+
+import estimator
+from estimator.model import ModelSpec
+
+from . import state
+
+# Upper bounds on uploaded configs, so a config with absurd sizes is refused before the estimator
+# walks its tensors (the tensor inventory has one entry per layer per matrix).
+MODEL_LIMITS = {"num_hidden_layers": 1024, "hidden_size": 1 << 20, "intermediate_size": 1 << 22,
+                "vocab_size": 1 << 24, "num_attention_heads": 1 << 14, "num_key_value_heads": 1 << 14,
+                "head_dim": 1 << 14}
+COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes",
+            "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+
+
+def check_model_size(spec: ModelSpec) -> None:
+    """Raise InvalidSpecError for a config far beyond any real model (guards the app's sweeps)."""
+    for field, limit in MODEL_LIMITS.items():
+        v = getattr(spec, field)
+        if v > limit:
+            raise estimator.InvalidSpecError(f"{field} must be at most {limit:,} in this app: {v:,}")
+
+
+def model_key(model: str | ModelSpec) -> str:
+    if isinstance(model, str):
+        return model
+    return "spec:" + json.dumps(model.to_config(), sort_keys=True)
+
+
+@functools.lru_cache(maxsize=64)
+def model_from_key(key: str) -> str | ModelSpec:
+    if key.startswith("spec:"):
+        return ModelSpec(**json.loads(key[5:]))
+    return key
+
+
+@functools.lru_cache(maxsize=1)
+def _catalog() -> dict[str, Any]:
+    return {g.key: g for g in estimator.gpu_catalog()}
+
+
+def gpu_keys() -> list[str]:
+    return list(_catalog())
+
+
+def gpu_by_key(key: str) -> Any:
+    return _catalog()[key]
+
+
+def spec_of(key: str) -> ModelSpec:
+    return estimator.load_model(model_from_key(key))
+
+
+# ---------------------------------------------------------------------------- pure compute
+
+def estimate_dict(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
+                  gpu: str | None, gpu_memory_bytes: int | None) -> dict[str, Any]:
+    """``Estimate.to_dict()`` for these settings."""
+    return estimator.estimate(model=model_from_key(model), quant=quant, context=context, batch=batch,
+                              kv_dtype=kv_dtype, attn=attn, gpu=gpu,
+                              gpu_memory_bytes=gpu_memory_bytes).to_dict()
+
+
+def sweep_rows(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+               gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
+    """Rows of ``estimator.sweep`` over every transformers quantization x ``state.SWEEP_CONTEXTS``."""
+    rows = estimator.sweep(model_from_key(model), quants=estimator.TRANSFORMERS_QUANTS,
+                           contexts=state.SWEEP_CONTEXTS, batch=batch, kv_dtype=kv_dtype, attn=attn,
+                           gpu=gpu, gpu_memory_bytes=gpu_memory_bytes)
+    return [dict(r) for r in rows]
+
+
+def largest_context(model: str, quant: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+                    gpu_memory_bytes: int | None) -> int:
+    """``estimator.max_context`` (0 when even one token does not fit)."""
+    return estimator.max_context(model_from_key(model), quant, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes,
+                                 batch=batch, kv_dtype=kv_dtype, attn=attn)
+
+
+def quant_rows(model: str, context: int, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+               gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
+    """One estimate per quantization at this context, plus the largest context on this GPU."""
+    out = []
+    for q in estimator.TRANSFORMERS_QUANTS:
+        d = estimate_dict(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+        d["quant"] = q
+        d["max_context"] = cached_largest_context(model, q, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+        out.append(d)
+    return out
+
+
+def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
+             attn: str) -> list[dict[str, Any]]:
+    """For each catalog GPU: the estimate at these settings, and the largest context per quant."""
+    out = []
+    for key in gpu_keys():
+        g = gpu_by_key(key)
+        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None)
+        out.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes, "cls": g.cls,
+                    "device_used_bytes": d["device_used_bytes"], "fits": d["fits"],
+                    "headroom_bytes": d["headroom_bytes"],
+                    "max_context": gpu_max_contexts(model, batch, kv_dtype, attn, key)})
+    return out
+
+
+def gpu_max_contexts(model: str, batch: int, kv_dtype: str, attn: str, gpu: str) -> dict[str, int]:
+    return {q: cached_largest_context(model, q, batch, kv_dtype, attn, gpu, None)
+            for q in estimator.TRANSFORMERS_QUANTS}
+
+
+# ---------------------------------------------------------------------------- cached wrappers
+
+_cache = st.cache_data(show_spinner=False, max_entries=2048)
+cached_estimate = _cache(estimate_dict)
+cached_sweep = st.cache_data(show_spinner=False, max_entries=32)(sweep_rows)
+cached_largest_context = _cache(largest_context)
+cached_quant_rows = st.cache_data(show_spinner=False, max_entries=256)(quant_rows)
+cached_gpu_rows = st.cache_data(show_spinner=False, max_entries=256)(gpu_rows)

@@ -1,0 +1,177 @@
+"""Plotly figures as pure functions of estimator output (dicts from ``Estimate.to_dict()``,
+rows from ``sweep``) and measurement records. No Streamlit here: tests inspect ``fig.data``
+and ``fig.layout`` directly.
+
+All byte values are plotted in GiB (2**30 B) and labelled "GiB"; hover text carries the exact
+byte count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from estimator.units import GiB, format_bytes
+
+# One colour per memory component, used by every figure and table.
+COMPONENTS = (
+    ("weights_bytes", "Weights", "#3b6fb6"),
+    ("kv_cache_bytes", "KV cache", "#e8833a"),
+    ("activations_bytes", "Activations", "#4c9f70"),
+    ("overhead_bytes", "Overhead", "#9b7fc4"),
+)
+CAPACITY_COLOR = "#d64545"
+COUNTER_LABELS = {
+    "peak_allocated_bytes": "Peak allocated",
+    "peak_reserved_bytes": "Peak reserved",
+    "device_used_bytes": "Device used",
+}
+# Distinct colours for quantization lines (Tableau 10, reordered so neighbours differ).
+QUANT_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
+                "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#17becf", "#7f7f7f")
+
+_FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, sans-serif", size=13)
+
+
+def _base_layout(fig: go.Figure, *, title: str, height: int) -> go.Figure:
+    fig.update_layout(
+        title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
+        height=height, template="plotly_white", font=_FONT,
+        margin=dict(l=10, r=10, t=46, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
+        hoverlabel=dict(font=dict(family=_FONT["family"])),
+    )
+    return fig
+
+
+def gib(n: int | None) -> float | None:
+    """Bytes to GiB as a float for plotting (None stays None)."""
+    return None if n is None else n / GiB
+
+
+def tokens_label(tokens: int) -> str:
+    """131072 -> '128K', 1536 -> '1.5K', 1000 -> '1,000'."""
+    if tokens >= 1024 and tokens % 512 == 0:
+        k = tokens / 1024
+        return f"{k:g}K"
+    return f"{tokens:,}"
+
+
+def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
+                     capacity_label: str = "GPU memory") -> go.Figure:
+    """Stacked horizontal bar of weights, KV cache, activations and overhead (sums to device used).
+
+    ``est`` is ``Estimate.to_dict()``. With ``capacity_bytes`` a dashed vertical line marks
+    the GPU's memory.
+    """
+    fig = go.Figure()
+    for field, label, color in COMPONENTS:
+        n = int(est[field])
+        fig.add_trace(go.Bar(
+            name=label, y=["Device used"], x=[gib(n)], orientation="h", marker_color=color,
+            text=[f"{label}<br>{n / GiB:.2f}"] if n >= 0.06 * max(1, est["device_used_bytes"]) else [""],
+            textposition="inside", insidetextanchor="middle", textfont=dict(color="white", size=12),
+            customdata=[[n, format_bytes(n)]],
+            hovertemplate=f"<b>{label}</b><br>%{{x:.3f}} GiB<br>%{{customdata[0]:,}} B<extra></extra>",
+        ))
+    fig.update_layout(barmode="stack", bargap=0.35)
+    xmax = est["device_used_bytes"]
+    if capacity_bytes:
+        xmax = max(xmax, capacity_bytes)
+        fig.add_vline(x=gib(capacity_bytes), line=dict(color=CAPACITY_COLOR, width=2, dash="dash"),
+                      annotation_text=f"{capacity_label}: {capacity_bytes / GiB:.1f} GiB",
+                      annotation_position="top left", annotation_font_color=CAPACITY_COLOR)
+    fig.update_xaxes(title_text="GiB", range=[0, 1.04 * xmax / GiB], rangemode="tozero")
+    fig.update_yaxes(showticklabels=False)
+    _base_layout(fig, title="Where the memory goes", height=190)
+    fig.update_layout(legend=dict(traceorder="normal"), margin=dict(l=10, r=10, t=60, b=10))
+    return fig
+
+
+def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | None = None,
+                   capacity_label: str = "GPU memory", context: int | None = None,
+                   quant: str | None = None, counter: str = "device_used_bytes",
+                   labels: Mapping[str, str] | None = None) -> go.Figure:
+    """Memory vs context, one line per quantization, log x axis (rows from ``estimator.sweep``).
+
+    The selected ``quant`` is drawn thicker; ``capacity_bytes`` is a horizontal line and
+    ``context`` a vertical marker. Hover shows exact GiB.
+    """
+    labels = labels or {}
+    by_quant: dict[str, list[Mapping[str, Any]]] = {}
+    for r in rows:
+        by_quant.setdefault(r["quant"], []).append(r)
+    fig = go.Figure()
+    for i, (q, rs) in enumerate(by_quant.items()):
+        rs = sorted(rs, key=lambda r: r["context"])
+        chosen = q == quant
+        fig.add_trace(go.Scatter(
+            x=[r["context"] for r in rs], y=[gib(r[counter]) for r in rs], mode="lines",
+            name=labels.get(q, q), legendgroup=q,
+            line=dict(color=QUANT_COLORS[i % len(QUANT_COLORS)], width=4 if chosen else 1.8),
+            opacity=1.0 if chosen or quant is None else 0.75,
+            customdata=[[tokens_label(r["context"]), r[counter]] for r in rs],
+            hovertemplate=(f"<b>{labels.get(q, q)}</b><br>context %{{customdata[0]}} tokens"
+                           "<br>%{y:.3f} GiB (%{customdata[1]:,} B)<extra></extra>"),
+        ))
+    if capacity_bytes:
+        fig.add_hline(y=gib(capacity_bytes), line=dict(color=CAPACITY_COLOR, width=2, dash="dash"),
+                      annotation_text=f"{capacity_label} ({capacity_bytes / GiB:.1f} GiB)",
+                      annotation_position="top left", annotation_font_color=CAPACITY_COLOR)
+    if context:
+        fig.add_vline(x=context, line=dict(color="#555", width=1, dash="dot"),
+                      annotation_text=tokens_label(context), annotation_position="bottom right")
+    ticks = [2**e for e in range(10, 18)]
+    fig.update_xaxes(type="log", title_text="Context (tokens)", tickvals=ticks,
+                     ticktext=[tokens_label(t) for t in ticks], showgrid=True)
+    fig.update_yaxes(title_text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)", rangemode="tozero")
+    _base_layout(fig, title="Memory vs context", height=430)
+    fig.update_layout(hovermode="closest", legend=dict(orientation="v", y=1, yanchor="top",
+                                                       x=1.01, xanchor="left"))
+    return fig
+
+
+def params_figure(groups: Mapping[str, int]) -> go.Figure:
+    """Horizontal bar of parameter counts per group (embedding, attention, mlp, norms, lm_head)."""
+    items = [(k, v) for k, v in groups.items() if v]
+    total = sum(v for _, v in items) or 1
+    fig = go.Figure(go.Bar(
+        y=[k for k, _ in items], x=[v for _, v in items], orientation="h",
+        marker_color=["#3b6fb6", "#e8833a", "#4c9f70", "#9b7fc4", "#888"][: len(items)],
+        text=[f"{v:,} ({100 * v / total:.1f}%)" for _, v in items], textposition="auto",
+        hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
+    ))
+    fig.update_xaxes(title_text="Parameters")
+    fig.update_yaxes(autorange="reversed")
+    return _base_layout(fig, title="Parameters by group", height=260)
+
+
+def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
+    """Estimate vs measured per counter. ``points``: {counter, estimate_bytes, measured_bytes, label}.
+
+    A perfect estimate lies on the dashed y = x line.
+    """
+    pts = [p for p in points if p.get("measured_bytes") is not None and p.get("estimate_bytes") is not None]
+    fig = go.Figure()
+    colors = {"weights_bytes": "#3b6fb6", "kv_cache_bytes": "#e8833a",
+              "peak_allocated_bytes": "#4c9f70", "peak_reserved_bytes": "#9b7fc4",
+              "device_used_bytes": "#d64545"}
+    counters = list(dict.fromkeys(p["counter"] for p in pts))
+    for c in counters:
+        cp = [p for p in pts if p["counter"] == c]
+        fig.add_trace(go.Scatter(
+            x=[gib(p["measured_bytes"]) for p in cp], y=[gib(p["estimate_bytes"]) for p in cp],
+            mode="markers", name=COUNTER_LABELS.get(c, c.replace("_bytes", "").replace("_", " ")),
+            marker=dict(size=9, color=colors.get(c), line=dict(width=1, color="white")),
+            customdata=[[p.get("label", ""), p["measured_bytes"], p["estimate_bytes"]] for p in cp],
+            hovertemplate=("%{customdata[0]}<br>measured %{x:.3f} GiB (%{customdata[1]:,} B)"
+                           "<br>estimate %{y:.3f} GiB (%{customdata[2]:,} B)<extra></extra>"),
+        ))
+    hi = max([max(p["measured_bytes"], p["estimate_bytes"]) for p in pts] or [GiB]) / GiB * 1.05
+    fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="estimate = measured",
+                             line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
+    fig.update_xaxes(title_text="Measured (GiB)", range=[0, hi])
+    fig.update_yaxes(title_text="Estimate (GiB)", range=[0, hi], scaleanchor="x")
+    return _base_layout(fig, title="Estimate vs measured", height=460)

@@ -1,0 +1,131 @@
+"""Calculator page: will it fit, and how far can the context go?"""
+
+from __future__ import annotations
+
+import json
+
+import streamlit as st
+
+import estimator
+from estimator.units import GiB, format_gib
+
+from app import compute, figures, inputs, tables
+from app.figures import tokens_label
+
+COUNTER_HELP = {
+    "peak_allocated_bytes": ("Peak allocated",
+                             "The most memory PyTorch's tensors held at once "
+                             "(`torch.cuda.max_memory_allocated`)."),
+    "peak_reserved_bytes": ("Peak reserved",
+                            "What PyTorch's caching allocator took from the driver to serve them, "
+                            "including free space inside its blocks (`torch.cuda.max_memory_reserved`)."),
+    "device_used_bytes": ("Device used",
+                          "What the GPU must have free: reserved memory plus the CUDA context and "
+                          "libraries (nvidia-smi's number for the process)."),
+}
+
+
+def _gib_col(label: str) -> st.column_config.NumberColumn:
+    return st.column_config.NumberColumn(label, format="%.2f GiB")
+
+
+def _ctx_col(label: str) -> st.column_config.NumberColumn:
+    return st.column_config.NumberColumn(label, format="%d", help="Largest context (tokens) that fits")
+
+
+def render() -> None:
+    inp = inputs.sidebar()
+    s = inp.settings()
+    try:
+        est = compute.cached_estimate(**s)
+        max_ctx = compute.cached_largest_context(s["model"], inp.quant, inp.batch, inp.kv_dtype, inp.attn,
+                                                 inp.gpu_key, s["gpu_memory_bytes"])
+    except estimator.EstimatorError as e:
+        st.error(f"Cannot estimate these settings: {e}")
+        st.stop()
+    spec = compute.spec_of(s["model"])
+
+    # ------------------------------------------------------------------ headline
+    st.title("Will it fit?")
+    st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
+    fits = est["fits"]
+    head = est["headroom_bytes"]
+    if fits:
+        st.badge(f"Fits on {inp.capacity_label} with {format_gib(head)} to spare",
+                 icon=":material/check_circle:", color="green")
+    else:
+        st.badge(f"Does not fit on {inp.capacity_label}: {format_gib(-head)} short",
+                 icon=":material/cancel:", color="red")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("GPU memory needed", format_gib(est["device_used_bytes"]), border=True,
+              help="Device memory the process uses at its peak: what the GPU must have free.")
+    c2.metric(f"Headroom on {inp.capacity_label}", format_gib(head), border=True,
+              delta=f"of {inp.capacity_bytes / GiB:.1f} GiB", delta_color="off",
+              help="GPU memory minus memory needed; negative means it does not fit.")
+    c3.metric("Largest context that fits",
+              f"{tokens_label(max_ctx)} tokens" if max_ctx else "none", border=True,
+              delta=f"{max_ctx:,} tokens" if max_ctx else None, delta_color="off",
+              help=f"With {estimator.QUANTS[inp.quant].label} weights, batch {inp.batch}, on {inp.capacity_label}.")
+
+    st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
+                    key="breakdown_chart", config={"displayModeBar": False})
+    cols = st.columns(3)
+    for col, (field, (label, text)) in zip(cols, COUNTER_HELP.items()):
+        with col.container(border=True):
+            st.markdown(f"**{label}** &nbsp; `{format_gib(est[field])}`")
+            st.caption(text)
+
+    # ------------------------------------------------------------------ details
+    t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(
+        ["Memory vs context", "Quantizations", "GPUs", "How is this computed", "Export"])
+    try:
+        rows = compute.cached_sweep(s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key,
+                                    s["gpu_memory_bytes"])
+        qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
+                                          inp.gpu_key, s["gpu_memory_bytes"])
+        grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn)
+    except estimator.EstimatorError as e:
+        st.error(f"Cannot sweep these settings: {e}")
+        st.stop()
+    labels = {q: estimator.QUANTS[q].label for q in estimator.TRANSFORMERS_QUANTS}
+    with t_ctx:
+        st.plotly_chart(figures.context_figure(rows, capacity_bytes=inp.capacity_bytes,
+                                               capacity_label=inp.capacity_label, context=inp.context,
+                                               quant=inp.quant, labels=labels),
+                        key="context_chart")
+        st.caption("Device memory used, per weight quantization, from 1K to 128K tokens. "
+                   "The dashed line is the GPU's memory: a line under it fits. Click a legend entry to hide it.")
+    with t_quant:
+        st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
+                     column_config={"Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
+                                    "Total (device used)": _gib_col("Total (device used)"),
+                                    "Headroom": _gib_col("Headroom"),
+                                    "Largest context": _ctx_col(f"Largest context on {inp.capacity_label}")})
+        st.caption(f"At {tokens_label(inp.context)} tokens, batch {inp.batch}, KV {inp.kv_dtype}. "
+                   "Stored bits/param counts scales, absmax and unquantized embedding and norms.")
+    with t_gpu:
+        quants = list(estimator.TRANSFORMERS_QUANTS)
+        cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"),
+               **{q: _ctx_col(labels[q]) for q in quants}}
+        st.dataframe(tables.gpu_table(grows, quants), hide_index=True, key="gpu_table", column_config=cfg)
+        st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} tokens). "
+                   "The other columns are the largest context (tokens) that fits with each quantization.")
+    with t_how:
+        st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
+                    "the KV cache at the end of generation, the prefill peak for activations, and measured "
+                    "constants for the CUDA context and the allocator.")
+        st.table(tables.formula_rows(spec, est))
+        with st.expander("All parts of the estimate"):
+            st.dataframe(tables.breakdown_details(est), hide_index=True)
+    with t_export:
+        slug = f"{inp.model_key if isinstance(inp.model, str) else 'custom'}-{inp.quant}-{inp.context}"
+        e1, e2 = st.columns(2)
+        e1.download_button("Estimate (JSON)", json.dumps(est, indent=2), file_name=f"estimate-{slug}.json",
+                           mime="application/json", key="dl_json", icon=":material/download:")
+        e2.download_button("Sweep (CSV)", tables.sweep_csv(rows), file_name=f"sweep-{slug}.csv",
+                           mime="text/csv", key="dl_csv", icon=":material/download:")
+        st.caption("The settings are in the page address: copy the URL to share this exact view.")
+        st.json(est, expanded=False)
+
+
+render()

@@ -1,0 +1,143 @@
+"""Tables (lists of row dicts) and the filled-in formulas, as pure functions of estimator output.
+
+Byte columns are GiB floats (the page formats them with ``"%.2f GiB"``); contexts are ints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import estimator
+from estimator.units import GiB, format_bytes, format_gib
+
+from .figures import tokens_label
+
+
+def quant_table(rows: Sequence[Mapping[str, Any]], spec: Any) -> list[dict[str, Any]]:
+    """One row per quantization at the chosen context (rows from ``compute.quant_rows``)."""
+    out = []
+    params = spec.num_params
+    for r in rows:
+        q = estimator.QUANTS[r["quant"]]
+        wb = estimator.weight_bytes(spec, r["quant"])
+        out.append({
+            "Quantization": q.label,
+            "Bits/weight": q.bits,
+            "Stored bits/param": round(8 * (wb.parameters_bytes + wb.quant_state_bytes) / params, 2),
+            "Weights": r["weights_bytes"] / GiB,
+            "KV cache": r["kv_cache_bytes"] / GiB,
+            "Total (device used)": r["device_used_bytes"] / GiB,
+            "Fits": fits_mark(r.get("fits")),
+            "Headroom": None if r.get("headroom_bytes") is None else r["headroom_bytes"] / GiB,
+            "Largest context": r.get("max_context"),
+        })
+    return out
+
+
+def fits_mark(fits: bool | None) -> str:
+    return "—" if fits is None else ("✅ yes" if fits else "❌ no")
+
+
+def gpu_table(rows: Sequence[Mapping[str, Any]], quants: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per catalog GPU: fits at this setting, and the largest context per quantization."""
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {
+            "GPU": r["name"],
+            "Memory": r["memory_bytes"] / GiB,
+            "Fits": fits_mark(r["fits"]),
+            "Headroom": None if r["headroom_bytes"] is None else r["headroom_bytes"] / GiB,
+        }
+        for q in quants:
+            row[q] = r["max_context"].get(q, 0)
+        out.append(row)
+    return out
+
+
+def sweep_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The sweep as CSV: quant, context, then every byte field, in bytes."""
+    if not rows:
+        return ""
+    fields = ["quant", "context"] + [k for k in rows[0] if k.endswith("_bytes")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return buf.getvalue()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += _flatten(v, name + " / ")
+        else:
+            out.append((name, v))
+    return out
+
+
+def nice_name(key: str) -> str:
+    return key.removesuffix("_bytes").replace("_", " ")
+
+
+def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Each term of the estimate with its formula and this model's numbers filled in."""
+    s = est["settings"]
+    quant, batch, ctx = s["quant"], s["batch"], s["context"]
+    new = s.get("new_tokens", 0) or 0
+    q = estimator.QUANTS[quant]
+    wb = estimator.weight_bytes(spec, quant)
+    rows = [{
+        "Term": "Weights",
+        "Formula": (f"Σ stored tensors of the loaded model in {q.label}: parameters "
+                    f"{format_bytes(wb.parameters_bytes)} + quantization state {format_bytes(wb.quant_state_bytes)}"
+                    f" + fp32 rotary buffers {wb.buffers_bytes:,} B"
+                    + (f" ({spec.num_params:,} params × {q.bits // 8} B)" if q.family == "float" else "")),
+        "Value": format_gib(est["weights_bytes"]),
+    }]
+    tokens = ctx + new
+    kv_bpt = est["kv_cache_bytes"] // max(1, tokens * batch)
+    per_tok = estimator.kv_bytes_per_token(spec, s.get("kv_dtype", "auto")) if s.get("kv_dtype") != "auto" else kv_bpt
+    elem = per_tok / max(1, 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.head_dim)
+    rows.append({
+        "Term": "KV cache",
+        "Formula": (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
+                    f"{spec.head_dim} head_dim × {elem:g} B ({s.get('kv_dtype')}) = {per_tok:,} B/token; "
+                    f"× ({ctx:,} context + {new} new tokens) × batch {batch}"),
+        "Value": format_gib(est["kv_cache_bytes"]),
+    })
+    bd = est.get("breakdown") or {}
+    for section, term in (("activations", "Activations"), ("overhead", "Overhead")):
+        parts = bd.get(section)
+        detail = "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}"
+                           for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
+        default = ("peak transient memory of the prefill forward (hidden states, MLP intermediates, "
+                   "attention workspace, last-token logits)" if section == "activations" else
+                   "CUDA context, cuBLAS workspace and caching-allocator slack")
+        rows.append({"Term": term, "Formula": detail or default,
+                     "Value": format_gib(est[f"{section}_bytes"])})
+    rows.append({
+        "Term": "Device used",
+        "Formula": "weights + KV cache + activations + overhead (what nvidia-smi shows for the process)",
+        "Value": format_gib(est["device_used_bytes"]),
+    })
+    return rows
+
+
+def breakdown_details(est: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Every entry of ``est['breakdown']`` flattened to (part, bytes) rows."""
+    bd = est.get("breakdown") or {}
+    return [{"Part": nice_name(k), "Bytes": f"{v:,}" if isinstance(v, int) else str(v),
+             "Size": format_bytes(v) if isinstance(v, int) else ""}
+            for k, v in _flatten(bd)]
+
+
+def headline_caption(model_label: str, est: Mapping[str, Any]) -> str:
+    s = est["settings"]
+    return (f"{model_label} · {estimator.QUANTS[s['quant']].label} weights · KV {s.get('kv_dtype')} · "
+            f"{tokens_label(s['context'])} context · batch {s['batch']} · {str(s.get('attn', '')).upper()}")

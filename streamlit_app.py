@@ -1,0 +1,17 @@
+"""GPU memory calculator for LLM inference: `streamlit run streamlit_app.py`."""
+
+from pathlib import Path
+
+import streamlit as st
+
+PAGES = Path(__file__).parent / "app" / "pages"
+
+st.set_page_config(page_title="LLM GPU memory calculator", page_icon=":material/memory:", layout="wide")
+pages = [
+    st.Page(PAGES / "calculator.py", title="Calculator", icon=":material/calculate:", default=True),
+    st.Page(PAGES / "validation.py", title="Validation", icon=":material/fact_check:"),
+    st.Page(PAGES / "model.py", title="Model", icon=":material/account_tree:"),
+]
+if (PAGES / "engines.py").exists():
+    pages.append(st.Page(PAGES / "engines.py", title="Engines", icon=":material/compare_arrows:"))
+st.navigation(pages).run()
