@@ -1,0 +1,109 @@
+"""The memory-relevant part of ``GenerationMixin.generate()`` (greedy, no padding), step by step.
+
+Emulated rather than called, because ``generate()`` cannot run under fake tensors (its stopping
+criteria are data dependent) and because the phases must be measured separately. What it does,
+from transformers 5.x ``generation/utils.py``:
+
+- prefill: one forward over ``input_ids`` [b, T] (random ids) with ``position_ids`` [b, T],
+  ``attention_mask=None`` (no padding), a ``DynamicCache`` and ``logits_to_keep=1``; then
+  ``logits[:, -1].to(copy=True, dtype=float32)`` ([b, V] fp32) and the greedy next token.
+  ``prefill_chunk`` splits the prompt into chunks fed one after the other into the same cache.
+- decode: ``new_tokens`` forwards of one token each; ``input_ids`` grows by ``cat`` as in generate.
+
+``logits="full"`` keeps all T positions (a plain forward), ``"full-fp32"`` also upcasts them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from typing import Any, Callable
+
+import torch
+
+
+def _forward_kwargs(model) -> tuple[str, bool]:
+    """transformers renamed ``past_key_values`` to ``cache`` and dropped ``cache_position`` in 5.2x."""
+    params = inspect.signature(model.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), ("cache_position" in params)
+
+
+def make_cache(model):
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older signature
+        return DynamicCache()
+
+
+def _jump(cache, ids, length: int):
+    """Grow every cached K/V (and ids) to ``length`` tokens at once, as the skipped decode
+    steps would have: fresh tensors of the final shape replace the old ones (fake tensors only)."""
+    for layer in cache.layers:
+        for name in ("keys", "values"):
+            t = getattr(layer, name)
+            setattr(layer, name, t.new_empty(*t.shape[:-2], length, t.shape[-1]))
+    return ids.new_empty(ids.shape[0], length)
+
+
+def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None] | None = None,
+        sync: Callable[[], None] = lambda: None, skip_middle: bool = False) -> dict[str, Any]:
+    """Prefill then decode. ``phase(name, cache)`` is called at the start of "prefill" and
+    "decode" and at "end" (cache is None before prefill). Returns the cache and timings.
+
+    ``skip_middle`` (trace mode): run the first and the last decode step only, growing the cache
+    to its final length in between. Every decode step allocates the same tensors with a cache one
+    token longer, so the last step holds the decode peak; this makes a 32-token trace ~16x faster."""
+    phase = phase or (lambda name, cache: None)
+    cache_kw, wants_cache_position = _forward_kwargs(model)
+    B, T, N = s["batch"], s["context"], s["new_tokens"]
+    V = model.config.vocab_size
+    keep = 1 if s["logits"] == "last" else 0
+    chunk = s["prefill_chunk"] or T
+    timings: dict[str, float | None] = {"prefill_s": None, "decode_s": None}
+    with torch.no_grad():
+        phase("prefill", None)
+        sync()
+        t0 = time.perf_counter()
+        ids = torch.randint(0, V, (B, T), dtype=torch.long, device=device)
+        cache = make_cache(model)
+        for start in range(0, T, chunk):
+            stop = min(T, start + chunk)
+            pos = torch.arange(start, stop, dtype=torch.long, device=device).unsqueeze(0).expand(B, stop - start)
+            kw = {cache_kw: cache, "use_cache": True, "logits_to_keep": keep, "attention_mask": None,
+                  "input_ids": ids[:, start:stop], "position_ids": pos}
+            if wants_cache_position:
+                kw["cache_position"] = torch.arange(start, stop, dtype=torch.long, device=device)
+            out = model(**kw)
+            if s["logits"] == "full-fp32" and stop == T:
+                full = out.logits.float()
+                del full
+            last = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            del out, pos, kw
+        tok = last.argmax(-1, keepdim=True)
+        ids = torch.cat([ids, tok], dim=-1)
+        del last
+        sync()
+        timings["prefill_s"] = time.perf_counter() - t0
+        phase("decode", cache)
+        t0 = time.perf_counter()
+        for i in range(N):
+            if skip_middle and 0 < i < N - 1:
+                continue
+            if skip_middle and i == N - 1 and N > 2:
+                ids = _jump(cache, ids, T + i)
+            kw = {cache_kw: cache, "use_cache": True, "logits_to_keep": 1, "attention_mask": None,
+                  "input_ids": tok, "position_ids": torch.full((B, 1), T + i, dtype=torch.long, device=device)}
+            if wants_cache_position:
+                kw["cache_position"] = torch.full((1,), T + i, dtype=torch.long, device=device)
+            out = model(**kw)
+            last = out.logits[:, -1].to(copy=True, dtype=torch.float32)
+            del out, kw
+            tok = last.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, tok], dim=-1)
+            del last
+        sync()
+        timings["decode_s"] = time.perf_counter() - t0 if N else None
+        phase("end", cache)
+    return {"cache": cache, "ids": ids, **timings}

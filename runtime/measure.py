@@ -1,0 +1,318 @@
+"""Measure one point: load, prefill, decode, with real counters per phase.
+
+Result schema (one JSON object; one line of a sweep's JSONL). Byte fields use the estimator's
+names (docs/api.md), so ``measured - estimated`` is a subtraction per field:
+
+- ``settings``: the estimator's Settings keys + ``device``, ``weights``, ``isolation``.
+- ``status``: "ok", "oom" or "error" (``error`` holds the message).
+- top level, for the whole run: ``weights_bytes`` (exact tensor bytes the loaded model holds),
+  ``kv_cache_bytes`` (K/V tensor bytes at the end: context + new_tokens tokens),
+  ``peak_allocated_bytes`` (max over prefill and decode; peaks are reset after load),
+  ``peak_reserved_bytes``, ``device_used_bytes``; ``null`` where the device cannot measure it.
+- ``phases``: the same fields for "load", "prefill", "decode".
+- ``weights``: parameters/quant_state/buffers split (estimator ``WeightBytes`` names).
+- ``counters``: what each number is on this device. ``details``: extra per-device numbers.
+- ``environment``: GPU name and memory, driver, CUDA, torch, transformers, bitsandbytes.
+
+What the counters are per device:
+
+- cuda: ``peak_allocated_bytes`` = ``torch.cuda.max_memory_allocated()``, ``peak_reserved_bytes`` =
+  ``max_memory_reserved()``, ``device_used_bytes`` = NVML used memory of this process (null when
+  the driver hides per-process usage, e.g. in some containers); NVML device-wide used and psutil
+  host RSS are in ``details``.
+- cpu (real tensors) and trace (fake tensors): ``peak_allocated_bytes`` = peak of live tensor
+  storage bytes, each rounded up to 512 B as the CUDA allocator does; no block slack, no cuBLAS
+  workspace. The unrounded peak is ``details.peak_live_bytes``. Reserved and NVML are null.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Any
+
+from .settings import BNB_QUANTS, make_settings
+
+FIELDS = ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(device: str) -> dict[str, Any]:
+    import torch
+
+    env: dict[str, Any] = {
+        "device": device, "python": platform.python_version(), "torch": torch.__version__,
+        "transformers": _version("transformers"), "bitsandbytes": _version("bitsandbytes"),
+        "accelerate": _version("accelerate"), "cuda": torch.version.cuda, "gpu_name": None,
+        "gpu_total_memory_bytes": None, "gpu_capability": None, "driver": None, "host": platform.node(),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        env.update(gpu_name=p.name, gpu_total_memory_bytes=p.total_memory, gpu_capability=f"{p.major}.{p.minor}")
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+            h = _nvml_handle()
+            env["nvml_total_memory_bytes"] = pynvml.nvmlDeviceGetMemoryInfo(h).total
+        except Exception as e:  # NVML missing is not fatal: only the NVML counters go null
+            env["nvml_error"] = str(e)
+    return env
+
+
+def _nvml_handle():
+    import pynvml
+    import torch
+
+    uuid = str(getattr(torch.cuda.get_device_properties(0), "uuid", ""))
+    if uuid:
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            u = pynvml.nvmlDeviceGetUUID(h)
+            u = u.decode() if isinstance(u, bytes) else u
+            if u.replace("GPU-", "") == uuid.replace("GPU-", ""):
+                return h
+    return pynvml.nvmlDeviceGetHandleByIndex(0)
+
+
+def _nvml_used() -> tuple[int | None, int | None]:
+    """(this process's used bytes, device used bytes) from NVML; None where unavailable."""
+    try:
+        import pynvml
+
+        h = _nvml_handle()
+        dev = pynvml.nvmlDeviceGetMemoryInfo(h).used
+        mine = None
+        for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
+            if p.pid == os.getpid() and p.usedGpuMemory is not None:
+                mine = int(p.usedGpuMemory)
+        return mine, int(dev)
+    except Exception:
+        return None, None
+
+
+def _rss() -> int | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+    except Exception:
+        return None
+
+
+def _empty_result(s: dict[str, Any]) -> dict[str, Any]:
+    return {"settings": s, "status": "ok", "error": None, **{f: None for f in FIELDS},
+            "phases": {p: {f: None for f in FIELDS} for p in ("load", "prefill", "decode")},
+            "weights": None, "counters": {}, "details": {}, "environment": None}
+
+
+def _finish(r: dict[str, Any]) -> dict[str, Any]:
+    ph = r["phases"]
+    r["weights_bytes"] = ph["load"]["weights_bytes"]
+    r["kv_cache_bytes"] = ph["decode"]["kv_cache_bytes"]
+    if r["kv_cache_bytes"] is None:
+        r["kv_cache_bytes"] = ph["prefill"]["kv_cache_bytes"]
+    for f in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
+        vals = [ph[p][f] for p in ("prefill", "decode") if ph[p][f] is not None]
+        r[f] = max(vals) if vals else None
+    return r
+
+
+def measure(settings: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """Measure one point. ``settings`` (or keywords) as in ``runtime.settings.make_settings``.
+
+    Never raises for a failed measurement: out-of-memory gives ``status="oom"`` and any other
+    exception ``status="error"``, both with what was measured before it. Bad settings raise
+    ``SettingsError`` (the CLI turns that into exit code 2)."""
+    s = make_settings(**{**(settings or {}), **kw})
+    r = _empty_result(s)
+    import torch
+
+    r["environment"] = environment(s["device"])
+    t0 = time.perf_counter()
+    try:
+        {"cuda": _measure_cuda, "cpu": _measure_cpu, "trace": _measure_trace}[s["device"]](s, r)
+    except torch.cuda.OutOfMemoryError as e:
+        r["status"], r["error"] = "oom", str(e).splitlines()[0][:500]
+    except MemoryError as e:
+        r["status"], r["error"] = "oom", f"host MemoryError: {e}"[:500]
+    except Exception as e:
+        from .settings import SettingsError
+
+        if isinstance(e, SettingsError):
+            raise
+        r["status"], r["error"] = "error", f"{type(e).__name__}: {e}"[:2000]
+    finally:
+        gc.collect()
+        if s["device"] == "cuda" and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    r["details"]["wall_s"] = round(time.perf_counter() - t0, 3)
+    return _finish(r)
+
+
+def _tokens_per_s(r: dict[str, Any], s: dict[str, Any], g: dict[str, Any]) -> None:
+    d = r["details"]
+    d["prefill_s"], d["decode_s"] = g["prefill_s"], g["decode_s"]
+    d["prefill_tokens_per_s"] = round(s["batch"] * s["context"] / g["prefill_s"], 1) if g["prefill_s"] else None
+    d["decode_tokens_per_s"] = round(s["batch"] * s["new_tokens"] / g["decode_s"], 1) if g["decode_s"] else None
+
+
+def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=False) -> None:
+    """cpu and trace: run generate under LiveBytes, recording each phase's live peak."""
+    from . import generate
+    from .load import cache_bytes, stored_tensors
+    from .track import LiveBytes
+
+    r["weights"] = weights
+    ph = r["phases"]
+    ph["load"].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=0)
+    tracker = LiveBytes(detail=True)
+    for _, _, t in stored_tensors(model):
+        tracker.track(t, "weights")
+    for t in extra_tensors:
+        tracker.track(t, "weights")
+    ph["load"]["peak_allocated_bytes"] = tracker.live_rounded
+    cur: dict[str, Any] = {"name": None}
+    raw: dict[str, int] = {}
+    detail: dict[str, list] = {}
+
+    def phase(name: str, cache) -> None:
+        prev = cur["name"]
+        if prev is not None:
+            ph[prev].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=cache_bytes(cache),
+                            peak_allocated_bytes=tracker.peak_rounded)
+            raw[prev], detail[prev] = tracker.peak, tracker.peak_detail
+        tracker.reset_peak()
+        cur["name"] = name
+
+    with tracker:
+        g = generate.run(model, s, device, phase=phase, skip_middle=skip_middle)
+    if skip_middle:
+        r["details"]["decode_steps_traced"] = [i for i in range(s["new_tokens"]) if i in (0, s["new_tokens"] - 1)]
+    best = max(raw, key=lambda n: ph[n]["peak_allocated_bytes"])
+    r["details"].update(peak_live_bytes=max(raw.values()), peak_phase=best,
+                        peak_tensors=_summarise(detail[best]))
+    _tokens_per_s(r, s, g)
+
+
+def _summarise(detail: list) -> list[dict[str, Any]]:
+    """Live tensors at the peak, grouped by (dtype, shape, op), largest first (top 25)."""
+    groups: dict[tuple, list[int]] = {}
+    for n, dtype, shape, op in detail:
+        g = groups.setdefault((op if op == "weights" else "", dtype, shape if op != "weights" else ()), [0, 0])
+        g[0] += 1
+        g[1] += n
+    rows = [{"what": k[0] or "activation", "dtype": k[1], "shape": list(k[2]), "count": v[0], "bytes": v[1]}
+            for k, v in groups.items()]
+    rows.sort(key=lambda x: -x["bytes"])
+    return rows[:25]
+
+
+def _measure_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from . import trace
+
+    r["counters"] = {
+        "weights_bytes": "tensor bytes of the meta-built model (bnb layouts from bitsandbytes itself)",
+        "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
+        "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B "
+                                "(no allocator block slack, no cuBLAS workspace)",
+        "peak_reserved_bytes": None, "device_used_bytes": None,
+    }
+    r["details"]["attention"] = "flash-like stand-in" if s["attn"] == "sdpa" else "transformers eager (real code)"
+    r["details"]["bnb_transients"] = "analytic (bitsandbytes 0.50 CUDA paths)" if s["quant"] in BNB_QUANTS else None
+    model = trace.build(s)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        extra = trace.materialise(model)
+        weights = trace.stored_parts(model, extra)
+        _tracked_run(s, r, model, extra, trace.DEVICE, weights=weights, skip_middle=True)
+    del model
+    torch  # noqa: B018  (imported for FakeTensorMode side effects only)
+
+
+def _measure_cpu(s: dict[str, Any], r: dict[str, Any]) -> None:
+    from .load import load, weight_parts
+
+    r["counters"] = {
+        "weights_bytes": "tensor bytes the loaded model holds (parameters + quant state + buffers)",
+        "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
+        "peak_allocated_bytes": "peak live tensor bytes of real CPU tensors, each rounded to 512 B "
+                                "(RSS is useless for this)",
+        "peak_reserved_bytes": None, "device_used_bytes": None,
+    }
+    r["details"]["rss_before_load_bytes"] = _rss()
+    t0 = time.perf_counter()
+    model = load(s, "cpu")
+    r["details"]["load_s"] = round(time.perf_counter() - t0, 3)
+    r["details"]["rss_after_load_bytes"] = _rss()
+    _tracked_run(s, r, model, [], "cpu", weights=weight_parts(model))
+    r["details"]["rss_end_bytes"] = _rss()
+
+
+def _measure_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
+    import torch
+
+    from . import generate
+    from .load import cache_bytes, load, weight_parts
+
+    r["counters"] = {
+        "weights_bytes": "tensor bytes the loaded model holds (parameters + quant state + buffers)",
+        "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
+        "peak_allocated_bytes": "torch.cuda.max_memory_allocated() (peak stats reset after load)",
+        "peak_reserved_bytes": "torch.cuda.max_memory_reserved()",
+        "device_used_bytes": "NVML used memory of this process at the end of the phase",
+    }
+    d, ph = r["details"], r["phases"]
+    torch.cuda.init()
+    d["nvml_before_load"] = dict(zip(("process_bytes", "device_bytes"), _nvml_used()))
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    model = load(s, "cuda")
+    torch.cuda.synchronize()
+    d["load_s"] = round(time.perf_counter() - t0, 3)
+    w = weight_parts(model)
+    r["weights"] = w
+    mine, dev = _nvml_used()
+    ph["load"].update(weights_bytes=w["total_bytes"], kv_cache_bytes=0,
+                      peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                      peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
+    d["load"] = {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved(),
+                 "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+    # Load transients must not count as inference (memory-model §4.9): collect, empty, reset.
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    d["after_load_allocated_bytes"] = torch.cuda.memory_allocated()
+    d["after_load_reserved_bytes"] = torch.cuda.memory_reserved()
+    cur = {"name": None}
+
+    def phase(name: str, cache) -> None:
+        prev = cur["name"]
+        if prev is not None:
+            torch.cuda.synchronize()
+            mine, dev = _nvml_used()
+            ph[prev].update(weights_bytes=w["total_bytes"], kv_cache_bytes=cache_bytes(cache),
+                            peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                            peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
+            d[prev] = {"allocated_end_bytes": torch.cuda.memory_allocated(),
+                       "reserved_end_bytes": torch.cuda.memory_reserved(),
+                       "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+            torch.cuda.reset_peak_memory_stats()
+        cur["name"] = name
+
+    g = generate.run(model, s, "cuda", phase=phase, sync=torch.cuda.synchronize)
+    _tokens_per_s(r, s, g)

@@ -1,0 +1,201 @@
+"""Trace mode: the real transformers forward under fake tensors, counting live tensor bytes.
+
+No memory is allocated, so the full Llama 3.2 3B at 128K context is measured in seconds on a
+laptop. Recipe and pitfalls (../shared/reference/memory-model.md §6):
+
+- The model is built on ``meta`` and materialised with ``to_empty(device="meta")`` inside
+  ``FakeTensorMode``; ``meta`` stands in for cuda because fake cuda tensors break on CPU-only
+  torch builds (Python indexing, ``uniform_``). Tied weights are re-tied after ``to_empty``.
+- SDPA on fake tensors decomposes to the MATH kernel and materialises [b, h, T, S] scores, which
+  a GPU never does for this case. ``sdpa`` is therefore replaced by a stand-in registered through
+  ``AttentionInterface.register`` that allocates what the CUDA flash kernel allocates: the output
+  [b, T, h, d] in the query dtype and the fp32 logsumexp [b, h, T] (aten
+  ``_scaled_dot_product_flash_attention``). The name has no "flash" in it, or transformers tries
+  to import a flash-attn package. ``eager`` keeps the real eager code (its fp32 softmax
+  decomposes to one extra fp32 copy, about 10 instead of 8 B per score element).
+- bitsandbytes layers are replaced by stand-ins holding fake tensors with the exact stored
+  layout (taken from bitsandbytes itself on a small CPU tensor), whose forward allocates what
+  the CUDA kernels of bitsandbytes 0.50 allocate: see ``_Bnb4bit`` and ``_Bnb8bit``. Those
+  transients are analytic; the result says so (``details.bnb_transients = "analytic"``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+
+from .load import DTYPES, config_dict, hf_config
+from .settings import BNB_QUANTS, compute_dtype
+
+DEVICE = "meta"
+STANDIN_ATTN = "memest_sdpa"
+
+
+def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """Allocates what aten's flash forward allocates: out [b, q, h, d] (returned already in the
+    [b, q, h, d] layout transformers produces) and the fp32 logsumexp [b, h, q], freed at once."""
+    b, h, q, _ = query.shape
+    out = torch.empty(b, q, h, value.shape[-1], dtype=query.dtype, device=query.device)
+    lse = torch.empty(b, h, q, dtype=torch.float32, device=query.device)
+    del lse
+    return out, None
+
+
+@functools.cache
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(STANDIN_ATTN, flash_like_attention)
+
+
+@functools.cache
+def bnb_layout(quant: str, out_features: int, in_features: int) -> tuple[tuple[str, tuple, torch.dtype], ...]:
+    """(part, shape, dtype) of every tensor bitsandbytes stores for one quantized Linear.
+
+    Taken from bitsandbytes itself: a zero weight of the real shape is quantized on CPU with the
+    same functions ``Params4bit``/``Int8Params`` call (the values do not change the layout)."""
+    import bitsandbytes.functional as F
+
+    w = torch.zeros(out_features, in_features, dtype=torch.bfloat16)
+    if quant == "int8":
+        return (("parameters", (out_features, in_features), torch.int8),
+                ("quant_state", (out_features,), torch.float32))
+    packed, qs = F.quantize_4bit(w, blocksize=64, compress_statistics=quant.endswith("-dq"),
+                                 quant_type=quant.split("-")[0], quant_storage=torch.uint8)
+    parts = [("parameters", tuple(packed.shape), packed.dtype)]
+    for t in (qs.absmax, qs.code, qs.offset):
+        if isinstance(t, torch.Tensor):
+            parts.append(("quant_state", tuple(t.shape), t.dtype))
+    if qs.state2 is not None:
+        parts += [("quant_state", tuple(qs.state2.absmax.shape), qs.state2.absmax.dtype),
+                  ("quant_state", tuple(qs.state2.code.shape), qs.state2.code.dtype)]
+    return tuple(parts)
+
+
+class _BnbStandIn(nn.Module):
+    """Holds the quantized layout as fake tensors; forward allocates the CUDA transients."""
+
+    def __init__(self, quant: str, linear: nn.Linear, compute: torch.dtype):
+        super().__init__()
+        self.quant, self.compute = quant, compute
+        self.out_features, self.in_features = linear.out_features, linear.in_features
+        self.layout = bnb_layout(quant, self.out_features, self.in_features)
+        self.stored: list[torch.Tensor] = []
+
+    def materialise(self, device: str) -> None:
+        self.stored = [torch.empty(shape, dtype=dt, device=device) for _, shape, dt in self.layout]
+        self.weight = nn.Parameter(self.stored[0], requires_grad=False)
+
+
+class _Bnb4bit(_BnbStandIn):
+    """bitsandbytes 0.50 ``matmul_4bit`` on CUDA (memory-model §4.6).
+
+    Small M (tokens in the call) goes to the fused gemv/gemm kernel, which allocates only the
+    output: M <= 4 in the compute dtype bf16/fp16, M < 8 for fp32 (``_gemm_4bit_use_custom_cuda``;
+    the per-arch heuristic that extends this on some GPUs is not modelled). Otherwise
+    ``_dequant_linear_fallback``: absmax dequantized to fp32 (plus the offset add for
+    double-quant), the weight dequantized into ``B_dq`` [out, in] in the compute dtype, then
+    ``F.linear``. With an fp32 compute dtype (transformers' default), ``x`` is cast to fp32 first
+    and the output cast back to the input dtype (``Linear4bit.forward``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_dtype = x.dtype
+        xc = x.to(self.compute) if x.dtype != self.compute else x
+        M = xc.numel() // self.in_features
+        fused = M <= 4 if self.compute != torch.float32 else M < 8
+        if fused:
+            out = torch.empty(*x.shape[:-1], self.out_features, dtype=self.compute, device=x.device)
+        else:
+            n = self.out_features * self.in_features
+            blocks = -(-n // 64)
+            absmax = torch.empty(blocks, dtype=torch.float32, device=x.device)
+            if self.quant.endswith("-dq"):
+                absmax2 = torch.empty(blocks, dtype=torch.float32, device=x.device)  # + offset
+                del absmax
+                absmax = absmax2
+            b_dq = torch.empty(self.out_features, self.in_features, dtype=self.compute, device=x.device)
+            del absmax
+            out = torch.nn.functional.linear(xc, b_dq)
+            del b_dq
+        del xc
+        return out.to(in_dtype) if out.dtype != in_dtype else out
+
+
+class _Bnb8bit(_BnbStandIn):
+    """bitsandbytes 0.50 ``MatMul8bitLt.forward`` on CUDA, threshold 6.0 (memory-model §4.7):
+    ``A.to(fp16)``; ``int8_vectorwise_quant`` with outlier detection (``A.abs()`` fp16, bool mask,
+    int8 CA, fp32 row scales); ``int8_scaled_mm`` gives int32 out, dequantized to fp16, cast to the
+    input dtype. Outlier columns (data dependent, none for random weights) are not modelled."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (*x.shape[:-1], self.out_features)
+        M, K = x.numel() // self.in_features, self.in_features
+        a16 = x.to(torch.float16)
+        absA = torch.empty(M, K, dtype=torch.float16, device=x.device)
+        mask = torch.empty(M, K, dtype=torch.bool, device=x.device)
+        del absA
+        ca = torch.empty(M, K, dtype=torch.int8, device=x.device)
+        sca = torch.empty(M, dtype=torch.float32, device=x.device)
+        del mask, a16
+        out_i32 = torch.empty(M, self.out_features, dtype=torch.int32, device=x.device)
+        out16 = torch.empty(M, self.out_features, dtype=torch.float16, device=x.device)
+        del out_i32, ca, sca
+        out = out16.to(x.dtype).view(shape)
+        del out16
+        return out
+
+
+def build(s: dict[str, Any]):
+    """The model for ``s`` on meta (no storage), with bnb stand-ins where the quant needs them."""
+    from transformers import AutoModelForCausalLM
+
+    from .load import quiet
+
+    quiet()
+    _register()
+    attn = STANDIN_ATTN if s["attn"] == "sdpa" else s["attn"]
+    conf = hf_config(config_dict(s["model"]), attn)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(conf, dtype=DTYPES[compute_dtype(s["quant"])])
+    model.eval()
+    q = s["quant"]
+    if q in BNB_QUANTS:
+        cls = _Bnb8bit if q == "int8" else _Bnb4bit
+        compute = torch.float16 if q == "int8" else DTYPES[s["bnb_compute_dtype"]]
+        # transformers converts every nn.Linear except the output embedding (lm_head), tied or not
+        # (quantizers/base.py get_keys_to_not_convert).
+        for name, mod in list(model.named_modules()):
+            for cname, child in list(mod.named_children()):
+                full = f"{name}.{cname}" if name else cname
+                if isinstance(child, nn.Linear) and full != "lm_head":
+                    setattr(mod, cname, cls(q, child, compute))
+    return model
+
+
+def materialise(model) -> list[torch.Tensor]:
+    """Inside FakeTensorMode: give every parameter and buffer fake storage on DEVICE; re-tie."""
+    model.to_empty(device=DEVICE)
+    model.tie_weights()
+    extra: list[torch.Tensor] = []
+    for mod in model.modules():
+        if isinstance(mod, _BnbStandIn):
+            mod.materialise(DEVICE)
+            extra += mod.stored
+    return extra
+
+
+def stored_parts(model, extra: list[torch.Tensor]) -> dict[str, int]:
+    """WeightBytes-style parts of the traced model (bnb stand-ins contribute their layout)."""
+    from .load import weight_parts
+
+    parts = weight_parts(model)
+    for mod in model.modules():
+        if isinstance(mod, _BnbStandIn):
+            for (part, _, _), t in zip(mod.layout[1:], mod.stored[1:]):
+                parts[part + "_bytes"] += t.untyped_storage().nbytes()
+    parts["total_bytes"] = parts["parameters_bytes"] + parts["quant_state_bytes"] + parts["buffers_bytes"]
+    return parts
