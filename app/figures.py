@@ -71,7 +71,7 @@ def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
         n = int(est[field])
         fig.add_trace(go.Bar(
             name=label, y=["Device used"], x=[gib(n)], orientation="h", marker_color=color,
-            text=[f"{label}<br>{n / GiB:.2f}"] if n >= 0.06 * max(1, est["device_used_bytes"]) else [""],
+            text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, est["device_used_bytes"], capacity_bytes or 0) else [""],
             textposition="inside", insidetextanchor="middle", textfont=dict(color="white", size=12),
             customdata=[[n, format_bytes(n)]],
             hovertemplate=f"<b>{label}</b><br>%{{x:.3f}} GiB<br>%{{customdata[0]:,}} B<extra></extra>",
@@ -85,8 +85,9 @@ def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
                       annotation_position="top left", annotation_font_color=CAPACITY_COLOR)
     fig.update_xaxes(title_text="GiB", range=[0, 1.04 * xmax / GiB], rangemode="tozero")
     fig.update_yaxes(showticklabels=False)
-    _base_layout(fig, title="Where the memory goes", height=190)
-    fig.update_layout(legend=dict(traceorder="normal"), margin=dict(l=10, r=10, t=60, b=10))
+    _base_layout(fig, title="Where the memory goes", height=215)
+    fig.update_layout(legend=dict(traceorder="normal", orientation="h", y=-0.55, yanchor="top", x=0, xanchor="left"),
+                      margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

@@ -8,6 +8,7 @@ session (a shared link reproduces the view) and rewritten whenever the settings 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,9 @@ def gpu_label(key: str) -> str:
 
 
 def short_gpu_name(name: str) -> str:
-    return name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "").replace("AMD Instinct ", "")
+    """'NVIDIA GeForce RTX 4090 24GB' -> 'RTX 4090' (the catalog's marketing size is in GB, not GiB)."""
+    name = name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "").replace("AMD Instinct ", "")
+    return re.sub(r"\s+\d+(\.\d+)?\s*GB$", "", name)
 
 
 # ---------------------------------------------------------------------------- query string

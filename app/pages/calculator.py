@@ -48,24 +48,22 @@ def render() -> None:
     # ------------------------------------------------------------------ headline
     st.title("Will it fit?")
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
-    fits = est["fits"]
-    head = est["headroom_bytes"]
-    if fits:
-        st.badge(f"Fits on {inp.capacity_label} with {format_gib(head)} to spare",
-                 icon=":material/check_circle:", color="green")
-    else:
-        st.badge(f"Does not fit on {inp.capacity_label}: {format_gib(-head)} short",
-                 icon=":material/cancel:", color="red")
+    fits, head = est["fits"], est["headroom_bytes"]
     c1, c2, c3 = st.columns(3)
     c1.metric("GPU memory needed", format_gib(est["device_used_bytes"]), border=True,
-              help="Device memory the process uses at its peak: what the GPU must have free.")
-    c2.metric(f"Headroom on {inp.capacity_label}", format_gib(head), border=True,
-              delta=f"of {inp.capacity_bytes / GiB:.1f} GiB", delta_color="off",
-              help="GPU memory minus memory needed; negative means it does not fit.")
-    c3.metric("Largest context that fits",
-              f"{tokens_label(max_ctx)} tokens" if max_ctx else "none", border=True,
-              delta=f"{max_ctx:,} tokens" if max_ctx else None, delta_color="off",
-              help=f"With {estimator.QUANTS[inp.quant].label} weights, batch {inp.batch}, on {inp.capacity_label}.")
+              delta=f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
+              delta_color="off", delta_arrow="off",
+              help="Device memory the process uses at its peak (weights, KV cache, activations, CUDA "
+                   "context and allocator): what the GPU must have free.")
+    c2.metric(f"Fits on {inp.capacity_label}?", "Yes" if fits else "No", border=True,
+              icon=":material/check_circle:" if fits else ":material/cancel:",
+              delta=(f"{format_gib(head)} headroom" if fits else f"-{format_gib(-head)} short"),
+              delta_color="normal",
+              help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left.")
+    c3.metric("Largest context that fits", f"{max_ctx:,} tokens" if max_ctx else "none", border=True,
+              delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}", delta_color="off",
+              delta_arrow="off",
+              help=f"The longest prompt that still fits {inp.capacity_label} with these settings.")
 
     st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
                     key="breakdown_chart", config={"displayModeBar": False})

@@ -1,0 +1,98 @@
+"""Model page: the architecture behind the numbers, from the shipped config.json."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import estimator
+from estimator.model import param_breakdown, preset_config
+
+from app import figures
+
+PRESET_KEY = "model_page_preset"
+LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B", "llama-3.1-8b": "Llama 3.1 8B"}
+# What some spec cards and blog posts list for Llama 3.2 3B (they are wrong).
+WRONG_3B = {"hidden_size": 2048, "num_hidden_layers": 26, "num_key_value_heads": 6}
+
+
+def _arch_rows(cfg: dict, spec) -> list[dict]:
+    fields = [
+        ("hidden_size", "Hidden size"), ("num_hidden_layers", "Layers"),
+        ("num_attention_heads", "Attention heads"), ("num_key_value_heads", "KV heads (GQA)"),
+        ("head_dim", "Head dim"), ("intermediate_size", "MLP intermediate size"),
+        ("vocab_size", "Vocabulary"), ("max_position_embeddings", "Max position embeddings"),
+        ("tie_word_embeddings", "Tied input/output embedding"), ("torch_dtype", "Checkpoint dtype"),
+    ]
+    rows = [{"Field": label, "config.json key": k, "Value": str(getattr(spec, k))} for k, label in fields]
+    if "rope_theta" in cfg or "rope_parameters" in cfg:
+        rope = cfg.get("rope_parameters") or {}
+        theta = cfg.get("rope_theta", rope.get("rope_theta"))
+        rows.append({"Field": "RoPE theta", "config.json key": "rope_theta", "Value": f"{theta:,}"})
+    return rows
+
+
+def render() -> None:
+    st.title("Model")
+    name = st.selectbox("Preset", estimator.PRESETS, key=PRESET_KEY, format_func=LABELS.get,
+                        index=estimator.PRESETS.index(estimator.DEFAULT_PRESET))
+    cfg = preset_config(name)
+    spec = estimator.load_preset(name)
+    groups = param_breakdown(spec)
+    total = spec.num_params
+
+    st.markdown(f"**{LABELS[name]}** as transformers builds it from its `config.json` "
+                f"(`{cfg.get('architectures', ['LlamaForCausalLM'])[0]}`).")
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Parameters", f"{total / 1e9:.3f} B", delta=f"{total:,}", delta_color="off", border=True)
+    kv_tok = estimator.kv_bytes_per_token(spec, "bf16")
+    c2.metric("KV cache per token (bf16)", f"{kv_tok / 1024:g} KiB", delta=f"{kv_tok:,} B", delta_color="off",
+              border=True, help="2 (K and V) × layers × KV heads × head_dim × 2 B, per sequence.")
+    wb = estimator.weight_bytes(spec, "bf16").total_bytes
+    c3.metric("Weights (bf16)", f"{wb / (1 << 30):.2f} GiB", delta=f"{wb:,} B", delta_color="off", border=True)
+
+    left, right = st.columns([2, 3])
+    with left:
+        st.subheader("Architecture")
+        st.dataframe(_arch_rows(cfg, spec), hide_index=True, key="arch_table")
+    with right:
+        st.subheader("Where the parameters are")
+        st.plotly_chart(figures.params_figure(groups), key="params_chart", config={"displayModeBar": False})
+        H, L, I = spec.hidden_size, spec.num_hidden_layers, spec.intermediate_size
+        st.markdown(
+            f"- **Embedding**: vocab × hidden = {spec.vocab_size:,} × {H:,} = {groups['embedding']:,}"
+            + (" (tied: the output head reuses it)" if spec.tie_word_embeddings else "") + "\n"
+            f"- **Attention**: {L} layers × (q {spec.q_dim}×{H} + k, v {spec.kv_dim}×{H} each + o {H}×{spec.q_dim})"
+            f" = {groups['attention']:,}\n"
+            f"- **MLP**: {L} layers × 3 × {I:,} × {H:,} = {groups['mlp']:,}\n"
+            f"- **Norms**: ({2 * L} + 1) × {H:,} = {groups['norms']:,}"
+            + (f"\n- **LM head**: {groups['lm_head']:,}" if groups["lm_head"] else ""))
+
+    st.subheader("KV cache bytes per token")
+    rows = []
+    for kv in estimator.KV_DTYPES:
+        if kv == "auto":
+            continue
+        b = estimator.kv_bytes_per_token(spec, kv)
+        rows.append({"KV dtype": kv, "Bytes/token": b, "8K context": b * 8192 / (1 << 30),
+                     "128K context": b * 131072 / (1 << 30)})
+    st.dataframe(rows, hide_index=True, key="kv_table", column_config={
+        "8K context": st.column_config.NumberColumn(format="%.3f GiB"),
+        "128K context": st.column_config.NumberColumn(format="%.2f GiB")})
+    st.caption(f"2 × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
+               f"{spec.head_dim} head_dim × bytes per element, for one sequence.")
+
+    if name == "llama-3.2-3b":
+        st.subheader("A note on spec cards")
+        wrong_cfg = {**cfg, **WRONG_3B}
+        wrong = estimator.from_hf_config(wrong_cfg)
+        wrong_kv = estimator.kv_bytes_per_token(wrong, "bf16")
+        st.warning(
+            "Some spec cards and calculators list Llama 3.2 3B with **hidden size 2,048, 26 layers and "
+            "6 KV heads**. Those are not the model's numbers: its `config.json` says hidden 3,072, 28 layers "
+            f"and 8 KV heads. With the wrong shape the model would have {wrong.num_params / 1e9:.2f} B "
+            f"parameters instead of {total / 1e9:.2f} B, and {wrong_kv:,} B of KV cache per token instead of "
+            f"{kv_tok:,} B: a calculator built on them underestimates the KV cache by "
+            f"{100 * (1 - wrong_kv / kv_tok):.0f}%.", icon=":material/warning:")
+
+
+render()

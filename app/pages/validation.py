@@ -1,0 +1,162 @@
+"""Validation page: the estimate against the runtime's measured results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+import estimator
+
+from app import compute, figures, measurements, state
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA_ENV = "VRAM_APP_CUDA"   # "0"/"1" forces the CUDA check (tests); unset: ask torch in a subprocess
+KIND_TITLES = {"gpu": "GPU measurements", "trace": "Trace results (fake-tensor, no GPU)", "cpu": "CPU runs"}
+
+
+@st.cache_resource(show_spinner=False)
+def cuda_available() -> bool:
+    """True when torch and the runtime are importable and torch sees a CUDA device.
+
+    torch is never imported into the app's process: a subprocess asks it.
+    """
+    forced = os.environ.get(CUDA_ENV)
+    if forced is not None:
+        return forced == "1"
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("runtime") is None:
+        return False
+    try:
+        r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.stdout.strip().endswith("True")
+
+
+def measure_command(s: dict) -> list[str]:
+    """The runtime CLI call that measures ``s`` (calculator settings) on the local GPU."""
+    model = compute.model_from_key(s["model"])
+    return [sys.executable, "-m", "runtime", "measure",
+            "--model", model if isinstance(model, str) else "llama-3.2-3b",
+            "--quant", s["quant"], "--context", str(s["context"]), "--batch", str(s["batch"]),
+            "--kv-dtype", s["kv_dtype"], "--attn", s["attn"], "--device", "cuda", "--json"]
+
+
+@st.cache_data(show_spinner=False, ttl=60)
+def _load(root: str) -> measurements.Loaded:
+    return measurements.load_results(Path(root))
+
+
+def _estimate(**kw) -> dict:
+    kw.setdefault("gpu", None)
+    return estimator.estimate(**kw).to_dict()
+
+
+def _run_measurement(s: dict) -> None:
+    cmd = measure_command(s)
+    with st.status("Measuring on this GPU…", expanded=True) as status:
+        st.code(" ".join(cmd[1:]), language="bash")
+        lines: list[str] = []
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        log = st.empty()
+        for line in proc.stdout:
+            lines.append(line.rstrip())
+            log.text("\n".join(lines[-8:]))
+        rc = proc.wait()
+        result = None
+        for line in reversed(lines):
+            try:
+                result = json.loads(line)
+                break
+            except ValueError:
+                continue
+        if rc != 0 or not isinstance(result, dict):
+            status.update(label=f"Measurement failed (exit {rc})", state="error")
+            st.session_state[state.MEASURE_RESULT] = None
+            return
+        status.update(label="Measured", state="complete", expanded=False)
+    st.session_state[state.MEASURE_RESULT] = result
+
+
+def _section(kind: str, records: list[dict]) -> None:
+    st.subheader(KIND_TITLES.get(kind, kind))
+    points, problems = measurements.compare(records, _estimate)
+    counts = measurements.status_counts(records)
+    st.caption(f"{len(records)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
+               f"{len(points)} measured counters compared.")
+    if points:
+        left, right = st.columns([3, 2])
+        left.plotly_chart(figures.parity_figure(points), key=f"parity_{kind}")
+        with right:
+            st.markdown("**Error per counter** (estimate − measured)")
+            st.dataframe(measurements.error_table(points), hide_index=True, key=f"errors_{kind}")
+            st.markdown("**Where it was measured**")
+            st.dataframe(measurements.environments(records), hide_index=True, key=f"env_{kind}")
+        with st.expander("Every compared point"):
+            st.dataframe([{k: p[k] for k in ("label", "counter", "measured_bytes", "estimate_bytes",
+                                              "error_bytes", "error_pct", "source")} for p in points],
+                         hide_index=True)
+    else:
+        st.info("These results have no measured counter to compare.")
+    for p in problems:
+        st.warning(p)
+
+
+def render() -> None:
+    st.title("Validation")
+    st.markdown("How far the estimate is from memory measured by the reference runtime (`runtime/`), "
+                "per counter: **peak allocated** (`torch.cuda.max_memory_allocated`), **peak reserved** "
+                "(`max_memory_reserved`) and **device used** (NVML, what nvidia-smi shows).")
+    root = measurements.results_dir()
+    loaded = _load(str(root))
+    by_kind: dict[str, list[dict]] = {}
+    for rec in loaded.records:
+        by_kind.setdefault(measurements.device_kind(rec), []).append(rec)
+
+    if "gpu" not in by_kind:
+        st.warning("**No GPU measurements exist yet.** The numbers on the calculator are estimates that "
+                   "have not been checked against a real GPU. "
+                   + ("Trace results (exact tensor bytes from a fake-tensor run, no allocator or CUDA "
+                      "context) are shown below." if "trace" in by_kind else
+                      "Run `python -m runtime sweep` on a CUDA machine and commit its JSONL files under "
+                      "`validation/` to fill this page."))
+    if not loaded.records:
+        st.info(f"No result files found under `{root}`.")
+    for kind in ("gpu", "trace", *sorted(k for k in by_kind if k not in ("gpu", "trace"))):
+        if kind in by_kind:
+            _section(kind, by_kind[kind])
+    if loaded.problems:
+        with st.expander(f"{len(loaded.problems)} lines skipped"):
+            for p in loaded.problems:
+                st.text(p)
+
+    st.divider()
+    st.subheader("Measure on this machine")
+    s = st.session_state.get(state.SETTINGS)
+    if not cuda_available():
+        st.caption("No CUDA GPU with torch and the runtime extras was found on this machine, so the "
+                   "measurement button is hidden. Install `.[runtime]` on a GPU host to measure here.")
+        return
+    if s is None:
+        st.info("Open the calculator first: the measurement uses its settings.")
+        return
+    st.caption(f"Runs the reference runtime in a subprocess at the calculator's settings: {s['quant']}, "
+               f"{s['context']:,} tokens, batch {s['batch']}, KV {s['kv_dtype']}, {s['attn']}.")
+    if st.button("Measure these settings", key="measure_button", icon=":material/play_arrow:"):
+        _run_measurement(s)
+    result = st.session_state.get(state.MEASURE_RESULT)
+    if result:
+        est = _estimate(**{k: v for k, v in s.items() if k != "model"}, model=compute.model_from_key(s["model"]))
+        rows = [{"counter": c, "estimate": est.get(c), "measured": result.get(c)}
+                for c in measurements.COUNTERS]
+        st.dataframe(rows, hide_index=True, key="measure_table")
+
+
+render()

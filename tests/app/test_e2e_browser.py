@@ -1,0 +1,137 @@
+"""End-to-end: a real headless Chromium (Debian's, driven by Playwright) against `streamlit run`.
+
+Starts the server on 127.0.0.1 at a free port, changes the context in the typed field, checks
+that the headline number changes, and saves screenshots to artifacts/ (and docs/screenshots/
+when UPDATE_SCREENSHOTS=1). Skipped when /usr/bin/chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "artifacts"
+DOCS_SHOTS = ROOT / "docs" / "screenshots"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """`streamlit run streamlit_app.py` on 127.0.0.1; yields its base URL, always stopped."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    port = _free_port()
+    log = open(ARTIFACTS.mkdir(exist_ok=True) or ARTIFACTS / "streamlit-e2e.log", "w")
+    env = {**os.environ, "VRAM_APP_CUDA": "0", "PYTHONPATH": os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+         "--server.fileWatcherType", "none"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    if r.read().strip() == b"ok":
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start (exit {proc.poll()}); see {log.name}")
+            time.sleep(0.25)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _headline(page) -> str:
+    return page.locator('[data-testid="stMetricValue"]').first.inner_text()
+
+
+def _wait_charts(page, n: int) -> None:
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}",
+                           timeout=60_000)
+    page.wait_for_timeout(700)
+
+
+def _shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOCS_SHOTS / name), full_page=False)
+
+
+def test_browser_context_changes_headline(server, browser):
+    """Typing a new context in the real browser changes the headline memory number."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1700})
+    page.goto(server, wait_until="networkidle")
+    page.get_by_text("Will it fit?").wait_for(timeout=60_000)
+    _wait_charts(page, 2)
+    before = _headline(page)
+    assert "GiB" in before
+    _shot(page, "calculator.png")
+
+    field = page.get_by_label("Exact context", exact=True).and_(page.locator("input"))
+    field.fill("64k")
+    field.press("Enter")
+    page.wait_for_function(
+        "before => { const el = document.querySelector('[data-testid=\"stMetricValue\"]');"
+        " return el && el.innerText !== before; }", arg=before, timeout=30_000)
+    after = _headline(page)
+    assert after != before and "GiB" in after
+    assert "ctx=65536" in page.url
+    _wait_charts(page, 2)
+    _shot(page, "calculator-64k.png")
+    page.close()
+
+
+def test_browser_other_pages_render(server, browser):
+    """The validation and model pages render in the browser without an exception box."""
+    page = browser.new_page(viewport={"width": 1440, "height": 1700})
+    for path, text, shot in (("/validation", "Validation", "validation.png"), ("/model", "Where the parameters are", "model.png")):
+        page.goto(server + path, wait_until="networkidle")
+        page.get_by_text(text).first.wait_for(timeout=60_000)
+        page.wait_for_timeout(800)
+        assert page.locator('[data-testid="stException"]').count() == 0
+        _shot(page, shot)
+    page.close()
