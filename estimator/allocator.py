@@ -30,7 +30,7 @@ ROUND_LARGE_BYTES = 2 * MiB
 
 def round_size(n: int) -> int:
     """The request after ``round_size``: a multiple of 512 B (0 stays 0)."""
-    return round_up(n, MIN_BLOCK_BYTES) if n > 0 else 0
+    return (n + 511) & ~511 if n > 0 else 0
 
 
 def segment_bytes(n: int) -> int:
@@ -45,14 +45,16 @@ def segment_bytes(n: int) -> int:
 
 def block_bytes(n: int) -> int:
     """Bytes charged to ``memory_allocated`` for a request served by a fresh segment."""
-    r = round_size(n)
+    if n <= 0:
+        return 0
+    r = (n + 511) & ~511
     if r <= SMALL_SIZE_BYTES:
         return r
-    seg = segment_bytes(r)
+    seg = LARGE_SEGMENT_BYTES if r < MIN_LARGE_ALLOC_BYTES else (r + ROUND_LARGE_BYTES - 1) // ROUND_LARGE_BYTES * ROUND_LARGE_BYTES
     return seg if seg - r <= SMALL_SIZE_BYTES else r
 
 
-def reserved_for(sizes: list[int] | tuple[int, ...]) -> int:
+def reserved_for(sizes: "list[int] | tuple[int, ...]", counts: "list[int] | tuple[int, ...] | None" = None) -> int:
     """Segment bytes for a set of tensors allocated together and never freed.
 
     Large requests (>= 10 MiB) each get their own segment. Medium requests share 20 MiB
@@ -61,15 +63,16 @@ def reserved_for(sizes: list[int] | tuple[int, ...]) -> int:
     """
     total = 0
     small = medium = 0
-    for n in sizes:
-        r = round_size(n)
-        if r == 0:
+    for i, n in enumerate(sizes):
+        if n <= 0:
             continue
+        c = counts[i] if counts is not None else 1
+        r = (n + 511) & ~511
         if r <= SMALL_SIZE_BYTES:
-            small += r
+            small += c * r
         elif r < MIN_LARGE_ALLOC_BYTES:
-            medium += r
+            medium += c * r
         else:
-            total += round_up(r, ROUND_LARGE_BYTES)
+            total += c * round_up(r, ROUND_LARGE_BYTES)
     total += round_up(small, SMALL_SEGMENT_BYTES) + round_up(medium, LARGE_SEGMENT_BYTES)
     return total

@@ -1,0 +1,465 @@
+"""Transient memory of a Hugging Face transformers forward pass, replayed tensor by tensor.
+
+The replay walks the allocations and frees that transformers 5.x makes in one forward of
+``LlamaForCausalLM`` (read from ``modeling_llama.py``, ``integrations/sdpa_attention.py``,
+``cache_utils.py``, ``masking_utils.py`` and ``generation/utils.py``). Only the *last* decoder
+layer is replayed: the peak comes there, because the KV of every layer is then present, and
+the earlier layers contribute just their finished K/V tensors.
+
+Sizes are symbolic: each is a polynomial in the context ``T`` (``Poly``), so one replay gives a
+``Plan`` that is evaluated for any context in microseconds; this is what makes live charts and
+the context solver cheap, and ``estimate()`` uses the same plan, so they agree exactly.
+A plan records, at each allocation, the multiset of live tensors; candidates that another
+candidate contains are dropped. Evaluating a plan at ``T`` gives the peak of live bytes both raw
+and as the caching allocator charges them (``allocator.block_bytes``).
+
+For bf16 + SDPA without a padding mask the replay gives, per prompt token (memory-model.md 4.1,
+validated against fake-tensor traces): KV 114,688 B + MLP temporaries 6*I + 4 hidden-size
+tensors 8*H + cos/sin 4*d + ids, about 188,936 B/token for Llama 3.2 3B, with the peak in the
+last MLP.
+
+Quantized linears add their own transients (bitsandbytes 0.50 ``backends/cuda/ops.py`` and
+``autograd/_functions.py``): a dequantized weight copy for 4-bit when the custom kernel is not
+used, int8 input/output copies for LLM.int8, an fp8 input copy for fp8.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from .allocator import LARGE_SEGMENT_BYTES, block_bytes, reserved_for
+from .model import ModelSpec
+
+INT64 = 8
+FP32 = 4
+
+Poly = tuple[int, int, int]  # c0 + c1*T + c2*T^2, T = context tokens
+ZERO: Poly = (0, 0, 0)
+
+
+def P(c0: int = 0, c1: int = 0, c2: int = 0) -> Poly:
+    return (c0, c1, c2)
+
+
+def pmul(a: Poly, b: Poly) -> Poly:
+    if a[2] and (b[1] or b[2]) or b[2] and a[1]:
+        raise AssertionError("size of degree > 2")
+    return (a[0] * b[0], a[0] * b[1] + a[1] * b[0], a[0] * b[2] + a[1] * b[1] + a[2] * b[0])
+
+
+def pscale(a: Poly, k: int) -> Poly:
+    return (a[0] * k, a[1] * k, a[2] * k)
+
+
+def padd(a: Poly, b: Poly) -> Poly:
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+
+
+def peval(a: Poly, t: int) -> int:
+    return a[0] + t * (a[1] + t * a[2])
+
+
+@dataclass(frozen=True)
+class Forward:
+    """One forward pass, with sizes as polynomials in the context T.
+
+    q: new tokens per sequence; past: cached tokens before this forward; S: keys attended.
+    kv_k/kv_v: bytes of the last layer's K and V after the update; kv_old_*: before it.
+    """
+
+    batch: int
+    q: Poly
+    past: Poly
+    S: Poly
+    cb: int
+    quant: str
+    quant_family: str
+    bnb_compute_bytes: int
+    attn: str
+    padding: bool
+    logits: str
+    cache: str
+    kv_k: Poly
+    kv_v: Poly
+    kv_old_k: Poly
+    kv_old_v: Poly
+    has_mask: bool
+    m_max: int  # the actual b*q at the context being planned (kernel choices depend on it)
+
+
+class _Tracer:
+    def __init__(self) -> None:
+        self.live: dict[str, Poly] = {}
+        self.snaps: list[tuple[str, tuple[Poly, ...]]] = []
+        self.tag = ""
+
+    def alloc(self, name: str, size: Poly) -> None:
+        if size == ZERO:
+            return
+        if name in self.live:
+            raise AssertionError(f"double alloc of {name}")
+        self.live[name] = size
+        self.snaps.append((self.tag, tuple(self.live.values())))
+
+    def free(self, *names: str) -> None:
+        for n in names:
+            self.live.pop(n, None)
+
+    def rename(self, old: str, new: str) -> None:
+        self.live[new] = self.live.pop(old)
+
+
+def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
+    """Output [m, n] of a linear layer with input [m, k], plus the layer's own transients."""
+    cb, fam = f.cb, f.quant_family
+    if fam == "bnb" and f.quant != "int8":
+        cdt = f.bnb_compute_bytes
+        if cdt != cb:  # Linear4bit.forward: x.to(compute_dtype)
+            tr.alloc(out + ".x", pscale(m, k * cdt))
+        # bitsandbytes 0.50 gemm_4bit dispatch: the fused kernel for M <= 4; for larger M the
+        # per-arch heuristic (_gemm_4bit_use_custom_cuda) keeps it up to M = 512 for large bf16
+        # weights; fp32 has no MMA kernel (custom only for M < 8). Otherwise dequantize + F.linear.
+        mm = f.m_max
+        custom = mm <= 4 or (cdt == 2 and n * k >= 4 * 1024 * 1024 and mm <= 512) or (cdt == 4 and mm < 8)
+        if not custom:  # _dequant_linear_fallback
+            if f.quant.endswith("-dq"):
+                blocks = -(-n * k // 64)
+                tr.alloc(out + ".absmax_dq", P(blocks * FP32))
+                tr.alloc(out + ".absmax", P(blocks * FP32))
+            tr.alloc(out + ".w", P(n * k * cdt))
+        tr.alloc(out + ".o", pscale(m, n * cdt))
+        tr.free(out + ".w", out + ".absmax_dq", out + ".absmax", out + ".x")
+        if cdt != cb:  # .to(inp_dtype)
+            tr.alloc(out, pscale(m, n * cb))
+            tr.free(out + ".o")
+        else:
+            tr.rename(out + ".o", out)
+        return
+    if f.quant == "int8":  # MatMul8bitLt.forward with llm_int8_threshold 6.0
+        tr.alloc(out + ".a16", pscale(m, k * 2))       # A.to(float16)
+        tr.alloc(out + ".abs", pscale(m, k * 2))       # outlier search: A.abs()
+        tr.alloc(out + ".mask", pscale(m, k))          # >= threshold (bool)
+        tr.free(out + ".abs", out + ".mask")
+        tr.alloc(out + ".ca", pscale(m, k))            # int8 row-quantized A
+        tr.alloc(out + ".sca", pscale(m, FP32))        # its row scales
+        tr.alloc(out + ".i32", pscale(m, n * 4))       # int8 GEMM int32 accumulator
+        tr.alloc(out + ".o16", pscale(m, n * 2))       # int8_mm_dequant fp16 output
+        tr.free(out + ".i32", out + ".ca", out + ".sca")
+        tr.alloc(out, pscale(m, n * cb))               # .to(bf16)
+        tr.free(out + ".o16", out + ".a16")
+        return
+    if fam == "fp8":
+        tr.alloc(out + ".xq", pscale(m, k))            # activation cast to e4m3
+        tr.alloc(out, pscale(m, n * cb))
+        tr.free(out + ".xq")
+        return
+    if fam == "awq" and f.m_max >= 1024:               # AutoAWQ: dequantize, then matmul
+        tr.alloc(out + ".w", P(n * k * 2))
+        tr.alloc(out, pscale(m, n * cb))
+        tr.free(out + ".w")
+        return
+    tr.alloc(out, pscale(m, n * cb))
+
+
+def _rms_norm(tr: _Tracer, f: Forward, out: str, elems: Poly) -> None:
+    """LlamaRMSNorm: x.to(fp32); pow(2).mean(-1); x * rsqrt(var); weight * x.to(input dtype)."""
+    if f.cb != FP32:
+        tr.alloc(out + ".x32", pscale(elems, FP32))
+    tr.alloc(out + ".pow", pscale(elems, FP32))
+    tr.free(out + ".pow")
+    tr.alloc(out + ".h32", pscale(elems, FP32))
+    tr.free(out + ".x32")
+    if f.cb != FP32:
+        tr.alloc(out + ".h", pscale(elems, f.cb))
+    tr.alloc(out, pscale(elems, f.cb))
+    tr.free(out + ".h", out + ".h32")
+
+
+def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
+    H, qd, kvd, cb, b = spec.hidden_size, spec.q_dim, spec.kv_dim, f.cb, f.batch
+    _linear(tr, f, "q", m, H, qd)
+    _linear(tr, f, "k", m, H, kvd)
+    _linear(tr, f, "v", m, H, kvd)
+    if spec.qk_norm:  # Qwen3: q_norm / k_norm over head_dim before rope
+        for t, d in (("q", qd), ("k", kvd)):
+            _rms_norm(tr, f, t + "n", pscale(m, d))
+            tr.free(t)
+            tr.rename(t + "n", t)
+    # apply_rotary_pos_emb: (x * cos) + (rotate_half(x) * sin); rotate_half = cat(-x2, x1).
+    for t, d in (("q", qd), ("k", kvd)):
+        e = pscale(m, d * cb)
+        tr.alloc(t + ".cos", e)
+        tr.alloc(t + ".neg", pscale(m, d * cb // 2))
+        tr.alloc(t + ".rot", e)
+        tr.free(t + ".neg")
+        tr.alloc(t + ".sin", e)
+        tr.free(t + ".rot")
+        tr.alloc(t + "e", e)
+        tr.free(t + ".cos", t + ".sin", t)
+    # Cache update. Dynamic: torch.cat([old, new], dim=-2) allocates the grown tensor while the
+    # old one is still referenced (cache_utils.DynamicLayer.update). Static: index_copy_ into
+    # the tensors allocated at the layer's first update (StaticLayer.lazy_initialization).
+    if f.cache == "dynamic":
+        tr.alloc("kv.k", f.kv_k)
+        tr.free("kv.k.old", "ke")
+        tr.alloc("kv.v", f.kv_v)
+        tr.free("kv.v.old", "v")
+    else:
+        if "kv.k.old" in tr.live:
+            tr.rename("kv.k.old", "kv.k")
+            tr.rename("kv.v.old", "kv.v")
+        else:
+            tr.alloc("kv.k", f.kv_k)
+            tr.alloc("kv.v", f.kv_v)
+        tr.free("ke", "v")
+    n_h = spec.num_attention_heads
+    rep = pscale(f.S, b * n_h * spec.head_dim * cb)
+    scores = pscale(pmul(f.q, f.S), b * n_h)
+    if f.attn == "eager":  # eager_attention_forward
+        tr.alloc("k.rep", rep)                           # repeat_kv(key)
+        tr.alloc("v.rep", rep)                           # repeat_kv(value)
+        tr.alloc("scores.mm", pscale(scores, cb))        # matmul(q, k^T)
+        tr.alloc("scores", pscale(scores, cb))           # * scaling
+        tr.free("scores.mm")
+        tr.alloc("scores.masked", pscale(scores, cb))    # + causal_mask
+        tr.free("scores")
+        tr.alloc("probs32", pscale(scores, FP32))        # softmax(dtype=float32)
+        tr.alloc("probs", pscale(scores, cb))            # .to(query dtype)
+        tr.free("scores.masked", "probs32")
+        tr.alloc("attn.bhtd", pscale(m, qd * cb))        # matmul(probs, v)
+        tr.free("probs", "k.rep", "v.rep")
+        tr.alloc("attn", pscale(m, qd * cb))             # transpose(1, 2).contiguous()
+        tr.free("attn.bhtd")
+    else:
+        # SDPA: with no mask, GQA goes to the kernel (enable_gqa=True, no copies); with a mask,
+        # repeat_kv materialises K and V for every query head and ATen converts the bool mask
+        # to a float mask in the query dtype (convert_boolean_attn_mask).
+        if f.has_mask:
+            tr.alloc("k.rep", rep)
+            tr.alloc("v.rep", rep)
+            tr.alloc("mask.float", pscale(pmul(f.q, f.S), b * cb))
+        tr.alloc("attn", pscale(m, qd * cb))             # kernel output [b, T, h, d]
+        tr.alloc("lse", pscale(f.q, b * n_h * FP32))     # logsumexp, dropped by F.sdpa
+        tr.free("lse", "mask.float", "k.rep", "v.rep")
+    tr.free("qe")
+    _linear(tr, f, "o", m, qd, H)
+    tr.free("attn")
+
+
+def _mlp(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
+    """down_proj(act_fn(gate_proj(x)) * up_proj(x)): gate is freed once act exists."""
+    I, H, cb = spec.intermediate_size, spec.hidden_size, f.cb
+    _linear(tr, f, "gate", m, H, I)
+    tr.alloc("act", pscale(m, I * cb))
+    tr.free("gate")
+    _linear(tr, f, "up", m, H, I)
+    tr.alloc("prod", pscale(m, I * cb))
+    tr.free("act", "up")
+    _linear(tr, f, "mo", m, I, H)
+    tr.free("prod")
+
+
+def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ...]]]:
+    """Snapshots (tag, live sizes) after every allocation of one forward's last layer."""
+    tr = _Tracer()
+    b, cb, H, V = f.batch, f.cb, spec.hidden_size, spec.vocab_size
+    m = pscale(f.q, b)
+    tr.tag = "inputs"
+    tr.alloc("kv.k.old", f.kv_old_k)
+    tr.alloc("kv.v.old", f.kv_old_v)
+    tr.alloc("input_ids", pscale(m, INT64))
+    tr.alloc("position_ids", pscale(m, INT64))
+    tr.alloc("cache_position", pscale(f.q, INT64))
+    tr.alloc("embeds", pscale(m, H * cb))
+    tr.alloc("cos", pscale(m, spec.rotary_dim * cb))    # position_embeddings, live all forward
+    tr.alloc("sin", pscale(m, spec.rotary_dim * cb))
+    if f.has_mask:  # 4-D mask: bool for SDPA, additive in the model dtype for eager
+        tr.alloc("mask", pscale(pmul(f.q, f.S), b * (cb if f.attn == "eager" else 1)))
+    # The last layer's input is the previous layer's output (LlamaModel keeps inputs_embeds).
+    x = "embeds"
+    if spec.num_hidden_layers > 1:
+        tr.alloc("x", pscale(m, H * cb))
+        x = "x"
+    tr.tag = "attention"
+    _rms_norm(tr, f, "n1", pscale(m, H))
+    _attention(tr, f, spec, m)
+    tr.free("n1")
+    tr.alloc("h", pscale(m, H * cb))                    # residual + attention output
+    tr.free("o")
+    tr.tag = "mlp"
+    _rms_norm(tr, f, "n2", pscale(m, H))
+    _mlp(tr, f, spec, m)
+    tr.free("n2")
+    tr.alloc("y", pscale(m, H * cb))                    # residual + mlp output
+    tr.free("mo", "h")
+    if x == "x":
+        tr.free("x")
+    tr.tag = "final norm"
+    _rms_norm(tr, f, "yn", pscale(m, H))
+    tr.free("y", "embeds", "cos", "sin", "mask", "position_ids", "cache_position")
+    tr.tag = "logits"
+    if f.logits == "last":
+        # generate(): logits_to_keep=1, then logits[:, -1].to(copy=True, dtype=float32).
+        tr.alloc("logits", P(b * V * cb))
+        tr.free("yn")
+        tr.alloc("next_logits", P(b * V * FP32))
+        tr.free("logits")
+    else:
+        tr.alloc("logits", pscale(m, V * cb))
+        if f.logits == "full-fp32":
+            tr.alloc("logits32", pscale(m, V * FP32))
+    return tr.snaps
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    tag: str
+    raw: Poly                            # sum of live sizes
+    sizes: tuple[Poly, ...]              # distinct live sizes
+    counts: tuple[int, ...]              # how many tensors of each size
+    const_blk: int                       # allocator bytes of the live sizes that do not depend on T
+    const_sizes: tuple[int, ...]
+    const_counts: tuple[int, ...]
+    slack: int                           # most the allocator can add on top of raw
+    res_slack: int                       # most the segments can add on top of raw
+
+
+_MAX_SLACK = 2 * 1024 * 1024  # block_bytes(n) - n < 2 MiB for any single tensor
+
+
+def _min_on(d: Poly, lo: int, hi: int) -> int:
+    """Minimum of the polynomial d over the integers lo..hi."""
+    pts = [lo, hi]
+    if d[2] > 0:
+        v = -d[1] // (2 * d[2])
+        pts += [min(max(v, lo), hi), min(max(v + 1, lo), hi)]
+    return min(peval(d, t) for t in pts)
+
+
+def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
+         persistent: tuple[tuple[Poly, int], ...] = ()) -> tuple[Candidate, ...]:
+    """The snapshots that can be the allocator peak for some context in ``t_lo..t_hi``.
+
+    A snapshot is dropped when another one contains it (as a multiset of live tensors), or
+    when another one is larger by more than its rounding slack over the whole interval.
+    ``persistent`` tensors (size, count) are live in every snapshot (e.g. the other layers' KV).
+    """
+    counted = [(tag, Counter(live)) for tag, live in snaps]
+    kept: list[tuple[str, Counter]] = []
+    for i, (tag, c) in enumerate(counted):
+        dominated = False
+        for j, (_, d) in enumerate(counted):
+            if i != j and len(d) >= len(c) and all(d[k] >= v for k, v in c.items()) and (d != c or j > i):
+                dominated = True
+                break
+        if not dominated:
+            kept.append((tag, c))
+    for _, c in kept:
+        for size, n in persistent:
+            if size != ZERO and n:
+                c[size] += n
+
+    def slack_of(c: Counter) -> int:
+        return sum(n * (block_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for k, n in c.items())
+
+    def raw_of(c: Counter) -> Poly:
+        raw = ZERO
+        for size, n in c.items():
+            raw = padd(raw, pscale(size, n))
+        return raw
+
+    # Drop b when some a is larger over the whole interval by more than the rounding that b's
+    # own tensors (those a does not share) could add: then blk(a) >= blk(b) everywhere.
+    survivors = []
+    for i, (tag, b) in enumerate(kept):
+        beaten = False
+        for j, (_, a) in enumerate(kept):
+            if i == j:
+                continue
+            only_a, only_b = a - b, b - a
+            if not only_a:
+                continue
+            d = padd(raw_of(only_a), pscale(raw_of(only_b), -1))
+            if _min_on(d, t_lo, t_hi) >= slack_of(only_b) and (_min_on(d, t_lo, t_hi) > 0 or j < i):
+                beaten = True
+                break
+        if not beaten:
+            survivors.append(i)
+    cands = []
+    for i in survivors:
+        tag, c = kept[i]
+        raw = raw_of(c)
+        var = sorted((k, n) for k, n in c.items() if k[1] or k[2])
+        const = sorted((k[0], n) for k, n in c.items() if not (k[1] or k[2]))
+        const_blk = sum(n * block_bytes(k) for k, n in const)
+        # reserved: each large tensor rounds up by < 2 MiB; the shared small and medium
+        # segments add < 2 MiB + 20 MiB in all.
+        res_slack = sum(c.values()) * (_MAX_SLACK + 512) + 2 * 1024 * 1024 + LARGE_SEGMENT_BYTES
+        cands.append(Candidate(tag, raw, tuple(k for k, _ in var) + tuple((k, 0, 0) for k, _ in const),
+                               tuple(n for _, n in var) + tuple(n for _, n in const), const_blk,
+                               tuple(k for k, _ in const), tuple(n for _, n in const), slack_of(c), res_slack))
+    return tuple(cands)
+
+
+_SMALL = 1 << 20       # allocator kSmallSize
+_MIN_LARGE = 10 << 20  # kMinLargeAlloc
+_ROUND_LARGE = 2 << 20  # kRoundLarge
+_SMALL_SEG = 2 << 20
+_LARGE_SEG = 20 << 20
+
+
+def _measure(c: Candidate, t: int) -> tuple[int, int]:
+    """(allocator bytes, reserved segment bytes) of a candidate's live tensors at ``t``.
+
+    The same rules as ``allocator.block_bytes`` and ``allocator.reserved_for``, fused into one
+    pass because this is the innermost loop of sweeps and solvers.
+    """
+    blk = 0
+    large = small = medium = 0
+    for (c0, c1, c2), n in zip(c.sizes, c.counts):
+        v = c0 + t * (c1 + t * c2)
+        if v <= 0:
+            continue
+        r = (v + 511) & ~511
+        if r <= _SMALL:
+            blk += n * r
+            small += n * r
+        elif r < _MIN_LARGE:
+            blk += n * r
+            medium += n * r
+        else:
+            seg = -(-r // _ROUND_LARGE) * _ROUND_LARGE
+            blk += n * (seg if seg - r <= _SMALL else r)
+            large += n * seg
+    res = large + -(-small // _SMALL_SEG) * _SMALL_SEG + -(-medium // _LARGE_SEG) * _LARGE_SEG
+    return blk, res
+
+
+def evaluate(cands: tuple[Candidate, ...], t: int) -> tuple[int, int, int, str]:
+    """(raw, allocator, reserved bytes, where) at the allocator peak of a plan at context ``t``."""
+    if len(cands) == 1:
+        c = cands[0]
+        blk, res = _measure(c, t)
+        r = c.raw
+        return r[0] + t * (r[1] + t * r[2]), blk, res, c.tag
+    scored = sorted(((r[0] + t * (r[1] + t * r[2]), i) for i, c in enumerate(cands) for r in (c.raw,)), reverse=True)
+    best = (-1, -1, 0, "")
+    for raw, i in scored:
+        c = cands[i]
+        if raw + c.slack <= best[1]:
+            break
+        blk, res = _measure(c, t)
+        if blk > best[1]:
+            best = (raw, blk, res, c.tag)
+    return best
+
+
+def upper_bounds(cands: tuple[Candidate, ...], t: int) -> tuple[int, int]:
+    """Upper bounds of (allocator bytes, segment bytes) of a plan at ``t``, without evaluating it."""
+    blk = res = 0
+    for c in cands:
+        raw = peval(c.raw, t)
+        blk = max(blk, raw + c.slack)
+        res = max(res, raw + c.res_slack)
+    return blk, res

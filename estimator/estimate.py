@@ -1,0 +1,409 @@
+"""``estimate()``: GPU memory of Hugging Face transformers ``generate()`` for one setting.
+
+What is counted (all ints, bytes):
+
+- weights: every tensor the loaded model holds, exact (``quant.weight_bytes``);
+- KV cache: K and V of every layer at the end of generation (``context + new_tokens`` tokens);
+- activations: transient tensors at the peak, replayed allocation by allocation
+  (``activations``), on top of the weights and the KV present at that moment;
+- overhead: cuBLAS workspace, allocator block rounding, reserved-but-unallocated segment
+  space, and the CUDA context (NVML only).
+
+Three totals, one per counter:
+
+- ``peak_allocated_bytes`` predicts ``torch.cuda.max_memory_allocated()`` after loading;
+- ``peak_reserved_bytes`` predicts ``torch.cuda.max_memory_reserved()``;
+- ``device_used_bytes`` predicts the process's memory in NVML / nvidia-smi, which is what
+  must be free on the GPU. ``total_bytes`` equals it, and equals
+  weights + kv_cache + activations + overhead.
+
+Worked example, Llama 3.2 3B, bf16, SDPA, batch 1, 8192-token prompt + 32 new tokens, H100:
+weights 6,425,500,160 B; KV 28 x 2 x 8 x 128 x 2 B x 8,224 tokens = 943,194,112 B; the peak
+is in the last layer's MLP during prefill, with about 74 KB of temporaries per prompt token.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import activations as act
+from .allocator import block_bytes, reserved_for
+from .errors import InvalidSpecError
+from .gpus import Gpu, custom_gpu, get_gpu
+from .kv import KV_RESIDUAL_TOKENS, _ELEMENT_BITS, is_quantized_kv, kv_layer_tensor_bytes, resolve_kv_dtype, KV_QUANT_GROUP
+from .model import ModelSpec, load_model
+from .overhead import cublas_workspace_bytes, cuda_context_bytes
+from .quant import get_quant, weight_bytes, weight_tensors
+from .units import cdiv
+
+ATTN_IMPLS = ("sdpa", "eager")
+CACHE_KINDS = ("dynamic", "static")
+LOGITS_MODES = ("last", "full", "full-fp32")
+BNB_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+MAX_CONTEXT = 1 << 24   # 16M tokens: a sanity bound, far beyond any model's window
+MAX_BATCH = 1 << 16
+
+COUNTERS = {
+    "peak_allocated_bytes": "torch.cuda.max_memory_allocated() after loading (peak of allocated blocks)",
+    "peak_reserved_bytes": "torch.cuda.max_memory_reserved() (segments the caching allocator holds)",
+    "device_used_bytes": "NVML / nvidia-smi memory used by the process (CUDA context + reserved + non-torch)",
+    "total_bytes": "equals device_used_bytes: what must be free on the GPU",
+}
+
+
+def _int(name: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidSpecError(f"{name} must be an integer: {v!r}")
+    if not lo <= v <= hi:
+        raise InvalidSpecError(f"{name} must be between {lo:,} and {hi:,}: {v!r}")
+    return v
+
+
+def _choice(name: str, v: Any, options: tuple[str, ...]) -> str:
+    if v not in options:
+        raise InvalidSpecError(f"{name} must be one of {', '.join(options)}: {v!r}")
+    return v
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """One inference setting for the transformers engine. See docs/api.md for each field."""
+
+    model: ModelSpec
+    quant: str = "bf16"
+    context: int = 8192
+    batch: int = 1
+    kv_dtype: str = "auto"
+    attn: str = "sdpa"
+    new_tokens: int = 32
+    cache: str = "dynamic"
+    padding: bool = False
+    logits: str = "last"
+    prefill_chunk: int | None = None
+    bnb_compute_dtype: str = "bf16"
+    max_cache_len: int | None = None
+    gpu: Gpu | None = None
+
+    def __post_init__(self) -> None:
+        get_quant(self.quant)
+        _int("context", self.context, 1, MAX_CONTEXT)
+        _int("batch", self.batch, 1, MAX_BATCH)
+        _int("new_tokens", self.new_tokens, 0, MAX_CONTEXT)
+        resolve_kv_dtype(self.kv_dtype, 2)
+        _choice("attn", self.attn, ATTN_IMPLS)
+        _choice("cache", self.cache, CACHE_KINDS)
+        _choice("logits", self.logits, LOGITS_MODES)
+        _choice("bnb_compute_dtype", self.bnb_compute_dtype, BNB_COMPUTE_DTYPES)
+        if not isinstance(self.padding, bool):
+            raise InvalidSpecError(f"padding must be true or false: {self.padding!r}")
+        if self.prefill_chunk is not None:
+            _int("prefill_chunk", self.prefill_chunk, 1, MAX_CONTEXT)
+        if self.max_cache_len is not None:
+            _int("max_cache_len", self.max_cache_len, 1, MAX_CONTEXT)
+            if self.max_cache_len < self.context + self.new_tokens:
+                raise InvalidSpecError(
+                    f"max_cache_len must hold context + new_tokens ({self.context + self.new_tokens:,}): "
+                    f"{self.max_cache_len!r}")
+
+    @property
+    def compute_bytes(self) -> int:
+        return get_quant(self.quant).compute_bytes if self.quant != "fp32" else 4
+
+    @property
+    def kv_resolved(self) -> str:
+        return resolve_kv_dtype(self.kv_dtype, self.compute_bytes)
+
+    @property
+    def final_tokens(self) -> int:
+        return self.context + self.new_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model.name, "quant": self.quant, "context": self.context, "batch": self.batch,
+                "kv_dtype": self.kv_dtype, "attn": self.attn, "new_tokens": self.new_tokens,
+                "cache": self.cache, "padding": self.padding, "logits": self.logits,
+                "prefill_chunk": self.prefill_chunk, "bnb_compute_dtype": self.bnb_compute_dtype,
+                "max_cache_len": self.max_cache_len, "engine": "transformers",
+                "gpu": self.gpu.key if self.gpu else None}
+
+
+PHASE_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
+                "peak_reserved_bytes", "device_used_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Predicted GPU memory of one setting. All ``*_bytes`` fields are int bytes."""
+
+    settings: Settings
+    num_params: int
+    weights_bytes: int
+    kv_cache_bytes: int
+    activations_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    gpu_memory_bytes: int | None
+    phases: dict[str, dict[str, int]] = field(compare=False)
+    breakdown: dict[str, dict[str, int]] = field(compare=False)
+    peak_phase: str = "prefill"
+    peak_at: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.device_used_bytes
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.gpu_memory_bytes is None else self.device_used_bytes <= self.gpu_memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        return None if self.gpu_memory_bytes is None else self.gpu_memory_bytes - self.device_used_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "num_params": self.num_params,
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "activations_bytes": self.activations_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_used_bytes": self.device_used_bytes,
+            "total_bytes": self.total_bytes,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "peak_phase": self.peak_phase,
+            "peak_at": self.peak_at,
+            "phases": {k: dict(v) for k, v in self.phases.items()},
+            "breakdown": {k: dict(v) for k, v in self.breakdown.items()},
+            "counters": dict(COUNTERS),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# KV tensor sizes as polynomials in the context T.
+
+def _kv_layer_poly(s: Settings, tokens: act.Poly, tokens_at: int) -> act.Poly:
+    """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens (a polynomial in T)."""
+    spec, b, kv = s.model, s.batch, s.kv_resolved
+    per_token = b * spec.num_key_value_heads * spec.head_dim * _ELEMENT_BITS[kv] // 8
+    if not is_quantized_kv(kv):
+        return act.pscale(tokens, per_token)
+    per_token += 2 * s.compute_bytes * b * spec.num_key_value_heads * cdiv(spec.head_dim, KV_QUANT_GROUP)
+    residual_per_token = b * spec.num_key_value_heads * spec.head_dim * s.compute_bytes
+    if tokens_at >= KV_RESIDUAL_TOKENS:
+        return act.padd(act.pscale(tokens, per_token), act.P(KV_RESIDUAL_TOKENS * residual_per_token))
+    return act.pscale(tokens, per_token + residual_per_token)
+
+
+def _cache_len_poly(s: Settings) -> act.Poly:
+    return act.P(s.max_cache_len) if s.max_cache_len else act.P(s.new_tokens, 1)
+
+
+def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, act.Poly]]:
+    """The forwards to replay: phase -> (forward, tokens in the other layers' K/V, extra live bytes).
+
+    Returns polys of T. The regime (kernel choices, chunking) is fixed by ``s.context``.
+    """
+    q_meta = get_quant(s.quant)
+    fam = "float" if q_meta.family == "executorch" else q_meta.family
+    cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
+    T, N, b = s.context, s.new_tokens, s.batch
+    common = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam, bnb_compute_bytes=cbn,
+                  attn=s.attn, padding=s.padding, cache=s.cache)
+    static = s.cache == "static"
+    out = {}
+    # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens. For chunks the
+    # last chunk is taken as a full chunk at the end of the prompt (an upper bound).
+    chunked = s.prefill_chunk is not None and s.prefill_chunk < T
+    if chunked:
+        C = s.prefill_chunk
+        q, past, m_max = act.P(C), act.P(-C, 1), b * C
+    else:
+        q, past, m_max = act.P(0, 1), act.ZERO, b * T
+    S = _cache_len_poly(s) if static else act.P(0, 1)
+    S_at = (s.max_cache_len or T + N) if static else T
+    kv_new = _kv_layer_poly(s, S, S_at)
+    if static:
+        kv_old = kv_new if chunked else act.ZERO
+    else:
+        kv_old = _kv_layer_poly(s, past, T - (s.prefill_chunk or 0)) if chunked else act.ZERO
+    f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
+                    kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or chunked, m_max=m_max, **common)
+    out["prefill"] = (f, kv_new, act.ZERO)
+    if N >= 1:
+        # Last decode step: one token per sequence on top of T + N - 1 cached tokens.
+        past = act.P(N - 1, 1)
+        S = _cache_len_poly(s) if static else act.P(N, 1)
+        kv_new = _kv_layer_poly(s, S, S_at if static else T + N)
+        kv_old = kv_new if static else _kv_layer_poly(s, past, T + N - 1)
+        # generate() keeps the previous step's fp32 next-token logits and the growing input_ids.
+        extra = act.padd(act.P(b * s.model.vocab_size * act.FP32), act.pscale(past, b * act.INT64))
+        f = act.Forward(q=act.P(1), past=past, S=S, logits="last", kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
+                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or static, m_max=b, **common)
+        out["decode"] = (f, kv_new, extra)
+    return out
+
+
+def _thresholds(s: Settings) -> list[int]:
+    """Contexts at which the replay changes shape (kernel choices, chunking, KV residual)."""
+    b, N, C = s.batch, s.new_tokens, s.prefill_chunk
+    th = [128, 129 - N, 128 - N]
+    if C is not None:
+        th += [C + 1, 128 + C]
+    else:
+        th += [cdiv(m, b) for m in (5, 8, 513, 1024)]
+    return sorted({t for t in th if t > 1})
+
+
+def _regime(s: Settings, T: int) -> tuple[int, int]:
+    """The context interval [lo, hi] around ``T`` in which the replay keeps its shape."""
+    lo, hi = 1, MAX_CONTEXT
+    for t in _thresholds(s):
+        if t <= T:
+            lo = t
+        else:
+            hi = t - 1
+            break
+    return lo, hi
+
+
+_PLANS: dict[tuple, dict[str, tuple[tuple[act.Candidate, ...], act.Poly, act.Poly]]] = {}
+
+
+def _plans(s: Settings, T: int) -> tuple[dict[str, tuple[tuple[act.Candidate, ...], act.Poly, act.Poly]], int]:
+    """Replay plans per phase for context T, cached per setting and context interval.
+
+    Returns the plans and the last context of the interval they are valid for.
+    """
+    lo, hi = _regime(s, T)
+    key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
+           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, lo)
+    hit = _PLANS.get(key)
+    if hit is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        at = s if s.context == T else replace(s, context=T)
+        n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
+        hit = _PLANS[key] = {
+            phase: (act.plan(act.trace_forward(s.model, f), lo, hi, ((kv_poly, n_other), (extra, 1))), kv_poly, extra)
+            for phase, (f, kv_poly, extra) in _forwards(at).items()}
+    return hit, hi
+
+
+@functools.lru_cache(maxsize=512)
+def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
+    """(raw bytes, allocator-charged bytes, reserved segment bytes) of the loaded weights."""
+    sizes = [t.nbytes for t in weight_tensors(spec, quant)]
+    return weight_bytes(spec, quant).total_bytes, sum(block_bytes(n) for n in sizes), reserved_for(sizes)
+
+
+def _phase(s: Settings, T: int, cands, kv_poly, base: tuple[int, int, int]) -> tuple[int, int, int, int, str]:
+    """(raw, allocator, reserved, kv cache) bytes at one phase's peak at context T, and where it is."""
+    raw, blk, res, tag = act.evaluate(cands, T)
+    blk += base[1]
+    return base[0] + raw, blk, max(blk, base[2] + res), 2 * s.model.num_hidden_layers * act.peval(kv_poly, T), tag
+
+
+def _base(s: Settings) -> tuple[tuple[int, int, int], int, int]:
+    """((raw, allocator, reserved) bytes of weights + cuBLAS workspace), workspace, CUDA context."""
+    w_raw, w_blk, w_res = _weights(s.model, s.quant)
+    arch = s.gpu.arch if s.gpu else "generic"
+    ws = cublas_workspace_bytes(arch)
+    ctx = cuda_context_bytes(s.gpu.cls if s.gpu else "generic")
+    return (w_raw + ws, w_blk + block_bytes(ws), w_res + reserved_for((ws,))), ws, ctx
+
+
+def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, ...]:
+    """Top-level numbers only (for sweeps and solvers): skips the decode replay when bounds
+    show it cannot set either peak.
+
+    Returns (weights, kv_cache, activations, overhead, peak_allocated, peak_reserved, device_used).
+    """
+    w_raw = base[0] - ws
+    c, kvp, _ = plans["prefill"]
+    raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
+    if "decode" in plans:
+        c, kvp, _ = plans["decode"]
+        kv = 2 * s.model.num_hidden_layers * act.peval(kvp, T)
+        ub_blk, ub_res = act.upper_bounds(c, T)
+        if base[1] + ub_blk > blk or base[2] + ub_res > res:
+            d_raw, d_blk, d_res, kv, _ = _phase(s, T, c, kvp, base)
+            if d_blk > blk:
+                raw, blk = d_raw, d_blk
+            res = max(res, d_res)
+    activations = max(0, raw - w_raw - ws - kv)
+    device = res + ctx
+    return w_raw, kv, activations, device - w_raw - kv - activations, blk, res, device
+
+
+def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
+    spec = s.model
+    plans, _ = _plans(s, s.context)
+    base, ws, context_bytes = _base(s)
+    w_raw = base[0] - ws
+    phases: dict[str, dict[str, int]] = {
+        "load": {"weights_bytes": w_raw, "kv_cache_bytes": 0, "activations_bytes": 0,
+                 "peak_allocated_bytes": base[1] - block_bytes(ws), "peak_reserved_bytes": base[2] - reserved_for((ws,)),
+                 "device_used_bytes": base[2] - reserved_for((ws,)) + context_bytes}}
+    best = None
+    for phase, (cands, kv_poly, extra_poly) in plans.items():
+        raw, blk, res, kv_total, tag = _phase(s, s.context, cands, kv_poly, base)
+        phases[phase] = {
+            "weights_bytes": w_raw, "kv_cache_bytes": kv_total,
+            "activations_bytes": max(0, raw - w_raw - ws - kv_total),
+            "peak_allocated_bytes": blk, "peak_reserved_bytes": res,
+            "device_used_bytes": res + context_bytes,
+        }
+        if best is None or blk > best[1]:
+            best = (phase, blk, raw, tag)
+    peak_phase, peak_alloc, peak_raw, peak_tag = best
+    peak_res = max(p["peak_reserved_bytes"] for p in phases.values())
+    device_used = peak_res + context_bytes
+    kv_end = phases["decode" if "decode" in phases else "prefill"]["kv_cache_bytes"]
+    activations = max(0, peak_raw - w_raw - ws - kv_end)
+    rounding = peak_alloc - (w_raw + ws + kv_end + activations)
+    overhead = {"cublas_workspace": ws, "allocator_rounding": rounding,
+                "reserved_slack": peak_res - peak_alloc, "cuda_context": context_bytes, "non_torch": 0}
+    wb = weight_bytes(spec, s.quant)
+    breakdown = {"weights": {"parameters": wb.parameters_bytes, "quant_state": wb.quant_state_bytes,
+                             "buffers": wb.buffers_bytes},
+                 "overhead": overhead}
+    est = Estimate(settings=s, num_params=spec.num_params, weights_bytes=w_raw, kv_cache_bytes=kv_end,
+                   activations_bytes=activations, overhead_bytes=sum(overhead.values()),
+                   peak_allocated_bytes=peak_alloc, peak_reserved_bytes=peak_res, device_used_bytes=device_used,
+                   gpu_memory_bytes=gpu_memory_bytes, phases=phases, breakdown=breakdown,
+                   peak_phase=peak_phase, peak_at=peak_tag)
+    if est.weights_bytes + est.kv_cache_bytes + est.activations_bytes + est.overhead_bytes != est.total_bytes:
+        raise AssertionError("estimate components do not add up to the total")
+    return est
+
+
+def make_settings(model: Any = "llama-3.2-3b", *, gpu: Any = None, **kw: Any) -> Settings:
+    """Settings from loose inputs: a model reference (preset, path, dict, spec) and a GPU key."""
+    return Settings(model=load_model(model), gpu=get_gpu(gpu) if gpu is not None else None, **kw)
+
+
+def estimate(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int = 8192, batch: int = 1, *,
+             gpu: Any = None, gpu_memory_bytes: int | None = None, **kw: Any) -> Estimate:
+    """Estimate GPU memory for one setting (see module docstring and docs/api.md)."""
+    if isinstance(model, Settings):
+        s = model
+    else:
+        s = make_settings(model, gpu=gpu, quant=quant, context=context, batch=batch, **kw)
+    return estimate_settings(s, gpu_memory_bytes)
+
+
+def estimate_settings(s: Settings, gpu_memory_bytes: int | None = None) -> Estimate:
+    if gpu_memory_bytes is not None:
+        _int("gpu_memory_bytes", gpu_memory_bytes, 1, 1 << 50)
+        if s.gpu is None:
+            s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
+    mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
+    return _estimate(s, mem)

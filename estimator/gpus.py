@@ -1,0 +1,61 @@
+"""GPU catalog: the memory the driver reports to CUDA programs, per card, with its source.
+
+Data: ``estimator/data/gpus.json``. ``memory_bytes`` is what ``cudaMemGetInfo`` /
+``torch.cuda.get_device_properties().total_memory`` reports where a driver reading was found
+(each entry's ``memory_source`` quotes it); otherwise the nominal capacity, marked as such.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+from .errors import UnknownNameError
+
+
+@dataclass(frozen=True, slots=True)
+class Gpu:
+    key: str
+    name: str
+    vendor: str
+    arch: str
+    memory_bytes: int
+    memory_source: str
+    cls: str
+    bandwidth_bytes_per_s: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "name": self.name, "vendor": self.vendor, "arch": self.arch,
+                "memory_bytes": self.memory_bytes, "source": self.memory_source, "class": self.cls,
+                "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s}
+
+
+@functools.lru_cache(maxsize=1)
+def gpu_catalog() -> tuple[Gpu, ...]:
+    """All catalog GPUs, smallest memory first."""
+    raw = json.loads(resources.files("estimator").joinpath("data/gpus.json").read_text())
+    gpus = [Gpu(key=g["key"], name=g["name"], vendor=g["vendor"], arch=g["arch"],
+                memory_bytes=int(g["memory_bytes"]), memory_source=g["memory_source"], cls=g["class"],
+                bandwidth_bytes_per_s=g.get("bandwidth_bytes_per_s")) for g in raw["gpus"]]
+    return tuple(sorted(gpus, key=lambda g: (g.memory_bytes, g.key)))
+
+
+@functools.lru_cache(maxsize=1)
+def _by_key() -> dict[str, Gpu]:
+    return {g.key: g for g in gpu_catalog()}
+
+
+def get_gpu(key: "str | Gpu") -> Gpu:
+    if isinstance(key, Gpu):
+        return key
+    try:
+        return _by_key()[key]
+    except (KeyError, TypeError):
+        raise UnknownNameError(f"gpu must be a catalog key (see 'python -m estimator gpus'): {key!r}") from None
+
+
+def custom_gpu(memory_bytes: int, arch: str = "generic") -> Gpu:
+    return Gpu(key="custom", name="Custom GPU", vendor="nvidia", arch=arch, memory_bytes=memory_bytes,
+               memory_source="entered by the user", cls="custom")
