@@ -36,7 +36,8 @@ from typing import Any
 
 from .settings import BNB_QUANTS, make_settings
 
-FIELDS = ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
+          "device_used_bytes")
 
 
 def _version(pkg: str) -> str | None:
@@ -117,6 +118,7 @@ def _empty_result(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _finish(r: dict[str, Any]) -> dict[str, Any]:
+    """Top-level fields from the phases: weights at load, KV at the end, peaks over prefill+decode."""
     ph = r["phases"]
     r["weights_bytes"] = ph["load"]["weights_bytes"]
     r["kv_cache_bytes"] = ph["decode"]["kv_cache_bytes"]
@@ -128,6 +130,9 @@ def _finish(r: dict[str, Any]) -> dict[str, Any]:
     return r
 
 
+SIMULATE_OOM_ENV = "RUNTIME_SIMULATE_OOM_ABOVE"  # test hook: contexts above this raise a CUDA OOM
+
+
 def measure(settings: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
     """Measure one point. ``settings`` (or keywords) as in ``runtime.settings.make_settings``.
 
@@ -135,29 +140,70 @@ def measure(settings: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]
     exception ``status="error"``, both with what was measured before it. Bad settings raise
     ``SettingsError`` (the CLI turns that into exit code 2)."""
     s = make_settings(**{**(settings or {}), **kw})
-    r = _empty_result(s)
+    return next(measure_points([s]))
+
+
+def same_model(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Points that can share one loaded model."""
+    keys = ("model", "quant", "weights", "device", "attn", "bnb_compute_dtype")
+    return all(a[k] == b[k] for k in keys)
+
+
+def measure_points(points: list[dict[str, Any]]):
+    """Measure points that share one model (``same_model``) in this process, loading it once.
+
+    Yields one result per point, in order. Between points the cache and generation state are
+    dropped, ``gc.collect()`` and ``torch.cuda.empty_cache()`` run and peak statistics are reset,
+    so a point sees only the model (and the cuBLAS workspace, once created). Run contexts in
+    ascending order so a point never inherits a larger point's segments."""
     import torch
 
-    r["environment"] = environment(s["device"])
-    t0 = time.perf_counter()
-    try:
-        {"cuda": _measure_cuda, "cpu": _measure_cpu, "trace": _measure_trace}[s["device"]](s, r)
-    except torch.cuda.OutOfMemoryError as e:
-        r["status"], r["error"] = "oom", str(e).splitlines()[0][:500]
-    except MemoryError as e:
-        r["status"], r["error"] = "oom", f"host MemoryError: {e}"[:500]
-    except Exception as e:
-        from .settings import SettingsError
+    points = [make_settings(**p) for p in points]
+    for p in points[1:]:
+        if not same_model(points[0], p):
+            raise ValueError("measure_points: all points must share model, quant, weights, device, attn")
+    env = environment(points[0]["device"])
+    loaded: dict[str, Any] = {}
+    for s in points:
+        r = _empty_result(s)
+        r["environment"] = env
+        t0 = time.perf_counter()
+        try:
+            runner = {"cuda": _measure_cuda, "cpu": _measure_cpu, "trace": _measure_trace}[s["device"]]
+            runner(s, r, loaded)
+        except torch.cuda.OutOfMemoryError as e:
+            r["status"], r["error"] = "oom", str(e).splitlines()[0][:500]
+        except MemoryError as e:
+            r["status"], r["error"] = "oom", f"host MemoryError: {e}"[:500]
+        except Exception as e:
+            from .settings import SettingsError
 
-        if isinstance(e, SettingsError):
-            raise
-        r["status"], r["error"] = "error", f"{type(e).__name__}: {e}"[:2000]
-    finally:
-        gc.collect()
-        if s["device"] == "cuda" and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    r["details"]["wall_s"] = round(time.perf_counter() - t0, 3)
-    return _finish(r)
+            if isinstance(e, SettingsError):
+                raise
+            r["status"], r["error"] = "error", f"{type(e).__name__}: {e}"[:2000]
+            if "model" not in loaded:  # the load itself failed: later points would fail the same way
+                loaded["load_error"] = r["error"]
+        finally:
+            gc.collect()
+            if s["device"] == "cuda" and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        r["details"]["wall_s"] = round(time.perf_counter() - t0, 3)
+        yield _finish(r)
+    loaded.clear()
+
+
+def _simulated_oom(s: dict[str, Any]) -> None:
+    limit = os.environ.get(SIMULATE_OOM_ENV)
+    if limit and s["context"] > int(limit):
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"simulated out of memory ({SIMULATE_OOM_ENV}={limit})")
+
+
+def _reuse_load(r: dict[str, Any], loaded: dict[str, Any]) -> None:
+    r["weights"] = loaded["weights"]
+    r["phases"]["load"] = dict(loaded["load_phase"])
+    r["details"].update(loaded["load_details"], model_loaded_by_earlier_point=True)
 
 
 def _tokens_per_s(r: dict[str, Any], s: dict[str, Any], g: dict[str, Any]) -> None:
@@ -189,7 +235,9 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=Fal
     def phase(name: str, cache) -> None:
         prev = cur["name"]
         if prev is not None:
-            ph[prev].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=cache_bytes(cache),
+            kv = cache_bytes(cache)
+            ph[prev].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=kv,
+                            activations_bytes=max(0, tracker.peak - weights["total_bytes"] - kv),
                             peak_allocated_bytes=tracker.peak_rounded)
             raw[prev], detail[prev] = tracker.peak, tracker.peak_detail
         tracker.reset_peak()
@@ -202,6 +250,7 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=Fal
     best = max(raw, key=lambda n: ph[n]["peak_allocated_bytes"])
     r["details"].update(peak_live_bytes=max(raw.values()), peak_phase=best,
                         peak_tensors=_summarise(detail[best]))
+    r["activations_bytes"] = max(0, max(raw.values()) - weights["total_bytes"] - cache_bytes(g["cache"]))
     _tokens_per_s(r, s, g)
 
 
@@ -218,8 +267,7 @@ def _summarise(detail: list) -> list[dict[str, Any]]:
     return rows[:25]
 
 
-def _measure_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
-    import torch
+def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from . import trace
@@ -229,6 +277,7 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
         "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
         "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B "
                                 "(no allocator block slack, no cuBLAS workspace)",
+        "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
         "peak_reserved_bytes": None, "device_used_bytes": None,
     }
     r["details"]["attention"] = "flash-like stand-in" if s["attn"] == "sdpa" else "transformers eager (real code)"
@@ -237,12 +286,12 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
     with FakeTensorMode(allow_non_fake_inputs=True):
         extra = trace.materialise(model)
         weights = trace.stored_parts(model, extra)
+        _simulated_oom(s)
         _tracked_run(s, r, model, extra, trace.DEVICE, weights=weights, skip_middle=True)
     del model
-    torch  # noqa: B018  (imported for FakeTensorMode side effects only)
 
 
-def _measure_cpu(s: dict[str, Any], r: dict[str, Any]) -> None:
+def _measure_cpu(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -> None:
     from .load import load, weight_parts
 
     r["counters"] = {
@@ -250,18 +299,27 @@ def _measure_cpu(s: dict[str, Any], r: dict[str, Any]) -> None:
         "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
         "peak_allocated_bytes": "peak live tensor bytes of real CPU tensors, each rounded to 512 B "
                                 "(RSS is useless for this)",
+        "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
         "peak_reserved_bytes": None, "device_used_bytes": None,
     }
-    r["details"]["rss_before_load_bytes"] = _rss()
-    t0 = time.perf_counter()
-    model = load(s, "cpu")
-    r["details"]["load_s"] = round(time.perf_counter() - t0, 3)
-    r["details"]["rss_after_load_bytes"] = _rss()
-    _tracked_run(s, r, model, [], "cpu", weights=weight_parts(model))
+    if "load_error" in loaded:
+        raise RuntimeError(loaded["load_error"])
+    if "model" not in loaded:
+        d = {"rss_before_load_bytes": _rss()}
+        t0 = time.perf_counter()
+        loaded["model"] = load(s, "cpu")
+        d.update(load_s=round(time.perf_counter() - t0, 3), rss_after_load_bytes=_rss())
+        loaded["weights"] = weight_parts(loaded["model"])
+        loaded["load_details"] = d
+        r["details"].update(d)
+    else:
+        r["details"].update(loaded["load_details"], model_loaded_by_earlier_point=True)
+    _simulated_oom(s)
+    _tracked_run(s, r, loaded["model"], [], "cpu", weights=loaded["weights"])
     r["details"]["rss_end_bytes"] = _rss()
 
 
-def _measure_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
+def _measure_cuda(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -> None:
     import torch
 
     from . import generate
@@ -273,32 +331,42 @@ def _measure_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
         "peak_allocated_bytes": "torch.cuda.max_memory_allocated() (peak stats reset after load)",
         "peak_reserved_bytes": "torch.cuda.max_memory_reserved()",
         "device_used_bytes": "NVML used memory of this process at the end of the phase",
+        "activations_bytes": None,
     }
     d, ph = r["details"], r["phases"]
-    torch.cuda.init()
-    d["nvml_before_load"] = dict(zip(("process_bytes", "device_bytes"), _nvml_used()))
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
-    model = load(s, "cuda")
-    torch.cuda.synchronize()
-    d["load_s"] = round(time.perf_counter() - t0, 3)
-    w = weight_parts(model)
-    r["weights"] = w
-    mine, dev = _nvml_used()
-    ph["load"].update(weights_bytes=w["total_bytes"], kv_cache_bytes=0,
-                      peak_allocated_bytes=torch.cuda.max_memory_allocated(),
-                      peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
-    d["load"] = {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved(),
-                 "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+    if "load_error" in loaded:
+        raise RuntimeError(loaded["load_error"])
+    if "model" not in loaded:
+        torch.cuda.init()
+        ld: dict[str, Any] = {"nvml_before_load": dict(zip(("process_bytes", "device_bytes"), _nvml_used()))}
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        loaded["model"] = model = load(s, "cuda")
+        torch.cuda.synchronize()
+        ld["load_s"] = round(time.perf_counter() - t0, 3)
+        w = loaded["weights"] = weight_parts(model)
+        mine, dev = _nvml_used()
+        loaded["load_phase"] = dict(weights_bytes=w["total_bytes"], kv_cache_bytes=0, activations_bytes=None,
+                                    peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                                    peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
+        ld["load"] = {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved(),
+                      "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+        loaded["load_details"] = ld
+        r["weights"], r["phases"]["load"] = w, dict(loaded["load_phase"])
+        d.update(ld)
+    else:
+        _reuse_load(r, loaded)
+    model, w = loaded["model"], loaded["weights"]
+    _simulated_oom(s)
     # Load transients must not count as inference (memory-model §4.9): collect, empty, reset.
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    d["after_load_allocated_bytes"] = torch.cuda.memory_allocated()
-    d["after_load_reserved_bytes"] = torch.cuda.memory_reserved()
-    cur = {"name": None}
+    d["start_allocated_bytes"] = torch.cuda.memory_allocated()
+    d["start_reserved_bytes"] = torch.cuda.memory_reserved()
+    cur: dict[str, Any] = {"name": None}
 
     def phase(name: str, cache) -> None:
         prev = cur["name"]
@@ -316,3 +384,4 @@ def _measure_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
 
     g = generate.run(model, s, "cuda", phase=phase, sync=torch.cuda.synchronize)
     _tokens_per_s(r, s, g)
+    del g

@@ -1,0 +1,183 @@
+"""``python -m runtime``: measure one point, sweep a grid, or validate the estimator.
+
+    python -m runtime measure --model llama-3.2-3b --quant bf16 --context 8192 --batch 1 --device trace --json
+    python -m runtime sweep --quants bf16,nf4 --contexts 1K,8K --device cpu --out sweep.jsonl
+    python -m runtime validate --results sweep.jsonl --out-dir report/
+
+Bad input (and ``--device cuda`` without CUDA) exits with code 2 and one line on stderr.
+``measure`` prints a table and, as its last line, the JSON result (``--json``: only the JSON);
+it exits 0 for status ok or oom and 1 for error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .settings import ATTNS, COMPUTE_DTYPES, DEVICES, ISOLATIONS, LOGITS, RUNTIME_QUANTS, SettingsError, make_settings
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _point_args(p: argparse.ArgumentParser, grid: bool) -> None:
+    p.add_argument("--model", default="llama-3.2-3b", help="preset name or path to a config.json (or its folder)")
+    if grid:
+        p.add_argument("--quants", default="bf16", help=f"comma list of {','.join(RUNTIME_QUANTS)}")
+        p.add_argument("--contexts", default="1K,4K,8K", help="comma list of prompt lengths (8192 or 8K)")
+        p.add_argument("--batches", default="1", help="comma list of batch sizes")
+        p.add_argument("--extra", default="", help="extra CONTEXT:BATCH points for every quant, e.g. 8K:4")
+    else:
+        p.add_argument("--quant", default="bf16", help=f"one of {', '.join(RUNTIME_QUANTS)}")
+        p.add_argument("--context", default="8192", help="prompt tokens, prefilled in one forward (8192 or 8K)")
+        p.add_argument("--batch", default="1", help="sequences")
+    p.add_argument("--new-tokens", default="32", help="decode steps after the prefill")
+    p.add_argument("--kv-dtype", default="auto", help="auto (= compute dtype); DynamicCache supports nothing else")
+    p.add_argument("--attn", default="sdpa", help=f"one of {', '.join(ATTNS)}")
+    p.add_argument("--logits", default="last", help=f"one of {', '.join(LOGITS)} (generate() keeps the last)")
+    p.add_argument("--prefill-chunk", default=None, help="prefill in chunks of this many tokens")
+    p.add_argument("--bnb-compute-dtype", default="bf16", help=f"4-bit compute dtype, one of {', '.join(COMPUTE_DTYPES)}")
+    p.add_argument("--device", default="trace", help=f"one of {', '.join(DEVICES)}")
+    p.add_argument("--weights", default="random", help="random, a local safetensors checkpoint folder, or a hub id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m runtime", description="Measure LLM inference memory and compare with the estimator.")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    m = sub.add_parser("measure", help="measure one point")
+    _point_args(m, grid=False)
+    m.add_argument("--json", action="store_true", help="print only the JSON result")
+    for name, hlp in (("sweep", "measure a grid into a JSONL file (resumable)"),
+                      ("validate", "compare a sweep with the estimator (runs the sweep if --quants is given)")):
+        s = sub.add_parser(name, help=hlp)
+        _point_args(s, grid=True)
+        s.add_argument("--isolation", default="shared-process", help=f"one of {', '.join(ISOLATIONS)}")
+        s.add_argument("--timeout", type=float, default=None, help="seconds per point (process isolation)")
+        s.add_argument("--budget-s", type=float, default=None, help="stop starting points after this many seconds")
+        if name == "sweep":
+            s.add_argument("--out", required=True, help="JSONL results file (appended; existing points are skipped)")
+        else:
+            s.add_argument("--results", action="append", default=[], help="JSONL results file(s) to read")
+            s.add_argument("--out-dir", required=True, help="folder for validation.md and validation.json")
+            s.add_argument("--quiet", action="store_true", help="do not print the table")
+    sub.add_parser("_worker", help=argparse.SUPPRESS)
+    return ap
+
+
+def _common(a: argparse.Namespace) -> dict[str, Any]:
+    return {"model": a.model, "new_tokens": a.new_tokens, "kv_dtype": a.kv_dtype, "attn": a.attn, "logits": a.logits,
+            "prefill_chunk": a.prefill_chunk, "bnb_compute_dtype": a.bnb_compute_dtype, "device": a.device,
+            "weights": a.weights}
+
+
+def _split(text: str, field: str) -> list[str]:
+    items = [x.strip() for x in str(text).split(",") if x.strip()]
+    if not items:
+        raise SettingsError(f"{field} must be a comma list: {text!r}")
+    return items
+
+
+def _check_model(model: str) -> None:
+    from estimator.errors import EstimatorError
+    from estimator.model import load_model
+
+    try:
+        load_model(model)
+    except EstimatorError as e:
+        raise SettingsError(str(e)) from None
+
+
+def _check_device(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SettingsError("device: cuda requested but torch.cuda.is_available() is False "
+                                f"(torch {torch.__version__}); use --device cpu or trace")
+
+
+def _grid(a: argparse.Namespace) -> list[dict[str, Any]]:
+    from .sweep import grid
+
+    extra = []
+    for item in _split(a.extra, "extra") if a.extra else []:
+        c, _, b = item.partition(":")
+        if not b:
+            raise SettingsError(f"extra must be CONTEXT:BATCH items like 8K:4: {item!r}")
+        s = make_settings(context=c, batch=b)
+        extra.append((s["context"], s["batch"]))
+    contexts = [make_settings(context=c)["context"] for c in _split(a.contexts, "contexts")]
+    batches = [make_settings(batch=b)["batch"] for b in _split(a.batches, "batches")]
+    return grid(_split(a.quants, "quants"), contexts, batches, extra, **_common(a))
+
+
+def _table(r: dict[str, Any]) -> str:
+    from estimator.units import format_bytes
+
+    def f(x: Any) -> str:
+        return "-" if x is None else format_bytes(x)
+
+    s = r["settings"]
+    out = [f"{s['model']} {s['quant']} context={s['context']} batch={s['batch']} attn={s['attn']} "
+           f"device={s['device']} status={r['status']}" + (f" ({r['error']})" if r.get("error") else "")]
+    cols = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
+            "peak_reserved_bytes", "device_used_bytes")
+    out.append(f"{'phase':<8}" + "".join(f"{c.replace('_bytes', ''):>22}" for c in cols))
+    for ph in ("load", "prefill", "decode"):
+        out.append(f"{ph:<8}" + "".join(f"{f(r['phases'][ph].get(c)):>22}" for c in cols))
+    out.append(f"{'run':<8}" + "".join(f"{f(r.get(c)):>22}" for c in cols))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        if a.cmd == "_worker":
+            from .sweep import worker
+
+            return worker()
+        if a.cmd == "measure":
+            s = make_settings(quant=a.quant, context=a.context, batch=a.batch, **_common(a))
+            _check_model(s["model"])
+            _check_device(s["device"])
+            from .measure import measure
+
+            r = measure(s)
+            if not a.json:
+                print(_table(r))
+            print(json.dumps(r))
+            return 1 if r["status"] == "error" else 0
+        points = _grid(a)
+        _check_model(points[0]["model"])
+        make_settings(isolation=a.isolation)
+        _check_device(points[0]["device"])
+        from .sweep import read_results, run_sweep
+
+        if a.cmd == "sweep":
+            run_sweep(points, a.out, isolation=a.isolation, timeout=a.timeout, budget_s=a.budget_s)
+            return 0
+        from .validate import to_markdown, validate
+
+        if not a.results:
+            raise SettingsError("results: give --results FILE.jsonl (it is created when the sweep runs)")
+        if "--quants" in (argv if argv is not None else sys.argv):
+            run_sweep(points, a.results[0], isolation=a.isolation, timeout=a.timeout, budget_s=a.budget_s)
+        results = [r for path in a.results for r in read_results(path)]
+        if not results:
+            raise SettingsError(f"results: no measurements in {', '.join(a.results)}")
+        rep = validate(results, a.out_dir)
+        if not a.quiet:
+            print(to_markdown(rep["rows"], rep["summary"], rep["environment"]))
+        return 0
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
