@@ -101,29 +101,34 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
         "Value": format_gib(est["weights_bytes"]),
     }]
     tokens = ctx + new
-    kv_bpt = est["kv_cache_bytes"] // max(1, tokens * batch)
-    per_tok = estimator.kv_bytes_per_token(spec, s.get("kv_dtype", "auto")) if s.get("kv_dtype") != "auto" else kv_bpt
-    elem = per_tok / max(1, 2 * spec.num_hidden_layers * spec.num_key_value_heads * spec.head_dim)
-    rows.append({
-        "Term": "KV cache",
-        "Formula": (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
-                    f"{spec.head_dim} head_dim × {elem:g} B ({s.get('kv_dtype')}) = {per_tok:,} B/token; "
-                    f"× ({ctx:,} context + {new} new tokens) × batch {batch}"),
-        "Value": format_gib(est["kv_cache_bytes"]),
-    })
+    kv = s.get("kv_dtype") or "auto"
+    compute = 4 if quant == "fp32" else q.compute_bytes
+    per_tok = estimator.kv_bytes_per_token(spec, kv, compute)
+    resolved = kv if kv != "auto" else ("fp32" if compute == 4 else "bf16")
+    elem = {"fp32": "4 B", "bf16": "2 B", "fp16": "2 B", "fp8": "1 B", "int8": "1 B", "int4": "0.5 B"}.get(resolved, "?")
+    formula = (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
+               f"{spec.head_dim} head_dim × {elem} ({resolved})")
+    if resolved in ("int8", "int4"):
+        formula += " + a scale and zero point per 64 values, plus the newest 128 tokens unquantized"
+    formula += (f" = {per_tok:,} B/token per sequence; × ({ctx:,} context + {new} new tokens)"
+                f" × batch {batch}")
+    rows.append({"Term": "KV cache", "Formula": formula, "Value": format_gib(est["kv_cache_bytes"])})
     bd = est.get("breakdown") or {}
     for section, term in (("activations", "Activations"), ("overhead", "Overhead")):
         parts = bd.get(section)
         detail = "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}"
                            for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
-        default = ("peak transient memory of the prefill forward (hidden states, MLP intermediates, "
-                   "attention workspace, last-token logits)" if section == "activations" else
+        where = f" (peak in the {est.get('peak_phase', 'prefill')} phase, at {est['peak_at']})" if est.get("peak_at") else ""
+        default = ("transient memory of the forward pass at its peak: hidden states, MLP intermediates, "
+                   "attention workspace and last-token logits" + where if section == "activations" else
                    "CUDA context, cuBLAS workspace and caching-allocator slack")
         rows.append({"Term": term, "Formula": detail or default,
                      "Value": format_gib(est[f"{section}_bytes"])})
     rows.append({
         "Term": "Device used",
-        "Formula": "weights + KV cache + activations + overhead (what nvidia-smi shows for the process)",
+        "Formula": ("weights + KV cache + activations + overhead = " + " + ".join(
+            f"{est[k] / GiB:.2f}" for k in ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes"))
+            + " GiB (what nvidia-smi shows for the process)"),
         "Value": format_gib(est["device_used_bytes"]),
     })
     return rows

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,38 +12,10 @@ import streamlit as st
 import estimator
 
 from app import compute, figures, measurements, state
+from app.measure import cuda_available, measure_command
 
 ROOT = Path(__file__).resolve().parents[2]
-CUDA_ENV = "VRAM_APP_CUDA"   # "0"/"1" forces the CUDA check (tests); unset: ask torch in a subprocess
 KIND_TITLES = {"gpu": "GPU measurements", "trace": "Trace results (fake-tensor, no GPU)", "cpu": "CPU runs"}
-
-
-@st.cache_resource(show_spinner=False)
-def cuda_available() -> bool:
-    """True when torch and the runtime are importable and torch sees a CUDA device.
-
-    torch is never imported into the app's process: a subprocess asks it.
-    """
-    forced = os.environ.get(CUDA_ENV)
-    if forced is not None:
-        return forced == "1"
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("runtime") is None:
-        return False
-    try:
-        r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return r.stdout.strip().endswith("True")
-
-
-def measure_command(s: dict) -> list[str]:
-    """The runtime CLI call that measures ``s`` (calculator settings) on the local GPU."""
-    model = compute.model_from_key(s["model"])
-    return [sys.executable, "-m", "runtime", "measure",
-            "--model", model if isinstance(model, str) else "llama-3.2-3b",
-            "--quant", s["quant"], "--context", str(s["context"]), "--batch", str(s["batch"]),
-            "--kv-dtype", s["kv_dtype"], "--attn", s["attn"], "--device", "cuda", "--json"]
 
 
 @st.cache_data(show_spinner=False, ttl=60)
@@ -146,6 +116,9 @@ def render() -> None:
         return
     if s is None:
         st.info("Open the calculator first: the measurement uses its settings.")
+        return
+    if not isinstance(compute.model_from_key(s["model"]), str):
+        st.info("Measurements run the preset models only; pick a preset on the calculator.")
         return
     st.caption(f"Runs the reference runtime in a subprocess at the calculator's settings: {s['quant']}, "
                f"{s['context']:,} tokens, batch {s['batch']}, KV {s['kv_dtype']}, {s['attn']}.")

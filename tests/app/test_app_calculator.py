@@ -1,0 +1,203 @@
+"""AppTest of the calculator page: default render, widgets by key, chart specs, bad uploads."""
+
+from __future__ import annotations
+
+import json
+
+import estimator
+import pytest
+from estimator.units import GiB, format_gib
+
+from app import state
+
+
+def _chart(at, title: str) -> dict:
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        if spec["layout"]["title"]["text"] == title:
+            return spec
+    raise AssertionError(f"no chart titled {title!r}")
+
+
+def _headline(at) -> str:
+    return at.metric[0].value
+
+
+@pytest.fixture
+def at(app_test):
+    return app_test("streamlit_app.py").run()
+
+
+def test_default_render(at):
+    """Default: Llama 3.2 3B, bf16, 8K, batch 1 on an RTX 4090, no exception, numbers from the estimator."""
+    assert not at.exception and not at.error
+    est = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU])
+    assert _headline(at) == format_gib(est.device_used_bytes)
+    assert at.metric[1].value == "Yes"
+    mc = estimator.max_context("llama-3.2-3b", "bf16", gpu=state.DEFAULTS[state.GPU])
+    assert at.metric[2].value == f"{mc:,} tokens"
+    assert at.session_state[state.SETTINGS]["context"] == 8192
+    assert at.query_params["ctx"] == "8192" and at.query_params["quant"] == "bf16"
+    assert len(at.get("plotly_chart")) == 2
+    assert len(at.get("download_button")) == 2
+
+
+def test_typed_context_changes_headline_and_slider(at):
+    before = _headline(at)
+    at.text_input(key=state.CTX_TEXT).set_value("32k").run()
+    assert not at.exception
+    assert at.session_state[state.CONTEXT] == 32768
+    assert at.select_slider(key=state.CTX_SLIDER).value == 32768
+    est = estimator.estimate("llama-3.2-3b", "bf16", 32768, 1, gpu=state.DEFAULTS[state.GPU])
+    assert _headline(at) == format_gib(est.device_used_bytes) != before
+    assert at.query_params["ctx"] == "32768"
+
+
+def test_typed_context_plain_number_snaps_slider(at):
+    at.text_input(key=state.CTX_TEXT).set_value("100000").run()
+    assert at.session_state[state.CONTEXT] == 100000
+    assert at.select_slider(key=state.CTX_SLIDER).value == 98304
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-5", "2M", "1.3"])
+def test_bad_typed_context_shows_error_and_keeps_value(at, text):
+    before = _headline(at)
+    at.text_input(key=state.CTX_TEXT).set_value(text).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "context" in at.error[0].value
+    assert at.session_state[state.CONTEXT] == 8192 and _headline(at) == before
+
+
+def test_slider_updates_text_field(at):
+    at.select_slider(key=state.CTX_SLIDER).set_value(65536).run()
+    assert at.text_input(key=state.CTX_TEXT).value == "64K"
+    assert at.session_state[state.CONTEXT] == 65536
+
+
+def test_quant_kv_batch_attn_change_numbers(at):
+    base = estimator.estimate(gpu="rtx-4090-24gb").device_used_bytes
+    at.selectbox(key=state.QUANT).set_value("nf4").run()
+    nf4 = estimator.estimate(quant="nf4", gpu="rtx-4090-24gb").device_used_bytes
+    assert _headline(at) == format_gib(nf4) and nf4 < base
+    at.selectbox(key=state.KV_DTYPE).set_value("int4").run()
+    at.number_input(key=state.BATCH).set_value(4).run()
+    at.radio(key=state.ATTN).set_value("eager").run()
+    assert not at.exception
+    est = estimator.estimate(quant="nf4", kv_dtype="int4", batch=4, attn="eager", gpu="rtx-4090-24gb")
+    assert _headline(at) == format_gib(est.device_used_bytes)
+    assert at.query_params["batch"] == "4" and at.query_params["attn"] == "eager"
+
+
+def test_gpu_choice_and_custom_memory(at):
+    at.selectbox(key=state.GPU).set_value("gtx-1650-4gb").run()
+    assert at.metric[1].value == "No"
+    at.selectbox(key=state.GPU).set_value(state.CUSTOM_GPU).run()
+    at.number_input(key=state.GPU_MEM_GIB).set_value(80.0).run()
+    assert not at.exception and at.metric[1].value == "Yes"
+    assert at.query_params["gpu"] == "custom" and at.query_params["mem"] == "80"
+    spec = _chart(at, "Where the memory goes")
+    assert spec["layout"]["shapes"][0]["x0"] == pytest.approx(80.0)
+
+
+def test_context_chart_spec(at):
+    """The memory-vs-context chart: one line per quant over 64 contexts, log x, capacity line."""
+    spec = _chart(at, "Memory vs context")
+    assert len(spec["data"]) == len(estimator.TRANSFORMERS_QUANTS)
+    assert spec["layout"]["xaxis"]["type"] == "log"
+    bf16 = next(t for t in spec["data"] if t["name"] == "BF16")
+    assert len(bf16["x"]) == 64 and bf16["line"]["width"] == 4
+    cap = estimator.get_gpu("rtx-4090-24gb").memory_bytes / GiB
+    assert any(s["y0"] == pytest.approx(cap) for s in spec["layout"]["shapes"])
+
+
+def test_breakdown_chart_spec_sums_to_headline(at):
+    spec = _chart(at, "Where the memory goes")
+    total = sum(t["x"][0] for t in spec["data"])
+    est = estimator.estimate(gpu="rtx-4090-24gb")
+    assert total == pytest.approx(est.device_used_bytes / GiB)
+
+
+def test_query_string_reproduces_view(app_test):
+    at = app_test("streamlit_app.py")
+    at.query_params.update({"quant": "int8", "ctx": "32k", "batch": "2", "gpu": "l4-24gb", "kv": "fp8",
+                            "attn": "sdpa", "model": "llama-3.2-1b"})
+    at.run()
+    assert not at.exception
+    est = estimator.estimate("llama-3.2-1b", "int8", 32768, 2, kv_dtype="fp8", gpu="l4-24gb")
+    assert _headline(at) == format_gib(est.device_used_bytes)
+    assert at.text_input(key=state.CTX_TEXT).value == "32K"
+
+
+def test_bad_query_string_falls_back_to_defaults(app_test):
+    at = app_test("streamlit_app.py")
+    at.query_params.update({"quant": "q9", "ctx": "lots", "batch": "-1", "gpu": "toaster", "mem": "x"})
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state[state.SETTINGS]["quant"] == "bf16"
+
+
+def _custom(at):
+    at.selectbox(key=state.MODEL).set_value(state.CUSTOM_MODEL).run()
+    return at
+
+
+def test_custom_model_waits_for_a_config(at):
+    _custom(at)
+    assert not at.exception and not at.error
+    assert "config.json" in at.info[0].value
+
+
+def test_upload_valid_config(at):
+    cfg = estimator.model.preset_config("llama-3.2-1b")
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("my-model.json", json.dumps(cfg).encode(), "application/json"))
+    at.run()
+    assert not at.exception and not at.error
+    est = estimator.estimate("llama-3.2-1b", gpu="rtx-4090-24gb")
+    assert _headline(at) == format_gib(est.device_used_bytes)
+    assert "model" not in at.query_params  # uploads are not in the URL
+
+
+def test_paste_valid_config(at):
+    cfg = estimator.model.preset_config("llama-3.2-3b")
+    _custom(at).text_area(key=state.CONFIG_PASTE).set_value(json.dumps(cfg)).run()
+    assert not at.exception and not at.error
+    assert _headline(at) == format_gib(estimator.estimate(gpu="rtx-4090-24gb").device_used_bytes)
+
+
+def _bad_configs():
+    good = estimator.model.preset_config("llama-3.2-3b")
+    missing = {k: v for k, v in good.items() if k != "num_hidden_layers"}
+    return [
+        pytest.param(b"this is not json {", id="not-json"),
+        pytest.param(b"\xff\xfe\x00garbage", id="binary"),
+        pytest.param(b"[1, 2, 3]", id="json-list"),
+        pytest.param(json.dumps(missing).encode(), id="missing-key"),
+        pytest.param(json.dumps({**good, "hidden_size": 10**12}).encode(), id="huge-hidden"),
+        pytest.param(json.dumps({**good, "num_hidden_layers": 10**9}).encode(), id="huge-layers"),
+        pytest.param(json.dumps({**good, "vocab_size": -5}).encode(), id="negative"),
+        pytest.param(json.dumps({**good, "hidden_size": "big"}).encode(), id="wrong-type"),
+        pytest.param(json.dumps({**good, "num_local_experts": 8}).encode(), id="moe"),
+        pytest.param(b"{" + b" " * (10 * 1024 * 1024) + b"}", id="10MB"),
+    ]
+
+
+@pytest.mark.parametrize("data", _bad_configs())
+def test_malformed_upload_shows_error_not_traceback(at, data):
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(("config.json", data, "application/json"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("Could not read this config.json")
+    assert len(at.metric) == 0
+
+
+def test_malformed_paste_shows_error(at):
+    _custom(at).text_area(key=state.CONFIG_PASTE).set_value('{"model_type": "llama"').run()
+    assert not at.exception and "not valid JSON" in at.error[0].value
+
+
+def test_export_buttons(at):
+    """JSON of the estimate and CSV of the sweep are offered for download."""
+    dl = at.get("download_button")
+    assert [d.proto.label for d in dl] == ["Estimate (JSON)", "Sweep (CSV)"]
+    assert dl[0].proto.url.endswith(".json") and dl[1].proto.url.endswith(".csv")
