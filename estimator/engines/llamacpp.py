@@ -273,8 +273,7 @@ def _cuda_alloc_size(t: GgufTensor) -> int:
     size = t.nbytes
     blck = GGML_TYPES[t.ggml_type][0]
     if blck > 1 and t.shape[0] % MATRIX_ROW_PADDING:
-        rows = size // row_bytes(t.ggml_type, t.shape[0])
-        size += rows * 0 + row_bytes(t.ggml_type, MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING)
+        size += row_bytes(t.ggml_type, MATRIX_ROW_PADDING - t.shape[0] % MATRIX_ROW_PADDING)
     return _pad(size, CUDA_ALIGNMENT)
 
 
@@ -321,6 +320,8 @@ def model_buffers(tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int
             entries = [(t, "output")]
         for tt, where in entries:
             on_gpu = (where == "output" and out_gpu) or (isinstance(where, int) and where >= i_gpu_start)
+            if tt is not t and not on_gpu:
+                continue  # a host-side duplicate shares token_embd's (mmapped) data
             if on_gpu:
                 gpu_b += _cuda_alloc_size(tt)
             else:

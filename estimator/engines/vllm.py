@@ -1,0 +1,441 @@
+"""vLLM startup memory accounting: weights, profile-run peak, non-torch, CUDA graphs, KV pool.
+
+vLLM does not grow a cache; at startup it measures what the model needs and hands the rest of
+``total x gpu_memory_utilization`` to a paged KV pool (``vllm/worker/worker.py``
+``determine_num_available_blocks`` for V0, ``vllm/v1/worker/gpu_worker.py``
+``determine_available_memory`` for V1, both through ``memory_profiling`` in ``vllm/utils``)::
+
+    requested     = total_gpu_memory x gpu_memory_utilization
+    non_kv        = weights + activation_peak + non_torch (+ cudagraph_estimate, V1 >= 0.2x)
+    kv_pool       = requested - non_kv
+    num_blocks    = kv_pool // (block_size x bytes per token, all layers)     block_size 16
+    concurrency   = num_blocks x 16 / max_model_len          (V0; V1 uses ceil(max_model_len/16) blocks)
+
+Accounting variants (``accounting``):
+
+- ``"v0-0.6"``  vLLM <= 0.6.x: non-torch = everything on the device that torch did not allocate,
+  including the CUDA context and other processes (``torch.cuda.mem_get_info`` after profiling).
+- ``"v0"``      V0 engine 0.7-0.10: a baseline snapshot is taken before the model loads, so the
+  CUDA context and other processes are outside the budget; non-torch is only the growth.
+  CUDA graphs are captured after the KV pool is allocated, outside the budget.
+- ``"v1"``      V1 engine (0.2x-0.33): as ``v0`` plus the CUDA-graph memory estimate subtracted from
+  the budget, and a startup check that the requested memory is free.
+
+Worked example (V0 0.8.2, Llama 3.2 3B fp16, T4 14.74 GiB, util 0.894, 192 seqs, 2048 batched tokens):
+weights 6,459,054,080 B (params x 2 + the 32 MiB rotary cos_sin_cache), profile peak 0.884 GiB
+(sampler over 192 x 128,256 logits), non-torch 0.0625 GiB: pool 6.21 GiB, 3632 blocks of 1.75 MiB,
+28.4x concurrency at 2048 tokens (log: 6.22 GiB, 3637 blocks, 28.41x).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from ..errors import EstimatorError, InvalidSpecError, UnknownNameError
+from ..model import ModelSpec
+
+GiB = 1 << 30
+MiB = 1 << 20
+
+VLLM_VERSIONS = ("v0", "v1")
+ACCOUNTINGS = ("v0-0.6", "v0", "v1")
+BLOCK_SIZE = 16  # CacheConfig.DEFAULT_BLOCK_SIZE (vllm/config/cache.py); the CUDA attention backends use it
+VOCAB_PADDING = 64  # DEFAULT_VOCAB_PADDING_SIZE, vllm/model_executor/layers/vocab_parallel_embedding.py
+DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2}
+KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp16": 2, "bf16": 2, "float16": 2,
+                  "bfloat16": 2, "fp32": 4, "float32": 4}
+
+# Non-torch growth between the baseline snapshot and the end of the profile run: CUDA modules
+# loaded lazily by the kernels the profile launches (CUDA_MODULE_LOADING=LAZY), cuBLAS/cuBLASLt
+# handles, attention-backend workspaces. Not derivable from the model; an engineering default of
+# 64 MiB. Public vLLM logs print 0.03 GiB (0.6.4, GTX 1080) to 0.05 GiB (0.8.2, T4), and ~0.2 GiB
+# on H100 with 0.33 (shared/reference/memory-model.md section 7).
+NON_TORCH_GROWTH_BYTES = 64 * MiB
+
+# Tensor-parallel communication buffers per GPU (non-torch): vLLM custom all-reduce IPC buffer
+# (custom_all_reduce.py max_size 8 MiB, plus the same again for registered rank data) and NCCL
+# channel buffers (NCCL_BUFFSIZE 4 MiB per channel, assumed 8 ring channels on NVLink/PCIe).
+CUSTOM_AR_BYTES = 2 * 8 * MiB
+NCCL_BUFFERS_BYTES = 8 * 4 * MiB
+
+# torch.sort over a [num_reqs, vocab] fp32 tensor on CUDA (rows > 4096 go to the cub segmented radix
+# sort, aten/src/ATen/native/cuda/Sort.cu): outputs values fp32 (4) + indices int64 (8), an int64
+# iota as values_in (8), and cub's alternate key/value buffers (4 + 8). Bytes per logit element.
+SORT_BYTES_PER_ELEMENT = 4 + 8 + 8 + 4 + 8
+
+
+class VllmStartupError(EstimatorError):
+    """vLLM would refuse to start; the message is the engine's own."""
+
+
+def _dtype_bytes(dtype: str, spec: ModelSpec) -> int:
+    if dtype in (None, "auto"):
+        dtype = spec.torch_dtype or "bfloat16"
+        if dtype == "float32":
+            # vLLM "auto": fp32 checkpoints are served in fp16 (ModelConfig._get_and_verify_dtype)
+            return 2
+    try:
+        return DTYPE_BYTES[dtype]
+    except KeyError:
+        raise UnknownNameError(f"dtype must be one of auto, {', '.join(DTYPE_BYTES)}: {dtype!r}") from None
+
+
+def _kv_bytes(kv_dtype: str, dtype_bytes: int) -> int:
+    if kv_dtype in (None, "auto"):
+        return dtype_bytes
+    try:
+        return KV_DTYPE_BYTES[kv_dtype]
+    except KeyError:
+        raise UnknownNameError(f"kv_dtype must be one of auto, {', '.join(KV_DTYPE_BYTES)} for vLLM: {kv_dtype!r}") from None
+
+
+def _pad(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def pp_layers(n_layers: int, pp: int, rank: int) -> tuple[int, int]:
+    """Layer range of PP rank ``rank`` (vllm/distributed/utils.py get_pp_indices: even split,
+    the remainder goes to the last ranks)."""
+    per = n_layers // pp
+    partitions = [per] * pp
+    for i in range(n_layers % pp):
+        partitions[pp - 1 - i] += 1
+    start = sum(partitions[:rank])
+    return start, start + partitions[rank]
+
+
+def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> int:
+    """KV heads each TP rank holds: split when tp <= n_kv_heads, else replicated (one per rank)."""
+    return max(1, spec.num_key_value_heads // tp)
+
+
+def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0) -> dict[str, int]:
+    """Bytes vLLM's loader allocates on one GPU: parameters plus the rotary ``cos_sin_cache``.
+
+    - q/o/gate/up/down split by TP (Column/RowParallelLinear), k/v by KV heads (replicated when
+      tp > n_kv_heads, QKVParallelLinear); embedding and lm_head split along the vocabulary padded
+      to 64 (VocabParallelEmbedding); norms replicated.
+    - ``cos_sin_cache``: RotaryEmbedding registers [max_position_embeddings, rotary_dim] in the model
+      dtype (vllm/model_executor/layers/rotary_embedding.py ``_compute_cos_sin_cache``), one per model.
+    - PP: rank 0 holds the embedding, the last rank the final norm and lm_head; with tied embeddings the
+      last rank also holds its own embedding (LlamaModel creates embed_tokens there for tying).
+    """
+    if spec.num_attention_heads % tp:
+        raise InvalidSpecError(f"tensor_parallel_size must divide num_attention_heads "
+                               f"({spec.num_attention_heads}): {tp}")
+    if spec.num_key_value_heads < tp and tp % spec.num_key_value_heads:
+        raise InvalidSpecError(f"tensor_parallel_size must divide or be a multiple of num_key_value_heads "
+                               f"({spec.num_key_value_heads}): {tp}")
+    H, I, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
+    q = spec.q_dim // tp
+    kv = kv_heads_per_gpu(spec, tp) * hd
+    d = dtype_bytes
+    lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
+    n_local = hi - lo
+    per_layer = (H * q + 2 * H * kv + q * H + 3 * H * (I // tp)) * d + 2 * H * d
+    if spec.attention_bias:
+        per_layer += (q + 2 * kv) * d
+    if spec.attention_out_bias:
+        per_layer += H * d
+    if spec.mlp_bias:
+        per_layer += (2 * (I // tp) + H) * d
+    if spec.qk_norm:
+        per_layer += 2 * hd * d
+    vocab_rows = _pad(spec.vocab_size, VOCAB_PADDING) // tp
+    emb = vocab_rows * H * d
+    first, last = rank == 0, rank == pp - 1
+    parts = {
+        "layers": n_local * per_layer,
+        "embedding": emb if (first or (last and spec.tie_word_embeddings)) else 0,
+        "lm_head": emb if (last and not spec.tie_word_embeddings) else 0,
+        "final_norm": H * d if last else 0,
+        "cos_sin_cache": spec.max_position_embeddings * spec.rotary_dim * d if n_local else 0,
+    }
+    return parts
+
+
+def kv_bytes_per_block(spec: ModelSpec, kv_dtype_bytes: int, tp: int = 1, n_layers: int | None = None,
+                       block_size: int = BLOCK_SIZE) -> int:
+    """``page_size_bytes`` summed over layers: 2 x block_size x kv_heads x head_dim x dtype per layer
+    (vllm/v1/kv_cache_interface.py AttentionSpec.page_size_bytes; V0 CacheEngine.get_cache_block_size)."""
+    L = spec.num_hidden_layers if n_layers is None else n_layers
+    return L * 2 * block_size * kv_heads_per_gpu(spec, tp) * spec.head_dim * kv_dtype_bytes
+
+
+def sampler_peak_bytes(num_reqs: int, vocab_size: int, logits_bytes: int) -> int:
+    """Peak of the sampler in the profile run: top-k/top-p over [num_reqs, vocab].
+
+    The dummy run samples with top_p < 1 and top_k = vocab - 1 (V0 model_runner ``_dummy_run``,
+    V1 ``_dummy_sampler_run``), so ``_apply_top_k_top_p`` sorts the fp32 logits. Live at the sort:
+    the model-dtype logits (held by the caller), their fp32 copy (``logits.to(torch.float)``;
+    the same tensor when already fp32), and the sort's outputs and temporaries.
+    """
+    n = num_reqs * vocab_size
+    fp32_copy = 0 if logits_bytes == 4 else 4
+    return n * (logits_bytes + fp32_copy + SORT_BYTES_PER_ELEMENT)
+
+
+def forward_peak_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1) -> int:
+    """Peak of one forward over ``tokens`` tokens (vLLM's fused Llama layer): residual and hidden
+    [T, H], then gate_up [T, 2I/tp] and the SiLU-and-mul output [T, I/tp] in the MLP."""
+    I = spec.intermediate_size // tp
+    mlp = tokens * dtype_bytes * (2 * spec.hidden_size + 3 * I)
+    attn = tokens * dtype_bytes * (2 * spec.hidden_size + (spec.q_dim + 2 * spec.kv_dim) // tp + spec.q_dim // tp)
+    return max(mlp, attn)
+
+
+def capture_sizes(max_num_seqs: int, version: str) -> list[int]:
+    """Decode batch sizes captured as CUDA graphs (V0 ``_BATCH_SIZES_TO_CAPTURE`` = [1, 2, 4] + 8k
+    up to 256; V1 CompilationConfig default [1, 2, 4] + range(8, 256, 8) + range(256, 513, 16),
+    capped at max_num_seqs x 2 and 512)."""
+    if version == "v1":
+        cap = min(512, 2 * max_num_seqs)
+        sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16))
+    else:
+        cap = min(256, _pad(max_num_seqs, 8))
+        sizes = [1, 2, 4] + [8 * i for i in range(1, 33)]
+    return [s for s in sizes if s <= cap]
+
+
+def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1) -> int:
+    """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
+    forward temporaries (reused by smaller graphs, captured largest first) and each graph's
+    output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
+    public logs show to dominate (0.17-0.24 GiB for 27-35 graphs); that part needs a GPU run."""
+    sizes = capture_sizes(max_num_seqs, version)
+    if not sizes:
+        return 0
+    peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp)
+    outputs = sum(_pad(b * spec.hidden_size * dtype_bytes, 512) for b in sizes)
+    return _pad(peak, 2 * MiB) + _pad(outputs, 2 * MiB)
+
+
+def default_max_num_batched_tokens(version: str, max_model_len: int, gpu_memory_bytes: int,
+                                   api_server: bool = True) -> int:
+    """V1: EngineArgs.get_batch_defaults (8192 API server / 16384 LLM on >= 70 GiB non-A100 GPUs,
+    2048 / 8192 elsewhere). V0: max(max_model_len, 2048) without chunked prefill; chunked prefill
+    is enabled for max_model_len > 32K with a 2048-token budget (512 before 0.7)."""
+    if version == "v1":
+        big = gpu_memory_bytes >= 70 * GiB
+        return (8192 if big else 2048) if api_server else (16384 if big else 8192)
+    if version == "v0-0.6":
+        return max(max_model_len, 2048) if max_model_len <= 32768 else 512
+    return max(max_model_len, 2048) if max_model_len <= 32768 else 2048
+
+
+@dataclass(frozen=True, slots=True)
+class VllmEstimate:
+    """vLLM startup accounting for one GPU (the most loaded rank). ``*_bytes`` are bytes.
+
+    ``device_used_bytes`` is what nvidia-smi shows for the process after startup: the requested
+    budget (weights + peak + non-torch + KV pool, all inside it) plus CUDA graphs captured outside
+    it (V0) plus the CUDA context (outside the baseline).
+    """
+
+    accounting: str
+    total_gpu_memory_bytes: int
+    requested_memory_bytes: int
+    weights_bytes: int
+    activation_peak_bytes: int
+    sampler_peak_bytes: int
+    forward_peak_bytes: int
+    non_torch_bytes: int
+    cuda_graph_bytes: int
+    cuda_graph_in_budget: bool
+    kv_pool_bytes: int
+    block_bytes: int
+    num_gpu_blocks: int
+    kv_cache_tokens: int
+    max_concurrency: float
+    max_model_len: int
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    tensor_parallel_size: int
+    pipeline_parallel_size: int
+    cuda_context_bytes: int
+    starts: bool
+    refusal: str | None
+    breakdown: dict
+
+    @property
+    def device_used_bytes(self) -> int:
+        kv = max(self.kv_pool_bytes, 0)
+        used = self.weights_bytes + self.activation_peak_bytes + self.non_torch_bytes + kv
+        if self.accounting != "v0-0.6":
+            used += self.cuda_context_bytes
+        if not self.cuda_graph_in_budget or self.accounting != "v1":
+            used += self.cuda_graph_bytes
+        return used
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["device_used_bytes"] = self.device_used_bytes
+        d["max_concurrency"] = round(self.max_concurrency, 4)
+        return d
+
+
+def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilization: float = 0.9,
+                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
+                  max_num_seqs: int | None = None, dtype: str = "auto", kv_cache_dtype: str = "auto",
+                  version: str = "v1", tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
+                  enforce_eager: bool = False, block_size: int = BLOCK_SIZE,
+                  non_torch_bytes: int | None = None, device_baseline_bytes: int = 0,
+                  cuda_context_bytes: int = 0, free_memory_bytes: int | None = None) -> VllmEstimate:
+    """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
+
+    ``version``: "v0", "v1" or the older "v0-0.6" accounting. ``device_baseline_bytes``: device
+    memory in use before the profile that torch did not allocate (CUDA context, other processes);
+    only the "v0-0.6" accounting charges it. ``non_torch_bytes`` overrides the non-torch growth.
+    ``free_memory_bytes`` (V1): free memory at startup; V1 refuses when below the requested memory.
+    """
+    if version not in ACCOUNTINGS:
+        raise UnknownNameError(f"vllm version must be one of {', '.join(VLLM_VERSIONS)}: {version!r}")
+    if not 0 < gpu_memory_utilization <= 1:
+        raise InvalidSpecError(f"gpu_memory_utilization must be in (0, 1]: {gpu_memory_utilization}")
+    tp, pp = tensor_parallel_size, pipeline_parallel_size
+    if tp < 1 or pp < 1:
+        raise InvalidSpecError(f"tensor/pipeline parallel size must be >= 1: {tp}, {pp}")
+    if pp > spec.num_hidden_layers:
+        raise InvalidSpecError(f"pipeline_parallel_size must be <= num_hidden_layers "
+                               f"({spec.num_hidden_layers}): {pp}")
+    max_model_len = max_model_len or spec.max_position_embeddings
+    if max_model_len < 1:
+        raise InvalidSpecError(f"max_model_len must be >= 1: {max_model_len}")
+    if max_model_len > spec.max_position_embeddings:
+        # vLLM refuses unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set (ModelConfig._get_and_verify_max_len)
+        raise VllmStartupError(
+            f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
+            f"(max_position_embeddings={spec.max_position_embeddings} in model's config.json).")
+    d = _dtype_bytes(dtype, spec)
+    kvb = _kv_bytes(kv_cache_dtype, d)
+    eng = "v1" if version == "v1" else "v0"
+    max_num_seqs = max_num_seqs or 256
+    if max_num_batched_tokens is None:
+        max_num_batched_tokens = default_max_num_batched_tokens(version, max_model_len, gpu_memory_bytes)
+    if max_num_batched_tokens < 1 or max_num_seqs < 1:
+        raise InvalidSpecError(f"max_num_batched_tokens and max_num_seqs must be >= 1: "
+                               f"{max_num_batched_tokens}, {max_num_seqs}")
+    if version != "v1" and max_num_batched_tokens < max_model_len and version == "v0-0.6" and max_model_len <= 32768:
+        pass  # chunked prefill lets the budget be below max_model_len
+    requested = int(math.ceil(gpu_memory_bytes * gpu_memory_utilization)) if eng == "v1" else \
+        int(gpu_memory_bytes * gpu_memory_utilization)
+
+    # Per rank; the last PP rank (lm_head + sampler) and rank 0 (embedding) are the candidates.
+    best = None
+    for rank in range(pp):
+        parts = weights_bytes_per_gpu(spec, d, tp, pp, rank)
+        weights = sum(parts.values())
+        lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
+        num_reqs = min(max_num_seqs, max_num_batched_tokens)
+        fwd = forward_peak_bytes(spec, max_num_batched_tokens, d, tp)
+        samp = 0
+        if rank == pp - 1:
+            # logits are gathered to one full [num_reqs, vocab] tensor before sampling
+            samp = sampler_peak_bytes(num_reqs, spec.vocab_size, d)
+            samp += max_num_batched_tokens * spec.hidden_size * d + num_reqs * spec.hidden_size * d
+        act = max(fwd, samp)
+        nt = NON_TORCH_GROWTH_BYTES if non_torch_bytes is None else non_torch_bytes
+        if tp > 1 or pp > 1:
+            nt += CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES
+        if version == "v0-0.6":
+            nt += device_baseline_bytes
+        graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp)
+        in_budget = version == "v1"
+        pool = requested - weights - act - nt - (graphs if in_budget else 0)
+        blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
+        blocks = max(pool // blk, 0) if blk else 0
+        cand = (blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk)
+        if best is None or cand[0] < best[0]:
+            best = cand
+    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk = best
+    if eng == "v1":
+        per_req = -(-max_model_len // block_size)
+        conc = blocks / per_req
+        tokens = int(conc * max_model_len) if blocks else 0
+    else:
+        conc = blocks * block_size / max_model_len
+        tokens = blocks * block_size
+    refusal = None
+    if weights > gpu_memory_bytes:
+        # the load itself fails: torch's allocator error while creating the parameters
+        refusal = (f"CUDA out of memory while loading the model weights: {weights / GiB:.2f} GiB per GPU "
+                   f"on a GPU with {gpu_memory_bytes / GiB:.2f} GiB total capacity.")
+    elif eng == "v1" and free_memory_bytes is not None and free_memory_bytes < requested:
+        refusal = (f"Free memory on device ({free_memory_bytes / GiB:.2f}/{gpu_memory_bytes / GiB:.2f} GiB) on "
+                   f"startup is less than desired GPU memory utilization ({gpu_memory_utilization}, "
+                   f"{requested / GiB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
+                   f"used by other processes.")
+    elif blocks <= 0:
+        refusal = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                   "when initializing the engine.")
+    elif eng == "v0" and max_model_len > blocks * block_size:
+        refusal = (f"The model's max seq len ({max_model_len}) is larger than the maximum number of tokens "
+                   f"that can be stored in KV cache ({blocks * block_size}). Try increasing "
+                   f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
+    elif eng == "v1" and -(-max_model_len // block_size) > blocks:
+        needed = -(-max_model_len // block_size) * blk
+        est = blocks * block_size
+        refusal = (f"To serve at least one request with the models's max seq len ({max_model_len}), "
+                   f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
+                   f"cache memory ({max(pool, 0) / GiB:.2f} GiB). Based on the available memory, the "
+                   f"estimated maximum model length is {est}. Try increasing `gpu_memory_utilization` "
+                   f"or decreasing `max_model_len` when initializing the engine.")
+    return VllmEstimate(
+        accounting=version, total_gpu_memory_bytes=gpu_memory_bytes, requested_memory_bytes=requested,
+        weights_bytes=weights, activation_peak_bytes=act, sampler_peak_bytes=samp, forward_peak_bytes=fwd,
+        non_torch_bytes=nt, cuda_graph_bytes=graphs, cuda_graph_in_budget=in_budget, kv_pool_bytes=pool,
+        block_bytes=blk, num_gpu_blocks=blocks, kv_cache_tokens=tokens, max_concurrency=conc,
+        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
+        tensor_parallel_size=tp, pipeline_parallel_size=pp, cuda_context_bytes=cuda_context_bytes,
+        starts=refusal is None, refusal=refusal,
+        breakdown={"rank": rank, "weights": parts})
+
+
+def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
+    """Largest max_model_len (multiple of 16, <= max_position_embeddings) with which vLLM starts; 0 if none."""
+    cap = spec.max_position_embeddings
+
+    def ok(n: int) -> bool:
+        try:
+            return estimate_vllm(spec, gpu_memory_bytes, max_model_len=n, **kw).starts
+        except VllmStartupError:
+            return False
+
+    if ok(cap):
+        return cap
+    if not ok(16):
+        return 0
+    lo, hi = 1, cap // 16
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid * 16):
+            lo = mid
+        else:
+            hi = mid
+    return lo * 16
+
+
+def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=None,
+                     max_gpus: int = 8, **kw) -> dict | None:
+    """The smallest set of identical catalog GPUs (fewest GPUs, then least memory per GPU) on which
+    vLLM starts with ``max_model_len``, trying TP 1/2/4/8 and then TP x PP. Returns
+    {"gpu", "tensor_parallel_size", "pipeline_parallel_size", "num_gpus", "estimate"} or None."""
+    if gpus is None:
+        from ..gpus import gpu_catalog
+        gpus = gpu_catalog()
+    gpus = [g for g in gpus if getattr(g, "vendor", "nvidia") == "nvidia"]
+    layouts = sorted({(tp, pp) for tp in (1, 2, 4, 8) for pp in (1, 2, 4, 8) if tp * pp <= max_gpus},
+                     key=lambda x: (x[0] * x[1], x[1]))
+    for tp, pp in layouts:
+        for g in sorted(gpus, key=lambda g: g.memory_bytes):
+            try:
+                e = estimate_vllm(spec, g.memory_bytes, max_model_len=max_model_len,
+                                  tensor_parallel_size=tp, pipeline_parallel_size=pp, **kw)
+            except (InvalidSpecError, VllmStartupError):
+                continue
+            if e.starts:
+                return {"gpu": g, "tensor_parallel_size": tp, "pipeline_parallel_size": pp,
+                        "num_gpus": tp * pp, "estimate": e}
+    return None
