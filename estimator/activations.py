@@ -316,16 +316,21 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ..
 class Candidate:
     tag: str
     raw: Poly                            # sum of live sizes
-    sizes: tuple[Poly, ...]              # distinct live sizes
+    sizes: tuple[Poly, ...]              # distinct live sizes that depend on T
     counts: tuple[int, ...]              # how many tensors of each size
     const_blk: int                       # allocator bytes of the live sizes that do not depend on T
-    const_sizes: tuple[int, ...]
-    const_counts: tuple[int, ...]
+    const_pools: tuple[int, int, int]    # their rounded bytes in the (small, medium, large) pools
     slack: int                           # most the allocator can add on top of raw
     res_slack: int                       # most the segments can add on top of raw
 
 
 _MAX_SLACK = 2 * 1024 * 1024  # block_bytes(n) - n < 2 MiB for any single tensor
+# The caching allocator's pools (allocator.py has the rules and their source).
+_SMALL = 1 << 20       # kSmallSize
+_MIN_LARGE = 10 << 20  # kMinLargeAlloc
+_ROUND_LARGE = 2 << 20  # kRoundLarge
+_SMALL_SEG = 2 << 20   # kSmallBuffer
+_LARGE_SEG = 20 << 20  # kLargeBuffer
 
 
 def _min_on(d: Poly, lo: int, hi: int) -> int:
@@ -396,17 +401,18 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
         # reserved: each large tensor rounds up by < 2 MiB; the shared small and medium
         # segments add < 2 MiB + 20 MiB in all.
         res_slack = sum(c.values()) * (_MAX_SLACK + 512) + 2 * 1024 * 1024 + LARGE_SEGMENT_BYTES
-        cands.append(Candidate(tag, raw, tuple(k for k, _ in var) + tuple((k, 0, 0) for k, _ in const),
-                               tuple(n for _, n in var) + tuple(n for _, n in const), const_blk,
-                               tuple(k for k, _ in const), tuple(n for _, n in const), slack_of(c), res_slack))
+        pools = [0, 0, 0]
+        for k, n in const:
+            r = (k + 511) & ~511
+            if r <= _SMALL:
+                pools[0] += n * r
+            elif r < _MIN_LARGE:
+                pools[1] += n * r
+            else:
+                pools[2] += n * (-(-r // _ROUND_LARGE) * _ROUND_LARGE)
+        cands.append(Candidate(tag, raw, tuple(k for k, _ in var), tuple(n for _, n in var), const_blk,
+                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack))
     return tuple(cands)
-
-
-_SMALL = 1 << 20       # allocator kSmallSize
-_MIN_LARGE = 10 << 20  # kMinLargeAlloc
-_ROUND_LARGE = 2 << 20  # kRoundLarge
-_SMALL_SEG = 2 << 20
-_LARGE_SEG = 20 << 20
 
 
 def _measure(c: Candidate, t: int) -> tuple[int, int]:
@@ -415,8 +421,8 @@ def _measure(c: Candidate, t: int) -> tuple[int, int]:
     The same rules as ``allocator.block_bytes`` and ``allocator.reserved_for``, fused into one
     pass because this is the innermost loop of sweeps and solvers.
     """
-    blk = 0
-    large = small = medium = 0
+    blk = c.const_blk
+    small, medium, large = c.const_pools
     for (c0, c1, c2), n in zip(c.sizes, c.counts):
         v = c0 + t * (c1 + t * c2)
         if v <= 0:

@@ -45,6 +45,15 @@ _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_interm
              "num_experts_per_tok")
 
 
+# Sanity bounds, far above any real model (the largest public configs have ~128 layers, 16K
+# hidden, 53K intermediate, 256K vocab): they keep a hostile config from hanging a solver.
+_LIMITS = {
+    "hidden_size": 1 << 20, "num_hidden_layers": 4096, "num_attention_heads": 1 << 16,
+    "num_key_value_heads": 1 << 16, "head_dim": 1 << 16, "intermediate_size": 1 << 22,
+    "vocab_size": 1 << 24, "max_position_embeddings": 1 << 31,
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelSpec:
     """Shape of a Llama-family decoder-only model. Field names follow Hugging Face configs."""
@@ -68,13 +77,14 @@ class ModelSpec:
     torch_dtype: str = "bfloat16"      # dtype of the checkpoint
 
     def __post_init__(self) -> None:
-        for f in ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                  "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings"):
+        for f, hi in _LIMITS.items():
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise InvalidSpecError(f"{f} must be an integer: {v!r}")
             if v <= 0:
                 raise InvalidSpecError(f"{f} must be > 0: {v!r}")
+            if v > hi:
+                raise InvalidSpecError(f"{f} must be at most {hi:,}: {v!r}")
         if self.num_attention_heads % self.num_key_value_heads:
             raise InvalidSpecError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "

@@ -1,0 +1,221 @@
+"""``python -m estimator``: estimate, fit, sweep, gpus, quants.
+
+Output is a table in GiB, or one JSON object with int byte fields under ``--json``.
+Bad input exits 2 with one line on stderr naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from typing import Any, Sequence
+
+from .errors import EstimatorError, InvalidSpecError
+from .estimate import ATTN_IMPLS, BNB_COMPUTE_DTYPES, CACHE_KINDS, LOGITS_MODES, estimate_settings, make_settings
+from .gpus import get_gpu, gpu_catalog
+from .kv import KV_DTYPES
+from .model import DEFAULT_PRESET, PRESETS, load_model
+from .quant import QUANTS, effective_bits_per_param, weight_bytes
+from .solve import context_grid, max_context, sweep
+from .units import GiB, format_context, parse_context, parse_size
+
+try:  # engine models (vLLM, llama.cpp) plug in here when present
+    from .engines import cli as engine_cli
+except ImportError:  # pragma: no cover - the package ships it
+    engine_cli = None
+
+
+class CliError(Exception):
+    """Bad command-line input: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise CliError(message)
+
+
+def _context(text: str) -> int:
+    return parse_context(text, "--context")
+
+
+def _common(p: argparse.ArgumentParser, with_context: bool = True) -> None:
+    p.add_argument("--model", default=DEFAULT_PRESET,
+                   help=f"preset ({', '.join(PRESETS)}) or path to a config.json (default {DEFAULT_PRESET})")
+    p.add_argument("--quant", default="bf16", help=f"weight scheme: {', '.join(QUANTS)} (default bf16)")
+    if with_context:
+        p.add_argument("--context", default="8192", help="prompt tokens: 8192, 8k, 128K (default 8192)")
+    p.add_argument("--batch", default="1", help="sequences per batch (default 1)")
+    p.add_argument("--kv-dtype", default="auto", help=f"KV cache dtype: {', '.join(KV_DTYPES)} (default auto)")
+    p.add_argument("--attn", default="sdpa", help=f"attention implementation: {', '.join(ATTN_IMPLS)}")
+    p.add_argument("--new-tokens", default="32", help="decode steps after the prompt (default 32)")
+    p.add_argument("--cache", default="dynamic", help=f"KV cache kind: {', '.join(CACHE_KINDS)}")
+    p.add_argument("--padding", action="store_true", help="a padding attention mask is passed")
+    p.add_argument("--logits", default="last", help=f"logits kept: {', '.join(LOGITS_MODES)} (default last)")
+    p.add_argument("--prefill-chunk", default=None, help="prefill the prompt in chunks of this many tokens")
+    p.add_argument("--bnb-compute-dtype", default="bf16",
+                   help=f"bitsandbytes 4-bit compute dtype: {', '.join(BNB_COMPUTE_DTYPES)} (default bf16)")
+    p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
+    p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m estimator", description="GPU memory for LLM inference, exact where it can be.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = sub.add_parser("estimate", help="memory for one setting")
+    _common(p)
+    p = sub.add_parser("fit", help="largest context that fits a GPU")
+    _common(p, with_context=False)
+    p = sub.add_parser("sweep", help="every quant over a context grid (CSV, or JSON with --json)")
+    _common(p, with_context=False)
+    p.add_argument("--quants", default=",".join(q for q in QUANTS if q != "et-4bit"), help="comma-separated schemes")
+    p.add_argument("--contexts", default=None, help="comma-separated contexts (default: 64 points, 1K to 128K)")
+    p = sub.add_parser("gpus", help="the GPU catalog")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("quants", help="the weight schemes")
+    p.add_argument("--model", default=DEFAULT_PRESET)
+    p.add_argument("--json", action="store_true")
+    if engine_cli is not None:
+        for name in ("estimate", "fit"):
+            engine_cli.add_engine_arguments(sub.choices[name])
+    return parser
+
+
+def _int_arg(name: str, text: Any, lo: int = 0) -> int:
+    try:
+        v = int(str(text))
+    except ValueError:
+        raise InvalidSpecError(f"{name} must be an integer: {text!r}") from None
+    if v < lo:
+        raise InvalidSpecError(f"{name} must be >= {lo}: {text!r}")
+    return v
+
+
+def _settings_from(args: argparse.Namespace, context: int) -> tuple[Any, int | None]:
+    gpu_mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
+    s = make_settings(
+        args.model, gpu=args.gpu, quant=args.quant, context=context, batch=_int_arg("--batch", args.batch, 1),
+        kv_dtype=args.kv_dtype, attn=args.attn, new_tokens=_int_arg("--new-tokens", args.new_tokens),
+        cache=args.cache, padding=args.padding, logits=args.logits,
+        prefill_chunk=_int_arg("--prefill-chunk", args.prefill_chunk, 1) if args.prefill_chunk else None,
+        bnb_compute_dtype=args.bnb_compute_dtype)
+    return s, gpu_mem
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / GiB:10.3f} GiB"
+
+
+def format_estimate(d: dict[str, Any]) -> str:
+    """A readable table of an ``Estimate.to_dict()``."""
+    st = d["settings"]
+    lines = [f"{st['model']}  {st['quant']}  context {st['context']:,} (+{st['new_tokens']} new)  "
+             f"batch {st['batch']}  attn {st['attn']}  kv {st['kv_dtype']}",
+             f"  {'weights':<22}{_gib(d['weights_bytes'])}",
+             f"  {'KV cache':<22}{_gib(d['kv_cache_bytes'])}",
+             f"  {'activations (peak)':<22}{_gib(d['activations_bytes'])}",
+             f"  {'overhead':<22}{_gib(d['overhead_bytes'])}",
+             "  " + "-" * 36,
+             f"  {'peak allocated':<22}{_gib(d['peak_allocated_bytes'])}   torch.cuda.max_memory_allocated()",
+             f"  {'peak reserved':<22}{_gib(d['peak_reserved_bytes'])}   torch.cuda.max_memory_reserved()",
+             f"  {'device used (total)':<22}{_gib(d['device_used_bytes'])}   NVML / nvidia-smi: must be free"]
+    if d.get("fits") is not None:
+        verdict = "fits" if d["fits"] else "does NOT fit"
+        lines.append(f"  on {d['gpu_memory_bytes'] / GiB:.2f} GiB: {verdict}, headroom {d['headroom_bytes'] / GiB:.2f} GiB")
+    return "\n".join(lines)
+
+
+def _cmd_estimate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if engine_cli is not None and getattr(args, "engine", "transformers") != "transformers":
+        spec = load_model(args.model)
+        gpu = get_gpu(args.gpu) if args.gpu else None
+        mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
+        d = engine_cli.engine_estimate(args, spec, gpu, mem)
+        return d, engine_cli.format_engine_table(d)
+    s, mem = _settings_from(args, _context(args.context))
+    d = estimate_settings(s, mem).to_dict()
+    return d, format_estimate(d)
+
+
+def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    if engine_cli is not None and getattr(args, "engine", "transformers") != "transformers":
+        spec = load_model(args.model)
+        gpu = get_gpu(args.gpu) if args.gpu else None
+        mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
+        d = engine_cli.engine_fit(args, spec, gpu, mem)
+        return d, engine_cli.format_engine_table(d)
+    if args.gpu is None and args.gpu_memory is None:
+        raise InvalidSpecError("fit needs --gpu NAME or --gpu-memory SIZE: none given")
+    s, mem = _settings_from(args, 1)
+    limit = mem if mem is not None else s.gpu.memory_bytes
+    t = max_context(s, quant=s.quant, gpu_memory_bytes=mem)
+    d: dict[str, Any] = {"max_context": t, "max_position_embeddings": s.model.max_position_embeddings,
+                         "gpu_memory_bytes": limit}
+    if t > 0:
+        from dataclasses import replace
+        d["estimate"] = estimate_settings(replace(s, context=t), mem).to_dict()
+        text = (f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)})"
+                f"{'  (beyond the model window of ' + format(s.model.max_position_embeddings, ',') + ')' if t > s.model.max_position_embeddings else ''}\n"
+                + format_estimate(d["estimate"]))
+    else:
+        text = f"nothing fits on {limit / GiB:.2f} GiB: even one token needs more (weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})"
+    d["settings"] = {**estimate_settings(s, mem).settings.to_dict(), "context": None}
+    return d, text
+
+
+def _cmd_sweep(args: argparse.Namespace) -> tuple[Any, str]:
+    s, mem = _settings_from(args, 1)
+    quants = [q.strip() for q in args.quants.split(",") if q.strip()]
+    for q in quants:
+        if q not in QUANTS:
+            raise InvalidSpecError(f"--quants must list schemes from {', '.join(QUANTS)}: {q!r}")
+    ctxs = ([_context(c.strip()) for c in args.contexts.split(",") if c.strip()] if args.contexts
+            else list(context_grid()))
+    rows = sweep(s, quants=quants, contexts=ctxs, gpu_memory_bytes=mem)
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    return {"settings": s.to_dict(), "rows": rows}, out.getvalue().rstrip("\n")
+
+
+def _cmd_gpus(args: argparse.Namespace) -> tuple[Any, str]:
+    gpus = [g.to_dict() for g in gpu_catalog()]
+    text = "\n".join(f"{g['key']:<20} {g['memory_bytes'] / GiB:8.2f} GiB  {g['name']}" for g in gpus)
+    return gpus, text
+
+
+def _cmd_quants(args: argparse.Namespace) -> tuple[Any, str]:
+    spec = load_model(args.model)
+    rows = []
+    for q in QUANTS.values():
+        wb = weight_bytes(spec, q.name)
+        rows.append({"name": q.name, "label": q.label, "bits": q.bits,
+                     "bits_per_weight": round(effective_bits_per_param(spec, q.name), 4),
+                     "weights_bytes": wb.total_bytes, "family": q.family, "note": q.note})
+    text = "\n".join(f"{r['name']:<10} {r['bits']:>3}-bit  {r['bits_per_weight']:7.3f} bits/param  "
+                     f"{r['weights_bytes'] / GiB:7.3f} GiB  {r['note']}" for r in rows)
+    return rows, text
+
+
+COMMANDS = {"estimate": _cmd_estimate, "fit": _cmd_fit, "sweep": _cmd_sweep, "gpus": _cmd_gpus, "quants": _cmd_quants}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        data, text = COMMANDS[args.command](args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except EstimatorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    return 0
