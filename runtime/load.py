@@ -147,6 +147,14 @@ def load(s: dict[str, Any], device: str):
         if local:
             raise
         raise SettingsError(f"weights: cannot fetch hub id {weights!r} (offline? gated?): {str(e).splitlines()[0]}") from None
+    if device == "cpu":
+        # bitsandbytes 0.50 repacks 4-bit weights into an AVX512-BF16 layout on the first CPU
+        # forward (Linear4bit.forward -> _convert_weight_packed_for_cpu), which changes what the
+        # model stores and fails for out_features not divisible by its block. Keep the portable
+        # dequantize + linear path, which is also the closer analogue of the CUDA fallback.
+        for mod in model.modules():
+            if hasattr(mod, "support_avx512bf16_for_cpu"):
+                mod.support_avx512bf16_for_cpu = False
     return model.eval()
 
 
