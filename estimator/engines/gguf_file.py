@@ -41,6 +41,8 @@ SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 
 
 
 def _layer_of(name: str) -> int | None:
+    if name.startswith("rope_freqs."):
+        return 0  # created in layer 0's loop (llama-model.cpp), so it lives with layer 0
     if name.startswith("blk."):
         try:
             return int(name.split(".")[1])
