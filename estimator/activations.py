@@ -86,6 +86,7 @@ class Forward:
     kv_old_v: Poly
     has_mask: bool
     m_max: int  # the actual b*q at the context being planned (kernel choices depend on it)
+    sdpa_math: bool = False  # SDPA falls back to ATen's math kernel (pre-sm80 GPUs with enable_gqa)
 
 
 class _Tracer:
@@ -231,11 +232,33 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
         tr.free("probs", "k.rep", "v.rep")
         tr.alloc("attn", pscale(m, qd * cb))             # transpose(1, 2).contiguous()
         tr.free("attn.bhtd")
+    elif f.sdpa_math and not f.has_mask:
+        # Pre-sm80 GPUs have no flash kernel, and enable_gqa=True rules out the efficient one, so
+        # SDPA runs ATen's math kernel (transformers#48633). With the default
+        # allow_fp16_bf16_reduction_math_sdp(False) it upcasts to fp32, repeats K/V per query
+        # head, scales q and k^T, and materialises fp32 scores and probabilities.
+        tr.alloc("q32", pscale(m, qd * FP32))
+        tr.alloc("k.rep", pscale(f.S, b * n_h * spec.head_dim * FP32))
+        tr.alloc("v.rep", pscale(f.S, b * n_h * spec.head_dim * FP32))
+        tr.alloc("qs", pscale(m, qd * FP32))
+        tr.free("q32")
+        tr.alloc("kt", pscale(f.S, b * n_h * spec.head_dim * FP32))
+        tr.alloc("scores", pscale(scores, FP32))
+        tr.free("kt", "k.rep")
+        tr.alloc("probs", pscale(scores, FP32))         # _safe_softmax
+        tr.free("scores")
+        tr.alloc("attn32", pscale(m, qd * FP32))
+        tr.free("probs", "v.rep", "qs")
+        tr.alloc("attn.bhtd", pscale(m, qd * cb))        # back to the query dtype
+        tr.free("attn32")
+        tr.alloc("attn", pscale(m, qd * cb))             # transpose(1, 2).contiguous()
+        tr.free("attn.bhtd")
     else:
         # SDPA: with no mask, GQA goes to the kernel (enable_gqa=True, no copies); with a mask,
-        # repeat_kv materialises K and V for every query head and ATen converts the bool mask
-        # to a float mask in the query dtype (convert_boolean_attn_mask).
-        if f.has_mask:
+        # or head_dim > 256 (transformers#46960), repeat_kv materialises K and V for every query
+        # head; with a mask ATen also converts the bool mask to a float mask in the query dtype
+        # (convert_boolean_attn_mask).
+        if f.has_mask or spec.head_dim > 256:
             tr.alloc("k.rep", rep)
             tr.alloc("v.rep", rep)
             tr.alloc("mask.float", pscale(pmul(f.q, f.S), b * cb))

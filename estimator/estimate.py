@@ -42,6 +42,9 @@ ATTN_IMPLS = ("sdpa", "eager")
 CACHE_KINDS = ("dynamic", "static")
 LOGITS_MODES = ("last", "full", "full-fp32")
 BNB_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
+# GPUs without FlashAttention in PyTorch SDPA (compute capability below 8.0): with enable_gqa
+# SDPA falls back to the math kernel there (transformers#48633).
+PRE_SM80_ARCHS = ("sm60", "sm61", "sm70", "sm75")
 MAX_CONTEXT = 1 << 24   # 16M tokens: a sanity bound, far beyond any model's window
 MAX_BATCH = 1 << 16
 
@@ -216,7 +219,8 @@ def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, a
     cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
     T, N, b = s.context, s.new_tokens, s.batch
     common = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam, bnb_compute_bytes=cbn,
-                  attn=s.attn, padding=s.padding, cache=s.cache)
+                  attn=s.attn, padding=s.padding, cache=s.cache,
+                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS)
     static = s.cache == "static"
     out = {}
     # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens. For chunks the
@@ -284,7 +288,8 @@ def _plans(s: Settings, T: int) -> tuple[dict[str, tuple[tuple[act.Candidate, ..
     """
     lo, hi = _regime(s, T)
     key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
-           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, lo)
+           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+           lo)
     hit = _PLANS.get(key)
     if hit is None:
         if len(_PLANS) > 4096:

@@ -73,7 +73,7 @@ def test_gpus_and_quants_json(capsys):
 
 
 def test_table_output_says_gib(capsys):
-    code, out, _ = run(capsys, "estimate", "--gpu", "t4-16gb")
+    code, out, _ = run(capsys, "estimate", "--gpu", "l4-24gb")
     assert code == 0 and "GiB" in out and " GB" not in out and "fits" in out
 
 

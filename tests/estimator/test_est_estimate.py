@@ -199,3 +199,13 @@ def test_import_is_pure():
 
 def test_presets_load_from_package_data():
     assert preset_config("llama-3.1-8b")["tie_word_embeddings"] is False
+
+
+def test_pre_sm80_gpus_fall_back_to_math_sdpa():
+    """On a T4 (sm75) enable_gqa=True leaves only SDPA's math kernel (transformers#48633), which
+    materialises fp32 scores and probabilities: 2 x 4 B x heads x T^2 in the last layer."""
+    T = 4096
+    t4 = estimate(quant="fp16", context=T, gpu="t4-16gb")
+    l4 = estimate(quant="fp16", context=T, gpu="l4-24gb")
+    assert t4.peak_at == "attention" and l4.peak_at == "mlp"
+    assert t4.activations_bytes >= 8 * 24 * T * T > 10 * l4.activations_bytes

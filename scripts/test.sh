@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# One command: set everything up on a fresh machine, then run every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh test
+exec .venv/bin/python -m pytest "$@"
