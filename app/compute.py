@@ -85,6 +85,14 @@ def sweep_rows(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None
     return [dict(r) for r in rows]
 
 
+def sweep_csv(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+              gpu_memory_bytes: int | None) -> str:
+    """The sweep as CSV text (the export button), built once per setting."""
+    from .tables import sweep_csv as to_csv
+
+    return to_csv(cached_sweep(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes))
+
+
 def largest_context(model: str, quant: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
                     gpu_memory_bytes: int | None) -> int:
     """``estimator.max_context`` (0 when even one token does not fit)."""
@@ -92,35 +100,43 @@ def largest_context(model: str, quant: str, batch: int, kv_dtype: str, attn: str
                                  batch=batch, kv_dtype=kv_dtype, attn=attn)
 
 
+def quant_max_contexts(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+                       gpu_memory_bytes: int | None) -> dict[str, int]:
+    """Largest context per quantization on one GPU (independent of the chosen context)."""
+    return {q: largest_context(model, q, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+            for q in estimator.TRANSFORMERS_QUANTS}
+
+
 def quant_rows(model: str, context: int, batch: int, kv_dtype: str, attn: str, gpu: str | None,
                gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
     """One estimate per quantization at this context, plus the largest context on this GPU."""
+    maxc = cached_quant_max_contexts(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
     out = []
     for q in estimator.TRANSFORMERS_QUANTS:
         d = estimate_dict(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
         d["quant"] = q
-        d["max_context"] = cached_largest_context(model, q, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+        d["max_context"] = maxc[q]
         out.append(d)
     return out
+
+
+def gpu_context_grid(model: str, batch: int, kv_dtype: str, attn: str) -> dict[str, dict[str, int]]:
+    """Largest context for every catalog GPU x every quantization: {gpu: {quant: tokens}}."""
+    return {key: quant_max_contexts(model, batch, kv_dtype, attn, key, None) for key in gpu_keys()}
 
 
 def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
              attn: str) -> list[dict[str, Any]]:
     """For each catalog GPU: the estimate at these settings, and the largest context per quant."""
+    grid = cached_gpu_context_grid(model, batch, kv_dtype, attn)
     out = []
     for key in gpu_keys():
         g = gpu_by_key(key)
-        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None)
+        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, None)
         out.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes, "cls": g.cls,
                     "device_used_bytes": d["device_used_bytes"], "fits": d["fits"],
-                    "headroom_bytes": d["headroom_bytes"],
-                    "max_context": gpu_max_contexts(model, batch, kv_dtype, attn, key)})
+                    "headroom_bytes": d["headroom_bytes"], "max_context": grid[key]})
     return out
-
-
-def gpu_max_contexts(model: str, batch: int, kv_dtype: str, attn: str, gpu: str) -> dict[str, int]:
-    return {q: cached_largest_context(model, q, batch, kv_dtype, attn, gpu, None)
-            for q in estimator.TRANSFORMERS_QUANTS}
 
 
 # ---------------------------------------------------------------------------- cached wrappers
@@ -129,5 +145,8 @@ _cache = st.cache_data(show_spinner=False, max_entries=2048)
 cached_estimate = _cache(estimate_dict)
 cached_sweep = st.cache_data(show_spinner=False, max_entries=32)(sweep_rows)
 cached_largest_context = _cache(largest_context)
+cached_sweep_csv = st.cache_data(show_spinner=False, max_entries=32)(sweep_csv)
+cached_quant_max_contexts = st.cache_data(show_spinner=False, max_entries=256)(quant_max_contexts)
+cached_gpu_context_grid = st.cache_data(show_spinner=False, max_entries=32)(gpu_context_grid)
 cached_quant_rows = st.cache_data(show_spinner=False, max_entries=256)(quant_rows)
 cached_gpu_rows = st.cache_data(show_spinner=False, max_entries=256)(gpu_rows)

@@ -9,11 +9,12 @@ byte count.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+import math
 from typing import Any
 
 import plotly.graph_objects as go
 
-from estimator.units import GiB, format_bytes
+from estimator.units import GiB
 
 # One colour per memory component, used by every figure and table.
 COMPONENTS = (
@@ -35,15 +36,43 @@ QUANT_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948"
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, sans-serif", size=13)
 
 
-def _base_layout(fig: go.Figure, *, title: str, height: int) -> go.Figure:
-    fig.update_layout(
+def _layout(*, title: str, height: int, **extra: Any) -> dict[str, Any]:
+    """Common layout. No plotly template: Streamlit's chart theme styles the figure, and skipping
+    the template keeps a figure build in the low milliseconds (the calculator reruns often)."""
+    layout: dict[str, Any] = dict(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
-        height=height, template="plotly_white", font=_FONT,
-        margin=dict(l=10, r=10, t=46, b=10),
+        height=height, template={}, font=_FONT, margin=dict(l=10, r=10, t=46, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-        hoverlabel=dict(font=dict(family=_FONT["family"])),
+        hoverlabel=dict(font=dict(family=_FONT["family"])), shapes=[], annotations=[],
     )
-    return fig
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(layout.get(k), dict):
+            layout[k] = {**layout[k], **v}
+        else:
+            layout[k] = v
+    return layout
+
+
+def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
+    # The specs are built here and known valid; plotly's per-property validation costs ~50 ms
+    # per figure, so it is skipped (tests check the resulting structure).
+    return go.Figure({"data": data, "layout": layout}, _validate=False)
+
+
+def _hline(layout: dict[str, Any], y: float, text: str, color: str) -> None:
+    layout["shapes"].append(dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
+                                 line=dict(color=color, width=2, dash="dash")))
+    layout["annotations"].append(dict(xref="paper", x=0, yref="y", y=y, text=text, showarrow=False,
+                                      xanchor="left", yanchor="bottom", font=dict(color=color)))
+
+
+def _vline(layout: dict[str, Any], x: float, text: str, color: str, dash: str = "dash",
+           width: float = 2, log: bool = False) -> None:
+    xv = math.log10(x) if log else x
+    layout["shapes"].append(dict(type="line", yref="paper", y0=0, y1=1, xref="x", x0=x, x1=x,
+                                 line=dict(color=color, width=width, dash=dash)))
+    layout["annotations"].append(dict(yref="paper", y=1, xref="x", x=xv, text=text, showarrow=False,
+                                      xanchor="right", yanchor="bottom", font=dict(color=color)))
 
 
 def gib(n: int | None) -> float | None:
@@ -66,29 +95,26 @@ def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
     ``est`` is ``Estimate.to_dict()``. With ``capacity_bytes`` a dashed vertical line marks
     the GPU's memory.
     """
-    fig = go.Figure()
+    xmax = max(est["device_used_bytes"], capacity_bytes or 0)
+    data = []
     for field, label, color in COMPONENTS:
         n = int(est[field])
-        fig.add_trace(go.Bar(
-            name=label, y=["Device used"], x=[gib(n)], orientation="h", marker_color=color,
-            text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, est["device_used_bytes"], capacity_bytes or 0) else [""],
+        data.append(dict(
+            type="bar", name=label, y=["Device used"], x=[gib(n)], orientation="h",
+            marker=dict(color=color),
+            text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, xmax) else [""],
             textposition="inside", insidetextanchor="middle", textfont=dict(color="white", size=12),
-            customdata=[[n, format_bytes(n)]],
+            customdata=[[n]],
             hovertemplate=f"<b>{label}</b><br>%{{x:.3f}} GiB<br>%{{customdata[0]:,}} B<extra></extra>",
         ))
-    fig.update_layout(barmode="stack", bargap=0.35)
-    xmax = est["device_used_bytes"]
+    layout = _layout(title="Where the memory goes", height=215, barmode="stack", bargap=0.35,
+                     margin=dict(t=40), legend=dict(traceorder="normal", orientation="h", y=-0.55,
+                                                    yanchor="top", x=0, xanchor="left"),
+                     xaxis=dict(title=dict(text="GiB"), range=[0, 1.04 * xmax / GiB]),
+                     yaxis=dict(showticklabels=False))
     if capacity_bytes:
-        xmax = max(xmax, capacity_bytes)
-        fig.add_vline(x=gib(capacity_bytes), line=dict(color=CAPACITY_COLOR, width=2, dash="dash"),
-                      annotation_text=f"{capacity_label}: {capacity_bytes / GiB:.1f} GiB",
-                      annotation_position="top left", annotation_font_color=CAPACITY_COLOR)
-    fig.update_xaxes(title_text="GiB", range=[0, 1.04 * xmax / GiB], rangemode="tozero")
-    fig.update_yaxes(showticklabels=False)
-    _base_layout(fig, title="Where the memory goes", height=215)
-    fig.update_layout(legend=dict(traceorder="normal", orientation="h", y=-0.55, yanchor="top", x=0, xanchor="left"),
-                      margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+        _vline(layout, capacity_bytes / GiB, f"{capacity_label}: {capacity_bytes / GiB:.1f} GiB", CAPACITY_COLOR)
+    return _figure(data, layout)
 
 
 def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | None = None,
@@ -104,49 +130,47 @@ def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | N
     by_quant: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_quant.setdefault(r["quant"], []).append(r)
-    fig = go.Figure()
+    data = []
     for i, (q, rs) in enumerate(by_quant.items()):
         rs = sorted(rs, key=lambda r: r["context"])
         chosen = q == quant
-        fig.add_trace(go.Scatter(
-            x=[r["context"] for r in rs], y=[gib(r[counter]) for r in rs], mode="lines",
-            name=labels.get(q, q), legendgroup=q,
+        name = labels.get(q, q)
+        data.append(dict(
+            type="scatter", x=[r["context"] for r in rs], y=[gib(r[counter]) for r in rs], mode="lines",
+            name=name, legendgroup=q,
             line=dict(color=QUANT_COLORS[i % len(QUANT_COLORS)], width=4 if chosen else 1.8),
             opacity=1.0 if chosen or quant is None else 0.75,
             customdata=[[tokens_label(r["context"]), r[counter]] for r in rs],
-            hovertemplate=(f"<b>{labels.get(q, q)}</b><br>context %{{customdata[0]}} tokens"
+            hovertemplate=(f"<b>{name}</b><br>context %{{customdata[0]}} tokens"
                            "<br>%{y:.3f} GiB (%{customdata[1]:,} B)<extra></extra>"),
         ))
-    if capacity_bytes:
-        fig.add_hline(y=gib(capacity_bytes), line=dict(color=CAPACITY_COLOR, width=2, dash="dash"),
-                      annotation_text=f"{capacity_label} ({capacity_bytes / GiB:.1f} GiB)",
-                      annotation_position="top left", annotation_font_color=CAPACITY_COLOR)
-    if context:
-        fig.add_vline(x=context, line=dict(color="#555", width=1, dash="dot"),
-                      annotation_text=tokens_label(context), annotation_position="bottom right")
     ticks = [2**e for e in range(10, 18)]
-    fig.update_xaxes(type="log", title_text="Context (tokens)", tickvals=ticks,
-                     ticktext=[tokens_label(t) for t in ticks], showgrid=True)
-    fig.update_yaxes(title_text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)", rangemode="tozero")
-    _base_layout(fig, title="Memory vs context", height=430)
-    fig.update_layout(hovermode="closest", legend=dict(orientation="v", y=1, yanchor="top",
-                                                       x=1.01, xanchor="left"))
-    return fig
+    layout = _layout(
+        title="Memory vs context", height=430, hovermode="closest",
+        legend=dict(orientation="v", y=1, yanchor="top", x=1.01, xanchor="left"),
+        xaxis=dict(type="log", title=dict(text="Context (tokens)"), tickvals=ticks,
+                   ticktext=[tokens_label(t) for t in ticks], showgrid=True),
+        yaxis=dict(title=dict(text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)"), rangemode="tozero"))
+    if capacity_bytes:
+        _hline(layout, capacity_bytes / GiB, f"{capacity_label} ({capacity_bytes / GiB:.1f} GiB)", CAPACITY_COLOR)
+    if context:
+        _vline(layout, context, tokens_label(context), "#555", dash="dot", width=1, log=True)
+    return _figure(data, layout)
 
 
 def params_figure(groups: Mapping[str, int]) -> go.Figure:
     """Horizontal bar of parameter counts per group (embedding, attention, mlp, norms, lm_head)."""
     items = [(k, v) for k, v in groups.items() if v]
     total = sum(v for _, v in items) or 1
-    fig = go.Figure(go.Bar(
-        y=[k for k, _ in items], x=[v for _, v in items], orientation="h",
-        marker_color=["#3b6fb6", "#e8833a", "#4c9f70", "#9b7fc4", "#888"][: len(items)],
+    data = [dict(
+        type="bar", y=[k for k, _ in items], x=[v for _, v in items], orientation="h",
+        marker=dict(color=["#3b6fb6", "#e8833a", "#4c9f70", "#9b7fc4", "#888"][: len(items)]),
         text=[f"{v:,} ({100 * v / total:.1f}%)" for _, v in items], textposition="auto",
         hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
-    ))
-    fig.update_xaxes(title_text="Parameters")
-    fig.update_yaxes(autorange="reversed")
-    return _base_layout(fig, title="Parameters by group", height=260)
+    )]
+    layout = _layout(title="Parameters by group", height=260, xaxis=dict(title=dict(text="Parameters")),
+                     yaxis=dict(autorange="reversed"))
+    return _figure(data, layout)
 
 
 def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
@@ -155,15 +179,14 @@ def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
     A perfect estimate lies on the dashed y = x line.
     """
     pts = [p for p in points if p.get("measured_bytes") is not None and p.get("estimate_bytes") is not None]
-    fig = go.Figure()
     colors = {"weights_bytes": "#3b6fb6", "kv_cache_bytes": "#e8833a",
               "peak_allocated_bytes": "#4c9f70", "peak_reserved_bytes": "#9b7fc4",
               "device_used_bytes": "#d64545"}
-    counters = list(dict.fromkeys(p["counter"] for p in pts))
-    for c in counters:
+    data = []
+    for c in dict.fromkeys(p["counter"] for p in pts):
         cp = [p for p in pts if p["counter"] == c]
-        fig.add_trace(go.Scatter(
-            x=[gib(p["measured_bytes"]) for p in cp], y=[gib(p["estimate_bytes"]) for p in cp],
+        data.append(dict(
+            type="scatter", x=[gib(p["measured_bytes"]) for p in cp], y=[gib(p["estimate_bytes"]) for p in cp],
             mode="markers", name=COUNTER_LABELS.get(c, c.replace("_bytes", "").replace("_", " ")),
             marker=dict(size=9, color=colors.get(c), line=dict(width=1, color="white")),
             customdata=[[p.get("label", ""), p["measured_bytes"], p["estimate_bytes"]] for p in cp],
@@ -171,8 +194,9 @@ def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
                            "<br>estimate %{y:.3f} GiB (%{customdata[2]:,} B)<extra></extra>"),
         ))
     hi = max([max(p["measured_bytes"], p["estimate_bytes"]) for p in pts] or [GiB]) / GiB * 1.05
-    fig.add_trace(go.Scatter(x=[0, hi], y=[0, hi], mode="lines", name="estimate = measured",
-                             line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
-    fig.update_xaxes(title_text="Measured (GiB)", range=[0, hi])
-    fig.update_yaxes(title_text="Estimate (GiB)", range=[0, hi], scaleanchor="x")
-    return _base_layout(fig, title="Estimate vs measured", height=460)
+    data.append(dict(type="scatter", x=[0, hi], y=[0, hi], mode="lines", name="estimate = measured",
+                     line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
+    layout = _layout(title="Estimate vs measured", height=460,
+                     xaxis=dict(title=dict(text="Measured (GiB)"), range=[0, hi]),
+                     yaxis=dict(title=dict(text="Estimate (GiB)"), range=[0, hi], scaleanchor="x"))
+    return _figure(data, layout)

@@ -27,6 +27,8 @@ CTX_ERROR = "ctx_error"        # message of the last rejected typed context, or 
 SETTINGS = "settings"          # last settings dict the calculator computed (read by other pages)
 QP_LOADED = "_qp_loaded"       # query string already applied to this session
 MEASURE_RESULT = "measure_result"
+DETAILS_TAB = "details_tab"    # which detail tab of the calculator is open (its label)
+DETAIL_TABS = ("Memory vs context", "Quantizations", "GPUs", "How is this computed", "Export")
 
 CUSTOM_MODEL = "custom"        # MODEL value meaning "uploaded or pasted config.json"
 CUSTOM_GPU = "custom"          # GPU value meaning "type a memory size"

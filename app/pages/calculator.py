@@ -9,7 +9,7 @@ import streamlit as st
 import estimator
 from estimator.units import GiB, format_gib
 
-from app import compute, figures, inputs, tables
+from app import compute, figures, inputs, state, tables
 from app.figures import tokens_label
 
 COUNTER_HELP = {
@@ -74,56 +74,67 @@ def render() -> None:
             st.caption(text)
 
     # ------------------------------------------------------------------ details
-    t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(
-        ["Memory vs context", "Quantizations", "GPUs", "How is this computed", "Export"])
-    try:
-        rows = compute.cached_sweep(s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key,
-                                    s["gpu_memory_bytes"])
-        qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                          inp.gpu_key, s["gpu_memory_bytes"])
-        grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn)
-    except estimator.EstimatorError as e:
-        st.error(f"Cannot sweep these settings: {e}")
-        st.stop()
+    # Tabs track which one is open, so only the visible tab computes (the GPU table alone is
+    # ~370 max-context searches when batch, KV dtype or attention change).
+    t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(state.DETAIL_TABS, key=state.DETAILS_TAB,
+                                                     on_change="rerun")
     labels = {q: estimator.QUANTS[q].label for q in estimator.TRANSFORMERS_QUANTS}
-    with t_ctx:
-        st.plotly_chart(figures.context_figure(rows, capacity_bytes=inp.capacity_bytes,
-                                               capacity_label=inp.capacity_label, context=inp.context,
-                                               quant=inp.quant, labels=labels),
-                        key="context_chart")
-        st.caption("Device memory used, per weight quantization, from 1K to 128K tokens. "
-                   "The dashed line is the GPU's memory: a line under it fits. Click a legend entry to hide it.")
-    with t_quant:
-        st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
-                     column_config={"Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
-                                    "Total (device used)": _gib_col("Total (device used)"),
-                                    "Headroom": _gib_col("Headroom"),
-                                    "Largest context": _ctx_col(f"Largest context on {inp.capacity_label}")})
-        st.caption(f"At {tokens_label(inp.context)} tokens, batch {inp.batch}, KV {inp.kv_dtype}. "
-                   "Stored bits/param counts scales, absmax and unquantized embedding and norms.")
-    with t_gpu:
-        quants = list(estimator.TRANSFORMERS_QUANTS)
-        cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"),
-               **{q: _ctx_col(labels[q]) for q in quants}}
-        st.dataframe(tables.gpu_table(grows, quants), hide_index=True, key="gpu_table", column_config=cfg)
-        st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} tokens). "
-                   "The other columns are the largest context (tokens) that fits with each quantization.")
-    with t_how:
-        st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
-                    "the KV cache at the end of generation, the prefill peak for activations, and measured "
-                    "constants for the CUDA context and the allocator.")
-        st.table(tables.formula_rows(spec, est))
-        with st.expander("All parts of the estimate"):
-            st.dataframe(tables.breakdown_details(est), hide_index=True)
-    with t_export:
-        slug = f"{inp.model_key if isinstance(inp.model, str) else 'custom'}-{inp.quant}-{inp.context}"
-        e1, e2 = st.columns(2)
-        e1.download_button("Estimate (JSON)", json.dumps(est, indent=2), file_name=f"estimate-{slug}.json",
-                           mime="application/json", key="dl_json", icon=":material/download:")
-        e2.download_button("Sweep (CSV)", tables.sweep_csv(rows), file_name=f"sweep-{slug}.csv",
-                           mime="text/csv", key="dl_csv", icon=":material/download:")
-        st.caption("The settings are in the page address: copy the URL to share this exact view.")
-        st.json(est, expanded=False)
-
+    sweep_args = (s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key, s["gpu_memory_bytes"])
+    try:
+        if t_ctx.open is not False:
+            with t_ctx:
+                rows = compute.cached_sweep(*sweep_args)
+                st.plotly_chart(figures.context_figure(rows, capacity_bytes=inp.capacity_bytes,
+                                                       capacity_label=inp.capacity_label, context=inp.context,
+                                                       quant=inp.quant, labels=labels),
+                                key="context_chart")
+                st.caption("Device memory used, per weight quantization, from 1K to 128K tokens. The dashed "
+                           "line is the GPU's memory: a line under it fits. Click a legend entry to hide it.")
+        if t_quant.open is not False:
+            with t_quant:
+                qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
+                                                  inp.gpu_key, s["gpu_memory_bytes"])
+                st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
+                             column_config={
+                                 "Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
+                                 "Total (device used)": _gib_col("Total (device used)"),
+                                 "Headroom": _gib_col("Headroom"),
+                                 "Largest context": _ctx_col(f"Largest context on {inp.capacity_label}")})
+                st.caption(f"At {tokens_label(inp.context)} tokens, batch {inp.batch}, KV {inp.kv_dtype}. "
+                           "Stored bits/param counts scales, absmax and the unquantized embedding and norms.")
+        if t_gpu.open is not False:
+            with t_gpu:
+                grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype,
+                                                inp.attn)
+                quants = list(estimator.TRANSFORMERS_QUANTS)
+                cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"),
+                       **{q: _ctx_col(labels[q]) for q in quants}}
+                st.dataframe(tables.gpu_table(grows, quants), hide_index=True, key="gpu_table",
+                             column_config=cfg, height=600)
+                st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} "
+                           "tokens). The other columns are the largest context (tokens) that fits with each "
+                           "quantization; 0 means the weights alone do not fit.")
+        if t_how.open is not False:
+            with t_how:
+                st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
+                            "the KV cache at the end of generation, the prefill peak for activations, and "
+                            "measured constants for the CUDA context and the allocator.")
+                st.table(tables.formula_rows(spec, est))
+                with st.expander("All parts of the estimate"):
+                    st.dataframe(tables.breakdown_details(est), hide_index=True)
+        if t_export.open is not False:
+            with t_export:
+                slug = f"{inp.model_key if isinstance(inp.model, str) else 'custom'}-{inp.quant}-{inp.context}"
+                e1, e2 = st.columns(2)
+                e1.download_button("Estimate (JSON)", json.dumps(est, indent=2),
+                                   file_name=f"estimate-{slug}.json", mime="application/json", key="dl_json",
+                                   icon=":material/download:")
+                e2.download_button("Sweep (CSV)", compute.cached_sweep_csv(*sweep_args),
+                                   file_name=f"sweep-{slug}.csv", mime="text/csv", key="dl_csv",
+                                   icon=":material/download:")
+                st.caption("The settings are in the page address: copy the URL to share this exact view.")
+                st.json(est, expanded=False)
+    except estimator.EstimatorError as e:
+        st.error(f"Cannot compute these settings: {e}")
 
 render()

@@ -19,6 +19,12 @@ def _chart(at, title: str) -> dict:
     raise AssertionError(f"no chart titled {title!r}")
 
 
+def _open_tab(at, label: str):
+    """Switch the calculator's detail tab (only the open tab renders its content)."""
+    at.session_state[state.DETAILS_TAB] = label
+    return at.run()
+
+
 def _headline(at) -> str:
     return at.metric[0].value
 
@@ -39,7 +45,6 @@ def test_default_render(at):
     assert at.session_state[state.SETTINGS]["context"] == 8192
     assert at.query_params["ctx"] == "8192" and at.query_params["quant"] == "bf16"
     assert len(at.get("plotly_chart")) == 2
-    assert len(at.get("download_button")) == 2
 
 
 def test_typed_context_changes_headline_and_slider(at):
@@ -198,6 +203,38 @@ def test_malformed_paste_shows_error(at):
 
 def test_export_buttons(at):
     """JSON of the estimate and CSV of the sweep are offered for download."""
+    _open_tab(at, "Export")
+    assert not at.exception
     dl = at.get("download_button")
     assert [d.proto.label for d in dl] == ["Estimate (JSON)", "Sweep (CSV)"]
     assert dl[0].proto.url.endswith(".json") and dl[1].proto.url.endswith(".csv")
+
+
+def test_quantization_tab_table(at):
+    """The quantization table at the chosen context: one row per quant, numbers from the estimator."""
+    _open_tab(at, "Quantizations")
+    assert not at.exception
+    df = at.dataframe[0].value
+    assert len(df) == len(estimator.TRANSFORMERS_QUANTS)
+    row = df.set_index("Quantization").loc["bnb NF4"]
+    est = estimator.estimate(quant="nf4", gpu="rtx-4090-24gb")
+    assert row["Total (device used)"] == pytest.approx(est.device_used_bytes / GiB)
+    assert row["Largest context"] == estimator.max_context(quant="nf4", gpu="rtx-4090-24gb")
+    assert len(at.get("plotly_chart")) == 1  # the hidden chart tab did not render
+
+
+def test_gpu_tab_table(at):
+    _open_tab(at, "GPUs")
+    assert not at.exception
+    df = at.dataframe[0].value
+    assert len(df) == len(estimator.gpu_catalog())
+    h100 = df.set_index("GPU").loc[estimator.get_gpu("h100-sxm-80gb").name]
+    assert h100["Fits"].endswith("yes")
+    assert h100["bf16"] == estimator.max_context(quant="bf16", gpu="h100-sxm-80gb")
+
+
+def test_how_is_this_computed_tab(at):
+    _open_tab(at, "How is this computed")
+    assert not at.exception
+    text = at.table[0].value.to_string()
+    assert "114,688 B/token" in text and "28 layers" in text
