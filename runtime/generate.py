@@ -37,14 +37,14 @@ def make_cache(model):
         return DynamicCache()
 
 
-def _jump(cache, ids, length: int):
-    """Grow every cached K/V (and ids) to ``length`` tokens at once, as the skipped decode
-    steps would have: fresh tensors of the final shape replace the old ones (fake tensors only)."""
+def _jump(cache, ids, cache_len: int, ids_len: int):
+    """Grow every cached K/V to ``cache_len`` tokens and ``ids`` to ``ids_len`` at once, as the
+    skipped decode steps would have: fresh tensors of the final shape replace the old ones."""
     for layer in cache.layers:
         for name in ("keys", "values"):
             t = getattr(layer, name)
-            setattr(layer, name, t.new_empty(*t.shape[:-2], length, t.shape[-1]))
-    return ids.new_empty(ids.shape[0], length)
+            setattr(layer, name, t.new_empty(*t.shape[:-2], cache_len, t.shape[-1]))
+    return ids.new_empty(ids.shape[0], ids_len)
 
 
 def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None] | None = None,
@@ -92,7 +92,7 @@ def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None]
             if skip_middle and 0 < i < N - 1:
                 continue
             if skip_middle and i == N - 1 and N > 2:
-                ids = _jump(cache, ids, T + i)
+                ids = _jump(cache, ids, T + i, T + 1 + i)  # prefill added 1 id, each step 1 more
             kw = {cache_kw: cache, "use_cache": True, "logits_to_keep": 1, "attention_mask": None,
                   "input_ids": tok, "position_ids": torch.full((B, 1), T + i, dtype=torch.long, device=device)}
             if wants_cache_position:
