@@ -60,10 +60,20 @@ NON_TORCH_GROWTH_BYTES = 64 * MiB
 CUSTOM_AR_BYTES = 2 * 8 * MiB
 NCCL_BUFFERS_BYTES = 8 * 4 * MiB
 
-# torch.sort over a [num_reqs, vocab] fp32 tensor on CUDA (rows > 4096 go to the cub segmented radix
-# sort, aten/src/ATen/native/cuda/Sort.cu): outputs values fp32 (4) + indices int64 (8), an int64
-# iota as values_in (8), and cub's alternate key/value buffers (4 + 8). Bytes per logit element.
+# torch.sort over a [num_reqs, vocab] fp32 tensor on CUDA, rows > 4096 elements
+# (aten/src/ATen/native/cuda/SortStable.cu launch_stable_sort_kernel), bytes per logit element:
+# outputs values fp32 (4) + indices int64 (8), plus the temporaries of the path it takes:
+# - num_reqs >= 128 (segmented_sort_pairs): int64 reverse indices (8) + cub's alternate key/value
+#   buffers (4 + 8)                                                     -> 32
+# - 2..127 rows (segmented_sort_pairs_by_full_sort): int2 index/segment pairs twice (8 + 8), the
+#   keys_out buffer radix_sort_pairs allocates for nullptr (4), cub alternates (4 + 8)  -> 44
+# - one row (segmented_sort_large_segments): int64 indices (8) + cub alternates (4 + 8)  -> 32
 SORT_BYTES_PER_ELEMENT = 4 + 8 + 8 + 4 + 8
+
+
+def sort_bytes_per_element(num_rows: int) -> int:
+    """Bytes per element live during torch.sort of [num_rows, vocab] on CUDA (see above)."""
+    return 4 + 8 + 8 + 4 + 4 + 8 + 8 if 1 < num_rows < 128 else SORT_BYTES_PER_ELEMENT
 
 
 class VllmStartupError(EstimatorError):
@@ -174,7 +184,7 @@ def sampler_peak_bytes(num_reqs: int, vocab_size: int, logits_bytes: int) -> int
     """
     n = num_reqs * vocab_size
     fp32_copy = 0 if logits_bytes == 4 else 4
-    return n * (logits_bytes + fp32_copy + SORT_BYTES_PER_ELEMENT)
+    return n * (logits_bytes + fp32_copy + sort_bytes_per_element(num_reqs))
 
 
 def forward_peak_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1) -> int:

@@ -167,3 +167,11 @@ def test_more_utilization_more_blocks(util, extra):
     a = vl.estimate_vllm(S1, 24 * GiB, gpu_memory_utilization=util, max_model_len=4096)
     b = vl.estimate_vllm(S1, 24 * GiB, gpu_memory_utilization=util + extra, max_model_len=4096)
     assert b.num_gpu_blocks >= a.num_gpu_blocks
+
+
+def test_sort_path_temporaries():
+    """torch.sort's CUDA path depends on the row count (SortStable.cu): 32 B/element of outputs and
+    temporaries for 1 or >= 128 rows, 44 B/element for 2..127 rows (sort by full sort)."""
+    assert vl.sort_bytes_per_element(1) == vl.sort_bytes_per_element(128) == 32
+    assert vl.sort_bytes_per_element(64) == 44
+    assert vl.sampler_peak_bytes(64, 1000, 2) == 64 * 1000 * (2 + 4 + 44)
