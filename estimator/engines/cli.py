@@ -59,6 +59,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     _add(g, "--vllm-version", choices=("v0", "v1"), default="v1", help="engine accounting (default v1)")
     _add(g, "--tensor-parallel-size", type=int, default=1, help="GPUs per tensor-parallel group (1, 2, 4, 8)")
     _add(g, "--pipeline-parallel-size", type=int, default=1, help="pipeline stages (default 1)")
+    _add(g, "--safetensors", default=None,
+         help="read exact weight bytes from this safetensors file, shard index or folder (header only)")
     g = parser.add_argument_group("llama.cpp / Ollama (--engine llama.cpp; the context is n_ctx)")
     _add(g, "--parallel", type=int, default=1, help="parallel sequences sharing n_ctx (default 1)")
     _add(g, "--ubatch", type=int, default=512, help="physical batch n_ubatch (default 512)")
@@ -106,9 +108,19 @@ def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: 
             max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
             dtype=_vllm_dtype(args), kv_cache_dtype=kv, version=args.vllm_version,
             tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
-            enforce_eager=args.enforce_eager, cuda_context_bytes=_cuda_context(args))
+            enforce_eager=args.enforce_eager, cuda_context_bytes=_cuda_context(args),
+            checkpoint_weights_bytes=_checkpoint_bytes(args, spec))
     except vl.VllmStartupError as e:
         raise EngineRefusal(str(e)) from None
+
+
+def _checkpoint_bytes(args: argparse.Namespace, spec: ModelSpec) -> int | None:
+    path = getattr(args, "safetensors", None)
+    if not path:
+        return None
+    from .gguf_file import checkpoint_weight_bytes, read_safetensors_header
+    d = vl._dtype_bytes(_vllm_dtype(args), spec)
+    return checkpoint_weight_bytes(read_safetensors_header(path), dtype_bytes=d)
 
 
 def _cuda_context(args: argparse.Namespace) -> int:

@@ -292,13 +292,16 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
                   version: str = "v1", tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
                   enforce_eager: bool = False, block_size: int = BLOCK_SIZE,
                   non_torch_bytes: int | None = None, device_baseline_bytes: int = 0,
-                  cuda_context_bytes: int = 0, free_memory_bytes: int | None = None) -> VllmEstimate:
+                  cuda_context_bytes: int = 0, free_memory_bytes: int | None = None,
+                  checkpoint_weights_bytes: int | None = None) -> VllmEstimate:
     """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
 
     ``version``: "v0", "v1" or the older "v0-0.6" accounting. ``device_baseline_bytes``: device
     memory in use before the profile that torch did not allocate (CUDA context, other processes);
     only the "v0-0.6" accounting charges it. ``non_torch_bytes`` overrides the non-torch growth.
     ``free_memory_bytes`` (V1): free memory at startup; V1 refuses when below the requested memory.
+    ``checkpoint_weights_bytes``: exact parameter bytes read from a safetensors header (already cast
+    to ``dtype``; single GPU only), used instead of the derived parameters; the rope cache is added.
     """
     if version not in ACCOUNTINGS:
         raise UnknownNameError(f"vllm version must be one of {', '.join(VLLM_VERSIONS)}: {version!r}")
@@ -336,6 +339,10 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     best = None
     for rank in range(pp):
         parts = weights_bytes_per_gpu(spec, d, tp, pp, rank)
+        if checkpoint_weights_bytes is not None:
+            if tp * pp != 1:
+                raise InvalidSpecError("checkpoint_weights_bytes applies to a single GPU: use tp = pp = 1")
+            parts = {"checkpoint": checkpoint_weights_bytes, "cos_sin_cache": parts["cos_sin_cache"]}
         weights = sum(parts.values())
         lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
         num_reqs = min(max_num_seqs, max_num_batched_tokens)

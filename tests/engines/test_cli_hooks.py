@@ -115,3 +115,14 @@ def test_format_table_in_gib():
         assert "GiB" in t and " GB" not in t
     t = ecli.format_engine_table(run(["--engine", "llama.cpp", "--quant", "q4_k_m"], fit=True, total=12 * GiB))
     assert "largest context" in t
+
+
+def test_safetensors_weights_override(tmp_path):
+    """--safetensors: the checkpoint's exact tensor bytes replace the derived parameters."""
+    import struct
+
+    raw = json.dumps({"w": {"dtype": "BF16", "shape": [1000, 1000], "data_offsets": [0, 2_000_000]}}).encode()
+    p = tmp_path / "model.safetensors"
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 2_000_000)
+    d = run(["--engine", "vllm", "--context", "4096", "--safetensors", str(p)], total=24 * GiB)
+    assert d["weights_bytes"] == 2_000_000 + 131072 * 128 * 2
