@@ -25,6 +25,8 @@ COMPONENTS = (
 )
 CAPACITY_COLOR = "#d64545"
 COUNTER_LABELS = {
+    "weights_bytes": "Weights",
+    "kv_cache_bytes": "KV cache",
     "peak_allocated_bytes": "Peak allocated",
     "peak_reserved_bytes": "Peak reserved",
     "device_used_bytes": "Device used",

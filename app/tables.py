@@ -30,15 +30,11 @@ def quant_table(rows: Sequence[Mapping[str, Any]], spec: Any) -> list[dict[str, 
             "Weights": r["weights_bytes"] / GiB,
             "KV cache": r["kv_cache_bytes"] / GiB,
             "Total (device used)": r["device_used_bytes"] / GiB,
-            "Fits": fits_mark(r.get("fits")),
+            "Fits": r.get("fits"),
             "Headroom": None if r.get("headroom_bytes") is None else r["headroom_bytes"] / GiB,
             "Largest context": r.get("max_context"),
         })
     return out
-
-
-def fits_mark(fits: bool | None) -> str:
-    return "—" if fits is None else ("✅ yes" if fits else "❌ no")
 
 
 def gpu_table(rows: Sequence[Mapping[str, Any]], quants: Sequence[str]) -> list[dict[str, Any]]:
@@ -48,7 +44,7 @@ def gpu_table(rows: Sequence[Mapping[str, Any]], quants: Sequence[str]) -> list[
         row: dict[str, Any] = {
             "GPU": r["name"],
             "Memory": r["memory_bytes"] / GiB,
-            "Fits": fits_mark(r["fits"]),
+            "Fits": r["fits"],
             "Headroom": None if r["headroom_bytes"] is None else r["headroom_bytes"] / GiB,
         }
         for q in quants:
@@ -118,9 +114,12 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
         parts = bd.get(section)
         detail = "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}"
                            for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
-        where = f" (peak in the {est.get('peak_phase', 'prefill')} phase, at {est['peak_at']})" if est.get("peak_at") else ""
-        default = ("transient memory of the forward pass at its peak: hidden states, MLP intermediates, "
-                   "attention workspace and last-token logits" + where if section == "activations" else
+        where = (f"; the peak is in the {est.get('peak_phase', 'prefill')} phase, in the last layer's "
+                 f"{est['peak_at']}" if est.get("peak_at") else "")
+        per_tok = est["activations_bytes"] / max(1, ctx * batch)
+        default = (f"transient tensors of the forward pass at its peak (hidden states, MLP intermediates, "
+                   f"attention workspace, last-token logits), replayed tensor by tensor: ≈ {per_tok:,.0f} B "
+                   f"per prompt token × {ctx:,} tokens × batch {batch}{where}" if section == "activations" else
                    "CUDA context, cuBLAS workspace and caching-allocator slack")
         rows.append({"Term": term, "Formula": detail or default,
                      "Value": format_gib(est[f"{section}_bytes"])})

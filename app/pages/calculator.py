@@ -30,7 +30,15 @@ def _gib_col(label: str) -> st.column_config.NumberColumn:
 
 
 def _ctx_col(label: str) -> st.column_config.NumberColumn:
-    return st.column_config.NumberColumn(label, format="%d", help="Largest context (tokens) that fits")
+    return st.column_config.NumberColumn(label, format="localized", help="Largest context (tokens) that fits")
+
+
+FITS_COL = st.column_config.CheckboxColumn("Fits", help="Fits on the GPU at the current settings")
+
+
+def _height(rows: int) -> int:
+    """Pixel height that shows every row of a dataframe without an inner scrollbar."""
+    return 35 * (rows + 1) + 3
 
 
 def render() -> None:
@@ -95,7 +103,7 @@ def render() -> None:
                 qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
                                                   inp.gpu_key, s["gpu_memory_bytes"])
                 st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
-                             column_config={
+                             height=_height(len(qrows)), column_config={"Fits": FITS_COL,
                                  "Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
                                  "Total (device used)": _gib_col("Total (device used)"),
                                  "Headroom": _gib_col("Headroom"),
@@ -107,10 +115,10 @@ def render() -> None:
                 grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype,
                                                 inp.attn)
                 quants = list(estimator.TRANSFORMERS_QUANTS)
-                cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"),
+                cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"), "Fits": FITS_COL,
                        **{q: _ctx_col(labels[q]) for q in quants}}
                 st.dataframe(tables.gpu_table(grows, quants), hide_index=True, key="gpu_table",
-                             column_config=cfg, height=600)
+                             column_config=cfg, height=_height(len(grows)))
                 st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} "
                            "tokens). The other columns are the largest context (tokens) that fits with each "
                            "quantization; 0 means the weights alone do not fit.")
@@ -119,7 +127,7 @@ def render() -> None:
                 st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
                             "the KV cache at the end of generation, the prefill peak for activations, and "
                             "measured constants for the CUDA context and the allocator.")
-                st.table(tables.formula_rows(spec, est))
+                st.table(tables.formula_rows(spec, est), hide_index=True, border="horizontal")
                 with st.expander("All parts of the estimate"):
                     st.dataframe(tables.breakdown_details(est), hide_index=True)
         if t_export.open is not False:

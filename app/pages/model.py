@@ -15,6 +15,10 @@ LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B", "llama
 WRONG_3B = {"hidden_size": 2048, "num_hidden_layers": 26, "num_key_value_heads": 6}
 
 
+def _fmt(v) -> str:
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
 def _arch_rows(cfg: dict, spec) -> list[dict]:
     fields = [
         ("hidden_size", "Hidden size"), ("num_hidden_layers", "Layers"),
@@ -23,7 +27,7 @@ def _arch_rows(cfg: dict, spec) -> list[dict]:
         ("vocab_size", "Vocabulary"), ("max_position_embeddings", "Max position embeddings"),
         ("tie_word_embeddings", "Tied input/output embedding"), ("torch_dtype", "Checkpoint dtype"),
     ]
-    rows = [{"Field": label, "config.json key": k, "Value": str(getattr(spec, k))} for k, label in fields]
+    rows = [{"Field": label, "config.json key": k, "Value": _fmt(getattr(spec, k))} for k, label in fields]
     if "rope_theta" in cfg or "rope_parameters" in cfg:
         rope = cfg.get("rope_parameters") or {}
         theta = cfg.get("rope_theta", rope.get("rope_theta"))
@@ -40,20 +44,20 @@ def render() -> None:
     groups = param_breakdown(spec)
     total = spec.num_params
 
-    st.markdown(f"**{LABELS[name]}** as transformers builds it from its `config.json` "
+    st.caption(f"**{LABELS[name]}** as transformers builds it from its `config.json` "
                 f"(`{cfg.get('architectures', ['LlamaForCausalLM'])[0]}`).")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Parameters", f"{total / 1e9:.3f} B", delta=f"{total:,}", delta_color="off", border=True)
+    c1.metric("Parameters", f"{total / 1e9:.3f} B", delta=f"{total:,}", delta_color="off", delta_arrow="off", border=True)
     kv_tok = estimator.kv_bytes_per_token(spec, "bf16")
-    c2.metric("KV cache per token (bf16)", f"{kv_tok / 1024:g} KiB", delta=f"{kv_tok:,} B", delta_color="off",
+    c2.metric("KV cache per token (bf16)", f"{kv_tok / 1024:g} KiB", delta=f"{kv_tok:,} B", delta_color="off", delta_arrow="off",
               border=True, help="2 (K and V) × layers × KV heads × head_dim × 2 B, per sequence.")
     wb = estimator.weight_bytes(spec, "bf16").total_bytes
-    c3.metric("Weights (bf16)", f"{wb / (1 << 30):.2f} GiB", delta=f"{wb:,} B", delta_color="off", border=True)
+    c3.metric("Weights (bf16)", f"{wb / (1 << 30):.2f} GiB", delta=f"{wb:,} B", delta_color="off", delta_arrow="off", border=True)
 
     left, right = st.columns([2, 3])
     with left:
         st.subheader("Architecture")
-        st.dataframe(_arch_rows(cfg, spec), hide_index=True, key="arch_table")
+        st.table(_arch_rows(cfg, spec), border="horizontal", hide_index=True)
     with right:
         st.subheader("Where the parameters are")
         st.plotly_chart(figures.params_figure(groups), key="params_chart", config={"displayModeBar": False})

@@ -62,13 +62,16 @@ def _section(kind: str, records: list[dict]) -> None:
     st.caption(f"{len(records)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
                f"{len(points)} measured counters compared.")
     if points:
-        left, right = st.columns([3, 2])
+        left, right = st.columns([1, 1])
         left.plotly_chart(figures.parity_figure(points), key=f"parity_{kind}")
         with right:
             st.markdown("**Error per counter** (estimate − measured)")
             st.dataframe(measurements.error_table(points), hide_index=True, key=f"errors_{kind}")
-            st.markdown("**Where it was measured**")
-            st.dataframe(measurements.environments(records), hide_index=True, key=f"env_{kind}")
+            st.caption("A positive error means the estimate is above the measurement (safe side).")
+        st.markdown("**Where it was measured**")
+        st.dataframe(measurements.environments(records), hide_index=True, key=f"env_{kind}",
+                     column_config={"gpu_total_memory_bytes": st.column_config.NumberColumn(
+                         "GPU memory (B)", format="localized")})
         with st.expander("Every compared point"):
             st.dataframe([{k: p[k] for k in ("label", "counter", "measured_bytes", "estimate_bytes",
                                               "error_bytes", "error_pct", "source")} for p in points],
@@ -98,7 +101,8 @@ def render() -> None:
                       "Run `python -m runtime sweep` on a CUDA machine and commit its JSONL files under "
                       "`validation/` to fill this page."))
     if not loaded.records:
-        st.info(f"No result files found under `{root}`.")
+        shown = root.relative_to(ROOT) if root.is_relative_to(ROOT) else root
+        st.info(f"No result files found under `{shown}/`.")
     for kind in ("gpu", "trace", *sorted(k for k in by_kind if k not in ("gpu", "trace"))):
         if kind in by_kind:
             _section(kind, by_kind[kind])

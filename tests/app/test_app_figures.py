@@ -50,6 +50,7 @@ def test_parity_figure_plots_estimate_against_measured():
            {"counter": "device_used_bytes", "measured_bytes": 3 * GiB, "estimate_bytes": None}]
     fig = figures.parity_figure(pts)
     assert [t.name for t in fig.data] == ["Peak allocated", "estimate = measured"]
+    assert figures.COUNTER_LABELS["kv_cache_bytes"] == "KV cache"
     assert fig.data[0].x[0] == pytest.approx(2.0)
 
 

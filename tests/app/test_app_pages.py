@@ -85,7 +85,7 @@ def test_model_page(app_test):
     assert not at.exception
     assert at.metric[0].value == "3.213 B" and "3,212,749,824" in at.metric[0].delta
     assert at.metric[1].value == "112 KiB"
-    arch = at.dataframe[0].value
+    arch = at.table[0].value
     assert dict(zip(arch["config.json key"], arch["Value"]))["num_key_value_heads"] == "8"
     assert "2,048, 26 layers" in _warnings(at)
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
