@@ -217,5 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}", file=sys.stderr)
         return 2
-    print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+    try:
+        print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into `head`
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
