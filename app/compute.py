@@ -19,21 +19,8 @@ from estimator.model import ModelSpec
 
 from . import state
 
-# Upper bounds on uploaded configs, so a config with absurd sizes is refused before the estimator
-# walks its tensors (the tensor inventory has one entry per layer per matrix).
-MODEL_LIMITS = {"num_hidden_layers": 1024, "hidden_size": 1 << 20, "intermediate_size": 1 << 22,
-                "vocab_size": 1 << 24, "num_attention_heads": 1 << 14, "num_key_value_heads": 1 << 14,
-                "head_dim": 1 << 14}
 COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes",
             "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
-
-
-def check_model_size(spec: ModelSpec) -> None:
-    """Raise InvalidSpecError for a config far beyond any real model (guards the app's sweeps)."""
-    for field, limit in MODEL_LIMITS.items():
-        v = getattr(spec, field)
-        if v > limit:
-            raise estimator.InvalidSpecError(f"{field} must be at most {limit:,} in this app: {v:,}")
 
 
 def model_key(model: str | ModelSpec) -> str:

@@ -27,6 +27,7 @@ CAPACITY_COLOR = "#d64545"
 COUNTER_LABELS = {
     "weights_bytes": "Weights",
     "kv_cache_bytes": "KV cache",
+    "activations_bytes": "Activations",
     "peak_allocated_bytes": "Peak allocated",
     "peak_reserved_bytes": "Peak reserved",
     "device_used_bytes": "Device used",
@@ -181,7 +182,7 @@ def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
     A perfect estimate lies on the dashed y = x line.
     """
     pts = [p for p in points if p.get("measured_bytes") is not None and p.get("estimate_bytes") is not None]
-    colors = {"weights_bytes": "#3b6fb6", "kv_cache_bytes": "#e8833a",
+    colors = {"weights_bytes": "#3b6fb6", "kv_cache_bytes": "#e8833a", "activations_bytes": "#76b7b2",
               "peak_allocated_bytes": "#4c9f70", "peak_reserved_bytes": "#9b7fc4",
               "device_used_bytes": "#d64545"}
     data = []

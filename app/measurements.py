@@ -19,8 +19,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
-COUNTERS = ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
-            "device_used_bytes")
+COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
+            "peak_reserved_bytes", "device_used_bytes")
 # Settings keys of a result file that ``estimator.estimate`` accepts.
 ESTIMATE_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache",
                  "padding", "logits", "prefill_chunk", "bnb_compute_dtype")

@@ -238,3 +238,16 @@ def test_how_is_this_computed_tab(at):
     assert not at.exception
     text = at.table[0].value.to_string()
     assert "114,688 B/token" in text and "28 layers" in text
+
+
+def test_upload_largest_accepted_config_renders(at):
+    """A config at the estimator's size bounds is accepted and renders (no hang, no overflow)."""
+    good = estimator.model.preset_config("llama-3.2-3b")
+    big = {**good, "hidden_size": 1 << 20, "num_hidden_layers": 4096, "vocab_size": 1 << 24,
+           "intermediate_size": 1 << 22, "num_attention_heads": 8192, "num_key_value_heads": 8192,
+           "head_dim": 128}
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("big.json", json.dumps(big).encode(), "application/json"))
+    at.run(timeout=120)
+    assert not at.exception and not at.error
+    assert at.metric[1].value == "No" and at.metric[2].value == "none"
