@@ -200,6 +200,11 @@ def _simulated_oom(s: dict[str, Any]) -> None:
         raise torch.cuda.OutOfMemoryError(f"simulated out of memory ({SIMULATE_OOM_ENV}={limit})")
 
 
+def _set_load(r: dict[str, Any], weights: dict[str, int]) -> None:
+    r["weights"] = weights
+    r["phases"]["load"].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=0)
+
+
 def _reuse_load(r: dict[str, Any], loaded: dict[str, Any]) -> None:
     r["weights"] = loaded["weights"]
     r["phases"]["load"] = dict(loaded["load_phase"])
@@ -219,9 +224,8 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=Fal
     from .load import cache_bytes, stored_tensors
     from .track import LiveBytes
 
-    r["weights"] = weights
+    _set_load(r, weights)
     ph = r["phases"]
-    ph["load"].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=0)
     tracker = LiveBytes(detail=True)
     for _, _, t in stored_tensors(model):
         tracker.track(t, "weights")
@@ -280,12 +284,15 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any])
         "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
         "peak_reserved_bytes": None, "device_used_bytes": None,
     }
+    if s["weights"] != "random":
+        r["details"]["weights_note"] = "trace builds from the config; checkpoint values do not change memory"
     r["details"]["attention"] = "flash-like stand-in" if s["attn"] == "sdpa" else "transformers eager (real code)"
     r["details"]["bnb_transients"] = "analytic (bitsandbytes 0.50 CUDA paths)" if s["quant"] in BNB_QUANTS else None
     model = trace.build(s)
     with FakeTensorMode(allow_non_fake_inputs=True):
         extra = trace.materialise(model)
         weights = trace.stored_parts(model, extra)
+        _set_load(r, weights)
         _simulated_oom(s)
         _tracked_run(s, r, model, extra, trace.DEVICE, weights=weights, skip_middle=True)
     del model
@@ -314,6 +321,7 @@ def _measure_cpu(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -
         r["details"].update(d)
     else:
         r["details"].update(loaded["load_details"], model_loaded_by_earlier_point=True)
+    _set_load(r, loaded["weights"])
     _simulated_oom(s)
     _tracked_run(s, r, loaded["model"], [], "cpu", weights=loaded["weights"])
     r["details"]["rss_end_bytes"] = _rss()

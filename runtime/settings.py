@@ -7,6 +7,8 @@ point can be matched and subtracted field by field.
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from estimator.quant import QUANTS
@@ -45,6 +47,9 @@ DEFAULTS: dict[str, Any] = {
 # Keys that identify a point in a sweep (resume matches on these).
 POINT_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache", "padding",
               "logits", "prefill_chunk", "bnb_compute_dtype", "engine", "device", "weights")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "org/name", as on the Hugging Face hub
 
 
 class SettingsError(ValueError):
@@ -113,8 +118,9 @@ def make_settings(**kw: Any) -> dict[str, Any]:
         raise SettingsError(
             f"kv_dtype: DynamicCache stores K/V in the compute dtype ({compute_dtype(s['quant'])}); "
             f"use auto: {s['kv_dtype']!r}")
-    if not isinstance(s["weights"], str) or not s["weights"]:
-        raise SettingsError(f"weights must be 'random', a local checkpoint folder or a hub id: {s['weights']!r}")
+    w = s["weights"]
+    if not isinstance(w, str) or not (w == "random" or os.path.isdir(w) or _HUB_ID.match(w)):
+        raise SettingsError(f"weights must be 'random', an existing local checkpoint folder or a hub id: {w!r}")
     if not isinstance(s["model"], str) or not s["model"]:
         raise SettingsError(f"model must be a preset name or a path to a config.json: {s['model']!r}")
     return s

@@ -64,8 +64,9 @@ def finished_keys(path: str | Path) -> set[tuple]:
 
 
 def _append(path: Path, result: dict[str, Any]) -> None:
+    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
     with path.open("a") as f:
-        f.write(json.dumps(result, sort_keys=False) + "\n")
+        f.write(("\n" if torn else "") + json.dumps(result) + "\n")  # never glue onto a torn line
         f.flush()
         os.fsync(f.fileno())
 
@@ -117,7 +118,9 @@ def _run_process(s: dict[str, Any], timeout: float | None) -> dict[str, Any]:
         return _error_result(s, f"timeout after {timeout}s")
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
     if lines:
-        return json.loads(lines[-1])
+        r = json.loads(lines[-1])
+        r["settings"]["isolation"] = "process"
+        return r
     return _error_result(s, f"exit {p.returncode}: {p.stderr.strip()[-1500:]}")
 
 
