@@ -2,7 +2,7 @@
 
 Starts the server on 127.0.0.1 at a free port, changes the context in the typed field, checks
 that the headline number changes, and saves screenshots to artifacts/ (and docs/screenshots/
-when UPDATE_SCREENSHOTS=1). Skipped when /usr/bin/chromium or playwright is missing.
+for the README when UPDATE_SCREENSHOTS=1). Skipped when /usr/bin/chromium or playwright is missing.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
+README_SHOTS = {"calculator.png"}  # refreshed under docs/screenshots/ with UPDATE_SCREENSHOTS=1
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -96,9 +97,9 @@ def _wait_charts(page, n: int) -> None:
 
 def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
-    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1" and name in README_SHOTS:
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_SHOTS / name), full_page=False)
+        page.screenshot(path=str(DOCS_SHOTS / name), clip={"x": 0, "y": 0, "width": 1440, "height": 1300})
 
 
 def test_browser_context_changes_headline(server, browser):
