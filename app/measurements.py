@@ -23,7 +23,7 @@ COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_alloca
             "peak_reserved_bytes", "device_used_bytes")
 # Settings keys of a result file that ``estimator.estimate`` accepts.
 ESTIMATE_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache",
-                 "padding", "logits", "prefill_chunk", "bnb_compute_dtype")
+                 "padding", "logits", "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
 ENV_KEYS = ("gpu_name", "gpu_total_memory_bytes", "driver", "cuda", "torch", "transformers", "bitsandbytes")
 MAX_FILE_BYTES = 64 << 20
 

@@ -57,6 +57,10 @@ def _run_measurement(s: dict) -> None:
 
 def _section(kind: str, records: list[dict]) -> None:
     st.subheader(KIND_TITLES.get(kind, kind))
+    if kind == "trace":
+        st.caption("A trace replays the run on fake tensors: it counts tensor bytes (rounded as the CUDA "
+                   "allocator would) but has no cuBLAS workspace, CUDA context or reserved memory, so its "
+                   "peak sits slightly under the estimate's peak allocated.")
     points, problems = measurements.compare(records, _estimate)
     counts = measurements.status_counts(records)
     st.caption(f"{len(records)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
