@@ -64,7 +64,11 @@ def finished_keys(path: str | Path) -> set[tuple]:
 
 
 def _append(path: Path, result: dict[str, Any]) -> None:
-    torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+    torn = False
+    if path.is_file() and path.stat().st_size > 0:
+        with path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
     with path.open("a") as f:
         f.write(("\n" if torn else "") + json.dumps(result) + "\n")  # never glue onto a torn line
         f.flush()
@@ -95,7 +99,7 @@ class Progress:
         self.total, self.done, self.t0, self.stream = total, 0, time.monotonic(), stream
 
     def step(self, r: dict[str, Any]) -> None:
-        from estimator.units import format_gib
+        from estimator.units import format_bytes
 
         self.done += 1
         el = time.monotonic() - self.t0
@@ -104,7 +108,7 @@ class Progress:
         fill = int(width * self.done / max(1, self.total))
         s = r["settings"]
         peak = r.get("peak_allocated_bytes")
-        peak_s = format_gib(peak) if isinstance(peak, int) else "-"
+        peak_s = format_bytes(peak) if isinstance(peak, int) else "-"
         print(f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {s['quant']} ctx={s['context']} "
               f"b={s['batch']} {r['status']} peak={peak_s} elapsed {el:.0f}s eta {eta:.0f}s",
               file=self.stream, flush=True)
