@@ -19,9 +19,6 @@ from estimator.model import ModelSpec
 
 from . import state
 
-COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes",
-            "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
-
 
 def model_key(model: str | ModelSpec) -> str:
     if isinstance(model, str):

@@ -7,7 +7,6 @@ session (a shared link reproduces the view) and rewritten whenever the settings 
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -254,6 +253,3 @@ def sidebar() -> Inputs:
     ss[state.SETTINGS] = inp.settings()
     return inp
 
-
-def settings_json(inp: Inputs) -> str:
-    return json.dumps(inp.settings(), indent=2)

@@ -68,7 +68,11 @@ def render() -> None:
               delta=(f"{format_gib(head)} headroom" if fits else f"-{format_gib(-head)} short"),
               delta_color="normal",
               help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left.")
-    c3.metric("Largest context that fits", f"{max_ctx:,} tokens" if max_ctx else "none", border=True,
+    if max_ctx >= state.MAX_CONTEXT:
+        ctx_text = f"≥ {max_ctx:,} tokens"  # the solver's search limit (1M tokens)
+    else:
+        ctx_text = f"{max_ctx:,} tokens" if max_ctx else "none"
+    c3.metric("Largest context that fits", ctx_text, border=True,
               delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}", delta_color="off",
               delta_arrow="off",
               help=f"The longest prompt that still fits {inp.capacity_label} with these settings.")

@@ -108,7 +108,8 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     try:
         ctx = min(inp["context"], spec.max_position_embeddings)
         e = estimate_vllm(spec, total, gpu_memory_utilization=inp["util"], max_model_len=ctx,
-                          max_num_seqs=inp["seqs"], version=inp["version"], tensor_parallel_size=inp["tp"])
+                          max_num_seqs=inp["seqs"], version=inp["version"], tensor_parallel_size=inp["tp"],
+                          gpu_name=gpu.name, gpu_arch=gpu.arch)
         r = vllm_result(e, {"engine": "vllm", "context": ctx})
         out["vLLM"] = r if e.starts else f"vLLM would not start: {e.refusal}"
     except estimator.EstimatorError as e:

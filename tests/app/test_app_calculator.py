@@ -251,3 +251,11 @@ def test_upload_largest_accepted_config_renders(at):
     at.run(timeout=120)
     assert not at.exception and not at.error
     assert at.metric[1].value == "No" and at.metric[2].value == "none"
+
+
+def test_largest_context_at_the_search_limit(at):
+    """On a huge custom GPU the largest context is the solver's 1M-token limit, shown as a bound."""
+    at.selectbox(key=state.GPU).set_value(state.CUSTOM_GPU).run()
+    at.number_input(key=state.GPU_MEM_GIB).set_value(4096.0).run()
+    assert not at.exception
+    assert at.metric[2].value == "≥ 1,048,576 tokens"
