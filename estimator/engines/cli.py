@@ -54,7 +54,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
          help="fraction of GPU memory vLLM may use (default 0.9)")
     _add(g, "--max-num-batched-tokens", type=int, default=None,
          help="tokens per scheduler step (default: vLLM's default for the GPU and version)")
-    _add(g, "--max-num-seqs", type=int, default=256, help="max concurrent sequences (default 256)")
+    _add(g, "--max-num-seqs", type=int, default=None,
+         help="max concurrent sequences (default: vLLM's, 1024 on H100-class GPUs with V1, else 256)")
     _add(g, "--enforce-eager", action="store_true", help="no CUDA graphs")
     _add(g, "--vllm-version", choices=("v0", "v1"), default="v1", help="engine accounting (default v1)")
     _add(g, "--tensor-parallel-size", type=int, default=1, help="GPUs per tensor-parallel group (1, 2, 4, 8)")
@@ -98,7 +99,8 @@ def _vllm_dtype(args: argparse.Namespace) -> str:
     return q
 
 
-def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: int | None) -> vl.VllmEstimate:
+def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: int | None,
+          gpu: Any = None) -> vl.VllmEstimate:
     kv = str(getattr(args, "kv_dtype", "auto") or "auto").lower()
     if kv not in ("auto",) + tuple(vl.KV_DTYPE_BYTES):
         raise InvalidSpecError(f"--kv-dtype for vLLM must be auto, fp8, bf16 or fp16: {kv!r}")
@@ -109,7 +111,8 @@ def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: 
             dtype=_vllm_dtype(args), kv_cache_dtype=kv, version=args.vllm_version,
             tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
             enforce_eager=args.enforce_eager, cuda_context_bytes=_cuda_context(args),
-            checkpoint_weights_bytes=_checkpoint_bytes(args, spec))
+            checkpoint_weights_bytes=_checkpoint_bytes(args, spec),
+            gpu_name=getattr(gpu, "name", None), gpu_arch=getattr(gpu, "arch", None))
     except vl.VllmStartupError as e:
         raise EngineRefusal(str(e)) from None
 
@@ -215,7 +218,7 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_mem
     if engine == "vllm":
         if total is None:
             raise InvalidSpecError("--engine vllm needs --gpu NAME or --gpu-memory SIZE: none given")
-        e = _vllm(args, spec, total, _context_of(args))
+        e = _vllm(args, spec, total, _context_of(args), gpu)
         settings = _settings(args, spec, engine, gpu, total, context=e.max_model_len,
                              gpu_memory_utilization=args.gpu_memory_utilization,
                              max_num_batched_tokens=e.max_num_batched_tokens, max_num_seqs=e.max_num_seqs,
@@ -247,7 +250,8 @@ def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_b
                   max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                   dtype=_vllm_dtype(args), kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
                   version=args.vllm_version, tensor_parallel_size=args.tensor_parallel_size,
-                  pipeline_parallel_size=args.pipeline_parallel_size, enforce_eager=args.enforce_eager)
+                  pipeline_parallel_size=args.pipeline_parallel_size, enforce_eager=args.enforce_eager,
+                  gpu_name=getattr(gpu, "name", None), gpu_arch=getattr(gpu, "arch", None))
         try:
             t = vl.max_model_len_vllm(spec, total, **kw)
         except vl.VllmStartupError as e:

@@ -53,8 +53,13 @@ KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp16": 2, "bf16": 2, 
 # 64 MiB. Public vLLM logs print 0.03 GiB (0.6.4, GTX 1080) to 0.05 GiB (0.8.2, T4), and ~0.2 GiB
 # on H100 with 0.33 (shared/reference/memory-model.md section 7).
 NON_TORCH_GROWTH_BYTES = 64 * MiB
+# Measured on H100 (79.18 GiB), vLLM 0.11 V1: "non-torch forward increase memory" 0.13 GiB at TP=1
+# and 0.54-0.55 GiB at TP=2 (llm-d/llm-d-benchmark config_explorer/empirical-vllm-memory-results.md).
+NON_TORCH_GROWTH_BY_ARCH = {"sm90": int(0.13 * GiB)}
+TP_NON_TORCH_BY_ARCH = {"sm90": int(0.42 * GiB)}  # the TP=2 increase over TP=1 on H100 (same source)
 
-# Tensor-parallel communication buffers per GPU (non-torch): vLLM custom all-reduce IPC buffer
+# Tensor-parallel communication buffers per GPU (non-torch), where no measurement exists for the arch:
+# vLLM custom all-reduce IPC buffer
 # (custom_all_reduce.py max_size 8 MiB, plus the same again for registered rank data) and NCCL
 # channel buffers (NCCL_BUFFSIZE 4 MiB per channel, assumed 8 ring channels on NVLink/PCIe).
 CUSTOM_AR_BYTES = 2 * 8 * MiB
@@ -222,13 +227,23 @@ def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, 
     return _pad(peak, 2 * MiB) + _pad(outputs, 2 * MiB)
 
 
+def is_large_gpu(gpu_memory_bytes: int, gpu_name: str | None = None) -> bool:
+    """EngineArgs.get_batch_defaults: device memory >= 70 GiB and not an A100 (H100/H200/B200 class)."""
+    return gpu_memory_bytes >= 70 * GiB and "a100" not in (gpu_name or "").lower()
+
+
+def default_max_num_seqs(version: str, gpu_memory_bytes: int, gpu_name: str | None = None) -> int:
+    """V1 default max_num_seqs: 1024 on large GPUs, else 256 (EngineArgs.get_batch_defaults); V0: 256."""
+    return 1024 if version == "v1" and is_large_gpu(gpu_memory_bytes, gpu_name) else 256
+
+
 def default_max_num_batched_tokens(version: str, max_model_len: int, gpu_memory_bytes: int,
-                                   api_server: bool = True) -> int:
+                                   api_server: bool = True, gpu_name: str | None = None) -> int:
     """V1: EngineArgs.get_batch_defaults (8192 API server / 16384 LLM on >= 70 GiB non-A100 GPUs,
     2048 / 8192 elsewhere). V0: max(max_model_len, 2048) without chunked prefill; chunked prefill
     is enabled for max_model_len > 32K with a 2048-token budget (512 before 0.7)."""
     if version == "v1":
-        big = gpu_memory_bytes >= 70 * GiB
+        big = is_large_gpu(gpu_memory_bytes, gpu_name)
         return (8192 if big else 2048) if api_server else (16384 if big else 8192)
     if version == "v0-0.6":
         return max(max_model_len, 2048) if max_model_len <= 32768 else 512
@@ -275,8 +290,7 @@ class VllmEstimate:
         used = self.weights_bytes + self.activation_peak_bytes + self.non_torch_bytes + kv
         if self.accounting != "v0-0.6":
             used += self.cuda_context_bytes
-        if not self.cuda_graph_in_budget or self.accounting != "v1":
-            used += self.cuda_graph_bytes
+        used += self.cuda_graph_bytes  # inside the budget (V1 estimate) or captured on top of it (V0)
         return used
 
     def to_dict(self) -> dict:
@@ -293,7 +307,8 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
                   enforce_eager: bool = False, block_size: int = BLOCK_SIZE,
                   non_torch_bytes: int | None = None, device_baseline_bytes: int = 0,
                   cuda_context_bytes: int = 0, free_memory_bytes: int | None = None,
-                  checkpoint_weights_bytes: int | None = None) -> VllmEstimate:
+                  checkpoint_weights_bytes: int | None = None, gpu_name: str | None = None,
+                  gpu_arch: str | None = None, cudagraph_in_budget: bool | None = None) -> VllmEstimate:
     """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
 
     ``version``: "v0", "v1" or the older "v0-0.6" accounting. ``device_baseline_bytes``: device
@@ -302,6 +317,9 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     ``free_memory_bytes`` (V1): free memory at startup; V1 refuses when below the requested memory.
     ``checkpoint_weights_bytes``: exact parameter bytes read from a safetensors header (already cast
     to ``dtype``; single GPU only), used instead of the derived parameters; the rope cache is added.
+    ``gpu_name`` / ``gpu_arch`` pick vLLM's batch defaults (H100-class) and the measured non-torch terms.
+    ``cudagraph_in_budget``: V1 subtracts its CUDA-graph estimate from the budget (default for "v1",
+    as in 0.2x-0.33); V1 up to ~0.20 captured graphs after the KV allocation (pass False).
     """
     if version not in ACCOUNTINGS:
         raise UnknownNameError(f"vllm version must be one of {', '.join(VLLM_VERSIONS)}: {version!r}")
@@ -324,9 +342,10 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     d = _dtype_bytes(dtype, spec)
     kvb = _kv_bytes(kv_cache_dtype, d)
     eng = "v1" if version == "v1" else "v0"
-    max_num_seqs = max_num_seqs or 256
+    max_num_seqs = max_num_seqs or default_max_num_seqs(version, gpu_memory_bytes, gpu_name)
     if max_num_batched_tokens is None:
-        max_num_batched_tokens = default_max_num_batched_tokens(version, max_model_len, gpu_memory_bytes)
+        max_num_batched_tokens = default_max_num_batched_tokens(version, max_model_len, gpu_memory_bytes,
+                                                                gpu_name=gpu_name)
     if max_num_batched_tokens < 1 or max_num_seqs < 1:
         raise InvalidSpecError(f"max_num_batched_tokens and max_num_seqs must be >= 1: "
                                f"{max_num_batched_tokens}, {max_num_seqs}")
@@ -353,13 +372,14 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
             samp = sampler_peak_bytes(num_reqs, spec.vocab_size, d)
             samp += max_num_batched_tokens * spec.hidden_size * d + num_reqs * spec.hidden_size * d
         act = max(fwd, samp)
-        nt = NON_TORCH_GROWTH_BYTES if non_torch_bytes is None else non_torch_bytes
+        nt = NON_TORCH_GROWTH_BY_ARCH.get(gpu_arch or "", NON_TORCH_GROWTH_BYTES) \
+            if non_torch_bytes is None else non_torch_bytes
         if tp > 1 or pp > 1:
-            nt += CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES
+            nt += TP_NON_TORCH_BY_ARCH.get(gpu_arch or "", CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES)
         if version == "v0-0.6":
             nt += device_baseline_bytes
         graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp)
-        in_budget = version == "v1"
+        in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
         blocks = max(pool // blk, 0) if blk else 0
@@ -449,7 +469,8 @@ def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=Non
         for g in sorted(gpus, key=lambda g: g.memory_bytes):
             try:
                 e = estimate_vllm(spec, g.memory_bytes, max_model_len=max_model_len,
-                                  tensor_parallel_size=tp, pipeline_parallel_size=pp, **kw)
+                                  tensor_parallel_size=tp, pipeline_parallel_size=pp,
+                                  gpu_name=getattr(g, "name", None), gpu_arch=getattr(g, "arch", None), **kw)
             except (InvalidSpecError, VllmStartupError):
                 continue
             if e.starts:

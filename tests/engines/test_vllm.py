@@ -175,3 +175,16 @@ def test_sort_path_temporaries():
     assert vl.sort_bytes_per_element(1) == vl.sort_bytes_per_element(128) == 32
     assert vl.sort_bytes_per_element(64) == 44
     assert vl.sampler_peak_bytes(64, 1000, 2) == 64 * 1000 * (2 + 4 + 44)
+
+
+# Independent public measurements (not in the project CSV): vLLM 0.11.0 V1 on an H100 reporting
+# 79.18 GiB, util 0.9, max-model-len 16000, block size 128, default batch limits
+# (llm-d/llm-d-benchmark config_explorer/empirical-vllm-memory-results.md). In 0.11 the CUDA graphs
+# were captured after the KV allocation (cudagraph_in_budget=False).
+def test_llmd_h100_llama31_8b():
+    e = vl.estimate_vllm(S8, round(79.18 * GiB), gpu_memory_utilization=0.9, max_model_len=16000, block_size=128,
+                         version="v1", gpu_name="NVIDIA H100 80GB HBM3", gpu_arch="sm90", cudagraph_in_budget=False)
+    assert e.max_num_seqs == 1024 and e.max_num_batched_tokens == 8192
+    assert abs(e.weights_bytes / GiB - 14.99) <= 0.015            # weights, 0.1%
+    assert abs(e.activation_peak_bytes / GiB - 4.76) / 4.76 <= 0.05  # "torch peak memory increase"
+    assert abs(e.kv_pool_bytes / GiB - 51.38) / 51.38 <= 0.01        # "Available KV cache memory"
