@@ -60,6 +60,7 @@ KV_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0", "f32": "F32", "bf16": 
 CUDA_ALIGNMENT = 128   # ggml-cuda.cu ggml_backend_cuda_buffer_type_get_alignment
 CPU_ALIGNMENT = 32     # ggml-backend.cpp TENSOR_ALIGNMENT for the CPU buffer type
 MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: quantized rows are padded to 512 on CUDA
+OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu: ops with host weights are offloaded for batches >= 32 rows
 KQ_MASK_PAD = {"2025-01": 32, "current": 64}  # GGML_KQ_MASK_PAD in ggml.h by era
 VERSIONS = ("2025-01", "current")
 
@@ -515,7 +516,8 @@ class ComputeBuffers:
 
 def compute_buffers(spec: ModelSpec, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = False,
                     n_gpu_layers: int = -1, gpu: bool = True, parallel: int = 1,
-                    kv_unified: bool | None = None, version: str = "current") -> ComputeBuffers:
+                    kv_unified: bool | None = None, version: str = "current",
+                    host_weight_bytes: int = 0, op_offload: bool = True) -> ComputeBuffers:
     """Worst-case compute buffers that ``ggml_backend_sched_reserve`` sizes at context creation.
 
     The reserve graph has ``n_tokens = min(n_ctx, n_ubatch)`` tokens, all of them outputs, attending
@@ -630,7 +632,16 @@ def compute_buffers(spec: ModelSpec, n_ctx: int, n_ubatch: int = 512, flash_attn
     x = g.add("result_norm_w", x["size"], [x, W], "mul", d)
     g.add("result_output", 4 * V * n_out, [W, x], "mul_mat", d, out=True)
     sizes = _simulate(g, {"gpu": CUDA_ALIGNMENT, "cpu": CPU_ALIGNMENT})
-    return ComputeBuffers(sizes.get("gpu", 0) if gpu else 0, sizes.get("cpu", 0))
+    gpu_b = sizes.get("gpu", 0) if gpu else 0
+    partial = gpu and (i_gpu_start > 0 or not out_gpu)
+    if partial and op_offload and T >= OP_OFFLOAD_MIN_BATCH and host_weight_bytes:
+        # Op offload: a matmul whose weight sits in host memory still runs on the GPU when the batch
+        # is >= 32 rows (ggml-cuda offload_op); the scheduler copies the weight into the GPU compute
+        # buffer for that split. The worst case is the largest host-resident weight plus the matmul's
+        # input and output rows (the output layer: weight + [vocab, n_out] logits).
+        out_rows = V if not out_gpu else max(I, Eq + 2 * Ek)
+        gpu_b = max(gpu_b, _pad(host_weight_bytes, CUDA_ALIGNMENT) + 4 * T * (E + out_rows))
+    return ComputeBuffers(gpu_b, sizes.get("cpu", 0))
 
 
 # --- everything at once ------------------------------------------------------------------------
@@ -691,7 +702,19 @@ def estimate_llamacpp(spec: ModelSpec, quant: str = "q4_k_m", n_ctx: int = 4096,
     gpu_layers = (L - i_gpu_start) if gpu else 0
     kv_gpu = kv_buffer_bytes(spec, n_ctx, kv_dtype, n_layers=gpu_layers, flash_attn=flash_attn, version=version)
     kv_cpu = kv_buffer_bytes(spec, n_ctx, kv_dtype, n_layers=L - gpu_layers, flash_attn=flash_attn, version=version)
-    cb = compute_buffers(spec, n_ctx, n_ubatch, flash_attn, n_gpu_layers, gpu, parallel, kv_unified, version)
+    # largest matmul weight left in host memory (layers not offloaded, or the output layer)
+    i0, out_on_gpu = offloaded_layers(L, n_gpu_layers)
+    host_w = 0
+    for t in ts:
+        if len(t.shape) < 2 or t.name == "token_embd.weight":
+            continue
+        on_host = (t.layer is not None and t.layer < i0) or (t.name == "output.weight" and not out_on_gpu)
+        if on_host:
+            host_w = max(host_w, t.nbytes)
+    if not out_on_gpu and not any(t.name == "output.weight" for t in ts):
+        host_w = max(host_w, next((t.nbytes for t in ts if t.name == "token_embd.weight"), 0))
+    cb = compute_buffers(spec, n_ctx, n_ubatch, flash_attn, n_gpu_layers, gpu, parallel, kv_unified, version,
+                         host_weight_bytes=host_w)
     return LlamaCppEstimate(
         quant=quant, model_buffer_bytes=mb.gpu_model_buffer_bytes, host_buffer_bytes=mb.host_model_buffer_bytes,
         kv_buffer_bytes=kv_gpu, host_kv_buffer_bytes=kv_cpu, compute_buffer_bytes=cb.gpu_compute_buffer_bytes,

@@ -168,3 +168,15 @@ def test_max_context_llamacpp():
     assert lc.estimate_llamacpp(S3, "q4_k_m", n).device_bytes <= 12 * 1024 * MiB
     assert lc.estimate_llamacpp(S3, "q4_k_m", n + 256).device_bytes > 12 * 1024 * MiB
     assert lc.max_context_llamacpp(S3, "f16", 1024 * MiB) == 0
+
+
+def test_partial_offload_op_offload_copies_host_weights():
+    """With the output layer left on the CPU, the output matmul still runs on the GPU for a 512-token
+    batch (op offload): the GPU compute buffer holds a copy of the Q6_K output weight + the logits."""
+    full = lc.estimate_llamacpp(S3, "q4_k_m", 8192, flash_attn=True, n_gpu_layers=-1)
+    part = lc.estimate_llamacpp(S3, "q4_k_m", 8192, flash_attn=True, n_gpu_layers=28)  # all but output
+    out_w = 128256 * 3072 // 256 * 210
+    assert part.compute_buffer_bytes >= out_w + 4 * 512 * 128256
+    assert part.compute_buffer_bytes > full.compute_buffer_bytes
+    small = lc.compute_buffers(S3, 8192, 16, flash_attn=True, n_gpu_layers=28, host_weight_bytes=out_w)
+    assert small.gpu_compute_buffer_bytes < out_w  # batches under 32 rows are not offloaded
