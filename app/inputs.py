@@ -206,6 +206,16 @@ def sidebar() -> Inputs:
         label = MODEL_LABELS.get(choice, choice)
         if choice == state.CUSTOM_MODEL:
             model = _custom_model()
+        st.subheader("Target GPU")
+        gkey = st.selectbox("GPU", [*gpu_keys(), state.CUSTOM_GPU], key=state.GPU,
+                            format_func=gpu_label, label_visibility="collapsed")
+        if gkey == state.CUSTOM_GPU:
+            mem = st.number_input("GPU memory (GiB)", min_value=0.25, max_value=4096.0, step=1.0,
+                                  key=state.GPU_MEM_GIB)
+            capacity, cap_label, gpu_key = int(mem * GiB), f"{mem:g} GiB GPU", None
+        else:
+            g = gpu_by_key(gkey)
+            capacity, cap_label, gpu_key = g.memory_bytes, short_gpu_name(g.name), gkey
         st.subheader("Precision")
         quant = st.selectbox("Weight quantization", estimator.TRANSFORMERS_QUANTS, key=state.QUANT,
                              format_func=quant_label)
@@ -222,18 +232,9 @@ def sidebar() -> Inputs:
                                 key=state.BATCH)
         attn = st.radio("Attention", list(ATTN_LABELS), key=state.ATTN, horizontal=True,
                         format_func=ATTN_LABELS.get,
-                        help="SDPA (default in transformers) never materializes the score matrix; "
-                             "eager attention holds heads x context² scores per layer at prefill.")
-        st.subheader("Target GPU")
-        gkey = st.selectbox("GPU", [*gpu_keys(), state.CUSTOM_GPU], key=state.GPU,
-                            format_func=gpu_label, label_visibility="collapsed")
-        if gkey == state.CUSTOM_GPU:
-            mem = st.number_input("GPU memory (GiB)", min_value=0.25, max_value=4096.0, step=1.0,
-                                  key=state.GPU_MEM_GIB)
-            capacity, cap_label, gpu_key = int(mem * GiB), f"{mem:g} GiB GPU", None
-        else:
-            g = gpu_by_key(gkey)
-            capacity, cap_label, gpu_key = g.memory_bytes, short_gpu_name(g.name), gkey
+                        help="SDPA (the transformers default) runs fused kernels that avoid the full "
+                             "score matrix where the GPU supports them; eager attention holds "
+                             "heads × context² scores per layer at prefill.")
     ss[_SAVED] = {k: ss[k] for k in _WIDGET_KEYS if k in ss}
 
     if isinstance(model, estimator.EstimatorError):

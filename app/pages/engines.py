@@ -111,7 +111,18 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
                           max_num_seqs=inp["seqs"], version=inp["version"], tensor_parallel_size=inp["tp"],
                           gpu_name=gpu.name, gpu_arch=gpu.arch)
         r = vllm_result(e, {"engine": "vllm", "context": ctx})
-        out["vLLM"] = r if e.starts else f"vLLM would not start: {e.refusal}"
+        s = vl.smallest_gpu_set(spec, ctx, gpu_memory_utilization=inp["util"], max_num_seqs=inp["seqs"],
+                                version=inp["version"])
+        r["smallest_gpu_set"] = None if s is None else {
+            "gpu": s["gpu"].name, "num_gpus": s["num_gpus"], "tensor_parallel_size": s["tensor_parallel_size"],
+            "pipeline_parallel_size": s["pipeline_parallel_size"]}
+        if e.starts:
+            out["vLLM"] = r
+        else:
+            hint = "" if s is None else (f" Smallest catalog GPU set that starts: {s['num_gpus']} × {s['gpu'].name} "
+                                         f"(--tensor-parallel-size {s['tensor_parallel_size']}, "
+                                         f"--pipeline-parallel-size {s['pipeline_parallel_size']}).")
+            out["vLLM"] = f"vLLM would not start: {e.refusal}{hint}"
     except estimator.EstimatorError as e:
         out["vLLM"] = str(e)
     try:
@@ -136,6 +147,11 @@ def _detail(engine: str, r: dict | str, total: int) -> None:
                   help="vLLM's 'Maximum concurrency for N tokens per request'")
         if r["tensor_parallel_size"] > 1:
             st.caption(f"Per GPU, with --tensor-parallel-size {r['tensor_parallel_size']}.")
+        ss = r.get("smallest_gpu_set")
+        if ss:
+            st.caption(f"Smallest catalog GPU set that starts these settings: {ss['num_gpus']} × {ss['gpu']} "
+                       f"(--tensor-parallel-size {ss['tensor_parallel_size']}, "
+                       f"--pipeline-parallel-size {ss['pipeline_parallel_size']}).")
     elif engine == "llama.cpp":
         c2.metric("Host RAM (buffers)", f"{r['host_bytes'] / GiB:.2f} GiB", border=True,
                   help="token_embd stays in host RAM; layers not offloaded, their KV, and the pinned compute buffer")
