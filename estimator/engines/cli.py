@@ -117,6 +117,22 @@ def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: 
         raise EngineRefusal(str(e)) from None
 
 
+def _smallest_set(args: argparse.Namespace, spec: ModelSpec, max_model_len: int) -> dict | None:
+    """The fewest identical catalog GPUs (then the smallest card) on which vLLM starts these settings."""
+    try:
+        r = vl.smallest_gpu_set(spec, max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                                dtype=_vllm_dtype(args), kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
+                                version=args.vllm_version, enforce_eager=args.enforce_eager)
+    except EstimatorError:
+        return None
+    if r is None:
+        return None
+    return {"gpu": r["gpu"].key, "tensor_parallel_size": r["tensor_parallel_size"],
+            "pipeline_parallel_size": r["pipeline_parallel_size"], "num_gpus": r["num_gpus"],
+            "memory_bytes_per_gpu": r["gpu"].memory_bytes, "num_gpu_blocks": r["estimate"].num_gpu_blocks}
+
+
 def _checkpoint_bytes(args: argparse.Namespace, spec: ModelSpec) -> int | None:
     path = getattr(args, "safetensors", None)
     if not path:
@@ -227,7 +243,9 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_mem
                              pipeline_parallel_size=args.pipeline_parallel_size)
         if not e.starts:
             raise EngineRefusal(e.refusal)
-        return vllm_result(e, settings)
+        out = vllm_result(e, settings)
+        out["smallest_gpu_set"] = _smallest_set(args, spec, e.max_model_len)
+        return out
     if engine == "llama.cpp":
         n_ctx = _context_of(args, 4096)
         e, spec2, quant = _llamacpp(args, spec, n_ctx, True)
@@ -324,6 +342,10 @@ def format_engine_table(result: dict) -> str:
         tail = [f"KV blocks (16 tokens): {result['num_gpu_blocks']:,}   "
                 f"KV tokens: {result['kv_cache_tokens']:,}   "
                 f"max concurrency at {result['max_model_len']:,} tokens: {result['max_concurrency']:.2f}x"]
+        ss = result.get("smallest_gpu_set")
+        if ss:
+            tail.append(f"smallest catalog GPU set for these settings: {ss['num_gpus']} x {ss['gpu']} "
+                        f"(TP {ss['tensor_parallel_size']}, PP {ss['pipeline_parallel_size']})")
     else:
         lines.append(f"llama.cpp, n_ctx {s.get('context'):,}, quant {s.get('quant')}, "
                      f"n_gpu_layers {result['n_gpu_layers']}, parallel {s.get('parallel')}, "

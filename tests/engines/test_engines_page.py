@@ -75,3 +75,11 @@ def test_reads_shared_session_defaults():
     assert at.selectbox(key="eng_model").value == "llama-3.2-1b"
     assert at.selectbox(key="eng_gpu").value == "l4-24gb"
     assert at.number_input(key="eng_context").value == 4096
+
+
+def test_page_under_navigation():
+    """The page also runs as the 'Engines' page of streamlit_app.py."""
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=60).run()
+    at.switch_page("app/pages/engines.py").run()
+    assert not at.exception
+    assert any("Engines side by side" in t.value for t in at.title)
