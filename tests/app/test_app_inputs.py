@@ -1,0 +1,57 @@
+"""Query-string parsing and the context helpers behind the sidebar (pure functions)."""
+
+from __future__ import annotations
+
+import estimator
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app import state
+from app.inputs import Inputs, _parse_query, query_for, short_gpu_name
+
+KEYS = ("model", "quant", "kv", "ctx", "batch", "attn", "gpu", "mem")
+
+
+@given(st.dictionaries(st.sampled_from(KEYS), st.text(max_size=30)))
+def test_parse_query_never_raises_and_keeps_only_valid_values(params):
+    """Any query string gives a dict of valid session values (bad values are dropped)."""
+    out = _parse_query(params)
+    assert set(out) <= set(state.QUERY_KEYS.values())
+    if state.QUANT in out:
+        assert out[state.QUANT] in estimator.TRANSFORMERS_QUANTS
+    if state.CONTEXT in out:
+        assert state.MIN_CONTEXT <= out[state.CONTEXT] <= state.MAX_CONTEXT
+    if state.BATCH in out:
+        assert 1 <= out[state.BATCH] <= state.MAX_BATCH
+
+
+def test_query_round_trip():
+    inp = Inputs(model="llama-3.1-8b", model_key="llama-3.1-8b", model_label="Llama 3.1 8B", quant="nf4",
+                 kv_dtype="fp8", context=100_000, batch=3, attn="eager", gpu_key=None,
+                 capacity_bytes=48 << 30, capacity_label="48 GiB GPU")
+    q = query_for(inp, "llama-3.1-8b")
+    assert q["mem"] == "48" and q["gpu"] == "custom"
+    back = _parse_query(q)
+    assert back == {state.MODEL: "llama-3.1-8b", state.QUANT: "nf4", state.KV_DTYPE: "fp8",
+                    state.CONTEXT: 100_000, state.BATCH: 3, state.ATTN: "eager",
+                    state.GPU: state.CUSTOM_GPU, state.GPU_MEM_GIB: 48.0}
+
+
+def test_query_leaves_out_uploaded_models():
+    inp = Inputs(model=None, model_key="spec:{}", model_label="x", quant="bf16", kv_dtype="auto",
+                 context=8192, batch=1, attn="sdpa", gpu_key="t4-16gb", capacity_bytes=1, capacity_label="T4")
+    assert "model" not in query_for(inp, state.CUSTOM_MODEL)
+
+
+@pytest.mark.parametrize("tokens,stop", [(1, 1024), (8192, 8192), (10_000, 8192), (11_000, 12288),
+                                         (100_000, 98304), (1 << 20, 131072)])
+def test_nearest_stop_is_log_nearest(tokens, stop):
+    assert state.nearest_stop(tokens) == stop
+
+
+@pytest.mark.parametrize("name,short", [("NVIDIA GeForce RTX 4090 24GB", "RTX 4090"),
+                                        ("NVIDIA H100 SXM 80GB", "H100 SXM"),
+                                        ("AMD Instinct MI300X 192GB", "MI300X")])
+def test_short_gpu_name_drops_vendor_and_marketing_size(name, short):
+    assert short_gpu_name(name) == short
