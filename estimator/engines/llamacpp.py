@@ -334,11 +334,9 @@ def model_buffers(tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int
 # --- KV cache ----------------------------------------------------------------------------------
 
 def kv_size_cells(n_ctx: int, flash_attn: bool, version: str = "current") -> int:
-    """KV cells: n_ctx padded to 256 with flash attention, 32 without (llama_kv_cache_get_padding,
-    2024-2025); current llama.cpp pads n_ctx to 256 regardless."""
-    if version == "2025-01":
-        return _pad(n_ctx, 256 if flash_attn else 32)
-    return _pad(n_ctx, 256)
+    """KV cells: n_ctx padded to 256 with flash attention, 32 without (``llama_kv_cache::get_padding``;
+    shared/reference/memory-model.md section 8.3). ``version`` is accepted for symmetry."""
+    return _pad(n_ctx, 256 if flash_attn else 32)
 
 
 def kv_buffer_bytes(spec: ModelSpec, n_ctx: int, type_k: str = "f16", type_v: str | None = None,

@@ -118,6 +118,7 @@ def test_kv_padding():
     assert lc.kv_size_cells(1000, True, "2025-01") == 1024
     assert lc.kv_size_cells(1001, False, "2025-01") == 1024
     assert lc.kv_size_cells(1025, True, "current") == 1280
+    assert lc.kv_size_cells(1025, False, "current") == 1056
 
 
 def test_compute_buffer_no_fa_dominated_by_kq():
