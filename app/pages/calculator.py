@@ -77,6 +77,12 @@ def render() -> None:
               delta_arrow="off",
               help=f"The longest prompt that still fits {inp.capacity_label} with these settings.")
 
+    if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
+        why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
+               if inp.attn == "eager" else
+               f"On {inp.capacity_label}, SDPA falls back to its math kernel, which holds the full score "
+               "matrix (heads × context²) at prefill.")
+        st.info(f"Activations dominate: {why}", icon=":material/info:")
     st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
                     key="breakdown_chart", config={"displayModeBar": False})
     cols = st.columns(3)

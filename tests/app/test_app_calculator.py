@@ -259,3 +259,11 @@ def test_largest_context_at_the_search_limit(at):
     at.number_input(key=state.GPU_MEM_GIB).set_value(4096.0).run()
     assert not at.exception
     assert at.metric[2].value == "≥ 1,048,576 tokens"
+
+
+def test_attention_peak_is_explained(at):
+    """Eager attention at long context: the page says why activations dominate."""
+    at.radio(key=state.ATTN).set_value("eager").run()
+    at.text_input(key=state.CTX_TEXT).set_value("32k").run()
+    assert not at.exception
+    assert any("Eager attention holds the full score matrix" in i.value for i in at.info)
