@@ -349,8 +349,6 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     if max_num_batched_tokens < 1 or max_num_seqs < 1:
         raise InvalidSpecError(f"max_num_batched_tokens and max_num_seqs must be >= 1: "
                                f"{max_num_batched_tokens}, {max_num_seqs}")
-    if version != "v1" and max_num_batched_tokens < max_model_len and version == "v0-0.6" and max_model_len <= 32768:
-        pass  # chunked prefill lets the budget be below max_model_len
     requested = int(math.ceil(gpu_memory_bytes * gpu_memory_utilization)) if eng == "v1" else \
         int(gpu_memory_bytes * gpu_memory_utilization)
 
