@@ -31,7 +31,8 @@ def _arch_rows(cfg: dict, spec) -> list[dict]:
     if "rope_theta" in cfg or "rope_parameters" in cfg:
         rope = cfg.get("rope_parameters") or {}
         theta = cfg.get("rope_theta", rope.get("rope_theta"))
-        rows.append({"Field": "RoPE theta", "config.json key": "rope_theta", "Value": f"{theta:,}"})
+        theta = int(theta) if isinstance(theta, float) and theta.is_integer() else theta
+        rows.append({"Field": "RoPE theta", "config.json key": "rope_theta", "Value": _fmt(theta)})
     return rows
 
 
@@ -47,7 +48,7 @@ def render() -> None:
     st.caption(f"**{LABELS[name]}** as transformers builds it from its `config.json` "
                 f"(`{cfg.get('architectures', ['LlamaForCausalLM'])[0]}`).")
     c1, c2, c3 = st.columns(3)
-    c1.metric("Parameters", f"{total / 1e9:.3f} B", delta=f"{total:,}", delta_color="off", delta_arrow="off", border=True)
+    c1.metric("Parameters", f"{total / 1e9:.2f} billion", delta=f"{total:,}", delta_color="off", delta_arrow="off", border=True)
     kv_tok = estimator.kv_bytes_per_token(spec, "bf16")
     c2.metric("KV cache per token (bf16)", f"{kv_tok / 1024:g} KiB", delta=f"{kv_tok:,} B", delta_color="off", delta_arrow="off",
               border=True, help="2 (K and V) × layers × KV heads × head_dim × 2 B, per sequence.")
@@ -80,10 +81,12 @@ def render() -> None:
         rows.append({"KV dtype": kv, "Bytes/token": b, "8K context": b * 8192 / (1 << 30),
                      "128K context": b * 131072 / (1 << 30)})
     st.dataframe(rows, hide_index=True, key="kv_table", column_config={
+        "Bytes/token": st.column_config.NumberColumn(format="localized"),
         "8K context": st.column_config.NumberColumn(format="%.3f GiB"),
         "128K context": st.column_config.NumberColumn(format="%.2f GiB")})
     st.caption(f"2 × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
-               f"{spec.head_dim} head_dim × bytes per element, for one sequence.")
+               f"{spec.head_dim} head_dim × bytes per element, for one sequence; int8 and int4 (transformers' "
+               "quantized cache) add a scale and zero point per 64 values.")
 
     if name == "llama-3.2-3b":
         st.subheader("A note on spec cards")

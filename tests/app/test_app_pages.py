@@ -83,7 +83,7 @@ def test_measure_command_uses_the_runtime_cli():
 def test_model_page(app_test):
     at = app_test("app/pages/model.py").run()
     assert not at.exception
-    assert at.metric[0].value == "3.213 B" and "3,212,749,824" in at.metric[0].delta
+    assert at.metric[0].value == "3.21 billion" and "3,212,749,824" in at.metric[0].delta
     assert at.metric[1].value == "112 KiB"
     arch = at.table[0].value
     assert dict(zip(arch["config.json key"], arch["Value"]))["num_key_value_heads"] == "8"
