@@ -131,6 +131,7 @@ cached_sweep = st.cache_data(show_spinner=False, max_entries=32)(sweep_rows)
 cached_largest_context = _cache(largest_context)
 cached_sweep_csv = st.cache_data(show_spinner=False, max_entries=32)(sweep_csv)
 cached_quant_max_contexts = st.cache_data(show_spinner=False, max_entries=256)(quant_max_contexts)
-cached_gpu_context_grid = st.cache_data(show_spinner=False, max_entries=32)(gpu_context_grid)
+cached_gpu_context_grid = st.cache_data(
+    show_spinner="Finding the largest context for every GPU and quantization…", max_entries=32)(gpu_context_grid)
 cached_quant_rows = st.cache_data(show_spinner=False, max_entries=256)(quant_rows)
 cached_gpu_rows = st.cache_data(show_spinner=False, max_entries=256)(gpu_rows)

@@ -145,3 +145,21 @@ def headline_caption(model_label: str, est: Mapping[str, Any]) -> str:
     s = est["settings"]
     return (f"{model_label} · {estimator.QUANTS[s['quant']].label} weights · KV {s.get('kv_dtype')} · "
             f"{tokens_label(s['context'])} context · batch {s['batch']} · {str(s.get('attn', '')).upper()}")
+
+
+PHASE_COLUMNS = {"weights_bytes": "Weights", "kv_cache_bytes": "KV cache", "activations_bytes": "Activations",
+                 "peak_allocated_bytes": "Peak allocated", "peak_reserved_bytes": "Peak reserved",
+                 "device_used_bytes": "Device used"}
+PHASE_LABELS = {"load": "Load (weights only)", "prefill": "Prefill (whole prompt)", "decode": "Decode (one token)"}
+
+
+def phases_table(est: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each phase of the run (load, prefill, decode) with its counters in GiB (None when absent)."""
+    out = []
+    for phase, vals in (est.get("phases") or {}).items():
+        row: dict[str, Any] = {"Phase": PHASE_LABELS.get(phase, phase)}
+        for k in PHASE_COLUMNS:
+            v = vals.get(k)
+            row[PHASE_COLUMNS[k]] = None if v is None else v / GiB
+        out.append(row)
+    return out

@@ -138,6 +138,11 @@ def render() -> None:
                             "the KV cache at the end of generation, the prefill peak for activations, and "
                             "measured constants for the CUDA context and the allocator.")
                 st.table(tables.formula_rows(spec, est), hide_index=True, border="horizontal")
+                st.markdown("**By phase.** The headline is the largest of the three; "
+                            f"here the peak is in the {est.get('peak_phase', 'prefill')} phase.")
+                phases = tables.phases_table(est)
+                st.dataframe(phases, hide_index=True, key="phases_table",
+                             column_config={k: _gib_col(k) for k in phases[0] if k != "Phase"} if phases else None)
                 with st.expander("All parts of the estimate"):
                     st.dataframe(tables.breakdown_details(est), hide_index=True)
         if t_export.open is not False:

@@ -52,3 +52,10 @@ def test_formula_rows_fill_in_this_model():
 def test_sweep_contexts_are_log_spaced_1k_to_128k():
     c = state.SWEEP_CONTEXTS
     assert c[0] == 1024 and c[-1] == 131072 and len(c) == 64 and list(c) == sorted(c)
+
+
+def test_phases_table_peak_matches_headline():
+    est = estimator.estimate(gpu="rtx-4090-24gb").to_dict()
+    rows = tables.phases_table(est)
+    assert [r["Phase"].split()[0] for r in rows] == ["Load", "Prefill", "Decode"]
+    assert max(r["Device used"] for r in rows) == pytest.approx(est["device_used_bytes"] / (1 << 30))
