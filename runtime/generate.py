@@ -70,7 +70,8 @@ def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None]
         cache = make_cache(model)
         for start in range(0, T, chunk):
             stop = min(T, start + chunk)
-            pos = torch.arange(start, stop, dtype=torch.long, device=device).unsqueeze(0).expand(B, stop - start)
+            # generate() derives position_ids from the attention mask: an int64 [b, T] tensor
+            pos = torch.arange(start, stop, dtype=torch.long, device=device).repeat(B, 1)
             kw = {cache_kw: cache, "use_cache": True, "logits_to_keep": keep, "attention_mask": None,
                   "input_ids": ids[:, start:stop], "position_ids": pos}
             if wants_cache_position:

@@ -92,15 +92,19 @@ class _BnbStandIn(nn.Module):
 
 
 class _Bnb4bit(_BnbStandIn):
-    """bitsandbytes 0.50 ``matmul_4bit`` on CUDA (memory-model §4.6).
+    """bitsandbytes 0.50 ``Linear4bit.forward`` -> ``gemm_4bit`` on CUDA (memory-model §4.6).
 
-    Small M (tokens in the call) goes to the fused gemv/gemm kernel, which allocates only the
-    output: M <= 4 in the compute dtype bf16/fp16, M < 8 for fp32 (``_gemm_4bit_use_custom_cuda``;
-    the per-arch heuristic that extends this on some GPUs is not modelled). Otherwise
-    ``_dequant_linear_fallback``: absmax dequantized to fp32 (plus the offset add for
-    double-quant), the weight dequantized into ``B_dq`` [out, in] in the compute dtype, then
-    ``F.linear``. With an fp32 compute dtype (transformers' default), ``x`` is cast to fp32 first
-    and the output cast back to the input dtype (``Linear4bit.forward``)."""
+    ``x.to(compute_dtype)`` when the compute dtype differs from the input (transformers' default
+    is fp32). Then either the fused kernel, which allocates only the output, or
+    ``_dequant_linear_fallback``: for double-quant, ``absmax_dq`` (fp32, one per 64-block) and
+    ``absmax = absmax_dq + offset`` (another), both alive until it returns; ``B_dq`` [out, in]
+    in the compute dtype; ``F.linear``. The output is cast back to the input dtype.
+
+    Dispatch: the fused kernel for M <= 4 (``_GEMM_4BIT_CUSTOM_FLOOR_M``) and, for fp32, M < 8;
+    dequant + linear above M = 512 on every arch but sm121 and sm80 short-K shapes. Between 5 and
+    512 the choice is a per-arch heuristic (``_gemm_4bit_use_custom_cuda``) that this stand-in
+    does not model: it assumes dequant there. So the trace is exact for prompts > 512 tokens
+    per forward and decode batches <= 4 (<= 7 with fp32 compute)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
@@ -110,43 +114,46 @@ class _Bnb4bit(_BnbStandIn):
         if fused:
             out = torch.empty(*x.shape[:-1], self.out_features, dtype=self.compute, device=x.device)
         else:
-            n = self.out_features * self.in_features
-            blocks = -(-n // 64)
-            absmax = torch.empty(blocks, dtype=torch.float32, device=x.device)
+            blocks = -(-self.out_features * self.in_features // 64)
+            nested = []
             if self.quant.endswith("-dq"):
-                absmax2 = torch.empty(blocks, dtype=torch.float32, device=x.device)  # + offset
-                del absmax
-                absmax = absmax2
+                nested = [torch.empty(blocks, dtype=torch.float32, device=x.device) for _ in range(2)]
             b_dq = torch.empty(self.out_features, self.in_features, dtype=self.compute, device=x.device)
-            del absmax
             out = torch.nn.functional.linear(xc, b_dq)
-            del b_dq
+            del b_dq, nested
         del xc
         return out.to(in_dtype) if out.dtype != in_dtype else out
 
 
 class _Bnb8bit(_BnbStandIn):
-    """bitsandbytes 0.50 ``MatMul8bitLt.forward`` on CUDA, threshold 6.0 (memory-model §4.7):
-    ``A.to(fp16)``; ``int8_vectorwise_quant`` with outlier detection (``A.abs()`` fp16, bool mask,
-    int8 CA, fp32 row scales); ``int8_scaled_mm`` gives int32 out, dequantized to fp16, cast to the
-    input dtype. Outlier columns (data dependent, none for random weights) are not modelled."""
+    """bitsandbytes 0.50 ``MatMul8bitLt.forward`` on CUDA, threshold 6.0 (memory-model §4.7), in
+    the order of the real code (``autograd/_functions.py``, ``backends/cuda/ops.py``,
+    ``backends/default/ops.py``):
+
+    - ``int8_vectorwise_quant(A.to(fp16))``: row_stats fp32 [M] and out_row int8 [M, K] are
+      allocated first, then ``A.abs() >= threshold`` (fp16 [M, K] then bool [M, K]); the fp16 copy
+      of A is an argument temporary, freed when the call returns.
+    - ``int8_scaled_mm``: ``out_i32`` int32 [M, N]; ``int8_mm_dequant`` allocates fp16 [M, N] and
+      returns ``.to(A.dtype)`` while both are alive: 8 B x M x N at once.
+    Outlier columns (data dependent, none for random weights) are not modelled."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = (*x.shape[:-1], self.out_features)
-        M, K = x.numel() // self.in_features, self.in_features
+        M, K, N = x.numel() // self.in_features, self.in_features, self.out_features
+        dev = x.device
         a16 = x.to(torch.float16)
-        absA = torch.empty(M, K, dtype=torch.float16, device=x.device)
-        mask = torch.empty(M, K, dtype=torch.bool, device=x.device)
+        sca = torch.empty(M, dtype=torch.float32, device=dev)
+        ca = torch.empty(M, K, dtype=torch.int8, device=dev)
+        absA = torch.empty(M, K, dtype=torch.float16, device=dev)
+        mask = torch.empty(M, K, dtype=torch.bool, device=dev)
         del absA
-        ca = torch.empty(M, K, dtype=torch.int8, device=x.device)
-        sca = torch.empty(M, dtype=torch.float32, device=x.device)
+        cols = torch.empty(0, dtype=torch.int64, device=dev)
         del mask, a16
-        out_i32 = torch.empty(M, self.out_features, dtype=torch.int32, device=x.device)
-        out16 = torch.empty(M, self.out_features, dtype=torch.float16, device=x.device)
-        del out_i32, ca, sca
-        out = out16.to(x.dtype).view(shape)
-        del out16
-        return out
+        out_i32 = torch.empty(M, N, dtype=torch.int32, device=dev)
+        out16 = torch.empty(M, N, dtype=torch.float16, device=dev)
+        out = out16.to(x.dtype) if x.dtype != torch.float16 else out16
+        del out16, out_i32, ca, sca, cols
+        return out.view(shape)
 
 
 def build(s: dict[str, Any]):
