@@ -86,6 +86,28 @@ def _nvml_handle():
     return pynvml.nvmlDeviceGetHandleByIndex(0)
 
 
+_NVML_BASELINE: dict[str, int] = {}  # device used before this process created its CUDA context
+
+
+def nvml_baseline() -> None:
+    """Record the device's NVML used memory before torch touches CUDA (call first thing).
+
+    Containers often hide per-process usage (``usedGpuMemory`` is None); then this process's
+    usage is taken as device used now minus this baseline, which is right while no other process
+    allocates on the GPU. ``details.device_used_source`` says which one a result used."""
+    if "bytes" in _NVML_BASELINE:
+        return
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+        h = pynvml.nvmlDeviceGetHandleByIndex(int(vis)) if vis.isdigit() else pynvml.nvmlDeviceGetHandleByUUID(vis)
+        _NVML_BASELINE["bytes"] = int(pynvml.nvmlDeviceGetMemoryInfo(h).used)
+    except Exception:
+        pass
+
+
 def _nvml_used() -> tuple[int | None, int | None]:
     """(this process's used bytes, device used bytes) from NVML; None where unavailable."""
     try:
@@ -97,6 +119,9 @@ def _nvml_used() -> tuple[int | None, int | None]:
         for p in pynvml.nvmlDeviceGetComputeRunningProcesses(h):
             if p.pid == os.getpid() and p.usedGpuMemory is not None:
                 mine = int(p.usedGpuMemory)
+        if mine is None and "bytes" in _NVML_BASELINE:
+            mine = int(dev) - _NVML_BASELINE["bytes"]
+            _NVML_BASELINE["fallback_used"] = 1
         return mine, int(dev)
     except Exception:
         return None, None
@@ -159,6 +184,8 @@ def measure_points(points: list[dict[str, Any]]):
     import torch
 
     points = [make_settings(**p) for p in points]
+    if points and points[0]["device"] == "cuda":
+        nvml_baseline()
     for p in points[1:]:
         if not same_model(points[0], p):
             raise ValueError("measure_points: all points must share model, quant, weights, device, attn")
@@ -392,4 +419,6 @@ def _measure_cuda(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) 
 
     g = generate.run(model, s, "cuda", phase=phase, sync=torch.cuda.synchronize)
     _tokens_per_s(r, s, g)
+    d["device_used_source"] = ("NVML device used - device used before CUDA init (per-process hidden)"
+                               if _NVML_BASELINE.get("fallback_used") else "NVML per-process used memory")
     del g
