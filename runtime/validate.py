@@ -68,11 +68,16 @@ def _measured(result: dict[str, Any], counter: str) -> int | None:
 
 def compare(result: dict[str, Any], est: dict[str, Any] | None = None) -> dict[str, Any]:
     """One row: the point's settings and, per counter, estimate / measured / relative error."""
-    est = est if est is not None else estimate_for(result)
     s = result["settings"]
     row: dict[str, Any] = {"settings": s, "status": result["status"], "counters": {}}
     if result["status"] != "ok":
         return row
+    if est is None:
+        try:
+            est = estimate_for(result)
+        except Exception as e:  # an estimator error is a finding, not a crash of the report
+            row["estimate_error"] = f"{type(e).__name__}: {e}"
+            return row
     for c in COUNTERS.get(s["device"], ()):
         m, e = _measured(result, c), est.get(c)
         rel = (e - m) / m if isinstance(m, int) and isinstance(e, int) and m else None
