@@ -31,6 +31,7 @@ COUNTER_LABELS = {
     "peak_allocated_bytes": "Peak allocated",
     "peak_reserved_bytes": "Peak reserved",
     "device_used_bytes": "Device used",
+    "peak_live_bytes": "Peak live tensors",
 }
 # Distinct colours for quantization lines (Tableau 10, reordered so neighbours differ).
 QUANT_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",

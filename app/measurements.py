@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
 COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
             "peak_reserved_bytes", "device_used_bytes")
+TABLE_COUNTERS = COUNTERS + ("peak_live_bytes",)  # peak_live_bytes: cpu/trace live-tensor peak
 # Settings keys of a result file that ``estimator.estimate`` accepts.
 ESTIMATE_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache",
                  "padding", "logits", "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
@@ -111,11 +112,19 @@ def compare(records: Iterable[Mapping[str, Any]],
         except Exception as e:  # noqa: BLE001 - a bad record must not break the page
             problems.append(f"{rec.get('_source', '?')}: cannot estimate ({e})")
             continue
-        for c in COUNTERS:
-            m = rec.get(c)
-            if m is None or est.get(c) is None:
+        pairs = [(c, rec.get(c), est.get(c)) for c in COUNTERS]
+        if device_kind(rec) != "gpu":
+            # cpu/trace count live tensor bytes: their "peak_allocated" has no allocator blocks and
+            # no cuBLAS workspace, so compare the live peak with weights + KV + activations instead
+            # (as `python -m runtime validate` does).
+            live = (rec.get("details") or {}).get("peak_live_bytes")
+            pairs = [p for p in pairs if p[0] != "peak_allocated_bytes"]
+            pairs.append(("peak_live_bytes", live,
+                          est["weights_bytes"] + est["kv_cache_bytes"] + est["activations_bytes"]))
+        for c, m, e in pairs:
+            if m is None or e is None:
                 continue
-            e = int(est[c])
+            e = int(e)
             points.append({"counter": c, "measured_bytes": int(m), "estimate_bytes": e,
                            "error_bytes": e - int(m), "error_pct": 100.0 * (e - m) / m if m else None,
                            "label": point_label(rec), "kind": device_kind(rec),
@@ -126,7 +135,7 @@ def compare(records: Iterable[Mapping[str, Any]],
 def error_table(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Per counter: number of points, mean and worst relative error, mean signed error in MiB."""
     out = []
-    for c in COUNTERS:
+    for c in TABLE_COUNTERS:
         ps = [p for p in points if p["counter"] == c]
         if not ps:
             continue

@@ -87,6 +87,7 @@ class Forward:
     has_mask: bool
     m_max: int  # the actual b*q at the context being planned (kernel choices depend on it)
     sdpa_math: bool = False  # SDPA falls back to ATen's math kernel (pre-sm80 GPUs with enable_gqa)
+    half_to_float: bool = False  # compute dtype is fp16: softmax(dtype=float32) is fused on CUDA
 
 
 class _Tracer:
@@ -137,18 +138,17 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
         else:
             tr.rename(out + ".o", out)
         return
-    if f.quant == "int8":  # MatMul8bitLt.forward with llm_int8_threshold 6.0
-        tr.alloc(out + ".a16", pscale(m, k * 2))       # A.to(float16)
-        tr.alloc(out + ".abs", pscale(m, k * 2))       # outlier search: A.abs()
-        tr.alloc(out + ".mask", pscale(m, k))          # >= threshold (bool)
-        tr.free(out + ".abs", out + ".mask")
-        tr.alloc(out + ".ca", pscale(m, k))            # int8 row-quantized A
-        tr.alloc(out + ".sca", pscale(m, FP32))        # its row scales
-        tr.alloc(out + ".i32", pscale(m, n * 4))       # int8 GEMM int32 accumulator
-        tr.alloc(out + ".o16", pscale(m, n * 2))       # int8_mm_dequant fp16 output
-        tr.free(out + ".i32", out + ".ca", out + ".sca")
-        tr.alloc(out, pscale(m, n * cb))               # .to(bf16)
-        tr.free(out + ".o16", out + ".a16")
+    if f.quant == "int8":  # MatMul8bitLt.forward, llm_int8_threshold 6.0, bitsandbytes 0.50 CUDA ops
+        tr.alloc(out + ".a16", pscale(m, k * 2))       # A.to(float16), a temporary argument
+        tr.alloc(out + ".sca", pscale(m, FP32))        # int8_vectorwise_quant: row_stats
+        tr.alloc(out + ".ca", pscale(m, k))            # out_row (int8)
+        tr.alloc(out + ".abs", pscale(m, k * 2))       # A.abs() >= threshold
+        tr.alloc(out + ".mask", pscale(m, k))
+        tr.free(out + ".abs", out + ".mask", out + ".a16")
+        tr.alloc(out + ".i32", pscale(m, n * 4))       # int8_scaled_mm: int32 accumulator
+        tr.alloc(out + ".o16", pscale(m, n * 2))       # int8_mm_dequant: fp16 output
+        tr.alloc(out, pscale(m, n * cb))               # out.to(bf16) while both are alive
+        tr.free(out + ".i32", out + ".o16", out + ".ca", out + ".sca")
         return
     if fam == "fp8":
         tr.alloc(out + ".xq", pscale(m, k))            # activation cast to e4m3
@@ -225,7 +225,12 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
         tr.free("scores.mm")
         tr.alloc("scores.masked", pscale(scores, cb))    # + causal_mask
         tr.free("scores")
-        tr.alloc("probs32", pscale(scores, FP32))        # softmax(dtype=float32)
+        # softmax(x, dtype=float32): only fp16 on CUDA has the fused half-to-float kernel;
+        # bf16 is first copied to fp32 (ATen softmax: _to_copy, then _softmax).
+        if not f.half_to_float:
+            tr.alloc("scores32", pscale(scores, FP32))
+        tr.alloc("probs32", pscale(scores, FP32))
+        tr.free("scores32")
         tr.alloc("probs", pscale(scores, cb))            # .to(query dtype)
         tr.free("scores.masked", "probs32")
         tr.alloc("attn.bhtd", pscale(m, qd * cb))        # matmul(probs, v)
@@ -291,14 +296,20 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ..
     tr.tag = "inputs"
     tr.alloc("kv.k.old", f.kv_old_k)
     tr.alloc("kv.v.old", f.kv_old_v)
+    # generate() (transformers 5.24) passes input_ids and position_ids [b, T] (int64); the
+    # all-ones attention_mask is dropped before the forward when there is no padding.
     tr.alloc("input_ids", pscale(m, INT64))
     tr.alloc("position_ids", pscale(m, INT64))
-    tr.alloc("cache_position", pscale(f.q, INT64))
     tr.alloc("embeds", pscale(m, H * cb))
     tr.alloc("cos", pscale(m, spec.rotary_dim * cb))    # position_embeddings, live all forward
     tr.alloc("sin", pscale(m, spec.rotary_dim * cb))
-    if f.has_mask:  # 4-D mask: bool for SDPA, additive in the model dtype for eager
-        tr.alloc("mask", pscale(pmul(f.q, f.S), b * (cb if f.attn == "eager" else 1)))
+    if f.has_mask:
+        # 4-D mask. SDPA: bool, built once with batch 1 and expanded unless there is padding;
+        # eager: additive in the model dtype (torch.where over the expanded bool), [b, 1, q, S].
+        if f.attn == "eager":
+            tr.alloc("mask", pscale(pmul(f.q, f.S), b * cb))
+        else:
+            tr.alloc("mask", pscale(pmul(f.q, f.S), b if f.padding else 1))
     # The last layer's input is the previous layer's output (LlamaModel keeps inputs_embeds).
     x = "embeds"
     if spec.num_hidden_layers > 1:
@@ -320,7 +331,7 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ..
         tr.free("x")
     tr.tag = "final norm"
     _rms_norm(tr, f, "yn", pscale(m, H))
-    tr.free("y", "embeds", "cos", "sin", "mask", "position_ids", "cache_position")
+    tr.free("y", "embeds", "cos", "sin", "mask")  # input_ids and position_ids belong to the caller
     tr.tag = "logits"
     if f.logits == "last":
         # generate(): logits_to_keep=1, then logits[:, -1].to(copy=True, dtype=float32).
@@ -330,7 +341,8 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ..
         tr.free("logits")
     else:
         tr.alloc("logits", pscale(m, V * cb))
-        if f.logits == "full-fp32":
+        tr.free("yn")  # the forward returns; the caller keeps the logits
+        if f.logits == "full-fp32":  # the caller's logits.float()
             tr.alloc("logits32", pscale(m, V * FP32))
     return tr.snaps
 

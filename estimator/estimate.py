@@ -115,6 +115,13 @@ class Settings:
         return get_quant(self.quant).compute_bytes if self.quant != "fp32" else 4
 
     @property
+    def compute_dtype(self) -> str:
+        """Activation dtype: fp32 for fp32, fp16 for fp16/GPTQ/AWQ (their kernels), bf16 otherwise."""
+        if self.quant == "fp32":
+            return "fp32"
+        return "fp16" if self.quant in ("fp16", "gptq-int4", "awq-int4") else "bf16"
+
+    @property
     def kv_resolved(self) -> str:
         return resolve_kv_dtype(self.kv_dtype, self.compute_bytes)
 
@@ -220,27 +227,44 @@ def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, a
     T, N, b = s.context, s.new_tokens, s.batch
     common = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam, bnb_compute_bytes=cbn,
                   attn=s.attn, padding=s.padding, cache=s.cache,
-                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS)
+                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+                  half_to_float=s.compute_dtype == "fp16")
     static = s.cache == "static"
     out = {}
-    # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens. For chunks the
-    # last chunk is taken as a full chunk at the end of the prompt (an upper bound).
+    S_at = (s.max_cache_len or T + N) if static else T
+    cache_len = _cache_len_poly(s)
+    # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens C. With chunks,
+    # the peak is in the last chunk (q = T - kC tokens on top of kC cached, k = (T-1)//C) or in
+    # the full chunk before it (C tokens on top of (k-1)C); both are replayed. A chunk that does
+    # not start at 0 needs a 4-D mask (q_len < kv_len: masking_utils._ignore_causal_mask_sdpa).
     chunked = s.prefill_chunk is not None and s.prefill_chunk < T
     if chunked:
         C = s.prefill_chunk
-        q, past, m_max = act.P(C), act.P(-C, 1), b * C
+        k = (T - 1) // C
+        alts = [("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T)]
+        if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is a full prefill of C)
+            alts.append(("prefill:prev", act.P(C), act.P((k - 1) * C), b * C, act.P(k * C), k * C))
+        else:
+            alts.append(("prefill:prev", act.P(C), act.ZERO, b * C, act.P(C), C))
     else:
-        q, past, m_max = act.P(0, 1), act.ZERO, b * T
-    S = _cache_len_poly(s) if static else act.P(0, 1)
-    S_at = (s.max_cache_len or T + N) if static else T
-    kv_new = _kv_layer_poly(s, S, S_at)
-    if static:
-        kv_old = kv_new if chunked else act.ZERO
-    else:
-        kv_old = _kv_layer_poly(s, past, T - (s.prefill_chunk or 0)) if chunked else act.ZERO
-    f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
-                    kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or chunked, m_max=m_max, **common)
-    out["prefill"] = (f, kv_new, act.ZERO)
+        alts = [("prefill", act.P(0, 1), act.ZERO, b * T, act.P(0, 1), T)]
+    for name, q, past, m_max, S_dyn, S_dyn_at in alts:
+        S = cache_len if static else S_dyn
+        kv_new = _kv_layer_poly(s, S, S_at if static else S_dyn_at)
+        if static:
+            kv_old = kv_new if past != act.ZERO else act.ZERO
+        else:
+            kv_old = _kv_layer_poly(s, past, act.peval(past, T)) if past != act.ZERO else act.ZERO
+        continuation = past != act.ZERO
+        f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
+                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or continuation,
+                        m_max=m_max, **common)
+        # Chunked: the caller still holds the whole prompt's input_ids (the replay counts this
+        # chunk's), and after the first chunk the previous chunk's fp32 last-token logits.
+        extra = act.pscale(act.padd(act.P(0, 1), act.pscale(q, -1)), 8 * b) if chunked else act.ZERO
+        if continuation:
+            extra = act.padd(extra, act.P(b * s.model.vocab_size * act.FP32))
+        out[name] = (f, kv_new, extra)
     if N >= 1:
         # Last decode step: one token per sequence on top of T + N - 1 cached tokens.
         past = act.P(N - 1, 1)
@@ -255,21 +279,24 @@ def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, a
     return out
 
 
-def _thresholds(s: Settings) -> list[int]:
-    """Contexts at which the replay changes shape (kernel choices, chunking, KV residual)."""
+def _thresholds(s: Settings, T: int) -> list[int]:
+    """Contexts at which the replay changes shape (kernel choices, chunk count, KV residual)."""
     b, N, C = s.batch, s.new_tokens, s.prefill_chunk
     th = [128, 129 - N, 128 - N]
-    if C is not None:
-        th += [C + 1, 128 + C]
-    else:
-        th += [cdiv(m, b) for m in (5, 8, 513, 1024)]
+    start = 0  # where the last prefill forward starts
+    if C is not None and T > C:
+        start = (T - 1) // C * C
+        th += [start + 1, start + C + 1, start - C + 128, start + 128, start - 2 * C + 128]
+    elif C is not None:
+        th.append(C + 1)
+    th += [start + cdiv(m, b) for m in (5, 8, 513, 1024)]
     return sorted({t for t in th if t > 1})
 
 
 def _regime(s: Settings, T: int) -> tuple[int, int]:
     """The context interval [lo, hi] around ``T`` in which the replay keeps its shape."""
     lo, hi = 1, MAX_CONTEXT
-    for t in _thresholds(s):
+    for t in _thresholds(s, T):
         if t <= T:
             lo = t
         else:
@@ -334,6 +361,12 @@ def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, .
     w_raw = base[0] - ws
     c, kvp, _ = plans["prefill"]
     raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
+    if "prefill:prev" in plans:
+        c, kvp, _ = plans["prefill:prev"]
+        p_raw, p_blk, p_res, _, _ = _phase(s, T, c, kvp, base)
+        if p_blk > blk:
+            raw, blk = p_raw, p_blk
+        res = max(res, p_res)
     if "decode" in plans:
         c, kvp, _ = plans["decode"]
         kv = 2 * s.model.num_hidden_layers * act.peval(kvp, T)
@@ -360,6 +393,18 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
     best = None
     for phase, (cands, kv_poly, extra_poly) in plans.items():
         raw, blk, res, kv_total, tag = _phase(s, s.context, cands, kv_poly, base)
+        if phase == "prefill:prev":  # the chunk before the last: part of the prefill phase
+            p = phases["prefill"]
+            p["peak_reserved_bytes"] = max(p["peak_reserved_bytes"], res)
+            p["device_used_bytes"] = p["peak_reserved_bytes"] + context_bytes
+            if blk > p["peak_allocated_bytes"]:
+                p["peak_allocated_bytes"] = blk
+                p["activations_bytes"] = max(0, raw - w_raw - ws - p["kv_cache_bytes"])
+                if best[0] == "prefill":
+                    best = ("prefill", blk, raw, tag)
+            if blk > best[1]:
+                best = ("prefill", blk, raw, tag)
+            continue
         phases[phase] = {
             "weights_bytes": w_raw, "kv_cache_bytes": kv_total,
             "activations_bytes": max(0, raw - w_raw - ws - kv_total),

@@ -36,20 +36,34 @@ STANDIN_ATTN = "memest_sdpa"
 
 def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                          is_causal=None, **kwargs):
-    """Allocates what aten's flash forward allocates: out [b, q, h, d] (returned already in the
-    [b, q, h, d] layout transformers produces) and the fp32 logsumexp [b, h, q], freed at once."""
+    """Allocates what transformers' sdpa_attention_forward + aten's kernels allocate on CUDA.
+
+    Without a mask (and head_dim <= 256) GQA goes to the kernel: only the output [b, q, h, d] and
+    the fp32 logsumexp [b, h, q] (freed at once). With a mask, transformers materialises K and V
+    for every query head (repeat_kv) and aten converts a bool mask to a float mask in the query
+    dtype (convert_boolean_attn_mask); both live for the kernel call."""
     b, h, q, _ = query.shape
+    extra = []
+    if attention_mask is not None or key.shape[-1] > 256:
+        s_len = key.shape[-2]
+        extra += [torch.empty(b, h, s_len, key.shape[-1], dtype=key.dtype, device=key.device),
+                  torch.empty(b, h, s_len, value.shape[-1], dtype=value.dtype, device=value.device)]
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        extra.append(torch.empty(attention_mask.shape, dtype=query.dtype, device=query.device))
     out = torch.empty(b, q, h, value.shape[-1], dtype=query.dtype, device=query.device)
     lse = torch.empty(b, h, q, dtype=torch.float32, device=query.device)
-    del lse
+    del lse, extra
     return out, None
 
 
 @functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(STANDIN_ATTN, flash_like_attention)
+    # Build masks exactly as for "sdpa" (None when is_causal can be used, else a 4-D bool mask).
+    AttentionMaskInterface.register(STANDIN_ATTN, sdpa_mask)
 
 
 @functools.cache

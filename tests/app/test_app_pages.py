@@ -40,7 +40,7 @@ def test_validation_with_trace_only(app_test, monkeypatch):
     spec = json.loads(at.get("plotly_chart")[0].proto.spec)
     assert spec["layout"]["title"]["text"] == "Estimate vs measured"
     names = [t["name"] for t in spec["data"]]
-    assert "Peak allocated" in names and "Peak reserved" not in names
+    assert "Peak live tensors" in names and "Peak reserved" not in names and "Peak allocated" not in names
 
 
 def test_validation_with_gpu_results(app_test, monkeypatch):
