@@ -357,6 +357,7 @@ class Candidate:
     const_pools: tuple[int, int, int]    # their rounded bytes in the (small, medium, large) pools
     slack: int                           # most the allocator can add on top of raw
     res_slack: int                       # most the segments can add on top of raw
+    own_slack: int = 0                   # slack of the tensors not live in every candidate
 
 
 _MAX_SLACK = 2 * 1024 * 1024  # block_bytes(n) - n < 2 MiB for any single tensor
@@ -426,6 +427,9 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
                 break
         if not beaten:
             survivors.append(i)
+    common = kept[survivors[0]][1].copy() if survivors else Counter()
+    for i in survivors[1:]:
+        common &= kept[i][1]
     cands = []
     for i in survivors:
         tag, c = kept[i]
@@ -446,7 +450,7 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
             else:
                 pools[2] += n * (-(-r // _ROUND_LARGE) * _ROUND_LARGE)
         cands.append(Candidate(tag, raw, tuple(k for k, _ in var), tuple(n for _, n in var), const_blk,
-                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack))
+                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack, slack_of(c - common)))
     return tuple(cands)
 
 
@@ -485,10 +489,12 @@ def evaluate(cands: tuple[Candidate, ...], t: int) -> tuple[int, int, int, str]:
         r = c.raw
         return r[0] + t * (r[1] + t * r[2]), blk, res, c.tag
     scored = sorted(((r[0] + t * (r[1] + t * r[2]), i) for i, c in enumerate(cands) for r in (c.raw,)), reverse=True)
+    # Tensors live in every candidate round the same way in each, so a candidate can only beat
+    # the best so far by its raw lead plus the rounding of its own tensors.
     best = (-1, -1, 0, "")
     for raw, i in scored:
         c = cands[i]
-        if raw + c.slack <= best[1]:
+        if raw + c.own_slack <= best[0]:
             break
         blk, res = _measure(c, t)
         if blk > best[1]:

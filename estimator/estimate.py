@@ -323,9 +323,27 @@ def _plans(s: Settings, T: int) -> tuple[dict[str, tuple[tuple[act.Candidate, ..
             _PLANS.clear()
         at = s if s.context == T else replace(s, context=T)
         n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
-        hit = _PLANS[key] = {
-            phase: (act.plan(act.trace_forward(s.model, f), lo, hi, ((kv_poly, n_other), (extra, 1))), kv_poly, extra)
-            for phase, (f, kv_poly, extra) in _forwards(at).items()}
+        hit = {phase: (act.plan(act.trace_forward(s.model, f), lo, hi, ((kv_poly, n_other), (extra, 1))), kv_poly, extra)
+               for phase, (f, kv_poly, extra) in _forwards(at).items()}
+        # Where the decode step can never reach the prefill's peak over the whole interval (its
+        # live bytes plus every rounding it could get stay below the prefill's raw live bytes),
+        # the lean path (sweeps, solvers) skips it. estimate() always replays both.
+        if "decode" in hit:
+            p = hit["prefill"][0][0].raw
+
+            def settled(x: int) -> bool:  # prefill stays ahead of decode for every T in [x, hi]
+                return all(act._min_on(act.padd(p, act.pscale(d.raw, -1)), x, hi) >= max(d.slack, d.res_slack)
+                           for d in hit["decode"][0])
+
+            a, z = lo, hi + 1  # smallest x with settled(x) (z = hi + 1: never settled)
+            if settled(lo):
+                z = lo
+            else:
+                while z - a > 1:
+                    mid = (a + z) // 2
+                    a, z = (a, mid) if settled(mid) else (mid, z)
+            hit["decode_until"] = z - 1  # decode may set a peak only for T <= this
+        _PLANS[key] = hit
     return hit, hi
 
 
@@ -360,7 +378,16 @@ def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, .
     """
     w_raw = base[0] - ws
     c, kvp, _ = plans["prefill"]
-    raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
+    if len(c) == 1:  # inline _phase for the common single-candidate plan
+        c0 = c[0]
+        blk, res = act._measure(c0, T)
+        r = c0.raw
+        raw = base[0] + r[0] + T * (r[1] + T * r[2])
+        blk += base[1]
+        res = max(blk, base[2] + res)
+        kv = 2 * s.model.num_hidden_layers * (kvp[0] + T * (kvp[1] + T * kvp[2]))
+    else:
+        raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
     if "prefill:prev" in plans:
         c, kvp, _ = plans["prefill:prev"]
         p_raw, p_blk, p_res, _, _ = _phase(s, T, c, kvp, base)
@@ -370,8 +397,9 @@ def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, .
     if "decode" in plans:
         c, kvp, _ = plans["decode"]
         kv = 2 * s.model.num_hidden_layers * act.peval(kvp, T)
-        ub_blk, ub_res = act.upper_bounds(c, T)
-        if base[1] + ub_blk > blk or base[2] + ub_res > res:
+        if T <= plans["decode_until"]:
+            ub_blk, ub_res = act.upper_bounds(c, T)
+        if T <= plans["decode_until"] and (base[1] + ub_blk > blk or base[2] + ub_res > res):
             d_raw, d_blk, d_res, kv, _ = _phase(s, T, c, kvp, base)
             if d_blk > blk:
                 raw, blk = d_raw, d_blk
@@ -391,7 +419,10 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
                  "peak_allocated_bytes": base[1] - block_bytes(ws), "peak_reserved_bytes": base[2] - reserved_for((ws,)),
                  "device_used_bytes": base[2] - reserved_for((ws,)) + context_bytes}}
     best = None
-    for phase, (cands, kv_poly, extra_poly) in plans.items():
+    for phase, plan in plans.items():
+        if phase == "decode_until":
+            continue
+        cands, kv_poly, _ = plan
         raw, blk, res, kv_total, tag = _phase(s, s.context, cands, kv_poly, base)
         if phase == "prefill:prev":  # the chunk before the last: part of the prefill phase
             p = phases["prefill"]
