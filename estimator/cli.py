@@ -128,25 +128,27 @@ def format_estimate(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _other_engine(args: argparse.Namespace, run) -> tuple[dict[str, Any], str] | None:
+    """Run an engine model (vLLM, llama.cpp) when --engine names one; None for transformers."""
+    if engine_cli is None or getattr(args, "engine", "transformers") == "transformers":
+        return None
+    gpu = get_gpu(args.gpu) if args.gpu else None
+    mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
+    d = run(args, load_model(args.model), gpu, mem)
+    return d, engine_cli.format_engine_table(d)
+
+
 def _cmd_estimate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    if engine_cli is not None and getattr(args, "engine", "transformers") != "transformers":
-        spec = load_model(args.model)
-        gpu = get_gpu(args.gpu) if args.gpu else None
-        mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
-        d = engine_cli.engine_estimate(args, spec, gpu, mem)
-        return d, engine_cli.format_engine_table(d)
+    if (done := _other_engine(args, engine_cli and engine_cli.engine_estimate)) is not None:
+        return done
     s, mem = _settings_from(args, _context(args.context))
     d = estimate_settings(s, mem).to_dict()
     return d, format_estimate(d)
 
 
 def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    if engine_cli is not None and getattr(args, "engine", "transformers") != "transformers":
-        spec = load_model(args.model)
-        gpu = get_gpu(args.gpu) if args.gpu else None
-        mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
-        d = engine_cli.engine_fit(args, spec, gpu, mem)
-        return d, engine_cli.format_engine_table(d)
+    if (done := _other_engine(args, engine_cli and engine_cli.engine_fit)) is not None:
+        return done
     if args.gpu is None and args.gpu_memory is None:
         raise InvalidSpecError("fit needs --gpu NAME or --gpu-memory SIZE: none given")
     s, mem = _settings_from(args, 1)

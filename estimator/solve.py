@@ -60,8 +60,10 @@ def totals(s: Settings) -> dict[str, int]:
     return dict(zip(TOTAL_FIELDS, _totals(s, s.context, _plans(s, s.context)[0], *_base(s))))
 
 
-def _largest(fits, lo: int, hi: int) -> int:
-    """Largest x in [lo, hi] with fits(x), given fits is monotone (true then false); lo-1 if none."""
+def largest_true(fits, lo: int, hi: int) -> int:
+    """Largest x in [lo, hi] with fits(x), given fits is monotone (true then false); lo-1 if none.
+
+    Binary search; shared by every solver (transformers, vLLM, llama.cpp)."""
     if not fits(lo):
         return lo - 1
     if fits(hi):
@@ -80,14 +82,14 @@ def max_context(model: Any = "llama-3.2-3b", quant: str = "bf16", *, gpu: Any = 
                 **kw: Any) -> int:
     """Largest prompt length whose device_used_bytes fits; 0 if not even one token fits."""
     s, mem = _settings(model, gpu, gpu_memory_bytes, quant=quant, batch=batch, context=1, **kw)
-    return _largest(lambda t: device_used(s, t) <= mem, 1, limit)
+    return largest_true(lambda t: device_used(s, t) <= mem, 1, limit)
 
 
 def max_batch(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int = 8192, *, gpu: Any = None,
               gpu_memory_bytes: int | None = None, limit: int = MAX_BATCH, **kw: Any) -> int:
     """Largest batch that fits at ``context``; 0 if batch 1 does not fit."""
     s, mem = _settings(model, gpu, gpu_memory_bytes, quant=quant, context=context, batch=1, **kw)
-    return _largest(lambda b: device_used(replace(s, batch=b)) <= mem, 1, limit)
+    return largest_true(lambda b: device_used(replace(s, batch=b)) <= mem, 1, limit)
 
 
 def best_quant(model: Any = "llama-3.2-3b", context: int = 8192, *, gpu: Any = None,

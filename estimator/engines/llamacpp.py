@@ -31,6 +31,7 @@ from typing import Iterable, Mapping
 
 from ..errors import InvalidSpecError, UnknownNameError
 from ..model import ModelSpec
+from ..solve import largest_true
 
 MiB = 1 << 20
 
@@ -728,15 +729,4 @@ def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, 
     def fits(n: int) -> bool:
         return estimate_llamacpp(spec, quant, n, **kw).device_bytes <= budget
 
-    if not fits(256):
-        return 0
-    lo, hi = 1, cap // 256
-    if fits(hi * 256):
-        return hi * 256
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid * 256):
-            lo = mid
-        else:
-            hi = mid
-    return lo * 256
+    return 256 * largest_true(lambda k: fits(256 * k), 1, cap // 256)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from ..errors import EstimatorError, InvalidSpecError, UnknownNameError
 from ..model import ModelSpec
+from ..solve import largest_true
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -440,16 +441,7 @@ def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
 
     if ok(cap):
         return cap
-    if not ok(16):
-        return 0
-    lo, hi = 1, cap // 16
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid * 16):
-            lo = mid
-        else:
-            hi = mid
-    return lo * 16
+    return 16 * largest_true(lambda k: ok(16 * k), 1, cap // 16)
 
 
 def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=None,
