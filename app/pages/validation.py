@@ -57,9 +57,13 @@ def _run_measurement(s: dict) -> None:
 def _section(kind: str, records: list[dict]) -> None:
     st.subheader(KIND_TITLES.get(kind, kind))
     if kind == "trace":
-        st.caption("A trace replays the run on fake tensors: it counts tensor bytes (rounded as the CUDA "
-                   "allocator would) but has no cuBLAS workspace, CUDA context or reserved memory, so its "
-                   "peak sits slightly under the estimate's peak allocated.")
+        st.caption("A trace runs the real transformers forward on fake tensors and counts live tensor bytes. "
+                   "It has no allocator, cuBLAS workspace or CUDA context, so its live peak is compared with "
+                   "the estimate's weights + KV cache + activations (the estimate before those overheads).")
+    elif kind == "cpu":
+        st.caption("CPU runs count real CPU tensors. bitsandbytes' CPU kernels allocate differently from its "
+                   "CUDA kernels (which the estimate models), so their activation rows differ by design; "
+                   "weights and KV cache must match exactly.")
     points, problems = measurements.compare(records, _estimate)
     counts = measurements.status_counts(records)
     st.caption(f"{len(records)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
