@@ -12,6 +12,7 @@ from estimator.engines import executorch as et
 from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
 from estimator.engines.cli import llamacpp_result, vllm_result
+from estimator.overhead import cuda_context_bytes
 
 GiB = 1 << 30
 ENGINE_OPTIONS = ("transformers", "vLLM", "llama.cpp")
@@ -87,7 +88,7 @@ def _inputs() -> dict[str, Any]:
         lc_quant = c.selectbox("llama.cpp GGUF type", lc.GGUF_QUANTS, index=lc.GGUF_QUANTS.index("q4_k_m"),
                                key=K_LC_QUANT)
         parallel = c.number_input("llama.cpp --parallel", 1, 64, 1, key=K_LC_PARALLEL)
-        fa = c.checkbox("llama.cpp --flash-attn", value=True, key=K_LC_FA)
+        fa = c.checkbox("llama.cpp --flash-attn", value=False, key=K_LC_FA)
         kv = c.selectbox("llama.cpp KV type", ("f16", "q8_0", "q4_0"), key=K_LC_KV)
         ngl = c.number_input("llama.cpp --n-gpu-layers (-1 = all)", -1, 200, -1, key=K_LC_NGL)
     return dict(model=model, context=int(context), gpu=gpus[gpu_key], engine=engine, tf_quant=tf_quant,
@@ -128,7 +129,8 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     try:
         e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
                               kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
-        out["llama.cpp"] = llamacpp_result(e, {"engine": "llama.cpp", "context": inp["context"]}, total)
+        out["llama.cpp"] = llamacpp_result(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
+                                           cuda_context_bytes=cuda_context_bytes(gpu.cls))
     except estimator.EstimatorError as e:
         out["llama.cpp"] = str(e)
     return out

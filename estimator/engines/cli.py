@@ -12,7 +12,9 @@ import argparse
 from typing import Any
 
 from ..errors import EstimatorError, InvalidSpecError
+from ..gpus import get_gpu
 from ..model import ModelSpec
+from ..overhead import cuda_context_bytes
 from . import executorch as et
 from . import llamacpp as lc
 from . import vllm as vl
@@ -143,13 +145,9 @@ def _checkpoint_bytes(args: argparse.Namespace, spec: ModelSpec) -> int | None:
 
 
 def _cuda_context(args: argparse.Namespace) -> int:
-    try:
-        from ..gpus import get_gpu
-        from ..overhead import cuda_context_bytes
-        g = get_gpu(args.gpu) if getattr(args, "gpu", None) else None
-        return cuda_context_bytes(g.cls if g is not None else "custom")
-    except Exception:  # noqa: BLE001 - the core module may be mid-change; the context is display-only
-        return 0
+    """The CUDA context of the chosen GPU's class (estimator.overhead), as the transformers estimate uses."""
+    g = get_gpu(args.gpu) if getattr(args, "gpu", None) else None
+    return cuda_context_bytes(g.cls if g is not None else "custom")
 
 
 def vllm_result(e: vl.VllmEstimate, settings: dict) -> dict:
