@@ -91,7 +91,11 @@ def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
     if s.get("gpu"):
         kw["gpu"] = s["gpu"]
     elif env.get("gpu_total_memory_bytes"):
-        kw["gpu_memory_bytes"] = int(env["gpu_total_memory_bytes"])
+        # The measurement's own GPU (arch sets the cuBLAS workspace and the CUDA context), as
+        # `python -m runtime validate` picks it.
+        from estimator.gpus import match_gpu
+        kw["gpu"] = match_gpu(int(env["gpu_total_memory_bytes"]),
+                              "sm" + str(env.get("gpu_capability") or "").replace(".", ""))
     return kw
 
 

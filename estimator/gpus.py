@@ -59,3 +59,15 @@ def get_gpu(key: "str | Gpu") -> Gpu:
 def custom_gpu(memory_bytes: int, arch: str = "generic") -> Gpu:
     return Gpu(key="custom", name="Custom GPU", vendor="nvidia", arch=arch, memory_bytes=memory_bytes,
                memory_source="entered by the user", cls="custom")
+
+
+def match_gpu(memory_bytes: int, arch: str) -> Gpu:
+    """The catalog GPU of the same architecture with the nearest memory (within 10%), else a custom
+    GPU with this memory and architecture. Used to estimate a measurement's own GPU from the
+    environment it recorded (``torch.cuda`` total memory and compute capability)."""
+    same = [g for g in gpu_catalog() if g.arch == arch]
+    if same:
+        best = min(same, key=lambda g: abs(g.memory_bytes - memory_bytes))
+        if abs(best.memory_bytes - memory_bytes) <= 0.1 * memory_bytes:
+            return best
+    return custom_gpu(memory_bytes, arch=arch)

@@ -31,20 +31,12 @@ COUNTERS = {
 
 
 def _gpu_for(env: dict[str, Any] | None):
-    """The catalog GPU matching a cuda result's environment (same arch, nearest memory), or a
-    custom GPU with the measured memory and arch; None off-GPU."""
+    """The catalog GPU matching a cuda result's environment (estimator.gpus.match_gpu); None off-GPU."""
     if not env or not env.get("gpu_total_memory_bytes"):
         return None
-    from estimator.gpus import custom_gpu, gpu_catalog
+    from estimator.gpus import match_gpu
 
-    arch = "sm" + str(env.get("gpu_capability") or "").replace(".", "")
-    total = env["gpu_total_memory_bytes"]
-    same = [g for g in gpu_catalog() if g.arch == arch]
-    if same:
-        best = min(same, key=lambda g: abs(g.memory_bytes - total))
-        if abs(best.memory_bytes - total) <= 0.1 * total:
-            return best
-    return custom_gpu(total, arch=arch)
+    return match_gpu(env["gpu_total_memory_bytes"], "sm" + str(env.get("gpu_capability") or "").replace(".", ""))
 
 
 def estimate_for(result: dict[str, Any]) -> dict[str, Any]:

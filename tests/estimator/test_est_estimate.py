@@ -209,3 +209,12 @@ def test_pre_sm80_gpus_fall_back_to_math_sdpa():
     l4 = estimate(quant="fp16", context=T, gpu="l4-24gb")
     assert t4.peak_at == "attention" and l4.peak_at == "mlp"
     assert t4.activations_bytes >= 8 * 24 * T * T > 10 * l4.activations_bytes
+
+
+def test_match_gpu_from_a_measurement_environment():
+    """A measurement's recorded total memory and compute capability select its catalog GPU."""
+    from estimator.gpus import match_gpu
+    h100 = get_gpu("h100-sxm-80gb")
+    assert match_gpu(h100.memory_bytes - 50 * 2**20, "sm90").key == "h100-sxm-80gb"
+    odd = match_gpu(5 * 2**30, "sm90")
+    assert odd.key == "custom" and odd.arch == "sm90" and odd.memory_bytes == 5 * 2**30
