@@ -96,7 +96,6 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
                     + (f" ({spec.num_params:,} params × {q.bits // 8} B)" if q.family == "float" else "")),
         "Value": format_gib(est["weights_bytes"]),
     }]
-    tokens = ctx + new
     kv = s.get("kv_dtype") or "auto"
     compute = 4 if quant == "fp32" else q.compute_bytes
     per_tok = estimator.kv_bytes_per_token(spec, kv, compute)

@@ -28,11 +28,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from .allocator import LARGE_SEGMENT_BYTES, block_bytes, reserved_for
+from .allocator import LARGE_SEGMENT_BYTES, block_bytes
 from .model import ModelSpec
 
 INT64 = 8
 FP32 = 4
+
+# Kernel choices that depend on M = tokens in the forward (batch x new tokens):
+# bitsandbytes 0.50 backends/cuda/ops.py: the fused 4-bit kernel for M <= 4
+# (_GEMM_4BIT_CUSTOM_FLOOR_M); for bf16/fp16 weights of >= 4M elements it keeps winning up to
+# M = 512 (_gemm_4bit_use_custom_cuda); fp32 has no MMA kernel, fused only for M < 8.
+BNB_FUSED_MAX_M = 4
+BNB_LARGE_W_FUSED_MAX_M = 512
+BNB_FP32_FUSED_BELOW_M = 8
+# AutoAWQ WQLinear_GEMM: dequantize the whole weight when M >= 1024, else the fused GEMM.
+AWQ_DEQUANT_MIN_M = 1024
+# The M values at which one of these choices flips (the first M of the new regime).
+KERNEL_M_THRESHOLDS = (BNB_FUSED_MAX_M + 1, BNB_FP32_FUSED_BELOW_M, BNB_LARGE_W_FUSED_MAX_M + 1, AWQ_DEQUANT_MIN_M)
 
 Poly = tuple[int, int, int]  # c0 + c1*T + c2*T^2, T = context tokens
 ZERO: Poly = (0, 0, 0)
@@ -123,7 +135,8 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
         # per-arch heuristic (_gemm_4bit_use_custom_cuda) keeps it up to M = 512 for large bf16
         # weights; fp32 has no MMA kernel (custom only for M < 8). Otherwise dequantize + F.linear.
         mm = f.m_max
-        custom = mm <= 4 or (cdt == 2 and n * k >= 4 * 1024 * 1024 and mm <= 512) or (cdt == 4 and mm < 8)
+        custom = (mm <= BNB_FUSED_MAX_M or (cdt == 2 and n * k >= 4 * 1024 * 1024 and mm <= BNB_LARGE_W_FUSED_MAX_M)
+                  or (cdt == 4 and mm < BNB_FP32_FUSED_BELOW_M))
         if not custom:  # _dequant_linear_fallback
             if f.quant.endswith("-dq"):
                 blocks = -(-n * k // 64)
@@ -155,7 +168,7 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
         tr.alloc(out, pscale(m, n * cb))
         tr.free(out + ".xq")
         return
-    if fam == "awq" and f.m_max >= 1024:               # AutoAWQ: dequantize, then matmul
+    if fam == "awq" and f.m_max >= AWQ_DEQUANT_MIN_M:  # AutoAWQ: dequantize, then matmul
         tr.alloc(out + ".w", P(n * k * 2))
         tr.alloc(out, pscale(m, n * cb))
         tr.free(out + ".w")

@@ -32,7 +32,7 @@ from . import activations as act
 from .allocator import block_bytes, reserved_for
 from .errors import InvalidSpecError
 from .gpus import Gpu, custom_gpu, get_gpu
-from .kv import KV_RESIDUAL_TOKENS, _ELEMENT_BITS, is_quantized_kv, kv_layer_tensor_bytes, resolve_kv_dtype, KV_QUANT_GROUP
+from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
 from .overhead import cublas_workspace_bytes, cuda_context_bytes
 from .quant import get_quant, weight_bytes, weight_tensors
@@ -200,16 +200,10 @@ class Estimate:
 # KV tensor sizes as polynomials in the context T.
 
 def _kv_layer_poly(s: Settings, tokens: act.Poly, tokens_at: int) -> act.Poly:
-    """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens (a polynomial in T)."""
-    spec, b, kv = s.model, s.batch, s.kv_resolved
-    per_token = b * spec.num_key_value_heads * spec.head_dim * _ELEMENT_BITS[kv] // 8
-    if not is_quantized_kv(kv):
-        return act.pscale(tokens, per_token)
-    per_token += 2 * s.compute_bytes * b * spec.num_key_value_heads * cdiv(spec.head_dim, KV_QUANT_GROUP)
-    residual_per_token = b * spec.num_key_value_heads * spec.head_dim * s.compute_bytes
-    if tokens_at >= KV_RESIDUAL_TOKENS:
-        return act.padd(act.pscale(tokens, per_token), act.P(KV_RESIDUAL_TOKENS * residual_per_token))
-    return act.pscale(tokens, per_token + residual_per_token)
+    """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens (a polynomial in T);
+    ``tokens_at`` is its value at the planned context (a quantized cache's residual regime)."""
+    per_token, const = kv_layer_linear(s.model, s.batch, s.kv_resolved, s.compute_bytes, tokens_at)
+    return act.padd(act.pscale(tokens, per_token), act.P(const))
 
 
 def _cache_len_poly(s: Settings) -> act.Poly:
@@ -282,14 +276,15 @@ def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, a
 def _thresholds(s: Settings, T: int) -> list[int]:
     """Contexts at which the replay changes shape (kernel choices, chunk count, KV residual)."""
     b, N, C = s.batch, s.new_tokens, s.prefill_chunk
-    th = [128, 129 - N, 128 - N]
+    R = KV_RESIDUAL_TOKENS  # a quantized cache changes shape when its residual fills
+    th = [R, R + 1 - N, R - N]
     start = 0  # where the last prefill forward starts
     if C is not None and T > C:
         start = (T - 1) // C * C
-        th += [start + 1, start + C + 1, start - C + 128, start + 128, start - 2 * C + 128]
+        th += [start + 1, start + C + 1, start - C + R, start + R, start - 2 * C + R]
     elif C is not None:
         th.append(C + 1)
-    th += [start + cdiv(m, b) for m in (5, 8, 513, 1024)]
+    th += [start + cdiv(m, b) for m in act.KERNEL_M_THRESHOLDS]
     return sorted({t for t in th if t > 1})
 
 

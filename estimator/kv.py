@@ -35,17 +35,29 @@ def is_quantized_kv(kv_dtype: str) -> bool:
     return kv_dtype in ("int8", "int4")
 
 
+def kv_layer_linear(spec: ModelSpec, batch: int, kv_dtype: str, compute_bytes: int, tokens: int) -> tuple[int, int]:
+    """One layer's K (or V) tensor as (bytes per token, constant bytes) around ``tokens`` tokens.
+
+    The tensor holds ``per_token * tokens + constant`` bytes. The constant is the unquantized
+    residual of a quantized cache once it is full (``KV_RESIDUAL_TOKENS``); below that the residual
+    grows with every token and counts per token.
+    """
+    kv_dtype = resolve_kv_dtype(kv_dtype, compute_bytes)
+    heads = batch * spec.num_key_value_heads
+    per_token = cdiv(heads * spec.head_dim * _ELEMENT_BITS[kv_dtype], 8)
+    if not is_quantized_kv(kv_dtype):
+        return per_token, 0
+    per_token += 2 * compute_bytes * heads * cdiv(spec.head_dim, KV_QUANT_GROUP)  # scale + zero point
+    residual_per_token = heads * spec.head_dim * compute_bytes
+    if tokens >= KV_RESIDUAL_TOKENS:
+        return per_token, KV_RESIDUAL_TOKENS * residual_per_token
+    return per_token + residual_per_token, 0
+
+
 def kv_layer_tensor_bytes(spec: ModelSpec, tokens: int, batch: int, kv_dtype: str, compute_bytes: int = 2) -> int:
     """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens for ``batch`` sequences."""
-    kv_dtype = resolve_kv_dtype(kv_dtype, compute_bytes)
-    rows = batch * spec.num_key_value_heads * tokens
-    if not is_quantized_kv(kv_dtype):
-        return cdiv(rows * spec.head_dim * _ELEMENT_BITS[kv_dtype], 8)
-    quant_tokens = tokens
-    values = cdiv(batch * spec.num_key_value_heads * quant_tokens * spec.head_dim * _ELEMENT_BITS[kv_dtype], 8)
-    groups = batch * spec.num_key_value_heads * quant_tokens * cdiv(spec.head_dim, KV_QUANT_GROUP)
-    residual = batch * spec.num_key_value_heads * min(tokens, KV_RESIDUAL_TOKENS) * spec.head_dim * compute_bytes
-    return values + 2 * compute_bytes * groups + residual
+    per_token, const = kv_layer_linear(spec, batch, kv_dtype, compute_bytes, tokens)
+    return per_token * tokens + const
 
 
 def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str = "bf16", compute_bytes: int = 2) -> int:

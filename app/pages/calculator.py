@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 import estimator
-from estimator.units import GiB, format_gib
+from estimator.units import format_gib
 
 from app import compute, figures, inputs, state, tables
 from app.figures import tokens_label

@@ -19,7 +19,6 @@ tests/engines/data (kept identical, source/quote columns included).
 from __future__ import annotations
 
 import csv
-import re
 from pathlib import Path
 
 import pytest
