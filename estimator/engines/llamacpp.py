@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from ..errors import InvalidSpecError, UnknownNameError
-from ..model import ModelSpec
+from ..model import ModelSpec, tensors
 from ..solve import largest_true
 
 MiB = 1 << 20
@@ -200,49 +200,47 @@ def has_rope_freqs(spec: ModelSpec, hf_config: Mapping | None = None) -> bool:
     return isinstance(rs, Mapping) and (rs.get("rope_type") or rs.get("type")) == "llama3"
 
 
+# Hugging Face tensor names -> GGUF names (convert_hf_to_gguf's tensor map for LLM_ARCH_LLAMA).
+_GGUF_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+                "lm_head.weight": "output.weight"}
+_GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+               "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+               "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+               "mlp.down_proj": "ffn_down"}
+
+
+def _gguf_name(hf_name: str, layer: int | None) -> str:
+    if layer is None:
+        return _GGUF_GLOBAL[hf_name]
+    module, _, kind = hf_name.removeprefix(f"model.layers.{layer}.").rpartition(".")
+    return f"blk.{layer}.{_GGUF_LAYER[module]}.{kind}"
+
+
 @functools.lru_cache(maxsize=256)
 def _gguf_tensors_cached(spec: ModelSpec, ftype: str, rope_freqs: bool, has_imatrix: bool) -> tuple[GgufTensor, ...]:
+    """The model's tensor inventory (``estimator.model.tensors``) as GGUF tensors: GGUF names, shapes
+    in GGUF order (ne0 = in_features first), and the ggml type llama-quantize picks for each."""
     if ftype not in FTYPES:
         raise UnknownNameError(f"quant must be one of {', '.join(GGUF_QUANTS)} for llama.cpp: {ftype!r}")
-    E, I, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_dim, spec.kv_dim
     has_output = not spec.tie_word_embeddings
-    # 1-D tensors are never quantized (n_dims < 2) and convert_hf_to_gguf writes them as F32.
-    norm_t = "F32"
-
-    def w(name: str, role: str, shape: tuple[int, int], i: int | None) -> GgufTensor:
-        t = tensor_type(ftype, role, i, spec, has_output, has_imatrix)
+    out = []
+    for t in tensors(spec):
+        if t.kind == "buffer":  # rotary inv_freq: llama.cpp recomputes it (rope_freqs below)
+            continue
+        name = _gguf_name(t.name, t.layer)
+        shape = tuple(reversed(t.shape))
+        if len(shape) < 2:
+            # 1-D tensors are never quantized (n_dims < 2) and convert_hf_to_gguf writes them as F32.
+            out.append(GgufTensor(name, shape, "F32", t.layer))
+            continue
+        role = name.removeprefix(f"blk.{t.layer}.").removesuffix(".weight")
+        ggml_type = tensor_type(ftype, role, t.layer, spec, has_output, has_imatrix)
         if FTYPES[ftype] not in ("F32", "F16", "BF16"):
-            t = _fit_type(t, shape[0])
-        return GgufTensor(name, shape, t, i)
-
-    out = [w("token_embd.weight", "token_embd", (E, spec.vocab_size), None),
-           GgufTensor("output_norm.weight", (E,), norm_t)]
-    if has_output:
-        out.append(w("output.weight", "output", (E, spec.vocab_size), None))
+            ggml_type = _fit_type(ggml_type, shape[0])
+        out.append(GgufTensor(name, shape, ggml_type, t.layer))
     if rope_freqs:
         out.append(GgufTensor("rope_freqs.weight", (spec.rotary_dim // 2,), "F32", 0))
-    for i in range(spec.num_hidden_layers):
-        p = f"blk.{i}."
-        out += [GgufTensor(p + "attn_norm.weight", (E,), norm_t, i),
-                w(p + "attn_q.weight", "attn_q", (E, q), i),
-                w(p + "attn_k.weight", "attn_k", (E, kv), i),
-                w(p + "attn_v.weight", "attn_v", (E, kv), i),
-                w(p + "attn_output.weight", "attn_output", (q, E), i)]
-        if spec.attention_bias:
-            out += [GgufTensor(p + "attn_q.bias", (q,), "F32", i), GgufTensor(p + "attn_k.bias", (kv,), "F32", i),
-                    GgufTensor(p + "attn_v.bias", (kv,), "F32", i)]
-        if spec.attention_out_bias:
-            out.append(GgufTensor(p + "attn_output.bias", (E,), "F32", i))
-        if spec.qk_norm:
-            out += [GgufTensor(p + "attn_q_norm.weight", (spec.head_dim,), norm_t, i),
-                    GgufTensor(p + "attn_k_norm.weight", (spec.head_dim,), norm_t, i)]
-        out += [GgufTensor(p + "ffn_norm.weight", (E,), norm_t, i),
-                w(p + "ffn_gate.weight", "ffn_gate", (E, I), i),
-                w(p + "ffn_up.weight", "ffn_up", (E, I), i),
-                w(p + "ffn_down.weight", "ffn_down", (I, E), i)]
-        if spec.mlp_bias:
-            out += [GgufTensor(p + "ffn_gate.bias", (I,), "F32", i), GgufTensor(p + "ffn_up.bias", (I,), "F32", i),
-                    GgufTensor(p + "ffn_down.bias", (E,), "F32", i)]
     return tuple(out)
 
 
