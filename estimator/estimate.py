@@ -426,8 +426,6 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
             if blk > p["peak_allocated_bytes"]:
                 p["peak_allocated_bytes"] = blk
                 p["activations_bytes"] = max(0, raw - w_raw - ws - p["kv_cache_bytes"])
-                if best[0] == "prefill":
-                    best = ("prefill", blk, raw, tag)
             if blk > best[1]:
                 best = ("prefill", blk, raw, tag)
             continue

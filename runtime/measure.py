@@ -298,18 +298,24 @@ def _summarise(detail: list) -> list[dict[str, Any]]:
     return rows[:25]
 
 
+# What cpu and trace runs (live tensor bytes, no allocator) say about each counter.
+_LIVE_COUNTERS = {
+    "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
+    "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
+    "peak_reserved_bytes": None, "device_used_bytes": None,
+}
+
+
 def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from . import trace
 
     r["counters"] = {
+        **_LIVE_COUNTERS,
         "weights_bytes": "tensor bytes of the meta-built model (bnb layouts from bitsandbytes itself)",
-        "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
         "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B "
                                 "(no allocator block slack, no cuBLAS workspace)",
-        "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
-        "peak_reserved_bytes": None, "device_used_bytes": None,
     }
     if s["weights"] != "random":
         r["details"]["weights_note"] = "trace builds from the config; checkpoint values do not change memory"
@@ -331,12 +337,10 @@ def _measure_cpu(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -
     from .load import load, weight_parts
 
     r["counters"] = {
+        **_LIVE_COUNTERS,
         "weights_bytes": "tensor bytes the loaded model holds (parameters + quant state + buffers)",
-        "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
         "peak_allocated_bytes": "peak live tensor bytes of real CPU tensors, each rounded to 512 B "
                                 "(RSS is useless for this)",
-        "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
-        "peak_reserved_bytes": None, "device_used_bytes": None,
     }
     if "load_error" in loaded:
         raise RuntimeError(loaded["load_error"])
