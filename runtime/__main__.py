@@ -29,12 +29,12 @@ def _point_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--model", default="llama-3.2-3b", help="preset name or path to a config.json (or its folder)")
     if grid:
         p.add_argument("--quants", default="bf16", help=f"comma list of {','.join(RUNTIME_QUANTS)}")
-        p.add_argument("--contexts", default="1K,4K,8K", help="comma list of prompt lengths (8192 or 8K)")
+        p.add_argument("--contexts", default="1K,4K,8K", help="comma list of contexts: the window, prompt + new tokens (8192 or 8K)")
         p.add_argument("--batches", default="1", help="comma list of batch sizes")
         p.add_argument("--extra", default="", help="extra CONTEXT:BATCH points for every quant, e.g. 8K:4")
     else:
         p.add_argument("--quant", default="bf16", help=f"one of {', '.join(RUNTIME_QUANTS)}")
-        p.add_argument("--context", default="8192", help="prompt tokens, prefilled in one forward (8192 or 8K)")
+        p.add_argument("--context", default="8192", help="context: the window the KV cache holds, prompt + new tokens (8192 or 8K)")
         p.add_argument("--batch", default="1", help="sequences")
     p.add_argument("--new-tokens", default="32", help="decode steps after the prefill")
     p.add_argument("--kv-dtype", default="auto", help="auto (= compute dtype); DynamicCache supports nothing else")

@@ -4,6 +4,8 @@ Emulated rather than called, because ``generate()`` cannot run under fake tensor
 criteria are data dependent) and because the phases must be measured separately. What it does,
 from transformers 5.x ``generation/utils.py``:
 
+- the context C is the window (what the KV cache holds at the end, as vLLM's ``max_model_len``):
+  a prompt of T = C - new_tokens tokens, then new_tokens decode steps.
 - prefill: one forward over ``input_ids`` [b, T] (random ids) with ``position_ids`` [b, T],
   ``attention_mask=None`` (no padding), a ``DynamicCache`` and ``logits_to_keep=1``; then
   ``logits[:, -1].to(copy=True, dtype=float32)`` ([b, V] fp32) and the greedy next token.
@@ -57,7 +59,10 @@ def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None]
     token longer, so the last step holds the decode peak; this makes a 32-token trace ~16x faster."""
     phase = phase or (lambda name, cache: None)
     cache_kw, wants_cache_position = _forward_kwargs(model)
-    B, T, N = s["batch"], s["context"], s["new_tokens"]
+    # The context is the window the cache holds at the end: a prompt of context - new_tokens
+    # tokens, then new_tokens decode steps (each appends one token to the cache).
+    B, N = s["batch"], s["new_tokens"]
+    T = s["context"] - N
     V = model.config.vocab_size
     keep = 1 if s["logits"] == "last" else 0
     chunk = s["prefill_chunk"] or T

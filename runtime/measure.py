@@ -6,7 +6,7 @@ names (docs/api.md), so ``measured - estimated`` is a subtraction per field:
 - ``settings``: the estimator's Settings keys + ``device``, ``weights``, ``isolation``.
 - ``status``: "ok", "oom" or "error" (``error`` holds the message).
 - top level, for the whole run: ``weights_bytes`` (exact tensor bytes the loaded model holds),
-  ``kv_cache_bytes`` (K/V tensor bytes at the end: context + new_tokens tokens),
+  ``kv_cache_bytes`` (K/V tensor bytes at the end: the context, i.e. prompt + new_tokens tokens),
   ``peak_allocated_bytes`` (max over prefill and decode; peaks are reset after load),
   ``peak_reserved_bytes``, ``device_used_bytes``; ``null`` where the device cannot measure it.
 - ``phases``: the same fields for "load", "prefill", "decode".
@@ -241,7 +241,7 @@ def _reuse_load(r: dict[str, Any], loaded: dict[str, Any]) -> None:
 def _tokens_per_s(r: dict[str, Any], s: dict[str, Any], g: dict[str, Any]) -> None:
     d = r["details"]
     d["prefill_s"], d["decode_s"] = g["prefill_s"], g["decode_s"]
-    d["prefill_tokens_per_s"] = round(s["batch"] * s["context"] / g["prefill_s"], 1) if g["prefill_s"] else None
+    d["prefill_tokens_per_s"] = round(s["batch"] * (s["context"] - s["new_tokens"]) / g["prefill_s"], 1) if g["prefill_s"] else None
     d["decode_tokens_per_s"] = round(s["batch"] * s["new_tokens"] / g["decode_s"], 1) if g["decode_s"] else None
 
 

@@ -100,6 +100,9 @@ def make_settings(**kw: Any) -> dict[str, Any]:
     _int(s, "context", 1, 1 << 20)
     _int(s, "batch", 1, 4096)
     _int(s, "new_tokens", 0, 1 << 16)
+    if s["new_tokens"] > s["context"] - 1:
+        raise SettingsError(f"new_tokens must be at most context - 1 ({s['context'] - 1:,}): the context is the "
+                            f"window (prompt + new tokens) and the prompt needs a token: {s['new_tokens']!r}")
     if s["prefill_chunk"] is not None:
         _int(s, "prefill_chunk", 1, 1 << 20)
     _choice(s, "device", DEVICES)
