@@ -382,6 +382,13 @@ _SMALL_SEG = 2 << 20   # kSmallBuffer
 _LARGE_SEG = 20 << 20  # kLargeBuffer
 
 
+def _floor_bytes(n: int) -> int:
+    """Bytes a tensor takes in the segment floor: 512-rounded, and for the large pool (>= 10 MiB)
+    its own segment rounded up to 2 MiB; never less than ``block_bytes(n)``."""
+    r = (n + 511) & ~511
+    return r if r < _MIN_LARGE else -(-r // _ROUND_LARGE) * _ROUND_LARGE
+
+
 def _min_on(d: Poly, lo: int, hi: int) -> int:
     """Minimum of the polynomial d over the integers lo..hi."""
     pts = [lo, hi]
@@ -415,7 +422,10 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
                 c[size] += n
 
     def slack_of(c: Counter) -> int:
-        return sum(n * (block_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for k, n in c.items())
+        # The most rounding can add on top of raw bytes, both in allocated blocks (block_bytes)
+        # and in the segment floor the solvers use (a large tensor's 2 MiB round-up), so that
+        # pruning keeps every candidate that can set either peak.
+        return sum(n * (_floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for k, n in c.items())
 
     def raw_of(c: Counter) -> Poly:
         raw = ZERO

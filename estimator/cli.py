@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import sys
+from dataclasses import replace
 from typing import Any, Sequence
 
 from .errors import EstimatorError, InvalidSpecError
@@ -20,7 +21,7 @@ from .kv import KV_DTYPES
 from .model import DEFAULT_PRESET, PRESETS, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
-from .units import GiB, format_context, parse_context, parse_size
+from .units import GiB, format_context, parse_context, parse_int, parse_size
 
 try:  # engine models (vLLM, llama.cpp) plug in here when present
     from .engines import cli as engine_cli
@@ -46,11 +47,13 @@ def _common(p: argparse.ArgumentParser, with_context: bool = True) -> None:
                    help=f"preset ({', '.join(PRESETS)}) or path to a config.json (default {DEFAULT_PRESET})")
     p.add_argument("--quant", default="bf16", help=f"weight scheme: {', '.join(QUANTS)} (default bf16)")
     if with_context:
-        p.add_argument("--context", default="8192", help="prompt tokens: 8192, 8k, 128K (default 8192)")
+        p.add_argument("--context", default="8192",
+                       help="the window: tokens the KV cache holds, prompt + new tokens; 8192, 8k, 128K (default 8192)")
     p.add_argument("--batch", default="1", help="sequences per batch (default 1)")
     p.add_argument("--kv-dtype", default="auto", help=f"KV cache dtype: {', '.join(KV_DTYPES)} (default auto)")
     p.add_argument("--attn", default="sdpa", help=f"attention implementation: {', '.join(ATTN_IMPLS)}")
-    p.add_argument("--new-tokens", default="32", help="decode steps after the prompt (default 32)")
+    p.add_argument("--new-tokens", default="32",
+                   help="decode steps after the prompt, part of the context (default 32; the prompt is context - new tokens)")
     p.add_argument("--cache", default="dynamic", help=f"KV cache kind: {', '.join(CACHE_KINDS)}")
     p.add_argument("--padding", action="store_true", help="a padding attention mask is passed")
     p.add_argument("--logits", default="last", help=f"logits kept: {', '.join(LOGITS_MODES)} (default last)")
@@ -84,23 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _int_arg(name: str, text: Any, lo: int = 0) -> int:
-    try:
-        v = int(str(text))
-    except ValueError:
-        raise InvalidSpecError(f"{name} must be an integer: {text!r}") from None
-    if v < lo:
-        raise InvalidSpecError(f"{name} must be >= {lo}: {text!r}")
-    return v
-
-
-def _settings_from(args: argparse.Namespace, context: int) -> tuple[Any, int | None]:
+def _settings_from(args: argparse.Namespace, context: int | None) -> tuple[Any, int | None]:
+    """Settings from the flags; ``context`` None means the shortest valid one (new_tokens + 1),
+    for the commands that search or sweep the context."""
     gpu_mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
+    new_tokens = parse_int(args.new_tokens, "--new-tokens", 0)
     s = make_settings(
-        args.model, gpu=args.gpu, quant=args.quant, context=context, batch=_int_arg("--batch", args.batch, 1),
-        kv_dtype=args.kv_dtype, attn=args.attn, new_tokens=_int_arg("--new-tokens", args.new_tokens),
+        args.model, gpu=args.gpu, quant=args.quant, context=new_tokens + 1 if context is None else context,
+        batch=parse_int(args.batch, "--batch", 1),
+        kv_dtype=args.kv_dtype, attn=args.attn, new_tokens=new_tokens,
         cache=args.cache, padding=args.padding, logits=args.logits,
-        prefill_chunk=_int_arg("--prefill-chunk", args.prefill_chunk, 1) if args.prefill_chunk else None,
+        prefill_chunk=parse_int(args.prefill_chunk, "--prefill-chunk", 1) if args.prefill_chunk is not None else None,
         bnb_compute_dtype=args.bnb_compute_dtype)
     return s, gpu_mem
 
@@ -151,31 +148,39 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         return done
     if args.gpu is None and args.gpu_memory is None:
         raise InvalidSpecError("fit needs --gpu NAME or --gpu-memory SIZE: none given")
-    s, mem = _settings_from(args, 1)
+    s, mem = _settings_from(args, None)
     limit = mem if mem is not None else s.gpu.memory_bytes
-    t = max_context(s, quant=s.quant, gpu_memory_bytes=mem)
-    d: dict[str, Any] = {"max_context": t, "max_position_embeddings": s.model.max_position_embeddings,
+    t = max_context(s, gpu_memory_bytes=mem)
+    window = s.model.max_position_embeddings
+    d: dict[str, Any] = {"max_context": t, "max_position_embeddings": window, "whole_window_fits": t == window,
                          "gpu_memory_bytes": limit}
     if t > 0:
-        from dataclasses import replace
         d["estimate"] = estimate_settings(replace(s, context=t), mem).to_dict()
-        text = (f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)})"
-                f"{'  (beyond the model window of ' + format(s.model.max_position_embeddings, ',') + ')' if t > s.model.max_position_embeddings else ''}\n"
-                + format_estimate(d["estimate"]))
+        whole = f" (the whole window of {window:,} fits)" if t == window else ""
+        text = (f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)}){whole}; "
+                f"every shorter context fits too\n" + format_estimate(d["estimate"]))
     else:
-        text = f"nothing fits on {limit / GiB:.2f} GiB: even one token needs more (weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})"
+        text = (f"nothing fits on {limit / GiB:.2f} GiB: even a one-token prompt needs more "
+                f"(weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})")
     d["settings"] = {**estimate_settings(s, mem).settings.to_dict(), "context": None}
     return d, text
 
 
 def _cmd_sweep(args: argparse.Namespace) -> tuple[Any, str]:
-    s, mem = _settings_from(args, 1)
+    s, mem = _settings_from(args, None)
     quants = [q.strip() for q in args.quants.split(",") if q.strip()]
+    if not quants:
+        raise InvalidSpecError(f"--quants must list at least one scheme from {', '.join(QUANTS)}: {args.quants!r}")
     for q in quants:
         if q not in QUANTS:
             raise InvalidSpecError(f"--quants must list schemes from {', '.join(QUANTS)}: {q!r}")
-    ctxs = ([_context(c.strip()) for c in args.contexts.split(",") if c.strip()] if args.contexts
-            else list(context_grid()))
+    if args.contexts is not None:
+        ctxs = [_context(c.strip()) for c in args.contexts.split(",") if c.strip()]
+        if not ctxs:
+            raise InvalidSpecError(f"--contexts must list at least one context: {args.contexts!r}")
+    else:  # 64 points from 1K to 128K, within the model's window
+        hi = min(131072, s.model.max_position_embeddings)
+        ctxs = [c for c in context_grid(hi=hi) if c > s.new_tokens] if hi > 1024 else [hi]
     rows = sweep(s, quants=quants, contexts=ctxs, gpu_memory_bytes=mem)
     out = io.StringIO()
     w = csv.DictWriter(out, fieldnames=list(rows[0]))

@@ -3,7 +3,8 @@
 What is counted (all ints, bytes):
 
 - weights: every tensor the loaded model holds, exact (``quant.weight_bytes``);
-- KV cache: K and V of every layer at the end of generation (``context + new_tokens`` tokens);
+- KV cache: K and V of every layer at the end of generation: ``context`` tokens, the window
+  (a prompt of ``context - new_tokens`` tokens, then ``new_tokens`` decode steps);
 - activations: transient tensors at the peak, replayed allocation by allocation
   (``activations``), on top of the weights and the KV present at that moment;
 - overhead: cuBLAS workspace, allocator block rounding, reserved-but-unallocated segment
@@ -17,8 +18,11 @@ Three totals, one per counter:
   must be free on the GPU. ``total_bytes`` equals it, and equals
   weights + kv_cache + activations + overhead.
 
-Worked example, Llama 3.2 3B, bf16, SDPA, batch 1, 8192-token prompt + 32 new tokens, H100:
-weights 6,425,500,160 B; KV 28 x 2 x 8 x 128 x 2 B x 8,224 tokens = 943,194,112 B; the peak
+"Context" is the window, as vLLM's ``max_model_len`` and llama.cpp's ``n_ctx``: the tokens the KV
+cache holds at the end. It is at most the model's ``max_position_embeddings``.
+
+Worked example, Llama 3.2 3B, bf16, SDPA, batch 1, context 8,224 (an 8,192-token prompt + 32 new
+tokens), H100: weights 6,425,500,160 B; KV 28 x 2 x 8 x 128 x 2 B x 8,224 = 943,194,112 B; the peak
 is in the last layer's MLP during prefill, with about 74 KB of temporaries per prompt token.
 """
 
@@ -36,7 +40,7 @@ from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
 from .overhead import cublas_workspace_bytes, cuda_context_bytes
 from .quant import get_quant, weight_bytes, weight_tensors
-from .units import cdiv
+from .units import cdiv, check_int
 
 ATTN_IMPLS = ("sdpa", "eager")
 CACHE_KINDS = ("dynamic", "static")
@@ -57,11 +61,7 @@ COUNTERS = {
 
 
 def _int(name: str, v: Any, lo: int, hi: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidSpecError(f"{name} must be an integer: {v!r}")
-    if not lo <= v <= hi:
-        raise InvalidSpecError(f"{name} must be between {lo:,} and {hi:,}: {v!r}")
-    return v
+    return check_int(v, name, lo, hi)
 
 
 def _choice(name: str, v: Any, options: tuple[str, ...]) -> str:
@@ -92,8 +92,16 @@ class Settings:
     def __post_init__(self) -> None:
         get_quant(self.quant)
         _int("context", self.context, 1, MAX_CONTEXT)
+        window = self.model.max_position_embeddings
+        if self.context > window:
+            raise InvalidSpecError(
+                f"context must be at most the model's window (max_position_embeddings {window:,}): {self.context!r}")
         _int("batch", self.batch, 1, MAX_BATCH)
         _int("new_tokens", self.new_tokens, 0, MAX_CONTEXT)
+        if self.new_tokens > self.context - 1:
+            raise InvalidSpecError(
+                f"new_tokens must be at most context - 1 ({self.context - 1:,}): the context is the window "
+                f"(prompt + new tokens) and the prompt needs a token: {self.new_tokens!r}")
         resolve_kv_dtype(self.kv_dtype, 2)
         _choice("attn", self.attn, ATTN_IMPLS)
         _choice("cache", self.cache, CACHE_KINDS)
@@ -105,10 +113,8 @@ class Settings:
             _int("prefill_chunk", self.prefill_chunk, 1, MAX_CONTEXT)
         if self.max_cache_len is not None:
             _int("max_cache_len", self.max_cache_len, 1, MAX_CONTEXT)
-            if self.max_cache_len < self.context + self.new_tokens:
-                raise InvalidSpecError(
-                    f"max_cache_len must hold context + new_tokens ({self.context + self.new_tokens:,}): "
-                    f"{self.max_cache_len!r}")
+            if self.max_cache_len < self.context:
+                raise InvalidSpecError(f"max_cache_len must hold the context ({self.context:,}): {self.max_cache_len!r}")
 
     @property
     def compute_bytes(self) -> int:
@@ -126,8 +132,14 @@ class Settings:
         return resolve_kv_dtype(self.kv_dtype, self.compute_bytes)
 
     @property
+    def prompt_tokens(self) -> int:
+        """Tokens prefilled before decoding: the context (window) minus the new tokens."""
+        return self.context - self.new_tokens
+
+    @property
     def final_tokens(self) -> int:
-        return self.context + self.new_tokens
+        """Tokens in the KV cache at the end: the context."""
+        return self.context
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model.name, "quant": self.quant, "context": self.context, "batch": self.batch,
@@ -213,12 +225,13 @@ def _cache_len_poly(s: Settings) -> act.Poly:
 def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, act.Poly]]:
     """The forwards to replay: phase -> (forward, tokens in the other layers' K/V, extra live bytes).
 
-    Returns polys of T. The regime (kernel choices, chunking) is fixed by ``s.context``.
+    Returns polys of T, the prompt (``s.context - s.new_tokens``). The regime (kernel choices,
+    chunking) is fixed by ``s.prompt_tokens``.
     """
     q_meta = get_quant(s.quant)
     fam = "float" if q_meta.family == "executorch" else q_meta.family
     cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
-    T, N, b = s.context, s.new_tokens, s.batch
+    T, N, b = s.prompt_tokens, s.new_tokens, s.batch
     common = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam, bnb_compute_bytes=cbn,
                   attn=s.attn, padding=s.padding, cache=s.cache,
                   sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
@@ -228,18 +241,21 @@ def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, a
     S_at = (s.max_cache_len or T + N) if static else T
     cache_len = _cache_len_poly(s)
     # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens C. With chunks,
-    # the peak is in the last chunk (q = T - kC tokens on top of kC cached, k = (T-1)//C) or in
-    # the full chunk before it (C tokens on top of (k-1)C); both are replayed. A chunk that does
-    # not start at 0 needs a 4-D mask (q_len < kv_len: masking_utils._ignore_causal_mask_sdpa).
+    # the peak is in the last chunk (q = T - kC tokens on top of kC cached, k = (T-1)//C), in the
+    # full chunk before it (C tokens on top of (k-1)C), or in the first chunk (C tokens, nothing
+    # cached): the continuation chunks in between are each smaller than the one before the last.
+    # The first chunk differs in kind: it has no 4-D mask (a chunk that does not start at 0 needs
+    # one: q_len < kv_len, masking_utils._ignore_causal_mask_sdpa), so on pre-sm80 GPUs it alone
+    # runs SDPA's math kernel with its fp32 scores. All three are replayed, so the forwards of a
+    # context are a superset of those of any shorter one.
     chunked = s.prefill_chunk is not None and s.prefill_chunk < T
     if chunked:
         C = s.prefill_chunk
         k = (T - 1) // C
-        alts = [("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T)]
-        if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is a full prefill of C)
+        alts = [("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T),
+                ("prefill:first", act.P(C), act.ZERO, b * C, act.P(C), C)]
+        if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is the first chunk)
             alts.append(("prefill:prev", act.P(C), act.P((k - 1) * C), b * C, act.P(k * C), k * C))
-        else:
-            alts.append(("prefill:prev", act.P(C), act.ZERO, b * C, act.P(C), C))
     else:
         alts = [("prefill", act.P(0, 1), act.ZERO, b * T, act.P(0, 1), T)]
     for name, q, past, m_max, S_dyn, S_dyn_at in alts:
@@ -300,13 +316,15 @@ def _regime(s: Settings, T: int) -> tuple[int, int]:
     return lo, hi
 
 
-_PLANS: dict[tuple, dict[str, tuple[tuple[act.Candidate, ...], act.Poly, act.Poly]]] = {}
+_PLANS: dict[tuple, dict[str, Any]] = {}
+# The forwards that belong to the prefill phase besides the last (prefill) one.
+PREFILL_ALTS = ("prefill:first", "prefill:prev")
 
 
-def _plans(s: Settings, T: int) -> tuple[dict[str, tuple[tuple[act.Candidate, ...], act.Poly, act.Poly]], int]:
-    """Replay plans per phase for context T, cached per setting and context interval.
+def _plans(s: Settings, T: int) -> tuple[dict[str, Any], int]:
+    """Replay plans per phase for prompt length T, cached per setting and prompt interval.
 
-    Returns the plans and the last context of the interval they are valid for.
+    Returns the plans and the last prompt length of the interval they are valid for.
     """
     lo, hi = _regime(s, T)
     key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
@@ -316,13 +334,13 @@ def _plans(s: Settings, T: int) -> tuple[dict[str, tuple[tuple[act.Candidate, ..
     if hit is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
-        at = s if s.context == T else replace(s, context=T)
+        at = s if s.prompt_tokens == T else replace(s, context=T + s.new_tokens)
         n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
         hit = {phase: (act.plan(act.trace_forward(s.model, f), lo, hi, ((kv_poly, n_other), (extra, 1))), kv_poly, extra)
                for phase, (f, kv_poly, extra) in _forwards(at).items()}
         # Where the decode step can never reach the prefill's peak over the whole interval (its
         # live bytes plus every rounding it could get stay below the prefill's raw live bytes),
-        # the lean path (sweeps, solvers) skips it. estimate() always replays both.
+        # the lean path (sweeps) skips it. estimate() always replays both.
         if "decode" in hit:
             p = hit["prefill"][0][0].raw
 
@@ -350,8 +368,15 @@ def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
 
 
 def _phase(s: Settings, T: int, cands, kv_poly, base: tuple[int, int, int]) -> tuple[int, int, int, int, str]:
-    """(raw, allocator, reserved, kv cache) bytes at one phase's peak at context T, and where it is."""
+    """(raw, allocator, reserved, kv cache) bytes at one forward's peak at prompt T, and where it is.
+
+    Reserved is the most any candidate moment needs, not only the allocated peak's: the caching
+    allocator keeps every segment it has mapped until ``empty_cache()``, so the segments of each
+    moment's live tensors are all still reserved at the end of the forward.
+    """
     raw, blk, res, tag = act.evaluate(cands, T)
+    if len(cands) > 1:
+        res = max(act._measure(c, T)[1] for c in cands)
     blk += base[1]
     return base[0] + raw, blk, max(blk, base[2] + res), 2 * s.model.num_hidden_layers * act.peval(kv_poly, T), tag
 
@@ -366,8 +391,8 @@ def _base(s: Settings) -> tuple[tuple[int, int, int], int, int]:
 
 
 def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, ...]:
-    """Top-level numbers only (for sweeps and solvers): skips the decode replay when bounds
-    show it cannot set either peak.
+    """Top-level numbers at prompt length T (for sweeps and solvers): skips the decode replay
+    when bounds show it cannot set either peak.
 
     Returns (weights, kv_cache, activations, overhead, peak_allocated, peak_reserved, device_used).
     """
@@ -383,12 +408,13 @@ def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, .
         kv = 2 * s.model.num_hidden_layers * (kvp[0] + T * (kvp[1] + T * kvp[2]))
     else:
         raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
-    if "prefill:prev" in plans:
-        c, kvp, _ = plans["prefill:prev"]
-        p_raw, p_blk, p_res, _, _ = _phase(s, T, c, kvp, base)
-        if p_blk > blk:
-            raw, blk = p_raw, p_blk
-        res = max(res, p_res)
+    for alt in PREFILL_ALTS:
+        if alt in plans:
+            c, kvp, _ = plans[alt]
+            p_raw, p_blk, p_res, _, _ = _phase(s, T, c, kvp, base)
+            if p_blk > blk:
+                raw, blk = p_raw, p_blk
+            res = max(res, p_res)
     if "decode" in plans:
         c, kvp, _ = plans["decode"]
         kv = 2 * s.model.num_hidden_layers * act.peval(kvp, T)
@@ -406,28 +432,29 @@ def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, .
 
 def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
     spec = s.model
-    plans, _ = _plans(s, s.context)
+    T = s.prompt_tokens
+    plans, _ = _plans(s, T)
     base, ws, context_bytes = _base(s)
     w_raw = base[0] - ws
     phases: dict[str, dict[str, int]] = {
         "load": {"weights_bytes": w_raw, "kv_cache_bytes": 0, "activations_bytes": 0,
                  "peak_allocated_bytes": base[1] - block_bytes(ws), "peak_reserved_bytes": base[2] - reserved_for((ws,)),
                  "device_used_bytes": base[2] - reserved_for((ws,)) + context_bytes}}
-    best = None
+    best: tuple[str, int, int, str] | None = None
     for phase, plan in plans.items():
         if phase == "decode_until":
             continue
         cands, kv_poly, _ = plan
-        raw, blk, res, kv_total, tag = _phase(s, s.context, cands, kv_poly, base)
-        if phase == "prefill:prev":  # the chunk before the last: part of the prefill phase
+        raw, blk, res, kv_total, tag = _phase(s, T, cands, kv_poly, base)
+        if phase in PREFILL_ALTS:  # an earlier chunk: part of the prefill phase
             p = phases["prefill"]
             p["peak_reserved_bytes"] = max(p["peak_reserved_bytes"], res)
             p["device_used_bytes"] = p["peak_reserved_bytes"] + context_bytes
             if blk > p["peak_allocated_bytes"]:
                 p["peak_allocated_bytes"] = blk
                 p["activations_bytes"] = max(0, raw - w_raw - ws - p["kv_cache_bytes"])
-            if blk > best[1]:
-                best = ("prefill", blk, raw, tag)
+            if best is not None and blk > best[1]:
+                best = ("prefill", blk, raw, f"{phase.split(':')[1]} chunk: {tag}")
             continue
         phases[phase] = {
             "weights_bytes": w_raw, "kv_cache_bytes": kv_total,
@@ -437,6 +464,7 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
         }
         if best is None or blk > best[1]:
             best = (phase, blk, raw, tag)
+    assert best is not None
     peak_phase, peak_alloc, peak_raw, peak_tag = best
     peak_res = max(p["peak_reserved_bytes"] for p in phases.values())
     device_used = peak_res + context_bytes

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .errors import UnknownNameError
 from .model import ModelSpec
-from .units import cdiv
+from .units import cdiv, check_int
 
 # Bytes per element of each KV dtype; "auto" follows the model's compute dtype.
 KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
@@ -56,6 +56,8 @@ def kv_layer_linear(spec: ModelSpec, batch: int, kv_dtype: str, compute_bytes: i
 
 def kv_layer_tensor_bytes(spec: ModelSpec, tokens: int, batch: int, kv_dtype: str, compute_bytes: int = 2) -> int:
     """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens for ``batch`` sequences."""
+    check_int(tokens, "tokens", 0)
+    check_int(batch, "batch", 1)
     per_token, const = kv_layer_linear(spec, batch, kv_dtype, compute_bytes, tokens)
     return per_token * tokens + const
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import InvalidSpecError, UnknownNameError
+from .units import shown
 
 PRESETS = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b")
 DEFAULT_PRESET = "llama-3.2-3b"
@@ -214,11 +215,11 @@ def _get(cfg: Mapping[str, Any], key: str, default: Any = ..., kind: type = int)
         return default
     v = cfg[key]
     if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise InvalidSpecError(f"{key} must be an integer: {v!r}")
+        raise InvalidSpecError(f"{key} must be an integer: {shown(v)}")
     if kind is bool and not isinstance(v, bool):
-        raise InvalidSpecError(f"{key} must be true or false: {v!r}")
+        raise InvalidSpecError(f"{key} must be true or false: {shown(v)}")
     if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
-        raise InvalidSpecError(f"{key} must be a number: {v!r}")
+        raise InvalidSpecError(f"{key} must be a number: {shown(v)}")
     return v
 
 
@@ -233,15 +234,15 @@ def from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> ModelSpec
         raise InvalidSpecError(f"config must be a JSON object: got {type(cfg).__name__}")
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str):
-        raise InvalidSpecError(f"config is missing required field 'model_type' (got {model_type!r})")
+        raise InvalidSpecError(f"config is missing required field 'model_type' (got {shown(model_type)})")
     if cfg.get("is_encoder_decoder"):
         raise InvalidSpecError(f"is_encoder_decoder: encoder-decoder models are not supported: {model_type!r}")
     for k in _MOE_KEYS:
         if cfg.get(k):
-            raise InvalidSpecError(f"{k}: mixture-of-experts models are not supported: {cfg[k]!r}")
+            raise InvalidSpecError(f"{k}: mixture-of-experts models are not supported: {shown(cfg[k])}")
     if model_type not in _FAMILIES:
         raise InvalidSpecError(
-            f"model_type {model_type!r} is not a supported Llama-family decoder "
+            f"model_type {shown(model_type)} is not a supported Llama-family decoder "
             f"(supported: {', '.join(sorted(_FAMILIES))})")
     qkv_rule, o_rule, qk_norm = _FAMILIES[model_type]
     attention_bias = _get(cfg, "attention_bias", False, bool)
@@ -255,11 +256,18 @@ def from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> ModelSpec
         raise InvalidSpecError(
             f"head_dim is absent and hidden_size ({hidden}) is not divisible by num_attention_heads: {heads}")
     head_dim = _get(cfg, "head_dim", hidden // heads)
-    dtype = cfg.get("torch_dtype", cfg.get("dtype", "bfloat16"))
+    dtype = cfg.get("torch_dtype", cfg.get("dtype")) or "bfloat16"
+    if not isinstance(dtype, str):
+        raise InvalidSpecError(f"torch_dtype must be a dtype name like \"bfloat16\": {dtype!r}")
     rope = cfg.get("rope_parameters") or {}
-    prf = _get(cfg, "partial_rotary_factor", rope.get("partial_rotary_factor", 1.0), float)
+    if not isinstance(rope, Mapping):
+        raise InvalidSpecError(f"rope_parameters must be an object: {shown(rope)}")
+    prf = _get(cfg, "partial_rotary_factor", _get(rope, "partial_rotary_factor", 1.0, float), float)
+    ref = cfg.get("_name_or_path")
+    if ref is not None and not isinstance(ref, str):
+        raise InvalidSpecError(f"_name_or_path must be a string: {shown(ref)}")
     return ModelSpec(
-        name=name or cfg.get("_name_or_path") or model_type,
+        name=name or ref or model_type,
         model_type=model_type,
         hidden_size=hidden,
         num_hidden_layers=_get(cfg, "num_hidden_layers"),
@@ -323,4 +331,6 @@ def parse_config_text(data: bytes | str, name: str | None = None) -> ModelSpec:
         cfg = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidSpecError(f"config.json is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidSpecError("config.json is nested too deeply to be a model config") from None
     return from_hf_config(cfg, name=name)

@@ -1,29 +1,48 @@
 """Inverse questions and sweeps, built on the same replay plans as ``estimate()``.
 
-- ``max_context``: the largest prompt (tokens) whose ``device_used_bytes`` fits a GPU;
-- ``max_batch``: the largest batch that fits at a context;
+- ``max_context``: the largest context (window) such that it and every shorter context fit;
+- ``max_batch``: the largest batch such that it and every smaller batch fit at a context;
 - ``best_quant``: the highest-precision scheme that fits;
 - ``smallest_gpu``: the catalog GPU with the least memory that fits;
 - ``sweep``: every scheme over a context grid, for charts.
 
-Memory never decreases with context or batch (a property the tests check), so the solvers
-use binary search. ``device_used_bytes`` must fit in the GPU's total memory.
+Given a ``Settings``, every solver keeps all of its fields except the one it searches (and
+those passed explicitly). ``device_used_bytes`` must fit in the GPU's total memory.
+
+Memory is *not* monotone in the context: the caching allocator packs tensors of up to 1 MiB
+into 2 MiB segments and tensors under 10 MiB into 20 MiB segments, so when a growing tensor
+moves to the next pool the reserved total can drop by up to 22 MiB. A plain binary search can
+then answer a context above one that does not fit. ``max_context`` instead returns the largest C
+such that *every* context up to C fits, from three facts about the replay (``_lower``):
+
+- a lower bound L(T) of device_used that never decreases with T (allocated blocks, and reserved
+  segments counted without the shared-pool round-up), and device_used(T) <= L(T) + 22 MiB;
+- between the prompt lengths where a tensor changes pool (or the replay changes shape),
+  device_used never decreases.
+
+So every context with L + 22 MiB within the limit fits, the first context with L over it does
+not, and in between the first failure is found piece by piece, by binary search in each piece.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
+from . import activations as act
+from .allocator import LARGE_SEGMENT_BYTES, MIN_LARGE_ALLOC_BYTES, SMALL_SEGMENT_BYTES, SMALL_SIZE_BYTES
 from .errors import InvalidSpecError
-from .estimate import MAX_BATCH, Settings, _base, _plans, _totals, make_settings
-from .gpus import Gpu, custom_gpu, gpu_catalog
-from .quant import PRECISION_ORDER, TRANSFORMERS_QUANTS
+from .estimate import MAX_BATCH, MAX_CONTEXT, PREFILL_ALTS, Settings, _base, _plans, _totals, make_settings
+from .gpus import Gpu, custom_gpu, get_gpu, gpu_catalog
+from .quant import PRECISION_ORDER, TRANSFORMERS_QUANTS, get_quant
+from .units import check_int
 
-MAX_FIT_CONTEXT = 1 << 20  # the context solver searches up to 1,048,576 tokens
 TOTAL_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes",
                 "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
+# The most the shared-pool round-ups add to reserved: the small pool's last 2 MiB segment and the
+# medium pool's last 20 MiB segment (allocator.reserved_for); device_used <= lower bound + this.
+POOL_ROUNDING_BYTES = SMALL_SEGMENT_BYTES + LARGE_SEGMENT_BYTES
 
 
 def context_grid(points: int = 64, lo: int = 1024, hi: int = 131072) -> tuple[int, ...]:
@@ -34,14 +53,21 @@ def context_grid(points: int = 64, lo: int = 1024, hi: int = 131072) -> tuple[in
     return tuple(sorted({round(lo * math.exp(r * i / (points - 1))) for i in range(points)}))
 
 
-def _settings(model: Any, gpu: Any, gpu_memory_bytes: int | None, **kw: Any) -> tuple[Settings, int]:
+def _settings(model: Any, gpu: Any, gpu_memory_bytes: int | None, defaults: dict[str, Any],
+              **kw: Any) -> tuple[Settings, int]:
+    """Settings for a solver and the memory it must fit in.
+
+    A ``Settings`` keeps every field except those given here (None = not given); anything else
+    is built with ``defaults`` under the given fields."""
+    given = {k: v for k, v in kw.items() if v is not None}
     if isinstance(model, Settings):
-        s = replace(model, **kw) if kw else model
+        s = replace(model, **given) if given else model
+        if gpu is not None:
+            s = replace(s, gpu=get_gpu(gpu))
     else:
-        s = make_settings(model, gpu=gpu, **kw)
+        s = make_settings(model, gpu=gpu, **{**defaults, **given})
     if gpu_memory_bytes is not None:
-        if isinstance(gpu_memory_bytes, bool) or not isinstance(gpu_memory_bytes, int) or gpu_memory_bytes <= 0:
-            raise InvalidSpecError(f"gpu_memory_bytes must be a positive integer: {gpu_memory_bytes!r}")
+        check_int(gpu_memory_bytes, "gpu_memory_bytes", 1)
         if s.gpu is None:
             s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
         return s, gpu_memory_bytes
@@ -50,20 +76,26 @@ def _settings(model: Any, gpu: Any, gpu_memory_bytes: int | None, **kw: Any) -> 
     return s, s.gpu.memory_bytes
 
 
+def _prompt(s: Settings, context: int | None) -> int:
+    return (s.context if context is None else context) - s.new_tokens
+
+
 def device_used(s: Settings, context: int | None = None) -> int:
     """``device_used_bytes`` of a setting (at ``context`` if given), via the lean path."""
-    t = s.context if context is None else context
+    t = _prompt(s, context)
     return _totals(s, t, _plans(s, t)[0], *_base(s))[-1]
 
 
 def totals(s: Settings) -> dict[str, int]:
-    return dict(zip(TOTAL_FIELDS, _totals(s, s.context, _plans(s, s.context)[0], *_base(s))))
+    t = s.prompt_tokens
+    return dict(zip(TOTAL_FIELDS, _totals(s, t, _plans(s, t)[0], *_base(s))))
 
 
-def largest_true(fits, lo: int, hi: int) -> int:
+def largest_true(fits: Callable[[int], bool], lo: int, hi: int) -> int:
     """Largest x in [lo, hi] with fits(x), given fits is monotone (true then false); lo-1 if none.
 
-    Binary search; shared by every solver (transformers, vLLM, llama.cpp)."""
+    Binary search; for predicates that are monotone by construction (the vLLM and llama.cpp
+    engine models). The transformers replay is not: see ``max_context``."""
     if not fits(lo):
         return lo - 1
     if fits(hi):
@@ -77,37 +109,161 @@ def largest_true(fits, lo: int, hi: int) -> int:
     return lo
 
 
-def max_context(model: Any = "llama-3.2-3b", quant: str = "bf16", *, gpu: Any = None,
-                gpu_memory_bytes: int | None = None, batch: int = 1, limit: int = MAX_FIT_CONTEXT,
+# ---------------------------------------------------------------------------- safe context search
+
+def _floor(c: act.Candidate, t: int) -> tuple[int, int]:
+    """(allocator bytes, segment floor) of a candidate at ``t``: the floor counts the small and
+    medium pools without their round-up to whole segments, so it never decreases with t."""
+    blk, res = act._measure(c, t)
+    small, medium, large = c.const_pools
+    for (c0, c1, c2), n in zip(c.sizes, c.counts):
+        v = c0 + t * (c1 + t * c2)
+        if v <= 0:
+            continue
+        r = (v + 511) & ~511
+        if r <= SMALL_SIZE_BYTES:
+            small += n * r
+        elif r < MIN_LARGE_ALLOC_BYTES:
+            medium += n * r
+        else:
+            large += n * -(-r // (2 << 20)) * (2 << 20)
+    return blk, large + small + medium
+
+
+def _lower(s: Settings, t: int, base: tuple[int, int, int], ctx: int) -> int:
+    """A lower bound of device_used at prompt ``t`` that never decreases with t, within
+    POOL_ROUNDING_BYTES of it. Every forward is counted (no decode shortcut)."""
+    plans, _ = _plans(s, t)
+    best = 0
+    for phase, plan in plans.items():
+        if phase == "decode_until":
+            continue
+        blk_p = floor_p = 0
+        for c in plan[0]:
+            blk, floor = _floor(c, t)
+            blk_p, floor_p = max(blk_p, blk), max(floor_p, floor)
+        best = max(best, base[1] + blk_p, base[2] + floor_p)
+    return best + ctx
+
+
+def _pool_class(v: int) -> int:
+    r = (v + 511) & ~511
+    return 0 if r <= SMALL_SIZE_BYTES else (1 if r < MIN_LARGE_ALLOC_BYTES else 2)
+
+
+def _piece_end(s: Settings, t: int, hi: int) -> int:
+    """The last prompt length from ``t`` (at most ``hi``) before a tensor changes pool or the
+    replay changes shape: device_used does not decrease on [t, result]."""
+    plans, end = _plans(s, t)
+    end = min(end, hi)
+    for phase, plan in plans.items():
+        if phase == "decode_until":
+            continue
+        for c in plan[0]:
+            for p in c.sizes:
+                k = _pool_class(act.peval(p, t))
+                if k == 2 or _pool_class(act.peval(p, end)) == k:
+                    continue
+                lo_, hi_ = t, end  # class(lo_) == k < class(hi_)
+                while hi_ - lo_ > 1:
+                    mid = (lo_ + hi_) // 2
+                    lo_, hi_ = (mid, hi_) if _pool_class(act.peval(p, mid)) == k else (lo_, mid)
+                end = lo_
+    return end
+
+
+def _first_over(s: Settings, limit: int, lo: int, hi: int) -> int | None:
+    """The smallest prompt length in [lo, hi] whose device_used exceeds ``limit``; None if none."""
+    base, ws, ctx = _base(s)
+
+    def used(t: int) -> int:
+        return _totals(s, t, _plans(s, t)[0], base, ws, ctx)[-1]
+
+    # a: the last prompt that certainly fits (upper bound within the limit); all before it fit too.
+    a = largest_true(lambda t: _lower(s, t, base, ctx) + POOL_ROUNDING_BYTES <= limit, lo, hi)
+    if a >= hi:
+        return None
+    # b: the first prompt that certainly does not fit (lower bound over the limit), or hi + 1.
+    b = largest_true(lambda t: _lower(s, t, base, ctx) <= limit, a + 1, hi) + 1
+    t = a + 1
+    while t < b:  # in between, device_used does not decrease within a piece
+        end = _piece_end(s, t, b - 1)
+        if used(end) <= limit:
+            t = end + 1
+            continue
+        return largest_true(lambda x: used(x) <= limit, t, end) + 1
+    return b if b <= hi else None
+
+
+def _window(s: Settings) -> int:
+    return min(s.model.max_position_embeddings, MAX_CONTEXT)
+
+
+def max_context(model: Any = "llama-3.2-3b", quant: str | None = None, *, gpu: Any = None,
+                gpu_memory_bytes: int | None = None, batch: int | None = None, limit: int | None = None,
                 **kw: Any) -> int:
-    """Largest prompt length whose device_used_bytes fits; 0 if not even one token fits."""
-    s, mem = _settings(model, gpu, gpu_memory_bytes, quant=quant, batch=batch, context=1, **kw)
-    return largest_true(lambda t: device_used(s, t) <= mem, 1, limit)
+    """The largest context C such that C and every shorter context fit (device_used_bytes within
+    the GPU's memory); at most the model's window (``max_position_embeddings``) and ``limit``.
+
+    The shortest context is ``new_tokens + 1`` (a one-token prompt); 0 if even that does not fit.
+    ``max_context(...) == spec.max_position_embeddings`` means the whole window fits.
+    """
+    n = kw.get("new_tokens", 32)
+    shortest = n + 1 if isinstance(n, int) and not isinstance(n, bool) else 1  # a one-token prompt
+    s, mem = _settings(model, gpu, gpu_memory_bytes, {"quant": "bf16", "batch": 1, "context": shortest},
+                       quant=quant, batch=batch, **kw)
+    N = s.new_tokens
+    cap = _window(s) if limit is None else min(_window(s), limit)
+    if cap < N + 1:
+        return 0
+    first = _first_over(s, mem, 1, cap - N)
+    if first is None:
+        return cap
+    return first - 1 + N if first > 1 else 0
 
 
-def max_batch(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int = 8192, *, gpu: Any = None,
-              gpu_memory_bytes: int | None = None, limit: int = MAX_BATCH, **kw: Any) -> int:
-    """Largest batch that fits at ``context``; 0 if batch 1 does not fit."""
-    s, mem = _settings(model, gpu, gpu_memory_bytes, quant=quant, context=context, batch=1, **kw)
-    return largest_true(lambda b: device_used(replace(s, batch=b)) <= mem, 1, limit)
+def max_batch(model: Any = "llama-3.2-3b", quant: str | None = None, context: int | None = None, *,
+              gpu: Any = None, gpu_memory_bytes: int | None = None, limit: int = MAX_BATCH, **kw: Any) -> int:
+    """The largest batch B such that B and every smaller batch fit at ``context``; 0 if batch 1
+    does not fit. Bounded as ``max_context`` is: batches whose lower bound plus the pool
+    round-up fits are certain, the rest are checked one by one."""
+    s, mem = _settings(model, gpu, gpu_memory_bytes, {"quant": "bf16", "context": 8192},
+                       quant=quant, context=context, **kw)
+    t = s.prompt_tokens
+
+    def lower(b: int) -> int:
+        sb = replace(s, batch=b)
+        base, _, ctx = _base(sb)
+        return _lower(sb, t, base, ctx)
+
+    a = largest_true(lambda b: lower(b) + POOL_ROUNDING_BYTES <= mem, 1, limit)
+    z = largest_true(lambda b: lower(b) <= mem, a + 1, limit) + 1  # the first batch surely over
+    for b in range(a + 1, z):
+        if device_used(replace(s, batch=b)) > mem:
+            return b - 1
+    return z - 1
 
 
-def best_quant(model: Any = "llama-3.2-3b", context: int = 8192, *, gpu: Any = None,
+def best_quant(model: Any = "llama-3.2-3b", context: int | None = None, *, gpu: Any = None,
                gpu_memory_bytes: int | None = None, quants: Iterable[str] = TRANSFORMERS_QUANTS,
                **kw: Any) -> str | None:
     """The highest-precision scheme (``quant.PRECISION_ORDER``) that fits; None if none does."""
-    s, mem = _settings(model, gpu, gpu_memory_bytes, context=context, **kw)
-    allowed = set(quants)
+    allowed = [get_quant(q).name for q in quants]
+    s, mem = _settings(model, gpu, gpu_memory_bytes, {"context": 8192}, context=context, **kw)
     for q in PRECISION_ORDER:
         if q in allowed and device_used(replace(s, quant=q)) <= mem:
             return q
     return None
 
 
-def smallest_gpu(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int = 8192,
+def smallest_gpu(model: Any = "llama-3.2-3b", quant: str | None = None, context: int | None = None,
                  *, gpus: Iterable[Gpu] | None = None, **kw: Any) -> Gpu | None:
     """The catalog GPU with the least memory on which the setting fits; None if none does."""
-    s = model if isinstance(model, Settings) else make_settings(model, quant=quant, context=context, **kw)
+    given = {k: v for k, v in dict(quant=quant, context=context, **kw).items() if v is not None}
+    if isinstance(model, Settings):
+        s = replace(model, **given) if given else model
+    else:
+        s = make_settings(model, **{"quant": "bf16", "context": 8192, **given})
     for g in sorted(gpus if gpus is not None else gpu_catalog(), key=lambda g: (g.memory_bytes, g.key)):
         if device_used(replace(s, gpu=g)) <= g.memory_bytes:
             return g
@@ -115,27 +271,50 @@ def smallest_gpu(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int 
 
 
 def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUANTS,
-          contexts: Iterable[int] | None = None, batch: int = 1, *, gpu: Any = None,
+          contexts: Iterable[int] | None = None, batch: int | None = None, *, gpu: Any = None,
           gpu_memory_bytes: int | None = None, **kw: Any) -> list[dict[str, Any]]:
     """One row per (quant, context): the top-level byte fields of ``Estimate.to_dict()``.
 
-    Rows also carry ``fits`` when a GPU (or gpu_memory_bytes) is given.
+    Rows also carry ``fits`` when a GPU (or gpu_memory_bytes) is given. Every context must be a
+    valid context of the setting (more than new_tokens, at most the model's window).
     """
-    s = model if isinstance(model, Settings) else make_settings(model, gpu=gpu, batch=batch, **kw)
-    mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
+    quants = [get_quant(q).name for q in quants]
+    if not quants:
+        raise InvalidSpecError("quants must name at least one scheme: []")
     ctxs = sorted(set(contexts if contexts is not None else context_grid()))
+    if not ctxs:
+        raise InvalidSpecError("contexts must list at least one context: []")
+    given = {k: v for k, v in dict(batch=batch, **kw).items() if v is not None}
+    if isinstance(model, Settings):
+        s = replace(model, **given, context=ctxs[0])
+    else:
+        s = make_settings(model, **{"batch": 1, "context": ctxs[0], **given})
+    if gpu is not None:
+        s = replace(s, gpu=get_gpu(gpu))
+    if gpu_memory_bytes is not None:
+        check_int(gpu_memory_bytes, "gpu_memory_bytes", 1)
+        if s.gpu is None:
+            s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
+    mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
+    for c in ctxs:  # validate every context, not only the first
+        replace(s, context=c)
     rows = []
     for q in quants:
         sq = replace(s, quant=q, context=ctxs[0])
         base = _base(sq)
-        plans, valid_to = _plans(sq, ctxs[0])
-        for t in ctxs:
+        plans, valid_to = _plans(sq, sq.prompt_tokens)
+        for c in ctxs:
+            t = c - s.new_tokens
             if t > valid_to:
                 plans, valid_to = _plans(sq, t)
             vals = _totals(sq, t, plans, *base)
             row = dict(zip(TOTAL_FIELDS, vals))
-            row["quant"], row["context"], row["total_bytes"] = q, t, vals[-1]
+            row["quant"], row["context"], row["total_bytes"] = q, c, vals[-1]
             if mem is not None:
                 row["fits"] = vals[-1] <= mem
             rows.append(row)
     return rows
+
+
+__all__ = ["best_quant", "context_grid", "device_used", "largest_true", "max_batch", "max_context",
+           "smallest_gpu", "sweep", "totals", "PREFILL_ALTS"]

@@ -36,6 +36,37 @@ def _engine(text: str) -> str:
     return t
 
 
+def _int_type(flag: str, lo: int, hi: int):
+    """An argparse type: an ASCII integer in [lo, hi] (argparse's ``int`` takes "²" and "١٢")."""
+    from ..units import parse_int
+
+    def parse(text: str) -> int:
+        try:
+            return parse_int(text, flag, lo, hi)
+        except EstimatorError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = "integer"
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """--gpu-memory-utilization: a finite number in (0, 1] ("nan" and "inf" are refused)."""
+    import re
+
+    if not re.fullmatch(r"\s*(0?\.[0-9]{1,12}|1(\.0{0,12})?|0)\s*", text, re.ASCII):
+        raise argparse.ArgumentTypeError(f"--gpu-memory-utilization must be a number in (0, 1]: {text!r}")
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"--gpu-memory-utilization must be a number in (0, 1]: {text!r}")
+    return v
+
+
+# llama.cpp refuses more sequences than LLAMA_MAX_SEQ (256 in src/llama-cparams.h since mid 2025; 64
+# before): "n_seq_max must be <= 256".
+LLAMA_MAX_SEQ = 256
+MAX_ENGINE_TOKENS = 1 << 24  # batch budgets far beyond any engine default (vLLM: 16384; llama.cpp: 512)
+
+
 def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
     if any(f in parser._option_string_actions for f in flags):  # the core parser may own it already
         return
@@ -52,23 +83,23 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--engine", type=_engine, default="transformers",
          help="serving engine: transformers, vllm or llama.cpp (ollama) (default transformers)")
     g = parser.add_argument_group("vLLM (--engine vllm; the context is max_model_len)")
-    _add(g, "--gpu-memory-utilization", type=float, default=0.9,
+    _add(g, "--gpu-memory-utilization", type=_fraction, default=0.9,
          help="fraction of GPU memory vLLM may use (default 0.9)")
-    _add(g, "--max-num-batched-tokens", type=int, default=None,
+    _add(g, "--max-num-batched-tokens", type=_int_type("--max-num-batched-tokens", 1, MAX_ENGINE_TOKENS), default=None,
          help="tokens per scheduler step (default: vLLM's default for the GPU and version)")
-    _add(g, "--max-num-seqs", type=int, default=None,
+    _add(g, "--max-num-seqs", type=_int_type("--max-num-seqs", 1, 1 << 20), default=None,
          help="max concurrent sequences (default: vLLM's, 1024 on H100-class GPUs with V1, else 256)")
     _add(g, "--enforce-eager", action="store_true", help="no CUDA graphs")
     _add(g, "--vllm-version", choices=("v0", "v1"), default="v1", help="engine accounting (default v1)")
-    _add(g, "--tensor-parallel-size", type=int, default=1, help="GPUs per tensor-parallel group (1, 2, 4, 8)")
-    _add(g, "--pipeline-parallel-size", type=int, default=1, help="pipeline stages (default 1)")
+    _add(g, "--tensor-parallel-size", type=_int_type("--tensor-parallel-size", 1, 1024), default=1, help="GPUs per tensor-parallel group (1, 2, 4, 8)")
+    _add(g, "--pipeline-parallel-size", type=_int_type("--pipeline-parallel-size", 1, 1024), default=1, help="pipeline stages (default 1)")
     _add(g, "--safetensors", default=None,
          help="read exact weight bytes from this safetensors file, shard index or folder (header only)")
     g = parser.add_argument_group("llama.cpp / Ollama (--engine llama.cpp; the context is n_ctx)")
-    _add(g, "--parallel", type=int, default=1, help="parallel sequences sharing n_ctx (default 1)")
-    _add(g, "--ubatch", type=int, default=512, help="physical batch n_ubatch (default 512)")
+    _add(g, "--parallel", type=_int_type("--parallel", 1, LLAMA_MAX_SEQ), default=1, help="parallel sequences sharing n_ctx (default 1)")
+    _add(g, "--ubatch", type=_int_type("--ubatch", 1, MAX_ENGINE_TOKENS), default=512, help="physical batch n_ubatch (default 512)")
     _add(g, "--flash-attn", action="store_true", help="flash attention on")
-    _add(g, "--n-gpu-layers", type=int, default=-1, help="layers offloaded to the GPU; -1 = all (default)")
+    _add(g, "--n-gpu-layers", type=_int_type("--n-gpu-layers", -1, 1 << 16), default=-1, help="layers offloaded to the GPU; -1 = all (default)")
     _add(g, "--gguf", default=None, help="read the tensor inventory from this .gguf file's header")
     _add(g, "--llamacpp-version", choices=lc.VERSIONS, default="current",
          help="llama.cpp graph/KV layout: current (per-sequence KV streams) or 2025-01 (unified KV)")
@@ -80,10 +111,15 @@ def _total(gpu: Any, gpu_memory_bytes: int | None, engine: str) -> int | None:
     return gpu.memory_bytes if gpu is not None else None
 
 
-def _context_of(args: argparse.Namespace, default: int | None = None) -> int | None:
+def _context_of(args: argparse.Namespace, default: int | None = None, window: int | None = None) -> int | None:
+    """--context (the window: vLLM's max_model_len, llama.cpp's n_ctx), at most ``window``."""
     from ..units import parse_context
     c = getattr(args, "context", None)
-    return parse_context(c, "--context") if c is not None else default
+    n = parse_context(c, "--context") if c is not None else default
+    if n is not None and window is not None and n > window:
+        raise InvalidSpecError(f"--context must be at most the model's window (max_position_embeddings "
+                               f"{window:,}): {n!r}")
+    return n
 
 
 def _settings(args: argparse.Namespace, spec: ModelSpec, engine: str, gpu: Any, total: int | None, **extra: Any) -> dict:
@@ -193,7 +229,8 @@ def llamacpp_result(e: lc.LlamaCppEstimate, settings: dict, total: int | None, c
     }
 
 
-def _llamacpp(args: argparse.Namespace, spec: ModelSpec, n_ctx: int, gpu_present: bool) -> tuple[lc.LlamaCppEstimate, ModelSpec, str]:
+def _llamacpp_inputs(args: argparse.Namespace, spec: ModelSpec) -> tuple[ModelSpec, str, Any, dict[str, Any]]:
+    """(model, quant name, tensors or None, estimate_llamacpp keywords) from the llama.cpp flags."""
     quant = str(getattr(args, "quant", "q4_k_m") or "q4_k_m").lower()
     tensors = None
     path = getattr(args, "gguf", None)
@@ -208,13 +245,15 @@ def _llamacpp(args: argparse.Namespace, spec: ModelSpec, n_ctx: int, gpu_present
     kv = {"auto": "f16", "fp16": "f16"}.get(kv, kv)
     if kv not in ("f16", "q8_0", "q4_0", "f32", "bf16"):
         raise InvalidSpecError(f"--kv-dtype for llama.cpp must be f16, q8_0 or q4_0: {kv!r}")
-    for name, v, lo in (("--parallel", args.parallel, 1), ("--ubatch", args.ubatch, 1)):
-        if v < lo:
-            raise InvalidSpecError(f"{name} must be >= {lo}: {v}")
-    e = lc.estimate_llamacpp(spec, quant if tensors is None else "q4_k_m", n_ctx, n_ubatch=args.ubatch,
-                             parallel=args.parallel, flash_attn=bool(args.flash_attn),
-                             n_gpu_layers=args.n_gpu_layers, kv_dtype=kv, gpu=gpu_present, tensors=tensors,
-                             version=getattr(args, "llamacpp_version", "current") or "current")
+    kw = dict(n_ubatch=args.ubatch, parallel=args.parallel, flash_attn=bool(args.flash_attn),
+              n_gpu_layers=args.n_gpu_layers, kv_dtype=kv, tensors=tensors,
+              version=getattr(args, "llamacpp_version", "current") or "current")
+    return spec, quant, tensors, kw
+
+
+def _llamacpp(args: argparse.Namespace, spec: ModelSpec, n_ctx: int, gpu_present: bool) -> tuple[lc.LlamaCppEstimate, ModelSpec, str]:
+    spec, quant, tensors, kw = _llamacpp_inputs(args, spec)
+    e = lc.estimate_llamacpp(spec, quant if tensors is None else "q4_k_m", n_ctx, gpu=gpu_present, **kw)
     if tensors is not None:
         import dataclasses
         e = dataclasses.replace(e, quant="gguf")
@@ -245,7 +284,8 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_mem
         out["smallest_gpu_set"] = _smallest_set(args, spec, e.max_model_len)
         return out
     if engine == "llama.cpp":
-        n_ctx = _context_of(args, 4096)
+        spec2 = _llamacpp_inputs(args, spec)[0]
+        n_ctx = _context_of(args, 4096, spec2.max_position_embeddings)
         e, spec2, quant = _llamacpp(args, spec, n_ctx, True)
         settings = _settings(args, spec2, engine, gpu, total, context=n_ctx, quant=quant,
                              parallel=args.parallel, ubatch=args.ubatch, flash_attn=bool(args.flash_attn),
@@ -273,7 +313,8 @@ def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_b
         except vl.VllmStartupError as e:
             raise EngineRefusal(str(e)) from None
         out: dict[str, Any] = {"engine": "vllm", "max_context": t, "gpu_memory_bytes": total,
-                               "max_position_embeddings": spec.max_position_embeddings}
+                               "max_position_embeddings": spec.max_position_embeddings,
+                               "whole_window_fits": t == spec.max_position_embeddings}
         if t == 0:
             e = vl.estimate_vllm(spec, total, max_model_len=16, **kw)
             raise EngineRefusal(e.refusal or "vLLM does not start at any max_model_len on this GPU")
@@ -283,30 +324,16 @@ def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_b
         return out
     if engine == "llama.cpp":
         ctx_overhead = _cuda_context(args)
-        lo_n, hi_n = 256, 1 << 20
-
-        def est(n: int) -> dict:
-            a = argparse.Namespace(**vars(args))
-            a.context = str(n)
-            return engine_estimate(a, spec, gpu, gpu_memory_bytes)
-
-        if est(lo_n)["device_used_bytes"] > total:
-            t = 0
-        elif est(hi_n)["device_used_bytes"] <= total:
-            t = hi_n
-        else:
-            lo, hi = 1, hi_n // 256
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if est(mid * 256)["device_used_bytes"] <= total:
-                    lo = mid
-                else:
-                    hi = mid
-            t = lo * 256
+        spec2, quant, tensors, kw = _llamacpp_inputs(args, spec)
+        t = lc.max_context_llamacpp(spec2, quant if tensors is None else "q4_k_m", total, margin_bytes=ctx_overhead,
+                                    cap=spec2.max_position_embeddings, **kw)
         out = {"engine": "llama.cpp", "max_context": t, "gpu_memory_bytes": total,
-               "max_position_embeddings": spec.max_position_embeddings, "cuda_context_bytes": ctx_overhead}
+               "max_position_embeddings": spec2.max_position_embeddings, "cuda_context_bytes": ctx_overhead,
+               "whole_window_fits": t == spec2.max_position_embeddings}
         if t:
-            out["estimate"] = est(t)
+            a = argparse.Namespace(**vars(args))
+            a.context = str(t)
+            out["estimate"] = engine_estimate(a, spec, gpu, gpu_memory_bytes)
         return out
     raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
 
@@ -319,8 +346,9 @@ def format_engine_table(result: dict) -> str:
     """A readable table in GiB for an ``engine_estimate`` or ``engine_fit`` result."""
     lines: list[str] = []
     if "max_context" in result:
+        whole = " (the whole window fits)" if result.get("whole_window_fits") else ""
         lines.append(f"engine {result['engine']}: largest context on {_g(result['gpu_memory_bytes'])}: "
-                     f"{result['max_context']:,} tokens")
+                     f"{result['max_context']:,} tokens{whole}")
         if "estimate" not in result:
             return "\n".join(lines)
         result = result["estimate"]

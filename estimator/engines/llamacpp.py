@@ -720,11 +720,18 @@ def estimate_llamacpp(spec: ModelSpec, quant: str = "q4_k_m", n_ctx: int = 4096,
 
 
 def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, margin_bytes: int = 0,
-                         cap: int = 1 << 20, **kw) -> int:
-    """Largest n_ctx (multiple of 256) whose GPU buffers fit in ``gpu_memory_bytes - margin_bytes``; 0 if none."""
+                         cap: int | None = None, **kw) -> int:
+    """The largest n_ctx whose GPU buffers fit in ``gpu_memory_bytes - margin_bytes``, with every
+    smaller n_ctx fitting too: a multiple of 256, or ``cap`` (default and at most the model's window)
+    when the whole window fits; 0 if 256 does not fit. Every buffer grows with n_ctx (KV cells,
+    the reserve graph's KQ), so a binary search over multiples of 256 is exact."""
+    window = spec.max_position_embeddings
+    cap = window if cap is None else min(cap, window)
     budget = gpu_memory_bytes - margin_bytes
 
     def fits(n: int) -> bool:
         return estimate_llamacpp(spec, quant, n, **kw).device_bytes <= budget
 
+    if fits(cap):
+        return cap
     return 256 * largest_true(lambda k: fits(256 * k), 1, cap // 256)

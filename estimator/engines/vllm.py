@@ -429,8 +429,22 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         breakdown={"rank": rank, "weights": parts})
 
 
+def _monotone_pieces(version: str, cap: int, batched_given: bool) -> list[int]:
+    """Ends of the max_model_len ranges on which vLLM's startup can only get harder as the length
+    grows. V0's default token budget is max(max_model_len, 2048) up to 32K and a fixed chunked-prefill
+    budget above (``default_max_num_batched_tokens``), so a longer window can start where a shorter
+    one does not; V1's budget and an explicit one do not depend on the length."""
+    if version == "v1" or batched_given:
+        return [cap]
+    return [e for e in (2048, 32768) if e < cap] + [cap]
+
+
 def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
-    """Largest max_model_len (multiple of 16, <= max_position_embeddings) with which vLLM starts; 0 if none."""
+    """The largest max_model_len (a multiple of 16, or the model's window when all of it starts)
+    such that vLLM starts with it and with every shorter max_model_len; 0 if 16 does not start.
+
+    Within each range of ``_monotone_pieces`` starting is monotone, so each is binary searched in
+    order and the first failure ends the search."""
     cap = spec.max_position_embeddings
 
     def ok(n: int) -> bool:
@@ -439,9 +453,17 @@ def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
         except VllmStartupError:
             return False
 
-    if ok(cap):
-        return cap
-    return 16 * largest_true(lambda k: ok(16 * k), 1, cap // 16)
+    best = 0
+    for end in _monotone_pieces(kw.get("version", "v1"), cap, kw.get("max_num_batched_tokens") is not None):
+        if ok(end):
+            best = end
+            continue
+        k_lo, k_hi = best // 16 + 1, (end - 1) // 16  # the multiples of 16 in (best, end)
+        if k_hi < k_lo:
+            return best
+        k = largest_true(lambda k: ok(16 * k), k_lo, k_hi)
+        return 16 * k if k >= k_lo else best
+    return best
 
 
 def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=None,
