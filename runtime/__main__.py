@@ -109,9 +109,10 @@ def _grid(a: argparse.Namespace) -> list[dict[str, Any]]:
         c, _, b = item.partition(":")
         if not b:
             raise SettingsError(f"extra must be CONTEXT:BATCH items like 8K:4: {item!r}")
-        s = make_settings(context=c, batch=b)
+        s = make_settings(context=c, batch=b, new_tokens=a.new_tokens)
         extra.append((s["context"], s["batch"]))
-    contexts = [make_settings(context=c)["context"] for c in _split(a.contexts, "contexts")]
+    # each context is checked together with --new-tokens (the window must hold the prompt and them)
+    contexts = [make_settings(context=c, new_tokens=a.new_tokens)["context"] for c in _split(a.contexts, "contexts")]
     batches = [make_settings(batch=b)["batch"] for b in _split(a.batches, "batches")]
     return grid(_split(a.quants, "quants"), contexts, batches, extra, **_common(a))
 

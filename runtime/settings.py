@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from estimator.quant import QUANTS
-from estimator.units import parse_context
+from estimator.errors import InvalidSpecError
+from estimator.units import parse_context, parse_int, shown
 
 # Quants the reference runtime can load through transformers (docs/api.md names). fp8, GPTQ
 # and AWQ need kernels or checkpoints this runtime does not build.
@@ -66,18 +67,17 @@ def kv_dtype_resolved(s: dict[str, Any]) -> str:
 
 
 def _int(s: dict, key: str, lo: int, hi: int | None = None) -> None:
+    """Validate an integer field in place: ints, or ASCII text ("8192"; "8K" for context)."""
     v = s[key]
-    if isinstance(v, str) and key == "context":
-        try:
-            v = parse_context(v)
-        except Exception:
-            raise SettingsError(f"context must be a positive token count like 8192 or 8K: {v!r}") from None
-    elif isinstance(v, str) and v.strip().isdigit():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+    try:
+        s[key] = parse_context(v, key) if key == "context" else parse_int(v, key)
+    except InvalidSpecError:
+        what = "a positive token count like 8192 or 8K" if key == "context" else "an integer"
+        raise SettingsError(f"{key} must be {what}: {shown(v)}") from None
+    v = s[key]
+    if v < lo or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise SettingsError(f"{key} must be an integer {rng}: {s[key]!r}")
-    s[key] = v
+        raise SettingsError(f"{key} must be an integer {rng}: {shown(v)}")
 
 
 def _choice(s: dict, key: str, choices: tuple) -> None:
@@ -100,9 +100,6 @@ def make_settings(**kw: Any) -> dict[str, Any]:
     _int(s, "context", 1, 1 << 20)
     _int(s, "batch", 1, 4096)
     _int(s, "new_tokens", 0, 1 << 16)
-    if s["new_tokens"] > s["context"] - 1:
-        raise SettingsError(f"new_tokens must be at most context - 1 ({s['context'] - 1:,}): the context is the "
-                            f"window (prompt + new tokens) and the prompt needs a token: {s['new_tokens']!r}")
     if s["prefill_chunk"] is not None:
         _int(s, "prefill_chunk", 1, 1 << 20)
     _choice(s, "device", DEVICES)
@@ -126,6 +123,9 @@ def make_settings(**kw: Any) -> dict[str, Any]:
         raise SettingsError(f"weights must be 'random', an existing local checkpoint folder or a hub id: {w!r}")
     if not isinstance(s["model"], str) or not s["model"]:
         raise SettingsError(f"model must be a preset name or a path to a config.json: {s['model']!r}")
+    if s["new_tokens"] > s["context"] - 1:  # last: every single field is valid by now
+        raise SettingsError(f"new_tokens must be at most context - 1 ({s['context'] - 1:,}): the context is the "
+                            f"window (prompt + new tokens) and the prompt needs a token: {s['new_tokens']!r}")
     return s
 
 

@@ -77,7 +77,7 @@ def test_cli_measure_contract(model_dirs):
     (["--bnb-compute-dtype", "int8"], "bnb_compute_dtype"), (["--weights", "../nowhere"], "weights"),
 ])
 def test_cli_bad_input_exit_2_one_line(args, field):
-    p = _run("measure", "--device", "trace", "--context", "16", *args)
+    p = _run("measure", "--device", "trace", "--context", "64", *args)
     assert p.returncode == 2, (p.stdout, p.stderr)
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in p.stderr
@@ -89,7 +89,7 @@ def test_cli_cuda_without_gpu_exits_2():
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    p = _run("measure", "--device", "cuda", "--context", "16")
+    p = _run("measure", "--device", "cuda", "--context", "64")
     assert p.returncode == 2 and "cuda" in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 

@@ -24,8 +24,9 @@ def test_cpu_weights_and_kv_equal_estimator(model_dirs, config, quant):
                             "buffers_bytes": wb.buffers_bytes, "total_bytes": wb.total_bytes}
     assert r["weights_bytes"] == wb.total_bytes
     cb = 4 if quant == "fp32" else 2
-    assert r["kv_cache_bytes"] == kv_cache_bytes(spec, CTX + NEW, 1, "auto", cb)
-    assert r["phases"]["prefill"]["kv_cache_bytes"] == kv_cache_bytes(spec, CTX, 1, "auto", cb)
+    # context is the window: the cache ends holding CTX tokens, the prompt is CTX - NEW of them
+    assert r["kv_cache_bytes"] == kv_cache_bytes(spec, CTX, 1, "auto", cb)
+    assert r["phases"]["prefill"]["kv_cache_bytes"] == kv_cache_bytes(spec, CTX - NEW, 1, "auto", cb)
 
 
 @pytest.mark.parametrize("quant", RUNTIME_QUANTS)
