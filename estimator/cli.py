@@ -21,7 +21,7 @@ from .kv import KV_DTYPES
 from .model import DEFAULT_PRESET, PRESETS, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
-from .units import GiB, format_context, parse_context, parse_int, parse_size
+from .units import GiB, format_context, one_line, parse_context, parse_int, parse_size
 
 try:  # engine models (vLLM, llama.cpp) plug in here when present
     from .engines import cli as engine_cli
@@ -215,14 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         data, text = COMMANDS[args.command](args)
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except EstimatorError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CliError, EstimatorError) as e:
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}"),
+              file=sys.stderr)
         return 2
     try:
         print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)

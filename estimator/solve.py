@@ -281,7 +281,7 @@ def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUAN
     quants = [get_quant(q).name for q in quants]
     if not quants:
         raise InvalidSpecError("quants must name at least one scheme: []")
-    ctxs = sorted(set(contexts if contexts is not None else context_grid()))
+    ctxs = sorted({check_int(c, "contexts", 1) for c in (contexts if contexts is not None else context_grid())})
     if not ctxs:
         raise InvalidSpecError("contexts must list at least one context: []")
     given = {k: v for k, v in dict(batch=batch, **kw).items() if v is not None}

@@ -40,6 +40,12 @@ def shown(value: object, limit: int = 80) -> str:
     return r if len(r) <= limit else r[:limit] + "..."
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (``\\n``, ``\\x00``,
+    ``\\u2028``), so that an error message that echoes user input stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def cdiv(a: int, b: int) -> int:
     """Ceiling division of non-negative ints."""
     return -(-a // b)

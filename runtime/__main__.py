@@ -16,12 +16,14 @@ import json
 import sys
 from typing import Any
 
+from estimator.units import one_line
+
 from .settings import ATTNS, COMPUTE_DTYPES, DEVICES, ISOLATIONS, LOGITS, RUNTIME_QUANTS, SettingsError, make_settings
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage + message)
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(message)}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             print(to_markdown(rep["rows"], rep["summary"], rep["environment"]))
         return 0
     except SettingsError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
 
 

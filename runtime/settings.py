@@ -82,7 +82,7 @@ def _int(s: dict, key: str, lo: int, hi: int | None = None) -> None:
 
 def _choice(s: dict, key: str, choices: tuple) -> None:
     if s[key] not in choices:
-        raise SettingsError(f"{key} must be one of {', '.join(map(str, choices))}: {s[key]!r}")
+        raise SettingsError(f"{key} must be one of {', '.join(map(str, choices))}: {shown(s[key])}")
 
 
 def make_settings(**kw: Any) -> dict[str, Any]:
@@ -90,13 +90,13 @@ def make_settings(**kw: Any) -> dict[str, Any]:
     unknown = set(kw) - set(DEFAULTS)
     if unknown:
         k = sorted(unknown)[0]
-        raise SettingsError(f"unknown setting {k!r}: {kw[k]!r}")
+        raise SettingsError(f"unknown setting {k!r}: {shown(kw[k])}")
     s = dict(DEFAULTS)
     s.update({k: v for k, v in kw.items() if v is not None or k == "prefill_chunk"})
     if s["quant"] not in RUNTIME_QUANTS:
-        known = s["quant"] in QUANTS
+        known = isinstance(s["quant"], str) and s["quant"] in QUANTS
         why = "is not loadable by the reference runtime" if known else "is unknown"
-        raise SettingsError(f"quant {why}; use one of {', '.join(RUNTIME_QUANTS)}: {s['quant']!r}")
+        raise SettingsError(f"quant {why}; use one of {', '.join(RUNTIME_QUANTS)}: {shown(s['quant'])}")
     _int(s, "context", 1, 1 << 20)
     _int(s, "batch", 1, 4096)
     _int(s, "new_tokens", 0, 1 << 16)
@@ -108,24 +108,24 @@ def make_settings(**kw: Any) -> dict[str, Any]:
     _choice(s, "logits", LOGITS)
     _choice(s, "isolation", ISOLATIONS)
     if s["cache"] != "dynamic":
-        raise SettingsError(f"cache: the reference runtime measures DynamicCache only (generate() default): {s['cache']!r}")
+        raise SettingsError(f"cache: the reference runtime measures DynamicCache only (generate() default): {shown(s['cache'])}")
     if s["padding"] not in (False, "false", 0):
-        raise SettingsError(f"padding: the reference runtime measures unpadded batches only: {s['padding']!r}")
+        raise SettingsError(f"padding: the reference runtime measures unpadded batches only: {shown(s['padding'])}")
     s["padding"] = False
     if s["engine"] != "transformers":
-        raise SettingsError(f"engine must be transformers: {s['engine']!r}")
+        raise SettingsError(f"engine must be transformers: {shown(s['engine'])}")
     if s["kv_dtype"] != "auto" and s["kv_dtype"] != compute_dtype(s["quant"]):
         raise SettingsError(
             f"kv_dtype: DynamicCache stores K/V in the compute dtype ({compute_dtype(s['quant'])}); "
-            f"use auto: {s['kv_dtype']!r}")
+            f"use auto: {shown(s['kv_dtype'])}")
     w = s["weights"]
     if not isinstance(w, str) or not (w == "random" or os.path.isdir(w) or _HUB_ID.match(w)):
-        raise SettingsError(f"weights must be 'random', an existing local checkpoint folder or a hub id: {w!r}")
+        raise SettingsError(f"weights must be 'random', an existing local checkpoint folder or a hub id: {shown(w)}")
     if not isinstance(s["model"], str) or not s["model"]:
-        raise SettingsError(f"model must be a preset name or a path to a config.json: {s['model']!r}")
+        raise SettingsError(f"model must be a preset name or a path to a config.json: {shown(s['model'])}")
     if s["new_tokens"] > s["context"] - 1:  # last: every single field is valid by now
         raise SettingsError(f"new_tokens must be at most context - 1 ({s['context'] - 1:,}): the context is the "
-                            f"window (prompt + new tokens) and the prompt needs a token: {s['new_tokens']!r}")
+                            f"window (prompt + new tokens) and the prompt needs a token: {shown(s['new_tokens'])}")
     return s
 
 
