@@ -1,5 +1,6 @@
 """Every call the app makes into ``estimator``, as pure functions plus cached wrappers.
 
+Every context the app lists lies within the model's window and holds the new tokens.
 The pure functions take a hashable ``model_key`` (a preset name, or ``"spec:" + JSON`` of an
 uploaded ModelSpec) so ``st.cache_data`` can key on them. The calculator page needs one
 estimate, a sweep (all quantizations x 64 contexts), per-quant estimates and largest contexts,
@@ -60,11 +61,24 @@ def estimate_dict(model: str, quant: str, context: int, batch: int, kv_dtype: st
                               gpu_memory_bytes=gpu_memory_bytes).to_dict()
 
 
+def window(model: str) -> int:
+    """The model's window: the largest context (``max_position_embeddings``)."""
+    return state.window_of(spec_of(model))
+
+
+def sweep_contexts(model: str) -> tuple[int, ...]:
+    """The contexts of the chart and the CSV: within the model's window, each holding the new tokens."""
+    return state.sweep_contexts(window(model))
+
+
 def sweep_rows(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
                gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
-    """Rows of ``estimator.sweep`` over every transformers quantization x ``state.SWEEP_CONTEXTS``."""
+    """Rows of ``estimator.sweep`` over every transformers quantization x ``sweep_contexts``."""
+    contexts = sweep_contexts(model)
+    if not contexts:
+        return []
     rows = estimator.sweep(model_from_key(model), quants=estimator.TRANSFORMERS_QUANTS,
-                           contexts=state.SWEEP_CONTEXTS, batch=batch, kv_dtype=kv_dtype, attn=attn,
+                           contexts=contexts, batch=batch, kv_dtype=kv_dtype, attn=attn,
                            gpu=gpu, gpu_memory_bytes=gpu_memory_bytes)
     return [dict(r) for r in rows]
 
@@ -79,7 +93,8 @@ def sweep_csv(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
 
 def largest_context(model: str, quant: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
                     gpu_memory_bytes: int | None) -> int:
-    """``estimator.max_context`` (0 when even one token does not fit)."""
+    """``estimator.max_context``: at most the model's window (the whole window fits); 0 when even a
+    one-token prompt does not fit."""
     return estimator.max_context(model_from_key(model), quant, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes,
                                  batch=batch, kv_dtype=kv_dtype, attn=attn)
 

@@ -148,7 +148,8 @@ def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | N
             hovertemplate=(f"<b>{name}</b><br>context %{{customdata[0]}} tokens"
                            "<br>%{y:.3f} GiB (%{customdata[1]:,} B)<extra></extra>"),
         ))
-    ticks = [2**e for e in range(10, 18)]
+    xs = [r["context"] for r in rows] or [1024, 131072]
+    ticks = [2**e for e in range(5, 25) if min(xs) <= 2**e <= max(xs)] or sorted(set(xs))
     layout = _layout(
         title="Memory vs context", height=430, hovermode="closest",
         legend=dict(orientation="v", y=1, yanchor="top", x=1.01, xanchor="left"),

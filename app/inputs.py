@@ -14,10 +14,11 @@ from typing import Any
 import streamlit as st
 
 import estimator
-from estimator.units import GiB, parse_context
+from estimator.units import GiB, one_line, parse_context, parse_int, shown
 
 from . import state
-from .compute import gpu_by_key, gpu_keys, model_key
+from .compute import gpu_by_key, gpu_keys, model_key, spec_of
+from .escape import md
 from .figures import tokens_label
 
 MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
@@ -73,42 +74,61 @@ def short_gpu_name(name: str) -> str:
 
 # ---------------------------------------------------------------------------- query string
 
+# GPU memory in GiB as a query value: ASCII digits only (float() also takes "١٢", "nan", "1e400").
+_MEM_RE = re.compile(r"[0-9]{1,4}(\.[0-9]{1,6})?", re.ASCII)
+MIN_MEM_GIB, MAX_MEM_GIB = 0.25, 4096.0
+
+
+def parse_typed_context(text: object, window: int) -> int:
+    """A typed context (``8k``, ``32768``) that fits the model's window and holds the new tokens;
+    InvalidSpecError naming the window otherwise."""
+    ctx = parse_context(text)  # type: ignore[arg-type]  (refuses non-strings itself)
+    if ctx > window:
+        raise estimator.InvalidSpecError(
+            f"context must be at most the model's window (max_position_embeddings {window:,} tokens): "
+            f"{shown(text)}")
+    if ctx < state.MIN_CONTEXT:
+        raise estimator.InvalidSpecError(
+            f"context must be at least {state.MIN_CONTEXT} tokens: the window holds the prompt and the "
+            f"{state.NEW_TOKENS} new tokens: {shown(text)}")
+    return ctx
+
+
 def _parse_query(params: dict[str, str]) -> dict[str, Any]:
-    """Session values from query parameters; unknown or malformed values are ignored."""
+    """Session values from query parameters; unknown, malformed or out-of-range values are ignored."""
+
+    def get(k: str) -> str | None:
+        v = params.get(k)
+        return v if isinstance(v, str) and len(v) <= state.MAX_QUERY_TEXT else None
+
     out: dict[str, Any] = {}
-    v = params.get("model")
+    v = get("model")
     if v in estimator.PRESETS:
         out[state.MODEL] = v
-    v = params.get("quant")
+    v = get("quant")
     if v in estimator.TRANSFORMERS_QUANTS:
         out[state.QUANT] = v
-    v = params.get("kv")
+    v = get("kv")
     if v in estimator.KV_DTYPES:
         out[state.KV_DTYPE] = v
-    v = params.get("attn")
+    v = get("attn")
     if v in ATTN_LABELS:
         out[state.ATTN] = v
-    v = params.get("gpu")
-    if v == state.CUSTOM_GPU or v in gpu_keys():
+    v = get("gpu")
+    if v is not None and (v == state.CUSTOM_GPU or v in gpu_keys()):
         out[state.GPU] = v
+    window = state.window_of(estimator.load_preset(out.get(state.MODEL, state.DEFAULTS[state.MODEL])))
     try:
-        ctx = parse_context(params["ctx"])
-        if state.MIN_CONTEXT <= ctx <= state.MAX_CONTEXT:
-            out[state.CONTEXT] = ctx
-    except (KeyError, estimator.EstimatorError):
+        out[state.CONTEXT] = parse_typed_context(get("ctx"), window)
+    except estimator.EstimatorError:
         pass
     try:
-        b = int(params["batch"])
-        if 1 <= b <= state.MAX_BATCH:
-            out[state.BATCH] = b
-    except (KeyError, ValueError):
+        out[state.BATCH] = parse_int(get("batch"), "batch", 1, state.MAX_BATCH)  # type: ignore[arg-type]
+    except estimator.EstimatorError:
         pass
-    try:
-        m = float(params["mem"])
-        if 0.25 <= m <= 4096:
-            out[state.GPU_MEM_GIB] = m
-    except (KeyError, ValueError):
-        pass
+    v = get("mem")
+    if v is not None and _MEM_RE.fullmatch(v) and MIN_MEM_GIB <= float(v) <= MAX_MEM_GIB:
+        out[state.GPU_MEM_GIB] = float(v)
     return out
 
 
@@ -155,17 +175,31 @@ def _on_slider() -> None:
 def _on_text() -> None:
     ss = st.session_state
     text = ss[state.CTX_TEXT]
+    window = ss.get(state.WINDOW) or state.window_of(estimator.load_preset(state.DEFAULTS[state.MODEL]))
     try:
-        ctx = parse_context(text)
-        if ctx > state.MAX_CONTEXT:
-            raise estimator.InvalidSpecError(
-                f"context must be at most {state.MAX_CONTEXT:,} tokens (1M): {text!r}")
+        ctx = parse_typed_context(text, window)
     except estimator.EstimatorError as e:
-        ss[state.CTX_ERROR] = str(e)
+        ss[state.CTX_ERROR] = one_line(str(e))
         return
     ss[state.CONTEXT] = ctx
-    ss[state.CTX_SLIDER] = state.nearest_stop(ctx)
+    ss[state.CTX_SLIDER] = state.nearest_stop(ctx, state.context_stops(window))
     ss[state.CTX_ERROR] = None
+
+
+def _fit_context_to(window: int) -> str | None:
+    """Keep the context within ``window`` (a model with a shorter window was chosen) and the slider
+    on one of its stops; called before the context widgets are drawn. Returns a note if it moved."""
+    ss = st.session_state
+    note = None
+    ctx = ss[state.CONTEXT]
+    if window >= state.MIN_CONTEXT and not state.MIN_CONTEXT <= ctx <= window:
+        new = min(max(ctx, state.MIN_CONTEXT), window)
+        note = f"Context set to {new:,} tokens: this model's window is {window:,} tokens."
+        ss[state.CONTEXT], ss[state.CTX_TEXT], ss[state.CTX_ERROR] = new, tokens_label(new), None
+    stops = state.context_stops(window)
+    if ss.get(state.CTX_SLIDER) not in stops or note:
+        ss[state.CTX_SLIDER] = state.nearest_stop(ss[state.CONTEXT], stops)
+    return note
 
 
 # ---------------------------------------------------------------------------- widgets
@@ -206,6 +240,13 @@ def sidebar() -> Inputs:
         label = MODEL_LABELS.get(choice, choice)
         if choice == state.CUSTOM_MODEL:
             model = _custom_model()
+            spec = model if isinstance(model, estimator.ModelSpec) else None
+        else:
+            spec = spec_of(choice)
+        # The context is the window: it stops at the model's max_position_embeddings.
+        window = state.window_of(spec) if spec is not None else (
+            ss.get(state.WINDOW) or state.window_of(spec_of(state.DEFAULTS[state.MODEL])))
+        ss[state.WINDOW] = window
         st.subheader("Target GPU")
         gkey = st.selectbox("GPU", [*gpu_keys(), state.CUSTOM_GPU], key=state.GPU,
                             format_func=gpu_label, label_visibility="collapsed")
@@ -222,12 +263,18 @@ def sidebar() -> Inputs:
         kv = st.selectbox("KV-cache dtype", estimator.KV_DTYPES, key=state.KV_DTYPE,
                           format_func=lambda k: KV_LABELS.get(k, k))
         st.subheader("Workload")
-        st.select_slider("Context (tokens)", options=state.CONTEXT_STOPS, key=state.CTX_SLIDER,
-                         format_func=tokens_label, on_change=_on_slider)
+        moved = _fit_context_to(window)
+        st.select_slider("Context (tokens)", options=state.context_stops(window), key=state.CTX_SLIDER,
+                         format_func=tokens_label, on_change=_on_slider,
+                         help=f"The window: prompt plus the {state.NEW_TOKENS} generated tokens, as vLLM's "
+                              "max_model_len or llama.cpp's n_ctx.")
         st.text_input("Exact context", key=state.CTX_TEXT, on_change=_on_text,
-                      help="Any token count up to 1M: 8k, 32768, 100k. k = 1024 tokens.")
+                      help=f"Any token count up to this model's window ({window:,} tokens): 8k, 32768, "
+                           "100k. k = 1024 tokens.")
         if ss.get(state.CTX_ERROR):
-            st.error(ss[state.CTX_ERROR])
+            st.error(md(ss[state.CTX_ERROR]))
+        elif moved:
+            st.info(moved)
         batch = st.number_input("Batch (sequences)", min_value=1, max_value=state.MAX_BATCH, step=1,
                                 key=state.BATCH)
         attn = st.radio("Attention", list(ATTN_LABELS), key=state.ATTN, horizontal=True,
@@ -238,10 +285,14 @@ def sidebar() -> Inputs:
     ss[_SAVED] = {k: ss[k] for k in _WIDGET_KEYS if k in ss}
 
     if isinstance(model, estimator.EstimatorError):
-        st.error(f"Could not read this config.json: {model}")
+        st.error("Could not read this config.json: " + md(model))
         st.stop()
     if model is None:
         st.info("Upload or paste a Hugging Face `config.json` in the sidebar to size a custom model.")
+        st.stop()
+    if window < state.MIN_CONTEXT:
+        st.error(f"This model's window ({window:,} tokens, max_position_embeddings) is too short: a context "
+                 f"holds at least one prompt token and the {state.NEW_TOKENS} new tokens.")
         st.stop()
     if not isinstance(model, str):
         label = model.name if model.name not in ("custom", "pasted config") else "Custom model"

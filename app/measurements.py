@@ -3,7 +3,13 @@
 Each JSONL line is one point: ``{"settings": {...}, "status": "ok"|"oom"|"error", "weights_bytes",
 "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes", "phases",
 "environment": {gpu_name, gpu_total_memory_bytes, driver, cuda, torch, transformers, bitsandbytes}}``.
-Counters a device cannot measure are null (CPU and trace runs have no reserved or device counter).
+Counters a device cannot measure are null (CPU runs have no reserved or device counter; a trace's
+allocated and reserved are simulated for the GPU named in ``details.allocator_sim.gpu`` and it has
+no device counter).
+
+A line that is not a record (not UTF-8 or not JSON, NaN or Infinity, nested too deeply, not an
+object, ``settings``/``phases``/``environment``/``details`` not objects, a counter that is not a
+non-negative integer) is skipped and reported as ``file:line: why``.
 
 Pure functions: the estimate is passed in as a callable, so tests need neither Streamlit nor torch.
 """
@@ -17,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from estimator.units import MAX_SIZE_BYTES, one_line, shown
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
 COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
@@ -27,6 +35,7 @@ ESTIMATE_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_
                  "padding", "logits", "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
 ENV_KEYS = ("gpu_name", "gpu_total_memory_bytes", "driver", "cuda", "torch", "transformers", "bitsandbytes")
 MAX_FILE_BYTES = 64 << 20
+MAX_PROBLEMS = 100                  # problems kept per load; the rest are only counted
 
 
 def results_dir() -> Path:
@@ -38,6 +47,56 @@ class Loaded:
     records: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # "file:line: why" for skipped lines
     files: list[str] = field(default_factory=list)
+    skipped: int = 0                                     # every skipped line or file (problems stops at MAX_PROBLEMS)
+
+    def problem(self, text: str) -> None:
+        self.skipped += 1
+        if len(self.problems) < MAX_PROBLEMS:
+            self.problems.append(text)
+
+
+def counter_value(v: Any) -> int | None:
+    """A measured counter as int bytes, or None when it is absent or not a plausible byte count
+    (a bool, a float, a string, negative, over 1 EiB)."""
+    if type(v) is int and 0 <= v <= MAX_SIZE_BYTES:
+        return v
+    return None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _parse_line(data: bytes) -> Any:
+    return json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+
+
+def _why_not_record(rec: Any) -> str | None:
+    """Why a parsed line is not a usable record, or None."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object (a {type(rec).__name__})"
+    if not isinstance(rec.get("settings"), dict):
+        return "no 'settings' object"
+    for k in ("phases", "environment", "details"):
+        if rec.get(k) is not None and not isinstance(rec[k], dict):
+            return f"'{k}' is not an object: {shown(rec[k], 40)}"
+    if not isinstance(rec.get("status", "ok"), str):
+        return f"'status' is not a string: {shown(rec['status'], 40)}"
+    checks = [(k, rec.get(k)) for k in COUNTERS]
+    checks.append(("details.peak_live_bytes", (rec.get("details") or {}).get("peak_live_bytes")))
+    for phase, vals in (rec.get("phases") or {}).items():
+        if not isinstance(vals, dict):
+            return f"phase {shown(phase, 40)} is not an object: {shown(vals, 40)}"
+        checks += [(f"phases.{phase}.{k}", vals.get(k)) for k in COUNTERS]
+    env = rec.get("environment") or {}
+    checks.append(("environment.gpu_total_memory_bytes", env.get("gpu_total_memory_bytes")))
+    for name, v in checks:
+        if v is not None and counter_value(v) is None:
+            return f"{shown(name, 60)} is not a byte count (an integer >= 0): {shown(v, 40)}"
+    for k in ENV_KEYS:
+        if not isinstance(env.get(k), (str, int, float, type(None))):
+            return f"environment.{k} is not a string or number: {shown(env[k], 40)}"
+    return None
 
 
 def load_results(root: Path) -> Loaded:
@@ -48,19 +107,31 @@ def load_results(root: Path) -> Loaded:
     for path in sorted(root.rglob("*.jsonl")):
         rel = str(path.relative_to(root))
         out.files.append(rel)
-        if path.stat().st_size > MAX_FILE_BYTES:
-            out.problems.append(f"{rel}: larger than 64 MiB, skipped")
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                out.problem(f"{rel}: larger than 64 MiB, skipped")
+                continue
+            data = path.read_bytes()
+        except OSError as e:
+            out.problem(f"{rel}: cannot be read ({e.strerror or type(e).__name__})")
             continue
-        for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        for i, line in enumerate(data.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except ValueError as e:
-                out.problems.append(f"{rel}:{i}: not JSON ({e})")
+                rec = _parse_line(line)
+            except UnicodeDecodeError:
+                out.problem(f"{rel}:{i}: not UTF-8 text")
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("settings"), dict):
-                out.problems.append(f"{rel}:{i}: no 'settings' object")
+            except RecursionError:
+                out.problem(f"{rel}:{i}: JSON nested too deeply")
+                continue
+            except ValueError as e:
+                out.problem(f"{rel}:{i}: not JSON ({one_line(str(e))[:120]})")
+                continue
+            why = _why_not_record(rec)
+            if why:
+                out.problem(f"{rel}:{i}: {why}")
                 continue
             rec["_source"] = f"{rel}:{i}"
             out.records.append(rec)
@@ -69,7 +140,7 @@ def load_results(root: Path) -> Loaded:
 
 def device_kind(rec: Mapping[str, Any]) -> str:
     """'gpu' (a CUDA/ROCm device), 'trace' (fake-tensor trace) or 'cpu'."""
-    dev = str(rec.get("settings", {}).get("device") or "").lower()
+    dev = _text(rec.get("settings", {}).get("device") or "", 40).lower()
     if dev == "trace" or dev.startswith("trace"):
         return "trace"
     if dev.startswith(("cuda", "gpu", "rocm", "hip")):
@@ -77,10 +148,14 @@ def device_kind(rec: Mapping[str, Any]) -> str:
     return "cpu" if dev.startswith("cpu") else (dev or "unknown")
 
 
+def _text(v: Any, limit: int = 60) -> str:
+    return v[:limit] if isinstance(v, str) else shown(v, limit)
+
+
 def point_label(rec: Mapping[str, Any]) -> str:
     s = rec.get("settings", {})
-    return (f"{s.get('model', '?')} {s.get('quant', '?')} ctx {s.get('context', '?')} "
-            f"b{s.get('batch', '?')} [{s.get('device', '?')}]")
+    return (f"{_text(s.get('model', '?'))} {_text(s.get('quant', '?'))} ctx {_text(s.get('context', '?'))} "
+            f"b{_text(s.get('batch', '?'))} [{_text(s.get('device', '?'))}]")
 
 
 def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -88,8 +163,12 @@ def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
     s = rec["settings"]
     kw = {k: s[k] for k in ESTIMATE_KEYS if s.get(k) is not None}
     env = rec.get("environment") or {}
+    sim = (rec.get("details") or {}).get("allocator_sim")
     if s.get("gpu"):
         kw["gpu"] = s["gpu"]
+    elif isinstance(sim, Mapping) and isinstance(sim.get("gpu"), str):
+        # a trace whose allocated/reserved counters are simulated for this GPU (runtime/allocsim.py)
+        kw["gpu"] = sim["gpu"]
     elif env.get("gpu_total_memory_bytes"):
         # The measurement's own GPU (arch sets the cuBLAS workspace and the CUDA context), as
         # `python -m runtime validate` picks it.
@@ -114,23 +193,26 @@ def compare(records: Iterable[Mapping[str, Any]],
         try:
             est = estimate_fn(**estimate_kwargs(rec))
         except Exception as e:  # noqa: BLE001 - a bad record must not break the page
-            problems.append(f"{rec.get('_source', '?')}: cannot estimate ({e})")
+            problems.append(f"{_text(rec.get('_source', '?'))}: cannot estimate ({one_line(str(e))[:300]})")
             continue
         pairs = [(c, rec.get(c), est.get(c)) for c in COUNTERS]
         if device_kind(rec) != "gpu":
-            # cpu/trace count live tensor bytes: their "peak_allocated" has no allocator blocks and
-            # no cuBLAS workspace, so compare the live peak with weights + KV + activations instead
-            # (as `python -m runtime validate` does).
+            # cpu/trace count live tensor bytes: compare the live peak with weights + KV +
+            # activations (as `python -m runtime validate` does). A cpu run's "peak_allocated" has
+            # no allocator blocks and no cuBLAS workspace, so it is not compared; a trace's
+            # allocated and reserved are compared when they come from the allocator simulation.
             live = (rec.get("details") or {}).get("peak_live_bytes")
-            pairs = [p for p in pairs if p[0] != "peak_allocated_bytes"]
+            if "gpu" not in estimate_kwargs(rec):
+                pairs = [p for p in pairs if p[0] not in ("peak_allocated_bytes", "peak_reserved_bytes")]
             pairs.append(("peak_live_bytes", live,
                           est["weights_bytes"] + est["kv_cache_bytes"] + est["activations_bytes"]))
         for c, m, e in pairs:
+            m = counter_value(m)
             if m is None or e is None:
                 continue
             e = int(e)
-            points.append({"counter": c, "measured_bytes": int(m), "estimate_bytes": e,
-                           "error_bytes": e - int(m), "error_pct": 100.0 * (e - m) / m if m else None,
+            points.append({"counter": c, "measured_bytes": m, "estimate_bytes": e,
+                           "error_bytes": e - m, "error_pct": 100.0 * (e - m) / m if m else None,
                            "label": point_label(rec), "kind": device_kind(rec),
                            "source": rec.get("_source", "")})
     return points, problems
@@ -160,8 +242,10 @@ def environments(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     seen: dict[tuple, dict[str, Any]] = {}
     for rec in records:
         env = rec.get("environment") or {}
-        row = {"device": rec.get("settings", {}).get("device")}
-        row.update({k: env.get(k) for k in ENV_KEYS})
+        dev = rec.get("settings", {}).get("device")
+        row = {"device": None if dev is None else _text(dev)}
+        row.update({k: env.get(k) if isinstance(env.get(k), (int, float, type(None))) else _text(env[k], 200)
+                    for k in ENV_KEYS})
         key = tuple(sorted((k, str(v)) for k, v in row.items()))
         if key in seen:
             seen[key]["points"] += 1
@@ -173,6 +257,6 @@ def environments(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 def status_counts(records: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for rec in records:
-        s = str(rec.get("status", "ok"))
+        s = _text(rec.get("status", "ok"), 40)
         out[s] = out.get(s, 0) + 1
     return out

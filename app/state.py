@@ -6,7 +6,11 @@ an interface change.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+
+import estimator
+from estimator.estimate import MAX_CONTEXT as ESTIMATOR_MAX_CONTEXT
 
 # Widget keys (sidebar of the calculator page).
 MODEL = "model"
@@ -24,6 +28,7 @@ GPU_MEM_GIB = "gpu_mem_gib"
 # Non-widget session keys.
 CONTEXT = "context"            # canonical context in tokens (int); the slider and text field mirror it
 CTX_ERROR = "ctx_error"        # message of the last rejected typed context, or None
+WINDOW = "window"              # the chosen model's window (largest context), from the last run
 SETTINGS = "settings"          # last settings dict the calculator computed (read by other pages)
 QP_LOADED = "_qp_loaded"       # query string already applied to this session
 MEASURE_RESULT = "measure_result"
@@ -44,13 +49,17 @@ DEFAULTS = {
     GPU_MEM_GIB: 24.0,
 }
 
-MIN_CONTEXT = 1
-MAX_CONTEXT = 1 << 20          # the estimator's max_context cap
+# The context is the window (prompt + generated tokens), as vLLM's max_model_len; the app keeps
+# transformers' default of 32 new tokens, so a context must hold them and a one-token prompt.
+NEW_TOKENS = next(f.default for f in dataclasses.fields(estimator.Settings) if f.name == "new_tokens")
+MIN_CONTEXT = NEW_TOKENS + 1
+MAX_CONTEXT = ESTIMATOR_MAX_CONTEXT  # 16M tokens: no context above it is ever valid
 MAX_BATCH = 1024
+MAX_QUERY_TEXT = 64            # longer query values are ignored unread
 
-# Log-spaced stops of the context slider: 1K, 1.5K, 2K, 3K, ... 96K, 128K.
+# Log-spaced stops of the context slider for a 128K window: 1K, 1.5K, 2K, 3K, ... 96K, 128K.
 CONTEXT_STOPS = tuple(sorted({int(m * 2**e) for e in range(10, 18) for m in (1, 1.5) if m * 2**e <= 131072}))
-# Contexts of the memory-vs-context chart and the CSV sweep: 64 log-spaced points, 1K..128K.
+# Contexts of the memory-vs-context chart and the CSV sweep for a 128K window: 64 log-spaced points.
 SWEEP_CONTEXTS = tuple(sorted({int(round(1024 * 2 ** (7 * i / 63))) for i in range(64)}))
 
 # URL query parameter -> session key.
@@ -58,7 +67,34 @@ QUERY_KEYS = {"model": MODEL, "quant": QUANT, "kv": KV_DTYPE, "ctx": CONTEXT, "b
               "attn": ATTN, "gpu": GPU, "mem": GPU_MEM_GIB}
 
 
-def nearest_stop(tokens: int) -> int:
+def window_of(spec: estimator.ModelSpec) -> int:
+    """The largest context of a model: its window (``max_position_embeddings``), at most 16M."""
+    return min(spec.max_position_embeddings, MAX_CONTEXT)
+
+
+def context_stops(window: int) -> tuple[int, ...]:
+    """Slider stops up to ``window``: 1K, 1.5K, 2K, 3K, ... and the window itself. A window under
+    1K gets stops from just above the new tokens instead."""
+    lo = 1024 if window > 1024 else MIN_CONTEXT
+    stops = {int(m * 2**e) for e in range(5, 25) for m in (1, 1.5)}
+    return tuple(sorted({s for s in stops if lo <= s < window} | {max(window, MIN_CONTEXT)}))
+
+
+def sweep_contexts(window: int, points: int = 64) -> tuple[int, ...]:
+    """Contexts of the memory-vs-context chart and the CSV sweep: ``points`` log-spaced contexts
+    up to the window itself, from 1K (for a window under 16K, from a sixteenth of it, and never at or
+    below the new tokens). Empty when the window cannot hold a prompt and the new tokens."""
+    if window < MIN_CONTEXT:
+        return ()
+    lo = min(1024, max(MIN_CONTEXT, window // 16))
+    if window == lo:
+        return (lo,)
+    r = math.log2(window / lo)
+    return tuple(sorted({min(window, int(round(lo * 2 ** (r * i / (points - 1))))) for i in range(points)}
+                        | {window}))
+
+
+def nearest_stop(tokens: int, stops: tuple[int, ...] = CONTEXT_STOPS) -> int:
     """The slider stop closest to ``tokens`` on a log scale."""
     t = max(1, tokens)
-    return min(CONTEXT_STOPS, key=lambda s: abs(math.log(s) - math.log(t)))
+    return min(stops, key=lambda s: abs(math.log(s) - math.log(t)))

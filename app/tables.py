@@ -13,6 +13,7 @@ from typing import Any
 import estimator
 from estimator.units import GiB, format_bytes, format_gib
 
+from .escape import md
 from .figures import tokens_label
 
 
@@ -105,8 +106,8 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
                f"{spec.head_dim} head_dim × {elem} ({resolved})")
     if resolved in ("int8", "int4"):
         formula += " + a scale and zero point per 64 values, plus the newest 128 tokens unquantized"
-    formula += (f" = {per_tok:,} B/token per sequence; × ({ctx:,} context + {new} new tokens)"
-                f" × batch {batch}")
+    formula += (f" = {per_tok:,} B/token per sequence; × {ctx:,} tokens of context (the window the cache "
+                f"holds: {ctx - new:,} prompt + {new} new tokens) × batch {batch}")
     rows.append({"Term": "KV cache", "Formula": formula, "Value": format_gib(est["kv_cache_bytes"])})
     bd = est.get("breakdown") or {}
     for section, term in (("activations", "Activations"), ("overhead", "Overhead")):
@@ -115,10 +116,12 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
                            for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
         where = (f"; the peak is in the {est.get('peak_phase', 'prefill')} phase, in the last layer's "
                  f"{est['peak_at']}" if est.get("peak_at") else "")
-        per_tok = est["activations_bytes"] / max(1, ctx * batch)
+        prompt = max(1, ctx - new)
+        per_tok = est["activations_bytes"] / (prompt * batch)
         default = (f"transient tensors of the forward pass at its peak (hidden states, MLP intermediates, "
                    f"attention workspace, last-token logits), replayed tensor by tensor: ≈ {per_tok:,.0f} B "
-                   f"per prompt token × {ctx:,} tokens × batch {batch}{where}" if section == "activations" else
+                   f"per prompt token × {prompt:,} prompt tokens × batch {batch}{where}"
+                   if section == "activations" else
                    "CUDA context, cuBLAS workspace and caching-allocator slack")
         rows.append({"Term": term, "Formula": detail or default,
                      "Value": format_gib(est[f"{section}_bytes"])})
@@ -141,9 +144,25 @@ def breakdown_details(est: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def headline_caption(model_label: str, est: Mapping[str, Any]) -> str:
+    """The settings line under the title, as Markdown: the model label (a file name or config value
+    for an uploaded model) is escaped, so it shows as plain text."""
     s = est["settings"]
-    return (f"{model_label} · {estimator.QUANTS[s['quant']].label} weights · KV {s.get('kv_dtype')} · "
-            f"{tokens_label(s['context'])} context · batch {s['batch']} · {str(s.get('attn', '')).upper()}")
+    return (f"{md(model_label)} · {estimator.QUANTS[s['quant']].label} weights · KV {s.get('kv_dtype')} · "
+            f"{tokens_label(s['context'])} context (window) · batch {s['batch']} · "
+            f"{str(s.get('attn', '')).upper()}")
+
+
+WHOLE_WINDOW = "the whole window fits"
+
+
+def largest_context_text(max_ctx: int, window: int) -> tuple[str, str | None]:
+    """(value, note) of the largest context that fits: the solver stops at the model's window, so
+    an answer at the window means the whole window fits; 0 means not even a one-token prompt."""
+    if max_ctx >= window:
+        return f"{window:,} tokens", WHOLE_WINDOW
+    if max_ctx <= 0:
+        return "none", None
+    return f"{max_ctx:,} tokens", f"of a {window:,}-token window"
 
 
 PHASE_COLUMNS = {"weights_bytes": "Weights", "kv_cache_bytes": "KV cache", "activations_bytes": "Activations",

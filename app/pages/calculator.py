@@ -10,6 +10,7 @@ import estimator
 from estimator.units import format_gib
 
 from app import compute, figures, inputs, state, tables
+from app.escape import md
 from app.figures import tokens_label
 
 COUNTER_HELP = {
@@ -49,9 +50,10 @@ def render() -> None:
         max_ctx = compute.cached_largest_context(s["model"], inp.quant, inp.batch, inp.kv_dtype, inp.attn,
                                                  inp.gpu_key, s["gpu_memory_bytes"])
     except estimator.EstimatorError as e:
-        st.error(f"Cannot estimate these settings: {e}")
+        st.error("Cannot estimate these settings: " + md(e))
         st.stop()
     spec = compute.spec_of(s["model"])
+    window = state.window_of(spec)
 
     # ------------------------------------------------------------------ headline
     st.title("Will it fit?")
@@ -68,14 +70,13 @@ def render() -> None:
               delta=(f"{format_gib(head)} headroom" if fits else f"-{format_gib(-head)} short"),
               delta_color="normal",
               help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left.")
-    if max_ctx >= state.MAX_CONTEXT:
-        ctx_text = f"≥ {max_ctx:,} tokens"  # the solver's search limit (1M tokens)
-    else:
-        ctx_text = f"{max_ctx:,} tokens" if max_ctx else "none"
+    ctx_text, ctx_note = tables.largest_context_text(max_ctx, window)
     c3.metric("Largest context that fits", ctx_text, border=True,
-              delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}", delta_color="off",
-              delta_arrow="off",
-              help=f"The longest prompt that still fits {inp.capacity_label} with these settings.")
+              delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}" + (f" · {ctx_note}" if ctx_note else ""),
+              delta_color="off", delta_arrow="off",
+              help=f"The longest context (the window: prompt plus {state.NEW_TOKENS} generated tokens) such "
+                   f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
+                   f"model's window of {window:,} tokens.")
 
     if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
         why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
@@ -106,7 +107,9 @@ def render() -> None:
                                                        capacity_label=inp.capacity_label, context=inp.context,
                                                        quant=inp.quant, labels=labels),
                                 key="context_chart")
-                st.caption("Device memory used, per weight quantization, from 1K to 128K tokens. The dashed "
+                ctxs = compute.sweep_contexts(s["model"])
+                st.caption(f"Device memory used, per weight quantization, from {tokens_label(ctxs[0])} to "
+                           f"{tokens_label(ctxs[-1])} tokens of context (the model's window). The dashed "
                            "line is the GPU's memory: a line under it fits. Click a legend entry to hide it.")
         if t_quant.open is not False:
             with t_quant:
@@ -131,7 +134,8 @@ def render() -> None:
                              column_config=cfg, height=_height(len(grows)))
                 st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} "
                            "tokens). The other columns are the largest context (tokens) that fits with each "
-                           "quantization; 0 means the weights alone do not fit.")
+                           f"quantization; {window:,} means the whole window fits, 0 that not even a "
+                           "one-token prompt does.")
         if t_how.open is not False:
             with t_how:
                 st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
@@ -158,6 +162,6 @@ def render() -> None:
                 st.caption("The settings are in the page address: copy the URL to share this exact view.")
                 st.json(est, expanded=False)
     except estimator.EstimatorError as e:
-        st.error(f"Cannot compute these settings: {e}")
+        st.error("Cannot compute these settings: " + md(e))
 
 render()

@@ -71,10 +71,12 @@ def _inputs() -> dict[str, Any]:
     c1, c2, c3 = st.columns(3)
     model = c1.selectbox("Model", estimator.PRESETS, key=K_MODEL, format_func=lambda k: LABELS.get(k, k),
                          index=estimator.PRESETS.index(_default(K_MODEL, "model", estimator.PRESETS, "llama-3.2-3b")))
+    window = min(estimator.load_model(model).max_position_embeddings, 1 << 24)  # the model's window
     ctx0 = st.session_state.get("context")
-    context = c2.number_input("Context (tokens)", min_value=1, max_value=1 << 20, step=1024, key=K_CONTEXT,
-                              value=int(ctx0) if isinstance(ctx0, int) and ctx0 > 0 else 8192,
-                              help="transformers: prompt tokens; vLLM: max_model_len; llama.cpp: n_ctx")
+    context = c2.number_input("Context (tokens)", min_value=1, max_value=window, step=1024, key=K_CONTEXT,
+                              value=min(ctx0, window) if isinstance(ctx0, int) and ctx0 > 0 else min(8192, window),
+                              help=f"The window, at most the model's {window:,} tokens: transformers' prompt plus "
+                                   "32 new tokens; vLLM's max_model_len; llama.cpp's n_ctx")
     gpu_key = c3.selectbox("GPU", keys, key=K_GPU, format_func=lambda k: gpus[k].name,
                            index=keys.index(_default(K_GPU, "gpu", keys, "rtx-4090-24gb")))
     engine = st.radio("Engine in detail", ENGINE_OPTIONS, key=K_ENGINE, horizontal=True, index=1)

@@ -11,6 +11,7 @@ import streamlit as st
 import estimator
 
 from app import compute, figures, measurements, state
+from app.escape import md
 from app.measure import cuda_available, measure_command
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def _run_measurement(s: dict) -> None:
             try:
                 result = json.loads(line)
                 break
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
         if rc != 0 or not isinstance(result, dict):
             status.update(label=f"Measurement failed (exit {rc})", state="error")
@@ -55,7 +56,7 @@ def _run_measurement(s: dict) -> None:
 
 
 def _section(kind: str, records: list[dict]) -> None:
-    st.subheader(KIND_TITLES.get(kind, kind))
+    st.subheader(KIND_TITLES.get(kind) or md(kind))
     if kind == "trace":
         st.caption("A trace runs the real transformers forward on fake tensors and counts live tensor bytes. "
                    "It has no allocator, cuBLAS workspace or CUDA context, so its live peak is compared with "
@@ -86,7 +87,7 @@ def _section(kind: str, records: list[dict]) -> None:
     else:
         st.info("These results have no measured counter to compare.")
     for p in problems:
-        st.warning(p)
+        st.warning(md(p))
 
 
 def render() -> None:
@@ -109,14 +110,14 @@ def render() -> None:
                       "`validation/` to fill this page."))
     if not loaded.records:
         shown = root.relative_to(ROOT) if root.is_relative_to(ROOT) else root
-        st.info(f"No result files found under `{shown}/`.")
+        st.info("No result files found under " + md(f"{shown}/"))
     for kind in ("gpu", "trace", *sorted(k for k in by_kind if k not in ("gpu", "trace"))):
         if kind in by_kind:
             _section(kind, by_kind[kind])
-    if loaded.problems:
-        with st.expander(f"{len(loaded.problems)} lines skipped"):
-            for p in loaded.problems:
-                st.text(p)
+    if loaded.skipped:
+        with st.expander(f"{loaded.skipped:,} lines skipped"):
+            st.text("\n".join(loaded.problems)
+                    + (f"\n… and {loaded.skipped - len(loaded.problems):,} more" if loaded.skipped > len(loaded.problems) else ""))
 
     st.divider()
     st.subheader("Measure on this machine")
@@ -138,7 +139,7 @@ def render() -> None:
     result = st.session_state.get(state.MEASURE_RESULT)
     if result:
         est = _estimate(**{k: v for k, v in s.items() if k != "model"}, model=compute.model_from_key(s["model"]))
-        rows = [{"counter": c, "estimate": est.get(c), "measured": result.get(c)}
+        rows = [{"counter": c, "estimate": est.get(c), "measured": measurements.counter_value(result.get(c))}
                 for c in measurements.COUNTERS]
         st.dataframe(rows, hide_index=True, key="measure_table")
 

@@ -254,11 +254,142 @@ def test_upload_largest_accepted_config_renders(at):
 
 
 def test_largest_context_at_the_search_limit(at):
-    """On a huge custom GPU the largest context is the solver's 1M-token limit, shown as a bound."""
+    """On a huge custom GPU the largest context is the model's window, and the page says the whole
+    window fits (the solver stops at max_position_embeddings)."""
     at.selectbox(key=state.GPU).set_value(state.CUSTOM_GPU).run()
     at.number_input(key=state.GPU_MEM_GIB).set_value(4096.0).run()
     assert not at.exception
-    assert at.metric[2].value == "≥ 1,048,576 tokens"
+    window = estimator.load_preset("llama-3.2-3b").max_position_embeddings
+    assert window == 131072
+    assert at.metric[2].value == "131,072 tokens"
+    assert "the whole window fits" in at.metric[2].delta
+
+
+def test_largest_context_below_the_window_names_the_window(at):
+    """On the default RTX 4090 the largest context is below the window: no 'whole window' claim."""
+    assert "the whole window fits" not in at.metric[2].delta
+    assert "131,072-token window" in at.metric[2].delta
+
+
+def _markdown_values(at) -> list[str]:
+    """Source text of every element that Streamlit renders as Markdown."""
+    out = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "subheader", "title", "header"):
+        out += [str(e.value) for e in at.get(kind)]
+    return out
+
+
+def test_typed_context_beyond_the_window_shows_error_naming_it(at):
+    """The context is the window: a typed context over max_position_embeddings is refused."""
+    before = _headline(at)
+    at.text_input(key=state.CTX_TEXT).set_value("200k").run()
+    assert not at.exception
+    assert len(at.error) == 1
+    assert "window" in at.error[0].value and "131,072" in at.error[0].value
+    assert at.session_state[state.CONTEXT] == 8192 and _headline(at) == before
+    at.text_input(key=state.CTX_TEXT).set_value("128k").run()  # exactly the window: accepted
+    assert not at.exception and not at.error
+    assert at.session_state[state.CONTEXT] == 131072
+
+
+@pytest.mark.parametrize("text", ["32", "1", "131073", "9" * 300, "٣٢٠٠", "8k²", "[x](javascript:alert(1))"])
+def test_typed_context_out_of_range_or_hostile(at, text):
+    at.text_input(key=state.CTX_TEXT).set_value(text).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "context" in at.error[0].value
+    assert at.session_state[state.CONTEXT] == 8192
+    assert not any("](javascript" in v for v in _markdown_values(at))
+
+
+def test_context_slider_stops_at_the_window(at):
+    opts = at.select_slider(key=state.CTX_SLIDER).options
+    assert opts[-1] == "128K" and len(opts) == len(state.CONTEXT_STOPS)
+
+
+def _short_window_config(window: int = 4096) -> bytes:
+    cfg = estimator.model.preset_config("llama-3.2-1b")
+    return json.dumps({**cfg, "max_position_embeddings": window}).encode()
+
+
+def test_uploaded_config_window_bounds_the_context(at):
+    """A config with a 4K window: the 8K context moves to 4K, the slider, the typed field and the
+    chart stop at 4K, and a typed 8K names the window."""
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("short.json", _short_window_config(4096), "application/json"))
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state[state.CONTEXT] == 4096
+    assert at.select_slider(key=state.CTX_SLIDER).options[-1] == "4K"
+    assert any("4,096" in i.value and "window" in i.value for i in at.info)
+    assert at.metric[2].value == "4,096 tokens" and "the whole window fits" in at.metric[2].delta
+    xs = [x for t in _chart(at, "Memory vs context")["data"] for x in t["x"]]
+    assert max(xs) == 4096 and min(xs) > state.NEW_TOKENS
+    at.text_input(key=state.CTX_TEXT).set_value("8k").run()
+    assert not at.exception
+    assert len(at.error) == 1 and "window" in at.error[0].value and "4,096" in at.error[0].value
+    assert at.session_state[state.CONTEXT] == 4096
+
+
+def test_uploaded_config_with_a_window_too_short_for_any_context(at):
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("tiny.json", _short_window_config(16), "application/json"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "window" in at.error[0].value
+    assert len(at.metric) == 0
+
+
+HOSTILE_QUERY = [
+    {"ctx": "9" * 300}, {"ctx": "1" + "0" * 400}, {"ctx": "²"}, {"ctx": "٣"}, {"ctx": "٣٢٧٦٨"},
+    {"ctx": "１０２４"}, {"ctx": "8k²"}, {"ctx": "1e5"}, {"ctx": "nan"}, {"ctx": "0x2000"}, {"ctx": "-8192"},
+    {"ctx": "200k"}, {"ctx": "32"}, {"ctx": "\x00\n"}, {"ctx": "x" * 100_000},
+    {"batch": "٣"}, {"batch": "9" * 300}, {"batch": "²"}, {"batch": "2.0"}, {"batch": "true"},
+    {"mem": "١٢"}, {"mem": "nan"}, {"mem": "inf"}, {"mem": "1e400"}, {"mem": "9" * 300},
+    {"model": "x" * 100_000}, {"gpu": "²"}, {"quant": "[x](javascript:alert(1))"},
+]
+
+
+@pytest.mark.parametrize("params", HOSTILE_QUERY, ids=lambda p: f"{next(iter(p))}-{ascii(next(iter(p.values())))[:20]}")
+def test_hostile_query_values_fall_back_to_defaults(app_test, params):
+    """Huge integers, non-ASCII digits and garbage in the query string are ignored."""
+    at = app_test("streamlit_app.py")
+    at.query_params.update({"gpu": "custom", **params})
+    at.run()
+    assert not at.exception and not at.error
+    ss = at.session_state
+    assert ss[state.CONTEXT] == 8192 and ss[state.BATCH] == 1
+    assert ss[state.GPU_MEM_GIB] == 24.0 and ss[state.QUANT] == "bf16" and ss[state.MODEL] == "llama-3.2-3b"
+    assert at.query_params["ctx"] == "8192"
+
+
+def test_query_context_within_another_presets_window(app_test):
+    at = app_test("streamlit_app.py")
+    at.query_params.update({"model": "llama-3.2-1b", "ctx": "131072"})
+    at.run()
+    assert not at.exception and not at.error
+    assert at.session_state[state.CONTEXT] == 131072
+
+
+def test_uploaded_file_name_is_plain_text(at):
+    """A file name that is Markdown shows as text: no link in the caption."""
+    cfg = estimator.model.preset_config("llama-3.2-1b")
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json"))
+    at.run()
+    assert not at.exception and not at.error
+    head = next(c.value for c in at.caption if "weights" in c.value)
+    assert "](javascript" not in head and "\\[x\\]\\(javascript" in head
+    assert not any("](javascript" in v for v in _markdown_values(at))
+
+
+def test_config_values_in_errors_are_plain_text(at):
+    cfg = {**estimator.model.preset_config("llama-3.2-1b"), "model_type": "[x](javascript:alert(1))"}
+    _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
+        ("config.json", json.dumps(cfg).encode(), "application/json"))
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and at.error[0].value.startswith("Could not read this config.json")
+    assert not any("](javascript" in v for v in _markdown_values(at))
 
 
 def test_attention_peak_is_explained(at):

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import state
-from app.inputs import Inputs, _parse_query, query_for, short_gpu_name
+from app.inputs import Inputs, _parse_query, parse_typed_context, query_for, short_gpu_name
 
 KEYS = ("model", "quant", "kv", "ctx", "batch", "attn", "gpu", "mem")
 
@@ -21,7 +21,8 @@ def test_parse_query_never_raises_and_keeps_only_valid_values(params):
     if state.QUANT in out:
         assert out[state.QUANT] in estimator.TRANSFORMERS_QUANTS
     if state.CONTEXT in out:
-        assert state.MIN_CONTEXT <= out[state.CONTEXT] <= state.MAX_CONTEXT
+        model = out.get(state.MODEL, state.DEFAULTS[state.MODEL])
+        assert state.MIN_CONTEXT <= out[state.CONTEXT] <= estimator.load_preset(model).max_position_embeddings
     if state.BATCH in out:
         assert 1 <= out[state.BATCH] <= state.MAX_BATCH
 
@@ -55,3 +56,39 @@ def test_nearest_stop_is_log_nearest(tokens, stop):
                                         ("AMD Instinct MI300X 192GB", "MI300X")])
 def test_short_gpu_name_drops_vendor_and_marketing_size(name, short):
     assert short_gpu_name(name) == short
+
+
+WINDOW = 131072
+
+
+@pytest.mark.parametrize("params", [
+    {"ctx": "9" * 300}, {"ctx": "²"}, {"ctx": "٣"}, {"ctx": "٣٢٧٦٨"}, {"ctx": "１０２４"}, {"ctx": "200k"},
+    {"ctx": "131073"}, {"ctx": "32"}, {"ctx": "0"}, {"ctx": "1e5"},
+    {"batch": "٣"}, {"batch": "²"}, {"batch": "9" * 300}, {"batch": "1025"}, {"batch": "0"}, {"batch": "3.0"},
+    {"mem": "١٢"}, {"mem": "nan"}, {"mem": "inf"}, {"mem": "1e400"}, {"mem": "9" * 300}, {"mem": "0.1"},
+    {"mem": "5000"}, {"model": "x" * 10_000}, {"gpu": "x" * 10_000},
+])
+def test_parse_query_ignores_hostile_values(params):
+    assert _parse_query(params) == {}
+
+
+def test_parse_query_bounds_context_by_the_models_window():
+    assert _parse_query({"ctx": "128k"}) == {state.CONTEXT: WINDOW}
+    assert _parse_query({"ctx": "33"}) == {state.CONTEXT: 33}
+    assert _parse_query({"model": "llama-3.2-1b", "ctx": "131072", "batch": " 7 ", "mem": "0.5"}) == {
+        state.MODEL: "llama-3.2-1b", state.CONTEXT: 131072, state.BATCH: 7, state.GPU_MEM_GIB: 0.5}
+
+
+@pytest.mark.parametrize("text,tokens", [("8k", 8192), ("128K", WINDOW), ("131072", WINDOW), ("33", 33),
+                                         (" 100,000 ", 100_000)])
+def test_parse_typed_context_accepts_the_window(text, tokens):
+    assert parse_typed_context(text, WINDOW) == tokens
+
+
+@pytest.mark.parametrize("text,says", [("131073", "window (max_position_embeddings 131,072 tokens)"),
+                                       ("2M", "window"), ("32", "32 new tokens"), ("0", "context"),
+                                       ("9" * 300, "context"), ("٣", "context"), ("²", "context"), ("", "context")])
+def test_parse_typed_context_refuses_outside_the_window(text, says):
+    with pytest.raises(estimator.InvalidSpecError, match="context") as e:
+        parse_typed_context(text, WINDOW)
+    assert says in str(e.value)

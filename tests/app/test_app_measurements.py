@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import estimator
@@ -65,3 +66,78 @@ def test_environments_groups_points():
     envs = m.environments(loaded.records)
     h100 = next(e for e in envs if e["gpu_name"])
     assert h100["points"] == 10 and h100["driver"] == "570.86.15"
+
+
+GOOD = {"settings": {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024, "batch": 1, "device": "trace"},
+        "status": "ok", "weights_bytes": 6425500160, "phases": {"load": {"weights_bytes": 6425500160}},
+        "details": {"peak_live_bytes": 1}, "environment": {"torch": "2.6"}}
+BAD_LINES = [
+    b'{"settings": {}, "weights_bytes": 1.5}',                       # float counter
+    b'{"settings": {}, "weights_bytes": NaN}',
+    b'{"settings": {}, "kv_cache_bytes": Infinity}',
+    b'{"settings": {}, "device_used_bytes": -Infinity}',
+    b'{"settings": {}, "weights_bytes": true}',                      # bool counter
+    b'{"settings": {}, "weights_bytes": "12"}',
+    b'{"settings": {}, "weights_bytes": -1}',
+    b'{"settings": {}, "weights_bytes": 1' + b"0" * 5000 + b"}",      # huge integer
+    b'{"settings": {}, "weights_bytes": 100000000000000000000000}',  # over 1 EiB
+    b'{"settings": [], "status": "ok"}',                              # non-dict settings
+    b'{"settings": "x"}',
+    b'{"settings": {}, "phases": []}',                                # non-dict phases
+    b'{"settings": {}, "phases": {"load": 5}}',
+    b'{"settings": {}, "phases": {"load": {"weights_bytes": 1e999}}}',
+    b'{"settings": {}, "environment": [1]}',
+    b'{"settings": {}, "environment": {"gpu_name": {"a": 1}}}',
+    b'{"settings": {}, "environment": {"gpu_total_memory_bytes": 8.5e10}}',
+    b'{"settings": {}, "details": "x"}',
+    b'{"settings": {}, "details": {"peak_live_bytes": [1]}}',
+    b'{"settings": {}, "status": ["ok"]}',
+    b"[1, 2, 3]",                                                     # a list instead of an object
+    b'"just a string"',
+    b"[" * 100_000 + b"]" * 100_000,                                  # RecursionError
+    b'{"settings": {"model": "' + b"\xff\xfe" + b'"}}',               # not UTF-8
+    b"\xc3\x28",
+    b"not json at all",
+]
+
+
+def _write(tmp_path, name: str = "bad.jsonl") -> Path:
+    lines = [json.dumps(GOOD).encode(), *BAD_LINES, b"", json.dumps(GOOD).encode()]
+    (tmp_path / name).write_bytes(b"\n".join(lines) + b"\n")
+    return tmp_path
+
+
+def test_load_results_skips_every_hostile_line(tmp_path):
+    """Bad lines are skipped, each reported with its file:line; good lines around them load."""
+    loaded = m.load_results(_write(tmp_path))
+    assert [r["_source"] for r in loaded.records] == ["bad.jsonl:1", f"bad.jsonl:{len(BAD_LINES) + 3}"]
+    assert loaded.skipped == len(loaded.problems) == len(BAD_LINES)
+    for i, p in enumerate(loaded.problems, 2):
+        assert p.startswith(f"bad.jsonl:{i}: ") and len(p) < 400
+    why = " ".join(loaded.problems)
+    for text in ("not a byte count", "not JSON", "nested too deeply", "not UTF-8", "no 'settings' object",
+                 "'phases' is not an object", "not a JSON object (a list)"):
+        assert text in why
+    points, problems = m.compare(loaded.records, _est)
+    assert problems == [] and points
+    assert all(isinstance(p["measured_bytes"], int) for p in points)
+
+
+def test_load_results_caps_the_problem_list(tmp_path):
+    (tmp_path / "many.jsonl").write_bytes(b"x\n" * (m.MAX_PROBLEMS + 50))
+    loaded = m.load_results(tmp_path)
+    assert loaded.skipped == m.MAX_PROBLEMS + 50 and len(loaded.problems) == m.MAX_PROBLEMS
+
+
+def test_compare_ignores_counters_that_are_not_byte_counts():
+    rec = {**GOOD, "settings": {**GOOD["settings"], "device": "cuda"}, "weights_bytes": float("nan"),
+           "kv_cache_bytes": True, "peak_allocated_bytes": "1", "_source": "x.jsonl:1"}
+    points, problems = m.compare([rec], _est)
+    assert problems == [] and points == []
+
+
+def test_point_label_and_environments_are_bounded_text():
+    rec = {"settings": {"model": ["x"] * 1000, "device": {"a": 1}}, "environment": {"gpu_name": "y" * 1000}}
+    assert len(m.point_label(rec)) < 400
+    env = m.environments([rec])[0]
+    assert isinstance(env["device"], str) and len(env["gpu_name"]) <= 200

@@ -132,3 +132,45 @@ def test_measure_button_runs_subprocess_and_shows_result(app_test, monkeypatch):
     table = at.dataframe[-1].value
     row = table.set_index("counter").loc["peak_allocated_bytes"]
     assert row["measured"] == 456 and row["estimate"] > 0
+
+
+def _markdown_values(at) -> list[str]:
+    out = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "subheader", "title", "header"):
+        out += [str(e.value) for e in at.get(kind)]
+    return out
+
+
+def test_validation_page_survives_hostile_result_files(app_test, monkeypatch, tmp_path):
+    """Bad JSONL lines (NaN, bools and floats as counters, lists, deep nesting, non-UTF-8) are skipped
+    and listed with file:line; file names and values that look like Markdown stay plain text."""
+    good = {"settings": {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024, "batch": 1,
+                         "device": "[y](javascript:alert(2))"},
+            "status": "ok", "weights_bytes": 6425500160}
+    unknown = {**good, "settings": {**good["settings"], "model": "[z](javascript:alert(3))"}}
+    lines = [json.dumps(good).encode(), json.dumps(unknown).encode(),
+             b'{"settings": {}, "weights_bytes": NaN}', b'{"settings": {}, "weights_bytes": true}',
+             b'{"settings": {}, "weights_bytes": 2.5}', b'{"settings": [], "phases": {}}',
+             b'{"settings": {}, "phases": [1]}', b"[1, 2]", b"[" * 50_000 + b"]" * 50_000, b"\xff\xfe\xfd"]
+    name = "[x](javascript:alert(1)).jsonl"
+    (tmp_path / name).write_bytes(b"\n".join(lines))
+    monkeypatch.setenv("VRAM_VALIDATION_DIR", str(tmp_path))
+    at = app_test(VALIDATION).run()
+    assert not at.exception
+    assert not any("](javascript" in v for v in _markdown_values(at))
+    skipped = at.expander[-1]
+    assert skipped.label == "8 lines skipped"
+    text = "\n".join(t.value for t in at.text)
+    for i in range(3, 11):
+        assert f"{name}:{i}: " in text
+    assert any(f"{name}:2" in w.value.replace("\\", "") and "cannot estimate" in w.value for w in at.warning)
+
+
+def test_engines_context_stops_at_the_window(app_test):
+    """The engines page's context starts from the calculator's, within the model's window."""
+    at = app_test("app/pages/engines.py")
+    at.session_state["context"] = 1 << 20  # e.g. from an uploaded config with a 1M window
+    at.run()
+    assert not at.exception
+    ctx = at.number_input(key="eng_context")
+    assert ctx.value == 131072 and ctx.max == 131072

@@ -59,3 +59,68 @@ def test_phases_table_peak_matches_headline():
     rows = tables.phases_table(est)
     assert [r["Phase"].split()[0] for r in rows] == ["Load", "Prefill", "Decode"]
     assert max(r["Device used"] for r in rows) == pytest.approx(est["device_used_bytes"] / (1 << 30))
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_kv_formula_says_the_window(batch):
+    """The context is the window: KV bytes = per-token bytes x context x batch (no '+ new tokens')."""
+    est = estimator.estimate(context=8192, batch=batch, gpu="rtx-4090-24gb").to_dict()
+    formula = {r["Term"]: r for r in tables.formula_rows(SPEC, est)}["KV cache"]["Formula"]
+    per_tok = estimator.kv_bytes_per_token(SPEC, "auto", 2)
+    assert per_tok * 8192 * batch == est["kv_cache_bytes"]
+    assert f"{per_tok:,} B/token per sequence; × 8,192 tokens of context" in formula
+    assert f"× batch {batch}" in formula and "window" in formula
+    assert "context +" not in formula and "window the cache holds: 8,160 prompt + 32 new tokens" in formula
+
+
+def test_activations_formula_counts_prompt_tokens():
+    est = estimator.estimate(context=8192, gpu="rtx-4090-24gb").to_dict()
+    rows = {r["Term"]: r for r in tables.formula_rows(SPEC, est)}
+    assert "per prompt token × 8,160 prompt tokens × batch 1" in rows["Activations"]["Formula"]
+
+
+@pytest.mark.parametrize("max_ctx,window,value,note", [
+    (131072, 131072, "131,072 tokens", "the whole window fits"),
+    (4096, 4096, "4,096 tokens", "the whole window fits"),
+    (100_000, 131072, "100,000 tokens", "of a 131,072-token window"),
+    (0, 131072, "none", None),
+])
+def test_largest_context_text(max_ctx, window, value, note):
+    assert tables.largest_context_text(max_ctx, window) == (value, note)
+
+
+def test_headline_caption_escapes_the_model_label():
+    est = estimator.estimate(gpu="rtx-4090-24gb").to_dict()
+    cap = tables.headline_caption("[x](javascript:alert(1))", est)
+    assert "](javascript" not in cap and cap.startswith("\\[x\\]\\(javascript\\:alert\\(1\\)\\)")
+    assert "8K context (window)" in cap
+
+
+WINDOWS = [33, 34, 100, 500, 1024, 1025, 4096, 5000, 8192, 131072, 1 << 20, 1 << 24]
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_sweep_contexts_stay_within_the_window(window):
+    c = state.sweep_contexts(window)
+    assert c and list(c) == sorted(set(c)) and len(c) <= 64
+    assert c[-1] == window and c[0] > state.NEW_TOKENS
+
+
+@pytest.mark.parametrize("window", WINDOWS)
+def test_context_stops_stay_within_the_window(window):
+    stops = state.context_stops(window)
+    assert stops[-1] == window and stops[0] > state.NEW_TOKENS and list(stops) == sorted(set(stops))
+    assert state.nearest_stop(1 << 30, stops) == window
+
+
+def test_sweep_contexts_of_a_short_window_model():
+    """The chart and CSV of a model with a 2K window list only contexts within it."""
+    cfg = estimator.model.preset_config("llama-3.2-1b")
+    spec = estimator.from_hf_config({**cfg, "max_position_embeddings": 2000})
+    key = compute.model_key(spec)
+    rows = compute.sweep_rows(key, 1, "auto", "sdpa", "rtx-4090-24gb", None)
+    ctxs = {r["context"] for r in rows}
+    assert max(ctxs) == 2000 and min(ctxs) > state.NEW_TOKENS
+    assert compute.largest_context(key, "bf16", 1, "auto", "sdpa", "h100-sxm-80gb", None) == 2000
+    assert compute.sweep_rows(compute.model_key(estimator.from_hf_config({**cfg, "max_position_embeddings": 8})),
+                              1, "auto", "sdpa", "rtx-4090-24gb", None) == []
