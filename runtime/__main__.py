@@ -59,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=hlp)
         _point_args(s, grid=True)
         s.add_argument("--isolation", default="shared-process", help=f"one of {', '.join(ISOLATIONS)}")
-        s.add_argument("--timeout", type=float, default=None, help="seconds per point (process isolation)")
-        s.add_argument("--budget-s", type=float, default=None, help="stop starting points after this many seconds")
+        s.add_argument("--timeout", default=None, help="seconds per point (process isolation); finite, > 0")
+        s.add_argument("--budget-s", default=None, help="stop starting points after this many seconds; finite, > 0")
         if name == "sweep":
             s.add_argument("--out", required=True, help="JSONL results file (appended; existing points are skipped)")
         else:
@@ -92,6 +92,13 @@ def _check_model(model: str) -> None:
         load_model(model)
     except EstimatorError as e:
         raise SettingsError(str(e)) from None
+
+
+def _check_weights(s: dict[str, Any]) -> None:
+    """--weights must be a checkpoint of --model (see ``runtime.measure.check_weights``)."""
+    from .measure import check_weights
+
+    check_weights(s)
 
 
 def _check_device(device: str) -> None:
@@ -138,6 +145,9 @@ def _table(r: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .sweep import die_with_parent
+
+    die_with_parent()  # a worker of a sweep: first thing, before any heavy import
     a = build_parser().parse_args(argv)
     try:
         if a.cmd == "_worker":
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "measure":
             s = make_settings(quant=a.quant, context=a.context, batch=a.batch, **_common(a))
             _check_model(s["model"])
+            _check_weights(s)
             _check_device(s["device"])
             from .measure import measure
 
@@ -155,21 +166,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(_table(r))
             print(json.dumps(r))
             return 1 if r["status"] == "error" else 0
+        from .sweep import check_seconds, read_results, run_sweep
+
+        timeout, budget_s = check_seconds(a.timeout, "timeout"), check_seconds(a.budget_s, "budget_s")
         points = _grid(a)
         _check_model(points[0]["model"])
+        _check_weights(points[0])  # every point of a grid has the same model and weights
         make_settings(isolation=a.isolation)
         _check_device(points[0]["device"])
-        from .sweep import read_results, run_sweep
 
         if a.cmd == "sweep":
-            run_sweep(points, a.out, isolation=a.isolation, timeout=a.timeout, budget_s=a.budget_s)
+            run_sweep(points, a.out, isolation=a.isolation, timeout=timeout, budget_s=budget_s)
             return 0
         from .validate import to_markdown, validate
 
         if not a.results:
             raise SettingsError("results: give --results FILE.jsonl (it is created when the sweep runs)")
         if "--quants" in (argv if argv is not None else sys.argv):
-            run_sweep(points, a.results[0], isolation=a.isolation, timeout=a.timeout, budget_s=a.budget_s)
+            run_sweep(points, a.results[0], isolation=a.isolation, timeout=timeout, budget_s=budget_s)
         results = [r for path in a.results for r in read_results(path)]
         if not results:
             raise SettingsError(f"results: no measurements in {', '.join(a.results)}")

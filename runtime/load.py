@@ -17,11 +17,15 @@ quantization state (``QuantState`` absmax/code/offset/state2, int8 ``SCB``), whi
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -29,6 +33,7 @@ from .settings import BNB_QUANTS, SettingsError, compute_dtype
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_DTYPE = torch.bfloat16  # Llama 3.2 ships bf16 safetensors (config.json torch_dtype)
+CACHE_DIR_MODE = 0o755  # what mkdir gives under the usual 022 umask (mkdtemp makes 0700)
 
 
 def config_dict(model_ref: str) -> dict[str, Any]:
@@ -80,25 +85,60 @@ def checkpoint_root() -> Path:
     return Path(os.environ.get("LLM_VRAM_CHECKPOINTS", Path.home() / ".cache" / "llm-vram-estimator" / "checkpoints"))
 
 
+def _complete(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` (created if missing), blocking until it is free."""
+    with lock_path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield  # closing the file releases the lock, also when the process dies
+
+
 def random_checkpoint(cfg: dict[str, Any], device: str = "cpu") -> Path:
-    """A random bf16 safetensors checkpoint for ``cfg``, saved once and reused (keyed by the config)."""
+    """A random bf16 safetensors checkpoint for ``cfg``, saved once and reused (keyed by the config).
+
+    Safe for concurrent callers (processes or threads): the first builds it under a per-key
+    ``flock`` into a fresh temporary folder next to it and renames that into place in one step;
+    the others wait for the lock and reuse the finished copy. A failed save removes its
+    temporary folder; a folder at the final path is always complete."""
+    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    root = checkpoint_root()
+    path = root / key
+    if _complete(path):
+        return path
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / f"{key}.lock"):
+        if _complete(path):  # another process finished it while this one waited
+            return path
+        tmp = Path(tempfile.mkdtemp(prefix=f"{key}.", suffix=".tmp", dir=root))
+        try:
+            _save_random(cfg, device, tmp)
+            os.chmod(tmp, CACHE_DIR_MODE)
+            if path.is_dir():  # a leftover without weights (never written by this function)
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+            os.rename(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return path
+
+
+def _save_random(cfg: dict[str, Any], device: str, folder: Path) -> None:
     from transformers import AutoModelForCausalLM
 
-    key = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
-    path = checkpoint_root() / key
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return path
     conf = hf_config(cfg, "sdpa")
     build = device if device in ("cpu", "cuda") else "cpu"
     with torch.device(build):
         model = AutoModelForCausalLM.from_config(conf, dtype=CHECKPOINT_DTYPE)
-    tmp = path.with_name(path.name + ".tmp")
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True)
     del model
     if build == "cuda":
         torch.cuda.empty_cache()
-    tmp.rename(path)
-    return path
 
 
 def quiet() -> None:
@@ -147,6 +187,12 @@ def load(s: dict[str, Any], device: str):
         if local:
             raise
         raise SettingsError(f"weights: cannot fetch hub id {weights!r} (offline? gated?): {str(e).splitlines()[0]}") from None
+    if weights != "random":  # also a hub id, whose config only now is known (runtime.measure.check_weights)
+        from .measure import weights_mismatch
+
+        diff = weights_mismatch(config_dict(s["model"]), model.config.to_dict())
+        if diff:
+            raise SettingsError(f"weights: the checkpoint is not {s['model']!r}: {diff}: {weights!r}")
     if device == "cpu":
         # bitsandbytes 0.50 repacks 4-bit weights into an AVX512-BF16 layout on the first CPU
         # forward (Linear4bit.forward -> _convert_weight_packed_for_cpu), which changes what the

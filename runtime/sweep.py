@@ -13,22 +13,36 @@ Isolation (recorded per point in ``settings.isolation``):
 
 An out-of-memory point is recorded with ``"status": "oom"`` and the sweep goes on. An
 interrupted sweep resumes: points whose settings match a finished line (status ok or oom) of
-the output file are skipped; error points are retried.
+the output file are skipped; error points are retried (lines that are not a JSON object with
+every point key are ignored). The output file is locked for the sweep's duration (one sweep per
+file), and every worker process dies with the sweep that started it (``die_with_parent``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import json
+import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from .settings import make_settings, point_key
+from estimator.units import shown
+
+from .settings import POINT_KEYS, SettingsError, make_settings, point_key
 
 FINISHED = ("ok", "oom")
+PARENT_ENV = "RUNTIME_SWEEP_PID"  # set for worker processes: the pid of the sweep that started them
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>: signal this process when the thread that forked it exits
+PARENT_POLL_S = 1.0  # fallback check of os.getppid(): once a second (a sweep point takes seconds)
+ORPHAN_EXIT = 137  # what a SIGKILL from PR_SET_PDEATHSIG would give the shell: 128 + 9
 
 
 def grid(quants: Iterable[str], contexts: Iterable[int], batches: Iterable[int],
@@ -44,23 +58,77 @@ def grid(quants: Iterable[str], contexts: Iterable[int], batches: Iterable[int],
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Every parseable line of a JSONL results file (a torn last line is ignored)."""
+    """Every line of a JSONL results file that is a JSON object; torn, non-UTF-8, non-JSON and
+    non-object lines are skipped. Lines are split on b"\\n" only (json.dumps never writes one inside
+    a record), so a U+2028 in a value cannot split a record."""
     p = Path(path)
     out = []
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
+    if not p.is_file():
+        return out
+    for raw in p.read_bytes().split(b"\n"):
+        try:
+            r = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if isinstance(r, dict):
+            out.append(r)
     return out
 
 
+def _finished_key(r: dict[str, Any]) -> tuple | None:
+    """The point key of a finished record, or None when it is not one (unfinished, settings not an
+    object, a point key missing, or a value that cannot be a key)."""
+    s = r.get("settings")
+    if r.get("status") not in FINISHED or not isinstance(s, dict) or any(k not in s for k in POINT_KEYS):
+        return None
+    key = point_key(s)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def finished_keys(path: str | Path) -> set[tuple]:
-    return {point_key(r["settings"]) for r in read_results(path)
-            if r.get("status") in FINISHED and isinstance(r.get("settings"), dict)}
+    """Keys of the points a results file already holds as ok or oom (resume skips those)."""
+    return {k for k in map(_finished_key, read_results(path)) if k is not None}
+
+
+def check_seconds(value: Any, field: str) -> float | None:
+    """``value`` as seconds: None (no limit), or a finite number > 0; ASCII text is parsed."""
+    if value is None:
+        return None
+    x = value
+    if isinstance(x, str):
+        try:
+            x = float(x) if x.isascii() else math.nan
+        except ValueError:
+            x = math.nan
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x) or x <= 0:
+        raise SettingsError(f"{field} must be a finite number of seconds > 0: {shown(value)}")
+    return float(x)
+
+
+@contextlib.contextmanager
+def locked_output(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the results file while a sweep writes it. The file is checked
+    (and created) first, so a bad ``--out`` is refused before anything is measured; a second sweep
+    on the same file gets a SettingsError instead of measuring every point again."""
+    if path.is_dir():
+        raise SettingsError(f"out is a folder, not a results file: {shown(str(path))}")
+    if not path.parent.is_dir():
+        raise SettingsError(f"out: its folder does not exist: {shown(str(path))}")
+    try:
+        f = path.open("a")
+    except OSError as e:
+        raise SettingsError(f"out: cannot write {shown(str(path))}: {e.strerror}") from None
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SettingsError(f"out: {shown(str(path))} is in use by another sweep (locked); "
+                                "wait for it to finish or use another file") from None
+        yield  # closing the file releases the lock, also when this process is killed
 
 
 def _append(path: Path, result: dict[str, Any]) -> None:
@@ -114,10 +182,40 @@ class Progress:
               file=self.stream, flush=True)
 
 
+def _worker_env() -> dict[str, str]:
+    """The environment of a worker process: this one's, plus this sweep's pid (``die_with_parent``)."""
+    return {**os.environ, PARENT_ENV: str(os.getpid())}
+
+
+def die_with_parent() -> None:
+    """In a worker started by a sweep (``PARENT_ENV`` set): exit when that sweep dies, so a killed
+    sweep leaves no worker holding the GPU. Linux: ``PR_SET_PDEATHSIG`` = SIGKILL; everywhere: a
+    daemon thread that exits when ``os.getppid()`` changes (the worker was re-parented)."""
+    raw = os.environ.pop(PARENT_ENV, "")
+    if not raw.isdigit():
+        return
+    parent = int(raw)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl: the thread below still notices
+    if os.getppid() != parent:  # the sweep died before the prctl took effect
+        os._exit(ORPHAN_EXIT)
+    threading.Thread(target=_watch_parent, args=(parent,), name="die-with-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(PARENT_POLL_S)
+        if os.getppid() != parent:
+            os._exit(ORPHAN_EXIT)
+
+
 def _run_process(s: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "runtime", "measure", "--json", *_cli_args(s)]
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_worker_env())
     except subprocess.TimeoutExpired:
         return _error_result(s, f"timeout after {timeout}s")
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
@@ -131,14 +229,13 @@ def _run_process(s: dict[str, Any], timeout: float | None) -> dict[str, Any]:
 def _run_shared(group: list[dict[str, Any]], deadline: float | None, on_result) -> bool:
     """Run a group in one worker subprocess; restart it for the rest if it dies. Returns False
     when the deadline killed the worker (the remaining points stay unmeasured, for a resume)."""
-    import threading
-
     todo = list(group)
     while todo:
         if deadline is not None and time.monotonic() >= deadline:
             return False
         cmd = [sys.executable, "-m", "runtime", "_worker"]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=_worker_env())
         assert p.stdin is not None and p.stdout is not None and p.stderr is not None
         timer = None
         if deadline is not None:
@@ -170,10 +267,20 @@ def run_sweep(points: list[dict[str, Any]], out: str | Path, isolation: str = "s
     """Measure every point not already finished in ``out``; returns the new results.
 
     ``timeout``: per point, ``process`` isolation only. ``budget_s``: stop starting points (and
-    kill a running worker) after this many seconds; what was measured is already in ``out``."""
-    deadline = time.monotonic() + budget_s if budget_s else None
+    kill a running worker) after this many seconds; what was measured is already in ``out``. Both
+    are None (no limit) or finite and > 0. ``out`` is locked for the sweep's duration: a second
+    sweep on it, an ``out`` that is a folder or cannot be written raise SettingsError before
+    anything is measured."""
+    timeout = check_seconds(timeout, "timeout")
+    budget_s = check_seconds(budget_s, "budget_s")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    with locked_output(out):
+        return _sweep_locked(points, out, isolation, timeout, progress, budget_s)
+
+
+def _sweep_locked(points: list[dict[str, Any]], out: Path, isolation: str, timeout: float | None,
+                  progress: bool, budget_s: float | None) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + budget_s if budget_s is not None else None
     done = finished_keys(out)
     todo = [dict(p, isolation=isolation) for p in points if point_key(p) not in done]
     skipped = len(points) - len(todo)
@@ -198,8 +305,9 @@ def run_sweep(points: list[dict[str, Any]], out: str | Path, isolation: str = "s
         for s in todo:
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            left = deadline - time.monotonic() if deadline is not None else None
-            on_result(_run_process(s, min(x for x in (timeout, left) if x) if (timeout or left) else None))
+            limits = [x for x in (timeout, deadline - time.monotonic() if deadline is not None else None)
+                      if x is not None]
+            on_result(_run_process(s, max(0.0, min(limits)) if limits else None))
     else:
         from .measure import same_model
 

@@ -4,9 +4,9 @@
 #   scripts/gpu-validate.sh OUT_DIR [--device cuda|cpu] [--reduced] [--budget-s SECONDS] [--bnb-wheels DIR]
 #
 # Grid (cuda): bf16, fp16, int8, nf4, nf4-dq, fp4 x 1K, 4K, 8K, 16K, 32K, 64K, 128K at batch 1,
-# plus batch 4 at 8K; 32 new tokens. One subprocess per quant (model loaded once; cache emptied
-# and peak stats reset between points, contexts ascending); an OOM point is recorded and the
-# sweep goes on. Writes OUT_DIR/sweep.jsonl (one line per point, flushed as it finishes),
+# plus batch 4 at 8K, plus bf16 SDPA at 5,664 and 7,712 (batch 1, run first); 32 new tokens.
+# One subprocess per quant (model loaded once; cache emptied and peak stats reset between points,
+# contexts ascending); an OOM point is recorded and the sweep goes on. Writes OUT_DIR/sweep.jsonl (one line per point, flushed as it finishes),
 # OUT_DIR/validation.md + validation.json, OUT_DIR/environment.txt and OUT_DIR/progress.log.
 # Re-running with the same OUT_DIR resumes and skips finished points.
 #
@@ -69,7 +69,7 @@ fi
 {
   echo "date: $(date -u +%FT%TZ)"; echo "host: $(hostname)"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-  "$PY" -c "import runtime.measure as m, json; print(json.dumps(m.environment('$DEVICE'), indent=1))"
+  "$PY" -c 'import json, sys, runtime.measure as m; print(json.dumps(m.environment(sys.argv[1]), indent=1))' "$DEVICE"
 } > "$OUT/environment.txt" 2>&1 || true
 log "environment: $(tr '\n' ' ' < "$OUT/environment.txt" | cut -c1-300)"
 
@@ -94,17 +94,28 @@ fi
 # 4. The random bf16 checkpoint that quantized loads read (saved once; seconds on a GPU).
 if [ "$DEVICE" = cuda ] || [ "$REDUCED" = 1 ]; then
   log "random checkpoint for $MODEL -> $LLM_VRAM_CHECKPOINTS"
-  "$PY" -c "from runtime.load import random_checkpoint, config_dict, quiet; quiet(); print(random_checkpoint(config_dict('$MODEL'), '$DEVICE'))" >> "$OUT/progress.log" 2>&1 \
+  "$PY" -c 'import sys; from runtime.load import random_checkpoint, config_dict, quiet; quiet(); print(random_checkpoint(config_dict(sys.argv[1]), sys.argv[2]))' \
+    "$MODEL" "$DEVICE" >> "$OUT/progress.log" 2>&1 \
     || log "checkpoint creation failed; bnb points will record status=error"
 fi
 
-# 5. Sweep within what is left of the budget, then the report.
-LEFT=$(( BUDGET - ( $(date +%s) - START ) - 20 ))
-[ "$LEFT" -gt 30 ] || LEFT=30
+# 5. Sweeps within what is left of the budget, then the report. Arguments reach Python as argv,
+#    never pasted into source.
+left() { local l=$(( BUDGET - ( $(date +%s) - START ) - 20 )); [ "$l" -gt 30 ] && echo "$l" || echo 30; }
+sweep() {
+  "$PY" -m runtime sweep --device "$DEVICE" --model "$MODEL" --new-tokens "$NEW" --isolation shared-process \
+    --out "$OUT/sweep.jsonl" "$@" 2>&1 | tee -a "$OUT/progress.log" >&2 || log "sweep exited non-zero"
+}
+# bf16 SDPA windows where a K/V tensor's 2 MiB round-up leaves <= 1 MiB (prompts 5,632 and 7,680
+# with 32 new tokens; as in scripts/trace-validate.sh): the GPU settles how the caching allocator
+# places the growing K/V. Two points and one bf16 load, capped at 120 s so the grid keeps its time.
+KV_CONTEXTS=5664,7712
+KV_BUDGET=$(left); [ "$KV_BUDGET" -lt 120 ] || KV_BUDGET=120
+log "sweep: bf16 sdpa x $KV_CONTEXTS on $DEVICE, budget ${KV_BUDGET}s"
+sweep --quants bf16 --attn sdpa --contexts "$KV_CONTEXTS" --batches 1 --budget-s "$KV_BUDGET"
+LEFT=$(left)
 log "sweep: $QUANTS x $CONTEXTS (+$EXTRA) on $DEVICE, budget ${LEFT}s"
-"$PY" -m runtime sweep --device "$DEVICE" --model "$MODEL" --quants "$QUANTS" --contexts "$CONTEXTS" \
-  --batches 1 --extra "$EXTRA" --new-tokens "$NEW" --isolation shared-process \
-  --budget-s "$LEFT" --out "$OUT/sweep.jsonl" 2>&1 | tee -a "$OUT/progress.log" >&2 || log "sweep exited non-zero"
+sweep --quants "$QUANTS" --contexts "$CONTEXTS" --batches 1 --extra "$EXTRA" --budget-s "$LEFT"
 log "validation report"
 "$PY" -m runtime validate --results "$OUT/sweep.jsonl" --out-dir "$OUT" --quiet 2>&1 | tee -a "$OUT/progress.log" >&2 \
   || log "validate failed"
