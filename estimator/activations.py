@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from .allocator import LARGE_SEGMENT_BYTES, block_bytes
+from .allocator import LARGE_SEGMENT_BYTES, block_bytes, round_size
 from .model import ModelSpec
 
 INT64 = 8
@@ -101,11 +101,33 @@ class Forward:
     sdpa_math: bool = False  # SDPA falls back to ATen's math kernel (pre-sm80 GPUs with enable_gqa)
     half_to_float: bool = False  # compute dtype is fp16: softmax(dtype=float32) is fused on CUDA
 
+    @property
+    def decode(self) -> bool:
+        """A decode step: one token per sequence on top of a cache that grows with the prompt
+        (``estimate._forwards``: past = T + N - 1). Prefill forwards have no past or a constant
+        one (the chunks before the last)."""
+        return self.q == P(1) and self.past[1] > 0
+
+
+# How the caching allocator charges a tensor (allocator.py has the rules and their source):
+FRESH = "fresh"          # served by a fresh segment: allocator.block_bytes (2 MiB round-up kept whole)
+CARVED = "carved"        # carved from a larger cached block: allocator.round_size
+SURCHARGE = "surcharge"  # no bytes of its own: turns one carved copy of its size into a fresh one
+# Tensors a forward allocates before its first decoder layer frees anything (masking_utils,
+# LlamaModel.forward, LlamaRotaryEmbedding): no cached block can serve them yet.
+INPUT_NAMES = ("input_ids", "position_ids", "embeds", "cos", "sin", "mask")
+LAYER_TAGS = ("attention", "mlp")  # the decoder layer's own transients are freed under these
+
 
 class _Tracer:
+    """Live named tensors; each allocation has an id, kept through renames."""
+
     def __init__(self) -> None:
-        self.live: dict[str, Poly] = {}
-        self.snaps: list[tuple[str, tuple[Poly, ...]]] = []
+        self.live: dict[str, tuple[Poly, int]] = {}
+        self.first_name: list[str] = []   # alloc id -> name at allocation
+        self.sizes: list[Poly] = []       # alloc id -> size
+        self.snaps: list[tuple[str, tuple[int, ...]]] = []
+        self.layer_freed: set[Poly] = set()  # sizes the decoder layer frees (cached blocks after it)
         self.tag = ""
 
     def alloc(self, name: str, size: Poly) -> None:
@@ -113,12 +135,16 @@ class _Tracer:
             return
         if name in self.live:
             raise AssertionError(f"double alloc of {name}")
-        self.live[name] = size
-        self.snaps.append((self.tag, tuple(self.live.values())))
+        self.live[name] = (size, len(self.sizes))
+        self.first_name.append(name)
+        self.sizes.append(size)
+        self.snaps.append((self.tag, tuple(i for _, i in self.live.values())))
 
     def free(self, *names: str) -> None:
         for n in names:
-            self.live.pop(n, None)
+            hit = self.live.pop(n, None)
+            if hit is not None and self.tag in LAYER_TAGS:
+                self.layer_freed.add(hit[0])
 
     def rename(self, old: str, new: str) -> None:
         self.live[new] = self.live.pop(old)
@@ -214,11 +240,13 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
     # Cache update. Dynamic: torch.cat([old, new], dim=-2) allocates the grown tensor while the
     # old one is still referenced (cache_utils.DynamicLayer.update). Static: index_copy_ into
     # the tensors allocated at the layer's first update (StaticLayer.lazy_initialization).
+    # The attention's own key_states/value_states ("ke", "v") stay referenced by its locals until
+    # update() returns, so the new K is alive during the V cat.
     if f.cache == "dynamic":
         tr.alloc("kv.k", f.kv_k)
-        tr.free("kv.k.old", "ke")
+        tr.free("kv.k.old")
         tr.alloc("kv.v", f.kv_v)
-        tr.free("kv.v.old", "v")
+        tr.free("kv.v.old", "ke", "v")
     else:
         if "kv.k.old" in tr.live:
             tr.rename("kv.k.old", "kv.k")
@@ -301,14 +329,36 @@ def _mlp(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
     tr.free("prod")
 
 
-def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ...]]]:
-    """Snapshots (tag, live sizes) after every allocation of one forward's last layer."""
+def _generate_state(tr: _Tracer, f: Forward) -> None:
+    """What ``generate()``'s decode loop holds across a decode forward, beyond what the caller
+    passes as ``extra`` (``estimate._forwards``: the previous step's fp32 next-token logits
+    [b, V] and ``past`` tokens of ``input_ids``) and the forward's own inputs (the [b, 1] clones
+    ``prepare_inputs_for_generation`` makes of the last id and position, allocated below).
+
+    transformers 5.24 ``generation/utils.py`` ``_sample``: ``input_ids`` holds past + 1 tokens at
+    step i (the prompt, the prefill's token and one per earlier step), one more than ``extra``;
+    ``_update_model_kwargs_for_generation`` grows ``model_kwargs["position_ids"]`` by ``cat`` to
+    [b, past + 1]; ``next_tokens`` (argmax, [b] int64) and ``unfinished_sequences`` ([b] int64)
+    live from one step to the next. runtime/generate.py reproduces the same loop."""
+    if not f.decode:
+        return
+    b = f.batch
+    tr.alloc("gen.position_ids", pscale(padd(f.past, f.q), b * INT64))
+    tr.alloc("gen.input_ids.last", P(b * INT64))
+    tr.alloc("gen.next_tokens", P(b * INT64))
+    tr.alloc("gen.unfinished", P(b * INT64))
+
+
+def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[tuple[Poly, str], ...]]]:
+    """Snapshots (tag, live (size, kind) pairs) after every allocation of one forward's last
+    layer; the kind (``_kind``) says how the caching allocator charges the tensor."""
     tr = _Tracer()
     b, cb, H, V = f.batch, f.cb, spec.hidden_size, spec.vocab_size
     m = pscale(f.q, b)
     tr.tag = "inputs"
     tr.alloc("kv.k.old", f.kv_old_k)
     tr.alloc("kv.v.old", f.kv_old_v)
+    _generate_state(tr, f)
     # generate() (transformers 5.24) passes input_ids and position_ids [b, T] (int64); the
     # all-ones attention_mask is dropped before the forward when there is no padding.
     tr.alloc("input_ids", pscale(m, INT64))
@@ -357,7 +407,44 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[Poly, ..
         tr.free("yn")  # the forward returns; the caller keeps the logits
         if f.logits == "full-fp32":  # the caller's logits.float()
             tr.alloc("logits32", pscale(m, V * FP32))
-    return tr.snaps
+    return _charged_snaps(tr, f, spec)
+
+
+def _dominated(p: Poly, by: set[Poly]) -> bool:
+    """Some size in ``by`` is at least ``p`` for every context, and differs from it."""
+    return any(q != p and all(x >= y for x, y in zip(q, p)) for q in by)
+
+
+def _kind(tr: _Tracer, i: int, f: Forward, spec: ModelSpec) -> str:
+    """How the allocator charges allocation ``i`` (memory-model.md 5.1, "fresh or carved").
+
+    Best fit looks in the cached free blocks before it maps a segment, and a large block is split
+    when more than 1 MiB remains (``get_free_block``, ``should_split``). From the second decoder
+    layer on, the pool holds the blocks the previous (identical) layer freed; a request smaller
+    than one of them is carved to its rounded size. The forward's inputs come before any free
+    (fresh), and so does the first layer's K/V in the forward that creates the cache; the K/V
+    of a later forward are carved from blocks the earlier forwards cached (the prefill's MLP
+    temporaries are larger). A tensor that no freed block of the layer exceeds (the layer's
+    largest transient, full logits) gets a fresh segment."""
+    name, size = tr.first_name[i], tr.sizes[i]
+    if name in INPUT_NAMES:
+        return FRESH
+    if name.startswith("kv."):
+        if f.past != ZERO:
+            return CARVED
+        if spec.num_hidden_layers == 1:  # the replayed layer is the first one
+            return FRESH
+    return CARVED if _dominated(size, tr.layer_freed) else FRESH
+
+
+def _charged_snaps(tr: _Tracer, f: Forward, spec: ModelSpec) -> list[tuple[str, tuple[tuple[Poly, str], ...]]]:
+    """Snapshots as (tag, ((size, kind), ...)). In the forward that creates the cache, the first
+    layer's K and V (among the other layers' KV the caller adds as carved) are charged fresh."""
+    kinds = [_kind(tr, i, f, spec) for i in range(len(tr.sizes))]
+    first_kv = ()
+    if f.past == ZERO and spec.num_hidden_layers > 1:
+        first_kv = ((f.kv_k, SURCHARGE), (f.kv_v, SURCHARGE))
+    return [(tag, tuple((tr.sizes[i], kinds[i]) for i in ids) + first_kv) for tag, ids in tr.snaps]
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,6 +458,7 @@ class Candidate:
     slack: int                           # most the allocator can add on top of raw
     res_slack: int                       # most the segments can add on top of raw
     own_slack: int = 0                   # slack of the tensors not live in every candidate
+    fresh: tuple[int, ...] = ()          # of counts: how many are charged a fresh block (the rest carved)
 
 
 _MAX_SLACK = 2 * 1024 * 1024  # block_bytes(n) - n < 2 MiB for any single tensor
@@ -398,7 +486,7 @@ def _min_on(d: Poly, lo: int, hi: int) -> int:
     return min(peval(d, t) for t in pts)
 
 
-def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
+def plan(snaps: list[tuple[str, tuple[tuple[Poly, str], ...]]], t_lo: int, t_hi: int,
          persistent: tuple[tuple[Poly, int], ...] = ()) -> tuple[Candidate, ...]:
     """The snapshots that can be the allocator peak for some context in ``t_lo..t_hi``.
 
@@ -406,7 +494,7 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
     when another one is larger by more than its rounding slack over the whole interval.
     ``persistent`` tensors (size, count) are live in every snapshot (e.g. the other layers' KV).
     """
-    counted = [(tag, Counter(live)) for tag, live in snaps]
+    counted = [(tag, Counter(live)) for tag, live in snaps]  # keys: (size, kind)
     kept: list[tuple[str, Counter]] = []
     for i, (tag, c) in enumerate(counted):
         dominated = False
@@ -417,20 +505,21 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
         if not dominated:
             kept.append((tag, c))
     for _, c in kept:
-        for size, n in persistent:
+        for size, n in persistent:  # allocated by earlier layers or steps: carved
             if size != ZERO and n:
-                c[size] += n
+                c[(size, CARVED)] += n
 
     def slack_of(c: Counter) -> int:
         # The most rounding can add on top of raw bytes, both in allocated blocks (block_bytes)
         # and in the segment floor the solvers use (a large tensor's 2 MiB round-up), so that
         # pruning keeps every candidate that can set either peak.
-        return sum(n * (_floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for k, n in c.items())
+        return sum(n * (_floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for (k, _), n in c.items())
 
     def raw_of(c: Counter) -> Poly:
         raw = ZERO
-        for size, n in c.items():
-            raw = padd(raw, pscale(size, n))
+        for (size, kind), n in c.items():
+            if kind != SURCHARGE:
+                raw = padd(raw, pscale(size, n))
         return raw
 
     # Drop b when some a is larger over the whole interval by more than the rounding that b's
@@ -457,9 +546,10 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
     for i in survivors:
         tag, c = kept[i]
         raw = raw_of(c)
-        var = sorted((k, n) for k, n in c.items() if k[1] or k[2])
-        const = sorted((k[0], n) for k, n in c.items() if not (k[1] or k[2]))
-        const_blk = sum(n * block_bytes(k) for k, n in const)
+        tot, fr = _by_size(c)
+        var = sorted((k, n) for k, n in tot.items() if k[1] or k[2])
+        const = sorted((k[0], n) for k, n in tot.items() if not (k[1] or k[2]))
+        const_blk = sum(fr[(k, 0, 0)] * block_bytes(k) + (n - fr[(k, 0, 0)]) * round_size(k) for k, n in const)
         # reserved: each large tensor rounds up by < 2 MiB; the shared small and medium
         # segments add < 2 MiB + 20 MiB in all.
         res_slack = sum(c.values()) * (_MAX_SLACK + 512) + 2 * 1024 * 1024 + LARGE_SEGMENT_BYTES
@@ -473,8 +563,23 @@ def plan(snaps: list[tuple[str, tuple[Poly, ...]]], t_lo: int, t_hi: int,
             else:
                 pools[2] += n * (-(-r // _ROUND_LARGE) * _ROUND_LARGE)
         cands.append(Candidate(tag, raw, tuple(k for k, _ in var), tuple(n for _, n in var), const_blk,
-                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack, slack_of(c - common)))
+                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack, slack_of(c - common),
+                               tuple(fr[k] for k, _ in var)))
     return tuple(cands)
+
+
+def _by_size(c: Counter) -> tuple[Counter, Counter]:
+    """(tensors per size, how many of them are charged a fresh block) of a (size, kind) multiset."""
+    tot: Counter = Counter()
+    fr: Counter = Counter()
+    for (size, kind), n in c.items():
+        if kind != SURCHARGE:
+            tot[size] += n
+        if kind != CARVED:
+            fr[size] += n
+    for size in fr:
+        fr[size] = min(fr[size], tot[size])
+    return tot, fr
 
 
 def _measure(c: Candidate, t: int) -> tuple[int, int]:
@@ -485,7 +590,7 @@ def _measure(c: Candidate, t: int) -> tuple[int, int]:
     """
     blk = c.const_blk
     small, medium, large = c.const_pools
-    for (c0, c1, c2), n in zip(c.sizes, c.counts):
+    for (c0, c1, c2), n, fr in zip(c.sizes, c.counts, c.fresh):
         v = c0 + t * (c1 + t * c2)
         if v <= 0:
             continue
@@ -498,7 +603,7 @@ def _measure(c: Candidate, t: int) -> tuple[int, int]:
             medium += n * r
         else:
             seg = -(-r // _ROUND_LARGE) * _ROUND_LARGE
-            blk += n * (seg if seg - r <= _SMALL else r)
+            blk += n * r + (fr * (seg - r) if seg - r <= _SMALL else 0)  # only fresh blocks stay unsplit
             large += n * seg
     res = large + -(-small // _SMALL_SEG) * _SMALL_SEG + -(-medium // _LARGE_SEG) * _LARGE_SEG
     return blk, res

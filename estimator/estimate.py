@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import activations as act
-from .allocator import block_bytes, reserved_for
+from .allocator import block_bytes, pack, reserved_for
 from .errors import InvalidSpecError
 from .gpus import Gpu, custom_gpu, get_gpu
 from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
@@ -362,9 +362,12 @@ def _plans(s: Settings, T: int) -> tuple[dict[str, Any], int]:
 
 @functools.lru_cache(maxsize=512)
 def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
-    """(raw bytes, allocator-charged bytes, reserved segment bytes) of the loaded weights."""
-    sizes = [t.nbytes for t in weight_tensors(spec, quant)]
-    return weight_bytes(spec, quant).total_bytes, sum(block_bytes(n) for n in sizes), reserved_for(sizes)
+    """(raw bytes, allocator-charged bytes, reserved segment bytes) of the loaded weights: the
+    stored tensors allocated in module order and never freed (``allocator.pack``), as the trace
+    replays them. A real checkpoint load may allocate in another order (and quantize through
+    temporaries); the order changes only which medium blocks share a 20 MiB segment."""
+    blk, res = pack([t.nbytes for t in weight_tensors(spec, quant)])
+    return weight_bytes(spec, quant).total_bytes, blk, res
 
 
 def _phase(s: Settings, T: int, cands, kv_poly, base: tuple[int, int, int]) -> tuple[int, int, int, int, str]:

@@ -34,7 +34,9 @@ import time
 from importlib import metadata
 from typing import Any
 
-from .settings import BNB_QUANTS, make_settings
+from estimator.units import shown
+
+from .settings import BNB_QUANTS, SettingsError, make_settings
 
 FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
           "device_used_bytes")
@@ -136,6 +138,76 @@ def _rss() -> int | None:
         return None
 
 
+# Config fields that decide what a model stores and allocates (estimator.model.ModelSpec names,
+# defaults filled as the estimator fills them); a --weights checkpoint must match --model on each.
+ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+               "intermediate_size", "vocab_size", "tie_word_embeddings", "attention_bias", "attention_out_bias",
+               "mlp_bias", "qk_norm")
+
+
+def _spec(cfg: Any, what: str):
+    from estimator.errors import EstimatorError
+    from estimator.model import load_model
+
+    try:
+        return load_model(cfg)
+    except EstimatorError as e:
+        raise SettingsError(f"{what}: {e}") from None
+
+
+def weights_mismatch(model_cfg: Any, weights_cfg: Any) -> str:
+    """The ``ARCH_FIELDS`` where a checkpoint's config differs from the model's, in words ("" if none).
+    Either config is what ``estimator.model.load_model`` takes (a preset, a path, a dict)."""
+    m, w = _spec(model_cfg, "model"), _spec(weights_cfg, "weights")
+    return ", ".join(f"{f} {getattr(w, f)!r} (model: {getattr(m, f)!r})"
+                     for f in ARCH_FIELDS if getattr(m, f) != getattr(w, f))
+
+
+def check_weights(s: dict[str, Any]) -> None:
+    """Refuse ``--weights`` that is not a checkpoint of ``--model`` (SettingsError naming weights).
+
+    A local folder's config.json is compared now; a hub id is compared once loaded
+    (``runtime.load.load``), except in trace mode, which builds from --model's config and cannot
+    read a hub config offline, so it refuses hub ids."""
+    w = s["weights"]
+    if w == "random":
+        return
+    if not os.path.isdir(w):
+        if s["device"] == "trace":
+            raise SettingsError("weights: trace mode builds the model from --model's config and cannot check a "
+                                f"hub id's config offline; use random or a local checkpoint folder: {shown(w)}")
+        return
+    if not os.path.isfile(os.path.join(w, "config.json")):
+        raise SettingsError(f"weights: the checkpoint folder holds no config.json: {shown(w)}")
+    diff = weights_mismatch(s["model"], w)
+    if diff:
+        raise SettingsError(f"weights: the checkpoint is not {s['model']!r}: {diff}: {shown(w)}")
+
+
+# Host (CPU) allocation failures that torch raises as RuntimeError, e.g. c10 alloc_cpu.cpp:
+# "DefaultCPUAllocator: can't allocate memory: you tried to allocate N bytes. Error code 12".
+HOST_OOM_MARKERS = ("can't allocate memory", "DefaultCPUAllocator")
+
+
+def failure_status(e: BaseException) -> str:
+    """"oom" for an out-of-memory (CUDA OOM, MemoryError, torch's host allocator), else "error"."""
+    import torch
+
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return "oom"
+    if isinstance(e, RuntimeError) and any(m in str(e) for m in HOST_OOM_MARKERS):
+        return "oom"
+    return "error"
+
+
+def _oom_message(e: BaseException) -> str:
+    """First line of an out-of-memory error, host ones marked as such (500 characters at most)."""
+    import torch
+
+    first = (str(e).strip().splitlines() or [""])[0]
+    return (first if isinstance(e, torch.cuda.OutOfMemoryError) else f"host {type(e).__name__}: {first}")[:500]
+
+
 def _empty_result(s: dict[str, Any]) -> dict[str, Any]:
     return {"settings": s, "status": "ok", "error": None, **{f: None for f in FIELDS},
             "phases": {p: {f: None for f in FIELDS} for p in ("load", "prefill", "decode")},
@@ -189,6 +261,8 @@ def measure_points(points: list[dict[str, Any]]):
     for p in points[1:]:
         if not same_model(points[0], p):
             raise ValueError("measure_points: all points must share model, quant, weights, device, attn")
+    if points:
+        check_weights(points[0])  # all points share the model and the weights
     env = environment(points[0]["device"])
     loaded: dict[str, Any] = {}
     for s in points:
@@ -198,17 +272,16 @@ def measure_points(points: list[dict[str, Any]]):
         try:
             runner = {"cuda": _measure_cuda, "cpu": _measure_cpu, "trace": _measure_trace}[s["device"]]
             runner(s, r, loaded)
-        except torch.cuda.OutOfMemoryError as e:
-            r["status"], r["error"] = "oom", str(e).splitlines()[0][:500]
-        except MemoryError as e:
-            r["status"], r["error"] = "oom", f"host MemoryError: {e}"[:500]
+        except SettingsError:
+            raise
         except Exception as e:
-            from .settings import SettingsError
-
-            if isinstance(e, SettingsError):
-                raise
-            r["status"], r["error"] = "error", f"{type(e).__name__}: {e}"[:2000]
-            if "model" not in loaded:  # the load itself failed: later points would fail the same way
+            r["status"] = failure_status(e)
+            if r["status"] == "oom":
+                r["error"] = _oom_message(e)
+            else:
+                r["error"] = f"{type(e).__name__}: {e}"[:2000]
+            # the load itself failed: later points would fail the same way
+            if r["status"] == "error" and "model" not in loaded:
                 loaded["load_error"] = r["error"]
         finally:
             gc.collect()
@@ -245,18 +318,34 @@ def _tokens_per_s(r: dict[str, Any], s: dict[str, Any], g: dict[str, Any]) -> No
     d["decode_tokens_per_s"] = round(s["batch"] * s["new_tokens"] / g["decode_s"], 1) if g["decode_s"] else None
 
 
-def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=False) -> None:
+def _tracked_run(s, r, model, extra_tensors, device, *, weights) -> None:
     """cpu and trace: run generate under LiveBytes, recording each phase's live peak."""
     from . import generate
     from .load import cache_bytes, stored_tensors
-    from .track import LiveBytes
+    from .track import LiveBytes, storage_key
 
     _set_load(r, weights)
     ph = r["phases"]
     tracker = LiveBytes(detail=True)
-    for _, _, t in stored_tensors(model):
-        tracker.track(t, "weights")
+    # Load order: module order, each weight followed by the tensors stored with it (bitsandbytes
+    # stand-ins' quant state, keyed by the weight's storage), as the estimator packs them
+    # (estimate._weights): the order decides which medium blocks share a 20 MiB segment.
+    # ``extra_tensors`` lists each stand-in's weight and then its quant state (trace.materialise).
+    stored = stored_tensors(model)
+    weight_keys = {storage_key(t) for _, _, t in stored}
+    follow: dict[int, list] = {}
+    owner = None
     for t in extra_tensors:
+        k = storage_key(t)
+        if k in weight_keys:
+            owner = k
+        else:
+            follow.setdefault(owner, []).append(t)
+    for _, _, t in stored:
+        tracker.track(t, "weights")
+        for x in follow.get(storage_key(t), ()):
+            tracker.track(x, "weights")
+    for t in extra_tensors:  # anything not stored with a weight (tracked once: LiveBytes dedups)
         tracker.track(t, "weights")
     ph["load"]["peak_allocated_bytes"] = tracker.live_rounded
     cur: dict[str, Any] = {"name": None}
@@ -275,9 +364,10 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights, skip_middle=Fal
         cur["name"] = name
 
     with tracker:
-        g = generate.run(model, s, device, phase=phase, skip_middle=skip_middle)
-    if skip_middle:
-        r["details"]["decode_steps_traced"] = [i for i in range(s["new_tokens"]) if i in (0, s["new_tokens"] - 1)]
+        g = generate.run(model, s, device, phase=phase)
+    if device == "meta":  # trace: peak allocated/reserved from a caching-allocator simulation
+        from .allocsim import apply
+        apply(r, tracker.events)
     best = max(raw, key=lambda n: ph[n]["peak_allocated_bytes"])
     r["details"].update(peak_live_bytes=max(raw.values()), peak_phase=best,
                         peak_tensors=_summarise(detail[best]))
@@ -318,7 +408,8 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any])
                                 "(no allocator block slack, no cuBLAS workspace)",
     }
     if s["weights"] != "random":
-        r["details"]["weights_note"] = "trace builds from the config; checkpoint values do not change memory"
+        r["details"]["weights_note"] = ("trace builds from --model's config, which the checkpoint's config.json "
+                                        "matches in every memory-deciding field; values do not change memory")
     r["details"]["attention"] = "flash-like stand-in" if s["attn"] == "sdpa" else "transformers eager (real code)"
     r["details"]["bnb_transients"] = "analytic (bitsandbytes 0.50 CUDA paths)" if s["quant"] in BNB_QUANTS else None
     model = trace.build(s)
@@ -327,7 +418,7 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any])
         weights = trace.stored_parts(model, extra)
         _set_load(r, weights)
         _simulated_oom(s)
-        _tracked_run(s, r, model, extra, trace.DEVICE, weights=weights, skip_middle=True)
+        _tracked_run(s, r, model, extra, trace.DEVICE, weights=weights)
     del model
     for k in ("prefill_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
         r["details"][k] = None  # fake tensors: timings mean nothing

@@ -11,8 +11,14 @@ laptop. Recipe and pitfalls (../shared/reference/memory-model.md §6):
   ``AttentionInterface.register`` that allocates what the CUDA flash kernel allocates: the output
   [b, T, h, d] in the query dtype and the fp32 logsumexp [b, h, T] (aten
   ``_scaled_dot_product_flash_attention``). The name has no "flash" in it, or transformers tries
-  to import a flash-attn package. ``eager`` keeps the real eager code (its fp32 softmax
-  decomposes to one extra fp32 copy, about 10 instead of 8 B per score element).
+  to import a flash-attn package.
+- ``eager`` keeps the real eager code of the model's own module, run through a stand-in
+  (``cuda_eager_attention``) whose only change is the CUDA dispatch of
+  ``softmax(x, dim, dtype=float32)``: ATen (``aten/src/ATen/native/SoftMax.cpp``, ``softmax``)
+  calls ``_softmax(x, dim, half_to_float=True)`` for a Half input on CUDA, with no copy of the
+  scores, and converts first (``x.toType(dtype)``, a copy) everywhere else, meta included. So
+  fp16 scores take the fused kernel (4 B per score element for the fp32 probabilities), bf16
+  ones are copied to fp32 first (another 4 B), as on the GPU.
 - bitsandbytes layers are replaced by stand-ins holding fake tensors with the exact stored
   layout (taken from bitsandbytes itself on a small CPU tensor), whose forward allocates what
   the CUDA kernels of bitsandbytes 0.50 allocate: see ``_Bnb4bit`` and ``_Bnb8bit``. Those
@@ -21,7 +27,9 @@ laptop. Recipe and pitfalls (../shared/reference/memory-model.md §6):
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from typing import Any
 
 import torch
@@ -32,6 +40,7 @@ from .settings import BNB_QUANTS, compute_dtype
 
 DEVICE = "meta"
 STANDIN_ATTN = "memest_sdpa"
+STANDIN_EAGER = "memest_eager"
 
 
 def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -56,14 +65,46 @@ def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0,
     return out, None
 
 
+def cuda_softmax(input, dim=None, _stacklevel=3, dtype=None):  # noqa: A002 (torch's signature)
+    """``torch.nn.functional.softmax`` as it dispatches on CUDA (``SoftMax.cpp``, ``softmax``):
+    a Half input with ``dtype=float32`` goes straight to ``_softmax(half_to_float=True)``, which
+    allocates only the fp32 output; anything else keeps torch's own path."""
+    if dtype == torch.float32 and isinstance(input, torch.Tensor) and input.dtype == torch.float16:
+        return torch._softmax(input, dim, True)
+    return _TORCH_SOFTMAX(input, dim, _stacklevel=_stacklevel, dtype=dtype)
+
+
+_TORCH_SOFTMAX = torch.nn.functional.softmax
+
+
+@contextlib.contextmanager
+def _softmax_as_on_cuda():
+    torch.nn.functional.softmax = cuda_softmax
+    try:
+        yield
+    finally:
+        torch.nn.functional.softmax = _TORCH_SOFTMAX
+
+
+def cuda_eager_attention(module, *args, **kwargs):
+    """The model's own ``eager_attention_forward`` (looked up in the module that defines the
+    attention class, so Llama, Qwen2, Qwen3... each run their code) with softmax dispatched as
+    on CUDA (``cuda_softmax``). Masks are built as for "eager" (additive, model dtype)."""
+    forward = sys.modules[type(module).__module__].eager_attention_forward
+    with _softmax_as_on_cuda():
+        return forward(module, *args, **kwargs)
+
+
 @functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
     AttentionInterface.register(STANDIN_ATTN, flash_like_attention)
     # Build masks exactly as for "sdpa" (None when is_causal can be used, else a 4-D bool mask).
     AttentionMaskInterface.register(STANDIN_ATTN, sdpa_mask)
+    AttentionInterface.register(STANDIN_EAGER, cuda_eager_attention)
+    AttentionMaskInterface.register(STANDIN_EAGER, eager_mask)
 
 
 @functools.cache
@@ -178,7 +219,7 @@ def build(s: dict[str, Any]):
 
     quiet()
     _register()
-    attn = STANDIN_ATTN if s["attn"] == "sdpa" else s["attn"]
+    attn = {"sdpa": STANDIN_ATTN, "eager": STANDIN_EAGER}.get(s["attn"], s["attn"])
     conf = hf_config(config_dict(s["model"]), attn)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(conf, dtype=DTYPES[compute_dtype(s["quant"])])

@@ -10,7 +10,8 @@ byte (../shared/reference/environment.md §4c).
 
 Two sums are kept: raw storage bytes, and bytes rounded up to 512 per storage, which is the CUDA
 caching allocator's ``round_size`` (``kMinBlockSize = 512`` in ``c10/cuda/CUDACachingAllocator.cpp``).
-Neither includes allocator block slack, segments or the cuBLAS workspace.
+Neither includes allocator block slack, segments or the cuBLAS workspace: for those, ``events``
+keeps every allocation and free in order, with phase boundaries, for ``runtime.allocsim``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-ROUND_BYTES = 512  # CUDA caching allocator kMinBlockSize (c10/cuda/CUDACachingAllocator.cpp)
+from estimator.allocator import round_size as _round  # round_size: up to 512 B (kMinBlockSize)
 
-
-def _round(n: int) -> int:
-    return -(-n // ROUND_BYTES) * ROUND_BYTES if n > 0 else 0
+ALLOC, FREE, PHASE = "alloc", "free", "phase"  # event kinds (runtime/allocsim.py reads them)
 
 
 def storage_key(t: torch.Tensor) -> int:
@@ -39,6 +38,8 @@ class LiveBytes(TorchDispatchMode):
     ``track(t)`` registers tensors created outside the mode (parameters, buffers, inputs).
     ``reset_peak()`` starts a new phase. With ``detail=True`` the live set at the latest peak
     is kept (``peak_detail``: list of (nbytes, dtype, shape, op)) for breakdown reports.
+    ``events`` lists, in order, ``("alloc", key, nbytes)``, ``("free", key)`` and ``("phase",)``
+    at each ``reset_peak()`` (the event kinds of ``runtime.allocsim``).
     """
 
     def __init__(self, detail: bool = False):
@@ -50,6 +51,7 @@ class LiveBytes(TorchDispatchMode):
         self.detail = detail
         self.peak_detail: list[tuple[int, str, tuple[int, ...], str]] = []
         self._info: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
+        self.events: list[tuple] = []
 
     def track(self, t: torch.Tensor, op: str = "external") -> None:
         if not isinstance(t, torch.Tensor):
@@ -62,6 +64,7 @@ class LiveBytes(TorchDispatchMode):
         self._info[key] = (n, str(t.dtype).replace("torch.", ""), tuple(t.shape), op)
         self.live += n
         self.live_rounded += _round(n)
+        self.events.append((ALLOC, key, n))
         weakref.finalize(st, self._free, key)
         self._update_peak()
 
@@ -70,6 +73,7 @@ class LiveBytes(TorchDispatchMode):
         if info is not None:
             self.live -= info[0]
             self.live_rounded -= _round(info[0])
+            self.events.append((FREE, key))
 
     def _update_peak(self) -> None:
         if self.live_rounded > self.peak_rounded:
@@ -79,6 +83,7 @@ class LiveBytes(TorchDispatchMode):
         self.peak = max(self.peak, self.live)
 
     def reset_peak(self) -> None:
+        self.events.append((PHASE,))
         self.peak = self.live
         self.peak_rounded = self.live_rounded
         if self.detail:

@@ -8,6 +8,9 @@ are the estimator's), and each counter gets ``estimate``, ``measured`` and the r
 - cpu / trace: ``activations_bytes`` and ``peak_live_bytes``: the unrounded live-tensor peak,
   against the estimator's ``weights + kv_cache + activations`` (its peak before allocator
   rounding and the cuBLAS workspace, which live tensors cannot show);
+- trace also: ``peak_allocated_bytes`` and ``peak_reserved_bytes`` SIMULATED by replaying the
+  traced allocations through the caching-allocator model (runtime/allocsim.py), against the
+  estimate for the GPU the simulation stands for (``details.allocator_sim.gpu``);
 - cuda: ``peak_allocated_bytes``, ``peak_reserved_bytes``, ``device_used_bytes``.
 
 Outputs a markdown table plus a JSON file with the same rows and a summary (max and median
@@ -25,7 +28,8 @@ EST_KEYS = ("quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cach
             "prefill_chunk", "bnb_compute_dtype")
 COUNTERS = {
     "cpu": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"),
-    "trace": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"),
+    "trace": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes", "peak_allocated_bytes",
+              "peak_reserved_bytes"),
     "cuda": ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"),
 }
 
@@ -39,13 +43,20 @@ def _gpu_for(env: dict[str, Any] | None):
     return match_gpu(env["gpu_total_memory_bytes"], "sm" + str(env.get("gpu_capability") or "").replace(".", ""))
 
 
+def sim_gpu(result: dict[str, Any]) -> str | None:
+    """The catalog GPU a trace result's allocator simulation stands for (None: no simulation)."""
+    sim = (result.get("details") or {}).get("allocator_sim")
+    gpu = sim.get("gpu") if isinstance(sim, dict) else None
+    return gpu if isinstance(gpu, str) else None
+
+
 def estimate_for(result: dict[str, Any]) -> dict[str, Any]:
     """``estimator.estimate(...).to_dict()`` for a result's settings (and its GPU on cuda)."""
     from estimator import estimate
 
     s = result["settings"]
     kw = {k: s[k] for k in EST_KEYS if k in s}
-    gpu = _gpu_for(result.get("environment")) if s.get("device") == "cuda" else None
+    gpu = _gpu_for(result.get("environment")) if s.get("device") == "cuda" else sim_gpu(result)
     est = estimate(s["model"], gpu=gpu, **kw)
     d = est.to_dict()
     d["peak_live_bytes"] = d["weights_bytes"] + d["kv_cache_bytes"] + d["activations_bytes"]
@@ -55,6 +66,9 @@ def estimate_for(result: dict[str, Any]) -> dict[str, Any]:
 def _measured(result: dict[str, Any], counter: str) -> int | None:
     if counter == "peak_live_bytes":
         return (result.get("details") or {}).get("peak_live_bytes")
+    if result["settings"].get("device") == "trace" and counter in ("peak_allocated_bytes", "peak_reserved_bytes") \
+            and sim_gpu(result) is None:
+        return None  # a trace from before the allocator simulation: its counters are live-tensor peaks
     return result.get(counter)
 
 

@@ -102,8 +102,11 @@ def test_static_cache_holds_max_length_from_the_start():
 
 
 def test_gpu_memory_bytes_custom():
-    e = estimate(context=8192, gpu_memory_bytes=8 * 2**30)
-    assert e.gpu_memory_bytes == 8 * 2**30 and e.fits is True
+    # fits exactly when the GPU holds the total (device used): at the total, not one byte below
+    total = estimate(context=8192).total_bytes
+    e = estimate(context=8192, gpu_memory_bytes=total)
+    assert e.gpu_memory_bytes == total and e.fits is True and e.headroom_bytes == 0
+    assert estimate(context=8192, gpu_memory_bytes=total - 1).fits is False
 
 
 @pytest.mark.parametrize("kw,field", [

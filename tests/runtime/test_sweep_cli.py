@@ -66,7 +66,11 @@ def test_cli_measure_contract(model_dirs):
                 "peak_reserved_bytes", "device_used_bytes", "phases", "environment"):
         assert key in r
     assert set(r["phases"]) == {"load", "prefill", "decode"}
-    assert r["peak_reserved_bytes"] is None and r["device_used_bytes"] is None  # trace cannot measure them
+    # trace reads no device: reserved comes from the allocator simulation (runtime/allocsim.py),
+    # at least the simulated allocated peak; the device counter (NVML) stays unmeasured.
+    assert r["device_used_bytes"] is None
+    assert r["peak_reserved_bytes"] >= r["peak_allocated_bytes"] > 0
+    assert "SIMULATED" in r["counters"]["peak_reserved_bytes"]
     assert {"torch", "transformers", "bitsandbytes", "gpu_name", "driver", "cuda"} <= set(r["environment"])
 
 
@@ -107,7 +111,9 @@ def test_validate_report(model_dirs, tmp_path):
     rep = validate(read_results(out), tmp_path / "report")
     assert (tmp_path / "report" / "validation.md").read_text().startswith("# Estimator vs measurement")
     js = json.loads((tmp_path / "report" / "validation.json").read_text())
-    assert set(js["summary"]) == {"weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"}
+    # trace: live-tensor counters, and allocated/reserved from the allocator simulation
+    assert set(js["summary"]) == {"weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes",
+                                  "peak_allocated_bytes", "peak_reserved_bytes"}
     assert js["summary"]["weights_bytes"]["max_abs_rel_error"] == 0
     assert js["summary"]["kv_cache_bytes"]["max_abs_rel_error"] == 0
     assert len(rep["rows"]) == 4
