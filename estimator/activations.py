@@ -583,7 +583,16 @@ def _by_size(c: Counter) -> tuple[Counter, Counter]:
 
 
 def _measure(c: Candidate, t: int) -> tuple[int, int]:
-    """(allocator bytes, reserved segment bytes) of a candidate's live tensors at ``t``.
+    """(allocator bytes, reserved segment bytes) of a candidate's live tensors at ``t``."""
+    blk, small, medium, large = pools(c, t)
+    return blk, large + -(-small // _SMALL_SEG) * _SMALL_SEG + -(-medium // _LARGE_SEG) * _LARGE_SEG
+
+
+def pools(c: Candidate, t: int) -> tuple[int, int, int, int]:
+    """(allocator bytes, small-pool bytes, medium-pool bytes, large segment bytes) of a
+    candidate's live tensors at ``t``: the small and medium pools before their round-up to whole
+    2 / 20 MiB segments (``_measure`` rounds them; the solvers use the unrounded floor, which
+    never decreases with t).
 
     The same rules as ``allocator.block_bytes`` and ``allocator.reserved_for``, fused into one
     pass because this is the innermost loop of sweeps and solvers.
@@ -605,8 +614,7 @@ def _measure(c: Candidate, t: int) -> tuple[int, int]:
             seg = -(-r // _ROUND_LARGE) * _ROUND_LARGE
             blk += n * r + (fr * (seg - r) if seg - r <= _SMALL else 0)  # only fresh blocks stay unsplit
             large += n * seg
-    res = large + -(-small // _SMALL_SEG) * _SMALL_SEG + -(-medium // _LARGE_SEG) * _LARGE_SEG
-    return blk, res
+    return blk, small, medium, large
 
 
 def evaluate(cands: tuple[Candidate, ...], t: int) -> tuple[int, int, int, str]:

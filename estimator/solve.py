@@ -114,19 +114,7 @@ def largest_true(fits: Callable[[int], bool], lo: int, hi: int) -> int:
 def _floor(c: act.Candidate, t: int) -> tuple[int, int]:
     """(allocator bytes, segment floor) of a candidate at ``t``: the floor counts the small and
     medium pools without their round-up to whole segments, so it never decreases with t."""
-    blk, res = act._measure(c, t)
-    small, medium, large = c.const_pools
-    for (c0, c1, c2), n in zip(c.sizes, c.counts):
-        v = c0 + t * (c1 + t * c2)
-        if v <= 0:
-            continue
-        r = (v + 511) & ~511
-        if r <= SMALL_SIZE_BYTES:
-            small += n * r
-        elif r < MIN_LARGE_ALLOC_BYTES:
-            medium += n * r
-        else:
-            large += n * -(-r // (2 << 20)) * (2 << 20)
+    blk, small, medium, large = act.pools(c, t)
     return blk, large + small + medium
 
 
