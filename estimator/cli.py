@@ -109,7 +109,9 @@ def _gib(n: int | None) -> str:
 def format_estimate(d: dict[str, Any]) -> str:
     """A readable table of an ``Estimate.to_dict()``."""
     st = d["settings"]
-    lines = [f"{st['model']}  {st['quant']}  context {st['context']:,} (+{st['new_tokens']} new)  "
+    # the context is the window the KV cache holds: the prompt plus the generated tokens
+    window = f"context {st['context']:,} (prompt {st['context'] - st['new_tokens']:,} + {st['new_tokens']} new)"
+    lines = [f"{st['model']}  {st['quant']}  {window}  "
              f"batch {st['batch']}  attn {st['attn']}  kv {st['kv_dtype']}",
              f"  {'weights':<22}{_gib(d['weights_bytes'])}",
              f"  {'KV cache':<22}{_gib(d['kv_cache_bytes'])}",

@@ -19,10 +19,13 @@ COUNTER_HELP = {
                              "(`torch.cuda.max_memory_allocated`)."),
     "peak_reserved_bytes": ("Peak reserved",
                             "What PyTorch's caching allocator took from the driver to serve them, "
-                            "including free space inside its blocks (`torch.cuda.max_memory_reserved`)."),
+                            "including free space inside its blocks (`torch.cuda.max_memory_reserved`). "
+                            "Fragmentation left by earlier allocations is not modelled: replaying the "
+                            "traced transformers forward through the allocator gives a median 4.6% more, "
+                            "up to 27% with eager attention (validation/trace)."),
     "device_used_bytes": ("Device used",
                           "What the GPU must have free: reserved memory plus the CUDA context and "
-                          "libraries (nvidia-smi's number for the process)."),
+                          "libraries (nvidia-smi's number for the process). Reserved's fragmentation caveat applies."),
 }
 
 

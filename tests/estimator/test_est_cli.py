@@ -75,6 +75,9 @@ def test_gpus_and_quants_json(capsys):
 def test_table_output_says_gib(capsys):
     code, out, _ = run(capsys, "estimate", "--gpu", "l4-24gb")
     assert code == 0 and "GiB" in out and " GB" not in out and "fits" in out
+    # the context is the window: the header splits it into prompt + generated tokens
+    code, out, _ = run(capsys, "estimate", "--context", "8192", "--new-tokens", "32")
+    assert code == 0 and "context 8,192 (prompt 8,160 + 32 new)" in out.splitlines()[0]
 
 
 def test_sweep_csv(capsys):
