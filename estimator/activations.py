@@ -525,7 +525,7 @@ def plan(snaps: list[tuple[str, tuple[tuple[Poly, str], ...]]], t_lo: int, t_hi:
     # Drop b when some a is larger over the whole interval by more than the rounding that b's
     # own tensors (those a does not share) could add: then blk(a) >= blk(b) everywhere.
     survivors = []
-    for i, (tag, b) in enumerate(kept):
+    for i, (_, b) in enumerate(kept):
         beaten = False
         for j, (_, a) in enumerate(kept):
             if i == j:

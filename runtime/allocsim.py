@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from estimator.allocator import CachingAllocator
+from estimator.allocator import Block, CachingAllocator
 from estimator.gpus import get_gpu
 from estimator.overhead import cublas_workspace_bytes
 

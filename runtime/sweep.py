@@ -242,7 +242,7 @@ def _run_shared(group: list[dict[str, Any]], deadline: float | None, on_result) 
             timer = threading.Timer(max(0.0, deadline - time.monotonic()), p.kill)
             timer.start()
         err: list[str] = []
-        drain = threading.Thread(target=lambda: err.append(p.stderr.read()), daemon=True)
+        drain = threading.Thread(target=lambda p=p, err=err: err.append(p.stderr.read()), daemon=True)
         drain.start()
         p.stdin.write(json.dumps(todo) + "\n")
         p.stdin.close()

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+.venv/bin/python -m ruff check --quiet .   # lint gate (pyproject.toml [tool.ruff.lint])
 exec .venv/bin/python -m pytest "$@"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from estimator import estimate
-from runtime import generate, measure
+from runtime import measure
 
 
 @pytest.mark.parametrize("quant,attn", [("bf16", "sdpa"), ("fp32", "sdpa"), ("bf16", "eager"), ("fp16", "sdpa")])
