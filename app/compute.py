@@ -138,6 +138,24 @@ def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
     return out
 
 
+def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
+                 n: int = 3) -> list[dict[str, Any]]:
+    """The ``n`` catalog GPUs with the least memory that fit these settings with room to spare
+    (``tables.verdict`` "Yes", not "Tight"), each estimated on its own arch (cuBLAS workspace,
+    CUDA context, SDPA kernel): rows of name, memory_bytes, device_used_bytes, headroom_bytes."""
+    from .tables import verdict
+
+    rows = []
+    for key in gpu_keys():
+        g = gpu_by_key(key)
+        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None)
+        if verdict(d["device_used_bytes"], g.memory_bytes)[0] == "Yes":
+            rows.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes,
+                         "device_used_bytes": d["device_used_bytes"], "headroom_bytes": d["headroom_bytes"]})
+    rows.sort(key=lambda r: (r["memory_bytes"], r["name"]))
+    return rows[:n]
+
+
 # ---------------------------------------------------------------------------- cached wrappers
 
 _cache = st.cache_data(show_spinner=False, max_entries=2048)
@@ -150,3 +168,4 @@ cached_gpu_context_grid = st.cache_data(
     show_spinner="Finding the largest context for every GPU and quantization…", max_entries=32)(gpu_context_grid)
 cached_quant_rows = st.cache_data(show_spinner=False, max_entries=256)(quant_rows)
 cached_gpu_rows = st.cache_data(show_spinner=False, max_entries=256)(gpu_rows)
+cached_fitting_gpus = st.cache_data(show_spinner=False, max_entries=256)(fitting_gpus)

@@ -61,18 +61,19 @@ def render() -> None:
     # ------------------------------------------------------------------ headline
     st.title("Will it fit?")
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
-    fits, head = est["fits"], est["headroom_bytes"]
+    answer, why = tables.verdict(est["device_used_bytes"], inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
     c1.metric("GPU memory needed", format_gib(est["device_used_bytes"]), border=True,
               delta=f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
               delta_color="off", delta_arrow="off",
               help="Device memory the process uses at its peak (weights, KV cache, activations, CUDA "
                    "context and allocator): what the GPU must have free.")
-    c2.metric(f"Fits on {inp.capacity_label}?", "Yes" if fits else "No", border=True,
-              icon=":material/check_circle:" if fits else ":material/cancel:",
-              delta=(f"{format_gib(head)} headroom" if fits else f"-{format_gib(-head)} short"),
-              delta_color="normal",
-              help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left.")
+    c2.metric(f"Fits on {inp.capacity_label}?", answer, border=True,
+              icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
+              delta=why, delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"), delta_arrow="off",
+              help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left. "
+                   f"Tight: headroom under {tables.TIGHT_FRACTION:.0%} of the need, about what allocator "
+                   "fragmentation (not in the estimate) adds in the median traced case.")
     ctx_text, ctx_note = tables.largest_context_text(max_ctx, window)
     c3.metric("Largest context that fits", ctx_text, border=True,
               delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}" + (f" · {ctx_note}" if ctx_note else ""),
@@ -81,6 +82,8 @@ def render() -> None:
                    f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
                    f"model's window of {window:,} tokens.")
 
+    fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn)
+    st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
     if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
         why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
                if inp.attn == "eager" else
