@@ -206,7 +206,7 @@ def _fit_context_to(window: int) -> str | None:
 
 def _custom_model() -> Any:
     """ModelSpec from the uploaded file or pasted text; st.error + st.stop on bad input."""
-    up = st.file_uploader("config.json", type=["json"], key=state.CONFIG_UPLOAD, max_upload_size=2,
+    up = st.file_uploader("config.json", type=["json"], key=state.CONFIG_UPLOAD, max_upload_size=1,
                           help="A Hugging Face config.json of a Llama-family decoder (max 1 MiB).")
     st.text_area("…or paste it", key=state.CONFIG_PASTE, height=110,
                  placeholder='{"model_type": "llama", "hidden_size": 3072, ...}')
