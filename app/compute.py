@@ -156,6 +156,49 @@ def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str
     return rows[:n]
 
 
+QUANTIZED_KV = ("fp8", "int8", "int4")  # KV-cache dtypes below 16 bits, most precise first
+
+
+def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str, gpu: str | None,
+             gpu_memory_bytes: int | None, max_ctx: int) -> list[dict[str, Any]]:
+    """Single changes that make these settings fit the GPU (``device_used <= memory``), each as
+    {"what", "change" (session-state values), "device_used_bytes"}: the highest-precision weights
+    that fit, the most precise quantized KV cache that fits, the largest context that fits
+    (``max_ctx``, from ``largest_context``) and the largest batch that fits. Empty when it fits."""
+    base = dict(model=model, quant=quant, context=context, batch=batch, kv_dtype=kv_dtype, attn=attn, gpu=gpu,
+                gpu_memory_bytes=gpu_memory_bytes)
+    if cached_estimate(**base)["fits"]:
+        return []
+    out: list[dict[str, Any]] = []
+    mdl = model_from_key(model)
+    q = estimator.best_quant(mdl, context, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, batch=batch,
+                             kv_dtype=kv_dtype, attn=attn)
+    if q is not None and q != quant:
+        d = cached_estimate(**{**base, "quant": q})
+        out.append({"what": f"{estimator.QUANTS[q].label} weights", "change": {state.QUANT: q},
+                    "device_used_bytes": d["device_used_bytes"]})
+    spec = spec_of(model)
+    now = estimator.kv_bytes_per_token(spec, kv_dtype)
+    for kv in QUANTIZED_KV:
+        if estimator.kv_bytes_per_token(spec, kv) < now:
+            d = cached_estimate(**{**base, "kv_dtype": kv})
+            if d["fits"]:
+                out.append({"what": f"{kv} KV cache", "change": {state.KV_DTYPE: kv},
+                            "device_used_bytes": d["device_used_bytes"]})
+                break
+    if 0 < max_ctx < context:
+        d = cached_estimate(**{**base, "context": max_ctx})
+        out.append({"what": f"context {max_ctx:,} tokens", "change": {state.CONTEXT: max_ctx},
+                    "device_used_bytes": d["device_used_bytes"]})
+    if batch > 1:
+        b = estimator.max_batch(mdl, quant, context, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, kv_dtype=kv_dtype,
+                                attn=attn, limit=batch)
+        if 0 < b < batch:
+            d = cached_estimate(**{**base, "batch": b})
+            out.append({"what": f"batch {b}", "change": {state.BATCH: b}, "device_used_bytes": d["device_used_bytes"]})
+    return out
+
+
 # ---------------------------------------------------------------------------- cached wrappers
 
 _cache = st.cache_data(show_spinner=False, max_entries=2048)
@@ -169,3 +212,4 @@ cached_gpu_context_grid = st.cache_data(
 cached_quant_rows = st.cache_data(show_spinner=False, max_entries=256)(quant_rows)
 cached_gpu_rows = st.cache_data(show_spinner=False, max_entries=256)(gpu_rows)
 cached_fitting_gpus = st.cache_data(show_spinner=False, max_entries=256)(fitting_gpus)
+cached_remedies = st.cache_data(show_spinner=False, max_entries=256)(remedies)

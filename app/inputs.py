@@ -165,6 +165,19 @@ def init_state() -> None:
     ss.setdefault(state.CTX_ERROR, None)
 
 
+def apply_change(change: dict[str, Any]) -> None:
+    """A one-click remedy (``compute.remedies``): set these inputs; a context also moves the
+    typed field and the slider. Runs as a button callback, before the widgets are drawn."""
+    ss = st.session_state
+    for k, v in change.items():
+        if k == state.CONTEXT:
+            window = ss.get(state.WINDOW) or state.window_of(estimator.load_preset(state.DEFAULTS[state.MODEL]))
+            ss[state.CONTEXT], ss[state.CTX_TEXT], ss[state.CTX_ERROR] = int(v), tokens_label(int(v)), None
+            ss[state.CTX_SLIDER] = state.nearest_stop(int(v), state.context_stops(window))
+        else:
+            ss[k] = v
+
+
 def _on_slider() -> None:
     ss = st.session_state
     ss[state.CONTEXT] = int(ss[state.CTX_SLIDER])

@@ -82,6 +82,16 @@ def render() -> None:
                    f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
                    f"model's window of {window:,} tokens.")
 
+    fixes = compute.cached_remedies(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
+                                    inp.gpu_key, s["gpu_memory_bytes"], max_ctx)
+    if fixes:
+        st.markdown(f"**To fit {md(inp.capacity_label)}**, change one setting (click to apply):")
+        for col, fix in zip(st.columns(len(fixes)), fixes):
+            col.button(f"{fix['what']} → {format_gib(fix['device_used_bytes'])}", key=f"fix_{next(iter(fix['change']))}",
+                       on_click=inputs.apply_change, args=(fix["change"],), width="stretch")
+    elif not est["fits"]:
+        st.markdown(f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; "
+                    "the GPUs below do.")
     fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn)
     st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
     if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:

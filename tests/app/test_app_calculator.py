@@ -436,3 +436,59 @@ def test_tight_fit_is_not_a_confident_yes(at):
     for factor, want in ((1.02, "Tight"), (1.10, "Yes"), (0.98, "No")):
         at.number_input(key=state.GPU_MEM_GIB).set_value(round(need * factor / GiB, 2)).run()
         assert not at.exception and at.metric[1].value == want, factor
+
+
+def _fix_buttons(at) -> dict[str, object]:
+    return {b.key: b for b in at.button if str(b.key).startswith("fix_")}
+
+
+def test_does_not_fit_offers_one_click_remedies_that_fit(at):
+    """bf16 at 16K on an 8 GB card does not fit: each offered change alone fits (checked in
+    test_remedies_each_fit_on_their_own), and clicking one applies it and turns the verdict to a fit."""
+    at.selectbox(key=state.GPU).set_value("rtx-4060-8gb").run()
+    at.text_input(key=state.CTX_TEXT).set_value("16k").run()
+    assert at.metric[1].value == "No"
+    fixes = _fix_buttons(at)
+    assert {f"fix_{state.QUANT}", f"fix_{state.CONTEXT}"} <= set(fixes)
+    assert all("→" in b.label and "GiB" in b.label for b in fixes.values())
+    at = fixes[f"fix_{state.QUANT}"].click().run()
+    assert not at.exception
+    q = at.session_state[state.QUANT]
+    e = estimator.estimate("llama-3.2-3b", q, 16384, 1, gpu="rtx-4060-8gb")
+    assert q != "bf16" and e.fits and at.metric[1].value in ("Yes", "Tight")
+    assert not _fix_buttons(at)  # it fits: nothing left to fix
+
+
+def test_context_remedy_moves_the_context_widgets(at):
+    at.selectbox(key=state.GPU).set_value("rtx-4060-8gb").run()
+    at.text_input(key=state.CTX_TEXT).set_value("16k").run()
+    at = _fix_buttons(at)[f"fix_{state.CONTEXT}"].click().run()
+    mc = estimator.max_context("llama-3.2-3b", "bf16", gpu="rtx-4060-8gb")
+    assert not at.exception and at.session_state[state.CONTEXT] == mc
+    from app.figures import tokens_label
+
+    assert at.text_input(key=state.CTX_TEXT).value == tokens_label(mc)
+    assert at.query_params["ctx"] == str(mc) and at.metric[1].value in ("Yes", "Tight")
+
+
+def test_no_single_change_fits_says_so(at):
+    at.selectbox(key=state.GPU).set_value("gtx-1650-4gb").run()  # sm75: SDPA math kernel; bf16 weights > 4 GB
+    assert at.metric[1].value == "No" and not _fix_buttons(at)
+    assert "No single change" in _markdown(at)
+
+
+def test_remedies_each_fit_on_their_own():
+    """compute.remedies (pure): every change it offers fits on its own, with the bytes it shows."""
+    from app import compute
+
+    g, ctx, b = "rtx-4090-24gb", 16384, 8
+    max_ctx = estimator.max_context("llama-3.2-3b", "bf16", gpu=g, batch=b)
+    fixes = compute.remedies("llama-3.2-3b", "bf16", ctx, b, "auto", "sdpa", g, None, max_ctx)
+    assert {state.CONTEXT, state.BATCH, state.KV_DTYPE} <= {next(iter(f["change"])) for f in fixes}
+    names = {state.QUANT: "quant", state.KV_DTYPE: "kv_dtype", state.CONTEXT: "context", state.BATCH: "batch"}
+    for f in fixes:
+        (k, v), = f["change"].items()
+        kw = {"quant": "bf16", "context": ctx, "batch": b, "kv_dtype": "auto", names[k]: v}
+        e = estimator.estimate("llama-3.2-3b", gpu=g, **kw)
+        assert e.fits and e.device_used_bytes == f["device_used_bytes"], f
+    assert compute.remedies("llama-3.2-3b", "bf16", 1024, 1, "auto", "sdpa", "h200-141gb", None, 131072) == []
