@@ -59,6 +59,16 @@ def quant_label(q: str) -> str:
     return estimator.QUANTS[q].label
 
 
+def quant_choice_label(q: str) -> str:
+    """The weight-quantization choice in plain words first: "4-bit · bnb NF4"."""
+    return f"{estimator.QUANTS[q].bits}-bit · {quant_label(q)}"
+
+
+QUANT_HELP = ("Bits stored per weight: 16-bit is the checkpoint as published (BF16); 8-bit and 4-bit "
+              "quantize the linear layers (the embedding and norms stay 16-bit). Fewer bits, less memory. "
+              + " ".join(f"{quant_label(q)}: {estimator.QUANTS[q].note}." for q in estimator.TRANSFORMERS_QUANTS))
+
+
 def gpu_label(key: str) -> str:
     if key == state.CUSTOM_GPU:
         return "Custom memory size…"
@@ -272,7 +282,7 @@ def sidebar() -> Inputs:
             capacity, cap_label, gpu_key = g.memory_bytes, short_gpu_name(g.name), gkey
         st.subheader("Precision")
         quant = st.selectbox("Weight quantization", estimator.TRANSFORMERS_QUANTS, key=state.QUANT,
-                             format_func=quant_label)
+                             format_func=quant_choice_label, help=QUANT_HELP)
         kv = st.selectbox("KV-cache dtype", estimator.KV_DTYPES, key=state.KV_DTYPE,
                           format_func=lambda k: KV_LABELS.get(k, k))
         st.subheader("Workload")

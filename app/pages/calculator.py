@@ -63,11 +63,12 @@ def render() -> None:
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
     answer, why = tables.verdict(est["device_used_bytes"], inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
-    c1.metric("GPU memory needed", format_gib(est["device_used_bytes"]), border=True,
+    c1.metric("VRAM needed", format_gib(est["device_used_bytes"]), border=True,
               delta=f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
               delta_color="off", delta_arrow="off",
-              help="Device memory the process uses at its peak (weights, KV cache, activations, CUDA "
-                   "context and allocator): what the GPU must have free.")
+              help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
+                   "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
+                   f"are sold in GB: this is {est['device_used_bytes'] / 1e9:.2f} GB.")
     c2.metric(f"Fits on {inp.capacity_label}?", answer, border=True,
               icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
               delta=why, delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"), delta_arrow="off",

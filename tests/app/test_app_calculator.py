@@ -492,3 +492,10 @@ def test_remedies_each_fit_on_their_own():
         e = estimator.estimate("llama-3.2-3b", gpu=g, **kw)
         assert e.fits and e.device_used_bytes == f["device_used_bytes"], f
     assert compute.remedies("llama-3.2-3b", "bf16", 1024, 1, "auto", "sdpa", "h200-141gb", None, 131072) == []
+
+
+def test_quant_choices_say_their_bits_in_plain_words(at):
+    sb = at.selectbox(key=state.QUANT)
+    assert sb.format_func("nf4") == "4-bit · bnb NF4" and sb.format_func("bf16") == "16-bit · BF16"
+    assert sb.format_func("int8") == "8-bit · bnb LLM.int8"
+    assert at.metric[0].label == "VRAM needed"
