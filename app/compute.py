@@ -119,19 +119,28 @@ def quant_rows(model: str, context: int, batch: int, kv_dtype: str, attn: str, g
     return out
 
 
-def gpu_context_grid(model: str, batch: int, kv_dtype: str, attn: str) -> dict[str, dict[str, int]]:
+def _usable(key: str, keep_free_bytes: int) -> int | None:
+    """The memory a catalog GPU leaves to the model (None: all of it, the estimator's default); at
+    least 1 byte (the estimator's floor), so a card smaller than the kept memory fits nothing."""
+    return max(1, gpu_by_key(key).memory_bytes - keep_free_bytes) if keep_free_bytes else None
+
+
+def gpu_context_grid(model: str, batch: int, kv_dtype: str, attn: str,
+                     keep_free_bytes: int = 0) -> dict[str, dict[str, int]]:
     """Largest context for every catalog GPU x every quantization: {gpu: {quant: tokens}}."""
-    return {key: quant_max_contexts(model, batch, kv_dtype, attn, key, None) for key in gpu_keys()}
+    return {key: quant_max_contexts(model, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes))
+            for key in gpu_keys()}
 
 
 def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
-             attn: str) -> list[dict[str, Any]]:
-    """For each catalog GPU: the estimate at these settings, and the largest context per quant."""
-    grid = cached_gpu_context_grid(model, batch, kv_dtype, attn)
+             attn: str, keep_free_bytes: int = 0) -> list[dict[str, Any]]:
+    """For each catalog GPU: the estimate at these settings, and the largest context per quant
+    (in the GPU's memory less ``keep_free_bytes``)."""
+    grid = cached_gpu_context_grid(model, batch, kv_dtype, attn, keep_free_bytes)
     out = []
     for key in gpu_keys():
         g = gpu_by_key(key)
-        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, None)
+        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes))
         out.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes, "cls": g.cls,
                     "device_used_bytes": d["device_used_bytes"], "fits": d["fits"],
                     "headroom_bytes": d["headroom_bytes"], "max_context": grid[key]})
@@ -139,19 +148,22 @@ def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
 
 
 def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
-                 n: int = 3) -> list[dict[str, Any]]:
+                 keep_free_bytes: int = 0, n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` catalog GPUs with the least memory that fit these settings with room to spare
-    (``tables.verdict`` "Yes", not "Tight"), each estimated on its own arch (cuBLAS workspace,
-    CUDA context, SDPA kernel): rows of name, memory_bytes, device_used_bytes, headroom_bytes."""
+    (``tables.verdict`` "Yes", not "Tight") in their memory less ``keep_free_bytes``, each estimated
+    on its own arch (cuBLAS workspace, CUDA context, SDPA kernel): rows of name, memory_bytes,
+    device_used_bytes, headroom_bytes."""
     from .tables import verdict
 
     rows = []
     for key in gpu_keys():
         g = gpu_by_key(key)
         d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None)
-        if verdict(d["device_used_bytes"], g.memory_bytes)[0] == "Yes":
+        usable = g.memory_bytes - keep_free_bytes
+        if verdict(d["device_used_bytes"], usable)[0] == "Yes":
             rows.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes,
-                         "device_used_bytes": d["device_used_bytes"], "headroom_bytes": d["headroom_bytes"]})
+                         "device_used_bytes": d["device_used_bytes"],
+                         "headroom_bytes": usable - d["device_used_bytes"]})
     rows.sort(key=lambda r: (r["memory_bytes"], r["name"]))
     return rows[:n]
 

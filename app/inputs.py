@@ -27,7 +27,7 @@ KV_LABELS = {"auto": "auto (compute dtype)", "fp32": "fp32", "bf16": "bf16", "fp
              "fp8": "fp8", "int8": "int8", "int4": "int4"}
 ATTN_LABELS = {"sdpa": "SDPA", "eager": "Eager"}
 _WIDGET_KEYS = (state.MODEL, state.QUANT, state.KV_DTYPE, state.CTX_SLIDER, state.CTX_TEXT,
-                state.BATCH, state.ATTN, state.GPU, state.GPU_MEM_GIB, state.CONFIG_PASTE)
+                state.BATCH, state.ATTN, state.GPU, state.GPU_MEM_GIB, state.KEEP_FREE_GIB, state.CONFIG_PASTE)
 _SAVED = "_saved_inputs"
 
 
@@ -44,15 +44,16 @@ class Inputs:
     batch: int
     attn: str
     gpu_key: str | None           # catalog key, or None for a custom size
-    capacity_bytes: int
+    capacity_bytes: int           # what the model may use: the GPU's memory less keep_free_bytes
     capacity_label: str           # short GPU name for captions
+    keep_free_bytes: int = 0      # kept free for other programs (desktop, browser, another process)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of ``estimator.estimate`` (model as its cache key)."""
         return {"model": self.model_key, "quant": self.quant, "context": self.context,
                 "batch": self.batch, "kv_dtype": self.kv_dtype, "attn": self.attn,
                 "gpu": self.gpu_key,
-                "gpu_memory_bytes": None if self.gpu_key else self.capacity_bytes}
+                "gpu_memory_bytes": None if self.gpu_key and not self.keep_free_bytes else self.capacity_bytes}
 
 
 def quant_label(q: str) -> str:
@@ -139,6 +140,9 @@ def _parse_query(params: dict[str, str]) -> dict[str, Any]:
     v = get("mem")
     if v is not None and _MEM_RE.fullmatch(v) and MIN_MEM_GIB <= float(v) <= MAX_MEM_GIB:
         out[state.GPU_MEM_GIB] = float(v)
+    v = get("free")
+    if v is not None and _MEM_RE.fullmatch(v) and 0 <= float(v) <= state.MAX_KEEP_FREE_GIB:
+        out[state.KEEP_FREE_GIB] = float(v)
     return out
 
 
@@ -148,7 +152,9 @@ def query_for(inp: Inputs, model_choice: str) -> dict[str, str]:
     if model_choice != state.CUSTOM_MODEL:
         q = {"model": model_choice, **q}
     if inp.gpu_key is None:
-        q["mem"] = f"{inp.capacity_bytes / GiB:g}"
+        q["mem"] = f"{(inp.capacity_bytes + inp.keep_free_bytes) / GiB:g}"
+    if inp.keep_free_bytes:
+        q["free"] = f"{inp.keep_free_bytes / GiB:g}"
     return q
 
 
@@ -280,6 +286,16 @@ def sidebar() -> Inputs:
         else:
             g = gpu_by_key(gkey)
             capacity, cap_label, gpu_key = g.memory_bytes, short_gpu_name(g.name), gkey
+        keep = st.number_input("Keep free (GiB)", min_value=0.0, max_value=state.MAX_KEEP_FREE_GIB, step=0.5,
+                               key=state.KEEP_FREE_GIB,
+                               help="GPU memory other programs use at the same time (a laptop's desktop and "
+                                    "browser, another model): the model may use the rest.")
+        keep_bytes = int(keep * GiB)
+        if keep_bytes >= capacity:
+            st.error(f"Keep free ({keep:g} GiB) must be less than the GPU's {capacity / GiB:g} GiB.")
+            st.stop()
+        if keep_bytes:
+            capacity, cap_label = capacity - keep_bytes, f"{cap_label} less {keep:g} GiB kept free"
         st.subheader("Precision")
         quant = st.selectbox("Weight quantization", estimator.TRANSFORMERS_QUANTS, key=state.QUANT,
                              format_func=quant_choice_label, help=QUANT_HELP)
@@ -321,7 +337,7 @@ def sidebar() -> Inputs:
         label = model.name if model.name not in ("custom", "pasted config") else "Custom model"
     inp = Inputs(model=model, model_key=model_key(model), model_label=label, quant=quant, kv_dtype=kv,
                  context=int(ss[state.CONTEXT]), batch=int(batch), attn=attn, gpu_key=gpu_key,
-                 capacity_bytes=capacity, capacity_label=cap_label)
+                 capacity_bytes=capacity, capacity_label=cap_label, keep_free_bytes=keep_bytes)
     want = query_for(inp, choice)
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)

@@ -24,6 +24,7 @@ BATCH = "batch"
 ATTN = "attn"
 GPU = "gpu"
 GPU_MEM_GIB = "gpu_mem_gib"
+KEEP_FREE_GIB = "keep_free_gib"  # GPU memory kept free for other programs (desktop, browser)
 
 # Non-widget session keys.
 CONTEXT = "context"            # canonical context in tokens (int); the slider and text field mirror it
@@ -47,7 +48,9 @@ DEFAULTS = {
     ATTN: "sdpa",
     GPU: "rtx-4090-24gb",
     GPU_MEM_GIB: 24.0,
+    KEEP_FREE_GIB: 0.0,
 }
+MAX_KEEP_FREE_GIB = 64.0
 
 # The context is the window (prompt + generated tokens), as vLLM's max_model_len; the app keeps
 # transformers' default of 32 new tokens, so a context must hold them and a one-token prompt.

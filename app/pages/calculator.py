@@ -93,7 +93,8 @@ def render() -> None:
     elif not est["fits"]:
         st.markdown(f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; "
                     "the GPUs below do.")
-    fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn)
+    fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
+                                          inp.keep_free_bytes)
     st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
     if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
         why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
@@ -143,7 +144,7 @@ def render() -> None:
         if t_gpu.open is not False:
             with t_gpu:
                 grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype,
-                                                inp.attn)
+                                                inp.attn, inp.keep_free_bytes)
                 quants = list(estimator.TRANSFORMERS_QUANTS)
                 cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"), "Fits": FITS_COL,
                        **{q: _ctx_col(labels[q]) for q in quants}}

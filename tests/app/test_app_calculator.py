@@ -499,3 +499,41 @@ def test_quant_choices_say_their_bits_in_plain_words(at):
     assert sb.format_func("nf4") == "4-bit · bnb NF4" and sb.format_func("bf16") == "16-bit · BF16"
     assert sb.format_func("int8") == "8-bit · bnb LLM.int8"
     assert at.metric[0].label == "VRAM needed"
+
+
+def test_keep_free_memory_shrinks_what_the_model_may_use(at):
+    """Keeping memory free for the desktop: the verdict, the largest context and the recommended GPUs
+    all use the GPU's memory less the kept amount; the URL carries it."""
+    g = estimator.get_gpu(state.DEFAULTS[state.GPU])
+    need = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=g.key).device_used_bytes
+    keep = (g.memory_bytes - need) / GiB + 0.5  # leaves 0.5 GiB less than the need
+    at.number_input(key=state.KEEP_FREE_GIB).set_value(round(keep, 1)).run()
+    assert not at.exception and at.metric[1].value == "No"
+    assert at.query_params["free"] == f"{round(keep, 1):g}"
+    usable = g.memory_bytes - int(round(keep, 1) * GiB)
+    mc = estimator.max_context("llama-3.2-3b", "bf16", gpu=g.key, gpu_memory_bytes=usable)
+    assert at.metric[2].value == f"{mc:,} tokens"
+    assert "kept free" in at.metric[1].label
+
+
+def test_keep_free_larger_than_the_gpu_is_an_error(at):
+    at.selectbox(key=state.GPU).set_value("gtx-1650-4gb").run()
+    at.number_input(key=state.KEEP_FREE_GIB).set_value(8.0).run()
+    assert not at.exception and at.error and "Keep free" in at.error[0].value
+
+
+def test_keep_free_query_parameter():
+    from app.inputs import _parse_query
+
+    assert _parse_query({"free": "1.5"})[state.KEEP_FREE_GIB] == 1.5
+    for bad in ("-1", "65", "nan", "1e3", "١", "x" * 100):
+        assert state.KEEP_FREE_GIB not in _parse_query({"free": bad}), bad
+
+
+def test_gpu_tab_with_more_kept_free_than_small_cards_hold(at):
+    at.number_input(key=state.KEEP_FREE_GIB).set_value(8.0).run()
+    at = _open_tab(at, "GPUs")
+    assert not at.exception and not at.error
+    rows = at.dataframe[0].value
+    small = rows[rows["Memory"] <= 8.0]
+    assert len(small) and not small["Fits"].any()  # a card with no memory left fits nothing
