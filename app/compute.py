@@ -54,11 +54,11 @@ def spec_of(key: str) -> ModelSpec:
 # ---------------------------------------------------------------------------- pure compute
 
 def estimate_dict(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
-                  gpu: str | None, gpu_memory_bytes: int | None) -> dict[str, Any]:
+                  gpu: str | None, gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> dict[str, Any]:
     """``Estimate.to_dict()`` for these settings."""
     return estimator.estimate(model=model_from_key(model), quant=quant, context=context, batch=batch,
-                              kv_dtype=kv_dtype, attn=attn, gpu=gpu,
-                              gpu_memory_bytes=gpu_memory_bytes).to_dict()
+                              kv_dtype=kv_dtype, attn=attn, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes,
+                              prefill_chunk=prefill_chunk).to_dict()
 
 
 def window(model: str) -> int:
@@ -72,47 +72,47 @@ def sweep_contexts(model: str) -> tuple[int, ...]:
 
 
 def sweep_rows(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-               gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
+               gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> list[dict[str, Any]]:
     """Rows of ``estimator.sweep`` over every transformers quantization x ``sweep_contexts``."""
     contexts = sweep_contexts(model)
     if not contexts:
         return []
     rows = estimator.sweep(model_from_key(model), quants=estimator.TRANSFORMERS_QUANTS,
                            contexts=contexts, batch=batch, kv_dtype=kv_dtype, attn=attn,
-                           gpu=gpu, gpu_memory_bytes=gpu_memory_bytes)
+                           gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, prefill_chunk=prefill_chunk)
     return [dict(r) for r in rows]
 
 
 def sweep_csv(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-              gpu_memory_bytes: int | None) -> str:
+              gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> str:
     """The sweep as CSV text (the export button), built once per setting."""
     from .tables import sweep_csv as to_csv
 
-    return to_csv(cached_sweep(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes))
+    return to_csv(cached_sweep(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk))
 
 
 def largest_context(model: str, quant: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-                    gpu_memory_bytes: int | None) -> int:
+                    gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> int:
     """``estimator.max_context``: at most the model's window (the whole window fits); 0 when even a
     one-token prompt does not fit."""
     return estimator.max_context(model_from_key(model), quant, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes,
-                                 batch=batch, kv_dtype=kv_dtype, attn=attn)
+                                 batch=batch, kv_dtype=kv_dtype, attn=attn, prefill_chunk=prefill_chunk)
 
 
 def quant_max_contexts(model: str, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-                       gpu_memory_bytes: int | None) -> dict[str, int]:
+                       gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> dict[str, int]:
     """Largest context per quantization on one GPU (independent of the chosen context)."""
-    return {q: largest_context(model, q, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+    return {q: largest_context(model, q, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
             for q in estimator.TRANSFORMERS_QUANTS}
 
 
 def quant_rows(model: str, context: int, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-               gpu_memory_bytes: int | None) -> list[dict[str, Any]]:
+               gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> list[dict[str, Any]]:
     """One estimate per quantization at this context, plus the largest context on this GPU."""
-    maxc = cached_quant_max_contexts(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+    maxc = cached_quant_max_contexts(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
     out = []
     for q in estimator.TRANSFORMERS_QUANTS:
-        d = estimate_dict(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes)
+        d = estimate_dict(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
         d["quant"] = q
         d["max_context"] = maxc[q]
         out.append(d)
@@ -125,22 +125,23 @@ def _usable(key: str, keep_free_bytes: int) -> int | None:
     return max(1, gpu_by_key(key).memory_bytes - keep_free_bytes) if keep_free_bytes else None
 
 
-def gpu_context_grid(model: str, batch: int, kv_dtype: str, attn: str,
-                     keep_free_bytes: int = 0) -> dict[str, dict[str, int]]:
+def gpu_context_grid(model: str, batch: int, kv_dtype: str, attn: str, keep_free_bytes: int = 0,
+                     prefill_chunk: int | None = None) -> dict[str, dict[str, int]]:
     """Largest context for every catalog GPU x every quantization: {gpu: {quant: tokens}}."""
-    return {key: quant_max_contexts(model, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes))
+    return {key: quant_max_contexts(model, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes), prefill_chunk)
             for key in gpu_keys()}
 
 
 def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
-             attn: str, keep_free_bytes: int = 0) -> list[dict[str, Any]]:
+             attn: str, keep_free_bytes: int = 0, prefill_chunk: int | None = None) -> list[dict[str, Any]]:
     """For each catalog GPU: the estimate at these settings, and the largest context per quant
     (in the GPU's memory less ``keep_free_bytes``)."""
-    grid = cached_gpu_context_grid(model, batch, kv_dtype, attn, keep_free_bytes)
+    grid = cached_gpu_context_grid(model, batch, kv_dtype, attn, keep_free_bytes, prefill_chunk)
     out = []
     for key in gpu_keys():
         g = gpu_by_key(key)
-        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes))
+        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
+                          prefill_chunk)
         out.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes, "cls": g.cls,
                     "device_used_bytes": d["device_used_bytes"], "fits": d["fits"],
                     "headroom_bytes": d["headroom_bytes"], "max_context": grid[key]})
@@ -148,7 +149,7 @@ def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
 
 
 def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
-                 keep_free_bytes: int = 0, n: int = 3) -> list[dict[str, Any]]:
+                 keep_free_bytes: int = 0, prefill_chunk: int | None = None, n: int = 3) -> list[dict[str, Any]]:
     """The ``n`` catalog GPUs with the least memory that fit these settings with room to spare
     (``tables.verdict`` "Yes", not "Tight") in their memory less ``keep_free_bytes``, each estimated
     on its own arch (cuBLAS workspace, CUDA context, SDPA kernel): rows of name, memory_bytes,
@@ -158,7 +159,7 @@ def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str
     rows = []
     for key in gpu_keys():
         g = gpu_by_key(key)
-        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None)
+        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None, prefill_chunk)
         usable = g.memory_bytes - keep_free_bytes
         if verdict(d["device_used_bytes"], usable)[0] == "Yes":
             rows.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes,
@@ -172,19 +173,21 @@ QUANTIZED_KV = ("fp8", "int8", "int4")  # KV-cache dtypes below 16 bits, most pr
 
 
 def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str, gpu: str | None,
-             gpu_memory_bytes: int | None, max_ctx: int) -> list[dict[str, Any]]:
+             gpu_memory_bytes: int | None, max_ctx: int, prefill_chunk: int | None = None) -> list[dict[str, Any]]:
     """Single changes that make these settings fit the GPU (``device_used <= memory``), each as
     {"what", "change" (session-state values), "device_used_bytes"}: the highest-precision weights
-    that fit, the most precise quantized KV cache that fits, the largest context that fits
-    (``max_ctx``, from ``largest_context``) and the largest batch that fits. Empty when it fits."""
+    that fit, the most precise quantized KV cache that fits, prefill in the largest chunks that
+    fit, the largest context that fits (``max_ctx``, from ``largest_context``) and the largest
+    batch that fits. Empty when it fits."""
     base = dict(model=model, quant=quant, context=context, batch=batch, kv_dtype=kv_dtype, attn=attn, gpu=gpu,
-                gpu_memory_bytes=gpu_memory_bytes)
+                gpu_memory_bytes=gpu_memory_bytes, prefill_chunk=prefill_chunk)
+    same = dict(gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, batch=batch, kv_dtype=kv_dtype, attn=attn,
+                prefill_chunk=prefill_chunk)
     if cached_estimate(**base)["fits"]:
         return []
     out: list[dict[str, Any]] = []
     mdl = model_from_key(model)
-    q = estimator.best_quant(mdl, context, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, batch=batch,
-                             kv_dtype=kv_dtype, attn=attn)
+    q = estimator.best_quant(mdl, context, **same)
     if q is not None and q != quant:
         d = cached_estimate(**{**base, "quant": q})
         out.append({"what": f"{estimator.QUANTS[q].label} weights", "change": {state.QUANT: q},
@@ -198,13 +201,19 @@ def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, at
                 out.append({"what": f"{kv} KV cache", "change": {state.KV_DTYPE: kv},
                             "device_used_bytes": d["device_used_bytes"]})
                 break
+    for chunk in state.PREFILL_CHUNKS[::-1]:  # largest chunk first: fewest forwards
+        if chunk and chunk < (prefill_chunk or context) and chunk < context - state.NEW_TOKENS:
+            d = cached_estimate(**{**base, "prefill_chunk": chunk})
+            if d["fits"]:
+                out.append({"what": f"prefill in chunks of {chunk:,}", "change": {state.PREFILL_CHUNK: chunk},
+                            "device_used_bytes": d["device_used_bytes"]})
+                break
     if 0 < max_ctx < context:
         d = cached_estimate(**{**base, "context": max_ctx})
         out.append({"what": f"context {max_ctx:,} tokens", "change": {state.CONTEXT: max_ctx},
                     "device_used_bytes": d["device_used_bytes"]})
     if batch > 1:
-        b = estimator.max_batch(mdl, quant, context, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, kv_dtype=kv_dtype,
-                                attn=attn, limit=batch)
+        b = estimator.max_batch(mdl, quant, context, limit=batch, **{k: v for k, v in same.items() if k != "batch"})
         if 0 < b < batch:
             d = cached_estimate(**{**base, "batch": b})
             out.append({"what": f"batch {b}", "change": {state.BATCH: b}, "device_used_bytes": d["device_used_bytes"]})

@@ -27,7 +27,8 @@ KV_LABELS = {"auto": "auto (compute dtype)", "fp32": "fp32", "bf16": "bf16", "fp
              "fp8": "fp8", "int8": "int8", "int4": "int4"}
 ATTN_LABELS = {"sdpa": "SDPA", "eager": "Eager"}
 _WIDGET_KEYS = (state.MODEL, state.QUANT, state.KV_DTYPE, state.CTX_SLIDER, state.CTX_TEXT,
-                state.BATCH, state.ATTN, state.GPU, state.GPU_MEM_GIB, state.KEEP_FREE_GIB, state.CONFIG_PASTE)
+                state.BATCH, state.ATTN, state.GPU, state.GPU_MEM_GIB, state.KEEP_FREE_GIB, state.PREFILL_CHUNK,
+                state.CONFIG_PASTE)
 _SAVED = "_saved_inputs"
 
 
@@ -47,13 +48,15 @@ class Inputs:
     capacity_bytes: int           # what the model may use: the GPU's memory less keep_free_bytes
     capacity_label: str           # short GPU name for captions
     keep_free_bytes: int = 0      # kept free for other programs (desktop, browser, another process)
+    prefill_chunk: int | None = None  # prompt tokens per prefill forward (None: the whole prompt)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of ``estimator.estimate`` (model as its cache key)."""
         return {"model": self.model_key, "quant": self.quant, "context": self.context,
                 "batch": self.batch, "kv_dtype": self.kv_dtype, "attn": self.attn,
                 "gpu": self.gpu_key,
-                "gpu_memory_bytes": None if self.gpu_key and not self.keep_free_bytes else self.capacity_bytes}
+                "gpu_memory_bytes": None if self.gpu_key and not self.keep_free_bytes else self.capacity_bytes,
+                "prefill_chunk": self.prefill_chunk}
 
 
 def quant_label(q: str) -> str:
@@ -140,6 +143,9 @@ def _parse_query(params: dict[str, str]) -> dict[str, Any]:
     v = get("mem")
     if v is not None and _MEM_RE.fullmatch(v) and MIN_MEM_GIB <= float(v) <= MAX_MEM_GIB:
         out[state.GPU_MEM_GIB] = float(v)
+    v = get("chunk")
+    if v is not None and v.isascii() and v.isdigit() and len(v) <= 5 and int(v) in state.PREFILL_CHUNKS:
+        out[state.PREFILL_CHUNK] = int(v)
     v = get("free")
     if v is not None and _MEM_RE.fullmatch(v) and 0 <= float(v) <= state.MAX_KEEP_FREE_GIB:
         out[state.KEEP_FREE_GIB] = float(v)
@@ -155,6 +161,8 @@ def query_for(inp: Inputs, model_choice: str) -> dict[str, str]:
         q["mem"] = f"{(inp.capacity_bytes + inp.keep_free_bytes) / GiB:g}"
     if inp.keep_free_bytes:
         q["free"] = f"{inp.keep_free_bytes / GiB:g}"
+    if inp.prefill_chunk:
+        q["chunk"] = str(inp.prefill_chunk)
     return q
 
 
@@ -316,6 +324,11 @@ def sidebar() -> Inputs:
             st.info(moved)
         batch = st.number_input("Batch (sequences)", min_value=1, max_value=state.MAX_BATCH, step=1,
                                 key=state.BATCH)
+        chunk = st.selectbox("Prefill", state.PREFILL_CHUNKS, key=state.PREFILL_CHUNK,
+                             format_func=lambda c: f"in chunks of {c:,} tokens" if c else "whole prompt at once",
+                             help="Feed the prompt in chunks (transformers' generate with prefill_chunk_size): "
+                                  "each forward then holds one chunk's activations, and attention scores of "
+                                  "chunk x context instead of prompt x context.")
         attn = st.radio("Attention", list(ATTN_LABELS), key=state.ATTN, horizontal=True,
                         format_func=ATTN_LABELS.get,
                         help="SDPA (the transformers default) runs fused kernels that avoid the full "
@@ -337,7 +350,8 @@ def sidebar() -> Inputs:
         label = model.name if model.name not in ("custom", "pasted config") else "Custom model"
     inp = Inputs(model=model, model_key=model_key(model), model_label=label, quant=quant, kv_dtype=kv,
                  context=int(ss[state.CONTEXT]), batch=int(batch), attn=attn, gpu_key=gpu_key,
-                 capacity_bytes=capacity, capacity_label=cap_label, keep_free_bytes=keep_bytes)
+                 capacity_bytes=capacity, capacity_label=cap_label, keep_free_bytes=keep_bytes,
+                 prefill_chunk=int(chunk) or None)
     want = query_for(inp, choice)
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)

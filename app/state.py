@@ -25,6 +25,7 @@ ATTN = "attn"
 GPU = "gpu"
 GPU_MEM_GIB = "gpu_mem_gib"
 KEEP_FREE_GIB = "keep_free_gib"  # GPU memory kept free for other programs (desktop, browser)
+PREFILL_CHUNK = "prefill_chunk"  # prompt tokens per prefill forward (0: the whole prompt at once)
 
 # Non-widget session keys.
 CONTEXT = "context"            # canonical context in tokens (int); the slider and text field mirror it
@@ -49,7 +50,9 @@ DEFAULTS = {
     GPU: "rtx-4090-24gb",
     GPU_MEM_GIB: 24.0,
     KEEP_FREE_GIB: 0.0,
+    PREFILL_CHUNK: 0,
 }
+PREFILL_CHUNKS = (0, 256, 512, 1024, 2048, 4096)  # the chunk choices (0 = no chunking)
 MAX_KEEP_FREE_GIB = 64.0
 
 # The context is the window (prompt + generated tokens), as vLLM's max_model_len; the app keeps

@@ -51,7 +51,7 @@ def render() -> None:
     try:
         est = compute.cached_estimate(**s)
         max_ctx = compute.cached_largest_context(s["model"], inp.quant, inp.batch, inp.kv_dtype, inp.attn,
-                                                 inp.gpu_key, s["gpu_memory_bytes"])
+                                                 inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
     except estimator.EstimatorError as e:
         st.error("Cannot estimate these settings: " + md(e))
         st.stop()
@@ -84,7 +84,7 @@ def render() -> None:
                    f"model's window of {window:,} tokens.")
 
     fixes = compute.cached_remedies(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                    inp.gpu_key, s["gpu_memory_bytes"], max_ctx)
+                                    inp.gpu_key, s["gpu_memory_bytes"], max_ctx, inp.prefill_chunk)
     if fixes:
         st.markdown(f"**To fit {md(inp.capacity_label)}**, change one setting (click to apply):")
         for col, fix in zip(st.columns(len(fixes)), fixes):
@@ -94,13 +94,18 @@ def render() -> None:
         st.markdown(f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; "
                     "the GPUs below do.")
     fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                          inp.keep_free_bytes)
+                                          inp.keep_free_bytes, inp.prefill_chunk)
     st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
     if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
         why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
                if inp.attn == "eager" else
-               f"On {inp.capacity_label}, SDPA falls back to its math kernel, which holds the full score "
-               "matrix (heads × context²) at prefill.")
+               f"On {inp.capacity_label} (before sm80), SDPA falls back to its math kernel, which holds the "
+               "full score matrix (heads × context², fp32) at prefill. Why: transformers calls SDPA with "
+               "enable_gqa=True for grouped-query models; torch's flash kernel needs sm80 or newer "
+               "(sdp_utils.cpp, check_flash_attention_hardware_support) and, in torch 2.13, the "
+               "memory-efficient kernel takes no GQA (the scaled_dot_product_attention docs: GQA works only "
+               "with the flash and math kernels), so the math kernel runs (transformers#48633). Remedy: "
+               "prefill in chunks (the Prefill setting), which bounds the scores to chunk × context.")
         st.info(f"Activations dominate: {why}", icon=":material/info:")
     st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
                     key="breakdown_chart", config={"displayModeBar": False})
@@ -116,7 +121,7 @@ def render() -> None:
     t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(state.DETAIL_TABS, key=state.DETAILS_TAB,
                                                      on_change="rerun")
     labels = {q: estimator.QUANTS[q].label for q in estimator.TRANSFORMERS_QUANTS}
-    sweep_args = (s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key, s["gpu_memory_bytes"])
+    sweep_args = (s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
     try:
         if t_ctx.open is not False:
             with t_ctx:
@@ -132,7 +137,7 @@ def render() -> None:
         if t_quant.open is not False:
             with t_quant:
                 qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                                  inp.gpu_key, s["gpu_memory_bytes"])
+                                                  inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
                 st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
                              height=_height(len(qrows)), column_config={"Fits": FITS_COL,
                                  "Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
@@ -144,7 +149,7 @@ def render() -> None:
         if t_gpu.open is not False:
             with t_gpu:
                 grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype,
-                                                inp.attn, inp.keep_free_bytes)
+                                                inp.attn, inp.keep_free_bytes, inp.prefill_chunk)
                 quants = list(estimator.TRANSFORMERS_QUANTS)
                 cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"), "Fits": FITS_COL,
                        **{q: _ctx_col(labels[q]) for q in quants}}

@@ -485,7 +485,8 @@ def test_remedies_each_fit_on_their_own():
     max_ctx = estimator.max_context("llama-3.2-3b", "bf16", gpu=g, batch=b)
     fixes = compute.remedies("llama-3.2-3b", "bf16", ctx, b, "auto", "sdpa", g, None, max_ctx)
     assert {state.CONTEXT, state.BATCH, state.KV_DTYPE} <= {next(iter(f["change"])) for f in fixes}
-    names = {state.QUANT: "quant", state.KV_DTYPE: "kv_dtype", state.CONTEXT: "context", state.BATCH: "batch"}
+    names = {state.QUANT: "quant", state.KV_DTYPE: "kv_dtype", state.CONTEXT: "context", state.BATCH: "batch",
+             state.PREFILL_CHUNK: "prefill_chunk"}
     for f in fixes:
         (k, v), = f["change"].items()
         kw = {"quant": "bf16", "context": ctx, "batch": b, "kv_dtype": "auto", names[k]: v}
@@ -537,3 +538,26 @@ def test_gpu_tab_with_more_kept_free_than_small_cards_hold(at):
     rows = at.dataframe[0].value
     small = rows[rows["Memory"] <= 8.0]
     assert len(small) and not small["Fits"].any()  # a card with no memory left fits nothing
+
+
+def test_pre_sm80_math_fallback_is_explained_and_chunking_fixes_it(at):
+    """Tesla T4 (sm75), nf4 at 8K: SDPA's math kernel holds the fp32 score matrix, so it does not fit
+    16 GB; the note gives the mechanism and its source; prefill chunks are offered and fit."""
+    at.selectbox(key=state.GPU).set_value("t4-16gb").run()
+    at.selectbox(key=state.QUANT).set_value("nf4").run()
+    assert at.metric[1].value == "No"
+    note = " ".join(i.value for i in at.info)
+    assert "math kernel" in note and "enable_gqa" in note and "sdp_utils.cpp" in note
+    at = _fix_buttons(at)[f"fix_{state.PREFILL_CHUNK}"].click().run()
+    chunk = at.session_state[state.PREFILL_CHUNK]
+    e = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="t4-16gb", prefill_chunk=chunk)
+    assert not at.exception and e.fits and at.metric[1].value in ("Yes", "Tight")
+    assert _headline(at) == format_gib(e.device_used_bytes) and at.query_params["chunk"] == str(chunk)
+
+
+def test_prefill_chunk_query_parameter():
+    from app.inputs import _parse_query
+
+    assert _parse_query({"chunk": "1024"})[state.PREFILL_CHUNK] == 1024
+    for bad in ("1000", "-1", "１０２４", "99999999", "x"):
+        assert state.PREFILL_CHUNK not in _parse_query({"chunk": bad}), bad
