@@ -192,6 +192,28 @@ def largest_context_text(max_ctx: int, window: int) -> tuple[str, str | None]:
     return f"{max_ctx:,} tokens", f"of a {window:,}-token window"
 
 
+def naive_rule_rows(est: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The estimate against the simple rule people use (bits per weight x parameters + KV cache),
+    term by term; the rows add up to the estimate's device-used total."""
+    bits = estimator.QUANTS[est["settings"]["quant"]].bits
+    n = est["num_params"]
+    naive = n * bits // 8
+    w = est["breakdown"]["weights"]
+    rows = [
+        (f"{bits} bits x {n / 1e9:.2f} B parameters (the simple rule's weights)", naive),
+        ("KV cache for the whole window (in the simple rule too)", est["kv_cache_bytes"]),
+        ("tensors kept at higher precision (embedding, norms) and packing", w["parameters"] - naive),
+        ("quantization state (scales, absmax) and buffers", w["quant_state"] + w["buffers"]),
+        ("activations at the peak (the prefill's largest moment)", est["activations_bytes"]),
+        ("CUDA context, cuBLAS workspace, allocator rounding and free segment space", est["overhead_bytes"]),
+    ]
+    out = [{"Term": t, "GiB": f"{b / GiB:+.2f}" if i > 1 else f"{b / GiB:.2f}"} for i, (t, b) in enumerate(rows)]
+    total = sum(b for _, b in rows)
+    out.append({"Term": f"= device used (simple rule: {(naive + est['kv_cache_bytes']) / GiB:.2f} GiB)",
+                "GiB": f"{total / GiB:.2f}"})
+    return out
+
+
 PHASE_COLUMNS = {"weights_bytes": "Weights", "kv_cache_bytes": "KV cache", "activations_bytes": "Activations",
                  "peak_allocated_bytes": "Peak allocated", "peak_reserved_bytes": "Peak reserved",
                  "device_used_bytes": "Device used"}

@@ -109,6 +109,9 @@ def render() -> None:
         st.info(f"Activations dominate: {why}", icon=":material/info:")
     st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
                     key="breakdown_chart", config={"displayModeBar": False})
+    with st.expander("Why more than bits × parameters + KV cache?"):
+        st.table(tables.naive_rule_rows(est), hide_index=True, border="horizontal")
+        st.caption("Model cards quote the simple rule; the GPU must also hold what it leaves out.")
     cols = st.columns(3)
     for col, (field, (label, text)) in zip(cols, COUNTER_HELP.items()):
         with col.container(border=True):

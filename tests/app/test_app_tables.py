@@ -124,3 +124,18 @@ def test_sweep_contexts_of_a_short_window_model():
     assert compute.largest_context(key, "bf16", 1, "auto", "sdpa", "h100-sxm-80gb", None) == 2000
     assert compute.sweep_rows(compute.model_key(estimator.from_hf_config({**cfg, "max_position_embeddings": 8})),
                               1, "auto", "sdpa", "rtx-4090-24gb", None) == []
+
+
+def test_naive_rule_rows_explain_the_whole_estimate():
+    """Llama 3.2 3B nf4 at 8K: the simple rule (4 bits x 3,212,749,824 parameters + KV) and each term
+    the estimate adds; the terms add up to the estimator's own device-used total (to the GiB digit)."""
+    from app import tables
+
+    est = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="rtx-4060-8gb").to_dict()
+    rows = tables.naive_rule_rows(est)
+    assert rows[0]["GiB"] == f"{3_212_749_824 * 4 // 8 / 2**30:.2f}"  # 1.50 GiB
+    # the tied embedding stays bf16 under bitsandbytes: parameters minus the naive 4-bit weights
+    emb = est["breakdown"]["weights"]["parameters"] - 3_212_749_824 * 4 // 8
+    assert rows[2]["GiB"] == f"{emb / 2**30:+.2f}" and emb > 0
+    assert rows[-1]["GiB"] == f"{est['device_used_bytes'] / 2**30:.2f}"
+    assert f"simple rule: {(3_212_749_824 // 2 + est['kv_cache_bytes']) / 2**30:.2f} GiB" in rows[-1]["Term"]
