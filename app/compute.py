@@ -40,7 +40,11 @@ def _catalog() -> dict[str, Any]:
 
 
 def gpu_keys() -> list[str]:
-    return list(_catalog())
+    """Catalog keys the app offers, by memory then name; an alias of another entry (the same card
+    under a second name, e.g. B200 192 GB) is left out so each card appears once."""
+    cat = _catalog()
+    keys = [k for k, g in cat.items() if not g.memory_source.startswith("Alias of")]
+    return sorted(keys, key=lambda k: (cat[k].memory_bytes, cat[k].name))
 
 
 def gpu_by_key(key: str) -> Any:

@@ -77,13 +77,17 @@ def gpu_label(key: str) -> str:
     if key == state.CUSTOM_GPU:
         return "Custom memory size…"
     g = gpu_by_key(key)
-    return f"{short_gpu_name(g.name)} · {g.memory_bytes / GiB:g} GiB"
+    sold = re.search(r"(\d+(?:\.\d+)?)\s*GB\b", g.name)
+    usable = f"{g.memory_bytes / GiB:.2f}".rstrip("0").rstrip(".")
+    return f"{short_gpu_name(g.name)} · {sold.group(1)} GB ({usable} GiB)" if sold else f"{short_gpu_name(g.name)} · {usable} GiB"
 
 
 def short_gpu_name(name: str) -> str:
     """'NVIDIA GeForce RTX 4090 24GB' -> 'RTX 4090' (the catalog's marketing size is in GB, not GiB)."""
     name = name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "").replace("AMD Instinct ", "")
-    return re.sub(r"\s+\d+(\.\d+)?\s*GB$", "", name)
+    name = name.replace(" Laptop GPU", " Laptop")
+    name = re.sub(r"\s*\([^)]*\bGB\b[^)]*\)", "", name)  # "(180 GB usable)", "(64 GB)"
+    return re.sub(r"\s+\d+(\.\d+)?\s*GB\b", "", name).strip()
 
 
 # ---------------------------------------------------------------------------- query string

@@ -53,9 +53,21 @@ def test_nearest_stop_is_log_nearest(tokens, stop):
 
 @pytest.mark.parametrize("name,short", [("NVIDIA GeForce RTX 4090 24GB", "RTX 4090"),
                                         ("NVIDIA H100 SXM 80GB", "H100 SXM"),
-                                        ("AMD Instinct MI300X 192GB", "MI300X")])
+                                        ("AMD Instinct MI300X 192GB", "MI300X"),
+                                        ("NVIDIA B200 (180 GB usable)", "B200"),
+                                        ("AMD Instinct MI250X, one GCD (64 GB)", "MI250X, one GCD"),
+                                        ("NVIDIA GeForce RTX 4060 Laptop GPU 8GB", "RTX 4060 Laptop")])
 def test_short_gpu_name_drops_vendor_and_marketing_size(name, short):
     assert short_gpu_name(name) == short
+
+
+@pytest.mark.parametrize("key,label", [("a10g-24gb", "A10G · 24 GB (22.49 GiB)"),
+                                       ("rtx-3090-24gb", "RTX 3090 · 24 GB (24 GiB)"),
+                                       ("rtx-4060-laptop-8gb", "RTX 4060 Laptop · 8 GB (8 GiB)")])
+def test_gpu_label_says_the_size_cards_are_sold_in_and_the_usable_gib(key, label):
+    from app.inputs import gpu_label
+
+    assert gpu_label(key) == label
 
 
 WINDOW = 131072

@@ -27,7 +27,9 @@ def test_quant_table_has_one_row_per_quant_with_fits():
 def test_gpu_table_lists_every_catalog_gpu():
     rows = compute.gpu_rows("llama-3.2-3b", "bf16", 8192, 1, "auto", "sdpa")
     t = tables.gpu_table(rows, ["bf16", "nf4"])
-    assert len(t) == len(estimator.gpu_catalog())
+    cards = {g.key for g in estimator.gpu_catalog() if not g.memory_source.startswith("Alias of")}
+    assert [r["gpu"] for r in rows] == compute.gpu_keys() and set(compute.gpu_keys()) == cards
+    assert len(t) == len(cards) and any("Laptop" in r["GPU"] for r in t)
     small = next(r for r in t if "1650" in r["GPU"])
     assert small["Fits"] is False and small["bf16"] == 0 and small["nf4"] > 0
 
