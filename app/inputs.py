@@ -20,6 +20,7 @@ from . import state
 from .compute import gpu_by_key, gpu_keys, model_key, spec_of
 from .escape import md
 from .figures import tokens_label
+from .tables import short_gpu_name
 
 MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
                 "llama-3.1-8b": "Llama 3.1 8B", state.CUSTOM_MODEL: "Custom config.json…"}
@@ -80,14 +81,6 @@ def gpu_label(key: str) -> str:
     sold = re.search(r"(\d+(?:\.\d+)?)\s*GB\b", g.name)
     usable = f"{g.memory_bytes / GiB:.2f}".rstrip("0").rstrip(".")
     return f"{short_gpu_name(g.name)} · {sold.group(1)} GB ({usable} GiB)" if sold else f"{short_gpu_name(g.name)} · {usable} GiB"
-
-
-def short_gpu_name(name: str) -> str:
-    """'NVIDIA GeForce RTX 4090 24GB' -> 'RTX 4090' (the catalog's marketing size is in GB, not GiB)."""
-    name = name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "").replace("AMD Instinct ", "")
-    name = name.replace(" Laptop GPU", " Laptop")
-    name = re.sub(r"\s*\([^)]*\bGB\b[^)]*\)", "", name)  # "(180 GB usable)", "(64 GB)"
-    return re.sub(r"\s+\d+(\.\d+)?\s*GB\b", "", name).strip()
 
 
 # ---------------------------------------------------------------------------- query string

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,14 @@ from estimator.units import GiB, format_bytes, format_gib
 
 from .escape import md
 from .figures import tokens_label
+
+
+def short_gpu_name(name: str) -> str:
+    """'NVIDIA GeForce RTX 4090 24GB' -> 'RTX 4090' (the catalog's marketing size is in GB, not GiB)."""
+    name = name.replace("NVIDIA GeForce ", "").replace("NVIDIA ", "").replace("AMD Instinct ", "")
+    name = name.replace(" Laptop GPU", " Laptop")
+    name = re.sub(r"\s*\([^)]*\bGB\b[^)]*\)", "", name)  # "(180 GB usable)", "(64 GB)"
+    return re.sub(r"\s+\d+(\.\d+)?\s*GB\b", "", name).strip()
 
 
 def quant_table(rows: Sequence[Mapping[str, Any]], spec: Any) -> list[dict[str, Any]]:
@@ -177,8 +186,8 @@ def recommended_text(rows: Sequence[Mapping[str, Any]], total: int) -> str:
     if not rows:
         return (f"None of the {total} GPUs in the catalog fits these settings: try fewer bits per weight, "
                 "a quantized KV cache or a shorter context.")
-    names = " · ".join(f"{md(r['name'])} ({format_gib(r['memory_bytes'])}, {format_gib(r['headroom_bytes'])} free)"
-                       for r in rows)
+    names = " · ".join(f"{md(short_gpu_name(r['name']))} ({format_gib(r['memory_bytes'])}, "
+                       f"{format_gib(r['headroom_bytes'])} free)" for r in rows)
     return f"**Recommended GPUs** (the smallest in the catalog that fit these settings): {names}"
 
 

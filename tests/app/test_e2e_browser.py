@@ -137,3 +137,63 @@ def test_browser_other_pages_render(server, browser):
         assert page.locator('[data-testid="stException"]').count() == 0
         _shot(page, shot)
     page.close()
+
+
+def _verdict(page) -> str:
+    return page.locator('[data-testid="stMetricValue"]').nth(1).inner_text().strip()
+
+
+def _open(browser, url: str, phone: bool):
+    page = browser.new_page(viewport={"width": 390, "height": 844} if phone else {"width": 1440, "height": 1700},
+                            is_mobile=phone, has_touch=phone)
+    page.goto(url, wait_until="networkidle")
+    page.get_by_text("Will it fit?").wait_for(timeout=60_000)
+    page.locator('[data-testid="stMetricValue"]').nth(1).wait_for(timeout=60_000)
+    return page
+
+
+@pytest.mark.parametrize("phone", [False, True], ids=["desktop", "phone"])
+def test_browser_newcomer_questions(server, browser, phone):
+    """The newcomer's questions, asked through the page address on a desktop and a phone viewport:
+    4-bit at 8K on an 8 GB laptop GPU (the verdict is the estimator's), and bf16 at 128K on an
+    RTX 4090 (does not fit; the recommended GPUs are named)."""
+    import estimator
+
+    from app import tables
+
+    tag = "phone" if phone else "desktop"
+    page = _open(browser, f"{server}/?quant=nf4&ctx=8192&gpu=rtx-4060-laptop-8gb", phone)
+    e = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="rtx-4060-laptop-8gb")
+    assert _verdict(page) == tables.verdict(e.device_used_bytes, e.gpu_memory_bytes)[0]
+    assert page.locator('[data-testid="stException"]').count() == 0
+    _shot(page, f"newcomer-laptop-{tag}.png")
+    page.close()
+
+    page = _open(browser, f"{server}/?quant=bf16&ctx=131072&gpu=rtx-4090-24gb", phone)
+    assert _verdict(page) == "No"
+    rec = page.locator("p", has_text="Recommended GPUs").first
+    rec.wait_for(timeout=30_000)
+    from app import compute
+
+    best = compute.fitting_gpus("llama-3.2-3b", "bf16", 131072, 1, "auto", "sdpa")
+    from app.tables import short_gpu_name
+
+    assert best and short_gpu_name(best[0]["name"]) in rec.inner_text()  # the smallest card that fits
+    _shot(page, f"newcomer-128k-{tag}.png")
+    page.close()
+
+
+def test_browser_does_not_fit_to_one_click_remedy(server, browser):
+    """Tesla T4, 4-bit, 8K: 'No' (SDPA's math kernel on sm75); one click on the chunked-prefill
+    remedy and the verdict turns to a fit."""
+    import re
+
+    page = _open(browser, f"{server}/?quant=nf4&ctx=8192&gpu=t4-16gb", phone=False)
+    assert _verdict(page) == "No"
+    page.get_by_role("button", name=re.compile("prefill in chunks")).click()
+    page.wait_for_function(
+        "() => { const v = document.querySelectorAll('[data-testid=\"stMetricValue\"]')[1];"
+        " return v && v.innerText.trim() !== 'No'; }", timeout=30_000)
+    assert _verdict(page) in ("Yes", "Tight") and "chunk=" in page.url
+    _shot(page, "remedy-t4.png")
+    page.close()
