@@ -201,6 +201,15 @@ def largest_context_text(max_ctx: int, window: int) -> tuple[str, str | None]:
     return f"{max_ctx:,} tokens", f"of a {window:,}-token window"
 
 
+def export_names(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
+                 prefill_chunk: int | None, gpu: str) -> tuple[str, str]:
+    """File names of the JSON estimate and the CSV sweep, saying what each holds: the estimate is
+    one setting; the sweep is every quantization over every context at the other settings."""
+    rest = f"batch{batch}-kv-{kv_dtype}-{attn}" + (f"-chunk{prefill_chunk}" if prefill_chunk else "") + f"-{gpu}"
+    return (f"vram-estimate-{model}-{quant}-ctx{context}-{rest}.json",
+            f"vram-vs-context-all-quants-{model}-{rest}.csv")
+
+
 def naive_rule_rows(est: Mapping[str, Any]) -> list[dict[str, str]]:
     """The estimate against the simple rule people use (bits per weight x parameters + KV cache),
     term by term; the rows add up to the estimate's device-used total."""

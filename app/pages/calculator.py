@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 import estimator
-from estimator.units import format_gib
+from estimator.units import GiB, format_gib
 
 from app import compute, figures, inputs, state, tables
 from app.escape import md
@@ -64,7 +64,8 @@ def render() -> None:
     answer, why = tables.verdict(est["device_used_bytes"], inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
     c1.metric("VRAM needed", format_gib(est["device_used_bytes"]), border=True,
-              delta=f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
+              delta=f"= {est['device_used_bytes'] / 1e9:.2f} GB · "
+                    f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
               delta_color="off", delta_arrow="off",
               help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
                    "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
@@ -177,13 +178,15 @@ def render() -> None:
                     st.dataframe(tables.breakdown_details(est), hide_index=True)
         if t_export.open is not False:
             with t_export:
-                slug = f"{inp.model_key if isinstance(inp.model, str) else 'custom'}-{inp.quant}-{inp.context}"
+                names = tables.export_names(inp.model_key if isinstance(inp.model, str) else "custom", inp.quant,
+                                            inp.context, inp.batch, inp.kv_dtype, inp.attn, inp.prefill_chunk,
+                                            inp.gpu_key or f"{inp.capacity_bytes / GiB:g}gib")
                 e1, e2 = st.columns(2)
                 e1.download_button("Estimate (JSON)", json.dumps(est, indent=2),
-                                   file_name=f"estimate-{slug}.json", mime="application/json", key="dl_json",
+                                   file_name=names[0], mime="application/json", key="dl_json",
                                    icon=":material/download:")
                 e2.download_button("Sweep (CSV)", compute.cached_sweep_csv(*sweep_args),
-                                   file_name=f"sweep-{slug}.csv", mime="text/csv", key="dl_csv",
+                                   file_name=names[1], mime="text/csv", key="dl_csv",
                                    icon=":material/download:")
                 st.caption("The settings are in the page address: copy the URL to share this exact view.")
                 st.json(est, expanded=False)

@@ -566,3 +566,9 @@ def test_prefill_chunk_query_parameter():
     assert _parse_query({"chunk": "1024"})[state.PREFILL_CHUNK] == 1024
     for bad in ("1000", "-1", "１０２４", "99999999", "x"):
         assert state.PREFILL_CHUNK not in _parse_query({"chunk": bad}), bad
+
+
+def test_headline_gives_gib_and_the_gb_cards_are_sold_in(at):
+    need = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU]).device_used_bytes
+    assert _headline(at) == format_gib(need)
+    assert at.metric[0].delta.startswith(f"= {need / 1e9:.2f} GB · ")

@@ -141,3 +141,10 @@ def test_naive_rule_rows_explain_the_whole_estimate():
     assert rows[2]["GiB"] == f"{emb / 2**30:+.2f}" and emb > 0
     assert rows[-1]["GiB"] == f"{est['device_used_bytes'] / 2**30:.2f}"
     assert f"simple rule: {(3_212_749_824 // 2 + est['kv_cache_bytes']) / 2**30:.2f} GiB" in rows[-1]["Term"]
+
+
+def test_export_names_describe_their_content():
+    est, sweep = tables.export_names("llama-3.2-3b", "nf4", 8192, 2, "auto", "sdpa", 1024, "t4-16gb")
+    assert est == "vram-estimate-llama-3.2-3b-nf4-ctx8192-batch2-kv-auto-sdpa-chunk1024-t4-16gb.json"
+    # the sweep holds every quantization and context: neither is in its name
+    assert sweep == "vram-vs-context-all-quants-llama-3.2-3b-batch2-kv-auto-sdpa-chunk1024-t4-16gb.csv"
