@@ -104,7 +104,8 @@ def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
     for field, label, color in COMPONENTS:
         n = int(est[field])
         data.append(dict(
-            type="bar", name=label, y=["Device used"], x=[gib(n)], orientation="h",
+            # every part is named with its size in the legend; the bar itself has room for the big ones
+            type="bar", name=f"{label} {n / GiB:.2f} GiB", y=["Device used"], x=[gib(n)], orientation="h",
             marker=dict(color=color),
             text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, xmax) else [""],
             textposition="inside", insidetextanchor="middle", textfont=dict(color="white", size=12),

@@ -7,9 +7,10 @@ import streamlit as st
 import estimator
 from estimator.model import param_breakdown, preset_config
 
-from app import figures
+from app import figures, state
 
 PRESET_KEY = "model_page_preset"
+_FOLLOWED = "_model_page_followed"  # the calculator's model when this page last followed it
 LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B", "llama-3.1-8b": "Llama 3.1 8B"}
 # What some spec cards and blog posts list for Llama 3.2 3B (they are wrong).
 WRONG_3B = {"hidden_size": 2048, "num_hidden_layers": 26, "num_key_value_heads": 6}
@@ -38,8 +39,13 @@ def _arch_rows(cfg: dict, spec) -> list[dict]:
 
 def render() -> None:
     st.title("Model")
-    name = st.selectbox("Preset", estimator.PRESETS, key=PRESET_KEY, format_func=LABELS.get,
-                        index=estimator.PRESETS.index(estimator.DEFAULT_PRESET))
+    # Open on the calculator's model (a preset), and follow it when it changes there.
+    ss = st.session_state
+    calc = (ss.get(state.SETTINGS) or {}).get("model")
+    if calc in estimator.PRESETS and calc != ss.get(_FOLLOWED):
+        ss[PRESET_KEY] = ss[_FOLLOWED] = calc
+    ss.setdefault(PRESET_KEY, estimator.DEFAULT_PRESET)
+    name = st.selectbox("Preset", estimator.PRESETS, key=PRESET_KEY, format_func=LABELS.get)
     cfg = preset_config(name)
     spec = estimator.load_preset(name)
     groups = param_breakdown(spec)

@@ -18,7 +18,10 @@ def test_breakdown_figure_stacks_the_four_components(est):
     """The four stacked bars add up to device_used_bytes, and the capacity line is drawn."""
     cap = estimator.get_gpu("rtx-4090-24gb").memory_bytes
     fig = figures.breakdown_figure(est, cap, "RTX 4090")
-    assert [t.name for t in fig.data] == ["Weights", "KV cache", "Activations", "Overhead"]
+    parts = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes")
+    # each part labelled with its size (the legend), so the small ones are named too
+    assert [t.name for t in fig.data] == [f"{n} {est[f] / GiB:.2f} GiB" for n, f in
+                                          zip(["Weights", "KV cache", "Activations", "Overhead"], parts)]
     assert sum(t.x[0] for t in fig.data) == pytest.approx(est["device_used_bytes"] / GiB)
     assert fig.layout.barmode == "stack"
     assert [s.x0 for s in fig.layout.shapes] == [pytest.approx(cap / GiB)]

@@ -175,3 +175,12 @@ def test_engines_context_stops_at_the_window(app_test):
     assert not at.exception
     ctx = at.number_input(key="eng_context")
     assert ctx.value == 131072 and ctx.max == 131072
+
+
+def test_model_page_follows_the_calculators_model(app_test):
+    at = app_test("streamlit_app.py").run()
+    at.selectbox(key=state.MODEL).set_value("llama-3.1-8b").run()
+    at.switch_page("app/pages/model.py").run()
+    assert not at.exception and at.selectbox(key="model_page_preset").value == "llama-3.1-8b"
+    at.selectbox(key="model_page_preset").set_value("llama-3.2-1b").run()  # the page's own choice holds
+    assert at.selectbox(key="model_page_preset").value == "llama-3.2-1b"
