@@ -152,8 +152,9 @@ def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | N
     xs = [r["context"] for r in rows] or [1024, 131072]
     ticks = [2**e for e in range(5, 25) if min(xs) <= 2**e <= max(xs)] or sorted(set(xs))
     layout = _layout(
-        title="Memory vs context", height=430, hovermode="closest",
-        legend=dict(orientation="v", y=1, yanchor="top", x=1.01, xanchor="left"),
+        title="Memory vs context", height=520, hovermode="closest",
+        # legend under the plot: on a phone a legend beside it left the plot ~170 px wide
+        legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, xanchor="left"),
         xaxis=dict(type="log", title=dict(text="Context (tokens)"), tickvals=ticks,
                    ticktext=[tokens_label(t) for t in ticks], showgrid=True),
         yaxis=dict(title=dict(text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)"), rangemode="tozero"))

@@ -45,6 +45,8 @@ def test_context_figure_one_line_per_quant_on_log_axis():
     ys = [s.y0 for s in fig.layout.shapes if s.y0 == s.y1]
     assert ys == [pytest.approx(24.0)]
     assert "GiB" in fig.layout.yaxis.title.text and "GiB" in nf4.hovertemplate
+    # the legend sits under the plot (a phone gives the plot the full width), not beside it
+    assert fig.layout.legend.orientation == "h" and fig.layout.legend.y < 0
 
 
 def test_parity_figure_plots_estimate_against_measured():
