@@ -58,9 +58,10 @@ def _run_measurement(s: dict) -> None:
 def _section(kind: str, records: list[dict]) -> None:
     st.subheader(KIND_TITLES.get(kind) or md(kind))
     if kind == "trace":
-        st.caption("A trace runs the real transformers forward on fake tensors and counts live tensor bytes. "
-                   "It has no allocator, cuBLAS workspace or CUDA context, so its live peak is compared with "
-                   "the estimate's weights + KV cache + activations (the estimate before those overheads).")
+        st.caption("A trace runs the real transformers forward on fake tensors and counts live tensor bytes: "
+                   "its live peak is compared with the estimate's weights + KV cache + activations. Its peak "
+                   "allocated and reserved are simulated by replaying every allocation and free through a "
+                   "model of PyTorch's caching allocator (runtime/allocsim.py); it has no CUDA context.")
     elif kind == "cpu":
         st.caption("CPU runs count real CPU tensors. bitsandbytes' CPU kernels allocate differently from its "
                    "CUDA kernels (which the estimate models), so their activation rows differ by design; "
@@ -88,6 +89,39 @@ def _section(kind: str, records: list[dict]) -> None:
         st.info("These results have no measured counter to compare.")
     for p in problems:
         st.warning(md(p))
+
+
+@st.cache_data(show_spinner=False)
+def _public_rows() -> list[dict]:
+    from estimator.engines import public
+
+    return public.compare()
+
+
+def public_logs_table(rows: list[dict]) -> list[dict[str, str]]:
+    """The public-log comparison as text cells (no empty or None cell)."""
+    out = []
+    for r in rows:
+        verdict = {True: "yes", False: "no", None: "not derivable"}[r["within"]]
+        out.append({"Row": r["id"], "Engine": f"{r['engine']} {r['engine_version']}", "Counter": r["counter"],
+                    "Logged": f"{r['measured']:g} {r['unit']}",
+                    "Estimate": "-" if r["estimate"] is None else f"{r['estimate']:.4g}",
+                    "Error": "-" if r["error_pct"] is None else f"{r['error_pct']:+.2f}%",
+                    "Within tolerance": verdict, "Why not": r["note"] or "-", "Source": r["source"]})
+    return out
+
+
+def _public_logs() -> None:
+    st.divider()
+    st.subheader("Public engine logs")
+    rows = _public_rows()
+    ok = sum(r["within"] is True for r in rows)
+    judged = sum(r["within"] is not None for r in rows)
+    st.caption(f"Numbers vLLM, llama.cpp / Ollama and ExecuTorch printed in public logs, each reproduced by the "
+               f"estimator from the log's own settings (estimator/engines/public.py): {ok} of {judged} within "
+               "tolerance (weights 0.1%, KV exact, compute buffers and activations 5%, vLLM KV pool 1%, "
+               "non-torch ±0.05 GiB); the rest say why they cannot be derived from the log's inputs.")
+    st.dataframe(public_logs_table(rows), hide_index=True, key="public_logs")
 
 
 def render() -> None:
@@ -118,6 +152,8 @@ def render() -> None:
         with st.expander(f"{loaded.skipped:,} lines skipped"):
             st.text("\n".join(loaded.problems)
                     + (f"\n… and {loaded.skipped - len(loaded.problems):,} more" if loaded.skipped > len(loaded.problems) else ""))
+
+    _public_logs()
 
     st.divider()
     st.subheader("Measure on this machine")

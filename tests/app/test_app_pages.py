@@ -184,3 +184,16 @@ def test_model_page_follows_the_calculators_model(app_test):
     assert not at.exception and at.selectbox(key="model_page_preset").value == "llama-3.1-8b"
     at.selectbox(key="model_page_preset").set_value("llama-3.2-1b").run()  # the page's own choice holds
     assert at.selectbox(key="model_page_preset").value == "llama-3.2-1b"
+
+
+def test_validation_shows_the_public_engine_logs(app_test):
+    from estimator.engines import public
+
+    at = app_test("app/pages/validation.py").run()
+    assert not at.exception
+    df = next(d.value for d in at.dataframe if "Within tolerance" in d.value.columns)
+    assert len(df) == len(public.rows()) and not df.isna().any().any()
+    assert set(df["Within tolerance"]) <= {"yes", "no", "not derivable"}
+    yes = (df["Within tolerance"] == "yes").sum()
+    assert yes == sum(r["within"] is True for r in public.compare()) and yes >= 20
+    assert all(df["Source"].str.len() > 0)
