@@ -114,7 +114,7 @@ def _parse_query(params: dict[str, str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     v = get("model")
-    if v in estimator.PRESETS:
+    if v in estimator.PRESETS or v == state.CUSTOM_MODEL:
         out[state.MODEL] = v
     v = get("quant")
     if v in estimator.TRANSFORMERS_QUANTS:
@@ -128,7 +128,9 @@ def _parse_query(params: dict[str, str]) -> dict[str, Any]:
     v = get("gpu")
     if v is not None and (v == state.CUSTOM_GPU or v in gpu_keys()):
         out[state.GPU] = v
-    window = state.window_of(estimator.load_preset(out.get(state.MODEL, state.DEFAULTS[state.MODEL])))
+    preset = out.get(state.MODEL)
+    window = state.window_of(estimator.load_preset(preset if preset in estimator.PRESETS
+                                                   else state.DEFAULTS[state.MODEL]))
     try:
         out[state.CONTEXT] = parse_typed_context(get("ctx"), window)
     except estimator.EstimatorError:
@@ -152,8 +154,9 @@ def _parse_query(params: dict[str, str]) -> dict[str, Any]:
 def query_for(inp: Inputs, model_choice: str) -> dict[str, str]:
     q = {"quant": inp.quant, "kv": inp.kv_dtype, "ctx": str(inp.context), "batch": str(inp.batch),
          "attn": inp.attn, "gpu": inp.gpu_key or state.CUSTOM_GPU}
-    if model_choice != state.CUSTOM_MODEL:
-        q = {"model": model_choice, **q}
+    # A custom config.json cannot travel in a link: the link says "custom", and opening it asks for
+    # the file again instead of silently showing a preset.
+    q = {"model": model_choice, **q}
     if inp.gpu_key is None:
         q["mem"] = f"{(inp.capacity_bytes + inp.keep_free_bytes) / GiB:g}"
     if inp.keep_free_bytes:
@@ -337,7 +340,9 @@ def sidebar() -> Inputs:
         st.error("Could not read this config.json: " + md(model))
         st.stop()
     if model is None:
-        st.info("Upload or paste a Hugging Face `config.json` in the sidebar to size a custom model.")
+        st.info("Upload or paste a Hugging Face `config.json` in the sidebar to size a custom model"
+                + (" (this link was made with one; a link cannot carry the file)." if st.query_params.get("model")
+                   == state.CUSTOM_MODEL else "."))
         st.stop()
     if window < state.MIN_CONTEXT:
         st.error(f"This model's window ({window:,} tokens, max_position_embeddings) is too short: a context "

@@ -160,7 +160,7 @@ def test_upload_valid_config(at):
     assert not at.exception and not at.error
     est = estimator.estimate("llama-3.2-1b", gpu="rtx-4090-24gb")
     assert _headline(at) == format_gib(est.device_used_bytes)
-    assert "model" not in at.query_params  # uploads are not in the URL
+    assert at.query_params["model"] == state.CUSTOM_MODEL  # the upload itself cannot be in the URL
 
 
 def test_paste_valid_config(at):
@@ -572,3 +572,11 @@ def test_headline_gives_gib_and_the_gb_cards_are_sold_in(at):
     need = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU]).device_used_bytes
     assert _headline(at) == format_gib(need)
     assert at.metric[0].delta.startswith(f"= {need / 1e9:.2f} GB · ")
+
+
+def test_custom_model_link_asks_for_the_config_again(app_test):
+    at = app_test("streamlit_app.py")
+    at.query_params["model"] = "custom"
+    at.run()
+    assert not at.exception and at.selectbox(key=state.MODEL).value == state.CUSTOM_MODEL
+    assert any("a link cannot carry the file" in i.value for i in at.info)

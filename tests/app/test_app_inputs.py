@@ -39,10 +39,13 @@ def test_query_round_trip():
                     state.GPU: state.CUSTOM_GPU, state.GPU_MEM_GIB: 48.0}
 
 
-def test_query_leaves_out_uploaded_models():
+def test_query_says_custom_for_uploaded_models():
+    """An uploaded config cannot travel in a link: the link says model=custom (not a preset), and
+    opening it selects "custom" again."""
     inp = Inputs(model=None, model_key="spec:{}", model_label="x", quant="bf16", kv_dtype="auto",
                  context=8192, batch=1, attn="sdpa", gpu_key="t4-16gb", capacity_bytes=1, capacity_label="T4")
-    assert "model" not in query_for(inp, state.CUSTOM_MODEL)
+    q = query_for(inp, state.CUSTOM_MODEL)
+    assert q["model"] == state.CUSTOM_MODEL and _parse_query(q)[state.MODEL] == state.CUSTOM_MODEL
 
 
 @pytest.mark.parametrize("tokens,stop", [(1, 1024), (8192, 8192), (10_000, 8192), (11_000, 12288),
