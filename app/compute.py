@@ -161,16 +161,16 @@ def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str
     from .tables import verdict
 
     rows = []
-    for key in gpu_keys():
+    for key in gpu_keys():  # by memory, then name
         g = gpu_by_key(key)
-        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, None, prefill_chunk)
-        usable = g.memory_bytes - keep_free_bytes
-        if verdict(d["device_used_bytes"], usable)[0] == "Yes":
+        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
+                            prefill_chunk)
+        if verdict(d["device_used_bytes"], d["gpu_memory_bytes"])[0] == "Yes":
             rows.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes,
-                         "device_used_bytes": d["device_used_bytes"],
-                         "headroom_bytes": usable - d["device_used_bytes"]})
-    rows.sort(key=lambda r: (r["memory_bytes"], r["name"]))
-    return rows[:n]
+                         "device_used_bytes": d["device_used_bytes"], "headroom_bytes": d["headroom_bytes"]})
+            if len(rows) == n:
+                break
+    return rows
 
 
 QUANTIZED_KV = ("fp8", "int8", "int4")  # KV-cache dtypes below 16 bits, most precise first
@@ -185,13 +185,12 @@ def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, at
     batch that fits. Empty when it fits."""
     base = dict(model=model, quant=quant, context=context, batch=batch, kv_dtype=kv_dtype, attn=attn, gpu=gpu,
                 gpu_memory_bytes=gpu_memory_bytes, prefill_chunk=prefill_chunk)
-    same = dict(gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, batch=batch, kv_dtype=kv_dtype, attn=attn,
-                prefill_chunk=prefill_chunk)
+    same = dict(gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, kv_dtype=kv_dtype, attn=attn, prefill_chunk=prefill_chunk)
     if cached_estimate(**base)["fits"]:
         return []
     out: list[dict[str, Any]] = []
     mdl = model_from_key(model)
-    q = estimator.best_quant(mdl, context, **same)
+    q = estimator.best_quant(mdl, context, batch=batch, **same)
     if q is not None and q != quant:
         d = cached_estimate(**{**base, "quant": q})
         out.append({"what": f"{estimator.QUANTS[q].label} weights", "change": {state.QUANT: q},
@@ -217,7 +216,7 @@ def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, at
         out.append({"what": f"context {max_ctx:,} tokens", "change": {state.CONTEXT: max_ctx},
                     "device_used_bytes": d["device_used_bytes"]})
     if batch > 1:
-        b = estimator.max_batch(mdl, quant, context, limit=batch, **{k: v for k, v in same.items() if k != "batch"})
+        b = estimator.max_batch(mdl, quant, context, limit=batch, **same)
         if 0 < b < batch:
             d = cached_estimate(**{**base, "batch": b})
             out.append({"what": f"batch {b}", "change": {state.BATCH: b}, "device_used_bytes": d["device_used_bytes"]})
