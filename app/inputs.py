@@ -20,7 +20,7 @@ from . import state
 from .compute import gpu_by_key, gpu_keys, model_key, spec_of
 from .escape import md
 from .figures import tokens_label
-from .tables import short_gpu_name
+from .tables import gpu_display_name, short_gpu_name
 
 MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
                 "llama-3.1-8b": "Llama 3.1 8B", state.CUSTOM_MODEL: "Custom config.json…"}
@@ -78,9 +78,7 @@ def gpu_label(key: str) -> str:
     if key == state.CUSTOM_GPU:
         return "Custom memory size…"
     g = gpu_by_key(key)
-    sold = re.search(r"(\d+(?:\.\d+)?)\s*GB\b", g.name)
-    usable = f"{g.memory_bytes / GiB:.2f}".rstrip("0").rstrip(".")
-    return f"{short_gpu_name(g.name)} · {sold.group(1)} GB ({usable} GiB)" if sold else f"{short_gpu_name(g.name)} · {usable} GiB"
+    return gpu_display_name(g.name, g.memory_bytes)
 
 
 # ---------------------------------------------------------------------------- query string

@@ -35,7 +35,8 @@ SETTINGS = "settings"          # last settings dict the calculator computed (rea
 QP_LOADED = "_qp_loaded"       # query string already applied to this session
 MEASURE_RESULT = "measure_result"
 DETAILS_TAB = "details_tab"    # which detail tab of the calculator is open (its label)
-DETAIL_TABS = ("Memory vs context", "Quantizations", "GPUs", "How is this computed", "Export")
+# Short labels: all five fit one 390 px phone row (tests/app/test_e2e_browser.py checks).
+DETAIL_TABS = ("Context chart", "Quantizations", "GPUs", "Method", "Export")
 
 CUSTOM_MODEL = "custom"        # MODEL value meaning "uploaded or pasted config.json"
 CUSTOM_GPU = "custom"          # GPU value meaning "type a memory size"

@@ -26,6 +26,15 @@ def short_gpu_name(name: str) -> str:
     return re.sub(r"\s+\d+(\.\d+)?\s*GB\b", "", name).strip()
 
 
+def gpu_display_name(name: str, memory_bytes: int) -> str:
+    """The one name a catalog card has on every page: short name, the size it is sold as (GB) and
+    the memory CUDA gives it (GiB, up to 2 decimals): 'RTX 4090 · 24 GB (23.64 GiB)'."""
+    sold = re.search(r"(\d+(?:\.\d+)?)\s*GB\b", name)
+    usable = f"{memory_bytes / GiB:.2f}".rstrip("0").rstrip(".")
+    short = short_gpu_name(name)
+    return f"{short} · {sold.group(1)} GB ({usable} GiB)" if sold else f"{short} · {usable} GiB"
+
+
 def quant_table(rows: Sequence[Mapping[str, Any]], spec: Any) -> list[dict[str, Any]]:
     """One row per quantization at the chosen context (rows from ``compute.quant_rows``)."""
     out = []
@@ -52,7 +61,7 @@ def gpu_table(rows: Sequence[Mapping[str, Any]], quants: Sequence[str]) -> list[
     out = []
     for r in rows:
         row: dict[str, Any] = {
-            "GPU": r["name"],
+            "GPU": gpu_display_name(r["name"], r["memory_bytes"]),
             "Memory": r["memory_bytes"] / GiB,
             "Fits": r["fits"],
             "Headroom": None if r["headroom_bytes"] is None else r["headroom_bytes"] / GiB,
@@ -186,8 +195,8 @@ def recommended_text(rows: Sequence[Mapping[str, Any]], total: int) -> str:
     if not rows:
         return (f"None of the {total} GPUs in the catalog fits these settings: try fewer bits per weight, "
                 "a quantized KV cache or a shorter context.")
-    names = " · ".join(f"{md(short_gpu_name(r['name']))} ({format_gib(r['memory_bytes'])}, "
-                       f"{format_gib(r['headroom_bytes'])} free)" for r in rows)
+    names = "; ".join(f"{md(gpu_display_name(r['name'], r['memory_bytes']))}, "
+                      f"{format_gib(r['headroom_bytes'])} free" for r in rows)
     return f"**Recommended GPUs** (the smallest in the catalog that fit these settings): {names}"
 
 

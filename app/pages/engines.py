@@ -1,4 +1,5 @@
-"""Engines page: the same model, context and GPU under transformers, vLLM and llama.cpp, side by side."""
+"""Engines page: the calculator's model, weights bit width, context and GPU under transformers, vLLM and
+llama.cpp, side by side, with one sentence per engine on why its number differs."""
 
 from __future__ import annotations
 
@@ -7,27 +8,33 @@ from typing import Any
 import streamlit as st
 
 import estimator
-from estimator.engines import estimate_executorch, estimate_llamacpp, estimate_vllm
+from estimator.engines import estimate_executorch, estimate_llamacpp, estimate_vllm, same_bits
 from estimator.engines import executorch as et
 from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
 from estimator.engines.cli import llamacpp_result, vllm_result
+from estimator.gpus import custom_gpu
 from estimator.overhead import cuda_context_bytes
+from estimator.units import GiB, format_gib
 
-GiB = 1 << 30
-ENGINE_OPTIONS = ("transformers", "vLLM", "llama.cpp")
-LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B", "llama-3.1-8b": "Llama 3.1 8B"}
-TRANSFORMERS_QUANTS = ("bf16", "fp16", "int8", "nf4", "fp8")
+from app import compute, state
+from app.escape import md
+from app.figures import tokens_label
+from app.inputs import MODEL_LABELS, gpu_label, quant_choice_label
+from app.tables import short_gpu_name
+
+ENGINES = ("transformers", "vLLM", "llama.cpp")
+SAME_BITS = "same"  # llama.cpp GGUF choice: the type with the weights' bit width (estimator.engines.same_bits)
 
 # Widget keys (prefixed eng_ so they never collide with the calculator's).
-K_MODEL, K_CONTEXT, K_GPU, K_ENGINE = "eng_model", "eng_context", "eng_gpu", "eng_engine"
-K_TF_QUANT, K_VLLM_UTIL, K_VLLM_SEQS, K_VLLM_VERSION, K_VLLM_TP = (
-    "eng_tf_quant", "eng_vllm_util", "eng_vllm_seqs", "eng_vllm_version", "eng_vllm_tp")
+K_MODEL, K_QUANT, K_CONTEXT, K_GPU = "eng_model", "eng_quant", "eng_context", "eng_gpu"
+K_VLLM_UTIL, K_VLLM_SEQS, K_VLLM_VERSION, K_VLLM_TP = "eng_vllm_util", "eng_vllm_seqs", "eng_vllm_version", "eng_vllm_tp"
 K_LC_QUANT, K_LC_PARALLEL, K_LC_FA, K_LC_KV, K_LC_NGL = (
     "eng_lc_quant", "eng_lc_parallel", "eng_lc_fa", "eng_lc_kv", "eng_lc_ngl")
+FOLLOWED = "_eng_followed"  # the calculator settings the page last took its inputs from
 
 ROWS = (("weights_bytes", "Weights"), ("kv_cache_bytes", "KV cache"),
-        ("activations_bytes", "Activations / compute buffer"), ("overhead_bytes", "Overhead (context, non-torch, graphs)"),
+        ("activations_bytes", "Activations / compute buffer"), ("overhead_bytes", "Overhead (CUDA context, non-torch, graphs)"),
         ("device_used_bytes", "GPU memory used"))
 
 
@@ -35,16 +42,198 @@ def gib(n: int | None) -> float | None:
     return None if n is None else round(n / GiB, 2)
 
 
-def side_by_side_rows(results: dict[str, dict | str]) -> list[dict[str, Any]]:
-    """Rows of the comparison table: one per memory part, one column per engine (GiB, 2 decimals).
-    A result that is a string (an error or the engine's refusal) shows as empty cells."""
-    rows = []
+def calculator_settings() -> dict[str, Any]:
+    """The calculator's last settings (its defaults when it has not run in this session)."""
+    s = st.session_state.get(state.SETTINGS)
+    if isinstance(s, dict):
+        return s
+    d = state.DEFAULTS
+    return {"model": d[state.MODEL], "quant": d[state.QUANT], "context": d[state.CONTEXT], "batch": d[state.BATCH],
+            "kv_dtype": d[state.KV_DTYPE], "attn": d[state.ATTN], "gpu": d[state.GPU], "gpu_memory_bytes": None,
+            "prefill_chunk": None}
+
+
+def _follow(calc: dict[str, Any]) -> None:
+    """Take model, weights, context and GPU from the calculator when its settings changed since the
+    page last followed them, or when the page's widgets were dropped (another page was open)."""
+    ss = st.session_state
+    view = (calc["model"], calc["quant"], calc["context"], calc["gpu"], calc["gpu_memory_bytes"])
+    if ss.get(FOLLOWED) == view and all(k in ss for k in (K_MODEL, K_QUANT, K_CONTEXT, K_GPU)):
+        return
+    ss[K_MODEL], ss[K_QUANT], ss[K_CONTEXT] = calc["model"], calc["quant"], int(calc["context"])
+    ss[K_GPU] = calc["gpu"] or state.CUSTOM_GPU
+    ss[FOLLOWED] = view
+
+
+def model_label(key: str) -> str:
+    if key in MODEL_LABELS:
+        return MODEL_LABELS[key]
+    return "Custom config.json (from the Calculator)"
+
+
+def _inputs() -> dict[str, Any]:
+    calc = calculator_settings()
+    _follow(calc)
+    ss = st.session_state
+    models = list(estimator.PRESETS) + ([calc["model"]] if calc["model"] not in estimator.PRESETS else [])
+    if ss[K_MODEL] not in models:
+        ss[K_MODEL] = models[0]
+    gpus = compute.gpu_keys() + ([state.CUSTOM_GPU] if calc["gpu"] is None else [])
+    if ss[K_GPU] not in gpus:
+        ss[K_GPU] = state.DEFAULTS[state.GPU]
+    c1, c2, c3, c4 = st.columns(4)
+    model = c1.selectbox("Model", models, key=K_MODEL, format_func=model_label)
+    quant = c2.selectbox("Weights", estimator.TRANSFORMERS_QUANTS, key=K_QUANT, format_func=quant_choice_label,
+                         help="The bit width every engine loads the weights at: transformers as chosen, vLLM "
+                              "and llama.cpp in their format of the same width (the table's first row).")
+    window = compute.window(model)
+    if ss[K_CONTEXT] > window or ss[K_CONTEXT] < state.MIN_CONTEXT:
+        ss[K_CONTEXT] = min(max(ss[K_CONTEXT], state.MIN_CONTEXT), window)
+    context = c3.number_input("Context (tokens)", min_value=state.MIN_CONTEXT, max_value=window, step=1024,
+                              key=K_CONTEXT,
+                              help=f"The window, at most the model's {window:,} tokens: transformers' prompt plus "
+                                   f"{state.NEW_TOKENS} new tokens; vLLM's max_model_len; llama.cpp's n_ctx.")
+    custom_mem = calc["gpu_memory_bytes"] or 0
+
+    def gpu_name(k: str) -> str:
+        return f"Custom · {custom_mem / GiB:.2f} GiB" if k == state.CUSTOM_GPU else gpu_label(k)
+
+    gpu_key = c4.selectbox("GPU", gpus, key=K_GPU, format_func=gpu_name)
+    st.caption("Model, weights, context and GPU follow the Calculator; changing them here does not change it. "
+               f"transformers also takes its batch ({calc['batch']}), KV cache ({calc['kv_dtype']}) and "
+               f"attention ({calc['attn']}).")
+    with st.expander("Engine settings (vLLM, llama.cpp)", expanded=False):
+        a, b = st.columns(2)
+        util = a.slider("vLLM gpu_memory_utilization", 0.5, 0.98, 0.9, 0.01, key=K_VLLM_UTIL)
+        seqs = a.number_input("vLLM max_num_seqs", 1, 4096, 256, key=K_VLLM_SEQS)
+        version = a.radio("vLLM accounting", vl.VLLM_VERSIONS, index=1, key=K_VLLM_VERSION, horizontal=True)
+        tp = a.selectbox("vLLM --tensor-parallel-size", (1, 2, 4, 8), key=K_VLLM_TP)
+        lc_quant = b.selectbox("llama.cpp GGUF type", (SAME_BITS,) + lc.GGUF_QUANTS, key=K_LC_QUANT,
+                               format_func=lambda q: "same bit width as the weights" if q == SAME_BITS else q.upper(),
+                               help="Q4_K_M, Ollama's usual 4-bit, mixes in 6-bit tensors (about 4.9 bits a "
+                                    "weight against Q4_0's 4.5): a different width from the other engines.")
+        parallel = b.number_input("llama.cpp --parallel", 1, 64, 1, key=K_LC_PARALLEL)
+        fa = b.checkbox("llama.cpp --flash-attn", value=False, key=K_LC_FA)
+        kv = b.selectbox("llama.cpp KV type", ("f16", "q8_0", "q4_0"), key=K_LC_KV)
+        ngl = b.number_input("llama.cpp --n-gpu-layers (-1 = all)", -1, 200, -1, key=K_LC_NGL)
+    if gpu_key == state.CUSTOM_GPU:
+        gpu = custom_gpu(custom_mem) if custom_mem else compute.gpu_by_key(state.DEFAULTS[state.GPU])
+    else:
+        gpu = compute.gpu_by_key(gpu_key)
+    return dict(model=model, quant=quant, context=int(context), gpu=gpu, batch=int(calc["batch"]),
+                kv_dtype=calc["kv_dtype"], attn=calc["attn"], prefill_chunk=calc.get("prefill_chunk"),
+                util=float(util), seqs=int(seqs), version=version, tp=int(tp),
+                lc_quant=same_bits(quant)["gguf"] if lc_quant == SAME_BITS else lc_quant,
+                parallel=int(parallel), fa=bool(fa), kv=kv, ngl=int(ngl))
+
+
+def weights_formats(inp: dict[str, Any]) -> dict[str, str]:
+    """How each engine stores the weights: the first row of the table."""
+    sb = same_bits(inp["quant"])
+    vq = sb["vllm_quantization"]
+    vllm = f"--quantization {vq}" + (" (NF4)" if vq == "bitsandbytes" else "") if vq else f"--dtype {sb['vllm_dtype']}"
+    return {"transformers": quant_choice_label(inp["quant"]), "vLLM": f"{sb['bits']}-bit · {vllm}",
+            "llama.cpp": f"GGUF {inp['lc_quant'].upper()}"}
+
+
+def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
+    """Each engine's JSON-like result, or the message of why it has none."""
+    spec = compute.spec_of(inp["model"])
+    gpu, total = inp["gpu"], inp["gpu"].memory_bytes
+    out: dict[str, dict | str] = {}
+    try:
+        custom = gpu.key == "custom"
+        out["transformers"] = compute.cached_estimate(inp["model"], inp["quant"], inp["context"], inp["batch"],
+                                                      inp["kv_dtype"], inp["attn"], None if custom else gpu.key,
+                                                      total if custom else None, inp["prefill_chunk"])
+    except estimator.EstimatorError as e:
+        out["transformers"] = str(e)
+    sb = same_bits(inp["quant"])
+    vkw = dict(gpu_memory_utilization=inp["util"], max_model_len=inp["context"], max_num_seqs=inp["seqs"],
+               version=inp["version"], dtype=sb["vllm_dtype"], quantization=sb["vllm_quantization"])
+    try:
+        e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], gpu_name=gpu.name, gpu_arch=gpu.arch,
+                          cuda_context_bytes=cuda_context_bytes(gpu.cls), **vkw)
+        if e.starts:
+            r = vllm_result(e, {"engine": "vllm", "context": inp["context"]})
+            if inp["tp"] == 1:
+                u = vl.smallest_utilization(spec, total, **{k: v for k, v in vkw.items()
+                                                            if k != "gpu_memory_utilization"},
+                                            gpu_name=gpu.name, gpu_arch=gpu.arch,
+                                            cuda_context_bytes=cuda_context_bytes(gpu.cls))
+                if u is not None:
+                    r["smallest_utilization"] = u
+                    r["smallest_device_used_bytes"] = estimate_vllm(
+                        spec, total, **{**vkw, "gpu_memory_utilization": u}, gpu_name=gpu.name, gpu_arch=gpu.arch,
+                        cuda_context_bytes=cuda_context_bytes(gpu.cls)).device_used_bytes
+            out["vLLM"] = r
+        else:
+            s = vl.smallest_gpu_set(spec, inp["context"], **{k: v for k, v in vkw.items() if k != "max_model_len"})
+            hint = "" if s is None else (f" The smallest catalog GPU set that starts it: {s['num_gpus']} × "
+                                         f"{short_gpu_name(s['gpu'].name)} (--tensor-parallel-size "
+                                         f"{s['tensor_parallel_size']}, --pipeline-parallel-size "
+                                         f"{s['pipeline_parallel_size']}).")
+            out["vLLM"] = f"vLLM would not start: {e.refusal}{hint}"
+    except estimator.EstimatorError as e:
+        out["vLLM"] = f"vLLM would not start: {e}"
+    try:
+        e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
+                              kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
+        out["llama.cpp"] = llamacpp_result(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
+                                           cuda_context_bytes=cuda_context_bytes(gpu.cls))
+    except estimator.EstimatorError as e:
+        out["llama.cpp"] = f"llama.cpp cannot: {e}"
+    return out
+
+
+def side_by_side_rows(results: dict[str, dict | str], formats: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Rows of the comparison table as text: the weights format, one row per memory part and host RAM,
+    one column per engine. An engine without a result says why in short ("does not start")."""
+    rows: list[dict[str, str]] = []
+    if formats:
+        rows.append({"Part": "Weights as loaded", **{e: formats.get(e, "") for e in results}})
     for key, label in ROWS:
-        row: dict[str, Any] = {"Part": label}
+        row = {"Part": label}
         for eng, r in results.items():
-            row[eng] = gib(r.get(key)) if isinstance(r, dict) else None
+            row[eng] = format_gib(r[key]) if isinstance(r, dict) and r.get(key) is not None else "does not start"
         rows.append(row)
+    host = {"Part": "Host RAM (not GPU)"}
+    for eng, r in results.items():
+        host[eng] = ("—" if not isinstance(r, dict) else
+                     format_gib(r["host_bytes"]) if "host_bytes" in r else "not modelled")
+    rows.append(host)
     return rows
+
+
+def differences(inp: dict[str, Any], results: dict[str, dict | str]) -> list[str]:
+    """One sentence per engine: what its number is, and why it differs from the others."""
+    ctx = tokens_label(inp["context"])
+    out = []
+    tf = results["transformers"]
+    if isinstance(tf, dict):
+        out.append(f"**transformers** grows its KV cache to exactly {ctx} tokens × batch {inp['batch']} and peaks "
+                   f"in the prefill forward ({format_gib(tf['activations_bytes'])} of activations): "
+                   f"{format_gib(tf['device_used_bytes'])}.")
+    v = results["vLLM"]
+    if isinstance(v, dict):
+        least = ""
+        if "smallest_utilization" in v:
+            least = (f"; gpu_memory_utilization {v['smallest_utilization']:.2f} "
+                     f"({format_gib(v['smallest_device_used_bytes'])}) would hold one {ctx}-token request")
+        out.append(f"**vLLM** takes {inp['util']:.0%} of the GPU at startup whatever the context and gives what the "
+                   f"model leaves to a KV pool of {v['num_gpu_blocks']:,} blocks, {v['max_concurrency']:.1f} requests "
+                   f"of {ctx} tokens at once{least}.")
+    else:
+        out.append(f"**vLLM**: {md(v)}")
+    lcr = results["llama.cpp"]
+    if isinstance(lcr, dict):
+        out.append(f"**llama.cpp** keeps the token embedding in host RAM, allocates all {lcr['kv_cells']:,} KV cells "
+                   f"at start and sizes its compute buffer for one 512-token batch "
+                   f"({format_gib(lcr['compute_buffer_bytes'])}), not the whole prompt: "
+                   f"{format_gib(lcr['device_used_bytes'])}.")
+    else:
+        out.append(f"**llama.cpp**: {md(lcr)}")
+    return out
 
 
 def side_by_side_figure(results: dict[str, dict | str]):
@@ -56,146 +245,60 @@ def side_by_side_figure(results: dict[str, dict | str]):
     for key, label in ROWS[:-1]:
         fig.add_bar(name=label, x=engines, y=[gib(results[e][key]) for e in engines])
     fig.update_layout(barmode="stack", yaxis_title="GPU memory (GiB)", height=380,
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.15))
     return fig
 
 
-def _default(key: str, shared: str, options: tuple | list, fallback: Any) -> Any:
-    v = st.session_state.get(shared)
-    return v if v in options else fallback
-
-
-def _inputs() -> dict[str, Any]:
-    gpus = {g.key: g for g in estimator.gpu_catalog()}
-    keys = list(gpus)
-    c1, c2, c3 = st.columns(3)
-    model = c1.selectbox("Model", estimator.PRESETS, key=K_MODEL, format_func=lambda k: LABELS.get(k, k),
-                         index=estimator.PRESETS.index(_default(K_MODEL, "model", estimator.PRESETS, "llama-3.2-3b")))
-    window = min(estimator.load_model(model).max_position_embeddings, 1 << 24)  # the model's window
-    ctx0 = st.session_state.get("context")
-    context = c2.number_input("Context (tokens)", min_value=1, max_value=window, step=1024, key=K_CONTEXT,
-                              value=min(ctx0, window) if isinstance(ctx0, int) and ctx0 > 0 else min(8192, window),
-                              help=f"The window, at most the model's {window:,} tokens: transformers' prompt plus "
-                                   "32 new tokens; vLLM's max_model_len; llama.cpp's n_ctx")
-    gpu_key = c3.selectbox("GPU", keys, key=K_GPU, format_func=lambda k: gpus[k].name,
-                           index=keys.index(_default(K_GPU, "gpu", keys, "rtx-4090-24gb")))
-    engine = st.radio("Engine in detail", ENGINE_OPTIONS, key=K_ENGINE, horizontal=True, index=1)
-    with st.expander("Engine settings", expanded=False):
-        a, b, c = st.columns(3)
-        tf_quant = a.selectbox("transformers weights", TRANSFORMERS_QUANTS, key=K_TF_QUANT)
-        util = b.slider("vLLM gpu_memory_utilization", 0.5, 0.98, 0.9, 0.01, key=K_VLLM_UTIL)
-        seqs = b.number_input("vLLM max_num_seqs", 1, 4096, 256, key=K_VLLM_SEQS)
-        version = b.radio("vLLM accounting", vl.VLLM_VERSIONS, index=1, key=K_VLLM_VERSION, horizontal=True)
-        tp = b.selectbox("vLLM --tensor-parallel-size", (1, 2, 4, 8), key=K_VLLM_TP)
-        lc_quant = c.selectbox("llama.cpp GGUF type", lc.GGUF_QUANTS, index=lc.GGUF_QUANTS.index("q4_k_m"),
-                               key=K_LC_QUANT)
-        parallel = c.number_input("llama.cpp --parallel", 1, 64, 1, key=K_LC_PARALLEL)
-        fa = c.checkbox("llama.cpp --flash-attn", value=False, key=K_LC_FA)
-        kv = c.selectbox("llama.cpp KV type", ("f16", "q8_0", "q4_0"), key=K_LC_KV)
-        ngl = c.number_input("llama.cpp --n-gpu-layers (-1 = all)", -1, 200, -1, key=K_LC_NGL)
-    return dict(model=model, context=int(context), gpu=gpus[gpu_key], engine=engine, tf_quant=tf_quant,
-                util=float(util), seqs=int(seqs), version=version, tp=int(tp), lc_quant=lc_quant,
-                parallel=int(parallel), fa=bool(fa), kv=kv, ngl=int(ngl))
-
-
-def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
-    """Each engine's JSON-like result, or the message of why it has none."""
-    spec = estimator.load_model(inp["model"])
-    gpu, total = inp["gpu"], inp["gpu"].memory_bytes
-    out: dict[str, dict | str] = {}
-    try:
-        out["transformers"] = estimator.estimate(inp["model"], quant=inp["tf_quant"], context=inp["context"],
-                                                 gpu=gpu.key).to_dict()
-    except estimator.EstimatorError as e:
-        out["transformers"] = str(e)
-    try:
-        ctx = min(inp["context"], spec.max_position_embeddings)
-        e = estimate_vllm(spec, total, gpu_memory_utilization=inp["util"], max_model_len=ctx,
-                          max_num_seqs=inp["seqs"], version=inp["version"], tensor_parallel_size=inp["tp"],
-                          gpu_name=gpu.name, gpu_arch=gpu.arch)
-        r = vllm_result(e, {"engine": "vllm", "context": ctx})
-        s = vl.smallest_gpu_set(spec, ctx, gpu_memory_utilization=inp["util"], max_num_seqs=inp["seqs"],
-                                version=inp["version"])
-        r["smallest_gpu_set"] = None if s is None else {
-            "gpu": s["gpu"].name, "num_gpus": s["num_gpus"], "tensor_parallel_size": s["tensor_parallel_size"],
-            "pipeline_parallel_size": s["pipeline_parallel_size"]}
-        if e.starts:
-            out["vLLM"] = r
-        else:
-            hint = "" if s is None else (f" Smallest catalog GPU set that starts: {s['num_gpus']} × {s['gpu'].name} "
-                                         f"(--tensor-parallel-size {s['tensor_parallel_size']}, "
-                                         f"--pipeline-parallel-size {s['pipeline_parallel_size']}).")
-            out["vLLM"] = f"vLLM would not start: {e.refusal}{hint}"
-    except estimator.EstimatorError as e:
-        out["vLLM"] = str(e)
-    try:
-        e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
-                              kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
-        out["llama.cpp"] = llamacpp_result(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
-                                           cuda_context_bytes=cuda_context_bytes(gpu.cls))
-    except estimator.EstimatorError as e:
-        out["llama.cpp"] = str(e)
-    return out
-
-
-def _detail(engine: str, r: dict | str, total: int) -> None:
-    if isinstance(r, str):
-        st.error(r)
-        return
-    c1, c2, c3 = st.columns(3)
-    c1.metric(f"{engine}: GPU memory used", f"{r['device_used_bytes'] / GiB:.2f} GiB", border=True)
-    if engine == "vLLM":
-        c2.metric("KV pool", f"{r['kv_pool_bytes'] / GiB:.2f} GiB", border=True,
-                  delta=f"{r['num_gpu_blocks']:,} blocks of 16 tokens", delta_color="off")
-        c3.metric(f"Requests of {r['max_model_len']:,} tokens at once", f"{r['max_concurrency']:.2f}x", border=True,
-                  help="vLLM's 'Maximum concurrency for N tokens per request'")
-        if r["tensor_parallel_size"] > 1:
-            st.caption(f"Per GPU, with --tensor-parallel-size {r['tensor_parallel_size']}.")
-        ss = r.get("smallest_gpu_set")
-        if ss:
-            st.caption(f"Smallest catalog GPU set that starts these settings: {ss['num_gpus']} × {ss['gpu']} "
-                       f"(--tensor-parallel-size {ss['tensor_parallel_size']}, "
-                       f"--pipeline-parallel-size {ss['pipeline_parallel_size']}).")
-    elif engine == "llama.cpp":
-        c2.metric("Host RAM (buffers)", f"{r['host_bytes'] / GiB:.2f} GiB", border=True,
-                  help="token_embd stays in host RAM; layers not offloaded, their KV, and the pinned compute buffer")
-        c3.metric("Layers on GPU", f"{r['n_gpu_layers']}", border=True)
-    else:
-        c2.metric("Fits?", "Yes" if r.get("fits") else "No", border=True)
-        c3.metric("Headroom", f"{(r.get('headroom_bytes') or 0) / GiB:.2f} GiB", border=True)
+def executorch_rows(model: str, context: int) -> list[dict[str, Any]]:
+    spec = compute.spec_of(model)
+    rows = []
+    for v in et.VARIANTS:
+        e = estimate_executorch(spec, v, context)
+        q = estimate_executorch(spec, v, context, kv_cache="int8")
+        rows.append({"Variant": v, "Program file": format_gib(e.program_bytes),
+                     "Runtime": format_gib(e.runtime_bytes),
+                     "Runtime, --quantize_kv_cache": format_gib(q.runtime_bytes)})
+    return rows
 
 
 def render() -> None:
     st.title("Engines side by side")
-    st.caption("The same model, context and GPU under each serving engine. All sizes in GiB (2^30 bytes).")
     inp = _inputs()
     try:
         results = compute_all(inp)
     except estimator.EstimatorError as e:
-        st.error(f"Cannot compute these settings: {e}")
+        st.error(f"Cannot compute these settings: {md(e)}")
         st.stop()
-    total = inp["gpu"].memory_bytes
-    name = {"transformers": "transformers", "vLLM": "vLLM", "llama.cpp": "llama.cpp"}[inp["engine"]]
-    _detail(name, results[name], total)
-    st.subheader("Side by side")
-    st.dataframe(side_by_side_rows(results), hide_index=True, key="eng_table",
-                 column_config={e: st.column_config.NumberColumn(e, format="%.2f GiB") for e in results})
-    for eng, r in results.items():
-        if isinstance(r, str) and eng != name:
-            st.warning(f"{eng}: {r}")
+    name = short_gpu_name(inp["gpu"].name) if inp["gpu"].key != "custom" else "the custom GPU"
+    cols = st.columns(3)
+    for col, eng in zip(cols, ENGINES):
+        r = results[eng]
+        if isinstance(r, dict):
+            fits = r["device_used_bytes"] <= inp["gpu"].memory_bytes and r.get("fits") is not False
+            col.metric(f"{eng}: GPU memory used", format_gib(r["device_used_bytes"]), border=True,
+                       delta=f"{'fits' if fits else 'does not fit'} {name}", delta_arrow="off",
+                       delta_color="normal" if fits else "inverse")
+        else:
+            col.metric(f"{eng}: GPU memory used", "does not start", border=True, delta=f"on {name}",
+                       delta_color="off", delta_arrow="off")
+    st.subheader("Why the numbers differ")
+    st.markdown("\n".join(f"- {s}" for s in differences(inp, results)))
+    st.dataframe(side_by_side_rows(results, weights_formats(inp)), hide_index=True, key="eng_table",
+                 width="stretch")
+    st.caption("All sizes in GiB (2^30 bytes). GPU memory used is what nvidia-smi shows for the process.")
     if any(isinstance(r, dict) for r in results.values()):
         st.plotly_chart(side_by_side_figure(results), key="eng_chart", config={"displayModeBar": False})
-    st.caption("vLLM takes gpu_memory_utilization of the GPU up front and gives the rest to the KV pool, so its "
-               "GPU memory does not shrink with a shorter context; the pool decides how many requests run at once. "
-               "llama.cpp sizes its KV buffer for n_ctx cells shared by --parallel sequences.")
     with st.expander("On device (ExecuTorch, Llama 3.2 release variants)"):
-        spec = estimator.load_model(inp["model"])
-        rows = []
-        for v in et.VARIANTS:
-            e = estimate_executorch(spec, v, inp["context"])
-            rows.append({"Variant": v, "Program file (GiB)": gib(e.program_bytes),
-                         f"Runtime at {inp['context']:,} tokens (GiB)": gib(e.runtime_bytes)})
-        st.dataframe(rows, hide_index=True, key="eng_et_table")
+        st.dataframe(executorch_rows(inp["model"], inp["context"]), hide_index=True, key="eng_et_table",
+                     width="stretch")
+        spec = compute.spec_of(inp["model"])
+        t = et.crossover_context(spec, "spinquant")
+        when = (f"from {t:,} tokens on" if t and t <= compute.window(inp["model"])
+                else "only beyond this model's window")
+        st.caption("The 4-bit releases (SpinQuant, QAT+LoRA) were exported with `-d fp32`: their KV cache and "
+                   "activations take 4 bytes an element against bf16's 2, so they need more runtime memory than "
+                   f"bf16 {when}. `--quantize_kv_cache` (int8 K/V with a per-token scale) is ExecuTorch's fix: "
+                   "the last column.")
 
 
 render()

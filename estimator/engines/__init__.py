@@ -20,10 +20,34 @@ from .vllm import (VLLM_VERSIONS, VllmEstimate, VllmStartupError, estimate_vllm,
                    max_model_len_vllm, smallest_gpu_set)
 from .cli import ENGINES, EngineRefusal
 
+
+def same_bits(quant: str) -> dict[str, str | int | None]:
+    """The vLLM and llama.cpp weight formats with the bit width of the transformers ``quant``:
+    ``{"bits", "vllm_dtype", "vllm_quantization", "gguf"}``.
+
+    - 16/32-bit: the same dtype in each engine (GGUF F16 / BF16 / F32).
+    - 8-bit: vLLM online fp8 (8 bits a linear weight plus a scale per shard); GGUF Q8_0 (int8 with an
+      fp16 scale per 32: 8.5 bits a weight; LLM.int8 stores 8 plus an fp32 scale per row).
+    - 4-bit: vLLM in-flight bitsandbytes NF4 (the layout transformers' nf4 loads); GGUF Q4_0 (4-bit
+      with an fp16 scale per 32: 4.5 bits a weight, as NF4's 4 bits plus an fp32 absmax per 64).
+      llama.cpp's popular Q4_K_M mixes in Q6_K tensors (about 4.9 bits): a choice, not the same width.
+    """
+    from ..quant import QUANTS
+
+    bits = QUANTS[quant].bits
+    if bits >= 16:
+        dtype = {"fp32": "fp32", "fp16": "fp16"}.get(quant, "bf16")
+        gguf = {"fp32": "f32", "fp16": "f16"}.get(quant, "bf16")
+        return {"bits": bits, "vllm_dtype": dtype, "vllm_quantization": None, "gguf": gguf}
+    if bits == 8:
+        return {"bits": 8, "vllm_dtype": "auto", "vllm_quantization": "fp8", "gguf": "q8_0"}
+    return {"bits": bits, "vllm_dtype": "auto", "vllm_quantization": "bitsandbytes", "gguf": "q4_0"}
+
+
 __all__ = [
     "ENGINES", "EngineRefusal", "EXECUTORCH_VARIANTS", "ExecuTorchEstimate", "estimate_executorch",
     "FTYPES", "GGML_TYPES", "GGUF_QUANTS", "GgufTensor", "LlamaCppEstimate", "compute_buffers",
     "estimate_llamacpp", "gguf_tensors", "kv_buffer_bytes", "max_context_llamacpp", "model_buffers",
     "tensor_type", "type_counts", "VLLM_VERSIONS", "VllmEstimate", "VllmStartupError", "estimate_vllm",
-    "kv_bytes_per_block", "max_model_len_vllm", "smallest_gpu_set",
+    "kv_bytes_per_block", "max_model_len_vllm", "smallest_gpu_set", "same_bits",
 ]

@@ -130,11 +130,20 @@ def _settings(args: argparse.Namespace, spec: ModelSpec, engine: str, gpu: Any, 
     return s
 
 
-def _vllm_dtype(args: argparse.Namespace) -> str:
+def _vllm_weights(args: argparse.Namespace) -> tuple[str, str | None]:
+    """--quant for vLLM: a weights dtype (``--dtype``), or ``bitsandbytes`` / ``fp8``
+    (``--quantization``, applied in flight to the model-dtype checkpoint)."""
     q = str(getattr(args, "quant", "auto") or "auto").lower()
+    if q in vl.QUANTIZATIONS:
+        return "auto", q
     if q not in VLLM_DTYPES:
-        raise InvalidSpecError(f"--quant for vLLM must be one of {', '.join(VLLM_DTYPES)} (weights dtype): {q!r}")
-    return q
+        raise InvalidSpecError(f"--quant for vLLM must be one of {', '.join(VLLM_DTYPES + vl.QUANTIZATIONS)} "
+                               f"(weights dtype or --quantization): {q!r}")
+    return q, None
+
+
+def _vllm_dtype(args: argparse.Namespace) -> str:
+    return _vllm_weights(args)[0]
 
 
 def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: int | None,
@@ -146,7 +155,8 @@ def _vllm(args: argparse.Namespace, spec: ModelSpec, total: int, max_model_len: 
         return vl.estimate_vllm(
             spec, total, gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=max_model_len,
             max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-            dtype=_vllm_dtype(args), kv_cache_dtype=kv, version=args.vllm_version,
+            dtype=_vllm_dtype(args), quantization=_vllm_weights(args)[1], kv_cache_dtype=kv,
+            version=args.vllm_version,
             tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
             enforce_eager=args.enforce_eager, cuda_context_bytes=_cuda_context(args),
             checkpoint_weights_bytes=_checkpoint_bytes(args, spec),
@@ -160,7 +170,8 @@ def _smallest_set(args: argparse.Namespace, spec: ModelSpec, max_model_len: int)
     try:
         r = vl.smallest_gpu_set(spec, max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
                                 max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                                dtype=_vllm_dtype(args), kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
+                                dtype=_vllm_dtype(args), quantization=_vllm_weights(args)[1],
+                                kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
                                 version=args.vllm_version, enforce_eager=args.enforce_eager)
     except EstimatorError:
         return None
@@ -304,7 +315,8 @@ def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_b
     if engine == "vllm":
         kw = dict(gpu_memory_utilization=args.gpu_memory_utilization,
                   max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                  dtype=_vllm_dtype(args), kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
+                  dtype=_vllm_dtype(args), quantization=_vllm_weights(args)[1],
+                  kv_cache_dtype=str(args.kv_dtype or "auto").lower(),
                   version=args.vllm_version, tensor_parallel_size=args.tensor_parallel_size,
                   pipeline_parallel_size=args.pipeline_parallel_size, enforce_eager=args.enforce_eager,
                   gpu_name=getattr(gpu, "name", None), gpu_arch=getattr(gpu, "arch", None))

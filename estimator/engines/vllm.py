@@ -45,6 +45,21 @@ ACCOUNTINGS = ("v0-0.6", "v0", "v1")
 BLOCK_SIZE = 16  # CacheConfig.DEFAULT_BLOCK_SIZE (vllm/config/cache.py); the CUDA attention backends use it
 VOCAB_PADDING = 64  # DEFAULT_VOCAB_PADDING_SIZE, vllm/model_executor/layers/vocab_parallel_embedding.py
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfloat16": 2, "bf16": 2}
+# --quantization choices modelled for an unquantized (bf16/fp16) checkpoint: in-flight quantization
+# of every linear layer at load; the embedding, lm_head and norms stay in the model dtype.
+# - "bitsandbytes" (vllm/model_executor/model_loader/bitsandbytes_loader.py ``_unquantized_generator``):
+#   ``quantize_4bit(w, compress_statistics=True, quant_type="nf4")`` per checkpoint shard (q, k, v,
+#   o, gate, up, down), then ``dequantize_dq`` at the end of loading turns the nested absmax back into
+#   fp32. Per shard: packed uint8 numel/2, fp32 absmax numel/64 (blocksize 64), and the 16-entry fp32
+#   NF4 code table of its QuantState.
+# - "fp8" (vllm/model_executor/layers/quantization/fp8.py ``Fp8LinearMethod.process_weights_after_loading``,
+#   online dynamic quantization): fp8_e4m3 weights, one fp32 scale per logical shard.
+QUANTIZATIONS = ("bitsandbytes", "fp8")
+# Minimum compute capability vLLM accepts for each (QuantizationConfig.get_min_capability: 70 for
+# bitsandbytes, 80 for fp8; sm80-sm88 run fp8 through Marlin weight-only kernels).
+QUANT_MIN_SM = {"bitsandbytes": 70, "fp8": 80}
+NF4_BLOCKSIZE = 64
+NF4_CODE_BYTES = 16 * 4
 KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp16": 2, "bf16": 2, "float16": 2,
                   "bfloat16": 2, "fp32": 4, "float32": 4}
 
@@ -127,7 +142,20 @@ def kv_heads_per_gpu(spec: ModelSpec, tp: int) -> int:
     return max(1, spec.num_key_value_heads // tp)
 
 
-def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0) -> dict[str, int]:
+def linear_bytes(numel: int, shards: int, dtype_bytes: int, quantization: str | None) -> int:
+    """Bytes of linear-layer weights with ``numel`` elements in ``shards`` checkpoint shards, as
+    loaded under ``--quantization`` (None: the model dtype). See QUANTIZATIONS."""
+    if quantization is None:
+        return numel * dtype_bytes
+    if quantization == "bitsandbytes":
+        return numel // 2 + 4 * -(-numel // NF4_BLOCKSIZE) + shards * NF4_CODE_BYTES
+    if quantization == "fp8":
+        return numel + shards * 4
+    raise UnknownNameError(f"quantization must be one of {', '.join(QUANTIZATIONS)} for vLLM: {quantization!r}")
+
+
+def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0,
+                          quantization: str | None = None) -> dict[str, int]:
     """Bytes vLLM's loader allocates on one GPU: parameters plus the rotary ``cos_sin_cache``.
 
     - q/o/gate/up/down split by TP (Column/RowParallelLinear), k/v by KV heads (replicated when
@@ -150,7 +178,8 @@ def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: in
     d = dtype_bytes
     lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
     n_local = hi - lo
-    per_layer = (H * q + 2 * H * kv + q * H + 3 * H * (I // tp)) * d + 2 * H * d
+    # q, k, v, o, gate, up, down: seven checkpoint shards per layer (quantized one by one)
+    per_layer = linear_bytes(H * q + 2 * H * kv + q * H + 3 * H * (I // tp), 7, d, quantization) + 2 * H * d
     if spec.attention_bias:
         per_layer += (q + 2 * kv) * d
     if spec.attention_out_bias:
@@ -193,11 +222,22 @@ def sampler_peak_bytes(num_reqs: int, vocab_size: int, logits_bytes: int) -> int
     return n * (logits_bytes + fp32_copy + sort_bytes_per_element(num_reqs))
 
 
-def forward_peak_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1) -> int:
+def forward_peak_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1,
+                       quantization: str | None = None) -> int:
     """Peak of one forward over ``tokens`` tokens (vLLM's fused Llama layer): residual and hidden
-    [T, H], then gate_up [T, 2I/tp] and the SiLU-and-mul output [T, I/tp] in the MLP."""
+    [T, H], then gate_up [T, 2I/tp] and the SiLU-and-mul output [T, I/tp] in the MLP.
+
+    ``bitsandbytes``: for more than one token, ``_apply_bnb_4bit`` fills the merged output one shard
+    at a time with ``matmul_4bit``, which dequantizes the shard to a model-dtype [out, in] matrix
+    (bitsandbytes MatMul4Bit.forward) and returns a [T, out] product copied into place: at gate_up
+    the dequantized up shard and its [T, I/tp] product are live on top. ``fp8``: the input is
+    quantized per token to fp8 ([T, in], 1 byte) before the scaled matmul."""
     I = spec.intermediate_size // tp
     mlp = tokens * dtype_bytes * (2 * spec.hidden_size + 3 * I)
+    if quantization == "bitsandbytes" and tokens > 1:
+        mlp += I * spec.hidden_size * dtype_bytes + tokens * I * dtype_bytes
+    elif quantization == "fp8":
+        mlp += tokens * spec.hidden_size
     attn = tokens * dtype_bytes * (2 * spec.hidden_size + (spec.q_dim + 2 * spec.kv_dim) // tp + spec.q_dim // tp)
     return max(mlp, attn)
 
@@ -215,7 +255,8 @@ def capture_sizes(max_num_seqs: int, version: str) -> list[int]:
     return [s for s in sizes if s <= cap]
 
 
-def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1) -> int:
+def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1,
+                          quantization: str | None = None) -> int:
     """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
     forward temporaries (reused by smaller graphs, captured largest first) and each graph's
     output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
@@ -223,7 +264,7 @@ def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, 
     sizes = capture_sizes(max_num_seqs, version)
     if not sizes:
         return 0
-    peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp)
+    peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp, quantization)
     outputs = sum(_pad(b * spec.hidden_size * dtype_bytes, 512) for b in sizes)
     return _pad(peak, 2 * MiB) + _pad(outputs, 2 * MiB)
 
@@ -309,7 +350,8 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
                   non_torch_bytes: int | None = None, device_baseline_bytes: int = 0,
                   cuda_context_bytes: int = 0, free_memory_bytes: int | None = None,
                   checkpoint_weights_bytes: int | None = None, gpu_name: str | None = None,
-                  gpu_arch: str | None = None, cudagraph_in_budget: bool | None = None) -> VllmEstimate:
+                  gpu_arch: str | None = None, cudagraph_in_budget: bool | None = None,
+                  quantization: str | None = None) -> VllmEstimate:
     """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
 
     ``version``: "v0", "v1" or the older "v0-0.6" accounting. ``device_baseline_bytes``: device
@@ -321,6 +363,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     ``gpu_name`` / ``gpu_arch`` pick vLLM's batch defaults (H100-class) and the measured non-torch terms.
     ``cudagraph_in_budget``: V1 subtracts its CUDA-graph estimate from the budget (default for "v1",
     as in 0.2x-0.33); V1 up to ~0.20 captured graphs after the KV allocation (pass False).
+    ``quantization``: None, "bitsandbytes" (in-flight NF4) or "fp8" (online fp8) for the linear layers.
     """
     if version not in ACCOUNTINGS:
         raise UnknownNameError(f"vllm version must be one of {', '.join(VLLM_VERSIONS)}: {version!r}")
@@ -342,6 +385,10 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
             f"(max_position_embeddings={spec.max_position_embeddings} in model's config.json).")
     d = _dtype_bytes(dtype, spec)
     kvb = _kv_bytes(kv_cache_dtype, d)
+    if quantization is not None and quantization not in QUANTIZATIONS:
+        raise UnknownNameError(f"quantization must be one of {', '.join(QUANTIZATIONS)} for vLLM: {quantization!r}")
+    if quantization is not None and checkpoint_weights_bytes is not None:
+        raise InvalidSpecError("checkpoint_weights_bytes reads an unquantized checkpoint: drop quantization")
     eng = "v1" if version == "v1" else "v0"
     max_num_seqs = max_num_seqs or default_max_num_seqs(version, gpu_memory_bytes, gpu_name)
     if max_num_batched_tokens is None:
@@ -356,7 +403,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     # Per rank; the last PP rank (lm_head + sampler) and rank 0 (embedding) are the candidates.
     best = None
     for rank in range(pp):
-        parts = weights_bytes_per_gpu(spec, d, tp, pp, rank)
+        parts = weights_bytes_per_gpu(spec, d, tp, pp, rank, quantization)
         if checkpoint_weights_bytes is not None:
             if tp * pp != 1:
                 raise InvalidSpecError("checkpoint_weights_bytes applies to a single GPU: use tp = pp = 1")
@@ -364,7 +411,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         weights = sum(parts.values())
         lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
         num_reqs = min(max_num_seqs, max_num_batched_tokens)
-        fwd = forward_peak_bytes(spec, max_num_batched_tokens, d, tp)
+        fwd = forward_peak_bytes(spec, max_num_batched_tokens, d, tp, quantization)
         samp = 0
         if rank == pp - 1:
             # logits are gathered to one full [num_reqs, vocab] tensor before sampling
@@ -377,7 +424,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
             nt += TP_NON_TORCH_BY_ARCH.get(gpu_arch or "", CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES)
         if version == "v0-0.6":
             nt += device_baseline_bytes
-        graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp)
+        graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp, quantization)
         in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
@@ -394,7 +441,12 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         conc = blocks * block_size / max_model_len
         tokens = blocks * block_size
     refusal = None
-    if weights > gpu_memory_bytes:
+    sm = _sm(gpu_arch)
+    if quantization is not None and sm is not None and sm < QUANT_MIN_SM[quantization]:
+        # VllmConfig._get_quantization_config: capability < quant_config.get_min_capability() -> ValueError
+        refusal = (f"The quantization method {quantization} is not supported for the current GPU. Minimum "
+                   f"capability: {QUANT_MIN_SM[quantization]}. Current capability: {sm}.")
+    elif weights > gpu_memory_bytes:
         # the load itself fails: torch's allocator error while creating the parameters
         refusal = (f"CUDA out of memory while loading the model weights: {weights / GiB:.2f} GiB per GPU "
                    f"on a GPU with {gpu_memory_bytes / GiB:.2f} GiB total capacity.")
@@ -427,6 +479,13 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         tensor_parallel_size=tp, pipeline_parallel_size=pp, cuda_context_bytes=cuda_context_bytes,
         starts=refusal is None, refusal=refusal,
         breakdown={"rank": rank, "weights": parts})
+
+
+def _sm(arch: str | None) -> int | None:
+    """Compute capability as vLLM prints it (75 for "sm75"); None for other or unknown architectures."""
+    if arch and arch.startswith("sm") and arch[2:].isdigit():
+        return int(arch[2:])
+    return None
 
 
 def _monotone_pieces(version: str, cap: int, batched_given: bool) -> list[int]:
@@ -464,6 +523,22 @@ def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
         k = largest_true(lambda k: ok(16 * k), k_lo, k_hi)
         return 16 * k if k >= k_lo else best
     return best
+
+
+def smallest_utilization(spec: ModelSpec, gpu_memory_bytes: int, step: float = 0.01, **kw) -> float | None:
+    """The smallest gpu_memory_utilization, a multiple of ``step``, at which vLLM starts these settings
+    (one request of max_model_len fits the pool); None if 1.0 does not. Starting is monotone in the
+    utilization: every other term of the budget is fixed, the pool is what is left."""
+    n = round(1 / step)
+
+    def fails(k: int) -> bool:
+        try:
+            return not estimate_vllm(spec, gpu_memory_bytes, gpu_memory_utilization=k / n, **kw).starts
+        except VllmStartupError:
+            return True
+
+    k = largest_true(fails, 1, n) + 1
+    return None if k > n else k / n
 
 
 def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=None,

@@ -170,7 +170,10 @@ def test_validation_page_survives_hostile_result_files(app_test, monkeypatch, tm
 def test_engines_context_stops_at_the_window(app_test):
     """The engines page's context starts from the calculator's, within the model's window."""
     at = app_test("app/pages/engines.py")
-    at.session_state["context"] = 1 << 20  # e.g. from an uploaded config with a 1M window
+    # e.g. from an uploaded config with a 1M window, then the 3B preset chosen on this page
+    at.session_state[state.SETTINGS] = {"model": "llama-3.2-3b", "quant": "bf16", "context": 1 << 20, "batch": 1,
+                                        "kv_dtype": "auto", "attn": "sdpa", "gpu": "rtx-4090-24gb",
+                                        "gpu_memory_bytes": None, "prefill_chunk": None}
     at.run()
     assert not at.exception
     ctx = at.number_input(key="eng_context")

@@ -31,6 +31,7 @@ def test_gpu_table_lists_every_catalog_gpu():
     assert [r["gpu"] for r in rows] == compute.gpu_keys() and set(compute.gpu_keys()) == cards
     assert len(t) == len(cards) and any("Laptop" in r["GPU"] for r in t)
     small = next(r for r in t if "1650" in r["GPU"])
+    assert small["GPU"] == "GTX 1650 · 4 GB (4 GiB)"  # the sidebar's name for it (inputs.gpu_label)
     assert small["Fits"] is False and small["bf16"] == 0 and small["nf4"] > 0
 
 
@@ -148,3 +149,11 @@ def test_export_names_describe_their_content():
     assert est == "vram-estimate-llama-3.2-3b-nf4-ctx8192-batch2-kv-auto-sdpa-chunk1024-t4-16gb.json"
     # the sweep holds every quantization and context: neither is in its name
     assert sweep == "vram-vs-context-all-quants-llama-3.2-3b-batch2-kv-auto-sdpa-chunk1024-t4-16gb.csv"
+
+
+def test_one_gpu_name_everywhere():
+    """Sidebar, GPU table, recommendation and Engines page all name a card by gpu_display_name."""
+    assert tables.gpu_display_name("NVIDIA GeForce RTX 4090 24GB", 25_383_256_719) == "RTX 4090 · 24 GB (23.64 GiB)"
+    assert tables.gpu_display_name("NVIDIA A10G 24GB", 24_146_608_128) == "A10G · 24 GB (22.49 GiB)"
+    assert tables.gpu_display_name("NVIDIA B200 (180 GB usable)", 191_501_854_310) == "B200 · 180 GB (178.35 GiB)"
+    assert tables.gpu_display_name("Custom GPU", 10 << 30) == "Custom GPU · 10 GiB"

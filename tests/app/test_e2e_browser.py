@@ -130,7 +130,8 @@ def test_browser_context_changes_headline(server, browser):
 def test_browser_other_pages_render(server, browser):
     """The validation and model pages render in the browser without an exception box."""
     page = browser.new_page(viewport={"width": 1440, "height": 1700})
-    for path, text, shot in (("/validation", "Validation", "validation.png"), ("/model", "Where the parameters are", "model.png")):
+    for path, text, shot in (("/validation", "Validation", "validation.png"), ("/model", "Where the parameters are", "model.png"),
+                             ("/engines", "Why the numbers differ", "engines.png")):
         page.goto(server + path, wait_until="networkidle")
         page.get_by_text(text).first.wait_for(timeout=60_000)
         page.wait_for_timeout(800)
@@ -184,9 +185,10 @@ def test_browser_newcomer_questions(server, browser, phone):
     from app import compute
 
     best = compute.fitting_gpus("llama-3.2-3b", "bf16", 131072, 1, "auto", "sdpa")
-    from app.tables import short_gpu_name
+    from app.tables import gpu_display_name
 
-    assert best and short_gpu_name(best[0]["name"]) in rec.inner_text()  # the smallest card that fits
+    # the smallest card that fits, named as in the sidebar
+    assert best and gpu_display_name(best[0]["name"], best[0]["memory_bytes"]) in rec.inner_text()
     _shot(page, f"newcomer-128k-{tag}.png")
     page.close()
 
@@ -202,4 +204,25 @@ def test_browser_does_not_fit_to_one_click_remedy(server, browser):
     page.wait_for_function(f"() => ['Yes', 'Tight'].includes(({_VERDICT_JS})())", timeout=30_000)
     assert _verdict(page) in ("Yes", "Tight") and "chunk=" in page.url
     _shot(page, "remedy-t4.png")
+    page.close()
+
+
+def test_browser_phone_reaches_settings_and_every_tab(server, browser):
+    """At 390 px the collapsed sidebar's button says "Settings" and opens the inputs; the five detail
+    tabs fit the width (none scrolled off-screen), and the Export tab opens its downloads."""
+    page = _open(browser, server + "/", phone=True)
+    button = page.locator('[data-testid="stExpandSidebarButton"]')
+    label = button.evaluate("e => getComputedStyle(e, '::after').content")
+    assert label == '"Settings"'
+    tabs = page.locator('[data-testid="stTab"]')
+    assert tabs.count() == 5
+    for i in range(5):
+        box = tabs.nth(i).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390, (tabs.nth(i).inner_text(), box)
+    tabs.nth(4).click()
+    page.get_by_text("Estimate (JSON)").wait_for(timeout=30_000)
+    button.click()
+    page.locator('[data-testid="stSidebar"]').get_by_text("Weight quantization").first.wait_for(state="visible", timeout=30_000)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    _shot(page, "phone-settings-open.png")
     page.close()

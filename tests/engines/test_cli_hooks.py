@@ -79,6 +79,18 @@ def test_vllm_needs_gpu_and_valid_quant():
         run(["--engine", "vllm", "--quant", "q4_k_m"], total=80 * GiB)
 
 
+def test_vllm_quant_takes_in_flight_quantization():
+    """--quant bitsandbytes / fp8 become vLLM's --quantization: smaller weights, a larger KV pool."""
+    from estimator.engines import vllm as vl
+
+    base = run(["--engine", "vllm"], total=24 * GiB)
+    bnb = run(["--engine", "vllm", "--quant", "bitsandbytes"], total=24 * GiB)
+    fp8 = run(["--engine", "vllm", "--quant", "fp8"], total=24 * GiB)
+    assert bnb["weights_bytes"] == sum(vl.weights_bytes_per_gpu(S3, 2, quantization="bitsandbytes").values())
+    assert bnb["weights_bytes"] < fp8["weights_bytes"] < base["weights_bytes"]
+    assert base["num_gpu_blocks"] < fp8["num_gpu_blocks"] < bnb["num_gpu_blocks"]
+
+
 def test_llamacpp_estimate_fields_match_gt011():
     d = run(["--engine", "llama.cpp", "--quant", "q4_k_m", "--context", "8192", "--parallel", "4",
              "--llamacpp-version", "2025-01"], total=12 * GiB)

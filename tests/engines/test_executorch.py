@@ -42,3 +42,24 @@ def test_bad_inputs():
         et.estimate_executorch(S3, "int2")
     with pytest.raises(InvalidSpecError, match="context"):
         et.estimate_executorch(S3, "bf16", 0)
+
+
+def test_four_bit_variants_overtake_bf16_past_the_crossover():
+    """-d fp32 doubles the per-token KV and activation bytes: the 4-bit variants, smaller at short
+    context, need more runtime memory than bf16 from crossover_context on (3B: between 8K and 32K)."""
+    for v in ("spinquant", "qat-lora"):
+        t = et.crossover_context(S3, v)
+        assert 8192 < t < 32768
+        diff = [et.estimate_executorch(S3, v, n).runtime_bytes - et.estimate_executorch(S3, "bf16", n).runtime_bytes
+                for n in (t - 1, t)]
+        assert diff[0] <= 0 < diff[1]
+
+
+def test_int8_kv_cache_by_hand():
+    """--quantize_kv_cache: head_dim int8 values + fp32 scale + int8 zero point per token and KV head."""
+    e = et.estimate_executorch(S3, "spinquant", 8192, kv_cache="int8")
+    assert e.kv_cache_bytes == 28 * 2 * 8192 * 8 * (128 + 4 + 1)
+    assert e.kv_cache_bytes < et.estimate_executorch(S3, "spinquant", 8192).kv_cache_bytes // 3
+    assert et.crossover_context(S3, "spinquant", "int8") > 131072  # stays under bf16 over the whole window
+    with pytest.raises(UnknownNameError):
+        et.estimate_executorch(S3, "spinquant", 8192, kv_cache="fp8")

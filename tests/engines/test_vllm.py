@@ -188,3 +188,73 @@ def test_llmd_h100_llama31_8b():
     assert abs(e.weights_bytes / GiB - 14.99) <= 0.015            # weights, 0.1%
     assert abs(e.activation_peak_bytes / GiB - 4.76) / 4.76 <= 0.05  # "torch peak memory increase"
     assert abs(e.kv_pool_bytes / GiB - 51.38) / 51.38 <= 0.01        # "Available KV cache memory"
+
+
+# ---------------------------------------------------------------------------- --quantization
+
+
+def _linear_numel(spec) -> int:
+    H, I = spec.hidden_size, spec.intermediate_size
+    return spec.num_hidden_layers * (2 * H * spec.q_dim + 2 * H * spec.kv_dim + 3 * H * I)
+
+
+def test_bitsandbytes_weights_by_hand():
+    """In-flight NF4 (bitsandbytes_loader._unquantized_generator, then dequantize_dq): per shard
+    numel/2 packed + fp32 absmax per 64 + a 16-entry fp32 code table; 7 shards a layer; the rest bf16."""
+    n = _linear_numel(S3)
+    rest = 2 * (S3.num_params - n)  # tied embedding and the norms stay bf16
+    packed = n // 2 + 4 * (n // 64) + 28 * 7 * 64
+    got = sum(vl.weights_bytes_per_gpu(S3, 2, quantization="bitsandbytes").values())
+    assert got == packed + rest + 32 * MiB
+
+
+def test_bitsandbytes_weights_equal_transformers_nf4_layout():
+    """The same bitsandbytes NF4 layout transformers loads with load_in_4bit (no double quant):
+    only vLLM's rotary cos_sin_cache differs."""
+    from estimator.quant import weight_bytes
+    w = weight_bytes(S3, "nf4")
+    got = sum(vl.weights_bytes_per_gpu(S3, 2, quantization="bitsandbytes").values())
+    assert got == w.parameters_bytes + w.quant_state_bytes + 32 * MiB
+
+
+def test_fp8_weights_by_hand():
+    n = _linear_numel(S3)
+    got = sum(vl.weights_bytes_per_gpu(S3, 2, quantization="fp8").values())
+    assert got == n + 28 * 7 * 4 + 2 * (S3.num_params - n) + 32 * MiB
+
+
+def test_quantized_weights_shrink_and_pool_grows():
+    base = vl.estimate_vllm(S3, H100, max_model_len=8192)
+    for q in vl.QUANTIZATIONS:
+        e = vl.estimate_vllm(S3, H100, max_model_len=8192, quantization=q)
+        assert e.weights_bytes < base.weights_bytes
+        assert e.num_gpu_blocks > base.num_gpu_blocks
+
+
+def test_bitsandbytes_prefill_holds_a_dequantized_shard():
+    """matmul_4bit dequantizes the up shard [I, H] and returns its [T, I] product at gate_up."""
+    T, d, I, H = 2048, 2, S3.intermediate_size, S3.hidden_size
+    extra = vl.forward_peak_bytes(S3, T, d, quantization="bitsandbytes") - vl.forward_peak_bytes(S3, T, d)
+    assert extra == I * H * d + T * I * d
+    assert vl.forward_peak_bytes(S3, 1, d, quantization="bitsandbytes") == vl.forward_peak_bytes(S3, 1, d)
+
+
+def test_quantization_capability_refusals():
+    """vLLM's own message (VllmConfig._get_quantization_config): fp8 needs sm80, bitsandbytes sm70."""
+    t4 = vl.estimate_vllm(S3, 15_826_954_486, max_model_len=8192, quantization="fp8", gpu_arch="sm75")
+    assert not t4.starts and "Minimum capability: 80. Current capability: 75." in t4.refusal
+    assert vl.estimate_vllm(S3, 15_826_954_486, max_model_len=8192, quantization="bitsandbytes",
+                            gpu_arch="sm75").starts
+    p100 = vl.estimate_vllm(S3, 17 * GiB, max_model_len=8192, quantization="bitsandbytes", gpu_arch="sm60")
+    assert not p100.starts and "Minimum capability: 70" in p100.refusal
+    with pytest.raises(UnknownNameError):
+        vl.estimate_vllm(S3, H100, quantization="awq")
+
+
+def test_smallest_utilization_is_the_edge():
+    """Starts at the returned utilization, not one step below; None when 1.0 does not start."""
+    u = vl.smallest_utilization(S3, H100, max_model_len=8192)
+    assert u is not None and 0 < u < 0.9
+    assert vl.estimate_vllm(S3, H100, max_model_len=8192, gpu_memory_utilization=u).starts
+    assert not vl.estimate_vllm(S3, H100, max_model_len=8192, gpu_memory_utilization=round(u - 0.01, 2)).starts
+    assert vl.smallest_utilization(S8, 8 * GiB, max_model_len=8192) is None
