@@ -90,6 +90,13 @@ def apptest_reruns(repeat: int) -> dict[str, list[float]]:
         at.text_input(key=state.CTX_TEXT).set_value(str(7000 + 991 * i))
         res["GPUs tab: new context"].append(_ms(at.run))
     assert not at.exception, at.exception
+    at.switch_page("app/pages/engines.py")
+    res["Engines page: first open"] = [_ms(at.run)]
+    res["Engines page: new context"] = []
+    for i in range(repeat):
+        at.number_input(key="eng_context").set_value(6000 + 991 * i)
+        res["Engines page: new context"].append(_ms(at.run))
+    assert not at.exception, at.exception
     return res
 
 

@@ -580,3 +580,18 @@ def test_custom_model_link_asks_for_the_config_again(app_test):
     at.run()
     assert not at.exception and at.selectbox(key=state.MODEL).value == state.CUSTOM_MODEL
     assert any("a link cannot carry the file" in i.value for i in at.info)
+
+
+def test_one_estimate_one_number_in_every_tab(at):
+    """The seed question (3B, 4-bit, 8K): the headline, the quantization table's total, the simple-rule
+    table's sum and the prefill row of the phases table all show the same 2-decimal GiB number."""
+    at.selectbox(key=state.QUANT).set_value("nf4").run()
+    head = _headline(at)
+    rule = next(t.value for t in at.table if "Term" in t.value.columns)
+    assert f"{rule['GiB'].iloc[-1]} GiB" == head
+    _open_tab(at, "Quantizations")
+    total = at.dataframe[0].value.set_index("Quantization").loc["bnb NF4", "Total (device used)"]
+    assert f"{total:.2f} GiB" == head
+    _open_tab(at, "Method")
+    phases = next(d.value for d in at.dataframe if "Phase" in d.value.columns)
+    assert f"{phases['Device used'].max():.2f} GiB" == head

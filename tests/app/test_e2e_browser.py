@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "artifacts"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
-README_SHOTS = {"calculator.png"}  # refreshed under docs/screenshots/ with UPDATE_SCREENSHOTS=1
+# refreshed under docs/screenshots/ with UPDATE_SCREENSHOTS=1
+README_SHOTS = {"calculator.png", "engines.png", "phone-settings-open.png"}
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -100,7 +101,9 @@ def _shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / name), full_page=True)
     if os.environ.get("UPDATE_SCREENSHOTS") == "1" and name in README_SHOTS:
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(DOCS_SHOTS / name), clip={"x": 0, "y": 0, "width": 1440, "height": 1300})
+        vw = page.viewport_size or {"width": 1440, "height": 1300}
+        page.screenshot(path=str(DOCS_SHOTS / name),
+                        clip={"x": 0, "y": 0, "width": vw["width"], "height": min(vw["height"], 1300)})
 
 
 def test_browser_context_changes_headline(server, browser):
@@ -224,5 +227,6 @@ def test_browser_phone_reaches_settings_and_every_tab(server, browser):
     button.click()
     page.locator('[data-testid="stSidebar"]').get_by_text("Weight quantization").first.wait_for(state="visible", timeout=30_000)
     assert page.locator('[data-testid="stException"]').count() == 0
+    page.wait_for_timeout(1000)  # the sidebar slides in
     _shot(page, "phone-settings-open.png")
     page.close()
