@@ -40,6 +40,7 @@ from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
 from .overhead import cublas_workspace_bytes, cuda_context_bytes
 from .quant import get_quant, weight_bytes, weight_tensors
+from .report import COUNTERS, MemoryReport
 from .units import cdiv, check_int
 
 ATTN_IMPLS = ("sdpa", "eager")
@@ -51,17 +52,6 @@ BNB_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 PRE_SM80_ARCHS = ("sm60", "sm61", "sm70", "sm75")
 MAX_CONTEXT = 1 << 24   # 16M tokens: a sanity bound, far beyond any model's window
 MAX_BATCH = 1 << 16
-
-COUNTERS = {
-    "peak_allocated_bytes": "torch.cuda.max_memory_allocated() after loading (peak of allocated blocks)",
-    "peak_reserved_bytes": "torch.cuda.max_memory_reserved() (segments the caching allocator holds), as the segments the "
-                           "peak's live tensors need: fragmentation left by earlier allocations is not modelled "
-                           "(the trace's allocator replay is higher by a median 4.6%, up to 27% with eager attention)",
-    "device_used_bytes": "NVML / nvidia-smi memory used by the process (CUDA context + reserved + non-torch); "
-                         "reserved's fragmentation caveat applies",
-    "total_bytes": "equals device_used_bytes: what must be free on the GPU",
-}
-
 
 def _int(name: str, v: Any, lo: int, hi: int) -> int:
     return check_int(v, name, lo, hi)
@@ -153,13 +143,10 @@ class Settings:
                 "gpu": self.gpu.key if self.gpu else None}
 
 
-PHASE_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
-                "peak_reserved_bytes", "device_used_bytes")
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """Predicted GPU memory of one setting. All ``*_bytes`` fields are int bytes."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Estimate(MemoryReport):
+    """Predicted GPU memory of one transformers setting: the one report type (``MemoryReport``) with
+    every byte field an int, the typed ``Settings``, and the breakdown of weights and overhead."""
 
     settings: Settings
     num_params: int
@@ -170,23 +157,14 @@ class Estimate:
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     device_used_bytes: int
-    gpu_memory_bytes: int | None
-    phases: dict[str, dict[str, int]] = field(compare=False)
-    breakdown: dict[str, dict[str, int]] = field(compare=False)
+    phases: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    breakdown: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     peak_phase: str = "prefill"
     peak_at: str = ""
 
     @property
     def total_bytes(self) -> int:
         return self.device_used_bytes
-
-    @property
-    def fits(self) -> bool | None:
-        return None if self.gpu_memory_bytes is None else self.device_used_bytes <= self.gpu_memory_bytes
-
-    @property
-    def headroom_bytes(self) -> int | None:
-        return None if self.gpu_memory_bytes is None else self.gpu_memory_bytes - self.device_used_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {

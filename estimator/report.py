@@ -1,0 +1,133 @@
+"""The one memory report: what an estimate predicts and what a measurement records, in one type.
+
+A ``MemoryReport`` holds the byte fields of one setting (int bytes, or None for a counter the
+source does not have), per-phase values, the settings, and where the numbers come from
+(``source``: "estimate" or "measured"; ``engine``). The transformers estimate (``Estimate``, a
+subclass with its breakdown), every engine (vLLM, llama.cpp), the runtime's measurements (read back
+with ``MemoryReport.from_dict``) and the app all speak it, so comparing an estimate with a
+measurement is a subtraction: ``compare(estimate, measured, counters)``.
+
+The counters (which number each byte field predicts) are defined here once: ``COUNTERS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# What each total predicts, and on which counter it can be checked.
+COUNTERS = {
+    "peak_allocated_bytes": "torch.cuda.max_memory_allocated() after loading (peak of allocated blocks)",
+    "peak_reserved_bytes": "torch.cuda.max_memory_reserved() (segments the caching allocator holds), as the segments the "
+                           "peak's live tensors need: fragmentation left by earlier allocations is not modelled "
+                           "(the trace's allocator replay is higher by a median 4.6%, up to 27% with eager attention)",
+    "device_used_bytes": "NVML / nvidia-smi memory used by the process (CUDA context + reserved + non-torch); "
+                         "reserved's fragmentation caveat applies",
+    "total_bytes": "equals device_used_bytes: what must be free on the GPU",
+}
+# The byte fields of a phase (load, prefill, decode), in estimates and measurements alike.
+PHASE_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
+                "peak_reserved_bytes", "device_used_bytes")
+# The byte fields of a report: the phase fields plus the overhead (estimates split it out).
+BYTE_FIELDS = PHASE_FIELDS[:3] + ("overhead_bytes",) + PHASE_FIELDS[3:]
+PHASES = ("load", "prefill", "decode")
+SOURCES = ("estimate", "measured")
+MAX_BYTES = 1 << 60  # 1 EiB: a larger "byte count" in a record is not one
+
+
+def _byte_value(v: Any) -> int | None:
+    """An int byte count, or None when absent or not one (bool, float, text, negative, over 1 EiB)."""
+    return v if type(v) is int and 0 <= v <= MAX_BYTES else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemoryReport:
+    """GPU memory of one setting, estimated or measured. ``*_bytes`` fields are int bytes or None."""
+
+    settings: Any
+    engine: str = "transformers"
+    source: str = "estimate"
+    status: str = "ok"                 # measurements: "ok", "oom" or "error"
+    weights_bytes: int | None = None
+    kv_cache_bytes: int | None = None
+    activations_bytes: int | None = None
+    overhead_bytes: int | None = None
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    device_used_bytes: int | None = None
+    gpu_memory_bytes: int | None = None
+    phases: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict, compare=False)
+    details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # engine- or device-specific
+
+    @property
+    def total_bytes(self) -> int | None:
+        """What must be free on the GPU: the device-used counter."""
+        return self.device_used_bytes
+
+    @property
+    def fits(self) -> bool | None:
+        if self.gpu_memory_bytes is None or self.device_used_bytes is None:
+            return None
+        return self.device_used_bytes <= self.gpu_memory_bytes
+
+    @property
+    def headroom_bytes(self) -> int | None:
+        if self.gpu_memory_bytes is None or self.device_used_bytes is None:
+            return None
+        return self.gpu_memory_bytes - self.device_used_bytes
+
+    def value(self, counter: str) -> int | None:
+        """A byte field, or a detail of that name (``peak_live_bytes`` of a cpu/trace measurement)."""
+        if counter in BYTE_FIELDS:
+            return getattr(self, counter)  # type: ignore[no-any-return]
+        return _byte_value(self.details.get(counter))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able: settings, engine, the byte fields, total, fit and headroom, phases, then details."""
+        s = self.settings.to_dict() if hasattr(self.settings, "to_dict") else dict(self.settings)
+        d: dict[str, Any] = {"settings": s, "engine": self.engine}
+        d.update({k: getattr(self, k) for k in BYTE_FIELDS})
+        d.update(total_bytes=self.total_bytes, fits=self.fits, headroom_bytes=self.headroom_bytes)
+        if self.phases:
+            d["phases"] = {k: dict(v) for k, v in self.phases.items()}
+        d.update(self.details)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "measured") -> MemoryReport:
+        """A report from a JSON object (a runtime result line, or ``to_dict()`` output). Byte fields
+        that are not int byte counts become None; unknown keys go to ``details``."""
+        own = {f.name for f in dataclasses.fields(cls)} | {"total_bytes", "fits", "headroom_bytes"}
+        settings = d.get("settings")
+        phases = d.get("phases")
+        status = d.get("status", "ok")
+        return cls(
+            settings=dict(settings) if isinstance(settings, Mapping) else {},
+            engine=str((settings or {}).get("engine") or d.get("engine") or "transformers")
+            if isinstance(settings, Mapping) else str(d.get("engine") or "transformers"),
+            source=source, status=status if isinstance(status, str) else "error",
+            gpu_memory_bytes=_byte_value(d.get("gpu_memory_bytes")),
+            phases={str(p): {k: _byte_value(v.get(k)) for k in PHASE_FIELDS}
+                    for p, v in phases.items() if isinstance(v, Mapping)} if isinstance(phases, Mapping) else {},
+            details={k: v for k, v in d.items() if k not in own},
+            **{k: _byte_value(d.get(k)) for k in BYTE_FIELDS},
+        )
+
+
+def relative_error(estimate: int | None, measured: int | None) -> float | None:
+    """(estimate - measured) / measured, or None when either is missing or measured is 0."""
+    if estimate is None or measured is None or measured == 0:
+        return None
+    return (estimate - measured) / measured
+
+
+def compare(estimate: MemoryReport, measured: MemoryReport, counters: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Per counter: the estimate, the measurement and the relative error (the one comparison the
+    runtime's ``validate`` and the app's Validation page both use)."""
+    out = {}
+    for c in counters:
+        e, m = estimate.value(c), measured.value(c)
+        out[c] = {"estimate": e, "measured": m, "rel_error": relative_error(e, m)}
+    return out
