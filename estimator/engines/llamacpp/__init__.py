@@ -1,0 +1,47 @@
+"""llama.cpp / Ollama memory model for GGUF files: weights, KV cache, compute buffers, offload.
+
+What llama.cpp allocates at startup, and prints, and where each part is modelled:
+
+- ``types``: ggml block formats, llama_ftype base types, KV cache types, backend alignments and
+  paddings, row / tensor bytes.
+- ``mixture``: the type ``llama-quantize`` picks for each tensor of a mixture (``llama_tensor_get_type``).
+- ``tensors``: ``GgufTensor`` and the GGUF tensor inventory of a Llama-family config.
+- ``buffers``: ``CUDA0 model buffer`` / ``CPU model buffer`` with partial offload (``-ngl``), ``KV buffer``.
+- ``galloc``: the replay of ggml-alloc's greedy allocator over a minimal ggml graph.
+- ``graph``: the llama reserve graph and the ``compute buffer`` / ``CUDA_Host compute buffer`` sizes.
+- ``estimate``: everything at once (``estimate_llamacpp``) and the largest context that fits
+  (``max_context_llamacpp``).
+
+Every name is re-exported here: ``from estimator.engines import llamacpp as lc; lc.estimate_llamacpp``.
+"""
+
+from __future__ import annotations
+
+from .buffers import ModelBuffers, kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
+from .buffers import _cuda_alloc_size  # noqa: F401
+from .estimate import LlamaCppEstimate, estimate_llamacpp, max_context_llamacpp
+from .galloc import _INPLACE_OPS, _Graph, _simulate, _Tallocr  # noqa: F401
+from .graph import ComputeBuffers, compute_buffers
+from .mixture import tensor_type, use_more_bits
+from .mixture import _FALLBACK, _fit_type, _is_70b  # noqa: F401
+from .tensors import GgufTensor, gguf_file_tensor_bytes, gguf_tensors, has_rope_freqs, type_counts
+from .tensors import _GGUF_GLOBAL, _GGUF_LAYER, _gguf_name, _gguf_tensors_cached  # noqa: F401
+from .types import (CPU_ALIGNMENT, CUDA_ALIGNMENT, FTYPES, GGML_TYPES, GGUF_QUANTS, KQ_MASK_PAD, KV_TYPES,
+                    MATRIX_ROW_PADDING, OP_OFFLOAD_MIN_BATCH, VERSIONS, MiB, row_bytes, tensor_bytes)
+from .types import _pad  # noqa: F401
+
+__all__ = [
+    # types
+    "MiB", "GGML_TYPES", "FTYPES", "GGUF_QUANTS", "KV_TYPES", "CUDA_ALIGNMENT", "CPU_ALIGNMENT",
+    "MATRIX_ROW_PADDING", "OP_OFFLOAD_MIN_BATCH", "KQ_MASK_PAD", "VERSIONS", "row_bytes", "tensor_bytes",
+    # mixture
+    "use_more_bits", "tensor_type",
+    # tensors
+    "GgufTensor", "has_rope_freqs", "gguf_tensors", "gguf_file_tensor_bytes", "type_counts",
+    # buffers
+    "ModelBuffers", "offloaded_layers", "model_buffers", "kv_size_cells", "kv_buffer_bytes",
+    # graph
+    "ComputeBuffers", "compute_buffers",
+    # estimate
+    "LlamaCppEstimate", "estimate_llamacpp", "max_context_llamacpp",
+]
