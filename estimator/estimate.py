@@ -39,7 +39,7 @@ from .gpus import Gpu, custom_gpu, get_gpu
 from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
 from .overhead import cublas_workspace_bytes, cuda_context_bytes
-from .quant import get_quant, weight_bytes, weight_tensors
+from .quant import compute_dtype, get_quant, weight_bytes, weight_tensors
 from .report import COUNTERS, MemoryReport
 from .units import cdiv, check_int
 
@@ -115,10 +115,8 @@ class Settings:
 
     @property
     def compute_dtype(self) -> str:
-        """Activation dtype: fp32 for fp32, fp16 for fp16/GPTQ/AWQ (their kernels), bf16 otherwise."""
-        if self.quant == "fp32":
-            return "fp32"
-        return "fp16" if self.quant in ("fp16", "gptq-int4", "awq-int4") else "bf16"
+        """Activation dtype (``quant.compute_dtype``): fp32 for fp32, fp16 for fp16/GPTQ/AWQ, bf16 otherwise."""
+        return compute_dtype(self.quant)
 
     @property
     def kv_resolved(self) -> str:

@@ -82,6 +82,14 @@ AWQ_GROUP = 128
 ET_GROUP = 32
 
 
+def compute_dtype(quant: str) -> str:
+    """Activation (and unquantized-parameter) dtype transformers runs a quantization in: fp32 for
+    fp32, fp16 for fp16 and for GPTQ/AWQ (their kernels take fp16), bf16 otherwise."""
+    if quant == "fp32":
+        return "fp32"
+    return "fp16" if quant in ("fp16", "gptq-int4", "awq-int4") else "bf16"
+
+
 def get_quant(name: str) -> Quant:
     try:
         return QUANTS[name]
