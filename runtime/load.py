@@ -29,7 +29,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .settings import BNB_QUANTS, SettingsError, compute_dtype
+from estimator.quant import compute_dtype
+
+from .settings import BNB_QUANTS, SettingsError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECKPOINT_DTYPE = torch.bfloat16  # Llama 3.2 ships bf16 safetensors (config.json torch_dtype)

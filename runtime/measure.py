@@ -34,12 +34,10 @@ import time
 from importlib import metadata
 from typing import Any
 
+from estimator.report import PHASE_FIELDS as FIELDS  # a measurement's byte fields: the report's
 from estimator.units import shown
 
 from .settings import BNB_QUANTS, SettingsError, make_settings
-
-FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes", "peak_reserved_bytes",
-          "device_used_bytes")
 
 
 def _version(pkg: str) -> str | None:

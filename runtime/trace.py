@@ -35,8 +35,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from estimator.quant import compute_dtype
+
 from .load import DTYPES, config_dict, hf_config
-from .settings import BNB_QUANTS, compute_dtype
+from .settings import BNB_QUANTS
 
 DEVICE = "meta"
 STANDIN_ATTN = "memest_sdpa"
