@@ -23,16 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from estimator.report import PHASE_FIELDS, MemoryReport, compare_record, device_class, estimate_arguments
 from estimator.units import MAX_SIZE_BYTES, one_line, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
-COUNTERS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
-            "peak_reserved_bytes", "device_used_bytes")
+COUNTERS = PHASE_FIELDS  # a record's byte fields (estimator.report)
 TABLE_COUNTERS = COUNTERS + ("peak_live_bytes",)  # peak_live_bytes: cpu/trace live-tensor peak
-# Settings keys of a result file that ``estimator.estimate`` accepts.
-ESTIMATE_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache",
-                 "padding", "logits", "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
 ENV_KEYS = ("gpu_name", "gpu_total_memory_bytes", "driver", "cuda", "torch", "transformers", "bitsandbytes")
 MAX_FILE_BYTES = 64 << 20
 MAX_PROBLEMS = 100                  # problems kept per load; the rest are only counted
@@ -140,12 +137,9 @@ def load_results(root: Path) -> Loaded:
 
 def device_kind(rec: Mapping[str, Any]) -> str:
     """'gpu' (a CUDA/ROCm device), 'trace' (fake-tensor trace) or 'cpu'."""
-    dev = _text(rec.get("settings", {}).get("device") or "", 40).lower()
-    if dev == "trace" or dev.startswith("trace"):
-        return "trace"
-    if dev.startswith(("cuda", "gpu", "rocm", "hip")):
-        return "gpu"
-    return "cpu" if dev.startswith("cpu") else (dev or "unknown")
+    dev = _text(rec.get("settings", {}).get("device") or "", 40)
+    kind = device_class(dev)
+    return {"cuda": "gpu"}.get(kind, kind) or dev.lower() or "unknown"
 
 
 def _text(v: Any, limit: int = 60) -> str:
@@ -159,28 +153,14 @@ def point_label(rec: Mapping[str, Any]) -> str:
 
 
 def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments of ``estimator.estimate`` that reproduce a measured point's settings."""
-    s = rec["settings"]
-    kw = {k: s[k] for k in ESTIMATE_KEYS if s.get(k) is not None}
-    env = rec.get("environment") or {}
-    sim = (rec.get("details") or {}).get("allocator_sim")
-    if s.get("gpu"):
-        kw["gpu"] = s["gpu"]
-    elif isinstance(sim, Mapping) and isinstance(sim.get("gpu"), str):
-        # a trace whose allocated/reserved counters are simulated for this GPU (runtime/allocsim.py)
-        kw["gpu"] = sim["gpu"]
-    elif env.get("gpu_total_memory_bytes"):
-        # The measurement's own GPU (arch sets the cuBLAS workspace and the CUDA context), as
-        # `python -m runtime validate` picks it.
-        from estimator.gpus import match_gpu
-        kw["gpu"] = match_gpu(int(env["gpu_total_memory_bytes"]),
-                              "sm" + str(env.get("gpu_capability") or "").replace(".", ""))
-    return kw
+    """Arguments of ``estimator.estimate`` that reproduce a measured point (``report.estimate_arguments``)."""
+    return estimate_arguments(rec)
 
 
 def compare(records: Iterable[Mapping[str, Any]],
             estimate_fn: Callable[..., Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Pair every measured counter of every ``ok`` record with the estimate at its settings.
+    """Pair every measured counter of every ``ok`` record with the estimate at its settings, through
+    ``estimator.report.compare_record``: what `python -m runtime validate` compares.
 
     Returns (points, problems). A point: counter, measured_bytes, estimate_bytes, error_bytes
     (estimate - measured), error_pct, label, kind, source.
@@ -191,28 +171,16 @@ def compare(records: Iterable[Mapping[str, Any]],
         if rec.get("status", "ok") != "ok":
             continue
         try:
-            est = estimate_fn(**estimate_kwargs(rec))
+            est = MemoryReport.from_dict(estimate_fn(**estimate_arguments(rec)), source="estimate")
         except Exception as e:  # noqa: BLE001 - a bad record must not break the page
             problems.append(f"{_text(rec.get('_source', '?'))}: cannot estimate ({one_line(str(e))[:300]})")
             continue
-        pairs = [(c, rec.get(c), est.get(c)) for c in COUNTERS]
-        if device_kind(rec) != "gpu":
-            # cpu/trace count live tensor bytes: compare the live peak with weights + KV +
-            # activations (as `python -m runtime validate` does). A cpu run's "peak_allocated" has
-            # no allocator blocks and no cuBLAS workspace, so it is not compared; a trace's
-            # allocated and reserved are compared when they come from the allocator simulation.
-            live = (rec.get("details") or {}).get("peak_live_bytes")
-            if "gpu" not in estimate_kwargs(rec):
-                pairs = [p for p in pairs if p[0] not in ("peak_allocated_bytes", "peak_reserved_bytes")]
-            pairs.append(("peak_live_bytes", live,
-                          est["weights_bytes"] + est["kv_cache_bytes"] + est["activations_bytes"]))
-        for c, m, e in pairs:
-            m = counter_value(m)
+        for c, v in compare_record(rec, est).items():
+            m, e = v["measured"], v["estimate"]
             if m is None or e is None:
                 continue
-            e = int(e)
             points.append({"counter": c, "measured_bytes": m, "estimate_bytes": e,
-                           "error_bytes": e - m, "error_pct": 100.0 * (e - m) / m if m else None,
+                           "error_bytes": e - m, "error_pct": None if v["rel_error"] is None else 100.0 * v["rel_error"],
                            "label": point_label(rec), "kind": device_kind(rec),
                            "source": rec.get("_source", "")})
     return points, problems

@@ -79,10 +79,16 @@ class MemoryReport:
         return self.gpu_memory_bytes - self.device_used_bytes
 
     def value(self, counter: str) -> int | None:
-        """A byte field, or a detail of that name (``peak_live_bytes`` of a cpu/trace measurement)."""
+        """A byte field, or a detail of that name. ``peak_live_bytes`` is the unrounded live-tensor
+        peak: a cpu/trace measurement records it; an estimate's is weights + KV cache + activations
+        (its peak before allocator rounding and the cuBLAS workspace)."""
         if counter in BYTE_FIELDS:
             return getattr(self, counter)  # type: ignore[no-any-return]
-        return _byte_value(self.details.get(counter))
+        v = _byte_value(self.details.get(counter))
+        if v is None and counter == "peak_live_bytes" and self.source == "estimate":
+            parts = (self.weights_bytes, self.kv_cache_bytes, self.activations_bytes)
+            return None if any(p is None for p in parts) else sum(parts)  # type: ignore[arg-type]
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: settings, engine, the byte fields, total, fit and headroom, phases, then details."""
@@ -131,3 +137,84 @@ def compare(estimate: MemoryReport, measured: MemoryReport, counters: Iterable[s
         e, m = estimate.value(c), measured.value(c)
         out[c] = {"estimate": e, "measured": m, "rel_error": relative_error(e, m)}
     return out
+
+
+# ---------------------------------------------------------------------------- measured records
+
+# Counters a measurement can be checked on, by the device it ran on:
+# - all: weights and KV cache (both expected exact);
+# - cpu / trace: activations and the live-tensor peak (``peak_live_bytes``), which has no allocator
+#   blocks and no cuBLAS workspace;
+# - trace also: allocated and reserved SIMULATED by replaying the traced allocations through the
+#   caching-allocator model (runtime/allocsim.py) for the GPU in ``details.allocator_sim.gpu``;
+# - cuda: the three torch / NVML counters.
+COMPARED = {
+    "cpu": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"),
+    "trace": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes", "peak_allocated_bytes",
+              "peak_reserved_bytes"),
+    "cuda": ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"),
+}
+# Settings keys of a measured record that ``estimator.estimate`` takes (besides model and gpu).
+ESTIMATE_KEYS = ("quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache", "padding", "logits",
+                 "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
+
+
+def simulated_gpu(record: Mapping[str, Any]) -> str | None:
+    """The catalog GPU a trace's allocator simulation stands for (None: no simulation)."""
+    details = record.get("details")
+    sim = details.get("allocator_sim") if isinstance(details, Mapping) else None
+    gpu = sim.get("gpu") if isinstance(sim, Mapping) else None
+    return gpu if isinstance(gpu, str) else None
+
+
+def measured_gpu(environment: Mapping[str, Any] | None) -> Any:
+    """The catalog GPU matching a cuda run's environment (total memory and compute capability;
+    ``gpus.match_gpu``), or None when the environment names no GPU."""
+    if not isinstance(environment, Mapping) or not _byte_value(environment.get("gpu_total_memory_bytes")):
+        return None
+    from .gpus import match_gpu
+
+    return match_gpu(int(environment["gpu_total_memory_bytes"]),
+                     "sm" + str(environment.get("gpu_capability") or "").replace(".", ""))
+
+
+def estimate_arguments(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of ``estimator.estimate`` for a measured record's point: its settings and
+    the GPU it stands for (the settings' own, a trace's simulated GPU, or the catalog GPU matching a
+    cuda run's environment: its arch sets the cuBLAS workspace and the CUDA context)."""
+    s = record["settings"]
+    kw = {k: s[k] for k in ESTIMATE_KEYS if s.get(k) is not None}
+    kw["model"] = s["model"]
+    gpu = s.get("gpu") or simulated_gpu(record) or measured_gpu(record.get("environment"))
+    if gpu:
+        kw["gpu"] = gpu
+    return kw
+
+
+def measured_report(record: Mapping[str, Any]) -> MemoryReport:
+    """A runtime result line as a report. A trace from before the allocator simulation has
+    live-tensor peaks in its allocated/reserved fields: they are not those counters, so None."""
+    r = MemoryReport.from_dict(record, source="measured")
+    s = record.get("settings")
+    if isinstance(s, Mapping) and s.get("device") == "trace" and simulated_gpu(record) is None:
+        r = dataclasses.replace(r, peak_allocated_bytes=None, peak_reserved_bytes=None)
+    details = record.get("details")
+    live = details.get("peak_live_bytes") if isinstance(details, Mapping) else None
+    return dataclasses.replace(r, details={**r.details, "peak_live_bytes": live})
+
+
+def device_class(device: Any) -> str:
+    """"cuda" (any GPU device: cuda:0, rocm, hip), "trace", "cpu", or "" when unknown."""
+    d = str(device or "").lower()
+    if d.startswith("trace"):
+        return "trace"
+    if d.startswith(("cuda", "gpu", "rocm", "hip")):
+        return "cuda"
+    return "cpu" if d.startswith("cpu") else ""
+
+
+def compare_record(record: Mapping[str, Any], estimate: MemoryReport) -> dict[str, dict[str, Any]]:
+    """The counters a measured record's device can be checked on (``COMPARED``), each with
+    estimate, measured and relative error."""
+    device = device_class(record["settings"].get("device"))
+    return compare(estimate, measured_report(record), COMPARED.get(device, ()))

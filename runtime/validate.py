@@ -1,17 +1,13 @@
 """Compare measurements with the estimator, point by point and counter by counter.
 
-For each measured point the estimator runs on the same settings (the runtime's settings keys
-are the estimator's), and each counter gets ``estimate``, ``measured`` and the relative error
-``(estimate - measured) / measured``. Which counters are compared depends on the device:
-
-- all devices: ``weights_bytes``, ``kv_cache_bytes`` (both expected exact);
-- cpu / trace: ``activations_bytes`` and ``peak_live_bytes``: the unrounded live-tensor peak,
-  against the estimator's ``weights + kv_cache + activations`` (its peak before allocator
-  rounding and the cuBLAS workspace, which live tensors cannot show);
-- trace also: ``peak_allocated_bytes`` and ``peak_reserved_bytes`` SIMULATED by replaying the
-  traced allocations through the caching-allocator model (runtime/allocsim.py), against the
-  estimate for the GPU the simulation stands for (``details.allocator_sim.gpu``);
-- cuda: ``peak_allocated_bytes``, ``peak_reserved_bytes``, ``device_used_bytes``.
+For each measured point the estimator runs on the same settings and GPU
+(``estimator.report.estimate_arguments``), and each counter the point's device can be checked on
+(``estimator.report.COMPARED``) gets ``estimate``, ``measured`` and the relative error
+``(estimate - measured) / measured`` from ``estimator.report.compare_record``: the same comparison
+the app's Validation page shows. In short: weights and KV cache everywhere (expected exact); on
+cpu / trace the activations and the live-tensor peak (against weights + KV + activations); on
+trace also allocated and reserved SIMULATED for ``details.allocator_sim.gpu`` (runtime/allocsim.py);
+on cuda the torch and NVML counters.
 
 Outputs a markdown table plus a JSON file with the same rows and a summary (max and median
 absolute relative error per counter).
@@ -24,70 +20,24 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-EST_KEYS = ("quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache", "padding", "logits",
-            "prefill_chunk", "bnb_compute_dtype")
-COUNTERS = {
-    "cpu": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"),
-    "trace": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes", "peak_allocated_bytes",
-              "peak_reserved_bytes"),
-    "cuda": ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"),
-}
+from estimator.report import COMPARED as COUNTERS  # noqa: F401  (re-exported: counters per device)
+from estimator.report import compare_record, estimate_arguments
 
 
-def _gpu_for(env: dict[str, Any] | None):
-    """The catalog GPU matching a cuda result's environment (estimator.gpus.match_gpu); None off-GPU."""
-    if not env or not env.get("gpu_total_memory_bytes"):
-        return None
-    from estimator.gpus import match_gpu
-
-    return match_gpu(env["gpu_total_memory_bytes"], "sm" + str(env.get("gpu_capability") or "").replace(".", ""))
-
-
-def sim_gpu(result: dict[str, Any]) -> str | None:
-    """The catalog GPU a trace result's allocator simulation stands for (None: no simulation)."""
-    sim = (result.get("details") or {}).get("allocator_sim")
-    gpu = sim.get("gpu") if isinstance(sim, dict) else None
-    return gpu if isinstance(gpu, str) else None
-
-
-def estimate_for(result: dict[str, Any]) -> dict[str, Any]:
-    """``estimator.estimate(...).to_dict()`` for a result's settings (and its GPU on cuda)."""
-    from estimator import estimate
-
-    s = result["settings"]
-    kw = {k: s[k] for k in EST_KEYS if k in s}
-    gpu = _gpu_for(result.get("environment")) if s.get("device") == "cuda" else sim_gpu(result)
-    est = estimate(s["model"], gpu=gpu, **kw)
-    d = est.to_dict()
-    d["peak_live_bytes"] = d["weights_bytes"] + d["kv_cache_bytes"] + d["activations_bytes"]
-    return d
-
-
-def _measured(result: dict[str, Any], counter: str) -> int | None:
-    if counter == "peak_live_bytes":
-        return (result.get("details") or {}).get("peak_live_bytes")
-    if result["settings"].get("device") == "trace" and counter in ("peak_allocated_bytes", "peak_reserved_bytes") \
-            and sim_gpu(result) is None:
-        return None  # a trace from before the allocator simulation: its counters are live-tensor peaks
-    return result.get(counter)
-
-
-def compare(result: dict[str, Any], est: dict[str, Any] | None = None) -> dict[str, Any]:
+def compare(result: dict[str, Any]) -> dict[str, Any]:
     """One row: the point's settings and, per counter, estimate / measured / relative error."""
     s = result["settings"]
     row: dict[str, Any] = {"settings": s, "status": result["status"], "counters": {}}
     if result["status"] != "ok":
         return row
-    if est is None:
-        try:
-            est = estimate_for(result)
-        except Exception as e:  # an estimator error is a finding, not a crash of the report
-            row["estimate_error"] = f"{type(e).__name__}: {e}"
-            return row
-    for c in COUNTERS.get(s["device"], ()):
-        m, e = _measured(result, c), est.get(c)
-        rel = (e - m) / m if isinstance(m, int) and isinstance(e, int) and m else None
-        row["counters"][c] = {"estimate": e, "measured": m, "rel_error": rel}
+    try:
+        from estimator import estimate
+
+        est = estimate(**estimate_arguments(result))
+    except Exception as e:  # an estimator error is a finding, not a crash of the report
+        row["estimate_error"] = f"{type(e).__name__}: {e}"
+        return row
+    row["counters"] = compare_record(result, est)
     return row
 
 

@@ -27,11 +27,11 @@ def test_cuda_measure_narrow_counters(model_dirs):
 def test_cuda_llama_3b_weights_exact_and_peak_close(quant):
     from estimator import estimate
     from runtime import measure
-    from runtime.validate import _gpu_for
+    from estimator.report import measured_gpu as measured_gpu
 
     r = measure(device="cuda", model="llama-3.2-3b", quant=quant, context=4096, new_tokens=8)
     assert r["status"] == "ok", r["error"]
-    e = estimate("llama-3.2-3b", quant=quant, context=4096, new_tokens=8, gpu=_gpu_for(r["environment"]))
+    e = estimate("llama-3.2-3b", quant=quant, context=4096, new_tokens=8, gpu=measured_gpu(r["environment"]))
     assert r["weights_bytes"] == e.weights_bytes
     assert r["kv_cache_bytes"] == e.kv_cache_bytes
     # A loose sanity bound; the validation report holds the real residuals.

@@ -129,10 +129,10 @@ def test_cli_validate_runs_sweep(model_dirs, tmp_path):
 
 
 def test_gpu_mapping_for_cuda_results():
-    from runtime.validate import _gpu_for
+    from estimator.report import measured_gpu as measured_gpu
 
-    h100 = _gpu_for({"gpu_total_memory_bytes": 85_031_714_816, "gpu_capability": "9.0"})  # torch's H100 80GB reading
+    h100 = measured_gpu({"gpu_total_memory_bytes": 85_031_714_816, "gpu_capability": "9.0"})  # torch's H100 80GB reading
     assert h100.arch == "sm90" and h100.key != "custom"
-    odd = _gpu_for({"gpu_total_memory_bytes": 7 * 2**30, "gpu_capability": "9.0"})
+    odd = measured_gpu({"gpu_total_memory_bytes": 7 * 2**30, "gpu_capability": "9.0"})
     assert odd.key == "custom" and odd.memory_bytes == 7 * 2**30
-    assert _gpu_for({"gpu_total_memory_bytes": None}) is None
+    assert measured_gpu({"gpu_total_memory_bytes": None}) is None
