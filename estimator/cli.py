@@ -14,6 +14,7 @@ import sys
 from dataclasses import replace
 from typing import Any, Sequence
 
+from .engines import cli as engine_cli
 from .errors import EstimatorError, InvalidSpecError
 from .estimate import ATTN_IMPLS, BNB_COMPUTE_DTYPES, CACHE_KINDS, LOGITS_MODES, estimate_settings, make_settings
 from .gpus import get_gpu, gpu_catalog
@@ -22,11 +23,6 @@ from .model import DEFAULT_PRESET, PRESETS, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
 from .units import GiB, format_context, one_line, parse_context, parse_int, parse_size
-
-try:  # engine models (vLLM, llama.cpp) plug in here when present
-    from .engines import cli as engine_cli
-except ImportError:  # pragma: no cover - the package ships it
-    engine_cli = None
 
 
 class CliError(Exception):
@@ -42,15 +38,26 @@ def _context(text: str) -> int:
     return parse_context(text, "--context")
 
 
-def _common(p: argparse.ArgumentParser, with_context: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, with_context: bool = True, engines: bool = False) -> None:
+    """The flags every estimator command shares; with ``engines``, --quant and --kv-dtype state each
+    engine's vocabulary (``engine_cli.add_engine_arguments`` adds the engines' own flags, never these)."""
     p.add_argument("--model", default=DEFAULT_PRESET,
                    help=f"preset ({', '.join(PRESETS)}) or path to a config.json (default {DEFAULT_PRESET})")
-    p.add_argument("--quant", default="bf16", help=f"weight scheme: {', '.join(QUANTS)} (default bf16)")
+    quant = f"weight scheme: {', '.join(QUANTS)}"
+    kv = f"KV cache dtype: {', '.join(KV_DTYPES)}"
+    if engines:
+        quant = (f"weight format; transformers: {', '.join(QUANTS)}; --engine vllm: "
+                 f"{', '.join(engine_cli.VLLM_QUANTS)} (--dtype, or --quantization bitsandbytes / fp8); "
+                 f"--engine llama.cpp: the GGUF types {', '.join(engine_cli.LLAMACPP_QUANTS)}")
+        kv = (f"KV cache dtype; transformers: {', '.join(KV_DTYPES)}; --engine vllm: "
+              f"{', '.join(engine_cli.VLLM_KV_DTYPES)}; --engine llama.cpp: "
+              f"{', '.join(engine_cli.LLAMACPP_KV_DTYPES)} (q8_0 and q4_0 with --flash-attn)")
+    p.add_argument("--quant", default="bf16", help=f"{quant} (default bf16)")
     if with_context:
         p.add_argument("--context", default="8192",
                        help="the window: tokens the KV cache holds, prompt + new tokens; 8192, 8k, 128K (default 8192)")
     p.add_argument("--batch", default="1", help="sequences per batch (default 1)")
-    p.add_argument("--kv-dtype", default="auto", help=f"KV cache dtype: {', '.join(KV_DTYPES)} (default auto)")
+    p.add_argument("--kv-dtype", default="auto", help=f"{kv} (default auto)")
     p.add_argument("--attn", default="sdpa", help=f"attention implementation: {', '.join(ATTN_IMPLS)}")
     p.add_argument("--new-tokens", default="32",
                    help="decode steps after the prompt, part of the context (default 32; the prompt is context - new tokens)")
@@ -69,9 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m estimator", description="GPU memory for LLM inference, exact where it can be.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("estimate", help="memory for one setting")
-    _common(p)
+    _common(p, engines=True)
+    engine_cli.add_engine_arguments(p)
     p = sub.add_parser("fit", help="largest context that fits a GPU")
-    _common(p, with_context=False)
+    _common(p, with_context=False, engines=True)
+    engine_cli.add_engine_arguments(p)
     p = sub.add_parser("sweep", help="every quant over a context grid (CSV, or JSON with --json)")
     _common(p, with_context=False)
     p.add_argument("--quants", default=",".join(q for q in QUANTS if q != "et-4bit"), help="comma-separated schemes")
@@ -81,9 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quants", help="the weight schemes")
     p.add_argument("--model", default=DEFAULT_PRESET)
     p.add_argument("--json", action="store_true")
-    if engine_cli is not None:
-        for name in ("estimate", "fit"):
-            engine_cli.add_engine_arguments(sub.choices[name])
     return parser
 
 
@@ -129,7 +135,7 @@ def format_estimate(d: dict[str, Any]) -> str:
 
 def _other_engine(args: argparse.Namespace, run) -> tuple[dict[str, Any], str] | None:
     """Run an engine model (vLLM, llama.cpp) when --engine names one; None for transformers."""
-    if engine_cli is None or getattr(args, "engine", "transformers") == "transformers":
+    if args.engine == "transformers":
         return None
     gpu = get_gpu(args.gpu) if args.gpu else None
     mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
@@ -138,7 +144,7 @@ def _other_engine(args: argparse.Namespace, run) -> tuple[dict[str, Any], str] |
 
 
 def _cmd_estimate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    if (done := _other_engine(args, engine_cli and engine_cli.engine_estimate)) is not None:
+    if (done := _other_engine(args, engine_cli.engine_estimate)) is not None:
         return done
     s, mem = _settings_from(args, _context(args.context))
     d = estimate_settings(s, mem).to_dict()
@@ -146,7 +152,7 @@ def _cmd_estimate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
 
 
 def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    if (done := _other_engine(args, engine_cli and engine_cli.engine_fit)) is not None:
+    if (done := _other_engine(args, engine_cli.engine_fit)) is not None:
         return done
     if args.gpu is None and args.gpu_memory is None:
         raise InvalidSpecError("fit needs --gpu NAME or --gpu-memory SIZE: none given")

@@ -12,7 +12,6 @@ from estimator.engines import estimate_executorch, estimate_llamacpp, estimate_v
 from estimator.engines import executorch as et
 from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
-from estimator.engines.cli import llamacpp_result, vllm_result
 from estimator.gpus import custom_gpu
 from estimator.overhead import cuda_context_bytes
 from estimator.units import GiB, format_gib
@@ -155,7 +154,7 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
         e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], gpu_name=gpu.name, gpu_arch=gpu.arch,
                           cuda_context_bytes=cuda_context_bytes(gpu.cls), **vkw)
         if e.starts:
-            r = vllm_result(e, {"engine": "vllm", "context": inp["context"]})
+            r = vl.report(e, {"engine": "vllm", "context": inp["context"]}).to_dict()
             if inp["tp"] == 1:
                 u = vl.smallest_utilization(spec, total, **{k: v for k, v in vkw.items()
                                                             if k != "gpu_memory_utilization"},
@@ -179,8 +178,8 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     try:
         e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
                               kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
-        out["llama.cpp"] = llamacpp_result(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
-                                           cuda_context_bytes=cuda_context_bytes(gpu.cls))
+        out["llama.cpp"] = lc.report(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
+                                     cuda_context_bytes=cuda_context_bytes(gpu.cls)).to_dict()
     except estimator.EstimatorError as e:
         out["llama.cpp"] = f"llama.cpp cannot: {e}"
     return out

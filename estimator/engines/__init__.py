@@ -6,7 +6,12 @@
   model / KV / compute buffers as llama.cpp prints them, partial offload.
 - ``gguf_file``: tensor inventories from real ``.gguf`` and safetensors headers (no tensor data).
 - ``executorch``: the Llama 3.2 on-device variants (BF16, SpinQuant, QAT+LoRA).
-- ``cli``: the ``--engine`` hooks of ``python -m estimator estimate|fit``.
+- ``cli``: the ``--engine`` flags of ``python -m estimator estimate|fit`` (argument parsing and
+  tables only; nothing here imports it).
+
+vLLM and llama.cpp give the one report type, ``estimator.report.MemoryReport``: ``vllm.report`` /
+``llamacpp.report`` from an engine estimate, ``estimate_report`` / ``fit_report`` in each module
+from settings (here as ``vllm_report``, ``llamacpp_report``, ...).
 
 Standard library only; the header readers import ``gguf`` / ``safetensors`` lazily when asked.
 """
@@ -16,9 +21,16 @@ from .executorch import ExecuTorchEstimate, estimate_executorch
 from .llamacpp import (FTYPES, GGML_TYPES, GGUF_QUANTS, GgufTensor, LlamaCppEstimate, compute_buffers,
                        estimate_llamacpp, gguf_tensors, kv_buffer_bytes, max_context_llamacpp, model_buffers,
                        tensor_type, type_counts)
-from .vllm import (VLLM_VERSIONS, VllmEstimate, VllmStartupError, estimate_vllm, kv_bytes_per_block,
+from .llamacpp import estimate_report as llamacpp_estimate_report
+from .llamacpp import fit_report as llamacpp_fit_report
+from .llamacpp import report as llamacpp_report
+from .vllm import (VLLM_VERSIONS, EngineRefusal, VllmEstimate, VllmStartupError, estimate_vllm, kv_bytes_per_block,
                    max_model_len_vllm, smallest_gpu_set)
-from .cli import ENGINES, EngineRefusal
+from .vllm import estimate_report as vllm_estimate_report
+from .vllm import fit_report as vllm_fit_report
+from .vllm import report as vllm_report
+
+ENGINES = ("transformers", "vllm", "llama.cpp")  # the serving engines modelled, by their names in reports
 
 
 def same_bits(quant: str) -> dict[str, str | int | None]:
@@ -50,4 +62,6 @@ __all__ = [
     "estimate_llamacpp", "gguf_tensors", "kv_buffer_bytes", "max_context_llamacpp", "model_buffers",
     "tensor_type", "type_counts", "VLLM_VERSIONS", "VllmEstimate", "VllmStartupError", "estimate_vllm",
     "kv_bytes_per_block", "max_model_len_vllm", "smallest_gpu_set", "same_bits",
+    "llamacpp_report", "llamacpp_estimate_report", "llamacpp_fit_report",
+    "vllm_report", "vllm_estimate_report", "vllm_fit_report",
 ]

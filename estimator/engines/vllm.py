@@ -25,16 +25,23 @@ Worked example (V0 0.8.2, Llama 3.2 3B fp16, T4 14.74 GiB, util 0.894, 192 seqs,
 weights 6,459,054,080 B (params x 2 + the 32 MiB rotary cos_sin_cache), profile peak 0.884 GiB
 (sampler over 192 x 128,256 logits), non-torch 0.0625 GiB: pool 6.21 GiB, 3632 blocks of 1.75 MiB,
 28.4x concurrency at 2048 tokens (log: 6.22 GiB, 3637 blocks, 28.41x).
+
+As the one report type (``estimator.report.MemoryReport``, engine "vllm"): ``report`` from an
+estimate, ``estimate_report`` / ``fit_report`` from settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import EstimatorError, InvalidSpecError, UnknownNameError
-from ..model import ModelSpec
+from ..model import ModelSpec, Tensor, tensors
+from ..report import MemoryReport
 from ..solve import largest_true
 
 GiB = 1 << 30
@@ -55,6 +62,9 @@ DTYPE_BYTES = {"float32": 4, "fp32": 4, "float16": 2, "fp16": 2, "half": 2, "bfl
 # - "fp8" (vllm/model_executor/layers/quantization/fp8.py ``Fp8LinearMethod.process_weights_after_loading``,
 #   online dynamic quantization): fp8_e4m3 weights, one fp32 scale per logical shard.
 QUANTIZATIONS = ("bitsandbytes", "fp8")
+# The weight formats one "quant" names for vLLM: a ``--dtype`` or an in-flight ``--quantization``.
+DTYPES = ("auto", "bf16", "fp16", "fp32")
+QUANT_CHOICES = DTYPES + QUANTIZATIONS
 # Minimum compute capability vLLM accepts for each (QuantizationConfig.get_min_capability: 70 for
 # bitsandbytes, 80 for fp8; sm80-sm88 run fp8 through Marlin weight-only kernels).
 QUANT_MIN_SM = {"bitsandbytes": 70, "fp8": 80}
@@ -97,7 +107,11 @@ def sort_bytes_per_element(num_rows: int) -> int:
     return 4 + 8 + 8 + 4 + 4 + 8 + 8 if 1 < num_rows < 128 else SORT_BYTES_PER_ELEMENT
 
 
-class VllmStartupError(EstimatorError):
+class EngineRefusal(EstimatorError):
+    """A serving engine would refuse to start; ``str(e)`` is the engine's own reason."""
+
+
+class VllmStartupError(EngineRefusal):
     """vLLM would refuse to start; the message is the engine's own."""
 
 
@@ -154,13 +168,53 @@ def linear_bytes(numel: int, shards: int, dtype_bytes: int, quantization: str | 
     raise UnknownNameError(f"quantization must be one of {', '.join(QUANTIZATIONS)} for vLLM: {quantization!r}")
 
 
+# How tensor parallelism splits the tensors of a decoder layer (vllm/model_executor/layers/linear.py):
+# ColumnParallelLinear / MergedColumnParallelLinear split the output rows of q, gate and up (and their
+# bias); QKVParallelLinear splits k and v by KV head, replicating a head when tp > num_key_value_heads;
+# RowParallelLinear splits the input columns of o and down and keeps their bias whole; norms are whole.
+_COLUMN_PARALLEL = ("q_proj", "gate_proj", "up_proj")
+_KV_PARALLEL = ("k_proj", "v_proj")
+_ROW_PARALLEL = ("o_proj", "down_proj")
+
+
+def _numel_per_gpu(t: Tensor, spec: ModelSpec, tp: int) -> int:
+    """Elements of one layer tensor of the model (``estimator.model.tensors``) on one TP rank."""
+    proj = t.name.split(".")[-2]
+    cols = t.shape[1] if t.kind == "linear" else 1
+    if proj in _KV_PARALLEL:
+        return kv_heads_per_gpu(spec, tp) * spec.head_dim * cols
+    if proj in _COLUMN_PARALLEL:
+        return t.shape[0] // tp * cols
+    if proj in _ROW_PARALLEL and t.kind == "linear":
+        return t.shape[0] * (cols // tp)
+    return t.numel
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_numels(spec: ModelSpec, tp: int) -> tuple[int, int, int]:
+    """(linear weight elements, linear weight tensors, other elements) of one decoder layer on one
+    TP rank, from the model's own tensor list (every layer has the same tensors as layer 0)."""
+    linear = shards = other = 0
+    for t in tensors(spec):
+        if t.layer != 0:
+            continue
+        n = _numel_per_gpu(t, spec, tp)
+        if t.kind == "linear":
+            linear, shards = linear + n, shards + 1
+        else:
+            other += n
+    return linear, shards, other
+
+
 def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0,
                           quantization: str | None = None) -> dict[str, int]:
     """Bytes vLLM's loader allocates on one GPU: parameters plus the rotary ``cos_sin_cache``.
 
-    - q/o/gate/up/down split by TP (Column/RowParallelLinear), k/v by KV heads (replicated when
-      tp > n_kv_heads, QKVParallelLinear); embedding and lm_head split along the vocabulary padded
-      to 64 (VocabParallelEmbedding); norms replicated.
+    - The parameters are the model's (``estimator.model.tensors``), each split as vLLM's parallel
+      layers split it: q/o/gate/up/down by TP (Column/RowParallelLinear), k/v by KV heads (replicated
+      when tp > n_kv_heads, QKVParallelLinear); embedding and lm_head along the vocabulary padded to
+      64 (VocabParallelEmbedding); norms replicated. Linear weights load as ``quantization`` says
+      (``linear_bytes``, one checkpoint shard per linear weight), the rest in the model dtype.
     - ``cos_sin_cache``: RotaryEmbedding registers [max_position_embeddings, rotary_dim] in the model
       dtype (vllm/model_executor/layers/rotary_embedding.py ``_compute_cos_sin_cache``), one per model.
     - PP: rank 0 holds the embedding, the last rank the final norm and lm_head; with tied embeddings the
@@ -172,30 +226,20 @@ def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: in
     if spec.num_key_value_heads < tp and tp % spec.num_key_value_heads:
         raise InvalidSpecError(f"tensor_parallel_size must divide or be a multiple of num_key_value_heads "
                                f"({spec.num_key_value_heads}): {tp}")
-    H, I, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
-    q = spec.q_dim // tp
-    kv = kv_heads_per_gpu(spec, tp) * hd
     d = dtype_bytes
     lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
     n_local = hi - lo
-    # q, k, v, o, gate, up, down: seven checkpoint shards per layer (quantized one by one)
-    per_layer = linear_bytes(H * q + 2 * H * kv + q * H + 3 * H * (I // tp), 7, d, quantization) + 2 * H * d
-    if spec.attention_bias:
-        per_layer += (q + 2 * kv) * d
-    if spec.attention_out_bias:
-        per_layer += H * d
-    if spec.mlp_bias:
-        per_layer += (2 * (I // tp) + H) * d
-    if spec.qk_norm:
-        per_layer += 2 * hd * d
-    vocab_rows = _pad(spec.vocab_size, VOCAB_PADDING) // tp
-    emb = vocab_rows * H * d
+    linear, shards, other = _layer_numels(spec, tp)
+    per_layer = linear_bytes(linear, shards, d, quantization) + other * d
+    whole = {t.kind: t for t in tensors(spec) if t.layer is None and t.kind in ("embedding", "norm")}
+    vocab, hidden = whole["embedding"].shape
+    emb = _pad(vocab, VOCAB_PADDING) // tp * hidden * d
     first, last = rank == 0, rank == pp - 1
     parts = {
         "layers": n_local * per_layer,
         "embedding": emb if (first or (last and spec.tie_word_embeddings)) else 0,
         "lm_head": emb if (last and not spec.tie_word_embeddings) else 0,
-        "final_norm": H * d if last else 0,
+        "final_norm": whole["norm"].numel * d if last else 0,
         "cos_sin_cache": spec.max_position_embeddings * spec.rotary_dim * d if n_local else 0,
     }
     return parts
@@ -564,3 +608,100 @@ def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=Non
                 return {"gpu": g, "tensor_parallel_size": tp, "pipeline_parallel_size": pp,
                         "num_gpus": tp * pp, "estimate": e}
     return None
+
+
+# --- the one report type -------------------------------------------------------------------------
+
+# estimate_vllm keywords that describe one GPU of the layout, not the settings a GPU set is searched for.
+_PER_GPU_KEYWORDS = ("tensor_parallel_size", "pipeline_parallel_size", "gpu_name", "gpu_arch", "cuda_context_bytes",
+                     "checkpoint_weights_bytes", "free_memory_bytes", "non_torch_bytes", "device_baseline_bytes")
+
+
+def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> MemoryReport:
+    """vLLM's startup accounting on one GPU as the one report type (engine "vllm").
+
+    Byte fields: the weights as loaded, the KV pool (0 when negative), the profile run's activation
+    peak, and as overhead the rest of device used (non-torch memory, CUDA graphs, CUDA context);
+    ``gpu_memory_bytes`` is the GPU's total, so ``headroom_bytes`` = total - used. ``details``: vLLM's
+    own fields, and ``fits`` = vLLM starts (vLLM's test is not used <= total: it refuses a KV pool
+    too small for one request, and the CUDA context lies outside its budget), then ``details``
+    given here. ``settings`` is kept as given."""
+    kv = max(e.kv_pool_bytes, 0)
+    used = e.device_used_bytes
+    own = {
+        "fits": e.starts,
+        "kv_pool_bytes": e.kv_pool_bytes, "num_gpu_blocks": e.num_gpu_blocks, "block_bytes": e.block_bytes,
+        "max_concurrency": round(e.max_concurrency, 4), "kv_cache_tokens": e.kv_cache_tokens,
+        "requested_memory_bytes": e.requested_memory_bytes, "non_torch_bytes": e.non_torch_bytes,
+        "cuda_graph_bytes": e.cuda_graph_bytes, "cuda_context_bytes": e.cuda_context_bytes,
+        "sampler_peak_bytes": e.sampler_peak_bytes, "forward_peak_bytes": e.forward_peak_bytes,
+        "max_model_len": e.max_model_len, "max_num_batched_tokens": e.max_num_batched_tokens,
+        "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
+        "pipeline_parallel_size": e.pipeline_parallel_size,
+        "num_gpus": e.tensor_parallel_size * e.pipeline_parallel_size, "per_gpu": True, "refusal": e.refusal,
+    }
+    return MemoryReport(
+        settings=settings, engine="vllm", source="estimate",
+        weights_bytes=e.weights_bytes, kv_cache_bytes=kv, activations_bytes=e.activation_peak_bytes,
+        overhead_bytes=used - e.weights_bytes - kv - e.activation_peak_bytes,
+        device_used_bytes=used, gpu_memory_bytes=e.total_gpu_memory_bytes, details={**own, **details})
+
+
+def gpu_set_summary(spec: ModelSpec, max_model_len: int, **kw: Any) -> dict[str, Any] | None:
+    """``smallest_gpu_set`` as JSON: {"gpu" (catalog key), "tensor_parallel_size",
+    "pipeline_parallel_size", "num_gpus", "memory_bytes_per_gpu", "num_gpu_blocks"}, or None when no
+    set starts (or the settings are invalid). ``kw``: estimate_vllm keywords; those of one GPU of a
+    layout (parallel sizes, GPU name and arch, CUDA context, checkpoint bytes, ...) are ignored."""
+    kw = {k: v for k, v in kw.items() if k not in _PER_GPU_KEYWORDS}
+    try:
+        r = smallest_gpu_set(spec, max_model_len, **kw)
+    except EstimatorError:
+        return None
+    if r is None:
+        return None
+    return {"gpu": r["gpu"].key, "tensor_parallel_size": r["tensor_parallel_size"],
+            "pipeline_parallel_size": r["pipeline_parallel_size"], "num_gpus": r["num_gpus"],
+            "memory_bytes_per_gpu": r["gpu"].memory_bytes, "num_gpu_blocks": r["estimate"].num_gpu_blocks}
+
+
+def estimate_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None, *,
+                    smallest_set: bool = True, **kw: Any) -> MemoryReport:
+    """vLLM's startup on a GPU of ``gpu_memory_bytes`` (``estimate_vllm`` keywords ``kw``) as a report.
+
+    ``settings``: the engine, model, quant, KV dtype, GPU memory, context (max_model_len) and vLLM's
+    settings, its defaults resolved (max_num_batched_tokens, max_num_seqs), updated with the
+    ``settings`` given (how the caller names the quant, KV dtype and GPU). With ``smallest_set``,
+    ``details["smallest_gpu_set"]`` is ``gpu_set_summary`` at this max_model_len. Raises
+    ``VllmStartupError`` with vLLM's own reason when it would not start."""
+    e = estimate_vllm(spec, gpu_memory_bytes, **kw)
+    if not e.starts:
+        raise VllmStartupError(e.refusal)
+    s: dict[str, Any] = {
+        "engine": "vllm", "model": spec.name, "quant": kw.get("quantization") or kw.get("dtype", "auto"),
+        "kv_dtype": kw.get("kv_cache_dtype", "auto"), "gpu": None, "gpu_memory_bytes": gpu_memory_bytes,
+        "context": e.max_model_len, "gpu_memory_utilization": kw.get("gpu_memory_utilization", 0.9),
+        "max_num_batched_tokens": e.max_num_batched_tokens, "max_num_seqs": e.max_num_seqs,
+        "enforce_eager": kw.get("enforce_eager", False), "vllm_version": e.accounting,
+        "tensor_parallel_size": e.tensor_parallel_size, "pipeline_parallel_size": e.pipeline_parallel_size}
+    s.update(settings or {})
+    extra = {}
+    if smallest_set:
+        extra["smallest_gpu_set"] = gpu_set_summary(spec, e.max_model_len,
+                                                    **{k: v for k, v in kw.items() if k != "max_model_len"})
+    return report(e, s, **extra)
+
+
+def fit_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None,
+               **kw: Any) -> dict[str, Any]:
+    """The largest max_model_len vLLM starts with on a GPU of ``gpu_memory_bytes`` (``max_model_len_vllm``)
+    and the report there: {"engine": "vllm", "max_context", "gpu_memory_bytes",
+    "max_position_embeddings", "whole_window_fits", "estimate": MemoryReport (``estimate_report``)}.
+    Raises ``VllmStartupError`` with vLLM's reason (at max_model_len 16) when no length starts."""
+    t = max_model_len_vllm(spec, gpu_memory_bytes, **kw)
+    if t == 0:
+        e = estimate_vllm(spec, gpu_memory_bytes, max_model_len=16, **kw)
+        raise VllmStartupError(e.refusal or "vLLM does not start at any max_model_len on this GPU")
+    window = spec.max_position_embeddings
+    return {"engine": "vllm", "max_context": t, "gpu_memory_bytes": gpu_memory_bytes,
+            "max_position_embeddings": window, "whole_window_fits": t == window,
+            "estimate": estimate_report(spec, gpu_memory_bytes, settings, max_model_len=t, **kw)}

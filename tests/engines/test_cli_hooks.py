@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from estimator.engines import EngineRefusal
 from estimator.engines import cli as ecli
 from estimator.errors import EstimatorError, InvalidSpecError
 from estimator.model import load_preset
@@ -50,7 +51,8 @@ def test_adds_flags_without_clobbering_core_ones():
     assert p.parse_args(["--engine", "ollama"]).engine == "llama.cpp"
     with pytest.raises(SystemExit):
         p.parse_args(["--engine", "tgi"])
-    ecli.add_engine_arguments(p)  # idempotent
+    with pytest.raises(argparse.ArgumentError):  # each flag is added once, by its owner
+        ecli.add_engine_arguments(p)
 
 
 def test_vllm_estimate_fields():
@@ -66,10 +68,10 @@ def test_vllm_estimate_fields():
 
 
 def test_vllm_refusal_is_engine_reason():
-    with pytest.raises(ecli.EngineRefusal, match="larger than the maximum number of tokens that can be stored"):
+    with pytest.raises(EngineRefusal, match="larger than the maximum number of tokens that can be stored"):
         run(["--engine", "vllm", "--context", "131072", "--vllm-version", "v0", "--max-num-batched-tokens", "2048"],
             total=16 * GiB)
-    assert issubclass(ecli.EngineRefusal, EstimatorError)
+    assert issubclass(EngineRefusal, EstimatorError) and ecli.EngineRefusal is EngineRefusal
 
 
 def test_vllm_needs_gpu_and_valid_quant():
@@ -138,3 +140,21 @@ def test_safetensors_weights_override(tmp_path):
     p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 2_000_000)
     d = run(["--engine", "vllm", "--context", "4096", "--safetensors", str(p)], total=24 * GiB)
     assert d["weights_bytes"] == 2_000_000 + 131072 * 128 * 2
+
+
+def test_quant_vocabulary_one_per_engine_named_in_errors(capsys):
+    """--quant: one list per engine, in --help and in the one-line error."""
+    from estimator.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["estimate", "--help"])
+    flat = " ".join(capsys.readouterr().out.split())
+    for q in ecli.VLLM_QUANTS + ecli.LLAMACPP_QUANTS:
+        assert q in flat
+    with pytest.raises(InvalidSpecError) as e:
+        run(["--engine", "vllm", "--quant", "q4_k_m"], total=24 * GiB)
+    assert ", ".join(ecli.VLLM_QUANTS) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(InvalidSpecError) as e:
+        run(["--engine", "llama.cpp", "--quant", "nf4"])
+    assert ", ".join(ecli.LLAMACPP_QUANTS) in str(e.value) and "\n" not in str(e.value)
+    assert run(["--engine", "llama.cpp", "--quant", "q3_k_l"], total=24 * GiB)["settings"]["quant"] == "q3_k_l"

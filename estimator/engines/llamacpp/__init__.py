@@ -9,8 +9,9 @@ What llama.cpp allocates at startup, and prints, and where each part is modelled
 - ``buffers``: ``CUDA0 model buffer`` / ``CPU model buffer`` with partial offload (``-ngl``), ``KV buffer``.
 - ``galloc``: the replay of ggml-alloc's greedy allocator over a minimal ggml graph.
 - ``graph``: the llama reserve graph and the ``compute buffer`` / ``CUDA_Host compute buffer`` sizes.
-- ``estimate``: everything at once (``estimate_llamacpp``) and the largest context that fits
-  (``max_context_llamacpp``).
+- ``estimate``: everything at once (``estimate_llamacpp``), the largest context that fits
+  (``max_context_llamacpp``), and both as the one report type (``report``, ``estimate_report``,
+  ``fit_report``: ``estimator.report.MemoryReport``).
 
 Every name is re-exported here: ``from estimator.engines import llamacpp as lc; lc.estimate_llamacpp``.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from .buffers import ModelBuffers, kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
 from .buffers import _cuda_alloc_size  # noqa: F401
-from .estimate import LlamaCppEstimate, estimate_llamacpp, max_context_llamacpp
+from .estimate import LlamaCppEstimate, estimate_llamacpp, estimate_report, fit_report, max_context_llamacpp, report
 from .galloc import _INPLACE_OPS, _Graph, _simulate, _Tallocr  # noqa: F401
 from .graph import ComputeBuffers, compute_buffers
 from .mixture import tensor_type, use_more_bits
@@ -43,5 +44,5 @@ __all__ = [
     # graph
     "ComputeBuffers", "compute_buffers",
     # estimate
-    "LlamaCppEstimate", "estimate_llamacpp", "max_context_llamacpp",
+    "LlamaCppEstimate", "estimate_llamacpp", "max_context_llamacpp", "report", "estimate_report", "fit_report",
 ]

@@ -1,5 +1,6 @@
 """Everything at once: the buffers llama.cpp allocates for one model and context
-(``estimate_llamacpp``) and the largest context that fits a GPU (``max_context_llamacpp``).
+(``estimate_llamacpp``), the largest context that fits a GPU (``max_context_llamacpp``), and both
+as the one report type (``report``, ``estimate_report``, ``fit_report``).
 
 Worked example, Llama 3.2 3B Q4_K_M, ``n_ctx`` 8192, ``n_ubatch`` 512, no flash attention, all
 29 layers offloaded (Ollama, Jan 2025): model buffer 2,011,539,712 B (1918.35 MiB, printed
@@ -9,11 +10,13 @@ Worked example, Llama 3.2 3B Q4_K_M, ``n_ctx`` 8192, ``n_ubatch`` 512, no flash 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from ...errors import InvalidSpecError
 from ...model import ModelSpec
+from ...report import MemoryReport
 from ...solve import largest_true
 from .buffers import kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
 from .graph import compute_buffers
@@ -114,3 +117,70 @@ def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, 
     if fits(cap):
         return cap
     return 256 * largest_true(lambda k: fits(256 * k), 1, cap // 256)
+
+
+# --- the one report type -------------------------------------------------------------------------
+
+def report(e: LlamaCppEstimate, settings: Mapping[str, Any], gpu_memory_bytes: int | None = None,
+           cuda_context_bytes: int = 0, **details: Any) -> MemoryReport:
+    """llama.cpp's buffers as the one report type (engine "llama.cpp").
+
+    Byte fields: the GPU model, KV and compute buffers as weights, KV cache and activations, and the
+    CUDA context as overhead when any layer is on the GPU; device used is their sum, ``fits`` and
+    ``headroom_bytes`` are against ``gpu_memory_bytes`` (None without one). ``details``: every buffer
+    (GPU and host), the GGUF tensor bytes, the offloaded layers and KV cells, then ``details`` given
+    here. ``settings`` is kept as given."""
+    overhead = cuda_context_bytes if e.n_gpu_layers > 0 else 0
+    used = e.device_bytes + overhead
+    own = {
+        "model_buffer_bytes": e.model_buffer_bytes, "host_buffer_bytes": e.host_buffer_bytes,
+        "kv_buffer_bytes": e.kv_buffer_bytes, "host_kv_buffer_bytes": e.host_kv_buffer_bytes,
+        "compute_buffer_bytes": e.compute_buffer_bytes, "host_compute_buffer_bytes": e.host_compute_buffer_bytes,
+        "gguf_tensor_bytes": e.gguf_tensor_bytes, "n_gpu_layers": e.n_gpu_layers, "kv_cells": e.kv_cells,
+        "host_bytes": e.host_bytes,
+    }
+    return MemoryReport(
+        settings=settings, engine="llama.cpp", source="estimate",
+        weights_bytes=e.model_buffer_bytes, kv_cache_bytes=e.kv_buffer_bytes,
+        activations_bytes=e.compute_buffer_bytes, overhead_bytes=overhead,
+        device_used_bytes=used, gpu_memory_bytes=gpu_memory_bytes, details={**own, **details})
+
+
+def _settings(spec: ModelSpec, quant: str, n_ctx: int, gpu_memory_bytes: int | None,
+              given: Mapping[str, Any] | None, kw: Mapping[str, Any]) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "engine": "llama.cpp", "model": spec.name, "quant": quant, "kv_dtype": kw.get("kv_dtype", "f16"),
+        "gpu": None, "gpu_memory_bytes": gpu_memory_bytes, "context": n_ctx, "parallel": kw.get("parallel", 1),
+        "ubatch": kw.get("n_ubatch", 512), "flash_attn": bool(kw.get("flash_attn", False)),
+        "n_gpu_layers": kw.get("n_gpu_layers", -1), "gguf": None, "llamacpp_version": kw.get("version", "current")}
+    s.update(given or {})
+    return s
+
+
+def estimate_report(spec: ModelSpec, quant: str, n_ctx: int, *, gpu_memory_bytes: int | None = None,
+                    cuda_context_bytes: int = 0, settings: Mapping[str, Any] | None = None,
+                    **kw: Any) -> MemoryReport:
+    """``estimate_llamacpp(spec, quant, n_ctx, **kw)`` as a report (``report``) on a GPU of
+    ``gpu_memory_bytes`` with ``cuda_context_bytes`` of CUDA context. ``settings``: the engine,
+    model, quant, KV type, GPU memory, context (n_ctx) and llama.cpp's settings, updated with the
+    ``settings`` given (how the caller names the KV type, GPU and GGUF file)."""
+    e = estimate_llamacpp(spec, quant, n_ctx, **kw)
+    return report(e, _settings(spec, quant, n_ctx, gpu_memory_bytes, settings, kw), gpu_memory_bytes,
+                  cuda_context_bytes)
+
+
+def fit_report(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, cuda_context_bytes: int = 0,
+               settings: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    """The largest n_ctx whose GPU buffers and CUDA context fit ``gpu_memory_bytes``
+    (``max_context_llamacpp``, at most the model's window) and the report there: {"engine":
+    "llama.cpp", "max_context", "gpu_memory_bytes", "max_position_embeddings", "cuda_context_bytes",
+    "whole_window_fits"}, plus "estimate" (a MemoryReport, ``estimate_report``) when some n_ctx fits."""
+    window = spec.max_position_embeddings
+    t = max_context_llamacpp(spec, quant, gpu_memory_bytes, margin_bytes=cuda_context_bytes, cap=window, **kw)
+    out: dict[str, Any] = {"engine": "llama.cpp", "max_context": t, "gpu_memory_bytes": gpu_memory_bytes,
+                           "max_position_embeddings": window, "cuda_context_bytes": cuda_context_bytes,
+                           "whole_window_fits": t == window}
+    if t:
+        out["estimate"] = estimate_report(spec, quant, t, gpu_memory_bytes=gpu_memory_bytes,
+                                          cuda_context_bytes=cuda_context_bytes, settings=settings, **kw)
+    return out
