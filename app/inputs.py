@@ -22,8 +22,7 @@ from .escape import md
 from .figures import tokens_label
 from .tables import gpu_display_name, short_gpu_name
 
-MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
-                "llama-3.1-8b": "Llama 3.1 8B", state.CUSTOM_MODEL: "Custom config.json…"}
+MODEL_LABELS = state.MODEL_LABELS
 KV_LABELS = {"auto": "auto (compute dtype)", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16",
              "fp8": "fp8", "int8": "int8", "int4": "int4"}
 ATTN_LABELS = {"sdpa": "SDPA", "eager": "Eager"}

@@ -39,6 +39,8 @@ DETAILS_TAB = "details_tab"    # which detail tab of the calculator is open (its
 DETAIL_TABS = ("Context chart", "Quantizations", "GPUs", "Method", "Export")
 
 CUSTOM_MODEL = "custom"        # MODEL value meaning "uploaded or pasted config.json"
+MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
+                "llama-3.1-8b": "Llama 3.1 8B", CUSTOM_MODEL: "Custom config.json…"}
 CUSTOM_GPU = "custom"          # GPU value meaning "type a memory size"
 
 DEFAULTS = {
@@ -63,11 +65,6 @@ MIN_CONTEXT = NEW_TOKENS + 1
 MAX_CONTEXT = ESTIMATOR_MAX_CONTEXT  # 16M tokens: no context above it is ever valid
 MAX_BATCH = 1024
 MAX_QUERY_TEXT = 64            # longer query values are ignored unread
-
-# Log-spaced stops of the context slider for a 128K window: 1K, 1.5K, 2K, 3K, ... 96K, 128K.
-CONTEXT_STOPS = tuple(sorted({int(m * 2**e) for e in range(10, 18) for m in (1, 1.5) if m * 2**e <= 131072}))
-# Contexts of the memory-vs-context chart and the CSV sweep for a 128K window: 64 log-spaced points.
-SWEEP_CONTEXTS = tuple(sorted({int(round(1024 * 2 ** (7 * i / 63))) for i in range(64)}))
 
 # URL query parameter -> session key.
 QUERY_KEYS = {"model": MODEL, "quant": QUANT, "kv": KV_DTYPE, "ctx": CONTEXT, "batch": BATCH,
@@ -99,6 +96,11 @@ def sweep_contexts(window: int, points: int = 64) -> tuple[int, ...]:
     r = math.log2(window / lo)
     return tuple(sorted({min(window, int(round(lo * 2 ** (r * i / (points - 1))))) for i in range(points)}
                         | {window}))
+
+
+# The slider stops and the chart's contexts for a 128K window (Llama 3.2's): 1K, 1.5K, ... 96K, 128K.
+CONTEXT_STOPS = context_stops(131072)
+SWEEP_CONTEXTS = sweep_contexts(131072)
 
 
 def nearest_stop(tokens: int, stops: tuple[int, ...] = CONTEXT_STOPS) -> int:

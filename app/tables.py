@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import estimator
+from estimator.kv import ELEMENT_BITS, resolve_kv_dtype
 from estimator.units import GiB, format_bytes, format_gib
 
 from .escape import md
@@ -116,10 +117,10 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
         "Value": format_gib(est["weights_bytes"]),
     }]
     kv = s.get("kv_dtype") or "auto"
-    compute = 4 if quant == "fp32" else q.compute_bytes
+    compute = estimator.make_settings(spec, quant=quant, context=ctx, new_tokens=new).compute_bytes
     per_tok = estimator.kv_bytes_per_token(spec, kv, compute)
-    resolved = kv if kv != "auto" else ("fp32" if compute == 4 else "bf16")
-    elem = {"fp32": "4 B", "bf16": "2 B", "fp16": "2 B", "fp8": "1 B", "int8": "1 B", "int4": "0.5 B"}.get(resolved, "?")
+    resolved = resolve_kv_dtype(kv, compute)
+    elem = f"{ELEMENT_BITS[resolved] / 8:g} B"
     formula = (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
                f"{spec.head_dim} head_dim × {elem} ({resolved})")
     if resolved in ("int8", "int4"):

@@ -18,7 +18,7 @@ from .units import cdiv, check_int
 
 # Bytes per element of each KV dtype; "auto" follows the model's compute dtype.
 KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
-_ELEMENT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
+ELEMENT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
 KV_QUANT_GROUP = 64       # transformers QuantizedCacheConfig.q_group_size default
 KV_RESIDUAL_TOKENS = 128  # transformers QuantizedCacheConfig.residual_length default
 
@@ -44,7 +44,7 @@ def kv_layer_linear(spec: ModelSpec, batch: int, kv_dtype: str, compute_bytes: i
     """
     kv_dtype = resolve_kv_dtype(kv_dtype, compute_bytes)
     heads = batch * spec.num_key_value_heads
-    per_token = cdiv(heads * spec.head_dim * _ELEMENT_BITS[kv_dtype], 8)
+    per_token = cdiv(heads * spec.head_dim * ELEMENT_BITS[kv_dtype], 8)
     if not is_quantized_kv(kv_dtype):
         return per_token, 0
     per_token += 2 * compute_bytes * heads * cdiv(spec.head_dim, KV_QUANT_GROUP)  # scale + zero point
@@ -65,7 +65,7 @@ def kv_layer_tensor_bytes(spec: ModelSpec, tokens: int, batch: int, kv_dtype: st
 def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str = "bf16", compute_bytes: int = 2) -> int:
     """KV bytes one token adds for one sequence, all layers (quantized: without the residual)."""
     kv_dtype = resolve_kv_dtype(kv_dtype, compute_bytes)
-    per_layer = spec.num_key_value_heads * spec.head_dim * _ELEMENT_BITS[kv_dtype] // 8
+    per_layer = spec.num_key_value_heads * spec.head_dim * ELEMENT_BITS[kv_dtype] // 8
     if is_quantized_kv(kv_dtype):
         per_layer += 2 * compute_bytes * spec.num_key_value_heads * cdiv(spec.head_dim, KV_QUANT_GROUP)
     return 2 * spec.num_hidden_layers * per_layer

@@ -6,12 +6,13 @@ import streamlit as st
 
 import estimator
 from estimator.model import param_breakdown, preset_config
+from estimator.units import GiB
 
 from app import figures, state
 
 PRESET_KEY = "model_page_preset"
 _FOLLOWED = "_model_page_followed"  # the calculator's model when this page last followed it
-LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B", "llama-3.1-8b": "Llama 3.1 8B"}
+LABELS = state.MODEL_LABELS
 # What some spec cards and blog posts list for Llama 3.2 3B (they are wrong).
 WRONG_3B = {"hidden_size": 2048, "num_hidden_layers": 26, "num_key_value_heads": 6}
 
@@ -59,7 +60,7 @@ def render() -> None:
     c2.metric("KV cache per token (bf16)", f"{kv_tok / 1024:g} KiB", delta=f"{kv_tok:,} B", delta_color="off", delta_arrow="off",
               border=True, help="2 (K and V) × layers × KV heads × head_dim × 2 B, per sequence.")
     wb = estimator.weight_bytes(spec, "bf16").total_bytes
-    c3.metric("Weights (bf16)", f"{wb / (1 << 30):.2f} GiB", delta=f"{wb:,} B", delta_color="off", delta_arrow="off", border=True)
+    c3.metric("Weights (bf16)", f"{wb / GiB:.2f} GiB", delta=f"{wb:,} B", delta_color="off", delta_arrow="off", border=True)
 
     left, right = st.columns([2, 3])
     with left:
@@ -84,8 +85,8 @@ def render() -> None:
         if kv == "auto":
             continue
         b = estimator.kv_bytes_per_token(spec, kv)
-        rows.append({"KV dtype": kv, "Bytes/token": b, "8K context": b * 8192 / (1 << 30),
-                     "128K context": b * 131072 / (1 << 30)})
+        rows.append({"KV dtype": kv, "Bytes/token": b, "8K context": b * 8192 / GiB,
+                     "128K context": b * 131072 / GiB})
     st.dataframe(rows, hide_index=True, key="kv_table", column_config={
         "Bytes/token": st.column_config.NumberColumn(format="localized"),
         "8K context": st.column_config.NumberColumn(format="%.3f GiB"),

@@ -10,17 +10,17 @@ import streamlit as st
 
 import estimator
 
-from app import compute, figures, measurements, state
+from app import compute, figures, results, state
 from app.escape import md
-from app.measure import cuda_available, measure_command
+from app.run_measurement import cuda_available, measure_command
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_TITLES = {"gpu": "GPU measurements", "trace": "Trace results (fake-tensor, no GPU)", "cpu": "CPU runs"}
 
 
 @st.cache_data(show_spinner=False, ttl=60)
-def _load(root: str) -> measurements.Loaded:
-    return measurements.load_results(Path(root))
+def _load(root: str) -> results.Loaded:
+    return results.load_results(Path(root))
 
 
 def _estimate(**kw) -> dict:
@@ -66,8 +66,8 @@ def _section(kind: str, records: list[dict]) -> None:
         st.caption("CPU runs count real CPU tensors. bitsandbytes' CPU kernels allocate differently from its "
                    "CUDA kernels (which the estimate models), so their activation rows differ by design; "
                    "weights and KV cache must match exactly.")
-    points, problems = measurements.compare(records, _estimate)
-    counts = measurements.status_counts(records)
+    points, problems = results.compare(records, _estimate)
+    counts = results.status_counts(records)
     st.caption(f"{len(records)} points ({', '.join(f'{v} {k}' for k, v in counts.items())}), "
                f"{len(points)} measured counters compared.")
     if points:
@@ -75,10 +75,10 @@ def _section(kind: str, records: list[dict]) -> None:
         left.plotly_chart(figures.parity_figure(points), key=f"parity_{kind}")
         with right:
             st.markdown("**Error per counter** (estimate − measured)")
-            st.dataframe(measurements.error_table(points), hide_index=True, key=f"errors_{kind}")
+            st.dataframe(results.error_table(points), hide_index=True, key=f"errors_{kind}")
             st.caption("A positive error means the estimate is above the measurement (safe side).")
         st.markdown("**Where it was measured**")
-        st.dataframe(measurements.environments(records), hide_index=True, key=f"env_{kind}",
+        st.dataframe(results.environments(records), hide_index=True, key=f"env_{kind}",
                      column_config={"gpu_total_memory_bytes": st.column_config.NumberColumn(
                          "GPU memory (B)", format="localized")})
         with st.expander("Every compared point"):
@@ -129,11 +129,11 @@ def render() -> None:
     st.markdown("How far the estimate is from memory measured by the reference runtime (`runtime/`), "
                 "per counter: **peak allocated** (`torch.cuda.max_memory_allocated`), **peak reserved** "
                 "(`max_memory_reserved`) and **device used** (NVML, what nvidia-smi shows).")
-    root = measurements.results_dir()
+    root = results.results_dir()
     loaded = _load(str(root))
     by_kind: dict[str, list[dict]] = {}
     for rec in loaded.records:
-        by_kind.setdefault(measurements.device_kind(rec), []).append(rec)
+        by_kind.setdefault(results.device_kind(rec), []).append(rec)
 
     if "gpu" not in by_kind:
         st.warning("**No GPU measurements exist yet.** The numbers on the calculator are estimates that "
@@ -175,8 +175,8 @@ def render() -> None:
     result = st.session_state.get(state.MEASURE_RESULT)
     if result:
         est = _estimate(**{k: v for k, v in s.items() if k != "model"}, model=compute.model_from_key(s["model"]))
-        rows = [{"counter": c, "estimate": est.get(c), "measured": measurements.counter_value(result.get(c))}
-                for c in measurements.COUNTERS]
+        rows = [{"counter": c, "estimate": est.get(c), "measured": results.counter_value(result.get(c))}
+                for c in results.COUNTERS]
         st.dataframe(rows, hide_index=True, key="measure_table")
 
 

@@ -73,7 +73,7 @@ def test_validation_measure_button_only_with_cuda(app_test, monkeypatch):
 
 
 def test_measure_command_uses_the_runtime_cli():
-    from app.measure import measure_command
+    from app.run_measurement import measure_command
 
     cmd = measure_command({"model": "llama-3.2-3b", "quant": "nf4", "context": 4096, "batch": 2,
                            "kv_dtype": "auto", "attn": "sdpa"})
@@ -116,11 +116,11 @@ def test_measure_button_runs_subprocess_and_shows_result(app_test, monkeypatch):
     """With CUDA reported, the button runs the (here: fake) runtime and shows measured next to estimate."""
     import sys
 
-    import app.measure
+    import app.run_measurement
 
     fake = {"weights_bytes": 123, "peak_allocated_bytes": 456, "device_used_bytes": 789}
     script = f"import json; print('loading model'); print(json.dumps({fake!r}))"
-    monkeypatch.setattr(app.measure, "measure_command", lambda s: [sys.executable, "-c", script])
+    monkeypatch.setattr(app.run_measurement, "measure_command", lambda s: [sys.executable, "-c", script])
     monkeypatch.setenv("VRAM_VALIDATION_DIR", str(FIXTURES / "empty"))
     at = app_test(VALIDATION)
     monkeypatch.setenv("VRAM_APP_CUDA", "1")

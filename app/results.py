@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from estimator.report import PHASE_FIELDS, MemoryReport, compare_record, device_class, estimate_arguments
-from estimator.units import MAX_SIZE_BYTES, one_line, shown
+from estimator.units import MAX_SIZE_BYTES, MiB, one_line, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
@@ -199,7 +199,7 @@ def error_table(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "Points": len(ps),
             "Mean |error| %": round(sum(abs(x) for x in pct) / len(pct), 3) if pct else None,
             "Worst |error| %": round(max(abs(x) for x in pct), 3) if pct else None,
-            "Mean error (MiB)": round(sum(p["error_bytes"] for p in ps) / len(ps) / (1 << 20), 2),
+            "Mean error (MiB)": round(sum(p["error_bytes"] for p in ps) / len(ps) / MiB, 2),
             "Exact matches": sum(1 for p in ps if p["error_bytes"] == 0),
         })
     return out

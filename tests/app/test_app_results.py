@@ -7,7 +7,7 @@ from pathlib import Path
 
 import estimator
 
-from app import measurements as m
+from app import results as m
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
