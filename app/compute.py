@@ -16,6 +16,7 @@ from typing import Any
 import streamlit as st
 
 import estimator
+from estimator.estimate import Estimate
 from estimator.model import ModelSpec
 
 from . import state
@@ -57,12 +58,12 @@ def spec_of(key: str) -> ModelSpec:
 
 # ---------------------------------------------------------------------------- pure compute
 
-def estimate_dict(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
-                  gpu: str | None, gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> dict[str, Any]:
-    """``Estimate.to_dict()`` for these settings."""
+def estimate_report(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
+                    gpu: str | None, gpu_memory_bytes: int | None, prefill_chunk: int | None = None) -> Estimate:
+    """The estimate (the one report type, ``estimator.report.MemoryReport``) for these settings."""
     return estimator.estimate(model=model_from_key(model), quant=quant, context=context, batch=batch,
                               kv_dtype=kv_dtype, attn=attn, gpu=gpu, gpu_memory_bytes=gpu_memory_bytes,
-                              prefill_chunk=prefill_chunk).to_dict()
+                              prefill_chunk=prefill_chunk)
 
 
 def window(model: str) -> int:
@@ -116,10 +117,10 @@ def quant_rows(model: str, context: int, batch: int, kv_dtype: str, attn: str, g
     maxc = cached_quant_max_contexts(model, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
     out = []
     for q in estimator.TRANSFORMERS_QUANTS:
-        d = estimate_dict(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
-        d["quant"] = q
-        d["max_context"] = maxc[q]
-        out.append(d)
+        e = estimate_report(model, q, context, batch, kv_dtype, attn, gpu, gpu_memory_bytes, prefill_chunk)
+        out.append({"quant": q, "weights_bytes": e.weights_bytes, "kv_cache_bytes": e.kv_cache_bytes,
+                    "device_used_bytes": e.device_used_bytes, "fits": e.fits, "headroom_bytes": e.headroom_bytes,
+                    "max_context": maxc[q]})
     return out
 
 
@@ -144,11 +145,11 @@ def gpu_rows(model: str, quant: str, context: int, batch: int, kv_dtype: str,
     out = []
     for key in gpu_keys():
         g = gpu_by_key(key)
-        d = estimate_dict(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
-                          prefill_chunk)
+        e = estimate_report(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
+                            prefill_chunk)
         out.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes, "cls": g.cls,
-                    "device_used_bytes": d["device_used_bytes"], "fits": d["fits"],
-                    "headroom_bytes": d["headroom_bytes"], "max_context": grid[key]})
+                    "device_used_bytes": e.device_used_bytes, "fits": e.fits,
+                    "headroom_bytes": e.headroom_bytes, "max_context": grid[key]})
     return out
 
 
@@ -163,11 +164,11 @@ def fitting_gpus(model: str, quant: str, context: int, batch: int, kv_dtype: str
     rows = []
     for key in gpu_keys():  # by memory, then name
         g = gpu_by_key(key)
-        d = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
+        e = cached_estimate(model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes),
                             prefill_chunk)
-        if verdict(d["device_used_bytes"], d["gpu_memory_bytes"])[0] == "Yes":
+        if e.gpu_memory_bytes is not None and verdict(e.device_used_bytes, e.gpu_memory_bytes)[0] == "Yes":
             rows.append({"gpu": key, "name": g.name, "memory_bytes": g.memory_bytes,
-                         "device_used_bytes": d["device_used_bytes"], "headroom_bytes": d["headroom_bytes"]})
+                         "device_used_bytes": e.device_used_bytes, "headroom_bytes": e.headroom_bytes})
             if len(rows) == n:
                 break
     return rows
@@ -186,47 +187,47 @@ def remedies(model: str, quant: str, context: int, batch: int, kv_dtype: str, at
     base = dict(model=model, quant=quant, context=context, batch=batch, kv_dtype=kv_dtype, attn=attn, gpu=gpu,
                 gpu_memory_bytes=gpu_memory_bytes, prefill_chunk=prefill_chunk)
     same = dict(gpu=gpu, gpu_memory_bytes=gpu_memory_bytes, kv_dtype=kv_dtype, attn=attn, prefill_chunk=prefill_chunk)
-    if cached_estimate(**base)["fits"]:
+    if cached_estimate(**base).fits:
         return []
     out: list[dict[str, Any]] = []
     mdl = model_from_key(model)
     q = estimator.best_quant(mdl, context, batch=batch, **same)
     if q is not None and q != quant:
-        d = cached_estimate(**{**base, "quant": q})
+        e = cached_estimate(**{**base, "quant": q})
         out.append({"what": f"{estimator.QUANTS[q].label} weights", "change": {state.QUANT: q},
-                    "device_used_bytes": d["device_used_bytes"]})
+                    "device_used_bytes": e.device_used_bytes})
     spec = spec_of(model)
     now = estimator.kv_bytes_per_token(spec, kv_dtype)
     for kv in QUANTIZED_KV:
         if estimator.kv_bytes_per_token(spec, kv) < now:
-            d = cached_estimate(**{**base, "kv_dtype": kv})
-            if d["fits"]:
+            e = cached_estimate(**{**base, "kv_dtype": kv})
+            if e.fits:
                 out.append({"what": f"{kv} KV cache", "change": {state.KV_DTYPE: kv},
-                            "device_used_bytes": d["device_used_bytes"]})
+                            "device_used_bytes": e.device_used_bytes})
                 break
     for chunk in state.PREFILL_CHUNKS[::-1]:  # largest chunk first: fewest forwards
         if chunk and chunk < (prefill_chunk or context) and chunk < context - state.NEW_TOKENS:
-            d = cached_estimate(**{**base, "prefill_chunk": chunk})
-            if d["fits"]:
+            e = cached_estimate(**{**base, "prefill_chunk": chunk})
+            if e.fits:
                 out.append({"what": f"prefill in chunks of {chunk:,}", "change": {state.PREFILL_CHUNK: chunk},
-                            "device_used_bytes": d["device_used_bytes"]})
+                            "device_used_bytes": e.device_used_bytes})
                 break
     if 0 < max_ctx < context:
-        d = cached_estimate(**{**base, "context": max_ctx})
+        e = cached_estimate(**{**base, "context": max_ctx})
         out.append({"what": f"context {max_ctx:,} tokens", "change": {state.CONTEXT: max_ctx},
-                    "device_used_bytes": d["device_used_bytes"]})
+                    "device_used_bytes": e.device_used_bytes})
     if batch > 1:
         b = estimator.max_batch(mdl, quant, context, limit=batch, **same)
         if 0 < b < batch:
-            d = cached_estimate(**{**base, "batch": b})
-            out.append({"what": f"batch {b}", "change": {state.BATCH: b}, "device_used_bytes": d["device_used_bytes"]})
+            e = cached_estimate(**{**base, "batch": b})
+            out.append({"what": f"batch {b}", "change": {state.BATCH: b}, "device_used_bytes": e.device_used_bytes})
     return out
 
 
 # ---------------------------------------------------------------------------- cached wrappers
 
 _cache = st.cache_data(show_spinner=False, max_entries=2048)
-cached_estimate = _cache(estimate_dict)
+cached_estimate = _cache(estimate_report)
 cached_sweep = st.cache_data(show_spinner=False, max_entries=32)(sweep_rows)
 cached_largest_context = _cache(largest_context)
 cached_sweep_csv = st.cache_data(show_spinner=False, max_entries=32)(sweep_csv)

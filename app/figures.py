@@ -1,5 +1,5 @@
-"""Plotly figures as pure functions of estimator output (dicts from ``Estimate.to_dict()``,
-rows from ``sweep``) and measurement records. No Streamlit here: tests inspect ``fig.data``
+"""Plotly figures as pure functions of estimator output (a ``MemoryReport``, rows from
+``sweep``) and measurement records. No Streamlit here: tests inspect ``fig.data``
 and ``fig.layout`` directly.
 
 All byte values are plotted in GiB (2**30 B) and labelled "GiB"; hover text carries the exact
@@ -14,6 +14,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
+from estimator.report import MemoryReport
 from estimator.units import GiB
 
 # One colour per memory component, used by every figure and table.
@@ -92,17 +93,17 @@ def tokens_label(tokens: int) -> str:
     return f"{tokens:,}"
 
 
-def breakdown_figure(est: Mapping[str, Any], capacity_bytes: int | None = None,
+def breakdown_figure(est: MemoryReport, capacity_bytes: int | None = None,
                      capacity_label: str = "GPU memory") -> go.Figure:
     """Stacked horizontal bar of weights, KV cache, activations and overhead (sums to device used).
 
-    ``est`` is ``Estimate.to_dict()``. With ``capacity_bytes`` a dashed vertical line marks
-    the GPU's memory.
+    ``est`` is an estimate (every part an int). With ``capacity_bytes`` a dashed vertical line
+    marks the GPU's memory.
     """
-    xmax = max(est["device_used_bytes"], capacity_bytes or 0)
+    xmax = max(est.device_used_bytes or 0, capacity_bytes or 0)
     data = []
     for field, label, color in COMPONENTS:
-        n = int(est[field])
+        n = int(getattr(est, field) or 0)
         data.append(dict(
             # every part is named with its size in the legend; the bar itself has room for the big ones
             type="bar", name=f"{label} {n / GiB:.2f} GiB", y=["Device used"], x=[gib(n)], orientation="h",

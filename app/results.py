@@ -158,7 +158,7 @@ def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def compare(records: Iterable[Mapping[str, Any]],
-            estimate_fn: Callable[..., Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+            estimate_fn: Callable[..., MemoryReport]) -> tuple[list[dict[str, Any]], list[str]]:
     """Pair every measured counter of every ``ok`` record with the estimate at its settings, through
     ``estimator.report.compare_record``: what `python -m runtime validate` compares.
 
@@ -171,7 +171,7 @@ def compare(records: Iterable[Mapping[str, Any]],
         if rec.get("status", "ok") != "ok":
             continue
         try:
-            est = MemoryReport.from_dict(estimate_fn(**estimate_arguments(rec)), source="estimate")
+            est = estimate_fn(**estimate_arguments(rec))
         except Exception as e:  # noqa: BLE001 - a bad record must not break the page
             problems.append(f"{_text(rec.get('_source', '?'))}: cannot estimate ({one_line(str(e))[:300]})")
             continue

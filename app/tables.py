@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import estimator
-from estimator.kv import ELEMENT_BITS, resolve_kv_dtype
+from estimator.estimate import Estimate
+from estimator.kv import ELEMENT_BITS
+from estimator.report import MemoryReport
 from estimator.units import GiB, format_bytes, format_gib
 
 from .escape import md
@@ -101,11 +103,10 @@ def nice_name(key: str) -> str:
     return key.removesuffix("_bytes").replace("_", " ")
 
 
-def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
+def formula_rows(spec: Any, est: Estimate) -> list[dict[str, str]]:
     """Each term of the estimate with its formula and this model's numbers filled in."""
-    s = est["settings"]
-    quant, batch, ctx = s["quant"], s["batch"], s["context"]
-    new = s.get("new_tokens", 0) or 0
+    s = est.settings
+    quant, batch, ctx, new = s.quant, s.batch, s.context, s.new_tokens
     q = estimator.QUANTS[quant]
     wb = estimator.weight_bytes(spec, quant)
     rows = [{
@@ -114,12 +115,11 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
                     f"{format_bytes(wb.parameters_bytes)} + quantization state {format_bytes(wb.quant_state_bytes)}"
                     f" + fp32 rotary buffers {wb.buffers_bytes:,} B"
                     + (f" ({spec.num_params:,} params × {q.bits // 8} B)" if q.family == "float" else "")),
-        "Value": format_gib(est["weights_bytes"]),
+        "Value": format_gib(est.weights_bytes),
     }]
-    kv = s.get("kv_dtype") or "auto"
-    compute = estimator.make_settings(spec, quant=quant, context=ctx, new_tokens=new).compute_bytes
+    kv, compute = s.kv_dtype, s.compute_bytes
     per_tok = estimator.kv_bytes_per_token(spec, kv, compute)
-    resolved = resolve_kv_dtype(kv, compute)
+    resolved = s.kv_resolved
     elem = f"{ELEMENT_BITS[resolved] / 8:g} B"
     formula = (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
                f"{spec.head_dim} head_dim × {elem} ({resolved})")
@@ -127,48 +127,48 @@ def formula_rows(spec: Any, est: Mapping[str, Any]) -> list[dict[str, str]]:
         formula += " + a scale and zero point per 64 values, plus the newest 128 tokens unquantized"
     formula += (f" = {per_tok:,} B/token per sequence; × {ctx:,} tokens of context (the window the cache "
                 f"holds: {ctx - new:,} prompt + {new} new tokens) × batch {batch}")
-    rows.append({"Term": "KV cache", "Formula": formula, "Value": format_gib(est["kv_cache_bytes"])})
-    bd = est.get("breakdown") or {}
+    rows.append({"Term": "KV cache", "Formula": formula, "Value": format_gib(est.kv_cache_bytes)})
+    bd = est.breakdown
     for section, term in (("activations", "Activations"), ("overhead", "Overhead")):
         parts = bd.get(section)
         detail = "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}"
                            for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
-        where = (f"; the peak is in the {est.get('peak_phase', 'prefill')} phase, in the last layer's "
-                 f"{est['peak_at']}" if est.get("peak_at") else "")
+        where = (f"; the peak is in the {est.peak_phase} phase, in the last layer's {est.peak_at}"
+                 if est.peak_at else "")
         prompt = max(1, ctx - new)
-        per_tok = est["activations_bytes"] / (prompt * batch)
+        per_tok = est.activations_bytes / (prompt * batch)
         default = (f"transient tensors of the forward pass at its peak (hidden states, MLP intermediates, "
                    f"attention workspace, last-token logits), replayed tensor by tensor: ≈ {per_tok:,.0f} B "
                    f"per prompt token × {prompt:,} prompt tokens × batch {batch}{where}"
                    if section == "activations" else
                    "CUDA context, cuBLAS workspace and caching-allocator slack")
         rows.append({"Term": term, "Formula": detail or default,
-                     "Value": format_gib(est[f"{section}_bytes"])})
+                     "Value": format_gib(getattr(est, f"{section}_bytes"))})
     rows.append({
         "Term": "Device used",
         "Formula": ("weights + KV cache + activations + overhead = " + " + ".join(
-            f"{est[k] / GiB:.2f}" for k in ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes"))
+            f"{v / GiB:.2f}" for v in (est.weights_bytes, est.kv_cache_bytes, est.activations_bytes,
+                                       est.overhead_bytes))
             + " GiB (what nvidia-smi shows for the process)"),
-        "Value": format_gib(est["device_used_bytes"]),
+        "Value": format_gib(est.device_used_bytes),
     })
     return rows
 
 
-def breakdown_details(est: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Every entry of ``est['breakdown']`` flattened to (part, bytes) rows."""
-    bd = est.get("breakdown") or {}
+def breakdown_details(est: Estimate) -> list[dict[str, str]]:
+    """Every entry of ``est.breakdown`` flattened to (part, bytes) rows."""
+    bd = est.breakdown
     return [{"Part": nice_name(k), "Bytes": f"{v:,}" if isinstance(v, int) else str(v),
              "Size": format_bytes(v) if isinstance(v, int) else ""}
             for k, v in _flatten(bd)]
 
 
-def headline_caption(model_label: str, est: Mapping[str, Any]) -> str:
+def headline_caption(model_label: str, est: Estimate) -> str:
     """The settings line under the title, as Markdown: the model label (a file name or config value
     for an uploaded model) is escaped, so it shows as plain text."""
-    s = est["settings"]
-    return (f"{md(model_label)} · {estimator.QUANTS[s['quant']].label} weights · KV {s.get('kv_dtype')} · "
-            f"{tokens_label(s['context'])} context (window) · batch {s['batch']} · "
-            f"{str(s.get('attn', '')).upper()}")
+    s = est.settings
+    return (f"{md(model_label)} · {estimator.QUANTS[s.quant].label} weights · KV {s.kv_dtype} · "
+            f"{tokens_label(s.context)} context (window) · batch {s.batch} · {s.attn.upper()}")
 
 
 WHOLE_WINDOW = "the whole window fits"
@@ -220,24 +220,24 @@ def export_names(model: str, quant: str, context: int, batch: int, kv_dtype: str
             f"vram-vs-context-all-quants-{model}-{rest}.csv")
 
 
-def naive_rule_rows(est: Mapping[str, Any]) -> list[dict[str, str]]:
+def naive_rule_rows(est: Estimate) -> list[dict[str, str]]:
     """The estimate against the simple rule people use (bits per weight x parameters + KV cache),
     term by term; the rows add up to the estimate's device-used total."""
-    bits = estimator.QUANTS[est["settings"]["quant"]].bits
-    n = est["num_params"]
+    bits = estimator.QUANTS[est.settings.quant].bits
+    n = est.num_params
     naive = n * bits // 8
-    w = est["breakdown"]["weights"]
+    w = est.breakdown["weights"]
     rows = [
         (f"{bits} bits x {n / 1e9:.2f} B parameters (the simple rule's weights)", naive),
-        ("KV cache for the whole window (in the simple rule too)", est["kv_cache_bytes"]),
+        ("KV cache for the whole window (in the simple rule too)", est.kv_cache_bytes),
         ("tensors kept at higher precision (embedding, norms) and packing", w["parameters"] - naive),
         ("quantization state (scales, absmax) and buffers", w["quant_state"] + w["buffers"]),
-        ("activations at the peak (the prefill's largest moment)", est["activations_bytes"]),
-        ("CUDA context, cuBLAS workspace, allocator rounding and free segment space", est["overhead_bytes"]),
+        ("activations at the peak (the prefill's largest moment)", est.activations_bytes),
+        ("CUDA context, cuBLAS workspace, allocator rounding and free segment space", est.overhead_bytes),
     ]
     out = [{"Term": t, "GiB": f"{b / GiB:+.2f}" if i > 1 else f"{b / GiB:.2f}"} for i, (t, b) in enumerate(rows)]
     total = sum(b for _, b in rows)
-    out.append({"Term": f"= device used (simple rule: {(naive + est['kv_cache_bytes']) / GiB:.2f} GiB)",
+    out.append({"Term": f"= device used (simple rule: {(naive + est.kv_cache_bytes) / GiB:.2f} GiB)",
                 "GiB": f"{total / GiB:.2f}"})
     return out
 
@@ -248,10 +248,10 @@ PHASE_COLUMNS = {"weights_bytes": "Weights", "kv_cache_bytes": "KV cache", "acti
 PHASE_LABELS = {"load": "Load (weights only)", "prefill": "Prefill (whole prompt)", "decode": "Decode (one token)"}
 
 
-def phases_table(est: Mapping[str, Any]) -> list[dict[str, Any]]:
+def phases_table(est: MemoryReport) -> list[dict[str, Any]]:
     """Each phase of the run (load, prefill, decode) with its counters in GiB (None when absent)."""
     out = []
-    for phase, vals in (est.get("phases") or {}).items():
+    for phase, vals in est.phases.items():
         row: dict[str, Any] = {"Phase": PHASE_LABELS.get(phase, phase)}
         for k in PHASE_COLUMNS:
             v = vals.get(k)

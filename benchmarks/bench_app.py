@@ -42,7 +42,7 @@ def cold_compute() -> dict[str, float]:
 
     m, gpu = "llama-3.2-3b", state.DEFAULTS[state.GPU]
     out = {
-        "estimate": _ms(lambda: compute.estimate_dict(m, "bf16", 8192, 1, "auto", "sdpa", gpu, None)),
+        "estimate": _ms(lambda: compute.estimate_report(m, "bf16", 8192, 1, "auto", "sdpa", gpu, None)),
         "max_context (1 quant)": _ms(lambda: compute.largest_context(m, "bf16", 1, "auto", "sdpa", gpu, None)),
         "sweep (11 quants x 64 contexts)": _ms(lambda: compute.sweep_rows(m, 1, "auto", "sdpa", gpu, None)),
     }
@@ -50,7 +50,7 @@ def cold_compute() -> dict[str, float]:
 
     def gpu_table() -> None:
         for g in estimator.gpu_catalog():
-            compute.estimate_dict(m, "bf16", 8192, 1, "auto", "sdpa", g.key, None)
+            compute.estimate_report(m, "bf16", 8192, 1, "auto", "sdpa", g.key, None)
             for q in estimator.TRANSFORMERS_QUANTS:
                 compute.largest_context(m, q, 1, "auto", "sdpa", g.key, None)
 

@@ -61,15 +61,15 @@ def render() -> None:
     # ------------------------------------------------------------------ headline
     st.title("Will it fit?")
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
-    answer, why = tables.verdict(est["device_used_bytes"], inp.capacity_bytes)
+    answer, why = tables.verdict(est.device_used_bytes, inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
-    c1.metric("VRAM needed", format_gib(est["device_used_bytes"]), border=True,
-              delta=f"= {est['device_used_bytes'] / 1e9:.2f} GB · "
-                    f"{100 * est['device_used_bytes'] / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
+    c1.metric("VRAM needed", format_gib(est.device_used_bytes), border=True,
+              delta=f"= {est.device_used_bytes / 1e9:.2f} GB · "
+                    f"{100 * est.device_used_bytes / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
               delta_color="off", delta_arrow="off",
               help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
                    "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
-                   f"are sold in GB: this is {est['device_used_bytes'] / 1e9:.2f} GB.")
+                   f"are sold in GB: this is {est.device_used_bytes / 1e9:.2f} GB.")
     c2.metric(f"Fits on {inp.capacity_label}?", answer, border=True,
               icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
               delta=why, delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"), delta_arrow="off",
@@ -91,13 +91,13 @@ def render() -> None:
         for col, fix in zip(st.columns(len(fixes)), fixes):
             col.button(f"{fix['what']} → {format_gib(fix['device_used_bytes'])}", key=f"fix_{next(iter(fix['change']))}",
                        on_click=inputs.apply_change, args=(fix["change"],), width="stretch")
-    elif not est["fits"]:
+    elif not est.fits:
         st.markdown(f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; "
                     "the GPUs below do.")
     fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
                                           inp.keep_free_bytes, inp.prefill_chunk)
     st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
-    if est.get("peak_at") == "attention" and est["activations_bytes"] > est["kv_cache_bytes"]:
+    if est.peak_at == "attention" and est.activations_bytes > est.kv_cache_bytes:
         why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
                if inp.attn == "eager" else
                f"On {inp.capacity_label} (before sm80), SDPA falls back to its math kernel, which holds the "
@@ -116,7 +116,7 @@ def render() -> None:
     cols = st.columns(3)
     for col, (field, (label, text)) in zip(cols, COUNTER_HELP.items()):
         with col.container(border=True):
-            st.markdown(f"**{label}** &nbsp; `{format_gib(est[field])}`")
+            st.markdown(f"**{label}** &nbsp; `{format_gib(getattr(est, field))}`")
             st.caption(text)
 
     # ------------------------------------------------------------------ details
@@ -170,7 +170,7 @@ def render() -> None:
                             "measured constants for the CUDA context and the allocator.")
                 st.table(tables.formula_rows(spec, est), hide_index=True, border="horizontal")
                 st.markdown("**By phase.** The headline is the largest of the three; "
-                            f"here the peak is in the {est.get('peak_phase', 'prefill')} phase.")
+                            f"here the peak is in the {est.peak_phase} phase.")
                 phases = tables.phases_table(est)
                 st.dataframe(phases, hide_index=True, key="phases_table",
                              column_config={k: _gib_col(k) for k in phases[0] if k != "Phase"} if phases else None)
@@ -182,14 +182,14 @@ def render() -> None:
                                             inp.context, inp.batch, inp.kv_dtype, inp.attn, inp.prefill_chunk,
                                             inp.gpu_key or f"{inp.capacity_bytes / GiB:g}gib")
                 e1, e2 = st.columns(2)
-                e1.download_button("Estimate (JSON)", json.dumps(est, indent=2),
+                e1.download_button("Estimate (JSON)", json.dumps(est.to_dict(), indent=2),
                                    file_name=names[0], mime="application/json", key="dl_json",
                                    icon=":material/download:")
                 e2.download_button("Sweep (CSV)", compute.cached_sweep_csv(*sweep_args),
                                    file_name=names[1], mime="text/csv", key="dl_csv",
                                    icon=":material/download:")
                 st.caption("The settings are in the page address: copy the URL to share this exact view.")
-                st.json(est, expanded=False)
+                st.json(est.to_dict(), expanded=False)
     except estimator.EstimatorError as e:
         st.error("Cannot compute these settings: " + md(e))
 

@@ -3,6 +3,7 @@ llama.cpp, side by side, with one sentence per engine on why its number differs.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import streamlit as st
@@ -14,6 +15,7 @@ from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
 from estimator.gpus import custom_gpu
 from estimator.overhead import cuda_context_bytes
+from estimator.report import MemoryReport
 from estimator.units import GiB, format_gib
 
 from app import compute, state
@@ -139,7 +141,7 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     """Each engine's JSON-like result, or the message of why it has none."""
     spec = compute.spec_of(inp["model"])
     gpu, total = inp["gpu"], inp["gpu"].memory_bytes
-    out: dict[str, dict | str] = {}
+    out: dict[str, MemoryReport | str] = {}
     try:
         custom = gpu.key == "custom"
         out["transformers"] = compute.cached_estimate(inp["model"], inp["quant"], inp["context"], inp["batch"],
@@ -154,17 +156,17 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
         e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], gpu_name=gpu.name, gpu_arch=gpu.arch,
                           cuda_context_bytes=cuda_context_bytes(gpu.cls), **vkw)
         if e.starts:
-            r = vl.report(e, {"engine": "vllm", "context": inp["context"]}).to_dict()
+            r = vl.report(e, {"engine": "vllm", "context": inp["context"]})
             if inp["tp"] == 1:
                 u = vl.smallest_utilization(spec, total, **{k: v for k, v in vkw.items()
                                                             if k != "gpu_memory_utilization"},
                                             gpu_name=gpu.name, gpu_arch=gpu.arch,
                                             cuda_context_bytes=cuda_context_bytes(gpu.cls))
                 if u is not None:
-                    r["smallest_utilization"] = u
-                    r["smallest_device_used_bytes"] = estimate_vllm(
-                        spec, total, **{**vkw, "gpu_memory_utilization": u}, gpu_name=gpu.name, gpu_arch=gpu.arch,
-                        cuda_context_bytes=cuda_context_bytes(gpu.cls)).device_used_bytes
+                    least = estimate_vllm(spec, total, **{**vkw, "gpu_memory_utilization": u}, gpu_name=gpu.name,
+                                          gpu_arch=gpu.arch, cuda_context_bytes=cuda_context_bytes(gpu.cls))
+                    r = dataclasses.replace(r, details={**r.details, "smallest_utilization": u,
+                                                        "smallest_device_used_bytes": least.device_used_bytes})
             out["vLLM"] = r
         else:
             s = vl.smallest_gpu_set(spec, inp["context"], **{k: v for k, v in vkw.items() if k != "max_model_len"})
@@ -179,13 +181,14 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
         e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
                               kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
         out["llama.cpp"] = lc.report(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
-                                     cuda_context_bytes=cuda_context_bytes(gpu.cls)).to_dict()
+                                     cuda_context_bytes=cuda_context_bytes(gpu.cls))
     except estimator.EstimatorError as e:
         out["llama.cpp"] = f"llama.cpp cannot: {e}"
     return out
 
 
-def side_by_side_rows(results: dict[str, dict | str], formats: dict[str, str] | None = None) -> list[dict[str, str]]:
+def side_by_side_rows(results: dict[str, MemoryReport | str],
+                      formats: dict[str, str] | None = None) -> list[dict[str, str]]:
     """Rows of the comparison table as text: the weights format, one row per memory part and host RAM,
     one column per engine. An engine without a result says why in short ("does not start")."""
     rows: list[dict[str, str]] = []
@@ -194,55 +197,56 @@ def side_by_side_rows(results: dict[str, dict | str], formats: dict[str, str] | 
     for key, label in ROWS:
         row = {"Part": label}
         for eng, r in results.items():
-            row[eng] = format_gib(r[key]) if isinstance(r, dict) and r.get(key) is not None else "does not start"
+            v = r.value(key) if isinstance(r, MemoryReport) else None
+            row[eng] = format_gib(v) if v is not None else "does not start"
         rows.append(row)
     host = {"Part": "Host RAM (not GPU)"}
     for eng, r in results.items():
-        host[eng] = ("—" if not isinstance(r, dict) else
-                     format_gib(r["host_bytes"]) if "host_bytes" in r else "not modelled")
+        host[eng] = ("—" if not isinstance(r, MemoryReport) else
+                     format_gib(r.details["host_bytes"]) if "host_bytes" in r.details else "not modelled")
     rows.append(host)
     return rows
 
 
-def differences(inp: dict[str, Any], results: dict[str, dict | str]) -> list[str]:
+def differences(inp: dict[str, Any], results: dict[str, MemoryReport | str]) -> list[str]:
     """One sentence per engine: what its number is, and why it differs from the others."""
     ctx = tokens_label(inp["context"])
     out = []
     tf = results["transformers"]
-    if isinstance(tf, dict):
+    if isinstance(tf, MemoryReport):
         out.append(f"**transformers** grows its KV cache to exactly {ctx} tokens × batch {inp['batch']} and peaks "
-                   f"in the prefill forward ({format_gib(tf['activations_bytes'])} of activations): "
-                   f"{format_gib(tf['device_used_bytes'])}.")
+                   f"in the prefill forward ({format_gib(tf.activations_bytes or 0)} of activations): "
+                   f"{format_gib(tf.device_used_bytes or 0)}.")
     v = results["vLLM"]
-    if isinstance(v, dict):
-        least = ""
-        if "smallest_utilization" in v:
-            least = (f"; gpu_memory_utilization {v['smallest_utilization']:.2f} "
-                     f"({format_gib(v['smallest_device_used_bytes'])}) would hold one {ctx}-token request")
+    if isinstance(v, MemoryReport):
+        d, least = v.details, ""
+        if "smallest_utilization" in d:
+            least = (f"; gpu_memory_utilization {d['smallest_utilization']:.2f} "
+                     f"({format_gib(d['smallest_device_used_bytes'])}) would hold one {ctx}-token request")
         out.append(f"**vLLM** takes {inp['util']:.0%} of the GPU at startup whatever the context and gives what the "
-                   f"model leaves to a KV pool of {v['num_gpu_blocks']:,} blocks, {v['max_concurrency']:.1f} requests "
+                   f"model leaves to a KV pool of {d['num_gpu_blocks']:,} blocks, {d['max_concurrency']:.1f} requests "
                    f"of {ctx} tokens at once{least}.")
     else:
         out.append(f"**vLLM**: {md(v)}")
     lcr = results["llama.cpp"]
-    if isinstance(lcr, dict):
-        out.append(f"**llama.cpp** keeps the token embedding in host RAM, allocates all {lcr['kv_cells']:,} KV cells "
-                   f"at start and sizes its compute buffer for one 512-token batch "
-                   f"({format_gib(lcr['compute_buffer_bytes'])}), not the whole prompt: "
-                   f"{format_gib(lcr['device_used_bytes'])}.")
+    if isinstance(lcr, MemoryReport):
+        out.append(f"**llama.cpp** keeps the token embedding in host RAM, allocates all {lcr.details['kv_cells']:,} KV "
+                   f"cells at start and sizes its compute buffer for one 512-token batch "
+                   f"({format_gib(lcr.details['compute_buffer_bytes'])}), not the whole prompt: "
+                   f"{format_gib(lcr.device_used_bytes or 0)}.")
     else:
         out.append(f"**llama.cpp**: {md(lcr)}")
     return out
 
 
-def side_by_side_figure(results: dict[str, dict | str]):
+def side_by_side_figure(results: dict[str, MemoryReport | str]):
     """Stacked bars of the four parts per engine, in GiB."""
     import plotly.graph_objects as go
 
-    engines = [e for e, r in results.items() if isinstance(r, dict)]
+    reports = {e: r for e, r in results.items() if isinstance(r, MemoryReport)}
     fig = go.Figure()
     for key, label in ROWS[:-1]:
-        fig.add_bar(name=label, x=engines, y=[gib(results[e][key]) for e in engines])
+        fig.add_bar(name=label, x=list(reports), y=[gib(r.value(key)) for r in reports.values()])
     fig.update_layout(barmode="stack", yaxis_title="GPU memory (GiB)", height=380,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.15))
     return fig
@@ -272,9 +276,9 @@ def render() -> None:
     cols = st.columns(3)
     for col, eng in zip(cols, ENGINES):
         r = results[eng]
-        if isinstance(r, dict):
-            fits = r["device_used_bytes"] <= inp["gpu"].memory_bytes and r.get("fits") is not False
-            col.metric(f"{eng}: GPU memory used", format_gib(r["device_used_bytes"]), border=True,
+        if isinstance(r, MemoryReport) and r.device_used_bytes is not None:
+            fits = r.device_used_bytes <= inp["gpu"].memory_bytes and r.details.get("fits", r.fits) is not False
+            col.metric(f"{eng}: GPU memory used", format_gib(r.device_used_bytes), border=True,
                        delta=f"{'fits' if fits else 'does not fit'} {name}", delta_arrow="off",
                        delta_color="normal" if fits else "inverse")
         else:
@@ -285,7 +289,7 @@ def render() -> None:
     st.dataframe(side_by_side_rows(results, weights_formats(inp)), hide_index=True, key="eng_table",
                  width="stretch")
     st.caption("All sizes in GiB (2^30 bytes). GPU memory used is what nvidia-smi shows for the process.")
-    if any(isinstance(r, dict) for r in results.values()):
+    if any(isinstance(r, MemoryReport) for r in results.values()):
         st.plotly_chart(side_by_side_figure(results), key="eng_chart", config={"displayModeBar": False})
     with st.expander("On device (ExecuTorch, Llama 3.2 release variants)"):
         st.dataframe(executorch_rows(inp["model"], inp["context"]), hide_index=True, key="eng_et_table",

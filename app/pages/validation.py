@@ -9,6 +9,7 @@ from pathlib import Path
 import streamlit as st
 
 import estimator
+from estimator.report import MemoryReport, compare
 
 from app import compute, figures, results, state
 from app.escape import md
@@ -23,9 +24,9 @@ def _load(root: str) -> results.Loaded:
     return results.load_results(Path(root))
 
 
-def _estimate(**kw) -> dict:
+def _estimate(**kw) -> estimator.Estimate:
     kw.setdefault("gpu", None)
-    return estimator.estimate(**kw).to_dict()
+    return estimator.estimate(**kw)
 
 
 def _run_measurement(s: dict) -> None:
@@ -175,8 +176,8 @@ def render() -> None:
     result = st.session_state.get(state.MEASURE_RESULT)
     if result:
         est = _estimate(**{k: v for k, v in s.items() if k != "model"}, model=compute.model_from_key(s["model"]))
-        rows = [{"counter": c, "estimate": est.get(c), "measured": results.counter_value(result.get(c))}
-                for c in results.COUNTERS]
+        measured = MemoryReport.from_dict({"settings": s, **result})
+        rows = [{"counter": c, **v} for c, v in compare(est, measured, results.COUNTERS).items()]
         st.dataframe(rows, hide_index=True, key="measure_table")
 
 

@@ -11,7 +11,7 @@ from app import figures, state
 
 @pytest.fixture(scope="module")
 def est():
-    return estimator.estimate(gpu="rtx-4090-24gb").to_dict()
+    return estimator.estimate(gpu="rtx-4090-24gb")
 
 
 def test_breakdown_figure_stacks_the_four_components(est):
@@ -20,9 +20,9 @@ def test_breakdown_figure_stacks_the_four_components(est):
     fig = figures.breakdown_figure(est, cap, "RTX 4090")
     parts = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes")
     # each part labelled with its size (the legend), so the small ones are named too
-    assert [t.name for t in fig.data] == [f"{n} {est[f] / GiB:.2f} GiB" for n, f in
+    assert [t.name for t in fig.data] == [f"{n} {getattr(est, f) / GiB:.2f} GiB" for n, f in
                                           zip(["Weights", "KV cache", "Activations", "Overhead"], parts)]
-    assert sum(t.x[0] for t in fig.data) == pytest.approx(est["device_used_bytes"] / GiB)
+    assert sum(t.x[0] for t in fig.data) == pytest.approx(est.device_used_bytes / GiB)
     assert fig.layout.barmode == "stack"
     assert [s.x0 for s in fig.layout.shapes] == [pytest.approx(cap / GiB)]
     assert fig.layout.xaxis.title.text == "GiB"

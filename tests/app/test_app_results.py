@@ -13,7 +13,7 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def _est(**kw):
-    return estimator.estimate(**kw).to_dict()
+    return estimator.estimate(**kw)
 
 
 def test_load_results_empty_and_missing_dirs():

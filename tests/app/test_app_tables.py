@@ -44,7 +44,7 @@ def test_sweep_csv_round_trips():
 
 
 def test_formula_rows_fill_in_this_model():
-    est = estimator.estimate(context=8192, gpu="rtx-4090-24gb").to_dict()
+    est = estimator.estimate(context=8192, gpu="rtx-4090-24gb")
     rows = {r["Term"]: r for r in tables.formula_rows(SPEC, est)}
     assert "28 layers × 8 KV heads × 128 head_dim" in rows["KV cache"]["Formula"]
     assert "114,688 B/token" in rows["KV cache"]["Formula"]
@@ -58,26 +58,26 @@ def test_sweep_contexts_are_log_spaced_1k_to_128k():
 
 
 def test_phases_table_peak_matches_headline():
-    est = estimator.estimate(gpu="rtx-4090-24gb").to_dict()
+    est = estimator.estimate(gpu="rtx-4090-24gb")
     rows = tables.phases_table(est)
     assert [r["Phase"].split()[0] for r in rows] == ["Load", "Prefill", "Decode"]
-    assert max(r["Device used"] for r in rows) == pytest.approx(est["device_used_bytes"] / (1 << 30))
+    assert max(r["Device used"] for r in rows) == pytest.approx(est.device_used_bytes / (1 << 30))
 
 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_kv_formula_says_the_window(batch):
     """The context is the window: KV bytes = per-token bytes x context x batch (no '+ new tokens')."""
-    est = estimator.estimate(context=8192, batch=batch, gpu="rtx-4090-24gb").to_dict()
+    est = estimator.estimate(context=8192, batch=batch, gpu="rtx-4090-24gb")
     formula = {r["Term"]: r for r in tables.formula_rows(SPEC, est)}["KV cache"]["Formula"]
     per_tok = estimator.kv_bytes_per_token(SPEC, "auto", 2)
-    assert per_tok * 8192 * batch == est["kv_cache_bytes"]
+    assert per_tok * 8192 * batch == est.kv_cache_bytes
     assert f"{per_tok:,} B/token per sequence; × 8,192 tokens of context" in formula
     assert f"× batch {batch}" in formula and "window" in formula
     assert "context +" not in formula and "window the cache holds: 8,160 prompt + 32 new tokens" in formula
 
 
 def test_activations_formula_counts_prompt_tokens():
-    est = estimator.estimate(context=8192, gpu="rtx-4090-24gb").to_dict()
+    est = estimator.estimate(context=8192, gpu="rtx-4090-24gb")
     rows = {r["Term"]: r for r in tables.formula_rows(SPEC, est)}
     assert "per prompt token × 8,160 prompt tokens × batch 1" in rows["Activations"]["Formula"]
 
@@ -93,7 +93,7 @@ def test_largest_context_text(max_ctx, window, value, note):
 
 
 def test_headline_caption_escapes_the_model_label():
-    est = estimator.estimate(gpu="rtx-4090-24gb").to_dict()
+    est = estimator.estimate(gpu="rtx-4090-24gb")
     cap = tables.headline_caption("[x](javascript:alert(1))", est)
     assert "](javascript" not in cap and cap.startswith("\\[x\\]\\(javascript\\:alert\\(1\\)\\)")
     assert "8K context (window)" in cap
@@ -134,14 +134,14 @@ def test_naive_rule_rows_explain_the_whole_estimate():
     the estimate adds; the terms add up to the estimator's own device-used total (to the GiB digit)."""
     from app import tables
 
-    est = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="rtx-4060-8gb").to_dict()
+    est = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="rtx-4060-8gb")
     rows = tables.naive_rule_rows(est)
     assert rows[0]["GiB"] == f"{3_212_749_824 * 4 // 8 / 2**30:.2f}"  # 1.50 GiB
     # the tied embedding stays bf16 under bitsandbytes: parameters minus the naive 4-bit weights
-    emb = est["breakdown"]["weights"]["parameters"] - 3_212_749_824 * 4 // 8
+    emb = est.breakdown["weights"]["parameters"] - 3_212_749_824 * 4 // 8
     assert rows[2]["GiB"] == f"{emb / 2**30:+.2f}" and emb > 0
-    assert rows[-1]["GiB"] == f"{est['device_used_bytes'] / 2**30:.2f}"
-    assert f"simple rule: {(3_212_749_824 // 2 + est['kv_cache_bytes']) / 2**30:.2f} GiB" in rows[-1]["Term"]
+    assert rows[-1]["GiB"] == f"{est.device_used_bytes / 2**30:.2f}"
+    assert f"simple rule: {(3_212_749_824 // 2 + est.kv_cache_bytes) / 2**30:.2f} GiB" in rows[-1]["Term"]
 
 
 def test_export_names_describe_their_content():
