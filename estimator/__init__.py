@@ -9,13 +9,14 @@ See docs/api.md for the whole API and docs/memory-model.md for how each number i
 """
 
 from .errors import EstimatorError, InvalidSpecError, UnknownNameError
-from .estimate import COUNTERS, Estimate, Settings, estimate, estimate_settings, make_settings
+from .estimate import Estimate, Settings, estimate, estimate_settings, make_settings
 from .gpus import Gpu, get_gpu, gpu_catalog
 from .kv import KV_DTYPES, kv_bytes_per_token, kv_cache_bytes
 from .model import (DEFAULT_PRESET, PRESETS, ModelSpec, from_hf_config, load_model, load_preset,
                     param_breakdown, parse_config_text)
 from .quant import (PRECISION_ORDER, QUANTS, TRANSFORMERS_QUANTS, effective_bits_per_param, get_quant,
                     weight_bytes, weight_tensors)
+from .report import COUNTERS
 from .solve import best_quant, context_grid, max_batch, max_context, smallest_gpu, sweep
 
 __all__ = [

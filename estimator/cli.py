@@ -12,14 +12,14 @@ import io
 import json
 import sys
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from .engines import cli as engine_cli
 from .errors import EstimatorError, InvalidSpecError
 from .estimate import ATTN_IMPLS, BNB_COMPUTE_DTYPES, CACHE_KINDS, LOGITS_MODES, estimate_settings, make_settings
-from .gpus import get_gpu, gpu_catalog
+from .gpus import Gpu, get_gpu, gpu_catalog
 from .kv import KV_DTYPES
-from .model import DEFAULT_PRESET, PRESETS, load_model
+from .model import DEFAULT_PRESET, PRESETS, ModelSpec, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
 from .units import GiB, format_context, one_line, parse_context, parse_int, parse_size
@@ -30,7 +30,7 @@ class CliError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+    def error(self, message: str) -> NoReturn:  # one line, exit 2, no usage dump
         raise CliError(message)
 
 
@@ -133,8 +133,11 @@ def format_estimate(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _other_engine(args: argparse.Namespace, run) -> tuple[dict[str, Any], str] | None:
-    """Run an engine model (vLLM, llama.cpp) when --engine names one; None for transformers."""
+def _other_engine(args: argparse.Namespace,
+                  run: Callable[[argparse.Namespace, ModelSpec, Gpu | None, int | None], dict[str, Any]],
+                  ) -> tuple[dict[str, Any], str] | None:
+    """Run an engine model (vLLM, llama.cpp) when --engine names one; None for transformers.
+    ``run``: ``engine_cli.engine_estimate`` or ``engine_fit``."""
     if args.engine == "transformers":
         return None
     gpu = get_gpu(args.gpu) if args.gpu else None
@@ -205,7 +208,7 @@ def _cmd_gpus(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _cmd_quants(args: argparse.Namespace) -> tuple[Any, str]:
     spec = load_model(args.model)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for q in QUANTS.values():
         wb = weight_bytes(spec, q.name)
         rows.append({"name": q.name, "label": q.label, "bits": q.bits,

@@ -11,6 +11,7 @@ import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from .errors import UnknownNameError
 
@@ -26,7 +27,7 @@ class Gpu:
     cls: str
     bandwidth_bytes_per_s: int | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "name": self.name, "vendor": self.vendor, "arch": self.arch,
                 "memory_bytes": self.memory_bytes, "source": self.memory_source, "class": self.cls,
                 "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s}

@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from .errors import InvalidSpecError, UnknownNameError
 from .units import shown
@@ -35,7 +35,8 @@ DEFAULT_PRESET = "llama-3.2-3b"
 # (bias=config.attention_bias on q,k,v,o; Mistral has no bias key -> False), Qwen2Attention
 # (bias=True on q,k,v; False on o), Qwen3Attention (config.attention_bias; q_norm/k_norm over
 # head_dim), GraniteAttention (as Llama).
-_FAMILIES = {
+_BiasRule = Literal["cfg"] | bool
+_FAMILIES: dict[str, tuple[_BiasRule, _BiasRule, bool]] = {
     "llama": ("cfg", "cfg", False),
     "mistral": ("cfg", "cfg", False),
     "granite": ("cfg", "cfg", False),
@@ -292,7 +293,8 @@ def preset_config(name: str) -> dict[str, Any]:
     if name not in PRESETS:
         raise UnknownNameError(f"model must be one of {', '.join(PRESETS)} or a path to a config.json: {name!r}")
     text = resources.files("estimator").joinpath(f"data/models/{name}.json").read_text()
-    return json.loads(text)
+    cfg: dict[str, Any] = json.loads(text)  # each shipped preset is a JSON object
+    return cfg
 
 
 @functools.lru_cache(maxsize=16)

@@ -13,7 +13,8 @@ vLLM and llama.cpp give the one report type, ``estimator.report.MemoryReport``: 
 ``llamacpp.report`` from an engine estimate, ``estimate_report`` / ``fit_report`` in each module
 from settings (here as ``vllm_report``, ``llamacpp_report``, ...).
 
-Standard library only; the header readers import ``gguf`` / ``safetensors`` lazily when asked.
+Standard library only; the ``gguf_file`` header readers are standard-library parsers (no ``gguf`` /
+``safetensors`` package).
 """
 
 from .executorch import VARIANTS as EXECUTORCH_VARIANTS

@@ -12,9 +12,11 @@ object to print; ``format_engine_table`` renders it in GiB. When vLLM would not 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, overload
 
 from ..errors import EstimatorError, InvalidSpecError
+from ..gpus import Gpu
 from ..model import ModelSpec
 from ..overhead import cuda_context_bytes
 from . import ENGINES
@@ -38,7 +40,7 @@ def _engine(text: str) -> str:
     return t
 
 
-def _int_type(flag: str, lo: int, hi: int):
+def _int_type(flag: str, lo: int, hi: int) -> Callable[[str], int]:
     """An argparse type: an ASCII integer in [lo, hi] (argparse's ``int`` takes "²" and "١٢")."""
     from ..units import parse_int
 
@@ -108,12 +110,16 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- flags to library keywords -------------------------------------------------------------------
 
-def _total(gpu: Any, gpu_memory_bytes: int | None) -> int | None:
+def _total(gpu: Gpu | None, gpu_memory_bytes: int | None) -> int | None:
     if gpu_memory_bytes is not None:
         return gpu_memory_bytes
     return gpu.memory_bytes if gpu is not None else None
 
 
+@overload
+def _context_of(args: argparse.Namespace, default: int, window: int | None = None) -> int: ...
+@overload
+def _context_of(args: argparse.Namespace, default: None = None, window: int | None = None) -> int | None: ...
 def _context_of(args: argparse.Namespace, default: int | None = None, window: int | None = None) -> int | None:
     """--context (the window: vLLM's max_model_len, llama.cpp's n_ctx), at most ``window``."""
     from ..units import parse_context
@@ -125,12 +131,12 @@ def _context_of(args: argparse.Namespace, default: int | None = None, window: in
     return n
 
 
-def _cuda_context(gpu: Any) -> int:
+def _cuda_context(gpu: Gpu | None) -> int:
     """The CUDA context of the GPU's class (estimator.overhead), as the transformers estimate uses."""
     return cuda_context_bytes(gpu.cls if gpu is not None else "custom")
 
 
-def _labels(args: argparse.Namespace, gpu: Any) -> dict[str, Any]:
+def _labels(args: argparse.Namespace, gpu: Gpu | None) -> dict[str, Any]:
     """The settings as the flags name them (the engine libraries fill in the rest)."""
     return {"quant": getattr(args, "quant", None), "kv_dtype": getattr(args, "kv_dtype", None),
             "gpu": getattr(gpu, "key", None)}
@@ -148,7 +154,7 @@ def _vllm_weights(args: argparse.Namespace) -> tuple[str, str | None]:
     return q, None
 
 
-def _vllm_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Any) -> dict[str, Any]:
+def _vllm_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> dict[str, Any]:
     """``estimate_vllm`` keywords from the vLLM flags (validated: one line naming the accepted values)."""
     kv = str(getattr(args, "kv_dtype", "auto") or "auto").lower()
     if kv not in ("auto",) + tuple(vl.KV_DTYPE_BYTES):  # the fp8 variants and dtype spellings are taken too
@@ -168,7 +174,8 @@ def _vllm_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Any) -> dict[str, A
     return kw
 
 
-def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Any) -> tuple[ModelSpec, str, dict[str, Any]]:
+def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec,
+                 gpu: Gpu | None) -> tuple[ModelSpec, str, dict[str, Any]]:
     """(model, quant, ``estimate_llamacpp`` keywords plus ``settings``) from the llama.cpp flags; with
     ``--gguf`` the model and tensors are the file's and the quant is "gguf"."""
     quant = str(getattr(args, "quant", "q4_k_m") or "q4_k_m").lower()
@@ -194,7 +201,8 @@ def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Any) -> tuple[M
 
 # --- the commands --------------------------------------------------------------------------------
 
-def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_bytes: int | None) -> dict:
+def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
+                    gpu_memory_bytes: int | None) -> dict[str, Any]:
     """The JSON object ``estimate --engine vllm|llama.cpp`` prints.
 
     vLLM: ``vllm.estimate_report`` at max_model_len = ``--context``; raises ``EngineRefusal``
@@ -217,7 +225,8 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_mem
     raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
 
 
-def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Any, gpu_memory_bytes: int | None) -> dict:
+def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
+               gpu_memory_bytes: int | None) -> dict[str, Any]:
     """``fit --engine ...``: the largest context that starts (vLLM max_model_len, ``vllm.fit_report``)
     or fits (llama.cpp n_ctx, ``llamacpp.fit_report``), with the estimate there."""
     engine = getattr(args, "engine", "transformers")
@@ -242,7 +251,7 @@ def _g(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f} GiB"
 
 
-def format_engine_table(result: dict) -> str:
+def format_engine_table(result: Mapping[str, Any]) -> str:
     """A readable table in GiB for an ``engine_estimate`` or ``engine_fit`` result."""
     lines: list[str] = []
     if "max_context" in result:

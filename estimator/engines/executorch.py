@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import InvalidSpecError, UnknownNameError
 from ..model import ModelSpec
@@ -65,7 +66,7 @@ class ExecuTorchEstimate:
         """Resident memory: the program's constants (mmapped) + the memory-planned arena."""
         return self.program_bytes + self.kv_cache_bytes + self.activations_bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["runtime_bytes"] = self.runtime_bytes
         return d

@@ -23,7 +23,7 @@ import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeGuard
 
 from ..errors import InvalidSpecError
 from ..model import ModelSpec
@@ -114,7 +114,7 @@ def _show(value: Any, limit: int = 80) -> str:
     return r if len(r) <= limit else r[:limit - 3] + "..."
 
 
-def _is_int(v: Any) -> bool:
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -196,10 +196,10 @@ class _Header:
         return s.unpack_from(self.buf, i)[0]
 
     def u32(self, what: str) -> int:
-        return self.scalar(_GGUF_SCALARS[4], what)
+        return int(self.scalar(_GGUF_SCALARS[4], what))  # "<I" unpacks an int
 
     def u64(self, what: str) -> int:
-        return self.scalar(_GGUF_SCALARS[10], what)
+        return int(self.scalar(_GGUF_SCALARS[10], what))  # "<Q" unpacks an int
 
     def string_length(self, what: str) -> int:
         n = self.u64(f"length of {what}")
@@ -583,12 +583,12 @@ def _read_safetensors_index(p: Path) -> list[dict[str, Any]]:
         sp = p.parent / shard
         if not sp.exists():
             raise InvalidSpecError(f"{where}: shard {_show(shard)} is missing from {_show(str(p.parent), 200)}")
-        for e in _read_safetensors_file(sp):
-            if e["name"] in seen:
-                raise InvalidSpecError(f"{where}: tensor {_show(e['name'])} is in both {_show(seen[e['name']])} "
-                                       f"and {_show(shard)}")
-            seen[e["name"]] = shard
-            out.append(e)
+        for entry in _read_safetensors_file(sp):
+            if entry["name"] in seen:
+                raise InvalidSpecError(f"{where}: tensor {_show(entry['name'])} is in both "
+                                       f"{_show(seen[entry['name']])} and {_show(shard)}")
+            seen[entry["name"]] = shard
+            out.append(entry)
     return out
 
 

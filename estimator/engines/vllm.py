@@ -35,11 +35,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EstimatorError, InvalidSpecError, UnknownNameError
+from ..gpus import Gpu, gpu_catalog
 from ..model import ModelSpec, Tensor, tensors
 from ..report import MemoryReport
 from ..solve import largest_true
@@ -368,7 +369,7 @@ class VllmEstimate:
     cuda_context_bytes: int
     starts: bool
     refusal: str | None
-    breakdown: dict
+    breakdown: dict[str, Any]
 
     @property
     def device_used_bytes(self) -> int:
@@ -379,7 +380,7 @@ class VllmEstimate:
         used += self.cuda_graph_bytes  # inside the budget (V1 estimate) or captured on top of it (V0)
         return used
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["device_used_bytes"] = self.device_used_bytes
         d["max_concurrency"] = round(self.max_concurrency, 4)
@@ -445,7 +446,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         int(gpu_memory_bytes * gpu_memory_utilization)
 
     # Per rank; the last PP rank (lm_head + sampler) and rank 0 (embedding) are the candidates.
-    best = None
+    cands = []
     for rank in range(pp):
         parts = weights_bytes_per_gpu(spec, d, tp, pp, rank, quantization)
         if checkpoint_weights_bytes is not None:
@@ -473,10 +474,9 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
         blocks = max(pool // blk, 0) if blk else 0
-        cand = (blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk)
-        if best is None or cand[0] < best[0]:
-            best = cand
-    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk = best
+        cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk))
+    # the rank with the fewest KV blocks (the first of equals)
+    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk = min(cands, key=lambda c: c[0])
     if eng == "v1":
         per_req = -(-max_model_len // block_size)
         conc = blocks / per_req
@@ -542,7 +542,7 @@ def _monotone_pieces(version: str, cap: int, batched_given: bool) -> list[int]:
     return [e for e in (2048, 32768) if e < cap] + [cap]
 
 
-def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
+def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw: Any) -> int:
     """The largest max_model_len (a multiple of 16, or the model's window when all of it starts)
     such that vLLM starts with it and with every shorter max_model_len; 0 if 16 does not start.
 
@@ -569,7 +569,7 @@ def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw) -> int:
     return best
 
 
-def smallest_utilization(spec: ModelSpec, gpu_memory_bytes: int, step: float = 0.01, **kw) -> float | None:
+def smallest_utilization(spec: ModelSpec, gpu_memory_bytes: int, step: float = 0.01, **kw: Any) -> float | None:
     """The smallest gpu_memory_utilization, a multiple of ``step``, at which vLLM starts these settings
     (one request of max_model_len fits the pool); None if 1.0 does not. Starting is monotone in the
     utilization: every other term of the budget is fixed, the pool is what is left."""
@@ -585,13 +585,12 @@ def smallest_utilization(spec: ModelSpec, gpu_memory_bytes: int, step: float = 0
     return None if k > n else k / n
 
 
-def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus=None,
-                     max_gpus: int = 8, **kw) -> dict | None:
+def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus: Iterable[Gpu] | None = None,
+                     max_gpus: int = 8, **kw: Any) -> dict[str, Any] | None:
     """The smallest set of identical catalog GPUs (fewest GPUs, then least memory per GPU) on which
     vLLM starts with ``max_model_len``, trying TP 1/2/4/8 and then TP x PP. Returns
     {"gpu", "tensor_parallel_size", "pipeline_parallel_size", "num_gpus", "estimate"} or None."""
     if gpus is None:
-        from ..gpus import gpu_catalog
         gpus = gpu_catalog()
     gpus = [g for g in gpus if getattr(g, "vendor", "nvidia") == "nvidia"]
     layouts = sorted({(tp, pp) for tp in (1, 2, 4, 8) for pp in (1, 2, 4, 8) if tp * pp <= max_gpus},

@@ -66,7 +66,7 @@ def model_buffers(tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int
     has_output = any(t.name == "output.weight" for t in tensors)
     gpu_b = host_b = 0
     for t in tensors:
-        entries = [(t, t.layer)]
+        entries: list[tuple[GgufTensor, int | str | None]] = [(t, t.layer)]  # where: a layer, input or output
         if t.name == "token_embd.weight":
             entries = [(t, "input")]
             if not has_output:

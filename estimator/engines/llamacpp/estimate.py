@@ -52,7 +52,7 @@ class LlamaCppEstimate:
     def host_bytes(self) -> int:
         return self.host_buffer_bytes + self.host_kv_buffer_bytes + self.host_compute_buffer_bytes
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["device_bytes"] = self.device_bytes
         d["host_bytes"] = self.host_bytes
@@ -102,7 +102,7 @@ def estimate_llamacpp(spec: ModelSpec, quant: str = "q4_k_m", n_ctx: int = 4096,
 
 
 def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, margin_bytes: int = 0,
-                         cap: int | None = None, **kw) -> int:
+                         cap: int | None = None, **kw: Any) -> int:
     """The largest n_ctx whose GPU buffers fit in ``gpu_memory_bytes - margin_bytes``, with every
     smaller n_ctx fitting too: a multiple of 256, or ``cap`` (default and at most the model's window)
     when the whole window fits; 0 if 256 does not fit. Every buffer grows with n_ctx (KV cells,

@@ -4,6 +4,9 @@ minimal ggml graph. ``graph.compute_buffers`` builds the llama graph and replays
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypedDict
+
 from .types import _pad
 
 
@@ -61,21 +64,45 @@ class _Tallocr:
         fb.insert(j, [off, size])
 
 
+class _Node(TypedDict):
+    """A tensor of the graph: ``size`` bytes on ``dev`` ("gpu", "cpu" or "ext"), made by ``op`` from ``srcs``."""
+
+    name: str
+    size: int
+    srcs: list[_Node]
+    op: str
+    dev: str
+    view_of: _Node | None
+    input: bool
+    output: bool
+    external: bool
+
+
+class _State(TypedDict):
+    """ggml-alloc's per-tensor bookkeeping (``struct hash_node``); ``off`` is set once allocated."""
+
+    children: int
+    views: int
+    allocated: bool
+    off: int | None
+    own: bool
+
+
 class _Graph:
     """A minimal ggml graph: nodes in execution order with sizes, sources and view links."""
 
     def __init__(self) -> None:
-        self.nodes: list[dict] = []
+        self.nodes: list[_Node] = []
 
-    def add(self, name: str, nbytes: int, srcs: list, op: str = "op", dev: str = "gpu",
-            view_of: dict | None = None, inp: bool = False, out: bool = False) -> dict:
-        n = {"name": name, "size": nbytes, "srcs": [s for s in srcs if s is not None], "op": op,
-             "dev": dev, "view_of": view_of, "input": inp, "output": out, "external": False}
+    def add(self, name: str, nbytes: int, srcs: Sequence[_Node | None], op: str = "op", dev: str = "gpu",
+            view_of: _Node | None = None, inp: bool = False, out: bool = False) -> _Node:
+        n: _Node = {"name": name, "size": nbytes, "srcs": [s for s in srcs if s is not None], "op": op,
+                    "dev": dev, "view_of": view_of, "input": inp, "output": out, "external": False}
         self.nodes.append(n)
         return n
 
     @staticmethod
-    def ext(name: str) -> dict:
+    def ext(name: str) -> _Node:
         """A tensor with its own data (weight or KV cache): never allocated by the graph allocator."""
         return {"name": name, "size": 0, "srcs": [], "op": "none", "dev": "ext", "view_of": None,
                 "input": False, "output": False, "external": True}
@@ -84,9 +111,9 @@ class _Graph:
 def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:
     """Replay ggml_gallocr_alloc_graph_impl; returns the max buffer size per device."""
     allocs = {d: _Tallocr(a) for d, a in alignments.items()}
-    state: dict[int, dict] = {}
+    state: dict[int, _State] = {}
 
-    def st(t: dict) -> dict:
+    def st(t: _Node) -> _State:
         return state.setdefault(id(t), {"children": 0, "views": 0, "allocated": False, "off": None, "own": False})
 
     for n in g.nodes:
@@ -95,7 +122,7 @@ def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:
         for s in n["srcs"]:
             st(s)["children"] += 1
 
-    def allocate(t: dict) -> None:
+    def allocate(t: _Node) -> None:
         s = st(t)
         if t["external"] or s["allocated"] or s["own"] or t["view_of"] is not None:
             return
@@ -111,7 +138,6 @@ def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:
                         vs = st(p["view_of"])
                         if vs["views"] == 1 and vs["children"] == 0:
                             s["off"] = vs["off"]
-                            s["reuse"] = p["view_of"]
                             ps["allocated"] = False
                             vs["allocated"] = False
                             return
@@ -121,10 +147,11 @@ def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:
                         return
         s["off"] = allocs[t["dev"]].alloc(t["size"])
 
-    def free(t: dict) -> None:
+    def free(t: _Node) -> None:
         if t["output"] or t["external"]:
             return
         s = st(t)
+        assert s["off"] is not None, "only an allocated tensor is freed"
         allocs[t["dev"]].release(s["off"], t["size"])
         s["allocated"] = False
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ...errors import InvalidSpecError, UnknownNameError
 from ...model import ModelSpec
 from .buffers import kv_size_cells, offloaded_layers
-from .galloc import _Graph, _simulate
+from .galloc import _Graph, _Node, _simulate
 from .types import CPU_ALIGNMENT, CUDA_ALIGNMENT, KQ_MASK_PAD, OP_OFFLOAD_MIN_BATCH, VERSIONS, _pad
 
 
@@ -72,9 +72,9 @@ def compute_buffers(spec: ModelSpec, n_ctx: int, n_ubatch: int = 512, flash_attn
     mask_c = g.add("KQ_mask", 4 * kv * mask_rows, [], "none", "cpu", inp=True)
     out_ids_c = g.add("inp_out_ids", 4 * n_out, [], "none", "cpu", inp=True)
     inpL = g.add("inp_embd", 4 * E * T, [tokens, _Graph.ext("token_embd")], "get_rows", "cpu")
-    copies: dict[tuple[int, str], dict] = {}
+    copies: dict[tuple[int, str], _Node] = {}
 
-    def on(dev: str, t: dict) -> dict:
+    def on(dev: str, t: _Node) -> _Node:
         if t["dev"] in (dev, "ext"):
             return t
         key = (id(t), dev)
@@ -82,9 +82,9 @@ def compute_buffers(spec: ModelSpec, n_ctx: int, n_ubatch: int = 512, flash_attn
             copies[key] = g.add(t["name"] + "#copy", t["size"], [], "none", dev, inp=True)
         return copies[key]
 
-    masks: dict[str, dict] = {}
+    masks: dict[str, _Node] = {}
 
-    def mask_for(dev: str) -> dict:
+    def mask_for(dev: str) -> _Node:
         if dev not in masks:
             m = on(dev, mask_c)
             if flash_attn:  # ggml_cast(KQ_mask, F16), built once per graph

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from ...errors import UnknownNameError
 from ...model import ModelSpec, tensors
@@ -28,7 +28,7 @@ class GgufTensor:
         return tensor_bytes(self.ggml_type, self.shape)
 
 
-def has_rope_freqs(spec: ModelSpec, hf_config: Mapping | None = None) -> bool:
+def has_rope_freqs(spec: ModelSpec, hf_config: Mapping[str, Any] | None = None) -> bool:
     """``rope_freqs.weight`` (F32, n_rot/2) is written by convert_hf_to_gguf.py for Llama 3.1+ configs
     with ``rope_scaling.rope_type == "llama3"`` (LlamaModel.generate_extra_tensors)."""
     cfg = hf_config
