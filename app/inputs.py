@@ -102,7 +102,7 @@ def parse_typed_context(text: object, window: int) -> int:
     return ctx
 
 
-def _parse_query(params: dict[str, str]) -> dict[str, Any]:
+def parse_query(params: dict[str, str]) -> dict[str, Any]:
     """Session values from query parameters; unknown, malformed or out-of-range values are ignored."""
 
     def get(k: str) -> str | None:
@@ -174,7 +174,7 @@ def init_state() -> None:
             ss[k] = saved[k]
     if not ss.get(state.QP_LOADED):
         ss[state.QP_LOADED] = True
-        parsed = _parse_query(dict(st.query_params.to_dict()))
+        parsed = parse_query(dict(st.query_params.to_dict()))
         if parsed.get(state.CONTEXT):
             ss.pop(state.CTX_SLIDER, None)
             ss.pop(state.CTX_TEXT, None)

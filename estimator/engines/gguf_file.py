@@ -142,7 +142,7 @@ def _reason(e: BaseException) -> str:
     return (getattr(e, "strerror", None) or str(e) or type(e).__name__).splitlines()[0]
 
 
-def _layer_of(name: str) -> int | None:
+def layer_of(name: str) -> int | None:
     if name.startswith("rope_freqs."):
         return 0  # created in layer 0's loop (llama-model.cpp), so it lives with layer 0
     if name.startswith("blk."):
@@ -358,7 +358,7 @@ def _parse_gguf(h: _Header) -> tuple[dict[str, Any], list[GgufTensor]]:
         if data_start + offset + nbytes > h.size:
             raise h.fail(f"tensor {_show(name)} data ({nbytes:,} bytes at offset {offset:,} from the data "
                          f"section at {data_start:,}) runs past the end of the file ({h.size:,} bytes)")
-        tensors.append(GgufTensor(name, shape, type_name, _layer_of(name)))
+        tensors.append(GgufTensor(name, shape, type_name, layer_of(name)))
     return meta, tensors
 
 

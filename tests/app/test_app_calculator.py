@@ -529,11 +529,11 @@ def test_keep_free_larger_than_the_gpu_is_an_error(at):
 
 
 def test_keep_free_query_parameter():
-    from app.inputs import _parse_query
+    from app.inputs import parse_query
 
-    assert _parse_query({"free": "1.5"})[state.KEEP_FREE_GIB] == 1.5
+    assert parse_query({"free": "1.5"})[state.KEEP_FREE_GIB] == 1.5
     for bad in ("-1", "65", "nan", "1e3", "١", "x" * 100):
-        assert state.KEEP_FREE_GIB not in _parse_query({"free": bad}), bad
+        assert state.KEEP_FREE_GIB not in parse_query({"free": bad}), bad
 
 
 def test_gpu_tab_with_more_kept_free_than_small_cards_hold(at):
@@ -561,11 +561,11 @@ def test_pre_sm80_math_fallback_is_explained_and_chunking_fixes_it(at):
 
 
 def test_prefill_chunk_query_parameter():
-    from app.inputs import _parse_query
+    from app.inputs import parse_query
 
-    assert _parse_query({"chunk": "1024"})[state.PREFILL_CHUNK] == 1024
+    assert parse_query({"chunk": "1024"})[state.PREFILL_CHUNK] == 1024
     for bad in ("1000", "-1", "１０２４", "99999999", "x"):
-        assert state.PREFILL_CHUNK not in _parse_query({"chunk": bad}), bad
+        assert state.PREFILL_CHUNK not in parse_query({"chunk": bad}), bad
 
 
 def test_headline_gives_gib_and_the_gb_cards_are_sold_in(at):

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app import state
-from app.inputs import Inputs, _parse_query, parse_typed_context, query_for, short_gpu_name
+from app.inputs import Inputs, parse_query, parse_typed_context, query_for, short_gpu_name
 
 KEYS = ("model", "quant", "kv", "ctx", "batch", "attn", "gpu", "mem")
 
@@ -16,7 +16,7 @@ KEYS = ("model", "quant", "kv", "ctx", "batch", "attn", "gpu", "mem")
 @given(st.dictionaries(st.sampled_from(KEYS), st.text(max_size=30)))
 def test_parse_query_never_raises_and_keeps_only_valid_values(params):
     """Any query string gives a dict of valid session values (bad values are dropped)."""
-    out = _parse_query(params)
+    out = parse_query(params)
     assert set(out) <= set(state.QUERY_KEYS.values())
     if state.QUANT in out:
         assert out[state.QUANT] in estimator.TRANSFORMERS_QUANTS
@@ -33,7 +33,7 @@ def test_query_round_trip():
                  capacity_bytes=48 << 30, capacity_label="48 GiB GPU")
     q = query_for(inp, "llama-3.1-8b")
     assert q["mem"] == "48" and q["gpu"] == "custom"
-    back = _parse_query(q)
+    back = parse_query(q)
     assert back == {state.MODEL: "llama-3.1-8b", state.QUANT: "nf4", state.KV_DTYPE: "fp8",
                     state.CONTEXT: 100_000, state.BATCH: 3, state.ATTN: "eager",
                     state.GPU: state.CUSTOM_GPU, state.GPU_MEM_GIB: 48.0}
@@ -45,7 +45,7 @@ def test_query_says_custom_for_uploaded_models():
     inp = Inputs(model=None, model_key="spec:{}", model_label="x", quant="bf16", kv_dtype="auto",
                  context=8192, batch=1, attn="sdpa", gpu_key="t4-16gb", capacity_bytes=1, capacity_label="T4")
     q = query_for(inp, state.CUSTOM_MODEL)
-    assert q["model"] == state.CUSTOM_MODEL and _parse_query(q)[state.MODEL] == state.CUSTOM_MODEL
+    assert q["model"] == state.CUSTOM_MODEL and parse_query(q)[state.MODEL] == state.CUSTOM_MODEL
 
 
 @pytest.mark.parametrize("tokens,stop", [(1, 1024), (8192, 8192), (10_000, 8192), (11_000, 12288),
@@ -84,13 +84,13 @@ WINDOW = 131072
     {"mem": "5000"}, {"model": "x" * 10_000}, {"gpu": "x" * 10_000},
 ])
 def test_parse_query_ignores_hostile_values(params):
-    assert _parse_query(params) == {}
+    assert parse_query(params) == {}
 
 
 def test_parse_query_bounds_context_by_the_models_window():
-    assert _parse_query({"ctx": "128k"}) == {state.CONTEXT: WINDOW}
-    assert _parse_query({"ctx": "33"}) == {state.CONTEXT: 33}
-    assert _parse_query({"model": "llama-3.2-1b", "ctx": "131072", "batch": " 7 ", "mem": "0.5"}) == {
+    assert parse_query({"ctx": "128k"}) == {state.CONTEXT: WINDOW}
+    assert parse_query({"ctx": "33"}) == {state.CONTEXT: 33}
+    assert parse_query({"model": "llama-3.2-1b", "ctx": "131072", "batch": " 7 ", "mem": "0.5"}) == {
         state.MODEL: "llama-3.2-1b", state.CONTEXT: 131072, state.BATCH: 7, state.GPU_MEM_GIB: 0.5}
 
 

@@ -721,6 +721,6 @@ def test_replace_keeps_types():
 
 
 def test_layer_of_ascii_only():
-    assert gf._layer_of("blk.12.attn_q.weight") == 12
-    assert gf._layer_of("blk.\u0663.attn_q.weight") is None  # int() would take the Arabic-Indic digit 3
-    assert gf._layer_of("blk") is None and gf._layer_of("output.weight") is None
+    assert gf.layer_of("blk.12.attn_q.weight") == 12
+    assert gf.layer_of("blk.\u0663.attn_q.weight") is None  # int() would take the Arabic-Indic digit 3
+    assert gf.layer_of("blk") is None and gf.layer_of("output.weight") is None
