@@ -57,7 +57,7 @@ MAX_SAFETENSORS_SHARDS = 10_000       # real checkpoints have at most a few hund
 SAFETENSORS_INDEX = "model.safetensors.index.json"  # transformers SAFE_WEIGHTS_INDEX_NAME
 SAFETENSORS_SINGLE = "model.safetensors"            # transformers SAFE_WEIGHTS_NAME
 
-_CHUNK = 1 << 20  # bytes read from the file at a time while parsing a GGUF header
+READ_CHUNK = 1 << 20  # bytes read from the file at a time while parsing a GGUF header
 
 # GGUF metadata value types (gguf_type, ggml/include/gguf.h) -> struct format of the fixed-size ones
 _GGUF_SCALARS = {0: struct.Struct("<B"), 1: struct.Struct("<b"), 2: struct.Struct("<H"), 3: struct.Struct("<h"),
@@ -181,7 +181,7 @@ class _Header:
         i = self.pos - self.buf_at
         if i < 0 or i + n > len(self.buf):
             self.f.seek(self.pos)
-            self.buf, self.buf_at, i = self.f.read(max(n, _CHUNK)), self.pos, 0
+            self.buf, self.buf_at, i = self.f.read(max(n, READ_CHUNK)), self.pos, 0
             if len(self.buf) < n:
                 raise self.fail(f"file shrank while reading {what} at offset {self.pos:,}")
         self.pos += n

@@ -254,7 +254,7 @@ def test_read_chunk_size_does_not_matter(tmp_path, monkeypatch, chunk):
     p = _write(tmp_path, _gguf(_llama_kvs() + [_nested(3), _kv("k", 9, _arr(8, 50, _s("xyz") * 50))],
                                _INFOS, b"\0" * 1348))
     expected = gf.read_gguf(p)
-    monkeypatch.setattr(gf, "_CHUNK", chunk)
+    monkeypatch.setattr(gf, "READ_CHUNK", chunk)
     assert gf.read_gguf(p) == expected
 
 
@@ -264,7 +264,7 @@ def test_header_larger_than_a_chunk(tmp_path):
     kvs = _llama_kvs()[:7] + [_kv("tokenizer.ggml.tokens", 9, _arr(8, n, b"".join(_s(f"tok{i}") for i in range(n)))),
                               _kv("tokenizer.ggml.scores", 9, _arr(6, n, b"\0" * 4 * n))]
     p = _write(tmp_path, _gguf(kvs, _INFOS, b"\0" * 1348))
-    assert p.stat().st_size > gf._CHUNK
+    assert p.stat().st_size > gf.READ_CHUNK
     t0 = time.perf_counter()
     meta, ts = gf.read_gguf(p)
     assert time.perf_counter() - t0 < FAST_S

@@ -155,7 +155,7 @@ def test_buffers_monotone_in_context(n, extra, fa):
 
 def test_allocator_best_fit_and_merge():
     """ggml_dyn_tallocr: freed neighbours merge; a fitting hole is reused before the tail."""
-    a = lc._Tallocr(1)
+    a = lc.Tallocr(1)
     x, y, _ = a.alloc(100), a.alloc(50), a.alloc(100)
     a.release(x, 100)
     a.release(y, 50)

@@ -21,7 +21,7 @@ from __future__ import annotations
 from .buffers import ModelBuffers, kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
 from .buffers import _cuda_alloc_size  # noqa: F401
 from .estimate import LlamaCppEstimate, estimate_llamacpp, estimate_report, fit_report, max_context_llamacpp, report
-from .galloc import _INPLACE_OPS, _Graph, _simulate, _Tallocr  # noqa: F401
+from .galloc import _INPLACE_OPS, _Graph, _simulate, Tallocr  # noqa: F401
 from .graph import ComputeBuffers, compute_buffers
 from .mixture import tensor_type, use_more_bits
 from .mixture import _FALLBACK, _fit_type, _is_70b  # noqa: F401

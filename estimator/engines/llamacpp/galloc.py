@@ -15,7 +15,7 @@ from .types import _pad
 _INPLACE_OPS = {"add", "mul", "rms_norm", "rope", "soft_max", "unary", "scale"}  # ggml_op_can_inplace
 
 
-class _Tallocr:
+class Tallocr:
     """ggml_dyn_tallocr: best fit among free blocks except the last, else the (unbounded) tail."""
 
     def __init__(self, alignment: int) -> None:
@@ -110,7 +110,7 @@ class _Graph:
 
 def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:
     """Replay ggml_gallocr_alloc_graph_impl; returns the max buffer size per device."""
-    allocs = {d: _Tallocr(a) for d, a in alignments.items()}
+    allocs = {d: Tallocr(a) for d, a in alignments.items()}
     state: dict[int, _State] = {}
 
     def st(t: _Node) -> _State:
