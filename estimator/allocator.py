@@ -14,12 +14,17 @@ Derived from ``c10/cuda/CUDACachingAllocator.cpp`` (torch 2.x, unchanged through
 Example: the 788,004,864 B bf16 embedding of Llama 3.2 3B gets a 788,529,152 B segment
 (rounded up to 2 MiB); the 524,288 B remainder is below 1 MiB, so the block is not split and
 ``memory_allocated`` grows by 788,529,152 B.
+
+These rules live here only: ``block_bytes``, ``segment_bytes``, ``reserved_for`` and ``floor_bytes``
+per request or set of requests, ``tally`` for tensors live together (the estimator's innermost
+loop), ``CachingAllocator`` block for block (the trace's simulation).
 """
 
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Iterable, Sequence
 
 from .units import MiB, round_up
 
@@ -29,11 +34,29 @@ SMALL_SEGMENT_BYTES = 2 * MiB
 LARGE_SEGMENT_BYTES = 20 * MiB
 MIN_LARGE_ALLOC_BYTES = 10 * MiB
 ROUND_LARGE_BYTES = 2 * MiB
+# The most rounding adds to one tensor: block_bytes(n) - n and floor_bytes(n) - n are below
+# this for any n (a large request's round-up to 2 MiB).
+MAX_ROUNDING_BYTES = ROUND_LARGE_BYTES
+# The most the shared pools' round-up to whole segments adds to reserved: the small pool's last
+# 2 MiB segment and the medium pool's last 20 MiB segment (``pool_segments``).
+POOL_ROUNDING_BYTES = SMALL_SEGMENT_BYTES + LARGE_SEGMENT_BYTES
+# The pools a request is served from (``pool_of``).
+SMALL, MEDIUM, LARGE = 0, 1, 2
+# (allocated, small-pool, medium-pool, large-segment) bytes of tensors live together (``tally``).
+Pools = tuple[int, int, int, int]
+NO_POOLS: Pools = (0, 0, 0, 0)
 
 
 def round_size(n: int) -> int:
     """The request after ``round_size``: a multiple of 512 B (0 stays 0)."""
     return (n + 511) & ~511 if n > 0 else 0
+
+
+def pool_of(n: int) -> int:
+    """The pool a request of ``n`` bytes is served from: SMALL (up to 1 MiB, shared 2 MiB
+    segments), MEDIUM (under 10 MiB, shared 20 MiB segments) or LARGE (a segment of its own)."""
+    r = round_size(n)
+    return SMALL if r <= SMALL_SIZE_BYTES else (MEDIUM if r < MIN_LARGE_ALLOC_BYTES else LARGE)
 
 
 def segment_bytes(n: int) -> int:
@@ -50,35 +73,67 @@ def block_bytes(n: int) -> int:
     """Bytes charged to ``memory_allocated`` for a request served by a fresh segment."""
     if n <= 0:
         return 0
-    r = (n + 511) & ~511
+    r = round_size(n)
     if r <= SMALL_SIZE_BYTES:
         return r
-    seg = LARGE_SEGMENT_BYTES if r < MIN_LARGE_ALLOC_BYTES else (r + ROUND_LARGE_BYTES - 1) // ROUND_LARGE_BYTES * ROUND_LARGE_BYTES
+    seg = segment_bytes(n)
     return seg if seg - r <= SMALL_SIZE_BYTES else r
 
 
-def reserved_for(sizes: "list[int] | tuple[int, ...]", counts: "list[int] | tuple[int, ...] | None" = None) -> int:
+def floor_bytes(n: int) -> int:
+    """Bytes a tensor takes in the segment floor (reserved bytes before the shared small and
+    medium pools round up to whole segments): 512-rounded, and for the large pool (>= 10 MiB)
+    its own segment rounded up to 2 MiB; never less than ``block_bytes(n)``."""
+    r = round_size(n)
+    return r if r < MIN_LARGE_ALLOC_BYTES else round_up(r, ROUND_LARGE_BYTES)
+
+
+def pool_segments(small: int, medium: int, large: int) -> int:
+    """Segment bytes of pools holding ``small`` / ``medium`` bytes in the shared 2 / 20 MiB
+    segments (rounded up to whole ones) and ``large`` bytes of large-pool segments."""
+    # round_up, inlined: this runs once per candidate evaluation
+    return large + -(-small // SMALL_SEGMENT_BYTES) * SMALL_SEGMENT_BYTES + -(-medium // LARGE_SEGMENT_BYTES) * LARGE_SEGMENT_BYTES
+
+
+def tally(sizes: Iterable[int], counts: Iterable[int], fresh: Iterable[int], start: Pools = NO_POOLS) -> Pools:
+    """(allocated, small-pool, medium-pool, large-segment) bytes of tensors live together, added
+    to ``start``: ``counts[i]`` tensors of ``sizes[i]`` bytes, ``fresh[i]`` of them served by a
+    fresh segment (``block_bytes``: a large block whose remainder is too small to split is charged
+    whole), the rest carved from a larger cached block (``round_size``). The small and medium pools
+    are summed before their round-up to whole segments (``pool_segments``).
+
+    The rules of ``block_bytes``, ``round_size`` and ``reserved_for`` in one pass, inlined: this is
+    the innermost loop of sweeps and solvers.
+    """
+    blk, small, medium, large = start
+    for v, n, fr in zip(sizes, counts, fresh):
+        if v <= 0:
+            continue
+        r = (v + 511) & ~511
+        if r <= SMALL_SIZE_BYTES:
+            r *= n
+            blk += r
+            small += r
+        elif r < MIN_LARGE_ALLOC_BYTES:
+            r *= n
+            blk += r
+            medium += r
+        else:
+            seg = -(-r // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+            blk += n * r + (fr * (seg - r) if seg - r <= SMALL_SIZE_BYTES else 0)  # only fresh blocks stay unsplit
+            large += n * seg
+    return blk, small, medium, large
+
+
+def reserved_for(sizes: Sequence[int], counts: Sequence[int] | None = None) -> int:
     """Segment bytes for a set of tensors allocated together and never freed.
 
     Large requests (>= 10 MiB) each get their own segment. Medium requests share 20 MiB
     segments and small ones share 2 MiB segments, packed in order (first fit), which is what
     the allocator does when nothing is freed in between.
     """
-    total = 0
-    small = medium = 0
-    for i, n in enumerate(sizes):
-        if n <= 0:
-            continue
-        c = counts[i] if counts is not None else 1
-        r = (n + 511) & ~511
-        if r <= SMALL_SIZE_BYTES:
-            small += c * r
-        elif r < MIN_LARGE_ALLOC_BYTES:
-            medium += c * r
-        else:
-            total += c * round_up(r, ROUND_LARGE_BYTES)
-    total += round_up(small, SMALL_SEGMENT_BYTES) + round_up(medium, LARGE_SEGMENT_BYTES)
-    return total
+    _, small, medium, large = tally(sizes, counts if counts is not None else [1] * len(sizes), [0] * len(sizes))
+    return pool_segments(small, medium, large)
 
 
 @dataclass(eq=False)

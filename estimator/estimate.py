@@ -21,6 +21,13 @@ Three totals, one per counter:
 "Context" is the window, as vLLM's ``max_model_len`` and llama.cpp's ``n_ctx``: the tokens the KV
 cache holds at the end. It is at most the model's ``max_position_embeddings``.
 
+The path, top down: ``estimate()`` reports what ``Planner.totals`` counts at the setting's prompt
+length; the solvers and sweeps (``solve``) ask the same planner at other prompt lengths. It adds
+the resident bytes (``Resident``: weights, cuBLAS workspace, CUDA context) to each forward's peak,
+evaluated from the replay plans of the prompt interval (``plans_at``: the forwards of
+``_forwards``, replayed by ``activations.trace_forward`` and kept by ``activations.plan``); the
+allocator's rounding is ``allocator.py``'s.
+
 Worked example, Llama 3.2 3B, bf16, SDPA, batch 1, context 8,224 (an 8,192-token prompt + 32 new
 tokens), H100: weights 6,425,500,160 B; KV 28 x 2 x 8 x 128 x 2 B x 8,224 = 943,194,112 B; the peak
 is in the last layer's MLP during prefill, with about 74 KB of temporaries per prompt token.
@@ -188,286 +195,7 @@ class Estimate(MemoryReport):
 
 
 # ---------------------------------------------------------------------------------------------
-# KV tensor sizes as polynomials in the context T.
-
-def _kv_layer_poly(s: Settings, tokens: act.Poly, tokens_at: int) -> act.Poly:
-    """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens (a polynomial in T);
-    ``tokens_at`` is its value at the planned context (a quantized cache's residual regime)."""
-    per_token, const = kv_layer_linear(s.model, s.batch, s.kv_resolved, s.compute_bytes, tokens_at)
-    return act.padd(act.pscale(tokens, per_token), act.P(const))
-
-
-def _cache_len_poly(s: Settings) -> act.Poly:
-    return act.P(s.max_cache_len) if s.max_cache_len else act.P(s.new_tokens, 1)
-
-
-def _forwards(s: Settings) -> dict[str, tuple[act.Forward, act.Poly, act.Poly, act.Poly]]:
-    """The forwards to replay: phase -> (forward, tokens in the other layers' K/V, extra live bytes).
-
-    Returns polys of T, the prompt (``s.context - s.new_tokens``). The regime (kernel choices,
-    chunking) is fixed by ``s.prompt_tokens``.
-    """
-    q_meta = get_quant(s.quant)
-    fam = "float" if q_meta.family == "executorch" else q_meta.family
-    cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
-    T, N, b = s.prompt_tokens, s.new_tokens, s.batch
-    common = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam, bnb_compute_bytes=cbn,
-                  attn=s.attn, padding=s.padding, cache=s.cache,
-                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
-                  half_to_float=s.compute_dtype == "fp16")
-    static = s.cache == "static"
-    out = {}
-    S_at = (s.max_cache_len or T + N) if static else T
-    cache_len = _cache_len_poly(s)
-    # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens C. With chunks,
-    # the peak is in the last chunk (q = T - kC tokens on top of kC cached, k = (T-1)//C), in the
-    # full chunk before it (C tokens on top of (k-1)C), or in the first chunk (C tokens, nothing
-    # cached): the continuation chunks in between are each smaller than the one before the last.
-    # The first chunk differs in kind: it has no 4-D mask (a chunk that does not start at 0 needs
-    # one: q_len < kv_len, masking_utils._ignore_causal_mask_sdpa), so on pre-sm80 GPUs it alone
-    # runs SDPA's math kernel with its fp32 scores. All three are replayed, so the forwards of a
-    # context are a superset of those of any shorter one.
-    chunked = s.prefill_chunk is not None and s.prefill_chunk < T
-    if chunked:
-        C = s.prefill_chunk
-        k = (T - 1) // C
-        alts = [("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T),
-                ("prefill:first", act.P(C), act.ZERO, b * C, act.P(C), C)]
-        if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is the first chunk)
-            alts.append(("prefill:prev", act.P(C), act.P((k - 1) * C), b * C, act.P(k * C), k * C))
-    else:
-        alts = [("prefill", act.P(0, 1), act.ZERO, b * T, act.P(0, 1), T)]
-    for name, q, past, m_max, S_dyn, S_dyn_at in alts:
-        S = cache_len if static else S_dyn
-        kv_new = _kv_layer_poly(s, S, S_at if static else S_dyn_at)
-        if static:
-            kv_old = kv_new if past != act.ZERO else act.ZERO
-        else:
-            kv_old = _kv_layer_poly(s, past, act.peval(past, T)) if past != act.ZERO else act.ZERO
-        continuation = past != act.ZERO
-        f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
-                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or continuation,
-                        m_max=m_max, **common)
-        # Chunked: the caller still holds the whole prompt's input_ids (the replay counts this
-        # chunk's), and after the first chunk the previous chunk's fp32 last-token logits.
-        extra = act.pscale(act.padd(act.P(0, 1), act.pscale(q, -1)), 8 * b) if chunked else act.ZERO
-        if continuation:
-            extra = act.padd(extra, act.P(b * s.model.vocab_size * act.FP32))
-        out[name] = (f, kv_new, extra)
-    if N >= 1:
-        # Last decode step: one token per sequence on top of T + N - 1 cached tokens.
-        past = act.P(N - 1, 1)
-        S = _cache_len_poly(s) if static else act.P(N, 1)
-        kv_new = _kv_layer_poly(s, S, S_at if static else T + N)
-        kv_old = kv_new if static else _kv_layer_poly(s, past, T + N - 1)
-        # generate() keeps the previous step's fp32 next-token logits and the growing input_ids.
-        extra = act.padd(act.P(b * s.model.vocab_size * act.FP32), act.pscale(past, b * act.INT64))
-        f = act.Forward(q=act.P(1), past=past, S=S, logits="last", kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
-                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or static, m_max=b, **common)
-        out["decode"] = (f, kv_new, extra)
-    return out
-
-
-def _thresholds(s: Settings, T: int) -> list[int]:
-    """Contexts at which the replay changes shape (kernel choices, chunk count, KV residual)."""
-    b, N, C = s.batch, s.new_tokens, s.prefill_chunk
-    R = KV_RESIDUAL_TOKENS  # a quantized cache changes shape when its residual fills
-    th = [R, R + 1 - N, R - N]
-    start = 0  # where the last prefill forward starts
-    if C is not None and T > C:
-        start = (T - 1) // C * C
-        th += [start + 1, start + C + 1, start - C + R, start + R, start - 2 * C + R]
-    elif C is not None:
-        th.append(C + 1)
-    th += [start + cdiv(m, b) for m in act.KERNEL_M_THRESHOLDS]
-    return sorted({t for t in th if t > 1})
-
-
-def _regime(s: Settings, T: int) -> tuple[int, int]:
-    """The context interval [lo, hi] around ``T`` in which the replay keeps its shape."""
-    lo, hi = 1, MAX_CONTEXT
-    for t in _thresholds(s, T):
-        if t <= T:
-            lo = t
-        else:
-            hi = t - 1
-            break
-    return lo, hi
-
-
-_PLANS: dict[tuple, dict[str, Any]] = {}
-# The forwards that belong to the prefill phase besides the last (prefill) one.
-PREFILL_ALTS = ("prefill:first", "prefill:prev")
-
-
-def _plans(s: Settings, T: int) -> tuple[dict[str, Any], int]:
-    """Replay plans per phase for prompt length T, cached per setting and prompt interval.
-
-    Returns the plans and the last prompt length of the interval they are valid for.
-    """
-    lo, hi = _regime(s, T)
-    key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
-           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
-           lo)
-    hit = _PLANS.get(key)
-    if hit is None:
-        if len(_PLANS) > 4096:
-            _PLANS.clear()
-        at = s if s.prompt_tokens == T else replace(s, context=T + s.new_tokens)
-        n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
-        hit = {phase: (act.plan(act.trace_forward(s.model, f), lo, hi, ((kv_poly, n_other), (extra, 1))), kv_poly, extra)
-               for phase, (f, kv_poly, extra) in _forwards(at).items()}
-        # Where the decode step can never reach the prefill's peak over the whole interval (its
-        # live bytes plus every rounding it could get stay below the prefill's raw live bytes),
-        # the lean path (sweeps) skips it. estimate() always replays both.
-        if "decode" in hit:
-            p = hit["prefill"][0][0].raw
-
-            def settled(x: int) -> bool:  # prefill stays ahead of decode for every T in [x, hi]
-                return all(act._min_on(act.padd(p, act.pscale(d.raw, -1)), x, hi) >= max(d.slack, d.res_slack)
-                           for d in hit["decode"][0])
-
-            a, z = lo, hi + 1  # smallest x with settled(x) (z = hi + 1: never settled)
-            if settled(lo):
-                z = lo
-            else:
-                while z - a > 1:
-                    mid = (a + z) // 2
-                    a, z = (a, mid) if settled(mid) else (mid, z)
-            hit["decode_until"] = z - 1  # decode may set a peak only for T <= this
-        _PLANS[key] = hit
-    return hit, hi
-
-
-@functools.lru_cache(maxsize=512)
-def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
-    """(raw bytes, allocator-charged bytes, reserved segment bytes) of the loaded weights: the
-    stored tensors allocated in module order and never freed (``allocator.pack``), as the trace
-    replays them. A real checkpoint load may allocate in another order (and quantize through
-    temporaries); the order changes only which medium blocks share a 20 MiB segment."""
-    blk, res = pack([t.nbytes for t in weight_tensors(spec, quant)])
-    return weight_bytes(spec, quant).total_bytes, blk, res
-
-
-def _phase(s: Settings, T: int, cands, kv_poly, base: tuple[int, int, int]) -> tuple[int, int, int, int, str]:
-    """(raw, allocator, reserved, kv cache) bytes at one forward's peak at prompt T, and where it is.
-
-    Reserved is the most any candidate moment needs, not only the allocated peak's: the caching
-    allocator keeps every segment it has mapped until ``empty_cache()``, so the segments of each
-    moment's live tensors are all still reserved at the end of the forward.
-    """
-    raw, blk, res, tag = act.evaluate(cands, T)
-    if len(cands) > 1:
-        res = max(act._measure(c, T)[1] for c in cands)
-    blk += base[1]
-    return base[0] + raw, blk, max(blk, base[2] + res), 2 * s.model.num_hidden_layers * act.peval(kv_poly, T), tag
-
-
-def _base(s: Settings) -> tuple[tuple[int, int, int], int, int]:
-    """((raw, allocator, reserved) bytes of weights + cuBLAS workspace), workspace, CUDA context."""
-    w_raw, w_blk, w_res = _weights(s.model, s.quant)
-    arch = s.gpu.arch if s.gpu else "generic"
-    ws = cublas_workspace_bytes(arch)
-    ctx = cuda_context_bytes(s.gpu.cls if s.gpu else "generic")
-    return (w_raw + ws, w_blk + block_bytes(ws), w_res + reserved_for((ws,))), ws, ctx
-
-
-def _totals(s: Settings, T: int, plans, base, ws: int, ctx: int) -> tuple[int, ...]:
-    """Top-level numbers at prompt length T (for sweeps and solvers): skips the decode replay
-    when bounds show it cannot set either peak.
-
-    Returns (weights, kv_cache, activations, overhead, peak_allocated, peak_reserved, device_used).
-    """
-    w_raw = base[0] - ws
-    c, kvp, _ = plans["prefill"]
-    if len(c) == 1:  # inline _phase for the common single-candidate plan
-        c0 = c[0]
-        blk, res = act._measure(c0, T)
-        r = c0.raw
-        raw = base[0] + r[0] + T * (r[1] + T * r[2])
-        blk += base[1]
-        res = max(blk, base[2] + res)
-        kv = 2 * s.model.num_hidden_layers * (kvp[0] + T * (kvp[1] + T * kvp[2]))
-    else:
-        raw, blk, res, kv, _ = _phase(s, T, c, kvp, base)
-    for alt in PREFILL_ALTS:
-        if alt in plans:
-            c, kvp, _ = plans[alt]
-            p_raw, p_blk, p_res, _, _ = _phase(s, T, c, kvp, base)
-            if p_blk > blk:
-                raw, blk = p_raw, p_blk
-            res = max(res, p_res)
-    if "decode" in plans:
-        c, kvp, _ = plans["decode"]
-        kv = 2 * s.model.num_hidden_layers * act.peval(kvp, T)
-        if T <= plans["decode_until"]:
-            ub_blk, ub_res = act.upper_bounds(c, T)
-        if T <= plans["decode_until"] and (base[1] + ub_blk > blk or base[2] + ub_res > res):
-            d_raw, d_blk, d_res, kv, _ = _phase(s, T, c, kvp, base)
-            if d_blk > blk:
-                raw, blk = d_raw, d_blk
-            res = max(res, d_res)
-    activations = max(0, raw - w_raw - ws - kv)
-    device = res + ctx
-    return w_raw, kv, activations, device - w_raw - kv - activations, blk, res, device
-
-
-def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
-    spec = s.model
-    T = s.prompt_tokens
-    plans, _ = _plans(s, T)
-    base, ws, context_bytes = _base(s)
-    w_raw = base[0] - ws
-    phases: dict[str, dict[str, int]] = {
-        "load": {"weights_bytes": w_raw, "kv_cache_bytes": 0, "activations_bytes": 0,
-                 "peak_allocated_bytes": base[1] - block_bytes(ws), "peak_reserved_bytes": base[2] - reserved_for((ws,)),
-                 "device_used_bytes": base[2] - reserved_for((ws,)) + context_bytes}}
-    best: tuple[str, int, int, str] | None = None
-    for phase, plan in plans.items():
-        if phase == "decode_until":
-            continue
-        cands, kv_poly, _ = plan
-        raw, blk, res, kv_total, tag = _phase(s, T, cands, kv_poly, base)
-        if phase in PREFILL_ALTS:  # an earlier chunk: part of the prefill phase
-            p = phases["prefill"]
-            p["peak_reserved_bytes"] = max(p["peak_reserved_bytes"], res)
-            p["device_used_bytes"] = p["peak_reserved_bytes"] + context_bytes
-            if blk > p["peak_allocated_bytes"]:
-                p["peak_allocated_bytes"] = blk
-                p["activations_bytes"] = max(0, raw - w_raw - ws - p["kv_cache_bytes"])
-            if best is not None and blk > best[1]:
-                best = ("prefill", blk, raw, f"{phase.split(':')[1]} chunk: {tag}")
-            continue
-        phases[phase] = {
-            "weights_bytes": w_raw, "kv_cache_bytes": kv_total,
-            "activations_bytes": max(0, raw - w_raw - ws - kv_total),
-            "peak_allocated_bytes": blk, "peak_reserved_bytes": res,
-            "device_used_bytes": res + context_bytes,
-        }
-        if best is None or blk > best[1]:
-            best = (phase, blk, raw, tag)
-    assert best is not None
-    peak_phase, peak_alloc, peak_raw, peak_tag = best
-    peak_res = max(p["peak_reserved_bytes"] for p in phases.values())
-    device_used = peak_res + context_bytes
-    kv_end = phases["decode" if "decode" in phases else "prefill"]["kv_cache_bytes"]
-    activations = max(0, peak_raw - w_raw - ws - kv_end)
-    rounding = peak_alloc - (w_raw + ws + kv_end + activations)
-    overhead = {"cublas_workspace": ws, "allocator_rounding": rounding,
-                "reserved_slack": peak_res - peak_alloc, "cuda_context": context_bytes, "non_torch": 0}
-    wb = weight_bytes(spec, s.quant)
-    breakdown = {"weights": {"parameters": wb.parameters_bytes, "quant_state": wb.quant_state_bytes,
-                             "buffers": wb.buffers_bytes},
-                 "overhead": overhead}
-    est = Estimate(settings=s, num_params=spec.num_params, weights_bytes=w_raw, kv_cache_bytes=kv_end,
-                   activations_bytes=activations, overhead_bytes=sum(overhead.values()),
-                   peak_allocated_bytes=peak_alloc, peak_reserved_bytes=peak_res, device_used_bytes=device_used,
-                   gpu_memory_bytes=gpu_memory_bytes, phases=phases, breakdown=breakdown,
-                   peak_phase=peak_phase, peak_at=peak_tag)
-    if est.weights_bytes + est.kv_cache_bytes + est.activations_bytes + est.overhead_bytes != est.total_bytes:
-        raise AssertionError("estimate components do not add up to the total")
-    return est
-
+# The entry points: settings from loose inputs, and one setting's report.
 
 def make_settings(model: Any = "llama-3.2-3b", *, gpu: Any = None, **kw: Any) -> Settings:
     """Settings from loose inputs: a model reference (preset, path, dict, spec) and a GPU key."""
@@ -491,3 +219,412 @@ def estimate_settings(s: Settings, gpu_memory_bytes: int | None = None) -> Estim
             s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
     mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
     return _estimate(s, mem)
+
+
+def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
+    """The report of one setting: ``Planner.totals`` with every forward replayed, per phase
+    (load, prefill, decode), with the weights and the overhead broken down."""
+    planner = Planner(s)
+    r = planner.resident
+    tot = planner.totals(s.prompt_tokens, every_phase=True)
+    phases: dict[str, dict[str, int]] = {
+        "load": {"weights_bytes": r.weights, "kv_cache_bytes": 0, "activations_bytes": 0,
+                 "peak_allocated_bytes": r.weights_allocated, "peak_reserved_bytes": r.weights_reserved,
+                 "device_used_bytes": r.weights_reserved + r.cuda_context_bytes}}
+    for phase, peak in (("prefill", tot.prefill), ("decode", tot.decode)):
+        if peak is not None:
+            phases[phase] = {
+                "weights_bytes": r.weights, "kv_cache_bytes": peak.kv_cache_bytes,
+                "activations_bytes": max(0, peak.raw - r.raw - peak.kv_cache_bytes),
+                "peak_allocated_bytes": peak.allocated, "peak_reserved_bytes": peak.reserved,
+                "device_used_bytes": peak.reserved + r.cuda_context_bytes,
+            }
+    rounding = tot.peak_allocated_bytes - (r.raw + tot.kv_cache_bytes + tot.activations_bytes)
+    overhead = {"cublas_workspace": r.workspace, "allocator_rounding": rounding,
+                "reserved_slack": tot.peak_reserved_bytes - tot.peak_allocated_bytes,
+                "cuda_context": r.cuda_context_bytes, "non_torch": 0}
+    wb = weight_bytes(s.model, s.quant)
+    breakdown = {"weights": {"parameters": wb.parameters_bytes, "quant_state": wb.quant_state_bytes,
+                             "buffers": wb.buffers_bytes},
+                 "overhead": overhead}
+    est = Estimate(settings=s, num_params=s.model.num_params, weights_bytes=r.weights,
+                   kv_cache_bytes=tot.kv_cache_bytes, activations_bytes=tot.activations_bytes,
+                   overhead_bytes=sum(overhead.values()), peak_allocated_bytes=tot.peak_allocated_bytes,
+                   peak_reserved_bytes=tot.peak_reserved_bytes, device_used_bytes=tot.device_used_bytes,
+                   gpu_memory_bytes=gpu_memory_bytes, phases=phases, breakdown=breakdown,
+                   peak_phase=tot.peak_phase, peak_at=tot.peak_at)
+    if est.weights_bytes + est.kv_cache_bytes + est.activations_bytes + est.overhead_bytes != est.total_bytes:
+        raise AssertionError("estimate components do not add up to the total")
+    return est
+
+
+# ---------------------------------------------------------------------------------------------
+# The one path to the numbers: a setting at any prompt length (estimate() and the solvers).
+
+# Peak and Totals are made once per evaluation, the innermost step of sweeps and solvers, so they
+# are not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, which
+# made a sweep some 20% slower. Nothing changes them after they are made.
+@dataclass(slots=True)
+class Peak:
+    """One phase's allocator peak at a prompt length, the resident bytes (``Resident``) included."""
+
+    raw: int             # live tensor bytes, unrounded
+    allocated: int       # as the caching allocator charges them (memory_allocated)
+    reserved: int        # the segments mapped by the end of the phase (memory_reserved)
+    kv_cache_bytes: int  # the KV cache after the phase's (last) forward
+    at: str              # where in the forward
+
+
+@dataclass(slots=True)
+class Totals:
+    """The top-level numbers of a setting at one prompt length (the seven byte fields of
+    ``Estimate``), the phase and place of the allocator peak, and the phases' peaks."""
+
+    weights_bytes: int
+    kv_cache_bytes: int      # at the end: after the decode step if there is one
+    activations_bytes: int   # at the allocator peak, beyond weights, workspace and KV cache
+    overhead_bytes: int      # device_used minus the three above
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int   # peak_reserved_bytes + the CUDA context
+    peak_phase: str
+    peak_at: str
+    prefill: Peak
+    decode: Peak | None      # None: no new tokens, or a decode step not replayed (``Planner.totals``)
+
+    def to_dict(self) -> dict[str, int]:
+        """The seven byte fields, in this order (a sweep's row)."""
+        return {"weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
+                "activations_bytes": self.activations_bytes, "overhead_bytes": self.overhead_bytes,
+                "peak_allocated_bytes": self.peak_allocated_bytes, "peak_reserved_bytes": self.peak_reserved_bytes,
+                "device_used_bytes": self.device_used_bytes}
+
+
+class Planner:
+    """One setting at any prompt length (context minus new tokens; every other field is the
+    setting's): the resident bytes, the replay plans, and ``totals``, the numbers that
+    ``estimate()``, the solvers and the sweeps all take.
+
+    The plans come from ``plans_at`` (cached per prompt interval); the planner keeps the interval
+    it used last, so a caller stepping through prompt lengths looks each interval up once.
+    """
+
+    __slots__ = ("settings", "resident", "_kv_tensors", "_plans")
+
+    def __init__(self, s: Settings) -> None:
+        self.settings = s
+        self.resident = resident(s)
+        self._kv_tensors = 2 * s.model.num_hidden_layers  # a K and a V per layer
+        self._plans: Plans | None = None
+
+    def plans(self, prompt: int) -> Plans:
+        """The replay plans that hold at prompt length ``prompt`` (``plans_at``)."""
+        p = self._plans
+        if p is None or not p.lo <= prompt <= p.hi:
+            p = self._plans = plans_at(self.settings, prompt)
+        return p
+
+    def totals(self, prompt: int, *, every_phase: bool = False) -> Totals:
+        """The top-level numbers at prompt length ``prompt``.
+
+        The decode step is replayed only where it can set either peak (``Plans.decode_until``,
+        then ``activations.upper_bounds`` against the prefill's peak); elsewhere only its KV
+        cache is counted, which changes no number. ``every_phase`` replays it anyway, for a
+        report of each phase (``Totals.decode``).
+        """
+        plans = self.plans(prompt)
+        r = self.resident
+        prefill = self.peak(plans.prefill, prompt)
+        if plans.chunks:
+            prefill = self._with_chunks(prefill, plans.chunks, prompt)
+        peak, phase, reserved, kv = prefill, "prefill", prefill.reserved, prefill.kv_cache_bytes
+        decode = None
+        d = plans.decode
+        if d is not None:
+            if every_phase or prompt <= plans.decode_until and self._may_peak(d, prompt, prefill):
+                decode = self.peak(d, prompt)
+                if decode.allocated > peak.allocated:
+                    peak, phase = decode, "decode"
+                reserved = max(reserved, decode.reserved)
+                kv = decode.kv_cache_bytes
+            else:
+                kv = self._kv_tensors * act.peval(d.kv, prompt)
+        activations = max(0, peak.raw - r.raw - kv)
+        device = reserved + r.cuda_context_bytes
+        # in field order (weights, kv_cache, activations, overhead, allocated, reserved, device used)
+        return Totals(r.weights, kv, activations, device - r.weights - kv - activations, peak.allocated, reserved,
+                      device, phase, peak.at, prefill, decode)
+
+    def peak(self, p: PhasePlan, prompt: int) -> Peak:
+        """One forward's peak at prompt length ``prompt``, on top of the resident bytes.
+
+        Reserved is at least allocated, and at least the resident segments plus the most any
+        moment of the forward needs (``activations.evaluate``)."""
+        raw, blk, res, at = act.evaluate(p.cands, prompt)
+        r = self.resident
+        blk += r.allocated
+        return Peak(r.raw + raw, blk, max(blk, r.reserved + res), self._kv_tensors * act.peval(p.kv, prompt), at)
+
+    def _with_chunks(self, p: Peak, chunks: tuple[PhasePlan, ...], prompt: int) -> Peak:
+        """The prefill's peak ``p`` (of its last forward) with its earlier chunks: a chunk's where
+        that allocates more (named after the chunk); reserved the most of any; the KV cache the last's."""
+        for chunk in chunks:
+            c = self.peak(chunk, prompt)
+            if c.allocated > p.allocated:
+                p = Peak(raw=c.raw, allocated=c.allocated, reserved=max(p.reserved, c.reserved),
+                         kv_cache_bytes=p.kv_cache_bytes, at=f"{chunk.name}: {c.at}")
+            elif c.reserved > p.reserved:
+                p = replace(p, reserved=c.reserved)
+        return p
+
+    def _may_peak(self, decode: PhasePlan, prompt: int, prefill: Peak) -> bool:
+        """Whether the decode step's bounds reach above the prefill's allocated or reserved peak."""
+        ub_blk, ub_res = act.upper_bounds(decode.cands, prompt)
+        r = self.resident
+        return r.allocated + ub_blk > prefill.allocated or r.reserved + ub_res > prefill.reserved
+
+
+# ---------------------------------------------------------------------------------------------
+# Resident bytes: what every phase holds besides its forward.
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    """Bytes held from the load on: the loaded weights, the cuBLAS workspace (allocated at the
+    first GEMM and never freed) and, outside torch, the CUDA context."""
+
+    weights: int              # raw bytes of the loaded weights
+    weights_allocated: int    # as the caching allocator charges them
+    weights_reserved: int     # their segments
+    workspace: int            # the cuBLAS workspace
+    raw: int                  # weights + workspace
+    allocated: int            # weights + workspace as the allocator charges them
+    reserved: int             # their segments
+    cuda_context_bytes: int   # seen by NVML only
+
+
+def resident(s: Settings) -> Resident:
+    """The resident bytes of a setting (its model, quantization and GPU)."""
+    gpu = s.gpu
+    return _resident(s.model, s.quant, gpu.arch if gpu else "generic", gpu.cls if gpu else "generic")
+
+
+@functools.lru_cache(maxsize=512)
+def _resident(spec: ModelSpec, quant: str, arch: str, gpu_class: str) -> Resident:
+    w_raw, w_blk, w_res = _weights(spec, quant)
+    ws = cublas_workspace_bytes(arch)
+    return Resident(weights=w_raw, weights_allocated=w_blk, weights_reserved=w_res, workspace=ws,
+                    raw=w_raw + ws, allocated=w_blk + block_bytes(ws), reserved=w_res + reserved_for((ws,)),
+                    cuda_context_bytes=cuda_context_bytes(gpu_class))
+
+
+@functools.lru_cache(maxsize=512)
+def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
+    """(raw bytes, allocator-charged bytes, reserved segment bytes) of the loaded weights: the
+    stored tensors allocated in module order and never freed (``allocator.pack``), as the trace
+    replays them. A real checkpoint load may allocate in another order (and quantize through
+    temporaries); the order changes only which medium blocks share a 20 MiB segment."""
+    blk, res = pack([t.nbytes for t in weight_tensors(spec, quant)])
+    return weight_bytes(spec, quant).total_bytes, blk, res
+
+
+# ---------------------------------------------------------------------------------------------
+# Replay plans: the forwards of a setting, planned once per interval of prompt lengths.
+
+@dataclass(frozen=True, slots=True)
+class PhasePlan:
+    """The plan of one forward: the candidates for its allocator peak (``activations.plan``) and
+    the bytes of one layer's K (or V) after it, a polynomial in the prompt length."""
+
+    name: str
+    cands: tuple[act.Candidate, ...]
+    kv: act.Poly
+
+
+@dataclass(frozen=True, slots=True)
+class Plans:
+    """The plans of a setting's forwards for the prompt lengths lo..hi (the replay keeps its
+    shape there: ``_regime``)."""
+
+    lo: int
+    hi: int
+    prefill: PhasePlan               # the prefill's last (or only) forward
+    chunks: tuple[PhasePlan, ...]    # earlier prefill chunks that can hold the prefill's peak
+    decode: PhasePlan | None         # the last decode step; None without new tokens
+    decode_until: int                # the decode step may set a peak only for prompts up to this
+
+    @property
+    def phases(self) -> tuple[PhasePlan, ...]:
+        """Every forward's plan: the prefill, its earlier chunks, the decode step."""
+        return (self.prefill, *self.chunks) + ((self.decode,) if self.decode is not None else ())
+
+
+_PLANS: dict[tuple[object, ...], Plans] = {}
+
+
+def plans_at(s: Settings, prompt: int) -> Plans:
+    """The replay plans of ``s`` at prompt length ``prompt``: cached per setting (less its
+    context) and prompt interval, so they hold for ``prompt`` in ``lo..hi``."""
+    lo, hi = _regime(s, prompt)
+    key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
+           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+           lo)
+    hit = _PLANS.get(key)
+    if hit is None:
+        if len(_PLANS) > 4096:
+            _PLANS.clear()
+        at = s if s.prompt_tokens == prompt else replace(s, context=prompt + s.new_tokens)
+        n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
+        planned = [PhasePlan(p.name, act.plan(act.trace_forward(s.model, p.forward), lo, hi,
+                                              ((p.kv, n_other), (p.extra, 1))), p.kv)
+                   for p in _forwards(at)]
+        decode = planned.pop() if planned[-1].name == "decode" else None
+        prefill = planned[0]
+        # Where the decode step can never reach the prefill's peak, the lean path skips it.
+        until = _decode_until(prefill, decode, lo, hi) if decode is not None else lo - 1
+        hit = _PLANS[key] = Plans(lo=lo, hi=hi, prefill=prefill, chunks=tuple(planned[1:]), decode=decode,
+                                  decode_until=until)
+    return hit
+
+
+def _decode_until(prefill: PhasePlan, decode: PhasePlan, lo: int, hi: int) -> int:
+    """The last prompt length in lo..hi at which the decode step may set a peak (lo - 1: none).
+
+    From the next one on, the decode step can never reach the prefill's peak over the rest of the
+    interval: its live bytes plus every rounding it could get stay below the prefill's raw live
+    bytes, so ``Planner.totals`` skips it. estimate() always replays both."""
+    p = prefill.cands[0].raw
+
+    def settled(x: int) -> bool:  # prefill stays ahead of decode for every T in [x, hi]
+        return all(act.min_on(act.padd(p, act.pscale(d.raw, -1)), x, hi) >= max(d.slack, d.res_slack)
+                   for d in decode.cands)
+
+    if settled(lo):
+        return lo - 1
+    a, z = lo, hi + 1  # smallest x with settled(x) (z = hi + 1: never settled)
+    while z - a > 1:
+        mid = (a + z) // 2
+        a, z = (a, mid) if settled(mid) else (mid, z)
+    return z - 1
+
+
+def _regime(s: Settings, T: int) -> tuple[int, int]:
+    """The context interval [lo, hi] around ``T`` in which the replay keeps its shape."""
+    lo, hi = 1, MAX_CONTEXT
+    for t in _thresholds(s, T):
+        if t <= T:
+            lo = t
+        else:
+            hi = t - 1
+            break
+    return lo, hi
+
+
+def _thresholds(s: Settings, T: int) -> list[int]:
+    """Contexts at which the replay changes shape (kernel choices, chunk count, KV residual)."""
+    b, N, C = s.batch, s.new_tokens, s.prefill_chunk
+    R = KV_RESIDUAL_TOKENS  # a quantized cache changes shape when its residual fills
+    th = [R, R + 1 - N, R - N]
+    start = 0  # where the last prefill forward starts
+    if C is not None and T > C:
+        start = (T - 1) // C * C
+        th += [start + 1, start + C + 1, start - C + R, start + R, start - 2 * C + R]
+    elif C is not None:
+        th.append(C + 1)
+    th += [start + cdiv(m, b) for m in act.KERNEL_M_THRESHOLDS]
+    return sorted({t for t in th if t > 1})
+
+
+# ---------------------------------------------------------------------------------------------
+# The forwards to replay, with KV tensor sizes as polynomials in the prompt length T.
+
+@dataclass(frozen=True, slots=True)
+class _Pass:
+    """One forward to replay, named after its phase (or prefill chunk)."""
+
+    name: str
+    forward: act.Forward
+    kv: act.Poly     # bytes of one layer's K (or V) after it; the other layers' finished K/V are as large
+    extra: act.Poly  # live bytes the caller holds besides the forward's own tensors
+
+
+def _forwards(s: Settings) -> list[_Pass]:
+    """The forwards to replay: the prefill's last forward, its earlier chunks that can hold the
+    peak ("first chunk", "prev chunk"), then the last decode step.
+
+    Sizes are polys of T, the prompt (``s.context - s.new_tokens``). The regime (kernel choices,
+    chunking) is fixed by ``s.prompt_tokens``.
+    """
+    q_meta = get_quant(s.quant)
+    fam = "float" if q_meta.family == "executorch" else q_meta.family
+    cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
+    T, N, b = s.prompt_tokens, s.new_tokens, s.batch
+    common: dict[str, Any] = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam,
+                                  bnb_compute_bytes=cbn, attn=s.attn, padding=s.padding, cache=s.cache,
+                                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+                                  half_to_float=s.compute_dtype == "fp16")
+    static = s.cache == "static"
+    S_at = (s.max_cache_len or T + N) if static else T
+    cache_len = _cache_len_poly(s)
+    C = s.prefill_chunk or T  # without chunks: one chunk of the whole prompt
+    chunked = C < T
+
+    def prefill(name: str, q: act.Poly, past: act.Poly, m_max: int, S_dyn: act.Poly, S_dyn_at: int) -> _Pass:
+        """A prefill forward of ``q`` tokens per sequence on top of ``past`` cached ones (``m_max``
+        tokens in all at the planned context); a dynamic cache then holds ``S_dyn`` tokens
+        (``S_dyn_at`` at the planned context)."""
+        S = cache_len if static else S_dyn
+        kv_new = _kv_layer_poly(s, S, S_at if static else S_dyn_at)
+        if static:
+            kv_old = kv_new if past != act.ZERO else act.ZERO
+        else:
+            kv_old = _kv_layer_poly(s, past, act.peval(past, T)) if past != act.ZERO else act.ZERO
+        continuation = past != act.ZERO
+        f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
+                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or continuation,
+                        m_max=m_max, **common)
+        # Chunked: the caller still holds the whole prompt's input_ids (the replay counts this
+        # chunk's), and after the first chunk the previous chunk's fp32 last-token logits.
+        extra = act.pscale(act.padd(act.P(0, 1), act.pscale(q, -1)), 8 * b) if chunked else act.ZERO
+        if continuation:
+            extra = act.padd(extra, act.P(b * s.model.vocab_size * act.FP32))
+        return _Pass(name, f, kv_new, extra)
+
+    # Prefill: the whole prompt in one forward, or chunks of prefill_chunk tokens C. With chunks,
+    # the peak is in the last chunk (q = T - kC tokens on top of kC cached, k = (T-1)//C), in the
+    # full chunk before it (C tokens on top of (k-1)C), or in the first chunk (C tokens, nothing
+    # cached): the continuation chunks in between are each smaller than the one before the last.
+    # The first chunk differs in kind: it has no 4-D mask (a chunk that does not start at 0 needs
+    # one: q_len < kv_len, masking_utils._ignore_causal_mask_sdpa), so on pre-sm80 GPUs it alone
+    # runs SDPA's math kernel with its fp32 scores. All three are replayed, so the forwards of a
+    # context are a superset of those of any shorter one.
+    if chunked:
+        k = (T - 1) // C
+        passes = [prefill("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T),
+                  prefill("first chunk", act.P(C), act.ZERO, b * C, act.P(C), C)]
+        if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is the first chunk)
+            passes.append(prefill("prev chunk", act.P(C), act.P((k - 1) * C), b * C, act.P(k * C), k * C))
+    else:
+        passes = [prefill("prefill", act.P(0, 1), act.ZERO, b * T, act.P(0, 1), T)]
+    if N >= 1:
+        # Last decode step: one token per sequence on top of T + N - 1 cached tokens.
+        past = act.P(N - 1, 1)
+        S = _cache_len_poly(s) if static else act.P(N, 1)
+        kv_new = _kv_layer_poly(s, S, S_at if static else T + N)
+        kv_old = kv_new if static else _kv_layer_poly(s, past, T + N - 1)
+        # generate() keeps the previous step's fp32 next-token logits and the growing input_ids.
+        extra = act.padd(act.P(b * s.model.vocab_size * act.FP32), act.pscale(past, b * act.INT64))
+        f = act.Forward(q=act.P(1), past=past, S=S, logits="last", kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
+                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or static, m_max=b, **common)
+        passes.append(_Pass("decode", f, kv_new, extra))
+    return passes
+
+
+def _kv_layer_poly(s: Settings, tokens: act.Poly, tokens_at: int) -> act.Poly:
+    """Bytes of one layer's K (or V) tensor holding ``tokens`` tokens (a polynomial in T);
+    ``tokens_at`` is its value at the planned context (a quantized cache's residual regime)."""
+    per_token, const = kv_layer_linear(s.model, s.batch, s.kv_resolved, s.compute_bytes, tokens_at)
+    return act.padd(act.pscale(tokens, per_token), act.P(const))
+
+
+def _cache_len_poly(s: Settings) -> act.Poly:
+    return act.P(s.max_cache_len) if s.max_cache_len else act.P(s.new_tokens, 1)

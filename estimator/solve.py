@@ -1,4 +1,4 @@
-"""Inverse questions and sweeps, built on the same replay plans as ``estimate()``.
+"""Inverse questions and sweeps, counted as ``estimate()`` counts (``estimate.Planner``).
 
 - ``max_context``: the largest context (window) such that it and every shorter context fit;
 - ``max_batch``: the largest batch such that it and every smaller batch fit at a context;
@@ -16,7 +16,8 @@ then answer a context above one that does not fit. ``max_context`` instead retur
 such that *every* context up to C fits, from three facts about the replay (``_lower``):
 
 - a lower bound L(T) of device_used that never decreases with T (allocated blocks, and reserved
-  segments counted without the shared-pool round-up), and device_used(T) <= L(T) + 22 MiB;
+  segments counted without the shared-pool round-up), and device_used(T) <= L(T) + 22 MiB
+  (``allocator.POOL_ROUNDING_BYTES``);
 - between the prompt lengths where a tensor changes pool (or the replay changes shape),
   device_used never decreases.
 
@@ -31,18 +32,12 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from . import activations as act
-from .allocator import LARGE_SEGMENT_BYTES, MIN_LARGE_ALLOC_BYTES, SMALL_SEGMENT_BYTES, SMALL_SIZE_BYTES
+from .allocator import LARGE, POOL_ROUNDING_BYTES, pool_of
 from .errors import InvalidSpecError
-from .estimate import MAX_BATCH, MAX_CONTEXT, PREFILL_ALTS, Settings, _base, _plans, _totals, make_settings
+from .estimate import MAX_BATCH, MAX_CONTEXT, Planner, Settings, make_settings
 from .gpus import Gpu, custom_gpu, get_gpu, gpu_catalog
 from .quant import PRECISION_ORDER, TRANSFORMERS_QUANTS, get_quant
 from .units import check_int
-
-TOTAL_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes",
-                "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes")
-# The most the shared-pool round-ups add to reserved: the small pool's last 2 MiB segment and the
-# medium pool's last 20 MiB segment (allocator.reserved_for); device_used <= lower bound + this.
-POOL_ROUNDING_BYTES = SMALL_SEGMENT_BYTES + LARGE_SEGMENT_BYTES
 
 
 def context_grid(points: int = 64, lo: int = 1024, hi: int = 131072) -> tuple[int, ...]:
@@ -81,14 +76,13 @@ def _prompt(s: Settings, context: int | None) -> int:
 
 
 def device_used(s: Settings, context: int | None = None) -> int:
-    """``device_used_bytes`` of a setting (at ``context`` if given), via the lean path."""
-    t = _prompt(s, context)
-    return _totals(s, t, _plans(s, t)[0], *_base(s))[-1]
+    """``device_used_bytes`` of a setting (at ``context`` if given), as ``estimate()`` gives it."""
+    return Planner(s).totals(_prompt(s, context)).device_used_bytes
 
 
 def totals(s: Settings) -> dict[str, int]:
-    t = s.prompt_tokens
-    return dict(zip(TOTAL_FIELDS, _totals(s, t, _plans(s, t)[0], *_base(s))))
+    """The seven top-level byte fields of a setting, as ``estimate()`` gives them."""
+    return Planner(s).totals(s.prompt_tokens).to_dict()
 
 
 def largest_true(fits: Callable[[int], bool], lo: int, hi: int) -> int:
@@ -118,64 +112,54 @@ def _floor(c: act.Candidate, t: int) -> tuple[int, int]:
     return blk, large + small + medium
 
 
-def _lower(s: Settings, t: int, base: tuple[int, int, int], ctx: int) -> int:
+def _lower(planner: Planner, t: int) -> int:
     """A lower bound of device_used at prompt ``t`` that never decreases with t, within
     POOL_ROUNDING_BYTES of it. Every forward is counted (no decode shortcut)."""
-    plans, _ = _plans(s, t)
+    r = planner.resident
     best = 0
-    for phase, plan in plans.items():
-        if phase == "decode_until":
-            continue
+    for phase in planner.plans(t).phases:
         blk_p = floor_p = 0
-        for c in plan[0]:
+        for c in phase.cands:
             blk, floor = _floor(c, t)
             blk_p, floor_p = max(blk_p, blk), max(floor_p, floor)
-        best = max(best, base[1] + blk_p, base[2] + floor_p)
-    return best + ctx
+        best = max(best, r.allocated + blk_p, r.reserved + floor_p)
+    return best + r.cuda_context_bytes
 
 
-def _pool_class(v: int) -> int:
-    r = (v + 511) & ~511
-    return 0 if r <= SMALL_SIZE_BYTES else (1 if r < MIN_LARGE_ALLOC_BYTES else 2)
-
-
-def _piece_end(s: Settings, t: int, hi: int) -> int:
+def _piece_end(planner: Planner, t: int, hi: int) -> int:
     """The last prompt length from ``t`` (at most ``hi``) before a tensor changes pool or the
     replay changes shape: device_used does not decrease on [t, result]."""
-    plans, end = _plans(s, t)
-    end = min(end, hi)
-    for phase, plan in plans.items():
-        if phase == "decode_until":
-            continue
-        for c in plan[0]:
+    plans = planner.plans(t)
+    end = min(plans.hi, hi)
+    for phase in plans.phases:
+        for c in phase.cands:
             for p in c.sizes:
-                k = _pool_class(act.peval(p, t))
-                if k == 2 or _pool_class(act.peval(p, end)) == k:
+                k = pool_of(act.peval(p, t))
+                if k == LARGE or pool_of(act.peval(p, end)) == k:
                     continue
-                lo_, hi_ = t, end  # class(lo_) == k < class(hi_)
+                lo_, hi_ = t, end  # pool(lo_) == k < pool(hi_)
                 while hi_ - lo_ > 1:
                     mid = (lo_ + hi_) // 2
-                    lo_, hi_ = (mid, hi_) if _pool_class(act.peval(p, mid)) == k else (lo_, mid)
+                    lo_, hi_ = (mid, hi_) if pool_of(act.peval(p, mid)) == k else (lo_, mid)
                 end = lo_
     return end
 
 
-def _first_over(s: Settings, limit: int, lo: int, hi: int) -> int | None:
+def _first_over(planner: Planner, limit: int, lo: int, hi: int) -> int | None:
     """The smallest prompt length in [lo, hi] whose device_used exceeds ``limit``; None if none."""
-    base, ws, ctx = _base(s)
 
     def used(t: int) -> int:
-        return _totals(s, t, _plans(s, t)[0], base, ws, ctx)[-1]
+        return planner.totals(t).device_used_bytes
 
     # a: the last prompt that certainly fits (upper bound within the limit); all before it fit too.
-    a = largest_true(lambda t: _lower(s, t, base, ctx) + POOL_ROUNDING_BYTES <= limit, lo, hi)
+    a = largest_true(lambda t: _lower(planner, t) + POOL_ROUNDING_BYTES <= limit, lo, hi)
     if a >= hi:
         return None
     # b: the first prompt that certainly does not fit (lower bound over the limit), or hi + 1.
-    b = largest_true(lambda t: _lower(s, t, base, ctx) <= limit, a + 1, hi) + 1
+    b = largest_true(lambda t: _lower(planner, t) <= limit, a + 1, hi) + 1
     t = a + 1
     while t < b:  # in between, device_used does not decrease within a piece
-        end = _piece_end(s, t, b - 1)
+        end = _piece_end(planner, t, b - 1)
         if used(end) <= limit:
             t = end + 1
             continue
@@ -204,7 +188,7 @@ def max_context(model: Any = "llama-3.2-3b", quant: str | None = None, *, gpu: A
     cap = _window(s) if limit is None else min(_window(s), limit)
     if cap < N + 1:
         return 0
-    first = _first_over(s, mem, 1, cap - N)
+    first = _first_over(Planner(s), mem, 1, cap - N)
     if first is None:
         return cap
     return first - 1 + N if first > 1 else 0
@@ -220,9 +204,7 @@ def max_batch(model: Any = "llama-3.2-3b", quant: str | None = None, context: in
     t = s.prompt_tokens
 
     def lower(b: int) -> int:
-        sb = replace(s, batch=b)
-        base, _, ctx = _base(sb)
-        return _lower(sb, t, base, ctx)
+        return _lower(Planner(replace(s, batch=b)), t)
 
     a = largest_true(lambda b: lower(b) + POOL_ROUNDING_BYTES <= mem, 1, limit)
     z = largest_true(lambda b: lower(b) <= mem, a + 1, limit) + 1  # the first batch surely over
@@ -269,14 +251,14 @@ def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUAN
     quants = [get_quant(q).name for q in quants]
     if not quants:
         raise InvalidSpecError("quants must name at least one scheme: []")
-    ctxs = sorted({check_int(c, "contexts", 1) for c in (contexts if contexts is not None else context_grid())})
-    if not ctxs:
+    grid = sorted({check_int(c, "contexts", 1) for c in (contexts if contexts is not None else context_grid())})
+    if not grid:
         raise InvalidSpecError("contexts must list at least one context: []")
     given = {k: v for k, v in dict(batch=batch, **kw).items() if v is not None}
     if isinstance(model, Settings):
-        s = replace(model, **given, context=ctxs[0])
+        s = replace(model, **given, context=grid[0])
     else:
-        s = make_settings(model, **{"batch": 1, "context": ctxs[0], **given})
+        s = make_settings(model, **{"batch": 1, "context": grid[0], **given})
     if gpu is not None:
         s = replace(s, gpu=get_gpu(gpu))
     if gpu_memory_bytes is not None:
@@ -284,25 +266,23 @@ def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUAN
         if s.gpu is None:
             s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
     mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
-    for c in ctxs:  # validate every context, not only the first
-        replace(s, context=c)
+    try:  # validate every context, not only the first: above the first, every bound is an upper bound
+        replace(s, context=grid[-1])
+    except InvalidSpecError:
+        for c in grid:  # the first context out of bounds raises
+            replace(s, context=c)
     rows = []
     for q in quants:
-        sq = replace(s, quant=q, context=ctxs[0])
-        base = _base(sq)
-        plans, valid_to = _plans(sq, sq.prompt_tokens)
-        for c in ctxs:
-            t = c - s.new_tokens
-            if t > valid_to:
-                plans, valid_to = _plans(sq, t)
-            vals = _totals(sq, t, plans, *base)
-            row = dict(zip(TOTAL_FIELDS, vals))
-            row["quant"], row["context"], row["total_bytes"] = q, c, vals[-1]
+        planner = Planner(replace(s, quant=q, context=grid[0]))
+        for c in grid:
+            tot = planner.totals(c - s.new_tokens)
+            row: dict[str, Any] = tot.to_dict()
+            row["quant"], row["context"], row["total_bytes"] = q, c, tot.device_used_bytes
             if mem is not None:
-                row["fits"] = vals[-1] <= mem
+                row["fits"] = tot.device_used_bytes <= mem
             rows.append(row)
     return rows
 
 
 __all__ = ["best_quant", "context_grid", "device_used", "largest_true", "max_batch", "max_context",
-           "smallest_gpu", "sweep", "totals", "PREFILL_ALTS"]
+           "smallest_gpu", "sweep", "totals"]

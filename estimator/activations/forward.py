@@ -1,35 +1,20 @@
-"""Transient memory of a Hugging Face transformers forward pass, replayed tensor by tensor.
+"""The replay of one forward: the allocations and frees of its last decoder layer, tensor by tensor.
 
-The replay walks the allocations and frees that transformers 5.x makes in one forward of
+``trace_forward`` walks what transformers 5.x allocates and frees in one forward of
 ``LlamaForCausalLM`` (read from ``modeling_llama.py``, ``integrations/sdpa_attention.py``,
-``cache_utils.py``, ``masking_utils.py`` and ``generation/utils.py``). Only the *last* decoder
-layer is replayed: the peak comes there, because the KV of every layer is then present, and
-the earlier layers contribute just their finished K/V tensors.
-
-Sizes are symbolic: each is a polynomial in the context ``T`` (``Poly``), so one replay gives a
-``Plan`` that is evaluated for any context in microseconds; this is what makes live charts and
-the context solver cheap, and ``estimate()`` uses the same plan, so they agree exactly.
-A plan records, at each allocation, the multiset of live tensors; candidates that another
-candidate contains are dropped. Evaluating a plan at ``T`` gives the peak of live bytes both raw
-and as the caching allocator charges them (``allocator.block_bytes``).
-
-For bf16 + SDPA without a padding mask the replay gives, per prompt token (memory-model.md 4.1,
-validated against fake-tensor traces): KV 114,688 B + MLP temporaries 6*I + 4 hidden-size
-tensors 8*H + cos/sin 4*d + ids, about 188,936 B/token for Llama 3.2 3B, with the peak in the
-last MLP.
-
-Quantized linears add their own transients (bitsandbytes 0.50 ``backends/cuda/ops.py`` and
-``autograd/_functions.py``): a dequantized weight copy for 4-bit when the custom kernel is not
-used, int8 input/output copies for LLM.int8, an fp8 input copy for fp8.
+``cache_utils.py``, ``masking_utils.py`` and ``generation/utils.py``) and returns, after every
+allocation, the live tensors, each with its size (a ``Poly`` in the context) and how the caching
+allocator charges it (``FRESH``, ``CARVED`` or ``SURCHARGE``). The package docstring
+(``estimator.activations``) has the per-token result and the quantized linears' sources.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
-from .allocator import LARGE_SEGMENT_BYTES, block_bytes, round_size
-from .model import ModelSpec
+from ..model import ModelSpec
+from ..units import cdiv
+from .poly import ZERO, P, Poly, padd, pmul, pscale
 
 INT64 = 8
 FP32 = 4
@@ -46,33 +31,8 @@ AWQ_DEQUANT_MIN_M = 1024
 # The M values at which one of these choices flips (the first M of the new regime).
 KERNEL_M_THRESHOLDS = (BNB_FUSED_MAX_M + 1, BNB_FP32_FUSED_BELOW_M, BNB_LARGE_W_FUSED_MAX_M + 1, AWQ_DEQUANT_MIN_M)
 
-Poly = tuple[int, int, int]  # c0 + c1*T + c2*T^2, T = context tokens
-ZERO: Poly = (0, 0, 0)
 
-
-def P(c0: int = 0, c1: int = 0, c2: int = 0) -> Poly:
-    return (c0, c1, c2)
-
-
-def pmul(a: Poly, b: Poly) -> Poly:
-    if a[2] and (b[1] or b[2]) or b[2] and a[1]:
-        raise AssertionError("size of degree > 2")
-    return (a[0] * b[0], a[0] * b[1] + a[1] * b[0], a[0] * b[2] + a[1] * b[1] + a[2] * b[0])
-
-
-def pscale(a: Poly, k: int) -> Poly:
-    return (a[0] * k, a[1] * k, a[2] * k)
-
-
-def padd(a: Poly, b: Poly) -> Poly:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
-
-
-def peval(a: Poly, t: int) -> int:
-    return a[0] + t * (a[1] + t * a[2])
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Forward:
     """One forward pass, with sizes as polynomials in the context T.
 
@@ -117,6 +77,9 @@ SURCHARGE = "surcharge"  # no bytes of its own: turns one carved copy of its siz
 # LlamaModel.forward, LlamaRotaryEmbedding): no cached block can serve them yet.
 INPUT_NAMES = ("input_ids", "position_ids", "embeds", "cos", "sin", "mask")
 LAYER_TAGS = ("attention", "mlp")  # the decoder layer's own transients are freed under these
+
+# One snapshot: where (the tag of the code that allocated) and the live (size, kind) pairs.
+Snapshot = tuple[str, tuple[tuple[Poly, str], ...]]
 
 
 class _Tracer:
@@ -165,7 +128,7 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
                   or (cdt == 4 and mm < BNB_FP32_FUSED_BELOW_M))
         if not custom:  # _dequant_linear_fallback
             if f.quant.endswith("-dq"):
-                blocks = -(-n * k // 64)
+                blocks = cdiv(n * k, 64)
                 tr.alloc(out + ".absmax_dq", P(blocks * FP32))
                 tr.alloc(out + ".absmax", P(blocks * FP32))
             tr.alloc(out + ".w", P(n * k * cdt))
@@ -349,7 +312,7 @@ def _generate_state(tr: _Tracer, f: Forward) -> None:
     tr.alloc("gen.unfinished", P(b * INT64))
 
 
-def trace_forward(spec: ModelSpec, f: Forward) -> list[tuple[str, tuple[tuple[Poly, str], ...]]]:
+def trace_forward(spec: ModelSpec, f: Forward) -> list[Snapshot]:
     """Snapshots (tag, live (size, kind) pairs) after every allocation of one forward's last
     layer; the kind (``_kind``) says how the caching allocator charges the tensor."""
     tr = _Tracer()
@@ -437,212 +400,11 @@ def _kind(tr: _Tracer, i: int, f: Forward, spec: ModelSpec) -> str:
     return CARVED if _dominated(size, tr.layer_freed) else FRESH
 
 
-def _charged_snaps(tr: _Tracer, f: Forward, spec: ModelSpec) -> list[tuple[str, tuple[tuple[Poly, str], ...]]]:
+def _charged_snaps(tr: _Tracer, f: Forward, spec: ModelSpec) -> list[Snapshot]:
     """Snapshots as (tag, ((size, kind), ...)). In the forward that creates the cache, the first
     layer's K and V (among the other layers' KV the caller adds as carved) are charged fresh."""
     kinds = [_kind(tr, i, f, spec) for i in range(len(tr.sizes))]
-    first_kv = ()
+    first_kv: tuple[tuple[Poly, str], ...] = ()
     if f.past == ZERO and spec.num_hidden_layers > 1:
         first_kv = ((f.kv_k, SURCHARGE), (f.kv_v, SURCHARGE))
     return [(tag, tuple((tr.sizes[i], kinds[i]) for i in ids) + first_kv) for tag, ids in tr.snaps]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    tag: str
-    raw: Poly                            # sum of live sizes
-    sizes: tuple[Poly, ...]              # distinct live sizes that depend on T
-    counts: tuple[int, ...]              # how many tensors of each size
-    const_blk: int                       # allocator bytes of the live sizes that do not depend on T
-    const_pools: tuple[int, int, int]    # their rounded bytes in the (small, medium, large) pools
-    slack: int                           # most the allocator can add on top of raw
-    res_slack: int                       # most the segments can add on top of raw
-    own_slack: int = 0                   # slack of the tensors not live in every candidate
-    fresh: tuple[int, ...] = ()          # of counts: how many are charged a fresh block (the rest carved)
-
-
-_MAX_SLACK = 2 * 1024 * 1024  # block_bytes(n) - n < 2 MiB for any single tensor
-# The caching allocator's pools (allocator.py has the rules and their source).
-_SMALL = 1 << 20       # kSmallSize
-_MIN_LARGE = 10 << 20  # kMinLargeAlloc
-_ROUND_LARGE = 2 << 20  # kRoundLarge
-_SMALL_SEG = 2 << 20   # kSmallBuffer
-_LARGE_SEG = 20 << 20  # kLargeBuffer
-
-
-def _floor_bytes(n: int) -> int:
-    """Bytes a tensor takes in the segment floor: 512-rounded, and for the large pool (>= 10 MiB)
-    its own segment rounded up to 2 MiB; never less than ``block_bytes(n)``."""
-    r = (n + 511) & ~511
-    return r if r < _MIN_LARGE else -(-r // _ROUND_LARGE) * _ROUND_LARGE
-
-
-def _min_on(d: Poly, lo: int, hi: int) -> int:
-    """Minimum of the polynomial d over the integers lo..hi."""
-    pts = [lo, hi]
-    if d[2] > 0:
-        v = -d[1] // (2 * d[2])
-        pts += [min(max(v, lo), hi), min(max(v + 1, lo), hi)]
-    return min(peval(d, t) for t in pts)
-
-
-def plan(snaps: list[tuple[str, tuple[tuple[Poly, str], ...]]], t_lo: int, t_hi: int,
-         persistent: tuple[tuple[Poly, int], ...] = ()) -> tuple[Candidate, ...]:
-    """The snapshots that can be the allocator peak for some context in ``t_lo..t_hi``.
-
-    A snapshot is dropped when another one contains it (as a multiset of live tensors), or
-    when another one is larger by more than its rounding slack over the whole interval.
-    ``persistent`` tensors (size, count) are live in every snapshot (e.g. the other layers' KV).
-    """
-    counted = [(tag, Counter(live)) for tag, live in snaps]  # keys: (size, kind)
-    kept: list[tuple[str, Counter]] = []
-    for i, (tag, c) in enumerate(counted):
-        dominated = False
-        for j, (_, d) in enumerate(counted):
-            if i != j and len(d) >= len(c) and all(d[k] >= v for k, v in c.items()) and (d != c or j > i):
-                dominated = True
-                break
-        if not dominated:
-            kept.append((tag, c))
-    for _, c in kept:
-        for size, n in persistent:  # allocated by earlier layers or steps: carved
-            if size != ZERO and n:
-                c[(size, CARVED)] += n
-
-    def slack_of(c: Counter) -> int:
-        # The most rounding can add on top of raw bytes, both in allocated blocks (block_bytes)
-        # and in the segment floor the solvers use (a large tensor's 2 MiB round-up), so that
-        # pruning keeps every candidate that can set either peak.
-        return sum(n * (_floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else _MAX_SLACK) for (k, _), n in c.items())
-
-    def raw_of(c: Counter) -> Poly:
-        raw = ZERO
-        for (size, kind), n in c.items():
-            if kind != SURCHARGE:
-                raw = padd(raw, pscale(size, n))
-        return raw
-
-    # Drop b when some a is larger over the whole interval by more than the rounding that b's
-    # own tensors (those a does not share) could add: then blk(a) >= blk(b) everywhere.
-    survivors = []
-    for i, (_, b) in enumerate(kept):
-        beaten = False
-        for j, (_, a) in enumerate(kept):
-            if i == j:
-                continue
-            only_a, only_b = a - b, b - a
-            if not only_a:
-                continue
-            d = padd(raw_of(only_a), pscale(raw_of(only_b), -1))
-            if _min_on(d, t_lo, t_hi) >= slack_of(only_b) and (_min_on(d, t_lo, t_hi) > 0 or j < i):
-                beaten = True
-                break
-        if not beaten:
-            survivors.append(i)
-    common = kept[survivors[0]][1].copy() if survivors else Counter()
-    for i in survivors[1:]:
-        common &= kept[i][1]
-    cands = []
-    for i in survivors:
-        tag, c = kept[i]
-        raw = raw_of(c)
-        tot, fr = _by_size(c)
-        var = sorted((k, n) for k, n in tot.items() if k[1] or k[2])
-        const = sorted((k[0], n) for k, n in tot.items() if not (k[1] or k[2]))
-        const_blk = sum(fr[(k, 0, 0)] * block_bytes(k) + (n - fr[(k, 0, 0)]) * round_size(k) for k, n in const)
-        # reserved: each large tensor rounds up by < 2 MiB; the shared small and medium
-        # segments add < 2 MiB + 20 MiB in all.
-        res_slack = sum(c.values()) * (_MAX_SLACK + 512) + 2 * 1024 * 1024 + LARGE_SEGMENT_BYTES
-        pools = [0, 0, 0]
-        for k, n in const:
-            r = (k + 511) & ~511
-            if r <= _SMALL:
-                pools[0] += n * r
-            elif r < _MIN_LARGE:
-                pools[1] += n * r
-            else:
-                pools[2] += n * (-(-r // _ROUND_LARGE) * _ROUND_LARGE)
-        cands.append(Candidate(tag, raw, tuple(k for k, _ in var), tuple(n for _, n in var), const_blk,
-                               (pools[0], pools[1], pools[2]), slack_of(c), res_slack, slack_of(c - common),
-                               tuple(fr[k] for k, _ in var)))
-    return tuple(cands)
-
-
-def _by_size(c: Counter) -> tuple[Counter, Counter]:
-    """(tensors per size, how many of them are charged a fresh block) of a (size, kind) multiset."""
-    tot: Counter = Counter()
-    fr: Counter = Counter()
-    for (size, kind), n in c.items():
-        if kind != SURCHARGE:
-            tot[size] += n
-        if kind != CARVED:
-            fr[size] += n
-    for size in fr:
-        fr[size] = min(fr[size], tot[size])
-    return tot, fr
-
-
-def _measure(c: Candidate, t: int) -> tuple[int, int]:
-    """(allocator bytes, reserved segment bytes) of a candidate's live tensors at ``t``."""
-    blk, small, medium, large = pools(c, t)
-    return blk, large + -(-small // _SMALL_SEG) * _SMALL_SEG + -(-medium // _LARGE_SEG) * _LARGE_SEG
-
-
-def pools(c: Candidate, t: int) -> tuple[int, int, int, int]:
-    """(allocator bytes, small-pool bytes, medium-pool bytes, large segment bytes) of a
-    candidate's live tensors at ``t``: the small and medium pools before their round-up to whole
-    2 / 20 MiB segments (``_measure`` rounds them; the solvers use the unrounded floor, which
-    never decreases with t).
-
-    The same rules as ``allocator.block_bytes`` and ``allocator.reserved_for``, fused into one
-    pass because this is the innermost loop of sweeps and solvers.
-    """
-    blk = c.const_blk
-    small, medium, large = c.const_pools
-    for (c0, c1, c2), n, fr in zip(c.sizes, c.counts, c.fresh):
-        v = c0 + t * (c1 + t * c2)
-        if v <= 0:
-            continue
-        r = (v + 511) & ~511
-        if r <= _SMALL:
-            blk += n * r
-            small += n * r
-        elif r < _MIN_LARGE:
-            blk += n * r
-            medium += n * r
-        else:
-            seg = -(-r // _ROUND_LARGE) * _ROUND_LARGE
-            blk += n * r + (fr * (seg - r) if seg - r <= _SMALL else 0)  # only fresh blocks stay unsplit
-            large += n * seg
-    return blk, small, medium, large
-
-
-def evaluate(cands: tuple[Candidate, ...], t: int) -> tuple[int, int, int, str]:
-    """(raw, allocator, reserved bytes, where) at the allocator peak of a plan at context ``t``."""
-    if len(cands) == 1:
-        c = cands[0]
-        blk, res = _measure(c, t)
-        r = c.raw
-        return r[0] + t * (r[1] + t * r[2]), blk, res, c.tag
-    scored = sorted(((r[0] + t * (r[1] + t * r[2]), i) for i, c in enumerate(cands) for r in (c.raw,)), reverse=True)
-    # Tensors live in every candidate round the same way in each, so a candidate can only beat
-    # the best so far by its raw lead plus the rounding of its own tensors.
-    best = (-1, -1, 0, "")
-    for raw, i in scored:
-        c = cands[i]
-        if raw + c.own_slack <= best[0]:
-            break
-        blk, res = _measure(c, t)
-        if blk > best[1]:
-            best = (raw, blk, res, c.tag)
-    return best
-
-
-def upper_bounds(cands: tuple[Candidate, ...], t: int) -> tuple[int, int]:
-    """Upper bounds of (allocator bytes, segment bytes) of a plan at ``t``, without evaluating it."""
-    blk = res = 0
-    for c in cands:
-        raw = peval(c.raw, t)
-        blk = max(blk, raw + c.slack)
-        res = max(res, raw + c.res_slack)
-    return blk, res
