@@ -23,7 +23,8 @@ SWEEP_TARGET_MS = 20.0
 
 def bench_estimate(n: int = 5000) -> float:
     s = make_settings("llama-3.2-3b", gpu="h100-sxm-80gb")
-    settings = [replace(s, context=1024 + 37 * i) for i in range(n)]
+    window = s.model.max_position_embeddings  # contexts spread over the window (the context is the window)
+    settings = [replace(s, context=1024 + (37 * i) % (window - 1024)) for i in range(n)]
     for x in settings[:50]:
         estimate_settings(x)
     t = time.perf_counter()

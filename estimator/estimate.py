@@ -65,7 +65,7 @@ def _int(name: str, v: Any, lo: int, hi: int) -> int:
 
 
 def _choice(name: str, v: Any, options: tuple[str, ...]) -> str:
-    if v not in options:
+    if not isinstance(v, str) or v not in options:
         raise InvalidSpecError(f"{name} must be one of {', '.join(options)}: {v!r}")
     return v
 
