@@ -19,6 +19,7 @@ from .errors import EstimatorError, InvalidSpecError
 from .estimate import ATTN_IMPLS, BNB_COMPUTE_DTYPES, CACHE_KINDS, LOGITS_MODES, estimate_settings, make_settings
 from .gpus import Gpu, get_gpu, gpu_catalog
 from .kv import KV_DTYPES
+from .launch import format_launch, transformers_launch
 from .model import DEFAULT_PRESET, PRESETS, ModelSpec, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
@@ -151,7 +152,8 @@ def _cmd_estimate(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         return done
     s, mem = _settings_from(args, _context(args.context))
     d = estimate_settings(s, mem).to_dict()
-    return d, format_estimate(d)
+    d["launch"] = transformers_launch(s).to_dict()
+    return d, format_estimate(d) + "\n" + format_launch(d["launch"])
 
 
 def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
@@ -168,8 +170,10 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     if t > 0:
         d["estimate"] = estimate_settings(replace(s, context=t), mem).to_dict()
         whole = f" (the whole window of {window:,} fits)" if t == window else ""
+        d["launch"] = transformers_launch(replace(s, context=t)).to_dict()
         text = (f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)}){whole}; "
-                f"every shorter context fits too\n" + format_estimate(d["estimate"]))
+                f"every shorter context fits too\n" + format_estimate(d["estimate"]) + "\n"
+                + format_launch(d["launch"]))
     else:
         text = (f"nothing fits on {limit / GiB:.2f} GiB: even a one-token prompt needs more "
                 f"(weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})")

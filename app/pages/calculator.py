@@ -7,6 +7,7 @@ import json
 import streamlit as st
 
 import estimator
+from estimator.launch import transformers_launch
 from estimator.units import GiB, format_gib
 
 from app import compute, figures, inputs, state, tables
@@ -189,6 +190,11 @@ def render() -> None:
                                    file_name=names[1], mime="text/csv", key="dl_csv",
                                    icon=":material/download:")
                 st.caption("The settings are in the page address: copy the URL to share this exact view.")
+                launch = transformers_launch(est.settings)
+                st.markdown("**Launch with these settings** (transformers)")
+                st.code(launch.command, language="python")
+                if launch.notes:
+                    st.caption(" ".join(md(n) for n in launch.notes))
                 st.json(est.to_dict(), expanded=False)
     except estimator.EstimatorError as e:
         st.error("Cannot compute these settings: " + md(e))

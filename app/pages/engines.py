@@ -14,6 +14,7 @@ from estimator.engines import executorch as et
 from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
 from estimator.gpus import custom_gpu
+from estimator.launch import llamacpp_launch, ollama_launch, vllm_launch
 from estimator.overhead import cuda_context_bytes
 from estimator.report import MemoryReport
 from estimator.units import GiB, format_gib
@@ -156,7 +157,9 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
         e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], gpu_name=gpu.name, gpu_arch=gpu.arch,
                           cuda_context_bytes=cuda_context_bytes(gpu.cls), **vkw)
         if e.starts:
-            r = vl.report(e, {"engine": "vllm", "context": inp["context"]})
+            r = vl.report(e, {"engine": "vllm", "model": spec.name, "context": inp["context"],
+                              "quant": sb["vllm_quantization"] or sb["vllm_dtype"], "kv_dtype": "auto",
+                              "gpu_memory_utilization": inp["util"], "vllm_version": inp["version"]})
             if inp["tp"] == 1:
                 u = vl.smallest_utilization(spec, total, **{k: v for k, v in vkw.items()
                                                             if k != "gpu_memory_utilization"},
@@ -180,7 +183,9 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     try:
         e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
                               kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
-        out["llama.cpp"] = lc.report(e, {"engine": "llama.cpp", "context": inp["context"]}, total,
+        out["llama.cpp"] = lc.report(e, {"engine": "llama.cpp", "model": spec.name, "context": inp["context"],
+                                         "quant": inp["lc_quant"], "kv_dtype": inp["kv"], "parallel": inp["parallel"],
+                                         "flash_attn": inp["fa"], "n_gpu_layers": inp["ngl"]}, total,
                                      cuda_context_bytes=cuda_context_bytes(gpu.cls))
     except estimator.EstimatorError as e:
         out["llama.cpp"] = f"llama.cpp cannot: {e}"
@@ -252,6 +257,28 @@ def side_by_side_figure(results: dict[str, MemoryReport | str]):
     return fig
 
 
+def launch_commands(results: dict[str, MemoryReport | str]) -> list[tuple[str, str | None, tuple[str, ...]]]:
+    """(label, shell command or None, notes) per serving engine: ``vllm serve`` and ``llama-server`` /
+    ``ollama serve`` with the settings of the page (estimator.launch); None where the engine does not start."""
+    out: list[tuple[str, str | None, tuple[str, ...]]] = []
+    v = results.get("vLLM")
+    if isinstance(v, MemoryReport):
+        launch = vllm_launch(v)
+        out.append(("vLLM", launch.command, launch.notes))
+        out += [("vLLM, the KV pool in bytes", a.command, a.notes) for a in launch.alternatives]
+    else:
+        out.append(("vLLM", None, ()))
+    r = results.get("llama.cpp")
+    if isinstance(r, MemoryReport):
+        launch = llamacpp_launch(r)
+        out.append(("llama.cpp", launch.command, launch.notes))
+        ollama = ollama_launch(r)
+        out.append(("Ollama", ollama.command, ollama.notes))
+    else:
+        out += [("llama.cpp", None, ()), ("Ollama", None, ())]
+    return out
+
+
 def executorch_rows(model: str, context: int) -> list[dict[str, Any]]:
     spec = compute.spec_of(model)
     rows = []
@@ -291,6 +318,15 @@ def render() -> None:
     st.caption("All sizes in GiB (2^30 bytes). GPU memory used is what nvidia-smi shows for the process.")
     if any(isinstance(r, MemoryReport) for r in results.values()):
         st.plotly_chart(side_by_side_figure(results), key="eng_chart", config={"displayModeBar": False})
+    st.subheader("Launch with these settings")
+    for label, command, notes in launch_commands(results):
+        st.markdown(f"**{label}**")
+        if command is None:
+            st.caption("Does not start with these settings: no command.")
+            continue
+        st.code(command, language="bash")
+        if notes:
+            st.caption(" ".join(md(n) for n in notes))
     with st.expander("On device (ExecuTorch, Llama 3.2 release variants)"):
         st.dataframe(executorch_rows(inp["model"], inp["context"]), hide_index=True, key="eng_et_table",
                      width="stretch")

@@ -17,6 +17,7 @@ from typing import Any, overload
 
 from ..errors import EstimatorError, InvalidSpecError
 from ..gpus import Gpu
+from ..launch import format_launch, launch_for
 from ..model import ModelSpec
 from ..overhead import cuda_context_bytes
 from . import ENGINES
@@ -215,13 +216,14 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
         if total is None:
             raise InvalidSpecError("--engine vllm needs --gpu NAME or --gpu-memory SIZE: none given")
         n = _context_of(args)
-        return vl.estimate_report(spec, total, _labels(args, gpu), max_model_len=n,
-                                  **_vllm_kw(args, spec, gpu)).to_dict()
+        return _with_launch(vl.estimate_report(spec, total, _labels(args, gpu), max_model_len=n,
+                                               **_vllm_kw(args, spec, gpu)).to_dict())
     if engine == "llama.cpp":
         spec, quant, kw = _llamacpp_kw(args, spec, gpu)
         n_ctx = _context_of(args, 4096, spec.max_position_embeddings)
-        return lc.estimate_report(spec, quant, n_ctx, gpu_memory_bytes=total,
-                                  cuda_context_bytes=_cuda_context(gpu) if total is not None else 0, **kw).to_dict()
+        return _with_launch(lc.estimate_report(spec, quant, n_ctx, gpu_memory_bytes=total,
+                                               cuda_context_bytes=_cuda_context(gpu) if total is not None else 0,
+                                               **kw).to_dict())
     raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
 
 
@@ -242,7 +244,16 @@ def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
         raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
     if "estimate" in out:
         out["estimate"] = out["estimate"].to_dict()
-    return out
+    return _with_launch(out)
+
+
+def _with_launch(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with ``"launch"``: the command that starts the engine with these settings
+    (``estimator.launch``), when there is an estimate."""
+    launch = launch_for(d)
+    if launch is not None:
+        d["launch"] = launch.to_dict()
+    return d
 
 
 # --- formatting ----------------------------------------------------------------------------------
@@ -260,7 +271,8 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
                      f"{result['max_context']:,} tokens{whole}")
         if "estimate" not in result:
             return "\n".join(lines)
-        result = result["estimate"]
+        launch = result.get("launch")
+        result = {**result["estimate"], "launch": launch} if launch else result["estimate"]
     eng = result.get("engine", result.get("settings", {}).get("engine"))
     s = result.get("settings", {})
     rows: list[tuple[str, Any]] = []
@@ -299,6 +311,8 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
     w = max(len(r[0]) for r in rows)
     lines += [f"  {name:<{w}}  {_g(v):>12}" for name, v in rows]
     lines += tail
+    if result.get("launch"):
+        lines.append(format_launch(result["launch"]))
     return "\n".join(lines)
 
 
