@@ -8,8 +8,10 @@ PAGES = Path(__file__).parent / "app" / "pages"
 
 st.set_page_config(page_title="LLM GPU memory calculator", page_icon=":material/memory:", layout="wide")
 # On a phone the sidebar (every input) starts collapsed behind a bare "»": name it.
-st.html("<style>[data-testid='stExpandSidebarButton']::after{content:'Settings';font-size:1rem;"
-        "margin-left:0.3rem;font-weight:600}</style>")
+st.html(
+    "<style>[data-testid='stExpandSidebarButton']::after{content:'Settings';font-size:1rem;"
+    "margin-left:0.3rem;font-weight:600}</style>"
+)
 pages = [
     st.Page(PAGES / "calculator.py", title="Calculator", icon=":material/calculate:", default=True),
     st.Page(PAGES / "validation.py", title="Validation", icon=":material/fact_check:"),

@@ -8,8 +8,8 @@ byte count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -35,8 +35,20 @@ COUNTER_LABELS = {
     "peak_live_bytes": "Peak live tensors",
 }
 # Distinct colours for quantization lines (Tableau 10, reordered so neighbours differ).
-QUANT_COLORS = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948",
-                "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac", "#17becf", "#7f7f7f")
+QUANT_COLORS = (
+    "#4e79a7",
+    "#f28e2b",
+    "#e15759",
+    "#76b7b2",
+    "#59a14f",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+    "#bab0ac",
+    "#17becf",
+    "#7f7f7f",
+)
 
 _FONT = dict(family="Inter, system-ui, -apple-system, Segoe UI, sans-serif", size=13)
 
@@ -46,9 +58,14 @@ def _layout(*, title: str, height: int, **extra: Any) -> dict[str, Any]:
     the template keeps a figure build in the low milliseconds (the calculator reruns often)."""
     layout: dict[str, Any] = dict(
         title=dict(text=title, x=0, xanchor="left", font=dict(size=15)),
-        height=height, template={}, font=_FONT, margin=dict(l=10, r=10, t=46, b=10),
+        height=height,
+        template={},
+        font=_FONT,
+        margin=dict(l=10, r=10, t=46, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-        hoverlabel=dict(font=dict(family=_FONT["family"])), shapes=[], annotations=[],
+        hoverlabel=dict(font=dict(family=_FONT["family"])),
+        shapes=[],
+        annotations=[],
     )
     for k, v in extra.items():
         if isinstance(v, dict) and isinstance(layout.get(k), dict):
@@ -65,19 +82,46 @@ def _figure(data: list[dict[str, Any]], layout: dict[str, Any]) -> go.Figure:
 
 
 def _hline(layout: dict[str, Any], y: float, text: str, color: str) -> None:
-    layout["shapes"].append(dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y,
-                                 line=dict(color=color, width=2, dash="dash")))
-    layout["annotations"].append(dict(xref="paper", x=0, yref="y", y=y, text=text, showarrow=False,
-                                      xanchor="left", yanchor="bottom", font=dict(color=color)))
+    layout["shapes"].append(
+        dict(type="line", xref="paper", x0=0, x1=1, yref="y", y0=y, y1=y, line=dict(color=color, width=2, dash="dash"))
+    )
+    layout["annotations"].append(
+        dict(
+            xref="paper",
+            x=0,
+            yref="y",
+            y=y,
+            text=text,
+            showarrow=False,
+            xanchor="left",
+            yanchor="bottom",
+            font=dict(color=color),
+        )
+    )
 
 
-def _vline(layout: dict[str, Any], x: float, text: str, color: str, dash: str = "dash",
-           width: float = 2, log: bool = False) -> None:
+def _vline(
+    layout: dict[str, Any], x: float, text: str, color: str, dash: str = "dash", width: float = 2, log: bool = False
+) -> None:
     xv = math.log10(x) if log else x
-    layout["shapes"].append(dict(type="line", yref="paper", y0=0, y1=1, xref="x", x0=x, x1=x,
-                                 line=dict(color=color, width=width, dash=dash)))
-    layout["annotations"].append(dict(yref="paper", y=1, xref="x", x=xv, text=text, showarrow=False,
-                                      xanchor="right", yanchor="bottom", font=dict(color=color)))
+    layout["shapes"].append(
+        dict(
+            type="line", yref="paper", y0=0, y1=1, xref="x", x0=x, x1=x, line=dict(color=color, width=width, dash=dash)
+        )
+    )
+    layout["annotations"].append(
+        dict(
+            yref="paper",
+            y=1,
+            xref="x",
+            x=xv,
+            text=text,
+            showarrow=False,
+            xanchor="right",
+            yanchor="bottom",
+            font=dict(color=color),
+        )
+    )
 
 
 def gib(n: int | None) -> float | None:
@@ -93,8 +137,9 @@ def tokens_label(tokens: int) -> str:
     return f"{tokens:,}"
 
 
-def breakdown_figure(est: MemoryReport, capacity_bytes: int | None = None,
-                     capacity_label: str = "GPU memory") -> go.Figure:
+def breakdown_figure(
+    est: MemoryReport, capacity_bytes: int | None = None, capacity_label: str = "GPU memory"
+) -> go.Figure:
     """Stacked horizontal bar of weights, KV cache, activations and overhead (sums to device used).
 
     ``est`` is an estimate (every part an int). With ``capacity_bytes`` a dashed vertical line
@@ -104,29 +149,48 @@ def breakdown_figure(est: MemoryReport, capacity_bytes: int | None = None,
     data = []
     for field, label, color in COMPONENTS:
         n = int(getattr(est, field) or 0)
-        data.append(dict(
-            # every part is named with its size in the legend; the bar itself has room for the big ones
-            type="bar", name=f"{label} {n / GiB:.2f} GiB", y=["Device used"], x=[gib(n)], orientation="h",
-            marker=dict(color=color),
-            text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, xmax) else [""],
-            textposition="inside", insidetextanchor="middle", textfont=dict(color="white", size=12),
-            customdata=[[n]],
-            hovertemplate=f"<b>{label}</b><br>%{{x:.3f}} GiB<br>%{{customdata[0]:,}} B<extra></extra>",
-        ))
-    layout = _layout(title="Where the memory goes", height=215, barmode="stack", bargap=0.35,
-                     margin=dict(t=40), legend=dict(traceorder="normal", orientation="h", y=-0.55,
-                                                    yanchor="top", x=0, xanchor="left"),
-                     xaxis=dict(title=dict(text="GiB"), range=[0, 1.04 * xmax / GiB]),
-                     yaxis=dict(showticklabels=False))
+        data.append(
+            dict(
+                # every part is named with its size in the legend; the bar itself has room for the big ones
+                type="bar",
+                name=f"{label} {n / GiB:.2f} GiB",
+                y=["Device used"],
+                x=[gib(n)],
+                orientation="h",
+                marker=dict(color=color),
+                text=[f"{label} {n / GiB:.2f}"] if n >= 0.12 * max(1, xmax) else [""],
+                textposition="inside",
+                insidetextanchor="middle",
+                textfont=dict(color="white", size=12),
+                customdata=[[n]],
+                hovertemplate=f"<b>{label}</b><br>%{{x:.3f}} GiB<br>%{{customdata[0]:,}} B<extra></extra>",
+            )
+        )
+    layout = _layout(
+        title="Where the memory goes",
+        height=215,
+        barmode="stack",
+        bargap=0.35,
+        margin=dict(t=40),
+        legend=dict(traceorder="normal", orientation="h", y=-0.55, yanchor="top", x=0, xanchor="left"),
+        xaxis=dict(title=dict(text="GiB"), range=[0, 1.04 * xmax / GiB]),
+        yaxis=dict(showticklabels=False),
+    )
     if capacity_bytes:
         _vline(layout, capacity_bytes / GiB, f"{capacity_label}: {capacity_bytes / GiB:.1f} GiB", CAPACITY_COLOR)
     return _figure(data, layout)
 
 
-def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | None = None,
-                   capacity_label: str = "GPU memory", context: int | None = None,
-                   quant: str | None = None, counter: str = "device_used_bytes",
-                   labels: Mapping[str, str] | None = None) -> go.Figure:
+def context_figure(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    capacity_bytes: int | None = None,
+    capacity_label: str = "GPU memory",
+    context: int | None = None,
+    quant: str | None = None,
+    counter: str = "device_used_bytes",
+    labels: Mapping[str, str] | None = None,
+) -> go.Figure:
     """Memory vs context, one line per quantization, log x axis (rows from ``estimator.sweep``).
 
     The selected ``quant`` is drawn thicker; ``capacity_bytes`` is a horizontal line and
@@ -141,24 +205,40 @@ def context_figure(rows: Sequence[Mapping[str, Any]], *, capacity_bytes: int | N
         rs = sorted(rs, key=lambda r: r["context"])
         chosen = q == quant
         name = labels.get(q, q)
-        data.append(dict(
-            type="scatter", x=[r["context"] for r in rs], y=[gib(r[counter]) for r in rs], mode="lines",
-            name=name, legendgroup=q,
-            line=dict(color=QUANT_COLORS[i % len(QUANT_COLORS)], width=4 if chosen else 1.8),
-            opacity=1.0 if chosen or quant is None else 0.75,
-            customdata=[[tokens_label(r["context"]), r[counter]] for r in rs],
-            hovertemplate=(f"<b>{name}</b><br>context %{{customdata[0]}} tokens"
-                           "<br>%{y:.3f} GiB (%{customdata[1]:,} B)<extra></extra>"),
-        ))
+        data.append(
+            dict(
+                type="scatter",
+                x=[r["context"] for r in rs],
+                y=[gib(r[counter]) for r in rs],
+                mode="lines",
+                name=name,
+                legendgroup=q,
+                line=dict(color=QUANT_COLORS[i % len(QUANT_COLORS)], width=4 if chosen else 1.8),
+                opacity=1.0 if chosen or quant is None else 0.75,
+                customdata=[[tokens_label(r["context"]), r[counter]] for r in rs],
+                hovertemplate=(
+                    f"<b>{name}</b><br>context %{{customdata[0]}} tokens"
+                    "<br>%{y:.3f} GiB (%{customdata[1]:,} B)<extra></extra>"
+                ),
+            )
+        )
     xs = [r["context"] for r in rows] or [1024, 131072]
     ticks = [2**e for e in range(5, 25) if min(xs) <= 2**e <= max(xs)] or sorted(set(xs))
     layout = _layout(
-        title="Memory vs context", height=520, hovermode="closest",
+        title="Memory vs context",
+        height=520,
+        hovermode="closest",
         # legend under the plot: on a phone a legend beside it left the plot ~170 px wide
         legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, xanchor="left"),
-        xaxis=dict(type="log", title=dict(text="Context (tokens)"), tickvals=ticks,
-                   ticktext=[tokens_label(t) for t in ticks], showgrid=True),
-        yaxis=dict(title=dict(text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)"), rangemode="tozero"))
+        xaxis=dict(
+            type="log",
+            title=dict(text="Context (tokens)"),
+            tickvals=ticks,
+            ticktext=[tokens_label(t) for t in ticks],
+            showgrid=True,
+        ),
+        yaxis=dict(title=dict(text=f"{COUNTER_LABELS.get(counter, counter)} (GiB)"), rangemode="tozero"),
+    )
     if capacity_bytes:
         _hline(layout, capacity_bytes / GiB, f"{capacity_label} ({capacity_bytes / GiB:.1f} GiB)", CAPACITY_COLOR)
     if context:
@@ -170,14 +250,24 @@ def params_figure(groups: Mapping[str, int]) -> go.Figure:
     """Horizontal bar of parameter counts per group (embedding, attention, mlp, norms, lm_head)."""
     items = [(k, v) for k, v in groups.items() if v]
     total = sum(v for _, v in items) or 1
-    data = [dict(
-        type="bar", y=[k for k, _ in items], x=[v for _, v in items], orientation="h",
-        marker=dict(color=["#3b6fb6", "#e8833a", "#4c9f70", "#9b7fc4", "#888"][: len(items)]),
-        text=[f"{v:,} ({100 * v / total:.1f}%)" for _, v in items], textposition="auto",
-        hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
-    )]
-    layout = _layout(title="Parameters by group", height=260, xaxis=dict(title=dict(text="Parameters")),
-                     yaxis=dict(autorange="reversed"))
+    data = [
+        dict(
+            type="bar",
+            y=[k for k, _ in items],
+            x=[v for _, v in items],
+            orientation="h",
+            marker=dict(color=["#3b6fb6", "#e8833a", "#4c9f70", "#9b7fc4", "#888"][: len(items)]),
+            text=[f"{v:,} ({100 * v / total:.1f}%)" for _, v in items],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:,} parameters<extra></extra>",
+        )
+    ]
+    layout = _layout(
+        title="Parameters by group",
+        height=260,
+        xaxis=dict(title=dict(text="Parameters")),
+        yaxis=dict(autorange="reversed"),
+    )
     return _figure(data, layout)
 
 
@@ -187,24 +277,48 @@ def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
     A perfect estimate lies on the dashed y = x line.
     """
     pts = [p for p in points if p.get("measured_bytes") is not None and p.get("estimate_bytes") is not None]
-    colors = {"weights_bytes": "#3b6fb6", "kv_cache_bytes": "#e8833a", "activations_bytes": "#76b7b2",
-              "peak_allocated_bytes": "#4c9f70", "peak_reserved_bytes": "#9b7fc4",
-              "device_used_bytes": "#d64545"}
+    colors = {
+        "weights_bytes": "#3b6fb6",
+        "kv_cache_bytes": "#e8833a",
+        "activations_bytes": "#76b7b2",
+        "peak_allocated_bytes": "#4c9f70",
+        "peak_reserved_bytes": "#9b7fc4",
+        "device_used_bytes": "#d64545",
+    }
     data = []
     for c in dict.fromkeys(p["counter"] for p in pts):
         cp = [p for p in pts if p["counter"] == c]
-        data.append(dict(
-            type="scatter", x=[gib(p["measured_bytes"]) for p in cp], y=[gib(p["estimate_bytes"]) for p in cp],
-            mode="markers", name=COUNTER_LABELS.get(c, c.replace("_bytes", "").replace("_", " ")),
-            marker=dict(size=9, color=colors.get(c), line=dict(width=1, color="white")),
-            customdata=[[p.get("label", ""), p["measured_bytes"], p["estimate_bytes"]] for p in cp],
-            hovertemplate=("%{customdata[0]}<br>measured %{x:.3f} GiB (%{customdata[1]:,} B)"
-                           "<br>estimate %{y:.3f} GiB (%{customdata[2]:,} B)<extra></extra>"),
-        ))
+        data.append(
+            dict(
+                type="scatter",
+                x=[gib(p["measured_bytes"]) for p in cp],
+                y=[gib(p["estimate_bytes"]) for p in cp],
+                mode="markers",
+                name=COUNTER_LABELS.get(c, c.replace("_bytes", "").replace("_", " ")),
+                marker=dict(size=9, color=colors.get(c), line=dict(width=1, color="white")),
+                customdata=[[p.get("label", ""), p["measured_bytes"], p["estimate_bytes"]] for p in cp],
+                hovertemplate=(
+                    "%{customdata[0]}<br>measured %{x:.3f} GiB (%{customdata[1]:,} B)"
+                    "<br>estimate %{y:.3f} GiB (%{customdata[2]:,} B)<extra></extra>"
+                ),
+            )
+        )
     hi = max([max(p["measured_bytes"], p["estimate_bytes"]) for p in pts] or [GiB]) / GiB * 1.05
-    data.append(dict(type="scatter", x=[0, hi], y=[0, hi], mode="lines", name="estimate = measured",
-                     line=dict(color="#999", dash="dash", width=1), hoverinfo="skip"))
-    layout = _layout(title="Estimate vs measured", height=460,
-                     xaxis=dict(title=dict(text="Measured (GiB)"), range=[0, hi]),
-                     yaxis=dict(title=dict(text="Estimate (GiB)"), range=[0, hi], scaleanchor="x"))
+    data.append(
+        dict(
+            type="scatter",
+            x=[0, hi],
+            y=[0, hi],
+            mode="lines",
+            name="estimate = measured",
+            line=dict(color="#999", dash="dash", width=1),
+            hoverinfo="skip",
+        )
+    )
+    layout = _layout(
+        title="Estimate vs measured",
+        height=460,
+        xaxis=dict(title=dict(text="Measured (GiB)"), range=[0, hi]),
+        yaxis=dict(title=dict(text="Estimate (GiB)"), range=[0, hi], scaleanchor="x"),
+    )
     return _figure(data, layout)

@@ -23,12 +23,30 @@ from .figures import tokens_label
 from .tables import gpu_display_name, short_gpu_name
 
 MODEL_LABELS = state.MODEL_LABELS
-KV_LABELS = {"auto": "auto (compute dtype)", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16",
-             "fp8": "fp8", "int8": "int8", "int4": "int4"}
+KV_LABELS = {
+    "auto": "auto (compute dtype)",
+    "fp32": "fp32",
+    "bf16": "bf16",
+    "fp16": "fp16",
+    "fp8": "fp8",
+    "int8": "int8",
+    "int4": "int4",
+}
 ATTN_LABELS = {"sdpa": "SDPA", "eager": "Eager"}
-_WIDGET_KEYS = (state.MODEL, state.QUANT, state.KV_DTYPE, state.CTX_SLIDER, state.CTX_TEXT,
-                state.BATCH, state.ATTN, state.GPU, state.GPU_MEM_GIB, state.KEEP_FREE_GIB, state.PREFILL_CHUNK,
-                state.CONFIG_PASTE)
+_WIDGET_KEYS = (
+    state.MODEL,
+    state.QUANT,
+    state.KV_DTYPE,
+    state.CTX_SLIDER,
+    state.CTX_TEXT,
+    state.BATCH,
+    state.ATTN,
+    state.GPU,
+    state.GPU_MEM_GIB,
+    state.KEEP_FREE_GIB,
+    state.PREFILL_CHUNK,
+    state.CONFIG_PASTE,
+)
 _SAVED = "_saved_inputs"
 
 
@@ -44,19 +62,25 @@ class Inputs:
     context: int
     batch: int
     attn: str
-    gpu_key: str | None           # catalog key, or None for a custom size
-    capacity_bytes: int           # what the model may use: the GPU's memory less keep_free_bytes
-    capacity_label: str           # short GPU name for captions
-    keep_free_bytes: int = 0      # kept free for other programs (desktop, browser, another process)
+    gpu_key: str | None  # catalog key, or None for a custom size
+    capacity_bytes: int  # what the model may use: the GPU's memory less keep_free_bytes
+    capacity_label: str  # short GPU name for captions
+    keep_free_bytes: int = 0  # kept free for other programs (desktop, browser, another process)
     prefill_chunk: int | None = None  # prompt tokens per prefill forward (None: the whole prompt)
 
     def settings(self) -> dict[str, Any]:
         """Keyword arguments of ``estimator.estimate`` (model as its cache key)."""
-        return {"model": self.model_key, "quant": self.quant, "context": self.context,
-                "batch": self.batch, "kv_dtype": self.kv_dtype, "attn": self.attn,
-                "gpu": self.gpu_key,
-                "gpu_memory_bytes": None if self.gpu_key and not self.keep_free_bytes else self.capacity_bytes,
-                "prefill_chunk": self.prefill_chunk}
+        return {
+            "model": self.model_key,
+            "quant": self.quant,
+            "context": self.context,
+            "batch": self.batch,
+            "kv_dtype": self.kv_dtype,
+            "attn": self.attn,
+            "gpu": self.gpu_key,
+            "gpu_memory_bytes": None if self.gpu_key and not self.keep_free_bytes else self.capacity_bytes,
+            "prefill_chunk": self.prefill_chunk,
+        }
 
 
 def quant_label(q: str) -> str:
@@ -68,9 +92,11 @@ def quant_choice_label(q: str) -> str:
     return f"{estimator.QUANTS[q].bits}-bit · {quant_label(q)}"
 
 
-QUANT_HELP = ("Bits stored per weight: 16-bit is the checkpoint as published (BF16); 8-bit and 4-bit "
-              "quantize the linear layers (the embedding and norms stay 16-bit). Fewer bits, less memory. "
-              + " ".join(f"{quant_label(q)}: {estimator.QUANTS[q].note}." for q in estimator.TRANSFORMERS_QUANTS))
+QUANT_HELP = (
+    "Bits stored per weight: 16-bit is the checkpoint as published (BF16); 8-bit and 4-bit "
+    "quantize the linear layers (the embedding and norms stay 16-bit). Fewer bits, less memory. "
+    + " ".join(f"{quant_label(q)}: {estimator.QUANTS[q].note}." for q in estimator.TRANSFORMERS_QUANTS)
+)
 
 
 def gpu_label(key: str) -> str:
@@ -93,12 +119,13 @@ def parse_typed_context(text: object, window: int) -> int:
     ctx = parse_context(text)  # type: ignore[arg-type]  (refuses non-strings itself)
     if ctx > window:
         raise estimator.InvalidSpecError(
-            f"context must be at most the model's window (max_position_embeddings {window:,} tokens): "
-            f"{shown(text)}")
+            f"context must be at most the model's window (max_position_embeddings {window:,} tokens): {shown(text)}"
+        )
     if ctx < state.MIN_CONTEXT:
         raise estimator.InvalidSpecError(
             f"context must be at least {state.MIN_CONTEXT} tokens: the window holds the prompt and the "
-            f"{state.NEW_TOKENS} new tokens: {shown(text)}")
+            f"{state.NEW_TOKENS} new tokens: {shown(text)}"
+        )
     return ctx
 
 
@@ -126,8 +153,9 @@ def parse_query(params: dict[str, str]) -> dict[str, Any]:
     if v is not None and (v == state.CUSTOM_GPU or v in gpu_keys()):
         out[state.GPU] = v
     preset = out.get(state.MODEL)
-    window = state.window_of(estimator.load_preset(preset if preset in estimator.PRESETS
-                                                   else state.DEFAULTS[state.MODEL]))
+    window = state.window_of(
+        estimator.load_preset(preset if preset in estimator.PRESETS else state.DEFAULTS[state.MODEL])
+    )
     try:
         out[state.CONTEXT] = parse_typed_context(get("ctx"), window)
     except estimator.EstimatorError:
@@ -149,8 +177,14 @@ def parse_query(params: dict[str, str]) -> dict[str, Any]:
 
 
 def query_for(inp: Inputs, model_choice: str) -> dict[str, str]:
-    q = {"quant": inp.quant, "kv": inp.kv_dtype, "ctx": str(inp.context), "batch": str(inp.batch),
-         "attn": inp.attn, "gpu": inp.gpu_key or state.CUSTOM_GPU}
+    q = {
+        "quant": inp.quant,
+        "kv": inp.kv_dtype,
+        "ctx": str(inp.context),
+        "batch": str(inp.batch),
+        "attn": inp.attn,
+        "gpu": inp.gpu_key or state.CUSTOM_GPU,
+    }
     # A custom config.json cannot travel in a link: the link says "custom", and opening it asks for
     # the file again instead of silently showing a preset.
     q = {"model": model_choice, **q}
@@ -164,6 +198,7 @@ def query_for(inp: Inputs, model_choice: str) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- state
+
 
 def init_state() -> None:
     """Fill session state: saved inputs from another page, then the query string, then defaults."""
@@ -238,12 +273,22 @@ def _fit_context_to(window: int) -> str | None:
 
 # ---------------------------------------------------------------------------- widgets
 
+
 def _custom_model() -> Any:
     """ModelSpec from the uploaded file or pasted text; st.error + st.stop on bad input."""
-    up = st.file_uploader("config.json", type=["json"], key=state.CONFIG_UPLOAD, max_upload_size=1,
-                          help="A Hugging Face config.json of a Llama-family decoder (max 1 MiB).")
-    st.text_area("…or paste it", key=state.CONFIG_PASTE, height=110,
-                 placeholder='{"model_type": "llama", "hidden_size": 3072, ...}')
+    up = st.file_uploader(
+        "config.json",
+        type=["json"],
+        key=state.CONFIG_UPLOAD,
+        max_upload_size=1,
+        help="A Hugging Face config.json of a Llama-family decoder (max 1 MiB).",
+    )
+    st.text_area(
+        "…or paste it",
+        key=state.CONFIG_PASTE,
+        height=110,
+        placeholder='{"model_type": "llama", "hidden_size": 3072, ...}',
+    )
     if up is not None:
         data: bytes | str = up.getvalue()
         name = up.name.removesuffix(".json")
@@ -268,8 +313,13 @@ def sidebar() -> Inputs:
     sb = st.sidebar
     with sb:
         st.subheader("Model")
-        choice = st.selectbox("Model", [*estimator.PRESETS, state.CUSTOM_MODEL], key=state.MODEL,
-                              format_func=MODEL_LABELS.get, label_visibility="collapsed")
+        choice = st.selectbox(
+            "Model",
+            [*estimator.PRESETS, state.CUSTOM_MODEL],
+            key=state.MODEL,
+            format_func=MODEL_LABELS.get,
+            label_visibility="collapsed",
+        )
         model: Any = choice
         label = MODEL_LABELS.get(choice, choice)
         if choice == state.CUSTOM_MODEL:
@@ -278,23 +328,31 @@ def sidebar() -> Inputs:
         else:
             spec = spec_of(choice)
         # The context is the window: it stops at the model's max_position_embeddings.
-        window = state.window_of(spec) if spec is not None else (
-            ss.get(state.WINDOW) or state.window_of(spec_of(state.DEFAULTS[state.MODEL])))
+        window = (
+            state.window_of(spec)
+            if spec is not None
+            else (ss.get(state.WINDOW) or state.window_of(spec_of(state.DEFAULTS[state.MODEL])))
+        )
         ss[state.WINDOW] = window
         st.subheader("Target GPU")
-        gkey = st.selectbox("GPU", [*gpu_keys(), state.CUSTOM_GPU], key=state.GPU,
-                            format_func=gpu_label, label_visibility="collapsed")
+        gkey = st.selectbox(
+            "GPU", [*gpu_keys(), state.CUSTOM_GPU], key=state.GPU, format_func=gpu_label, label_visibility="collapsed"
+        )
         if gkey == state.CUSTOM_GPU:
-            mem = st.number_input("GPU memory (GiB)", min_value=0.25, max_value=4096.0, step=1.0,
-                                  key=state.GPU_MEM_GIB)
+            mem = st.number_input("GPU memory (GiB)", min_value=0.25, max_value=4096.0, step=1.0, key=state.GPU_MEM_GIB)
             capacity, cap_label, gpu_key = int(mem * GiB), f"{mem:g} GiB GPU", None
         else:
             g = gpu_by_key(gkey)
             capacity, cap_label, gpu_key = g.memory_bytes, short_gpu_name(g.name), gkey
-        keep = st.number_input("Keep free (GiB)", min_value=0.0, max_value=state.MAX_KEEP_FREE_GIB, step=0.5,
-                               key=state.KEEP_FREE_GIB,
-                               help="GPU memory other programs use at the same time (a laptop's desktop and "
-                                    "browser, another model): the model may use the rest.")
+        keep = st.number_input(
+            "Keep free (GiB)",
+            min_value=0.0,
+            max_value=state.MAX_KEEP_FREE_GIB,
+            step=0.5,
+            key=state.KEEP_FREE_GIB,
+            help="GPU memory other programs use at the same time (a laptop's desktop and "
+            "browser, another model): the model may use the rest.",
+        )
         keep_bytes = int(keep * GiB)
         if keep_bytes >= capacity:
             st.error(f"Keep free ({keep:g} GiB) must be less than the GPU's {capacity / GiB:g} GiB.")
@@ -302,58 +360,97 @@ def sidebar() -> Inputs:
         if keep_bytes:
             capacity, cap_label = capacity - keep_bytes, f"{cap_label} less {keep:g} GiB kept free"
         st.subheader("Precision")
-        quant = st.selectbox("Weight quantization", estimator.TRANSFORMERS_QUANTS, key=state.QUANT,
-                             format_func=quant_choice_label, help=QUANT_HELP)
-        kv = st.selectbox("KV-cache dtype", estimator.KV_DTYPES, key=state.KV_DTYPE,
-                          format_func=lambda k: KV_LABELS.get(k, k))
+        quant = st.selectbox(
+            "Weight quantization",
+            estimator.TRANSFORMERS_QUANTS,
+            key=state.QUANT,
+            format_func=quant_choice_label,
+            help=QUANT_HELP,
+        )
+        kv = st.selectbox(
+            "KV-cache dtype", estimator.KV_DTYPES, key=state.KV_DTYPE, format_func=lambda k: KV_LABELS.get(k, k)
+        )
         st.subheader("Workload")
         moved = _fit_context_to(window)
-        st.select_slider("Context (tokens)", options=state.context_stops(window), key=state.CTX_SLIDER,
-                         format_func=tokens_label, on_change=_on_slider,
-                         help=f"The window: prompt plus the {state.NEW_TOKENS} generated tokens, as vLLM's "
-                              "max_model_len or llama.cpp's n_ctx.")
-        st.text_input("Exact context", key=state.CTX_TEXT, on_change=_on_text,
-                      help=f"Any token count up to this model's window ({window:,} tokens): 8k, 32768, "
-                           "100k. k = 1024 tokens.")
+        st.select_slider(
+            "Context (tokens)",
+            options=state.context_stops(window),
+            key=state.CTX_SLIDER,
+            format_func=tokens_label,
+            on_change=_on_slider,
+            help=f"The window: prompt plus the {state.NEW_TOKENS} generated tokens, as vLLM's "
+            "max_model_len or llama.cpp's n_ctx.",
+        )
+        st.text_input(
+            "Exact context",
+            key=state.CTX_TEXT,
+            on_change=_on_text,
+            help=f"Any token count up to this model's window ({window:,} tokens): 8k, 32768, 100k. k = 1024 tokens.",
+        )
         if ss.get(state.CTX_ERROR):
             st.error(md(ss[state.CTX_ERROR]))
         elif moved:
             st.info(moved)
-        batch = st.number_input("Batch (sequences)", min_value=1, max_value=state.MAX_BATCH, step=1,
-                                key=state.BATCH)
-        chunk = st.selectbox("Prefill", state.PREFILL_CHUNKS, key=state.PREFILL_CHUNK,
-                             format_func=lambda c: f"in chunks of {c:,} tokens" if c else "whole prompt at once",
-                             help="Feed the prompt in chunks (transformers' generate with prefill_chunk_size): "
-                                  "each forward then holds one chunk's activations, and attention scores of "
-                                  "chunk x context instead of prompt x context.")
-        attn = st.radio("Attention", list(ATTN_LABELS), key=state.ATTN, horizontal=True,
-                        format_func=ATTN_LABELS.get,
-                        help="SDPA (the transformers default) runs fused kernels that avoid the full "
-                             "score matrix where the GPU supports them; eager attention holds "
-                             "heads × context² scores per layer at prefill.")
+        batch = st.number_input("Batch (sequences)", min_value=1, max_value=state.MAX_BATCH, step=1, key=state.BATCH)
+        chunk = st.selectbox(
+            "Prefill",
+            state.PREFILL_CHUNKS,
+            key=state.PREFILL_CHUNK,
+            format_func=lambda c: f"in chunks of {c:,} tokens" if c else "whole prompt at once",
+            help="Feed the prompt in chunks (transformers' generate with prefill_chunk_size): "
+            "each forward then holds one chunk's activations, and attention scores of "
+            "chunk x context instead of prompt x context.",
+        )
+        attn = st.radio(
+            "Attention",
+            list(ATTN_LABELS),
+            key=state.ATTN,
+            horizontal=True,
+            format_func=ATTN_LABELS.get,
+            help="SDPA (the transformers default) runs fused kernels that avoid the full "
+            "score matrix where the GPU supports them; eager attention holds "
+            "heads × context² scores per layer at prefill.",
+        )
     ss[_SAVED] = {k: ss[k] for k in _WIDGET_KEYS if k in ss}
 
     if isinstance(model, estimator.EstimatorError):
         st.error("Could not read this config.json: " + md(model))
         st.stop()
     if model is None:
-        st.info("Upload or paste a Hugging Face `config.json` in the sidebar to size a custom model"
-                + (" (this link was made with one; a link cannot carry the file)." if st.query_params.get("model")
-                   == state.CUSTOM_MODEL else "."))
+        st.info(
+            "Upload or paste a Hugging Face `config.json` in the sidebar to size a custom model"
+            + (
+                " (this link was made with one; a link cannot carry the file)."
+                if st.query_params.get("model") == state.CUSTOM_MODEL
+                else "."
+            )
+        )
         st.stop()
     if window < state.MIN_CONTEXT:
-        st.error(f"This model's window ({window:,} tokens, max_position_embeddings) is too short: a context "
-                 f"holds at least one prompt token and the {state.NEW_TOKENS} new tokens.")
+        st.error(
+            f"This model's window ({window:,} tokens, max_position_embeddings) is too short: a context "
+            f"holds at least one prompt token and the {state.NEW_TOKENS} new tokens."
+        )
         st.stop()
     if not isinstance(model, str):
         label = model.name if model.name not in ("custom", "pasted config") else "Custom model"
-    inp = Inputs(model=model, model_key=model_key(model), model_label=label, quant=quant, kv_dtype=kv,
-                 context=int(ss[state.CONTEXT]), batch=int(batch), attn=attn, gpu_key=gpu_key,
-                 capacity_bytes=capacity, capacity_label=cap_label, keep_free_bytes=keep_bytes,
-                 prefill_chunk=int(chunk) or None)
+    inp = Inputs(
+        model=model,
+        model_key=model_key(model),
+        model_label=label,
+        quant=quant,
+        kv_dtype=kv,
+        context=int(ss[state.CONTEXT]),
+        batch=int(batch),
+        attn=attn,
+        gpu_key=gpu_key,
+        capacity_bytes=capacity,
+        capacity_label=cap_label,
+        keep_free_bytes=keep_bytes,
+        prefill_chunk=int(chunk) or None,
+    )
     want = query_for(inp, choice)
     if st.query_params.to_dict() != want:
         st.query_params.from_dict(want)
     ss[state.SETTINGS] = inp.settings()
     return inp
-

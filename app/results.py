@@ -27,12 +27,12 @@ from estimator.report import PHASE_FIELDS, MemoryReport, compare_record, device_
 from estimator.units import MAX_SIZE_BYTES, MiB, one_line, shown
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV_DIR = "VRAM_VALIDATION_DIR"     # overrides the results folder (tests point it at fixtures)
+ENV_DIR = "VRAM_VALIDATION_DIR"  # overrides the results folder (tests point it at fixtures)
 COUNTERS = PHASE_FIELDS  # a record's byte fields (estimator.report)
 TABLE_COUNTERS = COUNTERS + ("peak_live_bytes",)  # peak_live_bytes: cpu/trace live-tensor peak
 ENV_KEYS = ("gpu_name", "gpu_total_memory_bytes", "driver", "cuda", "torch", "transformers", "bitsandbytes")
 MAX_FILE_BYTES = 64 << 20
-MAX_PROBLEMS = 100                  # problems kept per load; the rest are only counted
+MAX_PROBLEMS = 100  # problems kept per load; the rest are only counted
 
 
 def results_dir() -> Path:
@@ -42,9 +42,9 @@ def results_dir() -> Path:
 @dataclass
 class Loaded:
     records: list[dict[str, Any]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)   # "file:line: why" for skipped lines
+    problems: list[str] = field(default_factory=list)  # "file:line: why" for skipped lines
     files: list[str] = field(default_factory=list)
-    skipped: int = 0                                     # every skipped line or file (problems stops at MAX_PROBLEMS)
+    skipped: int = 0  # every skipped line or file (problems stops at MAX_PROBLEMS)
 
     def problem(self, text: str) -> None:
         self.skipped += 1
@@ -148,8 +148,10 @@ def _text(v: Any, limit: int = 60) -> str:
 
 def point_label(rec: Mapping[str, Any]) -> str:
     s = rec.get("settings", {})
-    return (f"{_text(s.get('model', '?'))} {_text(s.get('quant', '?'))} ctx {_text(s.get('context', '?'))} "
-            f"b{_text(s.get('batch', '?'))} [{_text(s.get('device', '?'))}]")
+    return (
+        f"{_text(s.get('model', '?'))} {_text(s.get('quant', '?'))} ctx {_text(s.get('context', '?'))} "
+        f"b{_text(s.get('batch', '?'))} [{_text(s.get('device', '?'))}]"
+    )
 
 
 def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,8 +159,9 @@ def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
     return estimate_arguments(rec)
 
 
-def compare(records: Iterable[Mapping[str, Any]],
-            estimate_fn: Callable[..., MemoryReport]) -> tuple[list[dict[str, Any]], list[str]]:
+def compare(
+    records: Iterable[Mapping[str, Any]], estimate_fn: Callable[..., MemoryReport]
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Pair every measured counter of every ``ok`` record with the estimate at its settings, through
     ``estimator.report.compare_record``: what `python -m runtime validate` compares.
 
@@ -179,10 +182,18 @@ def compare(records: Iterable[Mapping[str, Any]],
             m, e = v["measured"], v["estimate"]
             if m is None or e is None:
                 continue
-            points.append({"counter": c, "measured_bytes": m, "estimate_bytes": e,
-                           "error_bytes": e - m, "error_pct": None if v["rel_error"] is None else 100.0 * v["rel_error"],
-                           "label": point_label(rec), "kind": device_kind(rec),
-                           "source": rec.get("_source", "")})
+            points.append(
+                {
+                    "counter": c,
+                    "measured_bytes": m,
+                    "estimate_bytes": e,
+                    "error_bytes": e - m,
+                    "error_pct": None if v["rel_error"] is None else 100.0 * v["rel_error"],
+                    "label": point_label(rec),
+                    "kind": device_kind(rec),
+                    "source": rec.get("_source", ""),
+                }
+            )
     return points, problems
 
 
@@ -194,14 +205,16 @@ def error_table(points: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not ps:
             continue
         pct = [p["error_pct"] for p in ps if p["error_pct"] is not None]
-        out.append({
-            "Counter": c.removesuffix("_bytes").replace("_", " "),
-            "Points": len(ps),
-            "Mean |error| %": round(sum(abs(x) for x in pct) / len(pct), 3) if pct else None,
-            "Worst |error| %": round(max(abs(x) for x in pct), 3) if pct else None,
-            "Mean error (MiB)": round(sum(p["error_bytes"] for p in ps) / len(ps) / MiB, 2),
-            "Exact matches": sum(1 for p in ps if p["error_bytes"] == 0),
-        })
+        out.append(
+            {
+                "Counter": c.removesuffix("_bytes").replace("_", " "),
+                "Points": len(ps),
+                "Mean |error| %": round(sum(abs(x) for x in pct) / len(pct), 3) if pct else None,
+                "Worst |error| %": round(max(abs(x) for x in pct), 3) if pct else None,
+                "Mean error (MiB)": round(sum(p["error_bytes"] for p in ps) / len(ps) / MiB, 2),
+                "Exact matches": sum(1 for p in ps if p["error_bytes"] == 0),
+            }
+        )
     return out
 
 
@@ -212,8 +225,12 @@ def environments(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         env = rec.get("environment") or {}
         dev = rec.get("settings", {}).get("device")
         row = {"device": None if dev is None else _text(dev)}
-        row.update({k: env.get(k) if isinstance(env.get(k), (int, float, type(None))) else _text(env[k], 200)
-                    for k in ENV_KEYS})
+        row.update(
+            {
+                k: env.get(k) if isinstance(env.get(k), (int, float, type(None))) else _text(env[k], 200)
+                for k in ENV_KEYS
+            }
+        )
         key = tuple(sorted((k, str(v)) for k, v in row.items()))
         if key in seen:
             seen[key]["points"] += 1

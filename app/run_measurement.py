@@ -17,7 +17,7 @@ import streamlit as st
 from . import compute
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_ENV = "VRAM_APP_CUDA"   # "0"/"1" forces the answer (tests); unset: ask torch in a subprocess
+CUDA_ENV = "VRAM_APP_CUDA"  # "0"/"1" forces the answer (tests); unset: ask torch in a subprocess
 
 
 def cuda_available() -> bool:
@@ -34,8 +34,13 @@ def _probe_cuda() -> bool:
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("runtime") is None:
         return False
     try:
-        r = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+        r = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.stdout.strip().endswith("True")
@@ -46,6 +51,24 @@ def measure_command(s: dict) -> list[str]:
     model = compute.model_from_key(s["model"])
     if not isinstance(model, str):
         raise ValueError("measurements need a preset model, not an uploaded config")
-    return [sys.executable, "-m", "runtime", "measure", "--model", model,
-            "--quant", s["quant"], "--context", str(s["context"]), "--batch", str(s["batch"]),
-            "--kv-dtype", s["kv_dtype"], "--attn", s["attn"], "--device", "cuda", "--json"]
+    return [
+        sys.executable,
+        "-m",
+        "runtime",
+        "measure",
+        "--model",
+        model,
+        "--quant",
+        s["quant"],
+        "--context",
+        str(s["context"]),
+        "--batch",
+        str(s["batch"]),
+        "--kv-dtype",
+        s["kv_dtype"],
+        "--attn",
+        s["attn"],
+        "--device",
+        "cuda",
+        "--json",
+    ]

@@ -28,20 +28,24 @@ KEEP_FREE_GIB = "keep_free_gib"  # GPU memory kept free for other programs (desk
 PREFILL_CHUNK = "prefill_chunk"  # prompt tokens per prefill forward (0: the whole prompt at once)
 
 # Non-widget session keys.
-CONTEXT = "context"            # canonical context in tokens (int); the slider and text field mirror it
-CTX_ERROR = "ctx_error"        # message of the last rejected typed context, or None
-WINDOW = "window"              # the chosen model's window (largest context), from the last run
-SETTINGS = "settings"          # last settings dict the calculator computed (read by other pages)
-QP_LOADED = "_qp_loaded"       # query string already applied to this session
+CONTEXT = "context"  # canonical context in tokens (int); the slider and text field mirror it
+CTX_ERROR = "ctx_error"  # message of the last rejected typed context, or None
+WINDOW = "window"  # the chosen model's window (largest context), from the last run
+SETTINGS = "settings"  # last settings dict the calculator computed (read by other pages)
+QP_LOADED = "_qp_loaded"  # query string already applied to this session
 MEASURE_RESULT = "measure_result"
-DETAILS_TAB = "details_tab"    # which detail tab of the calculator is open (its label)
+DETAILS_TAB = "details_tab"  # which detail tab of the calculator is open (its label)
 # Short labels: all five fit one 390 px phone row (tests/app/test_e2e_browser.py checks).
 DETAIL_TABS = ("Context chart", "Quantizations", "GPUs", "Method", "Export")
 
-CUSTOM_MODEL = "custom"        # MODEL value meaning "uploaded or pasted config.json"
-MODEL_LABELS = {"llama-3.2-1b": "Llama 3.2 1B", "llama-3.2-3b": "Llama 3.2 3B",
-                "llama-3.1-8b": "Llama 3.1 8B", CUSTOM_MODEL: "Custom config.json…"}
-CUSTOM_GPU = "custom"          # GPU value meaning "type a memory size"
+CUSTOM_MODEL = "custom"  # MODEL value meaning "uploaded or pasted config.json"
+MODEL_LABELS = {
+    "llama-3.2-1b": "Llama 3.2 1B",
+    "llama-3.2-3b": "Llama 3.2 3B",
+    "llama-3.1-8b": "Llama 3.1 8B",
+    CUSTOM_MODEL: "Custom config.json…",
+}
+CUSTOM_GPU = "custom"  # GPU value meaning "type a memory size"
 
 DEFAULTS = {
     MODEL: "llama-3.2-3b",
@@ -64,11 +68,19 @@ NEW_TOKENS = next(f.default for f in dataclasses.fields(estimator.Settings) if f
 MIN_CONTEXT = NEW_TOKENS + 1
 MAX_CONTEXT = ESTIMATOR_MAX_CONTEXT  # 16M tokens: no context above it is ever valid
 MAX_BATCH = 1024
-MAX_QUERY_TEXT = 64            # longer query values are ignored unread
+MAX_QUERY_TEXT = 64  # longer query values are ignored unread
 
 # URL query parameter -> session key.
-QUERY_KEYS = {"model": MODEL, "quant": QUANT, "kv": KV_DTYPE, "ctx": CONTEXT, "batch": BATCH,
-              "attn": ATTN, "gpu": GPU, "mem": GPU_MEM_GIB}
+QUERY_KEYS = {
+    "model": MODEL,
+    "quant": QUANT,
+    "kv": KV_DTYPE,
+    "ctx": CONTEXT,
+    "batch": BATCH,
+    "attn": ATTN,
+    "gpu": GPU,
+    "mem": GPU_MEM_GIB,
+}
 
 
 def window_of(spec: estimator.ModelSpec) -> int:
@@ -94,8 +106,7 @@ def sweep_contexts(window: int, points: int = 64) -> tuple[int, ...]:
     if window == lo:
         return (lo,)
     r = math.log2(window / lo)
-    return tuple(sorted({min(window, int(round(lo * 2 ** (r * i / (points - 1))))) for i in range(points)}
-                        | {window}))
+    return tuple(sorted({min(window, int(round(lo * 2 ** (r * i / (points - 1))))) for i in range(points)} | {window}))
 
 
 # The slider stops and the chart's contexts for a 128K window (Llama 3.2's): 1K, 1.5K, ... 96K, 128K.

@@ -45,17 +45,19 @@ def quant_table(rows: Sequence[Mapping[str, Any]], spec: Any) -> list[dict[str, 
     for r in rows:
         q = estimator.QUANTS[r["quant"]]
         wb = estimator.weight_bytes(spec, r["quant"])
-        out.append({
-            "Quantization": q.label,
-            "Bits/weight": q.bits,
-            "Stored bits/param": round(8 * (wb.parameters_bytes + wb.quant_state_bytes) / params, 2),
-            "Weights": r["weights_bytes"] / GiB,
-            "KV cache": r["kv_cache_bytes"] / GiB,
-            "Total (device used)": r["device_used_bytes"] / GiB,
-            "Fits": r.get("fits"),
-            "Headroom": None if r.get("headroom_bytes") is None else r["headroom_bytes"] / GiB,
-            "Largest context": r.get("max_context"),
-        })
+        out.append(
+            {
+                "Quantization": q.label,
+                "Bits/weight": q.bits,
+                "Stored bits/param": round(8 * (wb.parameters_bytes + wb.quant_state_bytes) / params, 2),
+                "Weights": r["weights_bytes"] / GiB,
+                "KV cache": r["kv_cache_bytes"] / GiB,
+                "Total (device used)": r["device_used_bytes"] / GiB,
+                "Fits": r.get("fits"),
+                "Headroom": None if r.get("headroom_bytes") is None else r["headroom_bytes"] / GiB,
+                "Largest context": r.get("max_context"),
+            }
+        )
     return out
 
 
@@ -109,66 +111,90 @@ def formula_rows(spec: Any, est: Estimate) -> list[dict[str, str]]:
     quant, batch, ctx, new = s.quant, s.batch, s.context, s.new_tokens
     q = estimator.QUANTS[quant]
     wb = estimator.weight_bytes(spec, quant)
-    rows = [{
-        "Term": "Weights",
-        "Formula": (f"Σ stored tensors of the loaded model in {q.label}: parameters "
-                    f"{format_bytes(wb.parameters_bytes)} + quantization state {format_bytes(wb.quant_state_bytes)}"
-                    f" + fp32 rotary buffers {wb.buffers_bytes:,} B"
-                    + (f" ({spec.num_params:,} params × {q.bits // 8} B)" if q.family == "float" else "")),
-        "Value": format_gib(est.weights_bytes),
-    }]
+    rows = [
+        {
+            "Term": "Weights",
+            "Formula": (
+                f"Σ stored tensors of the loaded model in {q.label}: parameters "
+                f"{format_bytes(wb.parameters_bytes)} + quantization state {format_bytes(wb.quant_state_bytes)}"
+                f" + fp32 rotary buffers {wb.buffers_bytes:,} B"
+                + (f" ({spec.num_params:,} params × {q.bits // 8} B)" if q.family == "float" else "")
+            ),
+            "Value": format_gib(est.weights_bytes),
+        }
+    ]
     kv, compute = s.kv_dtype, s.compute_bytes
     per_tok = estimator.kv_bytes_per_token(spec, kv, compute)
     resolved = s.kv_resolved
     elem = f"{ELEMENT_BITS[resolved] / 8:g} B"
-    formula = (f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
-               f"{spec.head_dim} head_dim × {elem} ({resolved})")
+    formula = (
+        f"2 (K and V) × {spec.num_hidden_layers} layers × {spec.num_key_value_heads} KV heads × "
+        f"{spec.head_dim} head_dim × {elem} ({resolved})"
+    )
     if resolved in ("int8", "int4"):
         formula += " + a scale and zero point per 64 values, plus the newest 128 tokens unquantized"
-    formula += (f" = {per_tok:,} B/token per sequence; × {ctx:,} tokens of context (the window the cache "
-                f"holds: {ctx - new:,} prompt + {new} new tokens) × batch {batch}")
+    formula += (
+        f" = {per_tok:,} B/token per sequence; × {ctx:,} tokens of context (the window the cache "
+        f"holds: {ctx - new:,} prompt + {new} new tokens) × batch {batch}"
+    )
     rows.append({"Term": "KV cache", "Formula": formula, "Value": format_gib(est.kv_cache_bytes)})
     bd = est.breakdown
     for section, term in (("activations", "Activations"), ("overhead", "Overhead")):
         parts = bd.get(section)
-        detail = "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}"
-                           for k, v in _flatten(parts)) if isinstance(parts, Mapping) else ""
-        where = (f"; the peak is in the {est.peak_phase} phase, in the last layer's {est.peak_at}"
-                 if est.peak_at else "")
+        detail = (
+            "; ".join(f"{nice_name(k)} {format_bytes(v) if isinstance(v, int) else v}" for k, v in _flatten(parts))
+            if isinstance(parts, Mapping)
+            else ""
+        )
+        where = f"; the peak is in the {est.peak_phase} phase, in the last layer's {est.peak_at}" if est.peak_at else ""
         prompt = max(1, ctx - new)
         per_tok = est.activations_bytes / (prompt * batch)
-        default = (f"transient tensors of the forward pass at its peak (hidden states, MLP intermediates, "
-                   f"attention workspace, last-token logits), replayed tensor by tensor: ≈ {per_tok:,.0f} B "
-                   f"per prompt token × {prompt:,} prompt tokens × batch {batch}{where}"
-                   if section == "activations" else
-                   "CUDA context, cuBLAS workspace and caching-allocator slack")
-        rows.append({"Term": term, "Formula": detail or default,
-                     "Value": format_gib(getattr(est, f"{section}_bytes"))})
-    rows.append({
-        "Term": "Device used",
-        "Formula": ("weights + KV cache + activations + overhead = " + " + ".join(
-            f"{v / GiB:.2f}" for v in (est.weights_bytes, est.kv_cache_bytes, est.activations_bytes,
-                                       est.overhead_bytes))
-            + " GiB (what nvidia-smi shows for the process)"),
-        "Value": format_gib(est.device_used_bytes),
-    })
+        default = (
+            f"transient tensors of the forward pass at its peak (hidden states, MLP intermediates, "
+            f"attention workspace, last-token logits), replayed tensor by tensor: ≈ {per_tok:,.0f} B "
+            f"per prompt token × {prompt:,} prompt tokens × batch {batch}{where}"
+            if section == "activations"
+            else "CUDA context, cuBLAS workspace and caching-allocator slack"
+        )
+        rows.append({"Term": term, "Formula": detail or default, "Value": format_gib(getattr(est, f"{section}_bytes"))})
+    rows.append(
+        {
+            "Term": "Device used",
+            "Formula": (
+                "weights + KV cache + activations + overhead = "
+                + " + ".join(
+                    f"{v / GiB:.2f}"
+                    for v in (est.weights_bytes, est.kv_cache_bytes, est.activations_bytes, est.overhead_bytes)
+                )
+                + " GiB (what nvidia-smi shows for the process)"
+            ),
+            "Value": format_gib(est.device_used_bytes),
+        }
+    )
     return rows
 
 
 def breakdown_details(est: Estimate) -> list[dict[str, str]]:
     """Every entry of ``est.breakdown`` flattened to (part, bytes) rows."""
     bd = est.breakdown
-    return [{"Part": nice_name(k), "Bytes": f"{v:,}" if isinstance(v, int) else str(v),
-             "Size": format_bytes(v) if isinstance(v, int) else ""}
-            for k, v in _flatten(bd)]
+    return [
+        {
+            "Part": nice_name(k),
+            "Bytes": f"{v:,}" if isinstance(v, int) else str(v),
+            "Size": format_bytes(v) if isinstance(v, int) else "",
+        }
+        for k, v in _flatten(bd)
+    ]
 
 
 def headline_caption(model_label: str, est: Estimate) -> str:
     """The settings line under the title, as Markdown: the model label (a file name or config value
     for an uploaded model) is escaped, so it shows as plain text."""
     s = est.settings
-    return (f"{md(model_label)} · {estimator.QUANTS[s.quant].label} weights · KV {s.kv_dtype} · "
-            f"{tokens_label(s.context)} context (window) · batch {s.batch} · {s.attn.upper()}")
+    return (
+        f"{md(model_label)} · {estimator.QUANTS[s.quant].label} weights · KV {s.kv_dtype} · "
+        f"{tokens_label(s.context)} context (window) · batch {s.batch} · {s.attn.upper()}"
+    )
 
 
 WHOLE_WINDOW = "the whole window fits"
@@ -186,18 +212,23 @@ def verdict(device_used_bytes: int, capacity_bytes: int) -> tuple[str, str]:
     if head < 0:
         return "No", f"{format_gib(-head)} short"
     if head < TIGHT_FRACTION * device_used_bytes:
-        return "Tight", (f"only {format_gib(head)} headroom, under {TIGHT_FRACTION:.0%} of the need: allocator "
-                         "fragmentation, not in the estimate, can take that much")
+        return "Tight", (
+            f"only {format_gib(head)} headroom, under {TIGHT_FRACTION:.0%} of the need: allocator "
+            "fragmentation, not in the estimate, can take that much"
+        )
     return "Yes", f"{format_gib(head)} headroom"
 
 
 def recommended_text(rows: Sequence[Mapping[str, Any]], total: int) -> str:
     """One line naming the smallest catalog GPUs that fit (``compute.fitting_gpus`` rows)."""
     if not rows:
-        return (f"None of the {total} GPUs in the catalog fits these settings: try fewer bits per weight, "
-                "a quantized KV cache or a shorter context.")
-    names = "; ".join(f"{md(gpu_display_name(r['name'], r['memory_bytes']))}, "
-                      f"{format_gib(r['headroom_bytes'])} free" for r in rows)
+        return (
+            f"None of the {total} GPUs in the catalog fits these settings: try fewer bits per weight, "
+            "a quantized KV cache or a shorter context."
+        )
+    names = "; ".join(
+        f"{md(gpu_display_name(r['name'], r['memory_bytes']))}, {format_gib(r['headroom_bytes'])} free" for r in rows
+    )
     return f"**Recommended GPUs** (the smallest in the catalog that fit these settings): {names}"
 
 
@@ -211,13 +242,13 @@ def largest_context_text(max_ctx: int, window: int) -> tuple[str, str | None]:
     return f"{max_ctx:,} tokens", f"of a {window:,}-token window"
 
 
-def export_names(model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str,
-                 prefill_chunk: int | None, gpu: str) -> tuple[str, str]:
+def export_names(
+    model: str, quant: str, context: int, batch: int, kv_dtype: str, attn: str, prefill_chunk: int | None, gpu: str
+) -> tuple[str, str]:
     """File names of the JSON estimate and the CSV sweep, saying what each holds: the estimate is
     one setting; the sweep is every quantization over every context at the other settings."""
     rest = f"batch{batch}-kv-{kv_dtype}-{attn}" + (f"-chunk{prefill_chunk}" if prefill_chunk else "") + f"-{gpu}"
-    return (f"vram-estimate-{model}-{quant}-ctx{context}-{rest}.json",
-            f"vram-vs-context-all-quants-{model}-{rest}.csv")
+    return (f"vram-estimate-{model}-{quant}-ctx{context}-{rest}.json", f"vram-vs-context-all-quants-{model}-{rest}.csv")
 
 
 def naive_rule_rows(est: Estimate) -> list[dict[str, str]]:
@@ -237,14 +268,23 @@ def naive_rule_rows(est: Estimate) -> list[dict[str, str]]:
     ]
     out = [{"Term": t, "GiB": f"{b / GiB:+.2f}" if i > 1 else f"{b / GiB:.2f}"} for i, (t, b) in enumerate(rows)]
     total = sum(b for _, b in rows)
-    out.append({"Term": f"= device used (simple rule: {(naive + est.kv_cache_bytes) / GiB:.2f} GiB)",
-                "GiB": f"{total / GiB:.2f}"})
+    out.append(
+        {
+            "Term": f"= device used (simple rule: {(naive + est.kv_cache_bytes) / GiB:.2f} GiB)",
+            "GiB": f"{total / GiB:.2f}",
+        }
+    )
     return out
 
 
-PHASE_COLUMNS = {"weights_bytes": "Weights", "kv_cache_bytes": "KV cache", "activations_bytes": "Activations",
-                 "peak_allocated_bytes": "Peak allocated", "peak_reserved_bytes": "Peak reserved",
-                 "device_used_bytes": "Device used"}
+PHASE_COLUMNS = {
+    "weights_bytes": "Weights",
+    "kv_cache_bytes": "KV cache",
+    "activations_bytes": "Activations",
+    "peak_allocated_bytes": "Peak allocated",
+    "peak_reserved_bytes": "Peak reserved",
+    "device_used_bytes": "Device used",
+}
 PHASE_LABELS = {"load": "Load (weights only)", "prefill": "Prefill (whole prompt)", "decode": "Decode (one token)"}
 
 

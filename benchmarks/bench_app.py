@@ -54,7 +54,9 @@ def cold_compute() -> dict[str, float]:
             for q in estimator.TRANSFORMERS_QUANTS:
                 compute.largest_context(m, q, 1, "auto", "sdpa", g.key, None)
 
-    out[f"GPU table ({len(estimator.gpu_catalog())} GPUs x {len(estimator.TRANSFORMERS_QUANTS)} quants)"] = _ms(gpu_table)
+    out[f"GPU table ({len(estimator.gpu_catalog())} GPUs x {len(estimator.TRANSFORMERS_QUANTS)} quants)"] = _ms(
+        gpu_table
+    )
     return out
 
 
@@ -69,8 +71,13 @@ def apptest_reruns(repeat: int) -> dict[str, list[float]]:
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120)
     first = _ms(at.run)
     assert not at.exception, at.exception
-    res: dict[str, list[float]] = {"first run (cold caches)": [first], "same settings": [],
-                                   "new context": [], "new quant": [], "new batch (all recomputed)": []}
+    res: dict[str, list[float]] = {
+        "first run (cold caches)": [first],
+        "same settings": [],
+        "new context": [],
+        "new quant": [],
+        "new batch (all recomputed)": [],
+    }
     for _ in range(repeat):
         res["same settings"].append(_ms(at.run))
     for i in range(repeat):

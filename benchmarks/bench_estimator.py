@@ -48,8 +48,10 @@ def main() -> int:
     swps = [bench_sweep() for _ in range(31)]
     est, swp = statistics.median(ests), statistics.median(swps)
     print(f"estimate(): median {est:.1f} us per call, best {min(ests):.1f} us (target < {ESTIMATE_TARGET_US:.0f} us)")
-    print(f"sweep 256 contexts x {len(QUANTS)} quants: median {swp:.1f} ms, best {min(swps):.1f} ms "
-          f"(target < {SWEEP_TARGET_MS:.0f} ms)")
+    print(
+        f"sweep 256 contexts x {len(QUANTS)} quants: median {swp:.1f} ms, best {min(swps):.1f} ms "
+        f"(target < {SWEEP_TARGET_MS:.0f} ms)"
+    )
     return 0 if est < ESTIMATE_TARGET_US and swp < SWEEP_TARGET_MS else 1
 
 

@@ -23,8 +23,8 @@ loop), ``CachingAllocator`` block for block (the trace's simulation).
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 from .units import MiB, round_up
 
@@ -92,7 +92,11 @@ def pool_segments(small: int, medium: int, large: int) -> int:
     """Segment bytes of pools holding ``small`` / ``medium`` bytes in the shared 2 / 20 MiB
     segments (rounded up to whole ones) and ``large`` bytes of large-pool segments."""
     # round_up, inlined: this runs once per candidate evaluation
-    return large + -(-small // SMALL_SEGMENT_BYTES) * SMALL_SEGMENT_BYTES + -(-medium // LARGE_SEGMENT_BYTES) * LARGE_SEGMENT_BYTES
+    return (
+        large
+        + -(-small // SMALL_SEGMENT_BYTES) * SMALL_SEGMENT_BYTES
+        + -(-medium // LARGE_SEGMENT_BYTES) * LARGE_SEGMENT_BYTES
+    )
 
 
 def tally(sizes: Iterable[int], counts: Iterable[int], fresh: Iterable[int], start: Pools = NO_POOLS) -> Pools:
@@ -144,8 +148,8 @@ class Block:
     size: int
     small: bool
     allocated: bool = False
-    prev: "Block | None" = field(default=None, repr=False)
-    next: "Block | None" = field(default=None, repr=False)
+    prev: Block | None = field(default=None, repr=False)
+    next: Block | None = field(default=None, repr=False)
 
 
 class CachingAllocator:
@@ -267,7 +271,7 @@ class CachingAllocator:
         return sum(s for pool in self.pools.values() for s, _, _ in pool)
 
 
-def pack(sizes: "list[int] | tuple[int, ...]") -> tuple[int, int]:
+def pack(sizes: list[int] | tuple[int, ...]) -> tuple[int, int]:
     """(allocated, reserved) bytes after allocating ``sizes`` in order and freeing none, as the
     caching allocator does: best fit into the remainders of earlier segments, each block charged
     whole when its remainder is too small to split. Example: 56 bf16 K/V projection weights of

@@ -11,8 +11,9 @@ import csv
 import io
 import json
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .engines import cli as engine_cli
 from .errors import EstimatorError, InvalidSpecError
@@ -42,32 +43,48 @@ def _context(text: str) -> int:
 def _common(p: argparse.ArgumentParser, with_context: bool = True, engines: bool = False) -> None:
     """The flags every estimator command shares; with ``engines``, --quant and --kv-dtype state each
     engine's vocabulary (``engine_cli.add_engine_arguments`` adds the engines' own flags, never these)."""
-    p.add_argument("--model", default=DEFAULT_PRESET,
-                   help=f"preset ({', '.join(PRESETS)}) or path to a config.json (default {DEFAULT_PRESET})")
+    p.add_argument(
+        "--model",
+        default=DEFAULT_PRESET,
+        help=f"preset ({', '.join(PRESETS)}) or path to a config.json (default {DEFAULT_PRESET})",
+    )
     quant = f"weight scheme: {', '.join(QUANTS)}"
     kv = f"KV cache dtype: {', '.join(KV_DTYPES)}"
     if engines:
-        quant = (f"weight format; transformers: {', '.join(QUANTS)}; --engine vllm: "
-                 f"{', '.join(engine_cli.VLLM_QUANTS)} (--dtype, or --quantization bitsandbytes / fp8); "
-                 f"--engine llama.cpp: the GGUF types {', '.join(engine_cli.LLAMACPP_QUANTS)}")
-        kv = (f"KV cache dtype; transformers: {', '.join(KV_DTYPES)}; --engine vllm: "
-              f"{', '.join(engine_cli.VLLM_KV_DTYPES)}; --engine llama.cpp: "
-              f"{', '.join(engine_cli.LLAMACPP_KV_DTYPES)} (q8_0 and q4_0 with --flash-attn)")
+        quant = (
+            f"weight format; transformers: {', '.join(QUANTS)}; --engine vllm: "
+            f"{', '.join(engine_cli.VLLM_QUANTS)} (--dtype, or --quantization bitsandbytes / fp8); "
+            f"--engine llama.cpp: the GGUF types {', '.join(engine_cli.LLAMACPP_QUANTS)}"
+        )
+        kv = (
+            f"KV cache dtype; transformers: {', '.join(KV_DTYPES)}; --engine vllm: "
+            f"{', '.join(engine_cli.VLLM_KV_DTYPES)}; --engine llama.cpp: "
+            f"{', '.join(engine_cli.LLAMACPP_KV_DTYPES)} (q8_0 and q4_0 with --flash-attn)"
+        )
     p.add_argument("--quant", default="bf16", help=f"{quant} (default bf16)")
     if with_context:
-        p.add_argument("--context", default="8192",
-                       help="the window: tokens the KV cache holds, prompt + new tokens; 8192, 8k, 128K (default 8192)")
+        p.add_argument(
+            "--context",
+            default="8192",
+            help="the window: tokens the KV cache holds, prompt + new tokens; 8192, 8k, 128K (default 8192)",
+        )
     p.add_argument("--batch", default="1", help="sequences per batch (default 1)")
     p.add_argument("--kv-dtype", default="auto", help=f"{kv} (default auto)")
     p.add_argument("--attn", default="sdpa", help=f"attention implementation: {', '.join(ATTN_IMPLS)}")
-    p.add_argument("--new-tokens", default="32",
-                   help="decode steps after the prompt, part of the context (default 32; the prompt is context - new tokens)")
+    p.add_argument(
+        "--new-tokens",
+        default="32",
+        help="decode steps after the prompt, part of the context (default 32; the prompt is context - new tokens)",
+    )
     p.add_argument("--cache", default="dynamic", help=f"KV cache kind: {', '.join(CACHE_KINDS)}")
     p.add_argument("--padding", action="store_true", help="a padding attention mask is passed")
     p.add_argument("--logits", default="last", help=f"logits kept: {', '.join(LOGITS_MODES)} (default last)")
     p.add_argument("--prefill-chunk", default=None, help="prefill the prompt in chunks of this many tokens")
-    p.add_argument("--bnb-compute-dtype", default="bf16",
-                   help=f"bitsandbytes 4-bit compute dtype: {', '.join(BNB_COMPUTE_DTYPES)} (default bf16)")
+    p.add_argument(
+        "--bnb-compute-dtype",
+        default="bf16",
+        help=f"bitsandbytes 4-bit compute dtype: {', '.join(BNB_COMPUTE_DTYPES)} (default bf16)",
+    )
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -100,12 +117,20 @@ def _settings_from(args: argparse.Namespace, context: int | None) -> tuple[Any, 
     gpu_mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else None
     new_tokens = parse_int(args.new_tokens, "--new-tokens", 0)
     s = make_settings(
-        args.model, gpu=args.gpu, quant=args.quant, context=new_tokens + 1 if context is None else context,
+        args.model,
+        gpu=args.gpu,
+        quant=args.quant,
+        context=new_tokens + 1 if context is None else context,
         batch=parse_int(args.batch, "--batch", 1),
-        kv_dtype=args.kv_dtype, attn=args.attn, new_tokens=new_tokens,
-        cache=args.cache, padding=args.padding, logits=args.logits,
+        kv_dtype=args.kv_dtype,
+        attn=args.attn,
+        new_tokens=new_tokens,
+        cache=args.cache,
+        padding=args.padding,
+        logits=args.logits,
         prefill_chunk=parse_int(args.prefill_chunk, "--prefill-chunk", 1) if args.prefill_chunk is not None else None,
-        bnb_compute_dtype=args.bnb_compute_dtype)
+        bnb_compute_dtype=args.bnb_compute_dtype,
+    )
     return s, gpu_mem
 
 
@@ -118,25 +143,29 @@ def format_estimate(d: dict[str, Any]) -> str:
     st = d["settings"]
     # the context is the window the KV cache holds: the prompt plus the generated tokens
     window = f"context {st['context']:,} (prompt {st['context'] - st['new_tokens']:,} + {st['new_tokens']} new)"
-    lines = [f"{st['model']}  {st['quant']}  {window}  "
-             f"batch {st['batch']}  attn {st['attn']}  kv {st['kv_dtype']}",
-             f"  {'weights':<22}{_gib(d['weights_bytes'])}",
-             f"  {'KV cache':<22}{_gib(d['kv_cache_bytes'])}",
-             f"  {'activations (peak)':<22}{_gib(d['activations_bytes'])}",
-             f"  {'overhead':<22}{_gib(d['overhead_bytes'])}",
-             "  " + "-" * 36,
-             f"  {'peak allocated':<22}{_gib(d['peak_allocated_bytes'])}   torch.cuda.max_memory_allocated()",
-             f"  {'peak reserved':<22}{_gib(d['peak_reserved_bytes'])}   torch.cuda.max_memory_reserved()",
-             f"  {'device used (total)':<22}{_gib(d['device_used_bytes'])}   NVML / nvidia-smi: must be free"]
+    lines = [
+        f"{st['model']}  {st['quant']}  {window}  batch {st['batch']}  attn {st['attn']}  kv {st['kv_dtype']}",
+        f"  {'weights':<22}{_gib(d['weights_bytes'])}",
+        f"  {'KV cache':<22}{_gib(d['kv_cache_bytes'])}",
+        f"  {'activations (peak)':<22}{_gib(d['activations_bytes'])}",
+        f"  {'overhead':<22}{_gib(d['overhead_bytes'])}",
+        "  " + "-" * 36,
+        f"  {'peak allocated':<22}{_gib(d['peak_allocated_bytes'])}   torch.cuda.max_memory_allocated()",
+        f"  {'peak reserved':<22}{_gib(d['peak_reserved_bytes'])}   torch.cuda.max_memory_reserved()",
+        f"  {'device used (total)':<22}{_gib(d['device_used_bytes'])}   NVML / nvidia-smi: must be free",
+    ]
     if d.get("fits") is not None:
         verdict = "fits" if d["fits"] else "does NOT fit"
-        lines.append(f"  on {d['gpu_memory_bytes'] / GiB:.2f} GiB: {verdict}, headroom {d['headroom_bytes'] / GiB:.2f} GiB")
+        lines.append(
+            f"  on {d['gpu_memory_bytes'] / GiB:.2f} GiB: {verdict}, headroom {d['headroom_bytes'] / GiB:.2f} GiB"
+        )
     return "\n".join(lines)
 
 
-def _other_engine(args: argparse.Namespace,
-                  run: Callable[[argparse.Namespace, ModelSpec, Gpu | None, int | None], dict[str, Any]],
-                  ) -> tuple[dict[str, Any], str] | None:
+def _other_engine(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace, ModelSpec, Gpu | None, int | None], dict[str, Any]],
+) -> tuple[dict[str, Any], str] | None:
     """Run an engine model (vLLM, llama.cpp) when --engine names one; None for transformers.
     ``run``: ``engine_cli.engine_estimate`` or ``engine_fit``."""
     if args.engine == "transformers":
@@ -165,18 +194,25 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     limit = mem if mem is not None else s.gpu.memory_bytes
     t = max_context(s, gpu_memory_bytes=mem)
     window = s.model.max_position_embeddings
-    d: dict[str, Any] = {"max_context": t, "max_position_embeddings": window, "whole_window_fits": t == window,
-                         "gpu_memory_bytes": limit}
+    d: dict[str, Any] = {
+        "max_context": t,
+        "max_position_embeddings": window,
+        "whole_window_fits": t == window,
+        "gpu_memory_bytes": limit,
+    }
     if t > 0:
         d["estimate"] = estimate_settings(replace(s, context=t), mem).to_dict()
         whole = f" (the whole window of {window:,} fits)" if t == window else ""
         d["launch"] = transformers_launch(replace(s, context=t)).to_dict()
-        text = (f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)}){whole}; "
-                f"every shorter context fits too\n" + format_estimate(d["estimate"]) + "\n"
-                + format_launch(d["launch"]))
+        text = (
+            f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)}){whole}; "
+            f"every shorter context fits too\n" + format_estimate(d["estimate"]) + "\n" + format_launch(d["launch"])
+        )
     else:
-        text = (f"nothing fits on {limit / GiB:.2f} GiB: even a one-token prompt needs more "
-                f"(weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})")
+        text = (
+            f"nothing fits on {limit / GiB:.2f} GiB: even a one-token prompt needs more "
+            f"(weights alone: {_gib(weight_bytes(s.model, s.quant).total_bytes)})"
+        )
     d["settings"] = {**estimate_settings(s, mem).settings.to_dict(), "context": None}
     return d, text
 
@@ -215,11 +251,22 @@ def _cmd_quants(args: argparse.Namespace) -> tuple[Any, str]:
     rows: list[dict[str, Any]] = []
     for q in QUANTS.values():
         wb = weight_bytes(spec, q.name)
-        rows.append({"name": q.name, "label": q.label, "bits": q.bits,
-                     "bits_per_weight": round(effective_bits_per_param(spec, q.name), 4),
-                     "weights_bytes": wb.total_bytes, "family": q.family, "note": q.note})
-    text = "\n".join(f"{r['name']:<10} {r['bits']:>3}-bit  {r['bits_per_weight']:7.3f} bits/param  "
-                     f"{r['weights_bytes'] / GiB:7.3f} GiB  {r['note']}" for r in rows)
+        rows.append(
+            {
+                "name": q.name,
+                "label": q.label,
+                "bits": q.bits,
+                "bits_per_weight": round(effective_bits_per_param(spec, q.name), 4),
+                "weights_bytes": wb.total_bytes,
+                "family": q.family,
+                "note": q.note,
+            }
+        )
+    text = "\n".join(
+        f"{r['name']:<10} {r['bits']:>3}-bit  {r['bits_per_weight']:7.3f} bits/param  "
+        f"{r['weights_bytes'] / GiB:7.3f} GiB  {r['note']}"
+        for r in rows
+    )
     return rows, text
 
 
@@ -234,13 +281,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(one_line(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}"),
-              file=sys.stderr)
+        print(
+            one_line(f"error: cannot read {getattr(e, 'filename', '') or 'input'}: {e.strerror or e}"), file=sys.stderr
+        )
         return 2
     try:
         print(json.dumps(data, indent=2) if getattr(args, "json", False) else text)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into `head`
         import os
+
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

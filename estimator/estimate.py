@@ -57,8 +57,9 @@ BNB_COMPUTE_DTYPES = ("bf16", "fp16", "fp32")
 # GPUs without FlashAttention in PyTorch SDPA (compute capability below 8.0): with enable_gqa
 # SDPA falls back to the math kernel there (transformers#48633).
 PRE_SM80_ARCHS = ("sm60", "sm61", "sm70", "sm75")
-MAX_CONTEXT = 1 << 24   # 16M tokens: a sanity bound, far beyond any model's window
+MAX_CONTEXT = 1 << 24  # 16M tokens: a sanity bound, far beyond any model's window
 MAX_BATCH = 1 << 16
+
 
 def _int(name: str, v: Any, lo: int, hi: int) -> int:
     return check_int(v, name, lo, hi)
@@ -95,13 +96,15 @@ class Settings:
         window = self.model.max_position_embeddings
         if self.context > window:
             raise InvalidSpecError(
-                f"context must be at most the model's window (max_position_embeddings {window:,}): {self.context!r}")
+                f"context must be at most the model's window (max_position_embeddings {window:,}): {self.context!r}"
+            )
         _int("batch", self.batch, 1, MAX_BATCH)
         _int("new_tokens", self.new_tokens, 0, MAX_CONTEXT)
         if self.new_tokens > self.context - 1:
             raise InvalidSpecError(
                 f"new_tokens must be at most context - 1 ({self.context - 1:,}): the context is the window "
-                f"(prompt + new tokens) and the prompt needs a token: {self.new_tokens!r}")
+                f"(prompt + new tokens) and the prompt needs a token: {self.new_tokens!r}"
+            )
         resolve_kv_dtype(self.kv_dtype, 2)
         _choice("attn", self.attn, ATTN_IMPLS)
         _choice("cache", self.cache, CACHE_KINDS)
@@ -114,7 +117,9 @@ class Settings:
         if self.max_cache_len is not None:
             _int("max_cache_len", self.max_cache_len, 1, MAX_CONTEXT)
             if self.max_cache_len < self.context:
-                raise InvalidSpecError(f"max_cache_len must hold the context ({self.context:,}): {self.max_cache_len!r}")
+                raise InvalidSpecError(
+                    f"max_cache_len must hold the context ({self.context:,}): {self.max_cache_len!r}"
+                )
 
     @property
     def compute_bytes(self) -> int:
@@ -140,12 +145,23 @@ class Settings:
         return self.context
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model.name, "quant": self.quant, "context": self.context, "batch": self.batch,
-                "kv_dtype": self.kv_dtype, "attn": self.attn, "new_tokens": self.new_tokens,
-                "cache": self.cache, "padding": self.padding, "logits": self.logits,
-                "prefill_chunk": self.prefill_chunk, "bnb_compute_dtype": self.bnb_compute_dtype,
-                "max_cache_len": self.max_cache_len, "engine": "transformers",
-                "gpu": self.gpu.key if self.gpu else None}
+        return {
+            "model": self.model.name,
+            "quant": self.quant,
+            "context": self.context,
+            "batch": self.batch,
+            "kv_dtype": self.kv_dtype,
+            "attn": self.attn,
+            "new_tokens": self.new_tokens,
+            "cache": self.cache,
+            "padding": self.padding,
+            "logits": self.logits,
+            "prefill_chunk": self.prefill_chunk,
+            "bnb_compute_dtype": self.bnb_compute_dtype,
+            "max_cache_len": self.max_cache_len,
+            "engine": "transformers",
+            "gpu": self.gpu.key if self.gpu else None,
+        }
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -197,13 +213,22 @@ class Estimate(MemoryReport):
 # ---------------------------------------------------------------------------------------------
 # The entry points: settings from loose inputs, and one setting's report.
 
+
 def make_settings(model: Any = "llama-3.2-3b", *, gpu: Any = None, **kw: Any) -> Settings:
     """Settings from loose inputs: a model reference (preset, path, dict, spec) and a GPU key."""
     return Settings(model=load_model(model), gpu=get_gpu(gpu) if gpu is not None else None, **kw)
 
 
-def estimate(model: Any = "llama-3.2-3b", quant: str = "bf16", context: int = 8192, batch: int = 1, *,
-             gpu: Any = None, gpu_memory_bytes: int | None = None, **kw: Any) -> Estimate:
+def estimate(
+    model: Any = "llama-3.2-3b",
+    quant: str = "bf16",
+    context: int = 8192,
+    batch: int = 1,
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    **kw: Any,
+) -> Estimate:
     """Estimate GPU memory for one setting (see module docstring and docs/api.md)."""
     if isinstance(model, Settings):
         s = model
@@ -228,31 +253,58 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
     r = planner.resident
     tot = planner.totals(s.prompt_tokens, every_phase=True)
     phases: dict[str, dict[str, int]] = {
-        "load": {"weights_bytes": r.weights, "kv_cache_bytes": 0, "activations_bytes": 0,
-                 "peak_allocated_bytes": r.weights_allocated, "peak_reserved_bytes": r.weights_reserved,
-                 "device_used_bytes": r.weights_reserved + r.cuda_context_bytes}}
+        "load": {
+            "weights_bytes": r.weights,
+            "kv_cache_bytes": 0,
+            "activations_bytes": 0,
+            "peak_allocated_bytes": r.weights_allocated,
+            "peak_reserved_bytes": r.weights_reserved,
+            "device_used_bytes": r.weights_reserved + r.cuda_context_bytes,
+        }
+    }
     for phase, peak in (("prefill", tot.prefill), ("decode", tot.decode)):
         if peak is not None:
             phases[phase] = {
-                "weights_bytes": r.weights, "kv_cache_bytes": peak.kv_cache_bytes,
+                "weights_bytes": r.weights,
+                "kv_cache_bytes": peak.kv_cache_bytes,
                 "activations_bytes": max(0, peak.raw - r.raw - peak.kv_cache_bytes),
-                "peak_allocated_bytes": peak.allocated, "peak_reserved_bytes": peak.reserved,
+                "peak_allocated_bytes": peak.allocated,
+                "peak_reserved_bytes": peak.reserved,
                 "device_used_bytes": peak.reserved + r.cuda_context_bytes,
             }
     rounding = tot.peak_allocated_bytes - (r.raw + tot.kv_cache_bytes + tot.activations_bytes)
-    overhead = {"cublas_workspace": r.workspace, "allocator_rounding": rounding,
-                "reserved_slack": tot.peak_reserved_bytes - tot.peak_allocated_bytes,
-                "cuda_context": r.cuda_context_bytes, "non_torch": 0}
+    overhead = {
+        "cublas_workspace": r.workspace,
+        "allocator_rounding": rounding,
+        "reserved_slack": tot.peak_reserved_bytes - tot.peak_allocated_bytes,
+        "cuda_context": r.cuda_context_bytes,
+        "non_torch": 0,
+    }
     wb = weight_bytes(s.model, s.quant)
-    breakdown = {"weights": {"parameters": wb.parameters_bytes, "quant_state": wb.quant_state_bytes,
-                             "buffers": wb.buffers_bytes},
-                 "overhead": overhead}
-    est = Estimate(settings=s, num_params=s.model.num_params, weights_bytes=r.weights,
-                   kv_cache_bytes=tot.kv_cache_bytes, activations_bytes=tot.activations_bytes,
-                   overhead_bytes=sum(overhead.values()), peak_allocated_bytes=tot.peak_allocated_bytes,
-                   peak_reserved_bytes=tot.peak_reserved_bytes, device_used_bytes=tot.device_used_bytes,
-                   gpu_memory_bytes=gpu_memory_bytes, phases=phases, breakdown=breakdown,
-                   peak_phase=tot.peak_phase, peak_at=tot.peak_at)
+    breakdown = {
+        "weights": {
+            "parameters": wb.parameters_bytes,
+            "quant_state": wb.quant_state_bytes,
+            "buffers": wb.buffers_bytes,
+        },
+        "overhead": overhead,
+    }
+    est = Estimate(
+        settings=s,
+        num_params=s.model.num_params,
+        weights_bytes=r.weights,
+        kv_cache_bytes=tot.kv_cache_bytes,
+        activations_bytes=tot.activations_bytes,
+        overhead_bytes=sum(overhead.values()),
+        peak_allocated_bytes=tot.peak_allocated_bytes,
+        peak_reserved_bytes=tot.peak_reserved_bytes,
+        device_used_bytes=tot.device_used_bytes,
+        gpu_memory_bytes=gpu_memory_bytes,
+        phases=phases,
+        breakdown=breakdown,
+        peak_phase=tot.peak_phase,
+        peak_at=tot.peak_at,
+    )
     if est.weights_bytes + est.kv_cache_bytes + est.activations_bytes + est.overhead_bytes != est.total_bytes:
         raise AssertionError("estimate components do not add up to the total")
     return est
@@ -261,6 +313,7 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
 # ---------------------------------------------------------------------------------------------
 # The one path to the numbers: a setting at any prompt length (estimate() and the solvers).
 
+
 # Peak and Totals are made once per evaluation, the innermost step of sweeps and solvers, so they
 # are not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, which
 # made a sweep some 20% slower. Nothing changes them after they are made.
@@ -268,11 +321,11 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
 class Peak:
     """One phase's allocator peak at a prompt length, the resident bytes (``Resident``) included."""
 
-    raw: int             # live tensor bytes, unrounded
-    allocated: int       # as the caching allocator charges them (memory_allocated)
-    reserved: int        # the segments mapped by the end of the phase (memory_reserved)
+    raw: int  # live tensor bytes, unrounded
+    allocated: int  # as the caching allocator charges them (memory_allocated)
+    reserved: int  # the segments mapped by the end of the phase (memory_reserved)
     kv_cache_bytes: int  # the KV cache after the phase's (last) forward
-    at: str              # where in the forward
+    at: str  # where in the forward
 
 
 @dataclass(slots=True)
@@ -281,23 +334,28 @@ class Totals:
     ``Estimate``), the phase and place of the allocator peak, and the phases' peaks."""
 
     weights_bytes: int
-    kv_cache_bytes: int      # at the end: after the decode step if there is one
-    activations_bytes: int   # at the allocator peak, beyond weights, workspace and KV cache
-    overhead_bytes: int      # device_used minus the three above
+    kv_cache_bytes: int  # at the end: after the decode step if there is one
+    activations_bytes: int  # at the allocator peak, beyond weights, workspace and KV cache
+    overhead_bytes: int  # device_used minus the three above
     peak_allocated_bytes: int
     peak_reserved_bytes: int
-    device_used_bytes: int   # peak_reserved_bytes + the CUDA context
+    device_used_bytes: int  # peak_reserved_bytes + the CUDA context
     peak_phase: str
     peak_at: str
     prefill: Peak
-    decode: Peak | None      # None: no new tokens, or a decode step not replayed (``Planner.totals``)
+    decode: Peak | None  # None: no new tokens, or a decode step not replayed (``Planner.totals``)
 
     def to_dict(self) -> dict[str, int]:
         """The seven byte fields, in this order (a sweep's row)."""
-        return {"weights_bytes": self.weights_bytes, "kv_cache_bytes": self.kv_cache_bytes,
-                "activations_bytes": self.activations_bytes, "overhead_bytes": self.overhead_bytes,
-                "peak_allocated_bytes": self.peak_allocated_bytes, "peak_reserved_bytes": self.peak_reserved_bytes,
-                "device_used_bytes": self.device_used_bytes}
+        return {
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "activations_bytes": self.activations_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_used_bytes": self.device_used_bytes,
+        }
 
 
 class Planner:
@@ -352,8 +410,19 @@ class Planner:
         activations = max(0, peak.raw - r.raw - kv)
         device = reserved + r.cuda_context_bytes
         # in field order (weights, kv_cache, activations, overhead, allocated, reserved, device used)
-        return Totals(r.weights, kv, activations, device - r.weights - kv - activations, peak.allocated, reserved,
-                      device, phase, peak.at, prefill, decode)
+        return Totals(
+            r.weights,
+            kv,
+            activations,
+            device - r.weights - kv - activations,
+            peak.allocated,
+            reserved,
+            device,
+            phase,
+            peak.at,
+            prefill,
+            decode,
+        )
 
     def peak(self, p: PhasePlan, prompt: int) -> Peak:
         """One forward's peak at prompt length ``prompt``, on top of the resident bytes.
@@ -371,8 +440,13 @@ class Planner:
         for chunk in chunks:
             c = self.peak(chunk, prompt)
             if c.allocated > p.allocated:
-                p = Peak(raw=c.raw, allocated=c.allocated, reserved=max(p.reserved, c.reserved),
-                         kv_cache_bytes=p.kv_cache_bytes, at=f"{chunk.name}: {c.at}")
+                p = Peak(
+                    raw=c.raw,
+                    allocated=c.allocated,
+                    reserved=max(p.reserved, c.reserved),
+                    kv_cache_bytes=p.kv_cache_bytes,
+                    at=f"{chunk.name}: {c.at}",
+                )
             elif c.reserved > p.reserved:
                 p = replace(p, reserved=c.reserved)
         return p
@@ -387,19 +461,20 @@ class Planner:
 # ---------------------------------------------------------------------------------------------
 # Resident bytes: what every phase holds besides its forward.
 
+
 @dataclass(frozen=True, slots=True)
 class Resident:
     """Bytes held from the load on: the loaded weights, the cuBLAS workspace (allocated at the
     first GEMM and never freed) and, outside torch, the CUDA context."""
 
-    weights: int              # raw bytes of the loaded weights
-    weights_allocated: int    # as the caching allocator charges them
-    weights_reserved: int     # their segments
-    workspace: int            # the cuBLAS workspace
-    raw: int                  # weights + workspace
-    allocated: int            # weights + workspace as the allocator charges them
-    reserved: int             # their segments
-    cuda_context_bytes: int   # seen by NVML only
+    weights: int  # raw bytes of the loaded weights
+    weights_allocated: int  # as the caching allocator charges them
+    weights_reserved: int  # their segments
+    workspace: int  # the cuBLAS workspace
+    raw: int  # weights + workspace
+    allocated: int  # weights + workspace as the allocator charges them
+    reserved: int  # their segments
+    cuda_context_bytes: int  # seen by NVML only
 
 
 def resident(s: Settings) -> Resident:
@@ -412,9 +487,16 @@ def resident(s: Settings) -> Resident:
 def _resident(spec: ModelSpec, quant: str, arch: str, gpu_class: str) -> Resident:
     w_raw, w_blk, w_res = _weights(spec, quant)
     ws = cublas_workspace_bytes(arch)
-    return Resident(weights=w_raw, weights_allocated=w_blk, weights_reserved=w_res, workspace=ws,
-                    raw=w_raw + ws, allocated=w_blk + block_bytes(ws), reserved=w_res + reserved_for((ws,)),
-                    cuda_context_bytes=cuda_context_bytes(gpu_class))
+    return Resident(
+        weights=w_raw,
+        weights_allocated=w_blk,
+        weights_reserved=w_res,
+        workspace=ws,
+        raw=w_raw + ws,
+        allocated=w_blk + block_bytes(ws),
+        reserved=w_res + reserved_for((ws,)),
+        cuda_context_bytes=cuda_context_bytes(gpu_class),
+    )
 
 
 @functools.lru_cache(maxsize=512)
@@ -429,6 +511,7 @@ def _weights(spec: ModelSpec, quant: str) -> tuple[int, int, int]:
 
 # ---------------------------------------------------------------------------------------------
 # Replay plans: the forwards of a setting, planned once per interval of prompt lengths.
+
 
 @dataclass(frozen=True, slots=True)
 class PhasePlan:
@@ -447,10 +530,10 @@ class Plans:
 
     lo: int
     hi: int
-    prefill: PhasePlan               # the prefill's last (or only) forward
-    chunks: tuple[PhasePlan, ...]    # earlier prefill chunks that can hold the prefill's peak
-    decode: PhasePlan | None         # the last decode step; None without new tokens
-    decode_until: int                # the decode step may set a peak only for prompts up to this
+    prefill: PhasePlan  # the prefill's last (or only) forward
+    chunks: tuple[PhasePlan, ...]  # earlier prefill chunks that can hold the prefill's peak
+    decode: PhasePlan | None  # the last decode step; None without new tokens
+    decode_until: int  # the decode step may set a peak only for prompts up to this
 
     @property
     def phases(self) -> tuple[PhasePlan, ...]:
@@ -465,24 +548,41 @@ def plans_at(s: Settings, prompt: int) -> Plans:
     """The replay plans of ``s`` at prompt length ``prompt``: cached per setting (less its
     context) and prompt interval, so they hold for ``prompt`` in ``lo..hi``."""
     lo, hi = _regime(s, prompt)
-    key = (s.model, s.quant, s.batch, s.kv_dtype, s.attn, s.new_tokens, s.cache, s.padding, s.logits,
-           s.prefill_chunk, s.bnb_compute_dtype, s.max_cache_len, s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
-           lo)
+    key = (
+        s.model,
+        s.quant,
+        s.batch,
+        s.kv_dtype,
+        s.attn,
+        s.new_tokens,
+        s.cache,
+        s.padding,
+        s.logits,
+        s.prefill_chunk,
+        s.bnb_compute_dtype,
+        s.max_cache_len,
+        s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+        lo,
+    )
     hit = _PLANS.get(key)
     if hit is None:
         if len(_PLANS) > 4096:
             _PLANS.clear()
         at = s if s.prompt_tokens == prompt else replace(s, context=prompt + s.new_tokens)
         n_other = 2 * (s.model.num_hidden_layers - 1)  # the other layers' finished K and V
-        planned = [PhasePlan(p.name, act.plan(act.trace_forward(s.model, p.forward), lo, hi,
-                                              ((p.kv, n_other), (p.extra, 1))), p.kv)
-                   for p in _forwards(at)]
+        planned = [
+            PhasePlan(
+                p.name, act.plan(act.trace_forward(s.model, p.forward), lo, hi, ((p.kv, n_other), (p.extra, 1))), p.kv
+            )
+            for p in _forwards(at)
+        ]
         decode = planned.pop() if planned[-1].name == "decode" else None
         prefill = planned[0]
         # Where the decode step can never reach the prefill's peak, the lean path skips it.
         until = _decode_until(prefill, decode, lo, hi) if decode is not None else lo - 1
-        hit = _PLANS[key] = Plans(lo=lo, hi=hi, prefill=prefill, chunks=tuple(planned[1:]), decode=decode,
-                                  decode_until=until)
+        hit = _PLANS[key] = Plans(
+            lo=lo, hi=hi, prefill=prefill, chunks=tuple(planned[1:]), decode=decode, decode_until=until
+        )
     return hit
 
 
@@ -495,8 +595,9 @@ def _decode_until(prefill: PhasePlan, decode: PhasePlan, lo: int, hi: int) -> in
     p = prefill.cands[0].raw
 
     def settled(x: int) -> bool:  # prefill stays ahead of decode for every T in [x, hi]
-        return all(act.min_on(act.padd(p, act.pscale(d.raw, -1)), x, hi) >= max(d.slack, d.res_slack)
-                   for d in decode.cands)
+        return all(
+            act.min_on(act.padd(p, act.pscale(d.raw, -1)), x, hi) >= max(d.slack, d.res_slack) for d in decode.cands
+        )
 
     if settled(lo):
         return lo - 1
@@ -537,13 +638,14 @@ def _thresholds(s: Settings, T: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 # The forwards to replay, with KV tensor sizes as polynomials in the prompt length T.
 
+
 @dataclass(frozen=True, slots=True)
 class _Pass:
     """One forward to replay, named after its phase (or prefill chunk)."""
 
     name: str
     forward: act.Forward
-    kv: act.Poly     # bytes of one layer's K (or V) after it; the other layers' finished K/V are as large
+    kv: act.Poly  # bytes of one layer's K (or V) after it; the other layers' finished K/V are as large
     extra: act.Poly  # live bytes the caller holds besides the forward's own tensors
 
 
@@ -558,10 +660,18 @@ def _forwards(s: Settings) -> list[_Pass]:
     fam = "float" if q_meta.family == "executorch" else q_meta.family
     cbn = {"bf16": 2, "fp16": 2, "fp32": 4}[s.bnb_compute_dtype]
     T, N, b = s.prompt_tokens, s.new_tokens, s.batch
-    common: dict[str, Any] = dict(batch=b, cb=s.compute_bytes, quant=s.quant, quant_family=fam,
-                                  bnb_compute_bytes=cbn, attn=s.attn, padding=s.padding, cache=s.cache,
-                                  sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
-                                  half_to_float=s.compute_dtype == "fp16")
+    common: dict[str, Any] = dict(
+        batch=b,
+        cb=s.compute_bytes,
+        quant=s.quant,
+        quant_family=fam,
+        bnb_compute_bytes=cbn,
+        attn=s.attn,
+        padding=s.padding,
+        cache=s.cache,
+        sdpa_math=s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS,
+        half_to_float=s.compute_dtype == "fp16",
+    )
     static = s.cache == "static"
     S_at = (s.max_cache_len or T + N) if static else T
     cache_len = _cache_len_poly(s)
@@ -579,9 +689,19 @@ def _forwards(s: Settings) -> list[_Pass]:
         else:
             kv_old = _kv_layer_poly(s, past, act.peval(past, T)) if past != act.ZERO else act.ZERO
         continuation = past != act.ZERO
-        f = act.Forward(q=q, past=past, S=S, logits=s.logits, kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
-                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or continuation,
-                        m_max=m_max, **common)
+        f = act.Forward(
+            q=q,
+            past=past,
+            S=S,
+            logits=s.logits,
+            kv_k=kv_new,
+            kv_v=kv_new,
+            kv_old_k=kv_old,
+            kv_old_v=kv_old,
+            has_mask=s.attn == "eager" or s.padding or continuation,
+            m_max=m_max,
+            **common,
+        )
         # Chunked: the caller still holds the whole prompt's input_ids (the replay counts this
         # chunk's), and after the first chunk the previous chunk's fp32 last-token logits.
         extra = act.pscale(act.padd(act.P(0, 1), act.pscale(q, -1)), 8 * b) if chunked else act.ZERO
@@ -599,8 +719,10 @@ def _forwards(s: Settings) -> list[_Pass]:
     # context are a superset of those of any shorter one.
     if chunked:
         k = (T - 1) // C
-        passes = [prefill("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T),
-                  prefill("first chunk", act.P(C), act.ZERO, b * C, act.P(C), C)]
+        passes = [
+            prefill("prefill", act.P(-k * C, 1), act.P(k * C), b * (T - k * C), act.P(0, 1), T),
+            prefill("first chunk", act.P(C), act.ZERO, b * C, act.P(C), C),
+        ]
         if k >= 2:  # the previous chunk is itself a continuation (k == 1: it is the first chunk)
             passes.append(prefill("prev chunk", act.P(C), act.P((k - 1) * C), b * C, act.P(k * C), k * C))
     else:
@@ -613,8 +735,19 @@ def _forwards(s: Settings) -> list[_Pass]:
         kv_old = kv_new if static else _kv_layer_poly(s, past, T + N - 1)
         # generate() keeps the previous step's fp32 next-token logits and the growing input_ids.
         extra = act.padd(act.P(b * s.model.vocab_size * act.FP32), act.pscale(past, b * act.INT64))
-        f = act.Forward(q=act.P(1), past=past, S=S, logits="last", kv_k=kv_new, kv_v=kv_new, kv_old_k=kv_old,
-                        kv_old_v=kv_old, has_mask=s.attn == "eager" or s.padding or static, m_max=b, **common)
+        f = act.Forward(
+            q=act.P(1),
+            past=past,
+            S=S,
+            logits="last",
+            kv_k=kv_new,
+            kv_v=kv_new,
+            kv_old_k=kv_old,
+            kv_old_v=kv_old,
+            has_mask=s.attn == "eager" or s.padding or static,
+            m_max=b,
+            **common,
+        )
         passes.append(_Pass("decode", f, kv_new, extra))
     return passes
 

@@ -28,18 +28,35 @@ class Gpu:
     bandwidth_bytes_per_s: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name, "vendor": self.vendor, "arch": self.arch,
-                "memory_bytes": self.memory_bytes, "source": self.memory_source, "class": self.cls,
-                "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s}
+        return {
+            "key": self.key,
+            "name": self.name,
+            "vendor": self.vendor,
+            "arch": self.arch,
+            "memory_bytes": self.memory_bytes,
+            "source": self.memory_source,
+            "class": self.cls,
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+        }
 
 
 @functools.lru_cache(maxsize=1)
 def gpu_catalog() -> tuple[Gpu, ...]:
     """All catalog GPUs, smallest memory first."""
     raw = json.loads(resources.files("estimator").joinpath("data/gpus.json").read_text())
-    gpus = [Gpu(key=g["key"], name=g["name"], vendor=g["vendor"], arch=g["arch"],
-                memory_bytes=int(g["memory_bytes"]), memory_source=g["memory_source"], cls=g["class"],
-                bandwidth_bytes_per_s=g.get("bandwidth_bytes_per_s")) for g in raw["gpus"]]
+    gpus = [
+        Gpu(
+            key=g["key"],
+            name=g["name"],
+            vendor=g["vendor"],
+            arch=g["arch"],
+            memory_bytes=int(g["memory_bytes"]),
+            memory_source=g["memory_source"],
+            cls=g["class"],
+            bandwidth_bytes_per_s=g.get("bandwidth_bytes_per_s"),
+        )
+        for g in raw["gpus"]
+    ]
     return tuple(sorted(gpus, key=lambda g: (g.memory_bytes, g.key)))
 
 
@@ -48,7 +65,7 @@ def _by_key() -> dict[str, Gpu]:
     return {g.key: g for g in gpu_catalog()}
 
 
-def get_gpu(key: "str | Gpu") -> Gpu:
+def get_gpu(key: str | Gpu) -> Gpu:
     if isinstance(key, Gpu):
         return key
     try:
@@ -58,8 +75,15 @@ def get_gpu(key: "str | Gpu") -> Gpu:
 
 
 def custom_gpu(memory_bytes: int, arch: str = "generic") -> Gpu:
-    return Gpu(key="custom", name="Custom GPU", vendor="nvidia", arch=arch, memory_bytes=memory_bytes,
-               memory_source="entered by the user", cls="custom")
+    return Gpu(
+        key="custom",
+        name="Custom GPU",
+        vendor="nvidia",
+        arch=arch,
+        memory_bytes=memory_bytes,
+        memory_source="entered by the user",
+        cls="custom",
+    )
 
 
 def match_gpu(memory_bytes: int, arch: str) -> Gpu:

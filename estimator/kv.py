@@ -19,7 +19,7 @@ from .units import cdiv, check_int
 # Bytes per element of each KV dtype; "auto" follows the model's compute dtype.
 KV_DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
 ELEMENT_BITS = {"fp32": 32, "bf16": 16, "fp16": 16, "fp8": 8, "int8": 8, "int4": 4}
-KV_QUANT_GROUP = 64       # transformers QuantizedCacheConfig.q_group_size default
+KV_QUANT_GROUP = 64  # transformers QuantizedCacheConfig.q_group_size default
 KV_RESIDUAL_TOKENS = 128  # transformers QuantizedCacheConfig.residual_length default
 
 

@@ -64,13 +64,23 @@ if TYPE_CHECKING:
     from .report import MemoryReport
 
 # The Hugging Face checkpoints whose config.json the presets ship (base models: eos_token_id 128001).
-HF_MODELS = {"llama-3.2-1b": "meta-llama/Llama-3.2-1B", "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
-             "llama-3.1-8b": "meta-llama/Llama-3.1-8B"}
+HF_MODELS = {
+    "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama-3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+}
 PLACEHOLDER = "MODEL"  # a model without a known checkpoint name
 TORCH_DTYPES = {"bf16": "torch.bfloat16", "fp16": "torch.float16", "fp32": "torch.float32"}
 VLLM_DTYPES = {"auto": "auto", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-VLLM_KV_DTYPES = {"fp8": "fp8", "fp8_e4m3": "fp8_e4m3", "fp8_e5m2": "fp8_e5m2", "bf16": "bfloat16",
-                  "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+VLLM_KV_DTYPES = {
+    "fp8": "fp8",
+    "fp8_e4m3": "fp8_e4m3",
+    "fp8_e5m2": "fp8_e5m2",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 LLAMACPP_DEFAULT_UBATCH = 512  # common.h n_ubatch
 LLAMACPP_DEFAULT_BATCH = 2048  # common.h n_batch; llama.cpp uses min(n_batch, n_ubatch) as the ubatch
 
@@ -79,20 +89,27 @@ LLAMACPP_DEFAULT_BATCH = 2048  # common.h n_batch; llama.cpp uses min(n_batch, n
 class Launch:
     """How to start an engine with the settings of one estimate (see the module docstring)."""
 
-    engine: str                      # "vllm", "llama.cpp", "ollama" or "transformers"
-    command: str                     # copy-pasteable: a shell line, or Python source (language "python")
-    args: tuple[str, ...]            # argv (program first, no env); transformers: keyword arguments as source
+    engine: str  # "vllm", "llama.cpp", "ollama" or "transformers"
+    command: str  # copy-pasteable: a shell line, or Python source (language "python")
+    args: tuple[str, ...]  # argv (program first, no env); transformers: keyword arguments as source
     env: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    language: str = "bash"           # "bash" or "python": how to show ``command``
+    language: str = "bash"  # "bash" or "python": how to show ``command``
     options: dict[str, Any] = field(default_factory=dict)
     alternatives: tuple[Launch, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able: every field; ``alternatives`` as a list of their ``to_dict()``."""
-        return {"engine": self.engine, "language": self.language, "command": self.command, "args": list(self.args),
-                "env": dict(self.env), "notes": list(self.notes), "options": dict(self.options),
-                "alternatives": [a.to_dict() for a in self.alternatives]}
+        return {
+            "engine": self.engine,
+            "language": self.language,
+            "command": self.command,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "notes": list(self.notes),
+            "options": dict(self.options),
+            "alternatives": [a.to_dict() for a in self.alternatives],
+        }
 
 
 def shell_command(args: tuple[str, ...], env: Mapping[str, str] | None = None) -> str:
@@ -102,10 +119,23 @@ def shell_command(args: tuple[str, ...], env: Mapping[str, str] | None = None) -
     return " ".join(words)
 
 
-def _shell(engine: str, args: list[str], env: Mapping[str, str] | None = None, notes: list[str] | None = None,
-           options: Mapping[str, Any] | None = None, alternatives: tuple[Launch, ...] = ()) -> Launch:
-    return Launch(engine=engine, command=shell_command(tuple(args), env), args=tuple(args), env=dict(env or {}),
-                  notes=tuple(notes or ()), options=dict(options or {}), alternatives=alternatives)
+def _shell(
+    engine: str,
+    args: list[str],
+    env: Mapping[str, str] | None = None,
+    notes: list[str] | None = None,
+    options: Mapping[str, Any] | None = None,
+    alternatives: tuple[Launch, ...] = (),
+) -> Launch:
+    return Launch(
+        engine=engine,
+        command=shell_command(tuple(args), env),
+        args=tuple(args),
+        env=dict(env or {}),
+        notes=tuple(notes or ()),
+        options=dict(options or {}),
+        alternatives=alternatives,
+    )
 
 
 def model_id(name: str | None) -> str:
@@ -134,6 +164,7 @@ def _int(v: Any, what: str) -> int:
 
 # --- vLLM ----------------------------------------------------------------------------------------
 
+
 def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None = None) -> Launch:
     """``vllm serve MODEL`` with the settings the vLLM estimate used, its defaults resolved.
 
@@ -148,11 +179,20 @@ def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None =
     s, d = _parts(report)
     n = _int(d.get("max_model_len", s.get("context")), "max_model_len")
     util = s.get("gpu_memory_utilization", 0.9)
-    args = ["vllm", "serve", model or model_id(s.get("model")), "--max-model-len", str(n),
-            "--gpu-memory-utilization", str(util)]
+    args = [
+        "vllm",
+        "serve",
+        model or model_id(s.get("model")),
+        "--max-model-len",
+        str(n),
+        "--gpu-memory-utilization",
+        str(util),
+    ]
     notes: list[str] = []
-    seqs, batched = d.get("max_num_seqs", s.get("max_num_seqs")), d.get("max_num_batched_tokens",
-                                                                          s.get("max_num_batched_tokens"))
+    seqs, batched = (
+        d.get("max_num_seqs", s.get("max_num_seqs")),
+        d.get("max_num_batched_tokens", s.get("max_num_batched_tokens")),
+    )
     if seqs is not None:
         args += ["--max-num-seqs", str(_int(seqs, "max_num_seqs"))]
     if batched is not None:
@@ -169,15 +209,18 @@ def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None =
     elif quant in VLLM_DTYPES:
         args += ["--dtype", VLLM_DTYPES[quant]]
     else:
-        raise InvalidSpecError(f"quant for vLLM must be one of {', '.join(VLLM_DTYPES)}, bitsandbytes or fp8: "
-                               f"{quant!r}")
+        raise InvalidSpecError(
+            f"quant for vLLM must be one of {', '.join(VLLM_DTYPES)}, bitsandbytes or fp8: {quant!r}"
+        )
     kv = str(s.get("kv_dtype") or "auto").lower()
     if kv in VLLM_KV_DTYPES:
         args += ["--kv-cache-dtype", VLLM_KV_DTYPES[kv]]
         if VLLM_KV_DTYPES[kv] in ("bfloat16", "float16"):
-            notes.append("--kv-cache-dtype bfloat16/float16 is taken by recent vLLM (CacheDType in "
-                         "vllm/config/cache.py); older releases take auto or fp8 only: there, auto (the model "
-                         "dtype) is the same cache.")
+            notes.append(
+                "--kv-cache-dtype bfloat16/float16 is taken by recent vLLM (CacheDType in "
+                "vllm/config/cache.py); older releases take auto or fp8 only: there, auto (the model "
+                "dtype) is the same cache."
+            )
     elif kv not in ("auto", "fp32", "float32"):
         raise InvalidSpecError(f"kv_dtype for vLLM must be auto, fp8, bf16 or fp16: {kv!r}")
     elif kv != "auto":
@@ -188,8 +231,9 @@ def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None =
     version = str(s.get("vllm_version") or "v1")
     if version != "v1":
         env["VLLM_USE_V1"] = "0"
-        notes.append("V0 accounting: the V0 engine of vLLM 0.7-0.10 (VLLM_USE_V1=0 from 0.8 on; removed in "
-                     "later releases).")
+        notes.append(
+            "V0 accounting: the V0 engine of vLLM 0.7-0.10 (VLLM_USE_V1=0 from 0.8 on; removed in later releases)."
+        )
     alternatives: tuple[Launch, ...] = ()
     blocks, block_bytes = d.get("num_gpu_blocks"), d.get("block_bytes")
     options: dict[str, Any] = {}
@@ -197,17 +241,25 @@ def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None =
         kv_bytes = blocks * block_bytes
         options["kv_cache_memory_bytes"] = kv_bytes
         if version == "v1":
-            alternatives = (_shell(
-                "vllm", args + ["--kv-cache-memory-bytes", str(kv_bytes)], env,
-                notes=[f"--kv-cache-memory-bytes: the KV pool in bytes ({blocks:,} blocks x {block_bytes:,} B per "
-                       "GPU), set directly instead of sized from --gpu-memory-utilization and the profile run "
-                       "(vLLM PR #21489, mid 2025; the first release with it is not confirmed here: "
-                       "vllm serve --help | grep kv-cache-memory-bytes)."],
-                options=options),)
+            alternatives = (
+                _shell(
+                    "vllm",
+                    args + ["--kv-cache-memory-bytes", str(kv_bytes)],
+                    env,
+                    notes=[
+                        f"--kv-cache-memory-bytes: the KV pool in bytes ({blocks:,} blocks x {block_bytes:,} B per "
+                        "GPU), set directly instead of sized from --gpu-memory-utilization and the profile run "
+                        "(vLLM PR #21489, mid 2025; the first release with it is not confirmed here: "
+                        "vllm serve --help | grep kv-cache-memory-bytes)."
+                    ],
+                    options=options,
+                ),
+            )
     return _shell("vllm", args, env, notes, options, alternatives)
 
 
 # --- llama.cpp and Ollama ------------------------------------------------------------------------
+
 
 def _gguf_name(s: Mapping[str, Any]) -> str:
     path = s.get("gguf")
@@ -232,10 +284,16 @@ def _llamacpp_settings(report: MemoryReport | Mapping[str, Any]) -> dict[str, An
     # meaning, default or auto-fit, varies between llama-server builds).
     if isinstance(resolved, int) and not isinstance(resolved, bool) and resolved >= 0:
         ngl = resolved
-    return {"n_ctx": _int(s.get("context"), "context"), "parallel": _int(s.get("parallel", 1), "parallel"),
-            "ubatch": _int(s.get("ubatch", LLAMACPP_DEFAULT_UBATCH), "ubatch"),
-            "flash_attn": bool(s.get("flash_attn", False)), "kv": kv, "ngl": ngl,
-            "version": str(s.get("llamacpp_version") or "current"), "gguf": _gguf_name(s)}
+    return {
+        "n_ctx": _int(s.get("context"), "context"),
+        "parallel": _int(s.get("parallel", 1), "parallel"),
+        "ubatch": _int(s.get("ubatch", LLAMACPP_DEFAULT_UBATCH), "ubatch"),
+        "flash_attn": bool(s.get("flash_attn", False)),
+        "kv": kv,
+        "ngl": ngl,
+        "version": str(s.get("llamacpp_version") or "current"),
+        "gguf": _gguf_name(s),
+    }
 
 
 def llamacpp_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None = None) -> Launch:
@@ -246,8 +304,17 @@ def llamacpp_launch(report: MemoryReport | Mapping[str, Any], *, model: str | No
     model and the GGUF type)."""
     c = _llamacpp_settings(report)
     current = c["version"] != "2025-01"
-    args = ["llama-server", "-m", model or c["gguf"], "-c", str(c["n_ctx"]), "-np", str(c["parallel"]),
-            "-ngl", str(c["ngl"])]
+    args = [
+        "llama-server",
+        "-m",
+        model or c["gguf"],
+        "-c",
+        str(c["n_ctx"]),
+        "-np",
+        str(c["parallel"]),
+        "-ngl",
+        str(c["ngl"]),
+    ]
     notes: list[str] = []
     if current and c["parallel"] == 1:
         # llama-server (tools/server/server.cpp since late 2025, the change discussed in llama.cpp PR #16736)
@@ -265,11 +332,11 @@ def llamacpp_launch(report: MemoryReport | Mapping[str, Any], *, model: str | No
     if c["kv"] != "f16":
         args += ["-ctk", c["kv"], "-ctv", c["kv"]]
     if current:
-        notes.append("-fa on|off: llama.cpp since late summer 2025 (its default is auto); older builds take a "
-                     "bare -fa for on.")
+        notes.append(
+            "-fa on|off: llama.cpp since late summer 2025 (its default is auto); older builds take a bare -fa for on."
+        )
     if c["parallel"] > 1:
-        notes.append(f"-c is shared: each of the {c['parallel']} slots holds {c['n_ctx'] // c['parallel']:,} "
-                     "tokens.")
+        notes.append(f"-c is shared: each of the {c['parallel']} slots holds {c['n_ctx'] // c['parallel']:,} tokens.")
     return _shell("llama.cpp", args, notes=notes, alternatives=(ollama_launch(report),))
 
 
@@ -282,20 +349,27 @@ def ollama_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None
     server-wide variable). ``model``: the model name in the request example."""
     c = _llamacpp_settings(report)
     num_ctx = max(1, c["n_ctx"] // c["parallel"])  # OLLAMA_CONTEXT_LENGTH=0 would mean "the default"
-    env = {"OLLAMA_CONTEXT_LENGTH": str(num_ctx), "OLLAMA_NUM_PARALLEL": str(c["parallel"]),
-           "OLLAMA_FLASH_ATTENTION": "1" if c["flash_attn"] else "0"}
+    env = {
+        "OLLAMA_CONTEXT_LENGTH": str(num_ctx),
+        "OLLAMA_NUM_PARALLEL": str(c["parallel"]),
+        "OLLAMA_FLASH_ATTENTION": "1" if c["flash_attn"] else "0",
+    }
     if c["kv"] != "f16":
         env["OLLAMA_KV_CACHE_TYPE"] = c["kv"]
     options: dict[str, Any] = {"num_ctx": num_ctx, "num_gpu": c["ngl"]}
     if c["ubatch"] != LLAMACPP_DEFAULT_UBATCH:
         options["num_batch"] = c["ubatch"]
-    notes = [f"Ollama's num_ctx is per request: it starts llama-server with -c num_ctx x OLLAMA_NUM_PARALLEL "
-             f"= {num_ctx * c['parallel']:,} (llm/llama_server.go, v0.33). A request's "
-             f"\"options\": {_json_object(options)} sets the same per model (num_gpu: layers on the GPU; "
-             f"or PARAMETER lines in a Modelfile)."]
+    notes = [
+        f"Ollama's num_ctx is per request: it starts llama-server with -c num_ctx x OLLAMA_NUM_PARALLEL "
+        f"= {num_ctx * c['parallel']:,} (llm/llama_server.go, v0.33). A request's "
+        f'"options": {_json_object(options)} sets the same per model (num_gpu: layers on the GPU; '
+        f"or PARAMETER lines in a Modelfile)."
+    ]
     if num_ctx * c["parallel"] != c["n_ctx"]:
-        notes.append(f"n_ctx {c['n_ctx']:,} is not a multiple of {c['parallel']} parallel sequences: Ollama "
-                     f"gets {num_ctx * c['parallel']:,}.")
+        notes.append(
+            f"n_ctx {c['n_ctx']:,} is not a multiple of {c['parallel']} parallel sequences: Ollama "
+            f"gets {num_ctx * c['parallel']:,}."
+        )
     if model:
         notes.append(f"Model: {model}.")
     return _shell("ollama", ["ollama", "serve"], env, notes, options)
@@ -306,6 +380,7 @@ def _json_object(d: Mapping[str, Any]) -> str:
 
 
 # --- transformers --------------------------------------------------------------------------------
+
 
 def _py(v: Any) -> str:
     """Python source of a JSON-like value, strings in double quotes."""
@@ -320,9 +395,12 @@ def _bnb_config(quant: str, bnb_compute: str) -> tuple[list[str], dict[str, Any]
     """BitsAndBytesConfig's keyword arguments as source and as JSON (runtime/load.py builds the same)."""
     if quant == "int8":
         return ["load_in_8bit=True"], {"load_in_8bit": True}
-    kw: dict[str, Any] = {"load_in_4bit": True, "bnb_4bit_quant_type": quant.split("-")[0],
-                          "bnb_4bit_use_double_quant": quant.endswith("-dq"),
-                          "bnb_4bit_compute_dtype": TORCH_DTYPES[bnb_compute]}
+    kw: dict[str, Any] = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": quant.split("-")[0],
+        "bnb_4bit_use_double_quant": quant.endswith("-dq"),
+        "bnb_4bit_compute_dtype": TORCH_DTYPES[bnb_compute],
+    }
     return [f"{k}={v if k == 'bnb_4bit_compute_dtype' else _py(v)}" for k, v in kw.items()], kw
 
 
@@ -339,12 +417,21 @@ def transformers_launch(settings: Settings, *, model: str | None = None) -> Laun
     name = model or model_id(s.model.name)
     notes: list[str] = []
     if quant.family == "executorch":
-        text = ("# et-4bit is an ExecuTorch export (estimator.engines.executorch), not a transformers load:\n"
-                "# see the Llama 3.2 ExecuTorch release variants.")
-        return Launch(engine="transformers", command=text, args=(), language="python",
-                      notes=("No transformers launch: et-4bit runs in ExecuTorch.",))
-    load: list[tuple[str, str, Any]] = [("dtype", TORCH_DTYPES[cdtype], cdtype),
-                                        ("attn_implementation", _py(s.attn), s.attn)]
+        text = (
+            "# et-4bit is an ExecuTorch export (estimator.engines.executorch), not a transformers load:\n"
+            "# see the Llama 3.2 ExecuTorch release variants."
+        )
+        return Launch(
+            engine="transformers",
+            command=text,
+            args=(),
+            language="python",
+            notes=("No transformers launch: et-4bit runs in ExecuTorch.",),
+        )
+    load: list[tuple[str, str, Any]] = [
+        ("dtype", TORCH_DTYPES[cdtype], cdtype),
+        ("attn_implementation", _py(s.attn), s.attn),
+    ]
     imports = ["AutoModelForCausalLM"]
     bnb: list[str] = []
     if quant.family == "bnb":
@@ -354,11 +441,14 @@ def transformers_launch(settings: Settings, *, model: str | None = None) -> Laun
     load.append(("device_map", _py("cuda"), "cuda"))
     model_line = f"    {_py(name)},"
     if quant.family in ("fp8", "gptq", "awq"):
-        what = {"fp8": "a per-tensor FP8 (e4m3)", "gptq": "a GPTQ int4 (group 128)",
-                "awq": "an AWQ int4 (group 128)"}[quant.family]
+        what = {"fp8": "a per-tensor FP8 (e4m3)", "gptq": "a GPTQ int4 (group 128)", "awq": "an AWQ int4 (group 128)"}[
+            quant.family
+        ]
         model_line += f"  # replace with {what} checkpoint of this model"
-        notes.append(f"{quant.label}: load a pre-quantized checkpoint; its config.json carries the "
-                     "quantization_config, so from_pretrained takes none.")
+        notes.append(
+            f"{quant.label}: load a pre-quantized checkpoint; its config.json carries the "
+            "quantization_config, so from_pretrained takes none."
+        )
 
     gen: list[tuple[str, str, Any]] = [("max_new_tokens", str(s.new_tokens), s.new_tokens)]
     kv = resolve_kv_dtype(s.kv_dtype, 4 if cdtype == "fp32" else 2)
@@ -366,53 +456,83 @@ def transformers_launch(settings: Settings, *, model: str | None = None) -> Laun
     if kv in ("int4", "int8", "fp8"):
         # QuantizedCache backends (transformers 5.24 cache_utils): quanto takes nbits 2 or 4 only, so
         # int8 goes through hqq; fp8 is per tensor with no residual window.
-        cfg: dict[str, Any] = ({"backend": "fp8"} if kv == "fp8" else
-                               {"backend": "quanto", "nbits": 4} if kv == "int4" else {"backend": "hqq", "nbits": 8})
+        cfg: dict[str, Any] = (
+            {"backend": "fp8"}
+            if kv == "fp8"
+            else {"backend": "quanto", "nbits": 4}
+            if kv == "int4"
+            else {"backend": "hqq", "nbits": 8}
+        )
         gen += [("cache_implementation", _py("quantized"), "quantized"), ("cache_config", _py(cfg), cfg)]
-        notes.append({"int4": "int4 KV cache: QuantizedCache with optimum-quanto (pip install optimum-quanto).",
-                      "int8": "int8 KV cache: QuantizedCache with HQQ (pip install hqq); quanto takes 2 or 4 bits.",
-                      "fp8": "fp8 KV cache: QuantizedCache's fp8 backend (transformers 5.24; a per-tensor scale)."
-                      }[kv])
+        notes.append(
+            {
+                "int4": "int4 KV cache: QuantizedCache with optimum-quanto (pip install optimum-quanto).",
+                "int8": "int8 KV cache: QuantizedCache with HQQ (pip install hqq); quanto takes 2 or 4 bits.",
+                "fp8": "fp8 KV cache: QuantizedCache's fp8 backend (transformers 5.24; a per-tensor scale).",
+            }[kv]
+        )
         if cache == "static":
             notes.append("transformers has no static quantized cache: the quantized cache is dynamic.")
     elif kv != cdtype:
-        notes.append(f"KV cache {kv}: generate() has no argument for it; transformers' cache takes the "
-                     f"model's dtype ({cdtype}).")
+        notes.append(
+            f"KV cache {kv}: generate() has no argument for it; transformers' cache takes the model's dtype ({cdtype})."
+        )
     if cache == "static" and kv not in ("int4", "int8", "fp8"):
         gen.append(("cache_implementation", _py("static"), "static"))
         if s.max_cache_len is not None:
             gen.append(("max_cache_len", str(s.max_cache_len), s.max_cache_len))
     if s.prefill_chunk is not None:
         gen.append(("prefill_chunk_size", str(s.prefill_chunk), s.prefill_chunk))
-        notes.append("prefill_chunk_size: GenerationConfig's chunked prefill (transformers 5.24 "
-                     "generation/utils.py _prefill); an older transformers without it needs a loop feeding "
-                     "the prompt in chunks into one cache, then generate() on the rest.")
+        notes.append(
+            "prefill_chunk_size: GenerationConfig's chunked prefill (transformers 5.24 "
+            "generation/utils.py _prefill); an older transformers without it needs a loop feeding "
+            "the prompt in chunks into one cache, then generate() on the rest."
+        )
     if s.padding:
         gen.append(("attention_mask", "attention_mask", "attention_mask"))
     if s.logits != "last":
-        notes.append(f"logits={s.logits!r}: the estimate's prefill keeps every position's logits (a plain "
-                     "model(input_ids) forward); generate() keeps the last one only.")
+        notes.append(
+            f"logits={s.logits!r}: the estimate's prefill keeps every position's logits (a plain "
+            "model(input_ids) forward); generate() keeps the last one only."
+        )
 
     prompt = s.context - s.new_tokens
-    lines = ["import torch", f"from transformers import {', '.join(imports)}", "",
-             "model = AutoModelForCausalLM.from_pretrained(", model_line]
+    lines = [
+        "import torch",
+        f"from transformers import {', '.join(imports)}",
+        "",
+        "model = AutoModelForCausalLM.from_pretrained(",
+        model_line,
+    ]
     for k, src, _ in load:  # BitsAndBytesConfig(...) one argument a line
-        lines += ([f"    {k}=BitsAndBytesConfig("] + [f"        {a}," for a in bnb] + ["    ),"]
-                  if k == "quantization_config" and len(bnb) > 1 else [f"    {k}={src},"])
-    lines += [")",
-              f"# input_ids: [{s.batch}, {prompt}] token ids on cuda (context {s.context:,} = {prompt:,} prompt "
-              f"+ {s.new_tokens} new tokens)" + (", attention_mask: the padding mask" if s.padding else ""),
-              "out = model.generate(", "    input_ids,"]
+        lines += (
+            [f"    {k}=BitsAndBytesConfig("] + [f"        {a}," for a in bnb] + ["    ),"]
+            if k == "quantization_config" and len(bnb) > 1
+            else [f"    {k}={src},"]
+        )
+    lines += [
+        ")",
+        f"# input_ids: [{s.batch}, {prompt}] token ids on cuda (context {s.context:,} = {prompt:,} prompt "
+        f"+ {s.new_tokens} new tokens)" + (", attention_mask: the padding mask" if s.padding else ""),
+        "out = model.generate(",
+        "    input_ids,",
+    ]
     lines += [f"    {k}={src}," for k, src, _ in gen]
     lines.append(")")
     args = tuple(f"{k}={src}" for k, src, _ in load + gen)
-    options = {"model": name, "from_pretrained": {k: v for k, _, v in load},
-               "generate": {k: v for k, _, v in gen}}
-    return Launch(engine="transformers", command="\n".join(lines), args=args, language="python",
-                  notes=tuple(notes), options=options)
+    options = {"model": name, "from_pretrained": {k: v for k, _, v in load}, "generate": {k: v for k, _, v in gen}}
+    return Launch(
+        engine="transformers",
+        command="\n".join(lines),
+        args=args,
+        language="python",
+        notes=tuple(notes),
+        options=options,
+    )
 
 
 # --- CLI results ---------------------------------------------------------------------------------
+
 
 def launch_for(result: Mapping[str, Any], settings: Settings | None = None) -> Launch | None:
     """The launch of a ``python -m estimator estimate|fit`` result: its engine's launch of the
@@ -447,5 +567,15 @@ def format_launch(launch: Launch | Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["HF_MODELS", "Launch", "format_launch", "launch_for", "llamacpp_launch", "model_id", "ollama_launch",
-           "shell_command", "transformers_launch", "vllm_launch"]
+__all__ = [
+    "HF_MODELS",
+    "Launch",
+    "format_launch",
+    "launch_for",
+    "llamacpp_launch",
+    "model_id",
+    "ollama_launch",
+    "shell_command",
+    "transformers_launch",
+    "vllm_launch",
+]

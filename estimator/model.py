@@ -19,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from .errors import InvalidSpecError, UnknownNameError
 from .units import shown
@@ -43,16 +44,20 @@ _FAMILIES: dict[str, tuple[_BiasRule, _BiasRule, bool]] = {
     "qwen2": (True, False, False),
     "qwen3": ("cfg", "cfg", True),
 }
-_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
-             "num_experts_per_tok")
+_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size", "num_experts_per_tok")
 
 
 # Sanity bounds, far above any real model (the largest public configs have ~128 layers, 16K
 # hidden, 53K intermediate, 256K vocab): they keep a hostile config from hanging a solver.
 _LIMITS = {
-    "hidden_size": 1 << 20, "num_hidden_layers": 4096, "num_attention_heads": 1 << 16,
-    "num_key_value_heads": 1 << 16, "head_dim": 1 << 16, "intermediate_size": 1 << 22,
-    "vocab_size": 1 << 24, "max_position_embeddings": 1 << 31,
+    "hidden_size": 1 << 20,
+    "num_hidden_layers": 4096,
+    "num_attention_heads": 1 << 16,
+    "num_key_value_heads": 1 << 16,
+    "head_dim": 1 << 16,
+    "intermediate_size": 1 << 22,
+    "vocab_size": 1 << 24,
+    "max_position_embeddings": 1 << 31,
 }
 
 
@@ -71,12 +76,12 @@ class ModelSpec:
     vocab_size: int
     tie_word_embeddings: bool = False
     max_position_embeddings: int = 2048
-    attention_bias: bool = False       # bias on q_proj, k_proj, v_proj
-    attention_out_bias: bool = False   # bias on o_proj
+    attention_bias: bool = False  # bias on q_proj, k_proj, v_proj
+    attention_out_bias: bool = False  # bias on o_proj
     mlp_bias: bool = False
-    qk_norm: bool = False              # Qwen3-style RMSNorm on q and k (weight of head_dim)
+    qk_norm: bool = False  # Qwen3-style RMSNorm on q and k (weight of head_dim)
     partial_rotary_factor: float = 1.0
-    torch_dtype: str = "bfloat16"      # dtype of the checkpoint
+    torch_dtype: str = "bfloat16"  # dtype of the checkpoint
 
     def __post_init__(self) -> None:
         for f, hi in _LIMITS.items():
@@ -90,7 +95,8 @@ class ModelSpec:
         if self.num_attention_heads % self.num_key_value_heads:
             raise InvalidSpecError(
                 f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
-                f"num_key_value_heads: {self.num_key_value_heads}")
+                f"num_key_value_heads: {self.num_key_value_heads}"
+            )
         if not 0.0 < self.partial_rotary_factor <= 1.0:
             raise InvalidSpecError(f"partial_rotary_factor must be in (0, 1]: {self.partial_rotary_factor!r}")
 
@@ -150,20 +156,28 @@ def _layer_tensors(spec: ModelSpec, i: int) -> list[Tensor]:
         Tensor(p + "mlp.down_proj.weight", (H, I), "linear", i),
     ]
     if spec.attention_bias:
-        out += [Tensor(p + "self_attn.q_proj.bias", (q,), "bias", i),
-                Tensor(p + "self_attn.k_proj.bias", (kv,), "bias", i),
-                Tensor(p + "self_attn.v_proj.bias", (kv,), "bias", i)]
+        out += [
+            Tensor(p + "self_attn.q_proj.bias", (q,), "bias", i),
+            Tensor(p + "self_attn.k_proj.bias", (kv,), "bias", i),
+            Tensor(p + "self_attn.v_proj.bias", (kv,), "bias", i),
+        ]
     if spec.attention_out_bias:
         out.append(Tensor(p + "self_attn.o_proj.bias", (H,), "bias", i))
     if spec.mlp_bias:
-        out += [Tensor(p + "mlp.gate_proj.bias", (I,), "bias", i),
-                Tensor(p + "mlp.up_proj.bias", (I,), "bias", i),
-                Tensor(p + "mlp.down_proj.bias", (H,), "bias", i)]
+        out += [
+            Tensor(p + "mlp.gate_proj.bias", (I,), "bias", i),
+            Tensor(p + "mlp.up_proj.bias", (I,), "bias", i),
+            Tensor(p + "mlp.down_proj.bias", (H,), "bias", i),
+        ]
     if spec.qk_norm:
-        out += [Tensor(p + "self_attn.q_norm.weight", (spec.head_dim,), "norm", i),
-                Tensor(p + "self_attn.k_norm.weight", (spec.head_dim,), "norm", i)]
-    out += [Tensor(p + "input_layernorm.weight", (H,), "norm", i),
-            Tensor(p + "post_attention_layernorm.weight", (H,), "norm", i)]
+        out += [
+            Tensor(p + "self_attn.q_norm.weight", (spec.head_dim,), "norm", i),
+            Tensor(p + "self_attn.k_norm.weight", (spec.head_dim,), "norm", i),
+        ]
+    out += [
+        Tensor(p + "input_layernorm.weight", (H,), "norm", i),
+        Tensor(p + "post_attention_layernorm.weight", (H,), "norm", i),
+    ]
     return out
 
 
@@ -182,8 +196,10 @@ def tensors(spec: ModelSpec) -> tuple[Tensor, ...]:
     if not spec.tie_word_embeddings:
         out.append(Tensor("lm_head.weight", (spec.vocab_size, spec.hidden_size), "lm_head"))
     half = spec.rotary_dim // 2
-    out += [Tensor("model.rotary_emb.inv_freq", (half,), "buffer"),
-            Tensor("model.rotary_emb.original_inv_freq", (half,), "buffer")]
+    out += [
+        Tensor("model.rotary_emb.inv_freq", (half,), "buffer"),
+        Tensor("model.rotary_emb.original_inv_freq", (half,), "buffer"),
+    ]
     return tuple(out)
 
 
@@ -244,7 +260,8 @@ def from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> ModelSpec
     if model_type not in _FAMILIES:
         raise InvalidSpecError(
             f"model_type {shown(model_type)} is not a supported Llama-family decoder "
-            f"(supported: {', '.join(sorted(_FAMILIES))})")
+            f"(supported: {', '.join(sorted(_FAMILIES))})"
+        )
     qkv_rule, o_rule, qk_norm = _FAMILIES[model_type]
     attention_bias = _get(cfg, "attention_bias", False, bool)
     hidden = _get(cfg, "hidden_size")
@@ -255,11 +272,12 @@ def from_hf_config(cfg: Mapping[str, Any], name: str | None = None) -> ModelSpec
         raise InvalidSpecError(f"num_attention_heads must be > 0: {heads!r}")
     if cfg.get("head_dim") is None and hidden % heads:
         raise InvalidSpecError(
-            f"head_dim is absent and hidden_size ({hidden}) is not divisible by num_attention_heads: {heads}")
+            f"head_dim is absent and hidden_size ({hidden}) is not divisible by num_attention_heads: {heads}"
+        )
     head_dim = _get(cfg, "head_dim", hidden // heads)
     dtype = cfg.get("torch_dtype", cfg.get("dtype")) or "bfloat16"
     if not isinstance(dtype, str):
-        raise InvalidSpecError(f"torch_dtype must be a dtype name like \"bfloat16\": {dtype!r}")
+        raise InvalidSpecError(f'torch_dtype must be a dtype name like "bfloat16": {dtype!r}')
     rope = cfg.get("rope_parameters") or {}
     if not isinstance(rope, Mapping):
         raise InvalidSpecError(f"rope_parameters must be an object: {shown(rope)}")
@@ -318,8 +336,7 @@ def load_model(ref: str | Path | Mapping[str, Any] | ModelSpec) -> ModelSpec:
     if p.is_dir():
         p = p / "config.json"
     if not p.is_file():
-        raise UnknownNameError(
-            f"model must be one of {', '.join(PRESETS)} or a path to a config.json: {s!r}")
+        raise UnknownNameError(f"model must be one of {', '.join(PRESETS)} or a path to a config.json: {s!r}")
     if p.stat().st_size > MAX_CONFIG_BYTES:
         raise InvalidSpecError(f"model config {s!r} is larger than 1 MiB; not a config.json")
     return parse_config_text(p.read_bytes(), name=p.parent.name or p.stem)

@@ -25,10 +25,10 @@ _LARGE_WORKSPACE_ARCHS = ("sm90", "sm100", "sm120")
 # torch 2.10/cu130 after cuBLAS loads (unsloth-zoo#1053). Datacenter parts load larger
 # module images; memory-model.md section 5.3 puts them at 0.3-0.6 GiB.
 CUDA_CONTEXT_BYTES = {
-    "datacenter": 512 * MiB,   # uncalibrated: midpoint of 0.3-0.6 GiB (memory-model.md 5.3)
+    "datacenter": 512 * MiB,  # uncalibrated: midpoint of 0.3-0.6 GiB (memory-model.md 5.3)
     "workstation": 426 * MiB,  # RTX 6000 Ada reading (unsloth-zoo#1053)
-    "consumer": 426 * MiB,     # same Ada-generation reading
-    "custom": 512 * MiB,       # unknown card: the larger figure
+    "consumer": 426 * MiB,  # same Ada-generation reading
+    "custom": 512 * MiB,  # unknown card: the larger figure
     "generic": 512 * MiB,
 }
 

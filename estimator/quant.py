@@ -53,29 +53,52 @@ class Quant:
     note: str
 
 
-QUANTS: dict[str, Quant] = {q.name: q for q in (
-    Quant("fp32", "FP32", 32, 4, "float", "full precision"),
-    Quant("fp16", "FP16", 16, 2, "float", "half precision"),
-    Quant("bf16", "BF16", 16, 2, "float", "bfloat16, the Llama 3.2 checkpoint dtype"),
-    Quant("fp8", "FP8 (e4m3)", 8, 2, "fp8", "e4m3 weights, one fp32 scale per tensor; embedding/lm_head 16-bit"),
-    Quant("int8", "bnb LLM.int8", 8, 2, "bnb", "bitsandbytes int8 weights + fp32 row scales"),
-    Quant("nf4", "bnb NF4", 4, 2, "bnb", "bitsandbytes 4-bit NormalFloat, fp32 absmax per 64"),
-    Quant("nf4-dq", "bnb NF4 + double quant", 4, 2, "bnb", "NF4 with 8-bit absmax (second level per 256 blocks)"),
-    Quant("fp4", "bnb FP4", 4, 2, "bnb", "bitsandbytes 4-bit float, fp32 absmax per 64"),
-    Quant("fp4-dq", "bnb FP4 + double quant", 4, 2, "bnb", "FP4 with 8-bit absmax (second level per 256 blocks)"),
-    Quant("gptq-int4", "GPTQ int4 g128", 4, 2, "gptq", "int32-packed 4-bit, fp16 scales + packed zeros per 128, g_idx"),
-    Quant("awq-int4", "AWQ int4 g128", 4, 2, "awq", "int32-packed 4-bit, fp16 scales + packed zeros per 128"),
-    Quant("et-4bit", "ExecuTorch 4-bit g32", 4, 2, "executorch",
-          "Llama 3.2 quantized release: int4 group 32 linears, int8 per-channel embedding/classifier"),
-)}
+QUANTS: dict[str, Quant] = {
+    q.name: q
+    for q in (
+        Quant("fp32", "FP32", 32, 4, "float", "full precision"),
+        Quant("fp16", "FP16", 16, 2, "float", "half precision"),
+        Quant("bf16", "BF16", 16, 2, "float", "bfloat16, the Llama 3.2 checkpoint dtype"),
+        Quant("fp8", "FP8 (e4m3)", 8, 2, "fp8", "e4m3 weights, one fp32 scale per tensor; embedding/lm_head 16-bit"),
+        Quant("int8", "bnb LLM.int8", 8, 2, "bnb", "bitsandbytes int8 weights + fp32 row scales"),
+        Quant("nf4", "bnb NF4", 4, 2, "bnb", "bitsandbytes 4-bit NormalFloat, fp32 absmax per 64"),
+        Quant("nf4-dq", "bnb NF4 + double quant", 4, 2, "bnb", "NF4 with 8-bit absmax (second level per 256 blocks)"),
+        Quant("fp4", "bnb FP4", 4, 2, "bnb", "bitsandbytes 4-bit float, fp32 absmax per 64"),
+        Quant("fp4-dq", "bnb FP4 + double quant", 4, 2, "bnb", "FP4 with 8-bit absmax (second level per 256 blocks)"),
+        Quant(
+            "gptq-int4", "GPTQ int4 g128", 4, 2, "gptq", "int32-packed 4-bit, fp16 scales + packed zeros per 128, g_idx"
+        ),
+        Quant("awq-int4", "AWQ int4 g128", 4, 2, "awq", "int32-packed 4-bit, fp16 scales + packed zeros per 128"),
+        Quant(
+            "et-4bit",
+            "ExecuTorch 4-bit g32",
+            4,
+            2,
+            "executorch",
+            "Llama 3.2 quantized release: int4 group 32 linears, int8 per-channel embedding/classifier",
+        ),
+    )
+}
 
 # Order from most to least precise, used by "highest-precision quant that fits".
-PRECISION_ORDER = ("fp32", "bf16", "fp16", "fp8", "int8", "gptq-int4", "awq-int4", "nf4",
-                   "fp4", "nf4-dq", "fp4-dq", "et-4bit")
+PRECISION_ORDER = (
+    "fp32",
+    "bf16",
+    "fp16",
+    "fp8",
+    "int8",
+    "gptq-int4",
+    "awq-int4",
+    "nf4",
+    "fp4",
+    "nf4-dq",
+    "fp4-dq",
+    "et-4bit",
+)
 # Schemes the transformers engine loads (ExecuTorch is a separate runtime).
 TRANSFORMERS_QUANTS = tuple(q for q in PRECISION_ORDER if q != "et-4bit")
 
-BNB_BLOCK = 64         # Params4bit blocksize default (bitsandbytes nn/modules.py)
+BNB_BLOCK = 64  # Params4bit blocksize default (bitsandbytes nn/modules.py)
 BNB_NESTED_BLOCK = 256  # blocksize of the second-level absmax quantization (functional.quantize_4bit)
 GPTQ_GROUP = 128
 AWQ_GROUP = 128
@@ -119,30 +142,37 @@ def _linear(name: str, out: int, inp: int, q: Quant) -> list[Stored]:
         return [Stored(name, n, "parameters"), Stored(name + ".SCB", 4 * out, "quant_state")]
     if f == "bnb":
         blocks = cdiv(n, BNB_BLOCK)
-        out_ = [Stored(name, cdiv(n, 2), "parameters"),
-                Stored(name + ".quant_state.code", 16 * 4, "quant_state")]
+        out_ = [Stored(name, cdiv(n, 2), "parameters"), Stored(name + ".quant_state.code", 16 * 4, "quant_state")]
         if q.name.endswith("-dq"):
-            out_ += [Stored(name + ".quant_state.absmax", blocks, "quant_state"),
-                     Stored(name + ".quant_state.offset", 4, "quant_state"),
-                     Stored(name + ".quant_state.state2.absmax", 4 * cdiv(blocks, BNB_NESTED_BLOCK), "quant_state"),
-                     Stored(name + ".quant_state.state2.code", 256 * 4, "quant_state")]
+            out_ += [
+                Stored(name + ".quant_state.absmax", blocks, "quant_state"),
+                Stored(name + ".quant_state.offset", 4, "quant_state"),
+                Stored(name + ".quant_state.state2.absmax", 4 * cdiv(blocks, BNB_NESTED_BLOCK), "quant_state"),
+                Stored(name + ".quant_state.state2.code", 256 * 4, "quant_state"),
+            ]
         else:
             out_.append(Stored(name + ".quant_state.absmax", 4 * blocks, "quant_state"))
         return out_
     if f == "gptq":
         groups = cdiv(inp, GPTQ_GROUP)
-        return [Stored(name.replace(".weight", ".qweight"), 4 * cdiv(inp, 8) * out, "parameters"),
-                Stored(name.replace(".weight", ".qzeros"), 4 * groups * cdiv(out, 8), "quant_state"),
-                Stored(name.replace(".weight", ".scales"), 2 * groups * out, "quant_state"),
-                Stored(name.replace(".weight", ".g_idx"), 4 * inp, "quant_state")]
+        return [
+            Stored(name.replace(".weight", ".qweight"), 4 * cdiv(inp, 8) * out, "parameters"),
+            Stored(name.replace(".weight", ".qzeros"), 4 * groups * cdiv(out, 8), "quant_state"),
+            Stored(name.replace(".weight", ".scales"), 2 * groups * out, "quant_state"),
+            Stored(name.replace(".weight", ".g_idx"), 4 * inp, "quant_state"),
+        ]
     if f == "awq":
         groups = cdiv(inp, AWQ_GROUP)
-        return [Stored(name.replace(".weight", ".qweight"), 4 * inp * cdiv(out, 8), "parameters"),
-                Stored(name.replace(".weight", ".qzeros"), 4 * groups * cdiv(out, 8), "quant_state"),
-                Stored(name.replace(".weight", ".scales"), 2 * groups * out, "quant_state")]
+        return [
+            Stored(name.replace(".weight", ".qweight"), 4 * inp * cdiv(out, 8), "parameters"),
+            Stored(name.replace(".weight", ".qzeros"), 4 * groups * cdiv(out, 8), "quant_state"),
+            Stored(name.replace(".weight", ".scales"), 2 * groups * out, "quant_state"),
+        ]
     if f == "executorch":
-        return [Stored(name, cdiv(n, 2), "parameters"),
-                Stored(name + ".scales", 4 * out * cdiv(inp, ET_GROUP), "quant_state")]
+        return [
+            Stored(name, cdiv(n, 2), "parameters"),
+            Stored(name + ".scales", 4 * out * cdiv(inp, ET_GROUP), "quant_state"),
+        ]
     raise AssertionError(f"unhandled quant family {f}")
 
 

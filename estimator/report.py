@@ -21,15 +21,21 @@ from typing import Any
 COUNTERS = {
     "peak_allocated_bytes": "torch.cuda.max_memory_allocated() after loading (peak of allocated blocks)",
     "peak_reserved_bytes": "torch.cuda.max_memory_reserved() (segments the caching allocator holds), as the segments the "
-                           "peak's live tensors need: fragmentation left by earlier allocations is not modelled "
-                           "(the trace's allocator replay is higher by a median 4.6%, up to 27% with eager attention)",
+    "peak's live tensors need: fragmentation left by earlier allocations is not modelled "
+    "(the trace's allocator replay is higher by a median 4.6%, up to 27% with eager attention)",
     "device_used_bytes": "NVML / nvidia-smi memory used by the process (CUDA context + reserved + non-torch); "
-                         "reserved's fragmentation caveat applies",
+    "reserved's fragmentation caveat applies",
     "total_bytes": "equals device_used_bytes: what must be free on the GPU",
 }
 # The byte fields of a phase (load, prefill, decode), in estimates and measurements alike.
-PHASE_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
-                "peak_reserved_bytes", "device_used_bytes")
+PHASE_FIELDS = (
+    "weights_bytes",
+    "kv_cache_bytes",
+    "activations_bytes",
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "device_used_bytes",
+)
 # The byte fields of a report: the phase fields plus the overhead (estimates split it out).
 BYTE_FIELDS = PHASE_FIELDS[:3] + ("overhead_bytes",) + PHASE_FIELDS[3:]
 PHASES = ("load", "prefill", "decode")
@@ -49,7 +55,7 @@ class MemoryReport:
     settings: Any
     engine: str = "transformers"
     source: str = "estimate"
-    status: str = "ok"                 # measurements: "ok", "oom" or "error"
+    status: str = "ok"  # measurements: "ok", "oom" or "error"
     weights_bytes: int | None = None
     kv_cache_bytes: int | None = None
     activations_bytes: int | None = None
@@ -112,11 +118,18 @@ class MemoryReport:
         return cls(
             settings=dict(settings) if isinstance(settings, Mapping) else {},
             engine=str((settings or {}).get("engine") or d.get("engine") or "transformers")
-            if isinstance(settings, Mapping) else str(d.get("engine") or "transformers"),
-            source=source, status=status if isinstance(status, str) else "error",
+            if isinstance(settings, Mapping)
+            else str(d.get("engine") or "transformers"),
+            source=source,
+            status=status if isinstance(status, str) else "error",
             gpu_memory_bytes=_byte_value(d.get("gpu_memory_bytes")),
-            phases={str(p): {k: _byte_value(v.get(k)) for k in PHASE_FIELDS}
-                    for p, v in phases.items() if isinstance(v, Mapping)} if isinstance(phases, Mapping) else {},
+            phases={
+                str(p): {k: _byte_value(v.get(k)) for k in PHASE_FIELDS}
+                for p, v in phases.items()
+                if isinstance(v, Mapping)
+            }
+            if isinstance(phases, Mapping)
+            else {},
             details={k: v for k, v in d.items() if k not in own},
             **{k: _byte_value(d.get(k)) for k in BYTE_FIELDS},
         )
@@ -150,13 +163,31 @@ def compare(estimate: MemoryReport, measured: MemoryReport, counters: Iterable[s
 # - cuda: the three torch / NVML counters.
 COMPARED = {
     "cpu": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"),
-    "trace": ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes", "peak_allocated_bytes",
-              "peak_reserved_bytes"),
+    "trace": (
+        "weights_bytes",
+        "kv_cache_bytes",
+        "activations_bytes",
+        "peak_live_bytes",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+    ),
     "cuda": ("weights_bytes", "kv_cache_bytes", "peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"),
 }
 # Settings keys of a measured record that ``estimator.estimate`` takes (besides model and gpu).
-ESTIMATE_KEYS = ("quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache", "padding", "logits",
-                 "prefill_chunk", "bnb_compute_dtype", "max_cache_len")
+ESTIMATE_KEYS = (
+    "quant",
+    "context",
+    "batch",
+    "kv_dtype",
+    "attn",
+    "new_tokens",
+    "cache",
+    "padding",
+    "logits",
+    "prefill_chunk",
+    "bnb_compute_dtype",
+    "max_cache_len",
+)
 
 
 def simulated_gpu(record: Mapping[str, Any]) -> str | None:
@@ -174,8 +205,9 @@ def measured_gpu(environment: Mapping[str, Any] | None) -> Any:
         return None
     from .gpus import match_gpu
 
-    return match_gpu(int(environment["gpu_total_memory_bytes"]),
-                     "sm" + str(environment.get("gpu_capability") or "").replace(".", ""))
+    return match_gpu(
+        int(environment["gpu_total_memory_bytes"]), "sm" + str(environment.get("gpu_capability") or "").replace(".", "")
+    )
 
 
 def estimate_arguments(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -204,7 +236,7 @@ def measured_report(record: Mapping[str, Any]) -> MemoryReport:
 
 
 def device_class(device: Any) -> str:
-    """"cuda" (any GPU device: cuda:0, rocm, hip), "trace", "cpu", or "" when unknown."""
+    """ "cuda" (any GPU device: cuda:0, rocm, hip), "trace", "cpu", or "" when unknown."""
     d = str(device or "").lower()
     if d.startswith("trace"):
         return "trace"

@@ -28,8 +28,9 @@ not, and in between the first failure is found piece by piece, by binary search 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from . import activations as act
 from .allocator import LARGE, POOL_ROUNDING_BYTES, pool_of
@@ -48,8 +49,9 @@ def context_grid(points: int = 64, lo: int = 1024, hi: int = 131072) -> tuple[in
     return tuple(sorted({round(lo * math.exp(r * i / (points - 1))) for i in range(points)}))
 
 
-def _settings(model: Any, gpu: Any, gpu_memory_bytes: int | None, defaults: dict[str, Any],
-              **kw: Any) -> tuple[Settings, int]:
+def _settings(
+    model: Any, gpu: Any, gpu_memory_bytes: int | None, defaults: dict[str, Any], **kw: Any
+) -> tuple[Settings, int]:
     """Settings for a solver and the memory it must fit in.
 
     A ``Settings`` keeps every field except those given here (None = not given); anything else
@@ -104,6 +106,7 @@ def largest_true(fits: Callable[[int], bool], lo: int, hi: int) -> int:
 
 
 # ---------------------------------------------------------------------------- safe context search
+
 
 def _floor(c: act.Candidate, t: int) -> tuple[int, int]:
     """(allocator bytes, segment floor) of a candidate at ``t``: the floor counts the small and
@@ -171,9 +174,16 @@ def _window(s: Settings) -> int:
     return min(s.model.max_position_embeddings, MAX_CONTEXT)
 
 
-def max_context(model: Any = "llama-3.2-3b", quant: str | None = None, *, gpu: Any = None,
-                gpu_memory_bytes: int | None = None, batch: int | None = None, limit: int | None = None,
-                **kw: Any) -> int:
+def max_context(
+    model: Any = "llama-3.2-3b",
+    quant: str | None = None,
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    batch: int | None = None,
+    limit: int | None = None,
+    **kw: Any,
+) -> int:
     """The largest context C such that C and every shorter context fit (device_used_bytes within
     the GPU's memory); at most the model's window (``max_position_embeddings``) and ``limit``.
 
@@ -182,8 +192,9 @@ def max_context(model: Any = "llama-3.2-3b", quant: str | None = None, *, gpu: A
     """
     n = kw.get("new_tokens", 32)
     shortest = n + 1 if isinstance(n, int) and not isinstance(n, bool) else 1  # a one-token prompt
-    s, mem = _settings(model, gpu, gpu_memory_bytes, {"quant": "bf16", "batch": 1, "context": shortest},
-                       quant=quant, batch=batch, **kw)
+    s, mem = _settings(
+        model, gpu, gpu_memory_bytes, {"quant": "bf16", "batch": 1, "context": shortest}, quant=quant, batch=batch, **kw
+    )
     N = s.new_tokens
     cap = _window(s) if limit is None else min(_window(s), limit)
     if cap < N + 1:
@@ -194,13 +205,22 @@ def max_context(model: Any = "llama-3.2-3b", quant: str | None = None, *, gpu: A
     return first - 1 + N if first > 1 else 0
 
 
-def max_batch(model: Any = "llama-3.2-3b", quant: str | None = None, context: int | None = None, *,
-              gpu: Any = None, gpu_memory_bytes: int | None = None, limit: int = MAX_BATCH, **kw: Any) -> int:
+def max_batch(
+    model: Any = "llama-3.2-3b",
+    quant: str | None = None,
+    context: int | None = None,
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    limit: int = MAX_BATCH,
+    **kw: Any,
+) -> int:
     """The largest batch B such that B and every smaller batch fit at ``context``; 0 if batch 1
     does not fit. Bounded as ``max_context`` is: batches whose lower bound plus the pool
     round-up fits are certain, the rest are checked one by one."""
-    s, mem = _settings(model, gpu, gpu_memory_bytes, {"quant": "bf16", "context": 8192},
-                       quant=quant, context=context, **kw)
+    s, mem = _settings(
+        model, gpu, gpu_memory_bytes, {"quant": "bf16", "context": 8192}, quant=quant, context=context, **kw
+    )
     t = s.prompt_tokens
 
     def lower(b: int) -> int:
@@ -214,9 +234,15 @@ def max_batch(model: Any = "llama-3.2-3b", quant: str | None = None, context: in
     return z - 1
 
 
-def best_quant(model: Any = "llama-3.2-3b", context: int | None = None, *, gpu: Any = None,
-               gpu_memory_bytes: int | None = None, quants: Iterable[str] = TRANSFORMERS_QUANTS,
-               **kw: Any) -> str | None:
+def best_quant(
+    model: Any = "llama-3.2-3b",
+    context: int | None = None,
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    quants: Iterable[str] = TRANSFORMERS_QUANTS,
+    **kw: Any,
+) -> str | None:
     """The highest-precision scheme (``quant.PRECISION_ORDER``) that fits; None if none does."""
     allowed = [get_quant(q).name for q in quants]
     s, mem = _settings(model, gpu, gpu_memory_bytes, {"context": 8192}, context=context, **kw)
@@ -226,8 +252,14 @@ def best_quant(model: Any = "llama-3.2-3b", context: int | None = None, *, gpu: 
     return None
 
 
-def smallest_gpu(model: Any = "llama-3.2-3b", quant: str | None = None, context: int | None = None,
-                 *, gpus: Iterable[Gpu] | None = None, **kw: Any) -> Gpu | None:
+def smallest_gpu(
+    model: Any = "llama-3.2-3b",
+    quant: str | None = None,
+    context: int | None = None,
+    *,
+    gpus: Iterable[Gpu] | None = None,
+    **kw: Any,
+) -> Gpu | None:
     """The catalog GPU with the least memory on which the setting fits; None if none does."""
     given = {k: v for k, v in dict(quant=quant, context=context, **kw).items() if v is not None}
     if isinstance(model, Settings):
@@ -240,9 +272,16 @@ def smallest_gpu(model: Any = "llama-3.2-3b", quant: str | None = None, context:
     return None
 
 
-def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUANTS,
-          contexts: Iterable[int] | None = None, batch: int | None = None, *, gpu: Any = None,
-          gpu_memory_bytes: int | None = None, **kw: Any) -> list[dict[str, Any]]:
+def sweep(
+    model: Any = "llama-3.2-3b",
+    quants: Iterable[str] = TRANSFORMERS_QUANTS,
+    contexts: Iterable[int] | None = None,
+    batch: int | None = None,
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    **kw: Any,
+) -> list[dict[str, Any]]:
     """One row per (quant, context): the top-level byte fields of ``Estimate.to_dict()``.
 
     Rows also carry ``fits`` when a GPU (or gpu_memory_bytes) is given. Every context must be a
@@ -284,5 +323,14 @@ def sweep(model: Any = "llama-3.2-3b", quants: Iterable[str] = TRANSFORMERS_QUAN
     return rows
 
 
-__all__ = ["best_quant", "context_grid", "device_used", "largest_true", "max_batch", "max_context",
-           "smallest_gpu", "sweep", "totals"]
+__all__ = [
+    "best_quant",
+    "context_grid",
+    "device_used",
+    "largest_true",
+    "max_batch",
+    "max_context",
+    "smallest_gpu",
+    "sweep",
+    "totals",
+]

@@ -18,17 +18,27 @@ KB = 10**3
 MB = 10**6
 GB = 10**9
 
-_SIZE_UNITS = {"": 1, "b": 1, "kib": KiB, "mib": MiB, "gib": GiB, "tib": 1 << 40,
-               "kb": KB, "mb": MB, "gb": GB, "tb": 10**12}
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": 1 << 40,
+    "kb": KB,
+    "mb": MB,
+    "gb": GB,
+    "tb": 10**12,
+}
 # ASCII digits only (Python's int() and str.isdigit() also take superscripts and other scripts'
 # digits), at most 18 digits before and after the point, so no text can make a huge number.
 _NUMBER = r"([0-9]{1,18}(?:_[0-9]{3})*(?:,[0-9]{3})*)(?:\.([0-9]{0,18}))?"
 _SIZE_RE = re.compile(r"^[ \t]*" + _NUMBER + r"[ \t]*([a-zA-Z]{0,3})[ \t]*$", re.ASCII)
 _CONTEXT_RE = re.compile(r"^[ \t]*" + _NUMBER + r"[ \t]*([kKmM]?)[ \t]*$", re.ASCII)
 _INT_RE = re.compile(r"^[ \t]*([+-]?[0-9]{1,18})[ \t]*$", re.ASCII)
-MAX_SIZE_BYTES = 1 << 60      # 1 EiB: far above any GPU, far below float and int64 trouble
-MAX_TOKENS = 1 << 40          # far above any model window (the estimator refuses past the window)
-MAX_NUMBER_TEXT = 64          # characters: "1_000_000_000 tokens" fits many times over
+MAX_SIZE_BYTES = 1 << 60  # 1 EiB: far above any GPU, far below float and int64 trouble
+MAX_TOKENS = 1 << 40  # far above any model window (the estimator refuses past the window)
+MAX_NUMBER_TEXT = 64  # characters: "1_000_000_000 tokens" fits many times over
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -68,8 +78,11 @@ def check_int(value: object, field: str, lo: int | None = None, hi: int | None =
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidSpecError(f"{field} must be an integer: {value!r}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"between {lo:,} and {hi:,}" if lo is not None and hi is not None else (
-            f">= {lo:,}" if lo is not None else f"at most {hi:,}")
+        rng = (
+            f"between {lo:,} and {hi:,}"
+            if lo is not None and hi is not None
+            else (f">= {lo:,}" if lo is not None else f"at most {hi:,}")
+        )
         raise InvalidSpecError(f"{field} must be {rng}: {value!r}")
     return value
 
@@ -106,8 +119,7 @@ def parse_size(text: str | int, field: str = "size") -> int:
         m = _SIZE_RE.match(text) if len(text) <= MAX_NUMBER_TEXT else None
         unit = m.group(3).lower() if m else None
         if not m or unit not in _SIZE_UNITS:
-            raise InvalidSpecError(
-                f"{field} must be a size like 24GiB, 80GB, 512MiB or plain bytes: {shown(text)}")
+            raise InvalidSpecError(f"{field} must be a size like 24GiB, 80GB, 512MiB or plain bytes: {shown(text)}")
         num, den = _scaled(m.group(1), m.group(2), _SIZE_UNITS[unit])
         value = (2 * num + den) // (2 * den)  # round half up
     if value <= 0:

@@ -31,19 +31,27 @@ def _point_args(p: argparse.ArgumentParser, grid: bool) -> None:
     p.add_argument("--model", default="llama-3.2-3b", help="preset name or path to a config.json (or its folder)")
     if grid:
         p.add_argument("--quants", default="bf16", help=f"comma list of {','.join(RUNTIME_QUANTS)}")
-        p.add_argument("--contexts", default="1K,4K,8K", help="comma list of contexts: the window, prompt + new tokens (8192 or 8K)")
+        p.add_argument(
+            "--contexts",
+            default="1K,4K,8K",
+            help="comma list of contexts: the window, prompt + new tokens (8192 or 8K)",
+        )
         p.add_argument("--batches", default="1", help="comma list of batch sizes")
         p.add_argument("--extra", default="", help="extra CONTEXT:BATCH points for every quant, e.g. 8K:4")
     else:
         p.add_argument("--quant", default="bf16", help=f"one of {', '.join(RUNTIME_QUANTS)}")
-        p.add_argument("--context", default="8192", help="context: the window the KV cache holds, prompt + new tokens (8192 or 8K)")
+        p.add_argument(
+            "--context", default="8192", help="context: the window the KV cache holds, prompt + new tokens (8192 or 8K)"
+        )
         p.add_argument("--batch", default="1", help="sequences")
     p.add_argument("--new-tokens", default="32", help="decode steps after the prefill")
     p.add_argument("--kv-dtype", default="auto", help="auto (= compute dtype); DynamicCache supports nothing else")
     p.add_argument("--attn", default="sdpa", help=f"one of {', '.join(ATTNS)}")
     p.add_argument("--logits", default="last", help=f"one of {', '.join(LOGITS)} (generate() keeps the last)")
     p.add_argument("--prefill-chunk", default=None, help="prefill in chunks of this many tokens")
-    p.add_argument("--bnb-compute-dtype", default="bf16", help=f"4-bit compute dtype, one of {', '.join(COMPUTE_DTYPES)}")
+    p.add_argument(
+        "--bnb-compute-dtype", default="bf16", help=f"4-bit compute dtype, one of {', '.join(COMPUTE_DTYPES)}"
+    )
     p.add_argument("--device", default="trace", help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--weights", default="random", help="random, a local safetensors checkpoint folder, or a hub id")
 
@@ -54,8 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("measure", help="measure one point")
     _point_args(m, grid=False)
     m.add_argument("--json", action="store_true", help="print only the JSON result")
-    for name, hlp in (("sweep", "measure a grid into a JSONL file (resumable)"),
-                      ("validate", "compare a sweep with the estimator (runs the sweep if --quants is given)")):
+    for name, hlp in (
+        ("sweep", "measure a grid into a JSONL file (resumable)"),
+        ("validate", "compare a sweep with the estimator (runs the sweep if --quants is given)"),
+    ):
         s = sub.add_parser(name, help=hlp)
         _point_args(s, grid=True)
         s.add_argument("--isolation", default="shared-process", help=f"one of {', '.join(ISOLATIONS)}")
@@ -72,9 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _common(a: argparse.Namespace) -> dict[str, Any]:
-    return {"model": a.model, "new_tokens": a.new_tokens, "kv_dtype": a.kv_dtype, "attn": a.attn, "logits": a.logits,
-            "prefill_chunk": a.prefill_chunk, "bnb_compute_dtype": a.bnb_compute_dtype, "device": a.device,
-            "weights": a.weights}
+    return {
+        "model": a.model,
+        "new_tokens": a.new_tokens,
+        "kv_dtype": a.kv_dtype,
+        "attn": a.attn,
+        "logits": a.logits,
+        "prefill_chunk": a.prefill_chunk,
+        "bnb_compute_dtype": a.bnb_compute_dtype,
+        "device": a.device,
+        "weights": a.weights,
+    }
 
 
 def _split(text: str, field: str) -> list[str]:
@@ -106,8 +124,10 @@ def _check_device(device: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise SettingsError("device: cuda requested but torch.cuda.is_available() is False "
-                                f"(torch {torch.__version__}); use --device cpu or trace")
+            raise SettingsError(
+                "device: cuda requested but torch.cuda.is_available() is False "
+                f"(torch {torch.__version__}); use --device cpu or trace"
+            )
 
 
 def _grid(a: argparse.Namespace) -> list[dict[str, Any]]:
@@ -133,10 +153,18 @@ def _table(r: dict[str, Any]) -> str:
         return "-" if x is None else format_bytes(x)
 
     s = r["settings"]
-    out = [f"{s['model']} {s['quant']} context={s['context']} batch={s['batch']} attn={s['attn']} "
-           f"device={s['device']} status={r['status']}" + (f" ({r['error']})" if r.get("error") else "")]
-    cols = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_allocated_bytes",
-            "peak_reserved_bytes", "device_used_bytes")
+    out = [
+        f"{s['model']} {s['quant']} context={s['context']} batch={s['batch']} attn={s['attn']} "
+        f"device={s['device']} status={r['status']}" + (f" ({r['error']})" if r.get("error") else "")
+    ]
+    cols = (
+        "weights_bytes",
+        "kv_cache_bytes",
+        "activations_bytes",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+        "device_used_bytes",
+    )
     out.append(f"{'phase':<8}" + "".join(f"{c.replace('_bytes', ''):>22}" for c in cols))
     for ph in ("load", "prefill", "decode"):
         out.append(f"{ph:<8}" + "".join(f"{f(r['phases'][ph].get(c)):>22}" for c in cols))

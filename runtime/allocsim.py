@@ -61,16 +61,20 @@ def replay(events: list[tuple], workspace_bytes: int = TRACE_WORKSPACE_BYTES) ->
 
 
 def _stats(sim: CachingAllocator) -> dict[str, int]:
-    return {"peak_allocated_bytes": sim.peak_allocated_bytes, "peak_reserved_bytes": sim.peak_reserved_bytes,
-            "allocated_end_bytes": sim.allocated_bytes, "reserved_end_bytes": sim.reserved_bytes,
-            "segments": sim.segments}
+    return {
+        "peak_allocated_bytes": sim.peak_allocated_bytes,
+        "peak_reserved_bytes": sim.peak_reserved_bytes,
+        "allocated_end_bytes": sim.allocated_bytes,
+        "reserved_end_bytes": sim.reserved_bytes,
+        "segments": sim.segments,
+    }
 
 
 COUNTERS = {
     "peak_allocated_bytes": "SIMULATED max_memory_allocated(): the traced storage allocations and frees replayed "
-                            "through a model of the CUDA caching allocator (runtime/allocsim.py: 512-B rounding, "
-                            "2/20 MiB segments, best fit, splitting, coalescing), with the cuBLAS workspace of "
-                            "details.allocator_sim.gpu at the first forward; no kernel-internal workspaces",
+    "through a model of the CUDA caching allocator (runtime/allocsim.py: 512-B rounding, "
+    "2/20 MiB segments, best fit, splitting, coalescing), with the cuBLAS workspace of "
+    "details.allocator_sim.gpu at the first forward; no kernel-internal workspaces",
     "peak_reserved_bytes": "SIMULATED max_memory_reserved(): segments of the same allocator simulation",
 }
 
@@ -84,6 +88,9 @@ def apply(r: dict[str, Any], events: list[tuple], workspace_bytes: int = TRACE_W
     for p, st in sims.items():
         ph[p]["peak_allocated_bytes"] = st["peak_allocated_bytes"]
         ph[p]["peak_reserved_bytes"] = st["peak_reserved_bytes"]
-    d["allocator_sim"] = {"gpu": TRACE_GPU, "workspace_bytes": workspace_bytes,
-                          "segments": {p: st["segments"] for p, st in sims.items()}}
+    d["allocator_sim"] = {
+        "gpu": TRACE_GPU,
+        "workspace_bytes": workspace_bytes,
+        "segments": {p: st["segments"] for p, st in sims.items()},
+    }
     r["counters"].update(COUNTERS)

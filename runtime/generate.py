@@ -39,8 +39,9 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -64,12 +65,12 @@ def make_cache(model):
 class GenState:
     """What ``_sample`` holds between forwards (its locals and ``model_kwargs``)."""
 
-    ids: torch.Tensor            # input_ids [b, tokens so far], grown by cat each step
-    position_ids: torch.Tensor   # model_kwargs["position_ids"] [b, tokens so far]
-    unfinished: torch.Tensor     # unfinished_sequences [b] int64
-    logits: torch.Tensor | None = None       # next_token_logits [b, V] fp32 of the last step
+    ids: torch.Tensor  # input_ids [b, tokens so far], grown by cat each step
+    position_ids: torch.Tensor  # model_kwargs["position_ids"] [b, tokens so far]
+    unfinished: torch.Tensor  # unfinished_sequences [b] int64
+    logits: torch.Tensor | None = None  # next_token_logits [b, V] fp32 of the last step
     next_tokens: torch.Tensor | None = None  # argmax of it, [b] int64
-    model_inputs: dict | None = None         # the last forward's inputs (clones), until replaced
+    model_inputs: dict | None = None  # the last forward's inputs (clones), until replaced
 
 
 def _grow_positions(position_ids: torch.Tensor) -> torch.Tensor:
@@ -132,9 +133,12 @@ def _decode_step(model, st: GenState, kws: dict[str, Any]) -> None:
     """One ``_sample`` iteration after the prefill: ``prepare_inputs_for_generation`` clones
     the last id and position (the previous step's clones die when ``model_inputs`` is
     replaced), the forward, then ``_after_forward``; ``outputs`` dies at the end."""
-    inputs = {**kws, "logits_to_keep": 1,
-              "input_ids": st.ids[:, -1:].clone(memory_format=torch.contiguous_format),
-              "position_ids": st.position_ids[..., -1:].clone(memory_format=torch.contiguous_format)}
+    inputs = {
+        **kws,
+        "logits_to_keep": 1,
+        "input_ids": st.ids[:, -1:].clone(memory_format=torch.contiguous_format),
+        "position_ids": st.position_ids[..., -1:].clone(memory_format=torch.contiguous_format),
+    }
     if "cache_position" in kws:  # transformers < 5.2x only
         inputs["cache_position"] = st.position_ids[0, -1:].clone()
     st.model_inputs = inputs
@@ -144,8 +148,13 @@ def _decode_step(model, st: GenState, kws: dict[str, Any]) -> None:
     del out
 
 
-def run(model, s: dict[str, Any], device: str, phase: Callable[[str, Any], None] | None = None,
-        sync: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def run(
+    model,
+    s: dict[str, Any],
+    device: str,
+    phase: Callable[[str, Any], None] | None = None,
+    sync: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
     """Prefill then decode. ``phase(name, cache)`` is called at the start of "prefill" and
     "decode" and at "end" (cache is None before prefill). Returns the cache and timings.
 

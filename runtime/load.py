@@ -24,8 +24,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -179,8 +180,14 @@ def load(s: dict[str, Any], device: str):
         if not local and (weights.startswith((".", "/", "~")) or weights.count("/") != 1):
             raise SettingsError(f"weights must be 'random', a local checkpoint folder or a hub id: {weights!r}")
         source = weights
-    kw = dict(dtype=dtype, attn_implementation=attn, use_safetensors=True, trust_remote_code=False,
-              device_map=device, local_files_only=local)
+    kw = dict(
+        dtype=dtype,
+        attn_implementation=attn,
+        use_safetensors=True,
+        trust_remote_code=False,
+        device_map=device,
+        local_files_only=local,
+    )
     if qc is not None:
         kw["quantization_config"] = qc
     try:
@@ -188,7 +195,9 @@ def load(s: dict[str, Any], device: str):
     except OSError as e:
         if local:
             raise
-        raise SettingsError(f"weights: cannot fetch hub id {weights!r} (offline? gated?): {str(e).splitlines()[0]}") from None
+        raise SettingsError(
+            f"weights: cannot fetch hub id {weights!r} (offline? gated?): {str(e).splitlines()[0]}"
+        ) from None
     if weights != "random":  # also a hub id, whose config only now is known (runtime.measure.check_weights)
         from .measure import weights_mismatch
 
@@ -216,7 +225,9 @@ def _quant_state_tensors(p) -> list[torch.Tensor]:
                 out.append(t)
         st2 = getattr(qs, "state2", None)
         if st2 is not None:
-            out += [t for t in (getattr(st2, "absmax", None), getattr(st2, "code", None)) if isinstance(t, torch.Tensor)]
+            out += [
+                t for t in (getattr(st2, "absmax", None), getattr(st2, "code", None)) if isinstance(t, torch.Tensor)
+            ]
     for name in ("SCB", "CB"):
         t = getattr(p, name, None)
         if isinstance(t, torch.Tensor):

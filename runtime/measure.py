@@ -51,10 +51,18 @@ def environment(device: str) -> dict[str, Any]:
     import torch
 
     env: dict[str, Any] = {
-        "device": device, "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": _version("transformers"), "bitsandbytes": _version("bitsandbytes"),
-        "accelerate": _version("accelerate"), "cuda": torch.version.cuda, "gpu_name": None,
-        "gpu_total_memory_bytes": None, "gpu_capability": None, "driver": None, "host": platform.node(),
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": _version("transformers"),
+        "bitsandbytes": _version("bitsandbytes"),
+        "accelerate": _version("accelerate"),
+        "cuda": torch.version.cuda,
+        "gpu_name": None,
+        "gpu_total_memory_bytes": None,
+        "gpu_capability": None,
+        "driver": None,
+        "host": platform.node(),
     }
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -138,9 +146,20 @@ def _rss() -> int | None:
 
 # Config fields that decide what a model stores and allocates (estimator.model.ModelSpec names,
 # defaults filled as the estimator fills them); a --weights checkpoint must match --model on each.
-ARCH_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-               "intermediate_size", "vocab_size", "tie_word_embeddings", "attention_bias", "attention_out_bias",
-               "mlp_bias", "qk_norm")
+ARCH_FIELDS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "tie_word_embeddings",
+    "attention_bias",
+    "attention_out_bias",
+    "mlp_bias",
+    "qk_norm",
+)
 
 
 def _spec(cfg: Any, what: str):
@@ -157,8 +176,9 @@ def weights_mismatch(model_cfg: Any, weights_cfg: Any) -> str:
     """The ``ARCH_FIELDS`` where a checkpoint's config differs from the model's, in words ("" if none).
     Either config is what ``estimator.model.load_model`` takes (a preset, a path, a dict)."""
     m, w = _spec(model_cfg, "model"), _spec(weights_cfg, "weights")
-    return ", ".join(f"{f} {getattr(w, f)!r} (model: {getattr(m, f)!r})"
-                     for f in ARCH_FIELDS if getattr(m, f) != getattr(w, f))
+    return ", ".join(
+        f"{f} {getattr(w, f)!r} (model: {getattr(m, f)!r})" for f in ARCH_FIELDS if getattr(m, f) != getattr(w, f)
+    )
 
 
 def check_weights(s: dict[str, Any]) -> None:
@@ -172,8 +192,10 @@ def check_weights(s: dict[str, Any]) -> None:
         return
     if not os.path.isdir(w):
         if s["device"] == "trace":
-            raise SettingsError("weights: trace mode builds the model from --model's config and cannot check a "
-                                f"hub id's config offline; use random or a local checkpoint folder: {shown(w)}")
+            raise SettingsError(
+                "weights: trace mode builds the model from --model's config and cannot check a "
+                f"hub id's config offline; use random or a local checkpoint folder: {shown(w)}"
+            )
         return
     if not os.path.isfile(os.path.join(w, "config.json")):
         raise SettingsError(f"weights: the checkpoint folder holds no config.json: {shown(w)}")
@@ -188,7 +210,7 @@ HOST_OOM_MARKERS = ("can't allocate memory", "DefaultCPUAllocator")
 
 
 def failure_status(e: BaseException) -> str:
-    """"oom" for an out-of-memory (CUDA OOM, MemoryError, torch's host allocator), else "error"."""
+    """ "oom" for an out-of-memory (CUDA OOM, MemoryError, torch's host allocator), else "error"."""
     import torch
 
     if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
@@ -207,9 +229,17 @@ def _oom_message(e: BaseException) -> str:
 
 
 def _empty_result(s: dict[str, Any]) -> dict[str, Any]:
-    return {"settings": s, "status": "ok", "error": None, **{f: None for f in FIELDS},
-            "phases": {p: {f: None for f in FIELDS} for p in ("load", "prefill", "decode")},
-            "weights": None, "counters": {}, "details": {}, "environment": None}
+    return {
+        "settings": s,
+        "status": "ok",
+        "error": None,
+        **{f: None for f in FIELDS},
+        "phases": {p: {f: None for f in FIELDS} for p in ("load", "prefill", "decode")},
+        "weights": None,
+        "counters": {},
+        "details": {},
+        "environment": None,
+    }
 
 
 def _finish(r: dict[str, Any]) -> dict[str, Any]:
@@ -312,7 +342,9 @@ def _reuse_load(r: dict[str, Any], loaded: dict[str, Any]) -> None:
 def _tokens_per_s(r: dict[str, Any], s: dict[str, Any], g: dict[str, Any]) -> None:
     d = r["details"]
     d["prefill_s"], d["decode_s"] = g["prefill_s"], g["decode_s"]
-    d["prefill_tokens_per_s"] = round(s["batch"] * (s["context"] - s["new_tokens"]) / g["prefill_s"], 1) if g["prefill_s"] else None
+    d["prefill_tokens_per_s"] = (
+        round(s["batch"] * (s["context"] - s["new_tokens"]) / g["prefill_s"], 1) if g["prefill_s"] else None
+    )
     d["decode_tokens_per_s"] = round(s["batch"] * s["new_tokens"] / g["decode_s"], 1) if g["decode_s"] else None
 
 
@@ -354,9 +386,12 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights) -> None:
         prev = cur["name"]
         if prev is not None:
             kv = cache_bytes(cache)
-            ph[prev].update(weights_bytes=weights["total_bytes"], kv_cache_bytes=kv,
-                            activations_bytes=max(0, tracker.peak - weights["total_bytes"] - kv),
-                            peak_allocated_bytes=tracker.peak_rounded)
+            ph[prev].update(
+                weights_bytes=weights["total_bytes"],
+                kv_cache_bytes=kv,
+                activations_bytes=max(0, tracker.peak - weights["total_bytes"] - kv),
+                peak_allocated_bytes=tracker.peak_rounded,
+            )
             raw[prev], detail[prev] = tracker.peak, tracker.peak_detail
         tracker.reset_peak()
         cur["name"] = name
@@ -365,10 +400,10 @@ def _tracked_run(s, r, model, extra_tensors, device, *, weights) -> None:
         g = generate.run(model, s, device, phase=phase)
     if device == "meta":  # trace: peak allocated/reserved from a caching-allocator simulation
         from .allocsim import apply
+
         apply(r, tracker.events)
     best = max(raw, key=lambda n: ph[n]["peak_allocated_bytes"])
-    r["details"].update(peak_live_bytes=max(raw.values()), peak_phase=best,
-                        peak_tensors=_summarise(detail[best]))
+    r["details"].update(peak_live_bytes=max(raw.values()), peak_phase=best, peak_tensors=_summarise(detail[best]))
     r["activations_bytes"] = max(0, max(raw.values()) - weights["total_bytes"] - cache_bytes(g["cache"]))
     _tokens_per_s(r, s, g)
 
@@ -380,8 +415,10 @@ def _summarise(detail: list) -> list[dict[str, Any]]:
         g = groups.setdefault((op if op == "weights" else "", dtype, shape if op != "weights" else ()), [0, 0])
         g[0] += 1
         g[1] += n
-    rows = [{"what": k[0] or "activation", "dtype": k[1], "shape": list(k[2]), "count": v[0], "bytes": v[1]}
-            for k, v in groups.items()]
+    rows = [
+        {"what": k[0] or "activation", "dtype": k[1], "shape": list(k[2]), "count": v[0], "bytes": v[1]}
+        for k, v in groups.items()
+    ]
     rows.sort(key=lambda x: -x["bytes"])
     return rows[:25]
 
@@ -390,7 +427,8 @@ def _summarise(detail: list) -> list[dict[str, Any]]:
 _LIVE_COUNTERS = {
     "kv_cache_bytes": "DynamicCache K/V tensor bytes at the end",
     "activations_bytes": "peak live tensor bytes (unrounded) - weights - KV at the end",
-    "peak_reserved_bytes": None, "device_used_bytes": None,
+    "peak_reserved_bytes": None,
+    "device_used_bytes": None,
 }
 
 
@@ -403,11 +441,13 @@ def _measure_trace(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any])
         **_LIVE_COUNTERS,
         "weights_bytes": "tensor bytes of the meta-built model (bnb layouts from bitsandbytes itself)",
         "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B "
-                                "(no allocator block slack, no cuBLAS workspace)",
+        "(no allocator block slack, no cuBLAS workspace)",
     }
     if s["weights"] != "random":
-        r["details"]["weights_note"] = ("trace builds from --model's config, which the checkpoint's config.json "
-                                        "matches in every memory-deciding field; values do not change memory")
+        r["details"]["weights_note"] = (
+            "trace builds from --model's config, which the checkpoint's config.json "
+            "matches in every memory-deciding field; values do not change memory"
+        )
     r["details"]["attention"] = "flash-like stand-in" if s["attn"] == "sdpa" else "transformers eager (real code)"
     r["details"]["bnb_transients"] = "analytic (bitsandbytes 0.50 CUDA paths)" if s["quant"] in BNB_QUANTS else None
     model = trace.build(s)
@@ -429,7 +469,7 @@ def _measure_cpu(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) -
         **_LIVE_COUNTERS,
         "weights_bytes": "tensor bytes the loaded model holds (parameters + quant state + buffers)",
         "peak_allocated_bytes": "peak live tensor bytes of real CPU tensors, each rounded to 512 B "
-                                "(RSS is useless for this)",
+        "(RSS is useless for this)",
     }
     if "load_error" in loaded:
         raise RuntimeError(loaded["load_error"])
@@ -478,11 +518,20 @@ def _measure_cuda(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) 
         ld["load_s"] = round(time.perf_counter() - t0, 3)
         w = loaded["weights"] = weight_parts(model)
         mine, dev = _nvml_used()
-        loaded["load_phase"] = dict(weights_bytes=w["total_bytes"], kv_cache_bytes=0, activations_bytes=None,
-                                    peak_allocated_bytes=torch.cuda.max_memory_allocated(),
-                                    peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
-        ld["load"] = {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved(),
-                      "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+        loaded["load_phase"] = dict(
+            weights_bytes=w["total_bytes"],
+            kv_cache_bytes=0,
+            activations_bytes=None,
+            peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+            peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+            device_used_bytes=mine,
+        )
+        ld["load"] = {
+            "allocated_bytes": torch.cuda.memory_allocated(),
+            "reserved_bytes": torch.cuda.memory_reserved(),
+            "nvml_device_used_bytes": dev,
+            "host_rss_bytes": _rss(),
+        }
         loaded["load_details"] = ld
         r["weights"], r["phases"]["load"] = w, dict(loaded["load_phase"])
         d.update(ld)
@@ -503,17 +552,27 @@ def _measure_cuda(s: dict[str, Any], r: dict[str, Any], loaded: dict[str, Any]) 
         if prev is not None:
             torch.cuda.synchronize()
             mine, dev = _nvml_used()
-            ph[prev].update(weights_bytes=w["total_bytes"], kv_cache_bytes=cache_bytes(cache),
-                            peak_allocated_bytes=torch.cuda.max_memory_allocated(),
-                            peak_reserved_bytes=torch.cuda.max_memory_reserved(), device_used_bytes=mine)
-            d[prev] = {"allocated_end_bytes": torch.cuda.memory_allocated(),
-                       "reserved_end_bytes": torch.cuda.memory_reserved(),
-                       "nvml_device_used_bytes": dev, "host_rss_bytes": _rss()}
+            ph[prev].update(
+                weights_bytes=w["total_bytes"],
+                kv_cache_bytes=cache_bytes(cache),
+                peak_allocated_bytes=torch.cuda.max_memory_allocated(),
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(),
+                device_used_bytes=mine,
+            )
+            d[prev] = {
+                "allocated_end_bytes": torch.cuda.memory_allocated(),
+                "reserved_end_bytes": torch.cuda.memory_reserved(),
+                "nvml_device_used_bytes": dev,
+                "host_rss_bytes": _rss(),
+            }
             torch.cuda.reset_peak_memory_stats()
         cur["name"] = name
 
     g = generate.run(model, s, "cuda", phase=phase, sync=torch.cuda.synchronize)
     _tokens_per_s(r, s, g)
-    d["device_used_source"] = ("NVML device used - device used before CUDA init (per-process hidden)"
-                               if _NVML_BASELINE.get("fallback_used") else "NVML per-process used memory")
+    d["device_used_source"] = (
+        "NVML device used - device used before CUDA init (per-process hidden)"
+        if _NVML_BASELINE.get("fallback_used")
+        else "NVML per-process used memory"
+    )
     del g

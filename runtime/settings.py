@@ -34,8 +34,20 @@ COMPUTE_DTYPES = ("bf16", "fp32", "fp16")
 LOGITS = ("last", "full", "full-fp32")
 # The Settings fields a record stores (the model by its reference; max_cache_len and gpu are the
 # estimator's only: the runtime measures DynamicCache on the device it runs on).
-ESTIMATOR_KEYS = ("model", "quant", "context", "batch", "kv_dtype", "attn", "new_tokens", "cache", "padding",
-                  "logits", "prefill_chunk", "bnb_compute_dtype")
+ESTIMATOR_KEYS = (
+    "model",
+    "quant",
+    "context",
+    "batch",
+    "kv_dtype",
+    "attn",
+    "new_tokens",
+    "cache",
+    "padding",
+    "logits",
+    "prefill_chunk",
+    "bnb_compute_dtype",
+)
 
 
 class SettingsError(ValueError):
@@ -47,7 +59,7 @@ class RuntimeOptions:
     """What only a measurement has: where it runs, which weights, how it is isolated."""
 
     device: str = "trace"
-    weights: str = "random"        # "random", a local checkpoint folder, or a hub id
+    weights: str = "random"  # "random", a local checkpoint folder, or a hub id
     isolation: str = "in-process"  # "process", "shared-process" or "in-process"
 
     def __post_init__(self) -> None:
@@ -57,7 +69,9 @@ class RuntimeOptions:
             raise SettingsError(f"isolation must be one of {', '.join(ISOLATIONS)}: {shown(self.isolation)}")
         w = self.weights
         if not isinstance(w, str) or not (w == "random" or os.path.isdir(w) or _HUB_ID.match(w)):
-            raise SettingsError(f"weights must be 'random', an existing local checkpoint folder or a hub id: {shown(w)}")
+            raise SettingsError(
+                f"weights must be 'random', an existing local checkpoint folder or a hub id: {shown(w)}"
+            )
 
 
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
@@ -115,13 +129,16 @@ def make_settings(**kw: Any) -> dict[str, Any]:
         raise SettingsError(str(e)) from None
     # What the runtime measures, narrower than what the estimator models:
     if s["cache"] != "dynamic":
-        raise SettingsError(f"cache: the reference runtime measures DynamicCache only (generate() default): {shown(s['cache'])}")
+        raise SettingsError(
+            f"cache: the reference runtime measures DynamicCache only (generate() default): {shown(s['cache'])}"
+        )
     if s["padding"]:
         raise SettingsError(f"padding: the reference runtime measures unpadded batches only: {shown(s['padding'])}")
     if s["kv_dtype"] != "auto" and s["kv_dtype"] != compute_dtype(s["quant"]):
         raise SettingsError(
             f"kv_dtype: DynamicCache stores K/V in the compute dtype ({compute_dtype(s['quant'])}); "
-            f"use auto: {shown(s['kv_dtype'])}")
+            f"use auto: {shown(s['kv_dtype'])}"
+        )
     return s
 
 

@@ -31,8 +31,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from estimator.units import shown
 
@@ -45,8 +46,13 @@ PARENT_POLL_S = 1.0  # fallback check of os.getppid(): once a second (a sweep po
 ORPHAN_EXIT = 137  # what a SIGKILL from PR_SET_PDEATHSIG would give the shell: 128 + 9
 
 
-def grid(quants: Iterable[str], contexts: Iterable[int], batches: Iterable[int],
-         extra: Iterable[tuple[int, int]] = (), **common: Any) -> list[dict[str, Any]]:
+def grid(
+    quants: Iterable[str],
+    contexts: Iterable[int],
+    batches: Iterable[int],
+    extra: Iterable[tuple[int, int]] = (),
+    **common: Any,
+) -> list[dict[str, Any]]:
     """Validated settings for quants x contexts x batches, plus (context, batch) ``extra`` points
     for every quant; ordered by quant, then batch, then context ascending."""
     pts = []
@@ -126,8 +132,10 @@ def locked_output(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SettingsError(f"out: {shown(str(path))} is in use by another sweep (locked); "
-                                "wait for it to finish or use another file") from None
+            raise SettingsError(
+                f"out: {shown(str(path))} is in use by another sweep (locked); "
+                "wait for it to finish or use another file"
+            ) from None
         yield  # closing the file releases the lock, also when this process is killed
 
 
@@ -177,9 +185,12 @@ class Progress:
         s = r["settings"]
         peak = r.get("peak_allocated_bytes")
         peak_s = format_bytes(peak) if isinstance(peak, int) else "-"
-        print(f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {s['quant']} ctx={s['context']} "
-              f"b={s['batch']} {r['status']} peak={peak_s} elapsed {el:.0f}s eta {eta:.0f}s",
-              file=self.stream, flush=True)
+        print(
+            f"[{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} {s['quant']} ctx={s['context']} "
+            f"b={s['batch']} {r['status']} peak={peak_s} elapsed {el:.0f}s eta {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
 
 
 def _worker_env() -> dict[str, str]:
@@ -234,8 +245,9 @@ def _run_shared(group: list[dict[str, Any]], deadline: float | None, on_result) 
         if deadline is not None and time.monotonic() >= deadline:
             return False
         cmd = [sys.executable, "-m", "runtime", "_worker"]
-        p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=_worker_env())
+        p = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_worker_env()
+        )
         assert p.stdin is not None and p.stdout is not None and p.stderr is not None
         timer = None
         if deadline is not None:
@@ -261,9 +273,14 @@ def _run_shared(group: list[dict[str, Any]], deadline: float | None, on_result) 
     return True
 
 
-def run_sweep(points: list[dict[str, Any]], out: str | Path, isolation: str = "shared-process",
-              timeout: float | None = None, progress: bool = True,
-              budget_s: float | None = None) -> list[dict[str, Any]]:
+def run_sweep(
+    points: list[dict[str, Any]],
+    out: str | Path,
+    isolation: str = "shared-process",
+    timeout: float | None = None,
+    progress: bool = True,
+    budget_s: float | None = None,
+) -> list[dict[str, Any]]:
     """Measure every point not already finished in ``out``; returns the new results.
 
     ``timeout``: per point, ``process`` isolation only. ``budget_s``: stop starting points (and
@@ -278,8 +295,14 @@ def run_sweep(points: list[dict[str, Any]], out: str | Path, isolation: str = "s
         return _sweep_locked(points, out, isolation, timeout, progress, budget_s)
 
 
-def _sweep_locked(points: list[dict[str, Any]], out: Path, isolation: str, timeout: float | None,
-                  progress: bool, budget_s: float | None) -> list[dict[str, Any]]:
+def _sweep_locked(
+    points: list[dict[str, Any]],
+    out: Path,
+    isolation: str,
+    timeout: float | None,
+    progress: bool,
+    budget_s: float | None,
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + budget_s if budget_s is not None else None
     done = finished_keys(out)
     todo = [dict(p, isolation=isolation) for p in points if point_key(p) not in done]
@@ -305,8 +328,9 @@ def _sweep_locked(points: list[dict[str, Any]], out: Path, isolation: str, timeo
         for s in todo:
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            limits = [x for x in (timeout, deadline - time.monotonic() if deadline is not None else None)
-                      if x is not None]
+            limits = [
+                x for x in (timeout, deadline - time.monotonic() if deadline is not None else None) if x is not None
+            ]
             on_result(_run_process(s, max(0.0, min(limits)) if limits else None))
     else:
         from .measure import same_model
@@ -315,8 +339,11 @@ def _sweep_locked(points: list[dict[str, Any]], out: Path, isolation: str, timeo
             if not _run_shared(group, deadline, on_result):
                 break
     if progress and len(results) < len(todo):
-        print(f"stopped by the time budget: {len(todo) - len(results)} points left; rerun to resume",
-              file=sys.stderr, flush=True)
+        print(
+            f"stopped by the time budget: {len(todo) - len(results)} points left; rerun to resume",
+            file=sys.stderr,
+            flush=True,
+        )
     return results
 
 

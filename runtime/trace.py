@@ -45,8 +45,9 @@ STANDIN_ATTN = "memest_sdpa"
 STANDIN_EAGER = "memest_eager"
 
 
-def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                         is_causal=None, **kwargs):
+def flash_like_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
     """Allocates what transformers' sdpa_attention_forward + aten's kernels allocate on CUDA.
 
     Without a mask (and head_dim <= 256) GQA goes to the kernel: only the output [b, q, h, d] and
@@ -57,8 +58,10 @@ def flash_like_attention(module, query, key, value, attention_mask, dropout=0.0,
     extra = []
     if attention_mask is not None or key.shape[-1] > 256:
         s_len = key.shape[-2]
-        extra += [torch.empty(b, h, s_len, key.shape[-1], dtype=key.dtype, device=key.device),
-                  torch.empty(b, h, s_len, value.shape[-1], dtype=value.dtype, device=value.device)]
+        extra += [
+            torch.empty(b, h, s_len, key.shape[-1], dtype=key.dtype, device=key.device),
+            torch.empty(b, h, s_len, value.shape[-1], dtype=value.dtype, device=value.device),
+        ]
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         extra.append(torch.empty(attention_mask.shape, dtype=query.dtype, device=query.device))
     out = torch.empty(b, q, h, value.shape[-1], dtype=query.dtype, device=query.device)
@@ -119,17 +122,26 @@ def bnb_layout(quant: str, out_features: int, in_features: int) -> tuple[tuple[s
 
     w = torch.zeros(out_features, in_features, dtype=torch.bfloat16)
     if quant == "int8":
-        return (("parameters", (out_features, in_features), torch.int8),
-                ("quant_state", (out_features,), torch.float32))
-    packed, qs = F.quantize_4bit(w, blocksize=64, compress_statistics=quant.endswith("-dq"),
-                                 quant_type=quant.split("-")[0], quant_storage=torch.uint8)
+        return (
+            ("parameters", (out_features, in_features), torch.int8),
+            ("quant_state", (out_features,), torch.float32),
+        )
+    packed, qs = F.quantize_4bit(
+        w,
+        blocksize=64,
+        compress_statistics=quant.endswith("-dq"),
+        quant_type=quant.split("-")[0],
+        quant_storage=torch.uint8,
+    )
     parts = [("parameters", tuple(packed.shape), packed.dtype)]
     for t in (qs.absmax, qs.code, qs.offset):
         if isinstance(t, torch.Tensor):
             parts.append(("quant_state", tuple(t.shape), t.dtype))
     if qs.state2 is not None:
-        parts += [("quant_state", tuple(qs.state2.absmax.shape), qs.state2.absmax.dtype),
-                  ("quant_state", tuple(qs.state2.code.shape), qs.state2.code.dtype)]
+        parts += [
+            ("quant_state", tuple(qs.state2.absmax.shape), qs.state2.absmax.dtype),
+            ("quant_state", tuple(qs.state2.code.shape), qs.state2.code.dtype),
+        ]
     return tuple(parts)
 
 

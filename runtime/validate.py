@@ -48,8 +48,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for c, v in r["counters"].items():
             if v["rel_error"] is not None:
                 errs.setdefault(c, []).append(abs(v["rel_error"]))
-    return {c: {"points": len(v), "max_abs_rel_error": max(v), "median_abs_rel_error": statistics.median(v)}
-            for c, v in errs.items()}
+    return {
+        c: {"points": len(v), "max_abs_rel_error": max(v), "median_abs_rel_error": statistics.median(v)}
+        for c, v in errs.items()
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -65,24 +67,42 @@ def _gib(x: int | None) -> str:
 def to_markdown(rows: list[dict[str, Any]], summary: dict[str, Any], env: dict[str, Any] | None) -> str:
     lines = ["# Estimator vs measurement", ""]
     if env:
-        keys = ("device", "gpu_name", "gpu_total_memory_bytes", "driver", "cuda", "torch", "transformers", "bitsandbytes")
+        keys = (
+            "device",
+            "gpu_name",
+            "gpu_total_memory_bytes",
+            "driver",
+            "cuda",
+            "torch",
+            "transformers",
+            "bitsandbytes",
+        )
         lines.append("Environment: " + ", ".join(f"{k}={env.get(k)}" for k in keys if env.get(k) is not None))
         lines.append("")
     lines += ["Relative error = (estimate - measured) / measured. Sizes in GiB (2^30 B); exact bytes in the JSON.", ""]
     lines += ["## Summary", "", "| counter | points | max abs error | median abs error |", "|---|---|---|---|"]
     for c, v in summary.items():
-        lines.append(f"| {c} | {v['points']} | {100 * v['max_abs_rel_error']:.3f}% | "
-                     f"{100 * v['median_abs_rel_error']:.3f}% |")
-    lines += ["", "## Points", "", "| model | quant | context | batch | attn | device | status | counter | "
-              "estimate GiB | measured GiB | rel error |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c} | {v['points']} | {100 * v['max_abs_rel_error']:.3f}% | {100 * v['median_abs_rel_error']:.3f}% |"
+        )
+    lines += [
+        "",
+        "## Points",
+        "",
+        "| model | quant | context | batch | attn | device | status | counter | "
+        "estimate GiB | measured GiB | rel error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         s = r["settings"]
         head = f"| {Path(str(s['model'])).name} | {s['quant']} | {s['context']} | {s['batch']} | {s['attn']} | {s['device']}"
         if not r["counters"]:
             lines.append(f"{head} | {r['status']} | - | - | - | - |")
         for c, v in r["counters"].items():
-            lines.append(f"{head} | {r['status']} | {c} | {_gib(v['estimate'])} | {_gib(v['measured'])} | "
-                         f"{_pct(v['rel_error'])} |")
+            lines.append(
+                f"{head} | {r['status']} | {c} | {_gib(v['estimate'])} | {_gib(v['measured'])} | "
+                f"{_pct(v['rel_error'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 

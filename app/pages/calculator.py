@@ -7,26 +7,30 @@ import json
 import streamlit as st
 
 import estimator
-from estimator.launch import transformers_launch
-from estimator.units import GiB, format_gib
-
 from app import compute, figures, inputs, state, tables
 from app.escape import md
 from app.figures import tokens_label
+from estimator.launch import transformers_launch
+from estimator.units import GiB, format_gib
 
 COUNTER_HELP = {
-    "peak_allocated_bytes": ("Peak allocated",
-                             "The most memory PyTorch's tensors held at once "
-                             "(`torch.cuda.max_memory_allocated`)."),
-    "peak_reserved_bytes": ("Peak reserved",
-                            "What PyTorch's caching allocator took from the driver to serve them, "
-                            "including free space inside its blocks (`torch.cuda.max_memory_reserved`). "
-                            "Fragmentation left by earlier allocations is not modelled: replaying the "
-                            "traced transformers forward through the allocator gives a median 4.6% more, "
-                            "up to 27% with eager attention (validation/trace)."),
-    "device_used_bytes": ("Device used",
-                          "What the GPU must have free: reserved memory plus the CUDA context and "
-                          "libraries (nvidia-smi's number for the process). Reserved's fragmentation caveat applies."),
+    "peak_allocated_bytes": (
+        "Peak allocated",
+        "The most memory PyTorch's tensors held at once (`torch.cuda.max_memory_allocated`).",
+    ),
+    "peak_reserved_bytes": (
+        "Peak reserved",
+        "What PyTorch's caching allocator took from the driver to serve them, "
+        "including free space inside its blocks (`torch.cuda.max_memory_reserved`). "
+        "Fragmentation left by earlier allocations is not modelled: replaying the "
+        "traced transformers forward through the allocator gives a median 4.6% more, "
+        "up to 27% with eager attention (validation/trace).",
+    ),
+    "device_used_bytes": (
+        "Device used",
+        "What the GPU must have free: reserved memory plus the CUDA context and "
+        "libraries (nvidia-smi's number for the process). Reserved's fragmentation caveat applies.",
+    ),
 }
 
 
@@ -51,8 +55,16 @@ def render() -> None:
     s = inp.settings()
     try:
         est = compute.cached_estimate(**s)
-        max_ctx = compute.cached_largest_context(s["model"], inp.quant, inp.batch, inp.kv_dtype, inp.attn,
-                                                 inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
+        max_ctx = compute.cached_largest_context(
+            s["model"],
+            inp.quant,
+            inp.batch,
+            inp.kv_dtype,
+            inp.attn,
+            inp.gpu_key,
+            s["gpu_memory_bytes"],
+            inp.prefill_chunk,
+        )
     except estimator.EstimatorError as e:
         st.error("Cannot estimate these settings: " + md(e))
         st.stop()
@@ -64,53 +76,91 @@ def render() -> None:
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
     answer, why = tables.verdict(est.device_used_bytes, inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
-    c1.metric("VRAM needed", format_gib(est.device_used_bytes), border=True,
-              delta=f"= {est.device_used_bytes / 1e9:.2f} GB · "
-                    f"{100 * est.device_used_bytes / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
-              delta_color="off", delta_arrow="off",
-              help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
-                   "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
-                   f"are sold in GB: this is {est.device_used_bytes / 1e9:.2f} GB.")
-    c2.metric(f"Fits on {inp.capacity_label}?", answer, border=True,
-              icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
-              delta=why, delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"), delta_arrow="off",
-              help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left. "
-                   f"Tight: headroom under {tables.TIGHT_FRACTION:.0%} of the need, about what allocator "
-                   "fragmentation (not in the estimate) adds in the median traced case.")
+    c1.metric(
+        "VRAM needed",
+        format_gib(est.device_used_bytes),
+        border=True,
+        delta=f"= {est.device_used_bytes / 1e9:.2f} GB · "
+        f"{100 * est.device_used_bytes / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
+        delta_color="off",
+        delta_arrow="off",
+        help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
+        "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
+        f"are sold in GB: this is {est.device_used_bytes / 1e9:.2f} GB.",
+    )
+    c2.metric(
+        f"Fits on {inp.capacity_label}?",
+        answer,
+        border=True,
+        icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
+        delta=why,
+        delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"),
+        delta_arrow="off",
+        help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left. "
+        f"Tight: headroom under {tables.TIGHT_FRACTION:.0%} of the need, about what allocator "
+        "fragmentation (not in the estimate) adds in the median traced case.",
+    )
     ctx_text, ctx_note = tables.largest_context_text(max_ctx, window)
-    c3.metric("Largest context that fits", ctx_text, border=True,
-              delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}" + (f" · {ctx_note}" if ctx_note else ""),
-              delta_color="off", delta_arrow="off",
-              help=f"The longest context (the window: prompt plus {state.NEW_TOKENS} generated tokens) such "
-                   f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
-                   f"model's window of {window:,} tokens.")
+    c3.metric(
+        "Largest context that fits",
+        ctx_text,
+        border=True,
+        delta=f"{estimator.QUANTS[inp.quant].label}, batch {inp.batch}" + (f" · {ctx_note}" if ctx_note else ""),
+        delta_color="off",
+        delta_arrow="off",
+        help=f"The longest context (the window: prompt plus {state.NEW_TOKENS} generated tokens) such "
+        f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
+        f"model's window of {window:,} tokens.",
+    )
 
-    fixes = compute.cached_remedies(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                    inp.gpu_key, s["gpu_memory_bytes"], max_ctx, inp.prefill_chunk)
+    fixes = compute.cached_remedies(
+        s["model"],
+        inp.quant,
+        inp.context,
+        inp.batch,
+        inp.kv_dtype,
+        inp.attn,
+        inp.gpu_key,
+        s["gpu_memory_bytes"],
+        max_ctx,
+        inp.prefill_chunk,
+    )
     if fixes:
         st.markdown(f"**To fit {md(inp.capacity_label)}**, change one setting (click to apply):")
         for col, fix in zip(st.columns(len(fixes)), fixes):
-            col.button(f"{fix['what']} → {format_gib(fix['device_used_bytes'])}", key=f"fix_{next(iter(fix['change']))}",
-                       on_click=inputs.apply_change, args=(fix["change"],), width="stretch")
+            col.button(
+                f"{fix['what']} → {format_gib(fix['device_used_bytes'])}",
+                key=f"fix_{next(iter(fix['change']))}",
+                on_click=inputs.apply_change,
+                args=(fix["change"],),
+                width="stretch",
+            )
     elif not est.fits:
-        st.markdown(f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; "
-                    "the GPUs below do.")
-    fitting = compute.cached_fitting_gpus(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                          inp.keep_free_bytes, inp.prefill_chunk)
+        st.markdown(
+            f"No single change of weights, KV cache, context or batch fits {md(inp.capacity_label)}; the GPUs below do."
+        )
+    fitting = compute.cached_fitting_gpus(
+        s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn, inp.keep_free_bytes, inp.prefill_chunk
+    )
     st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
     if est.peak_at == "attention" and est.activations_bytes > est.kv_cache_bytes:
-        why = ("Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
-               if inp.attn == "eager" else
-               f"On {inp.capacity_label} (before sm80), SDPA falls back to its math kernel, which holds the "
-               "full score matrix (heads × context², fp32) at prefill. Why: transformers calls SDPA with "
-               "enable_gqa=True for grouped-query models; torch's flash kernel needs sm80 or newer "
-               "(sdp_utils.cpp, check_flash_attention_hardware_support) and, in torch 2.13, the "
-               "memory-efficient kernel takes no GQA (the scaled_dot_product_attention docs: GQA works only "
-               "with the flash and math kernels), so the math kernel runs (transformers#48633). Remedy: "
-               "prefill in chunks (the Prefill setting), which bounds the scores to chunk × context.")
+        why = (
+            "Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."
+            if inp.attn == "eager"
+            else f"On {inp.capacity_label} (before sm80), SDPA falls back to its math kernel, which holds the "
+            "full score matrix (heads × context², fp32) at prefill. Why: transformers calls SDPA with "
+            "enable_gqa=True for grouped-query models; torch's flash kernel needs sm80 or newer "
+            "(sdp_utils.cpp, check_flash_attention_hardware_support) and, in torch 2.13, the "
+            "memory-efficient kernel takes no GQA (the scaled_dot_product_attention docs: GQA works only "
+            "with the flash and math kernels), so the math kernel runs (transformers#48633). Remedy: "
+            "prefill in chunks (the Prefill setting), which bounds the scores to chunk × context."
+        )
         st.info(f"Activations dominate: {why}", icon=":material/info:")
-    st.plotly_chart(figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
-                    key="breakdown_chart", config={"displayModeBar": False})
+    st.plotly_chart(
+        figures.breakdown_figure(est, inp.capacity_bytes, inp.capacity_label),
+        key="breakdown_chart",
+        config={"displayModeBar": False},
+    )
     with st.expander("Why more than bits × parameters + KV cache?"):
         st.table(tables.naive_rule_rows(est), hide_index=True, border="horizontal")
         st.caption("Model cards quote the simple rule; the GPU must also hold what it leaves out.")
@@ -123,72 +173,142 @@ def render() -> None:
     # ------------------------------------------------------------------ details
     # Tabs track which one is open, so only the visible tab computes (the GPU table alone is
     # ~370 max-context searches when batch, KV dtype or attention change).
-    t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(state.DETAIL_TABS, key=state.DETAILS_TAB,
-                                                     on_change="rerun")
+    t_ctx, t_quant, t_gpu, t_how, t_export = st.tabs(state.DETAIL_TABS, key=state.DETAILS_TAB, on_change="rerun")
     labels = {q: estimator.QUANTS[q].label for q in estimator.TRANSFORMERS_QUANTS}
     sweep_args = (s["model"], inp.batch, inp.kv_dtype, inp.attn, inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
     try:
         if t_ctx.open is not False:
             with t_ctx:
                 rows = compute.cached_sweep(*sweep_args)
-                st.plotly_chart(figures.context_figure(rows, capacity_bytes=inp.capacity_bytes,
-                                                       capacity_label=inp.capacity_label, context=inp.context,
-                                                       quant=inp.quant, labels=labels),
-                                key="context_chart")
+                st.plotly_chart(
+                    figures.context_figure(
+                        rows,
+                        capacity_bytes=inp.capacity_bytes,
+                        capacity_label=inp.capacity_label,
+                        context=inp.context,
+                        quant=inp.quant,
+                        labels=labels,
+                    ),
+                    key="context_chart",
+                )
                 ctxs = compute.sweep_contexts(s["model"])
-                st.caption(f"Device memory used, per weight quantization, from {tokens_label(ctxs[0])} to "
-                           f"{tokens_label(ctxs[-1])} tokens of context (the model's window). The dashed "
-                           "line is the GPU's memory: a line under it fits. Click a legend entry to hide it.")
+                st.caption(
+                    f"Device memory used, per weight quantization, from {tokens_label(ctxs[0])} to "
+                    f"{tokens_label(ctxs[-1])} tokens of context (the model's window). The dashed "
+                    "line is the GPU's memory: a line under it fits. Click a legend entry to hide it."
+                )
         if t_quant.open is not False:
             with t_quant:
-                qrows = compute.cached_quant_rows(s["model"], inp.context, inp.batch, inp.kv_dtype, inp.attn,
-                                                  inp.gpu_key, s["gpu_memory_bytes"], inp.prefill_chunk)
-                st.dataframe(tables.quant_table(qrows, spec), hide_index=True, key="quant_table",
-                             height=_height(len(qrows)), column_config={"Fits": FITS_COL,
-                                 "Weights": _gib_col("Weights"), "KV cache": _gib_col("KV cache"),
-                                 "Total (device used)": _gib_col("Total (device used)"),
-                                 "Headroom": _gib_col("Headroom"),
-                                 "Largest context": _ctx_col(f"Largest context on {inp.capacity_label}")})
-                st.caption(f"At {tokens_label(inp.context)} tokens, batch {inp.batch}, KV {inp.kv_dtype}. "
-                           "Stored bits/param counts scales, absmax and the unquantized embedding and norms.")
+                qrows = compute.cached_quant_rows(
+                    s["model"],
+                    inp.context,
+                    inp.batch,
+                    inp.kv_dtype,
+                    inp.attn,
+                    inp.gpu_key,
+                    s["gpu_memory_bytes"],
+                    inp.prefill_chunk,
+                )
+                st.dataframe(
+                    tables.quant_table(qrows, spec),
+                    hide_index=True,
+                    key="quant_table",
+                    height=_height(len(qrows)),
+                    column_config={
+                        "Fits": FITS_COL,
+                        "Weights": _gib_col("Weights"),
+                        "KV cache": _gib_col("KV cache"),
+                        "Total (device used)": _gib_col("Total (device used)"),
+                        "Headroom": _gib_col("Headroom"),
+                        "Largest context": _ctx_col(f"Largest context on {inp.capacity_label}"),
+                    },
+                )
+                st.caption(
+                    f"At {tokens_label(inp.context)} tokens, batch {inp.batch}, KV {inp.kv_dtype}. "
+                    "Stored bits/param counts scales, absmax and the unquantized embedding and norms."
+                )
         if t_gpu.open is not False:
             with t_gpu:
-                grows = compute.cached_gpu_rows(s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype,
-                                                inp.attn, inp.keep_free_bytes, inp.prefill_chunk)
+                grows = compute.cached_gpu_rows(
+                    s["model"],
+                    inp.quant,
+                    inp.context,
+                    inp.batch,
+                    inp.kv_dtype,
+                    inp.attn,
+                    inp.keep_free_bytes,
+                    inp.prefill_chunk,
+                )
                 quants = list(estimator.TRANSFORMERS_QUANTS)
-                cfg = {"Memory": _gib_col("Memory"), "Headroom": _gib_col("Headroom"), "Fits": FITS_COL,
-                       **{q: _ctx_col(labels[q]) for q in quants}}
-                st.dataframe(tables.gpu_table(grows, quants), hide_index=True, key="gpu_table",
-                             column_config=cfg, height=_height(len(grows)))
-                st.caption(f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} "
-                           "tokens). The other columns are the largest context (tokens) that fits with each "
-                           f"quantization; {window:,} means the whole window fits, 0 that not even a "
-                           "one-token prompt does.")
+                cfg = {
+                    "Memory": _gib_col("Memory"),
+                    "Headroom": _gib_col("Headroom"),
+                    "Fits": FITS_COL,
+                    **{q: _ctx_col(labels[q]) for q in quants},
+                }
+                st.dataframe(
+                    tables.gpu_table(grows, quants),
+                    hide_index=True,
+                    key="gpu_table",
+                    column_config=cfg,
+                    height=_height(len(grows)),
+                )
+                st.caption(
+                    f"'Fits' is at the current setting ({labels[inp.quant]}, {tokens_label(inp.context)} "
+                    "tokens). The other columns are the largest context (tokens) that fits with each "
+                    f"quantization; {window:,} means the whole window fits, 0 that not even a "
+                    "one-token prompt does."
+                )
         if t_how.open is not False:
             with t_how:
-                st.markdown("Every number comes from the `estimator` library: exact tensor bytes for the weights, "
-                            "the KV cache at the end of generation, the prefill peak for activations, and "
-                            "measured constants for the CUDA context and the allocator.")
+                st.markdown(
+                    "Every number comes from the `estimator` library: exact tensor bytes for the weights, "
+                    "the KV cache at the end of generation, the prefill peak for activations, and "
+                    "measured constants for the CUDA context and the allocator."
+                )
                 st.table(tables.formula_rows(spec, est), hide_index=True, border="horizontal")
-                st.markdown("**By phase.** The headline is the largest of the three; "
-                            f"here the peak is in the {est.peak_phase} phase.")
+                st.markdown(
+                    "**By phase.** The headline is the largest of the three; "
+                    f"here the peak is in the {est.peak_phase} phase."
+                )
                 phases = tables.phases_table(est)
-                st.dataframe(phases, hide_index=True, key="phases_table",
-                             column_config={k: _gib_col(k) for k in phases[0] if k != "Phase"} if phases else None)
+                st.dataframe(
+                    phases,
+                    hide_index=True,
+                    key="phases_table",
+                    column_config={k: _gib_col(k) for k in phases[0] if k != "Phase"} if phases else None,
+                )
                 with st.expander("All parts of the estimate"):
                     st.dataframe(tables.breakdown_details(est), hide_index=True)
         if t_export.open is not False:
             with t_export:
-                names = tables.export_names(inp.model_key if isinstance(inp.model, str) else "custom", inp.quant,
-                                            inp.context, inp.batch, inp.kv_dtype, inp.attn, inp.prefill_chunk,
-                                            inp.gpu_key or f"{inp.capacity_bytes / GiB:g}gib")
+                names = tables.export_names(
+                    inp.model_key if isinstance(inp.model, str) else "custom",
+                    inp.quant,
+                    inp.context,
+                    inp.batch,
+                    inp.kv_dtype,
+                    inp.attn,
+                    inp.prefill_chunk,
+                    inp.gpu_key or f"{inp.capacity_bytes / GiB:g}gib",
+                )
                 e1, e2 = st.columns(2)
-                e1.download_button("Estimate (JSON)", json.dumps(est.to_dict(), indent=2),
-                                   file_name=names[0], mime="application/json", key="dl_json",
-                                   icon=":material/download:")
-                e2.download_button("Sweep (CSV)", compute.cached_sweep_csv(*sweep_args),
-                                   file_name=names[1], mime="text/csv", key="dl_csv",
-                                   icon=":material/download:")
+                e1.download_button(
+                    "Estimate (JSON)",
+                    json.dumps(est.to_dict(), indent=2),
+                    file_name=names[0],
+                    mime="application/json",
+                    key="dl_json",
+                    icon=":material/download:",
+                )
+                e2.download_button(
+                    "Sweep (CSV)",
+                    compute.cached_sweep_csv(*sweep_args),
+                    file_name=names[1],
+                    mime="text/csv",
+                    key="dl_csv",
+                    icon=":material/download:",
+                )
                 st.caption("The settings are in the page address: copy the URL to share this exact view.")
                 launch = transformers_launch(est.settings)
                 st.markdown("**Launch with these settings** (transformers)")
@@ -198,5 +318,6 @@ def render() -> None:
                 st.json(est.to_dict(), expanded=False)
     except estimator.EstimatorError as e:
         st.error("Cannot compute these settings: " + md(e))
+
 
 render()

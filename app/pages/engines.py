@@ -9,6 +9,11 @@ from typing import Any
 import streamlit as st
 
 import estimator
+from app import compute, state
+from app.escape import md
+from app.figures import tokens_label
+from app.inputs import MODEL_LABELS, gpu_label, quant_choice_label
+from app.tables import short_gpu_name
 from estimator.engines import estimate_executorch, estimate_llamacpp, estimate_vllm, same_bits
 from estimator.engines import executorch as et
 from estimator.engines import llamacpp as lc
@@ -19,25 +24,33 @@ from estimator.overhead import cuda_context_bytes
 from estimator.report import MemoryReport
 from estimator.units import GiB, format_gib
 
-from app import compute, state
-from app.escape import md
-from app.figures import tokens_label
-from app.inputs import MODEL_LABELS, gpu_label, quant_choice_label
-from app.tables import short_gpu_name
-
 ENGINES = ("transformers", "vLLM", "llama.cpp")
 SAME_BITS = "same"  # llama.cpp GGUF choice: the type with the weights' bit width (estimator.engines.same_bits)
 
 # Widget keys (prefixed eng_ so they never collide with the calculator's).
 K_MODEL, K_QUANT, K_CONTEXT, K_GPU = "eng_model", "eng_quant", "eng_context", "eng_gpu"
-K_VLLM_UTIL, K_VLLM_SEQS, K_VLLM_VERSION, K_VLLM_TP = "eng_vllm_util", "eng_vllm_seqs", "eng_vllm_version", "eng_vllm_tp"
+K_VLLM_UTIL, K_VLLM_SEQS, K_VLLM_VERSION, K_VLLM_TP = (
+    "eng_vllm_util",
+    "eng_vllm_seqs",
+    "eng_vllm_version",
+    "eng_vllm_tp",
+)
 K_LC_QUANT, K_LC_PARALLEL, K_LC_FA, K_LC_KV, K_LC_NGL = (
-    "eng_lc_quant", "eng_lc_parallel", "eng_lc_fa", "eng_lc_kv", "eng_lc_ngl")
+    "eng_lc_quant",
+    "eng_lc_parallel",
+    "eng_lc_fa",
+    "eng_lc_kv",
+    "eng_lc_ngl",
+)
 FOLLOWED = "_eng_followed"  # the calculator settings the page last took its inputs from
 
-ROWS = (("weights_bytes", "Weights"), ("kv_cache_bytes", "KV cache"),
-        ("activations_bytes", "Activations / compute buffer"), ("overhead_bytes", "Overhead (CUDA context, non-torch, graphs)"),
-        ("device_used_bytes", "GPU memory used"))
+ROWS = (
+    ("weights_bytes", "Weights"),
+    ("kv_cache_bytes", "KV cache"),
+    ("activations_bytes", "Activations / compute buffer"),
+    ("overhead_bytes", "Overhead (CUDA context, non-torch, graphs)"),
+    ("device_used_bytes", "GPU memory used"),
+)
 
 
 def gib(n: int | None) -> float | None:
@@ -50,9 +63,17 @@ def calculator_settings() -> dict[str, Any]:
     if isinstance(s, dict):
         return s
     d = state.DEFAULTS
-    return {"model": d[state.MODEL], "quant": d[state.QUANT], "context": d[state.CONTEXT], "batch": d[state.BATCH],
-            "kv_dtype": d[state.KV_DTYPE], "attn": d[state.ATTN], "gpu": d[state.GPU], "gpu_memory_bytes": None,
-            "prefill_chunk": None}
+    return {
+        "model": d[state.MODEL],
+        "quant": d[state.QUANT],
+        "context": d[state.CONTEXT],
+        "batch": d[state.BATCH],
+        "kv_dtype": d[state.KV_DTYPE],
+        "attn": d[state.ATTN],
+        "gpu": d[state.GPU],
+        "gpu_memory_bytes": None,
+        "prefill_chunk": None,
+    }
 
 
 def _follow(calc: dict[str, Any]) -> None:
@@ -85,35 +106,51 @@ def _inputs() -> dict[str, Any]:
         ss[K_GPU] = state.DEFAULTS[state.GPU]
     c1, c2, c3, c4 = st.columns(4)
     model = c1.selectbox("Model", models, key=K_MODEL, format_func=model_label)
-    quant = c2.selectbox("Weights", estimator.TRANSFORMERS_QUANTS, key=K_QUANT, format_func=quant_choice_label,
-                         help="The bit width every engine loads the weights at: transformers as chosen, vLLM "
-                              "and llama.cpp in their format of the same width (the table's first row).")
+    quant = c2.selectbox(
+        "Weights",
+        estimator.TRANSFORMERS_QUANTS,
+        key=K_QUANT,
+        format_func=quant_choice_label,
+        help="The bit width every engine loads the weights at: transformers as chosen, vLLM "
+        "and llama.cpp in their format of the same width (the table's first row).",
+    )
     window = compute.window(model)
     if ss[K_CONTEXT] > window or ss[K_CONTEXT] < state.MIN_CONTEXT:
         ss[K_CONTEXT] = min(max(ss[K_CONTEXT], state.MIN_CONTEXT), window)
-    context = c3.number_input("Context (tokens)", min_value=state.MIN_CONTEXT, max_value=window, step=1024,
-                              key=K_CONTEXT,
-                              help=f"The window, at most the model's {window:,} tokens: transformers' prompt plus "
-                                   f"{state.NEW_TOKENS} new tokens; vLLM's max_model_len; llama.cpp's n_ctx.")
+    context = c3.number_input(
+        "Context (tokens)",
+        min_value=state.MIN_CONTEXT,
+        max_value=window,
+        step=1024,
+        key=K_CONTEXT,
+        help=f"The window, at most the model's {window:,} tokens: transformers' prompt plus "
+        f"{state.NEW_TOKENS} new tokens; vLLM's max_model_len; llama.cpp's n_ctx.",
+    )
     custom_mem = calc["gpu_memory_bytes"] or 0
 
     def gpu_name(k: str) -> str:
         return f"Custom · {custom_mem / GiB:.2f} GiB" if k == state.CUSTOM_GPU else gpu_label(k)
 
     gpu_key = c4.selectbox("GPU", gpus, key=K_GPU, format_func=gpu_name)
-    st.caption("Model, weights, context and GPU follow the Calculator; changing them here does not change it. "
-               f"transformers also takes its batch ({calc['batch']}), KV cache ({calc['kv_dtype']}) and "
-               f"attention ({calc['attn']}).")
+    st.caption(
+        "Model, weights, context and GPU follow the Calculator; changing them here does not change it. "
+        f"transformers also takes its batch ({calc['batch']}), KV cache ({calc['kv_dtype']}) and "
+        f"attention ({calc['attn']})."
+    )
     with st.expander("Engine settings (vLLM, llama.cpp)", expanded=False):
         a, b = st.columns(2)
         util = a.slider("vLLM gpu_memory_utilization", 0.5, 0.98, 0.9, 0.01, key=K_VLLM_UTIL)
         seqs = a.number_input("vLLM max_num_seqs", 1, 4096, 256, key=K_VLLM_SEQS)
         version = a.radio("vLLM accounting", vl.VLLM_VERSIONS, index=1, key=K_VLLM_VERSION, horizontal=True)
         tp = a.selectbox("vLLM --tensor-parallel-size", (1, 2, 4, 8), key=K_VLLM_TP)
-        lc_quant = b.selectbox("llama.cpp GGUF type", (SAME_BITS,) + lc.GGUF_QUANTS, key=K_LC_QUANT,
-                               format_func=lambda q: "same bit width as the weights" if q == SAME_BITS else q.upper(),
-                               help="Q4_K_M, Ollama's usual 4-bit, mixes in 6-bit tensors (about 4.9 bits a "
-                                    "weight against Q4_0's 4.5): a different width from the other engines.")
+        lc_quant = b.selectbox(
+            "llama.cpp GGUF type",
+            (SAME_BITS,) + lc.GGUF_QUANTS,
+            key=K_LC_QUANT,
+            format_func=lambda q: "same bit width as the weights" if q == SAME_BITS else q.upper(),
+            help="Q4_K_M, Ollama's usual 4-bit, mixes in 6-bit tensors (about 4.9 bits a "
+            "weight against Q4_0's 4.5): a different width from the other engines.",
+        )
         parallel = b.number_input("llama.cpp --parallel", 1, 64, 1, key=K_LC_PARALLEL)
         fa = b.checkbox("llama.cpp --flash-attn", value=False, key=K_LC_FA)
         kv = b.selectbox("llama.cpp KV type", ("f16", "q8_0", "q4_0"), key=K_LC_KV)
@@ -122,11 +159,25 @@ def _inputs() -> dict[str, Any]:
         gpu = custom_gpu(custom_mem) if custom_mem else compute.gpu_by_key(state.DEFAULTS[state.GPU])
     else:
         gpu = compute.gpu_by_key(gpu_key)
-    return dict(model=model, quant=quant, context=int(context), gpu=gpu, batch=int(calc["batch"]),
-                kv_dtype=calc["kv_dtype"], attn=calc["attn"], prefill_chunk=calc.get("prefill_chunk"),
-                util=float(util), seqs=int(seqs), version=version, tp=int(tp),
-                lc_quant=same_bits(quant)["gguf"] if lc_quant == SAME_BITS else lc_quant,
-                parallel=int(parallel), fa=bool(fa), kv=kv, ngl=int(ngl))
+    return dict(
+        model=model,
+        quant=quant,
+        context=int(context),
+        gpu=gpu,
+        batch=int(calc["batch"]),
+        kv_dtype=calc["kv_dtype"],
+        attn=calc["attn"],
+        prefill_chunk=calc.get("prefill_chunk"),
+        util=float(util),
+        seqs=int(seqs),
+        version=version,
+        tp=int(tp),
+        lc_quant=same_bits(quant)["gguf"] if lc_quant == SAME_BITS else lc_quant,
+        parallel=int(parallel),
+        fa=bool(fa),
+        kv=kv,
+        ngl=int(ngl),
+    )
 
 
 def weights_formats(inp: dict[str, Any]) -> dict[str, str]:
@@ -134,8 +185,11 @@ def weights_formats(inp: dict[str, Any]) -> dict[str, str]:
     sb = same_bits(inp["quant"])
     vq = sb["vllm_quantization"]
     vllm = f"--quantization {vq}" + (" (NF4)" if vq == "bitsandbytes" else "") if vq else f"--dtype {sb['vllm_dtype']}"
-    return {"transformers": quant_choice_label(inp["quant"]), "vLLM": f"{sb['bits']}-bit · {vllm}",
-            "llama.cpp": f"GGUF {inp['lc_quant'].upper()}"}
+    return {
+        "transformers": quant_choice_label(inp["quant"]),
+        "vLLM": f"{sb['bits']}-bit · {vllm}",
+        "llama.cpp": f"GGUF {inp['lc_quant'].upper()}",
+    }
 
 
 def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
@@ -145,55 +199,126 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
     out: dict[str, MemoryReport | str] = {}
     try:
         custom = gpu.key == "custom"
-        out["transformers"] = compute.cached_estimate(inp["model"], inp["quant"], inp["context"], inp["batch"],
-                                                      inp["kv_dtype"], inp["attn"], None if custom else gpu.key,
-                                                      total if custom else None, inp["prefill_chunk"])
+        out["transformers"] = compute.cached_estimate(
+            inp["model"],
+            inp["quant"],
+            inp["context"],
+            inp["batch"],
+            inp["kv_dtype"],
+            inp["attn"],
+            None if custom else gpu.key,
+            total if custom else None,
+            inp["prefill_chunk"],
+        )
     except estimator.EstimatorError as e:
         out["transformers"] = str(e)
     sb = same_bits(inp["quant"])
-    vkw = dict(gpu_memory_utilization=inp["util"], max_model_len=inp["context"], max_num_seqs=inp["seqs"],
-               version=inp["version"], dtype=sb["vllm_dtype"], quantization=sb["vllm_quantization"])
+    vkw = dict(
+        gpu_memory_utilization=inp["util"],
+        max_model_len=inp["context"],
+        max_num_seqs=inp["seqs"],
+        version=inp["version"],
+        dtype=sb["vllm_dtype"],
+        quantization=sb["vllm_quantization"],
+    )
     try:
-        e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], gpu_name=gpu.name, gpu_arch=gpu.arch,
-                          cuda_context_bytes=cuda_context_bytes(gpu.cls), **vkw)
+        e = estimate_vllm(
+            spec,
+            total,
+            tensor_parallel_size=inp["tp"],
+            gpu_name=gpu.name,
+            gpu_arch=gpu.arch,
+            cuda_context_bytes=cuda_context_bytes(gpu.cls),
+            **vkw,
+        )
         if e.starts:
-            r = vl.report(e, {"engine": "vllm", "model": spec.name, "context": inp["context"],
-                              "quant": sb["vllm_quantization"] or sb["vllm_dtype"], "kv_dtype": "auto",
-                              "gpu_memory_utilization": inp["util"], "vllm_version": inp["version"]})
+            r = vl.report(
+                e,
+                {
+                    "engine": "vllm",
+                    "model": spec.name,
+                    "context": inp["context"],
+                    "quant": sb["vllm_quantization"] or sb["vllm_dtype"],
+                    "kv_dtype": "auto",
+                    "gpu_memory_utilization": inp["util"],
+                    "vllm_version": inp["version"],
+                },
+            )
             if inp["tp"] == 1:
-                u = vl.smallest_utilization(spec, total, **{k: v for k, v in vkw.items()
-                                                            if k != "gpu_memory_utilization"},
-                                            gpu_name=gpu.name, gpu_arch=gpu.arch,
-                                            cuda_context_bytes=cuda_context_bytes(gpu.cls))
+                u = vl.smallest_utilization(
+                    spec,
+                    total,
+                    **{k: v for k, v in vkw.items() if k != "gpu_memory_utilization"},
+                    gpu_name=gpu.name,
+                    gpu_arch=gpu.arch,
+                    cuda_context_bytes=cuda_context_bytes(gpu.cls),
+                )
                 if u is not None:
-                    least = estimate_vllm(spec, total, **{**vkw, "gpu_memory_utilization": u}, gpu_name=gpu.name,
-                                          gpu_arch=gpu.arch, cuda_context_bytes=cuda_context_bytes(gpu.cls))
-                    r = dataclasses.replace(r, details={**r.details, "smallest_utilization": u,
-                                                        "smallest_device_used_bytes": least.device_used_bytes})
+                    least = estimate_vllm(
+                        spec,
+                        total,
+                        **{**vkw, "gpu_memory_utilization": u},
+                        gpu_name=gpu.name,
+                        gpu_arch=gpu.arch,
+                        cuda_context_bytes=cuda_context_bytes(gpu.cls),
+                    )
+                    r = dataclasses.replace(
+                        r,
+                        details={
+                            **r.details,
+                            "smallest_utilization": u,
+                            "smallest_device_used_bytes": least.device_used_bytes,
+                        },
+                    )
             out["vLLM"] = r
         else:
             s = vl.smallest_gpu_set(spec, inp["context"], **{k: v for k, v in vkw.items() if k != "max_model_len"})
-            hint = "" if s is None else (f" The smallest catalog GPU set that starts it: {s['num_gpus']} × "
-                                         f"{short_gpu_name(s['gpu'].name)} (--tensor-parallel-size "
-                                         f"{s['tensor_parallel_size']}, --pipeline-parallel-size "
-                                         f"{s['pipeline_parallel_size']}).")
+            hint = (
+                ""
+                if s is None
+                else (
+                    f" The smallest catalog GPU set that starts it: {s['num_gpus']} × "
+                    f"{short_gpu_name(s['gpu'].name)} (--tensor-parallel-size "
+                    f"{s['tensor_parallel_size']}, --pipeline-parallel-size "
+                    f"{s['pipeline_parallel_size']})."
+                )
+            )
             out["vLLM"] = f"vLLM would not start: {e.refusal}{hint}"
     except estimator.EstimatorError as e:
         out["vLLM"] = f"vLLM would not start: {e}"
     try:
-        e = estimate_llamacpp(spec, inp["lc_quant"], inp["context"], parallel=inp["parallel"], flash_attn=inp["fa"],
-                              kv_dtype=inp["kv"], n_gpu_layers=inp["ngl"])
-        out["llama.cpp"] = lc.report(e, {"engine": "llama.cpp", "model": spec.name, "context": inp["context"],
-                                         "quant": inp["lc_quant"], "kv_dtype": inp["kv"], "parallel": inp["parallel"],
-                                         "flash_attn": inp["fa"], "n_gpu_layers": inp["ngl"]}, total,
-                                     cuda_context_bytes=cuda_context_bytes(gpu.cls))
+        e = estimate_llamacpp(
+            spec,
+            inp["lc_quant"],
+            inp["context"],
+            parallel=inp["parallel"],
+            flash_attn=inp["fa"],
+            kv_dtype=inp["kv"],
+            n_gpu_layers=inp["ngl"],
+        )
+        out["llama.cpp"] = lc.report(
+            e,
+            {
+                "engine": "llama.cpp",
+                "model": spec.name,
+                "context": inp["context"],
+                "quant": inp["lc_quant"],
+                "kv_dtype": inp["kv"],
+                "parallel": inp["parallel"],
+                "flash_attn": inp["fa"],
+                "n_gpu_layers": inp["ngl"],
+            },
+            total,
+            cuda_context_bytes=cuda_context_bytes(gpu.cls),
+        )
     except estimator.EstimatorError as e:
         out["llama.cpp"] = f"llama.cpp cannot: {e}"
     return out
 
 
-def side_by_side_rows(results: dict[str, MemoryReport | str],
-                      formats: dict[str, str] | None = None) -> list[dict[str, str]]:
+def side_by_side_rows(
+    results: dict[str, MemoryReport | str], formats: dict[str, str] | None = None
+) -> list[dict[str, str]]:
     """Rows of the comparison table as text: the weights format, one row per memory part and host RAM,
     one column per engine. An engine without a result says why in short ("does not start")."""
     rows: list[dict[str, str]] = []
@@ -207,8 +332,13 @@ def side_by_side_rows(results: dict[str, MemoryReport | str],
         rows.append(row)
     host = {"Part": "Host RAM (not GPU)"}
     for eng, r in results.items():
-        host[eng] = ("—" if not isinstance(r, MemoryReport) else
-                     format_gib(r.details["host_bytes"]) if "host_bytes" in r.details else "not modelled")
+        host[eng] = (
+            "—"
+            if not isinstance(r, MemoryReport)
+            else format_gib(r.details["host_bytes"])
+            if "host_bytes" in r.details
+            else "not modelled"
+        )
     rows.append(host)
     return rows
 
@@ -219,26 +349,34 @@ def differences(inp: dict[str, Any], results: dict[str, MemoryReport | str]) -> 
     out = []
     tf = results["transformers"]
     if isinstance(tf, MemoryReport):
-        out.append(f"**transformers** grows its KV cache to exactly {ctx} tokens × batch {inp['batch']} and peaks "
-                   f"in the prefill forward ({format_gib(tf.activations_bytes or 0)} of activations): "
-                   f"{format_gib(tf.device_used_bytes or 0)}.")
+        out.append(
+            f"**transformers** grows its KV cache to exactly {ctx} tokens × batch {inp['batch']} and peaks "
+            f"in the prefill forward ({format_gib(tf.activations_bytes or 0)} of activations): "
+            f"{format_gib(tf.device_used_bytes or 0)}."
+        )
     v = results["vLLM"]
     if isinstance(v, MemoryReport):
         d, least = v.details, ""
         if "smallest_utilization" in d:
-            least = (f"; gpu_memory_utilization {d['smallest_utilization']:.2f} "
-                     f"({format_gib(d['smallest_device_used_bytes'])}) would hold one {ctx}-token request")
-        out.append(f"**vLLM** takes {inp['util']:.0%} of the GPU at startup whatever the context and gives what the "
-                   f"model leaves to a KV pool of {d['num_gpu_blocks']:,} blocks, {d['max_concurrency']:.1f} requests "
-                   f"of {ctx} tokens at once{least}.")
+            least = (
+                f"; gpu_memory_utilization {d['smallest_utilization']:.2f} "
+                f"({format_gib(d['smallest_device_used_bytes'])}) would hold one {ctx}-token request"
+            )
+        out.append(
+            f"**vLLM** takes {inp['util']:.0%} of the GPU at startup whatever the context and gives what the "
+            f"model leaves to a KV pool of {d['num_gpu_blocks']:,} blocks, {d['max_concurrency']:.1f} requests "
+            f"of {ctx} tokens at once{least}."
+        )
     else:
         out.append(f"**vLLM**: {md(v)}")
     lcr = results["llama.cpp"]
     if isinstance(lcr, MemoryReport):
-        out.append(f"**llama.cpp** keeps the token embedding in host RAM, allocates all {lcr.details['kv_cells']:,} KV "
-                   f"cells at start and sizes its compute buffer for one 512-token batch "
-                   f"({format_gib(lcr.details['compute_buffer_bytes'])}), not the whole prompt: "
-                   f"{format_gib(lcr.device_used_bytes or 0)}.")
+        out.append(
+            f"**llama.cpp** keeps the token embedding in host RAM, allocates all {lcr.details['kv_cells']:,} KV "
+            f"cells at start and sizes its compute buffer for one 512-token batch "
+            f"({format_gib(lcr.details['compute_buffer_bytes'])}), not the whole prompt: "
+            f"{format_gib(lcr.device_used_bytes or 0)}."
+        )
     else:
         out.append(f"**llama.cpp**: {md(lcr)}")
     return out
@@ -252,8 +390,13 @@ def side_by_side_figure(results: dict[str, MemoryReport | str]):
     fig = go.Figure()
     for key, label in ROWS[:-1]:
         fig.add_bar(name=label, x=list(reports), y=[gib(r.value(key)) for r in reports.values()])
-    fig.update_layout(barmode="stack", yaxis_title="GPU memory (GiB)", height=380,
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.15))
+    fig.update_layout(
+        barmode="stack",
+        yaxis_title="GPU memory (GiB)",
+        height=380,
+        margin=dict(l=10, r=10, t=30, b=10),
+        legend=dict(orientation="h", y=-0.15),
+    )
     return fig
 
 
@@ -285,9 +428,14 @@ def executorch_rows(model: str, context: int) -> list[dict[str, Any]]:
     for v in et.VARIANTS:
         e = estimate_executorch(spec, v, context)
         q = estimate_executorch(spec, v, context, kv_cache="int8")
-        rows.append({"Variant": v, "Program file": format_gib(e.program_bytes),
-                     "Runtime": format_gib(e.runtime_bytes),
-                     "Runtime, --quantize_kv_cache": format_gib(q.runtime_bytes)})
+        rows.append(
+            {
+                "Variant": v,
+                "Program file": format_gib(e.program_bytes),
+                "Runtime": format_gib(e.runtime_bytes),
+                "Runtime, --quantize_kv_cache": format_gib(q.runtime_bytes),
+            }
+        )
     return rows
 
 
@@ -305,16 +453,26 @@ def render() -> None:
         r = results[eng]
         if isinstance(r, MemoryReport) and r.device_used_bytes is not None:
             fits = r.device_used_bytes <= inp["gpu"].memory_bytes and r.details.get("fits", r.fits) is not False
-            col.metric(f"{eng}: GPU memory used", format_gib(r.device_used_bytes), border=True,
-                       delta=f"{'fits' if fits else 'does not fit'} {name}", delta_arrow="off",
-                       delta_color="normal" if fits else "inverse")
+            col.metric(
+                f"{eng}: GPU memory used",
+                format_gib(r.device_used_bytes),
+                border=True,
+                delta=f"{'fits' if fits else 'does not fit'} {name}",
+                delta_arrow="off",
+                delta_color="normal" if fits else "inverse",
+            )
         else:
-            col.metric(f"{eng}: GPU memory used", "does not start", border=True, delta=f"on {name}",
-                       delta_color="off", delta_arrow="off")
+            col.metric(
+                f"{eng}: GPU memory used",
+                "does not start",
+                border=True,
+                delta=f"on {name}",
+                delta_color="off",
+                delta_arrow="off",
+            )
     st.subheader("Why the numbers differ")
     st.markdown("\n".join(f"- {s}" for s in differences(inp, results)))
-    st.dataframe(side_by_side_rows(results, weights_formats(inp)), hide_index=True, key="eng_table",
-                 width="stretch")
+    st.dataframe(side_by_side_rows(results, weights_formats(inp)), hide_index=True, key="eng_table", width="stretch")
     st.caption("All sizes in GiB (2^30 bytes). GPU memory used is what nvidia-smi shows for the process.")
     if any(isinstance(r, MemoryReport) for r in results.values()):
         st.plotly_chart(side_by_side_figure(results), key="eng_chart", config={"displayModeBar": False})
@@ -328,16 +486,18 @@ def render() -> None:
         if notes:
             st.caption(" ".join(md(n) for n in notes))
     with st.expander("On device (ExecuTorch, Llama 3.2 release variants)"):
-        st.dataframe(executorch_rows(inp["model"], inp["context"]), hide_index=True, key="eng_et_table",
-                     width="stretch")
+        st.dataframe(
+            executorch_rows(inp["model"], inp["context"]), hide_index=True, key="eng_et_table", width="stretch"
+        )
         spec = compute.spec_of(inp["model"])
         t = et.crossover_context(spec, "spinquant")
-        when = (f"from {t:,} tokens on" if t and t <= compute.window(inp["model"])
-                else "only beyond this model's window")
-        st.caption("The 4-bit releases (SpinQuant, QAT+LoRA) were exported with `-d fp32`: their KV cache and "
-                   "activations take 4 bytes an element against bf16's 2, so they need more runtime memory than "
-                   f"bf16 {when}. `--quantize_kv_cache` (int8 K/V with a per-token scale) is ExecuTorch's fix: "
-                   "the last column.")
+        when = f"from {t:,} tokens on" if t and t <= compute.window(inp["model"]) else "only beyond this model's window"
+        st.caption(
+            "The 4-bit releases (SpinQuant, QAT+LoRA) were exported with `-d fp32`: their KV cache and "
+            "activations take 4 bytes an element against bf16's 2, so they need more runtime memory than "
+            f"bf16 {when}. `--quantize_kv_cache` (int8 K/V with a per-token scale) is ExecuTorch's fix: "
+            "the last column."
+        )
 
 
 render()

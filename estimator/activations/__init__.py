@@ -27,15 +27,54 @@ forward, ``trace_forward``) and ``plan`` (``plan``, ``evaluate``: the candidates
 and their bytes at one context, with the allocator rules of ``allocator.py``).
 """
 
-from .forward import (AWQ_DEQUANT_MIN_M, BNB_FP32_FUSED_BELOW_M, BNB_FUSED_MAX_M, BNB_LARGE_W_FUSED_MAX_M, CARVED,
-                      FP32, FRESH, INPUT_NAMES, INT64, KERNEL_M_THRESHOLDS, LAYER_TAGS, SURCHARGE, Forward, Snapshot,
-                      trace_forward)
+from .forward import (
+    AWQ_DEQUANT_MIN_M,
+    BNB_FP32_FUSED_BELOW_M,
+    BNB_FUSED_MAX_M,
+    BNB_LARGE_W_FUSED_MAX_M,
+    CARVED,
+    FP32,
+    FRESH,
+    INPUT_NAMES,
+    INT64,
+    KERNEL_M_THRESHOLDS,
+    LAYER_TAGS,
+    SURCHARGE,
+    Forward,
+    Snapshot,
+    trace_forward,
+)
 from .plan import Candidate, evaluate, measure, plan, pools, upper_bounds
 from .poly import ZERO, P, Poly, min_on, padd, peval, pmul, pscale
 
 __all__ = [
-    "AWQ_DEQUANT_MIN_M", "BNB_FP32_FUSED_BELOW_M", "BNB_FUSED_MAX_M", "BNB_LARGE_W_FUSED_MAX_M", "CARVED", "FP32",
-    "FRESH", "INPUT_NAMES", "INT64", "KERNEL_M_THRESHOLDS", "LAYER_TAGS", "P", "SURCHARGE", "ZERO", "Candidate",
-    "Forward", "Poly", "Snapshot", "evaluate", "measure", "min_on", "padd", "peval", "plan", "pmul", "pools",
-    "pscale", "trace_forward", "upper_bounds",
+    "AWQ_DEQUANT_MIN_M",
+    "BNB_FP32_FUSED_BELOW_M",
+    "BNB_FUSED_MAX_M",
+    "BNB_LARGE_W_FUSED_MAX_M",
+    "CARVED",
+    "FP32",
+    "FRESH",
+    "INPUT_NAMES",
+    "INT64",
+    "KERNEL_M_THRESHOLDS",
+    "LAYER_TAGS",
+    "P",
+    "SURCHARGE",
+    "ZERO",
+    "Candidate",
+    "Forward",
+    "Poly",
+    "Snapshot",
+    "evaluate",
+    "measure",
+    "min_on",
+    "padd",
+    "peval",
+    "plan",
+    "pmul",
+    "pools",
+    "pscale",
+    "trace_forward",
+    "upper_bounds",
 ]

@@ -70,8 +70,8 @@ class Forward:
 
 
 # How the caching allocator charges a tensor (allocator.py has the rules and their source):
-FRESH = "fresh"          # served by a fresh segment: allocator.block_bytes (2 MiB round-up kept whole)
-CARVED = "carved"        # carved from a larger cached block: allocator.round_size
+FRESH = "fresh"  # served by a fresh segment: allocator.block_bytes (2 MiB round-up kept whole)
+CARVED = "carved"  # carved from a larger cached block: allocator.round_size
 SURCHARGE = "surcharge"  # no bytes of its own: turns one carved copy of its size into a fresh one
 # Tensors a forward allocates before its first decoder layer frees anything (masking_utils,
 # LlamaModel.forward, LlamaRotaryEmbedding): no cached block can serve them yet.
@@ -87,8 +87,8 @@ class _Tracer:
 
     def __init__(self) -> None:
         self.live: dict[str, tuple[Poly, int]] = {}
-        self.first_name: list[str] = []   # alloc id -> name at allocation
-        self.sizes: list[Poly] = []       # alloc id -> size
+        self.first_name: list[str] = []  # alloc id -> name at allocation
+        self.sizes: list[Poly] = []  # alloc id -> size
         self.snaps: list[tuple[str, tuple[int, ...]]] = []
         self.layer_freed: set[Poly] = set()  # sizes the decoder layer frees (cached blocks after it)
         self.tag = ""
@@ -124,8 +124,11 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
         # per-arch heuristic (_gemm_4bit_use_custom_cuda) keeps it up to M = 512 for large bf16
         # weights; fp32 has no MMA kernel (custom only for M < 8). Otherwise dequantize + F.linear.
         mm = f.m_max
-        custom = (mm <= BNB_FUSED_MAX_M or (cdt == 2 and n * k >= 4 * 1024 * 1024 and mm <= BNB_LARGE_W_FUSED_MAX_M)
-                  or (cdt == 4 and mm < BNB_FP32_FUSED_BELOW_M))
+        custom = (
+            mm <= BNB_FUSED_MAX_M
+            or (cdt == 2 and n * k >= 4 * 1024 * 1024 and mm <= BNB_LARGE_W_FUSED_MAX_M)
+            or (cdt == 4 and mm < BNB_FP32_FUSED_BELOW_M)
+        )
         if not custom:  # _dequant_linear_fallback
             if f.quant.endswith("-dq"):
                 blocks = cdiv(n * k, 64)
@@ -141,19 +144,19 @@ def _linear(tr: _Tracer, f: Forward, out: str, m: Poly, k: int, n: int) -> None:
             tr.rename(out + ".o", out)
         return
     if f.quant == "int8":  # MatMul8bitLt.forward, llm_int8_threshold 6.0, bitsandbytes 0.50 CUDA ops
-        tr.alloc(out + ".a16", pscale(m, k * 2))       # A.to(float16), a temporary argument
-        tr.alloc(out + ".sca", pscale(m, FP32))        # int8_vectorwise_quant: row_stats
-        tr.alloc(out + ".ca", pscale(m, k))            # out_row (int8)
-        tr.alloc(out + ".abs", pscale(m, k * 2))       # A.abs() >= threshold
+        tr.alloc(out + ".a16", pscale(m, k * 2))  # A.to(float16), a temporary argument
+        tr.alloc(out + ".sca", pscale(m, FP32))  # int8_vectorwise_quant: row_stats
+        tr.alloc(out + ".ca", pscale(m, k))  # out_row (int8)
+        tr.alloc(out + ".abs", pscale(m, k * 2))  # A.abs() >= threshold
         tr.alloc(out + ".mask", pscale(m, k))
         tr.free(out + ".abs", out + ".mask", out + ".a16")
-        tr.alloc(out + ".i32", pscale(m, n * 4))       # int8_scaled_mm: int32 accumulator
-        tr.alloc(out + ".o16", pscale(m, n * 2))       # int8_mm_dequant: fp16 output
-        tr.alloc(out, pscale(m, n * cb))               # out.to(bf16) while both are alive
+        tr.alloc(out + ".i32", pscale(m, n * 4))  # int8_scaled_mm: int32 accumulator
+        tr.alloc(out + ".o16", pscale(m, n * 2))  # int8_mm_dequant: fp16 output
+        tr.alloc(out, pscale(m, n * cb))  # out.to(bf16) while both are alive
         tr.free(out + ".i32", out + ".o16", out + ".ca", out + ".sca")
         return
     if fam == "fp8":
-        tr.alloc(out + ".xq", pscale(m, k))            # activation cast to e4m3
+        tr.alloc(out + ".xq", pscale(m, k))  # activation cast to e4m3
         tr.alloc(out, pscale(m, n * cb))
         tr.free(out + ".xq")
         return
@@ -222,12 +225,12 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
     rep = pscale(f.S, b * n_h * spec.head_dim * cb)
     scores = pscale(pmul(f.q, f.S), b * n_h)
     if f.attn == "eager":  # eager_attention_forward
-        tr.alloc("k.rep", rep)                           # repeat_kv(key)
-        tr.alloc("v.rep", rep)                           # repeat_kv(value)
-        tr.alloc("scores.mm", pscale(scores, cb))        # matmul(q, k^T)
-        tr.alloc("scores", pscale(scores, cb))           # * scaling
+        tr.alloc("k.rep", rep)  # repeat_kv(key)
+        tr.alloc("v.rep", rep)  # repeat_kv(value)
+        tr.alloc("scores.mm", pscale(scores, cb))  # matmul(q, k^T)
+        tr.alloc("scores", pscale(scores, cb))  # * scaling
         tr.free("scores.mm")
-        tr.alloc("scores.masked", pscale(scores, cb))    # + causal_mask
+        tr.alloc("scores.masked", pscale(scores, cb))  # + causal_mask
         tr.free("scores")
         # softmax(x, dtype=float32): only fp16 on CUDA has the fused half-to-float kernel;
         # bf16 is first copied to fp32 (ATen softmax: _to_copy, then _softmax).
@@ -235,11 +238,11 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
             tr.alloc("scores32", pscale(scores, FP32))
         tr.alloc("probs32", pscale(scores, FP32))
         tr.free("scores32")
-        tr.alloc("probs", pscale(scores, cb))            # .to(query dtype)
+        tr.alloc("probs", pscale(scores, cb))  # .to(query dtype)
         tr.free("scores.masked", "probs32")
-        tr.alloc("attn.bhtd", pscale(m, qd * cb))        # matmul(probs, v)
+        tr.alloc("attn.bhtd", pscale(m, qd * cb))  # matmul(probs, v)
         tr.free("probs", "k.rep", "v.rep")
-        tr.alloc("attn", pscale(m, qd * cb))             # transpose(1, 2).contiguous()
+        tr.alloc("attn", pscale(m, qd * cb))  # transpose(1, 2).contiguous()
         tr.free("attn.bhtd")
     elif f.sdpa_math and not f.has_mask:
         # Pre-sm80 GPUs have no flash kernel, and enable_gqa=True rules out the efficient one, so
@@ -254,13 +257,13 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
         tr.alloc("kt", pscale(f.S, b * n_h * spec.head_dim * FP32))
         tr.alloc("scores", pscale(scores, FP32))
         tr.free("kt", "k.rep")
-        tr.alloc("probs", pscale(scores, FP32))         # _safe_softmax
+        tr.alloc("probs", pscale(scores, FP32))  # _safe_softmax
         tr.free("scores")
         tr.alloc("attn32", pscale(m, qd * FP32))
         tr.free("probs", "v.rep", "qs")
-        tr.alloc("attn.bhtd", pscale(m, qd * cb))        # back to the query dtype
+        tr.alloc("attn.bhtd", pscale(m, qd * cb))  # back to the query dtype
         tr.free("attn32")
-        tr.alloc("attn", pscale(m, qd * cb))             # transpose(1, 2).contiguous()
+        tr.alloc("attn", pscale(m, qd * cb))  # transpose(1, 2).contiguous()
         tr.free("attn.bhtd")
     else:
         # SDPA: with no mask, GQA goes to the kernel (enable_gqa=True, no copies); with a mask,
@@ -271,8 +274,8 @@ def _attention(tr: _Tracer, f: Forward, spec: ModelSpec, m: Poly) -> None:
             tr.alloc("k.rep", rep)
             tr.alloc("v.rep", rep)
             tr.alloc("mask.float", pscale(pmul(f.q, f.S), b * cb))
-        tr.alloc("attn", pscale(m, qd * cb))             # kernel output [b, T, h, d]
-        tr.alloc("lse", pscale(f.q, b * n_h * FP32))     # logsumexp, dropped by F.sdpa
+        tr.alloc("attn", pscale(m, qd * cb))  # kernel output [b, T, h, d]
+        tr.alloc("lse", pscale(f.q, b * n_h * FP32))  # logsumexp, dropped by F.sdpa
         tr.free("lse", "mask.float", "k.rep", "v.rep")
     tr.free("qe")
     _linear(tr, f, "o", m, qd, H)
@@ -327,7 +330,7 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[Snapshot]:
     tr.alloc("input_ids", pscale(m, INT64))
     tr.alloc("position_ids", pscale(m, INT64))
     tr.alloc("embeds", pscale(m, H * cb))
-    tr.alloc("cos", pscale(m, spec.rotary_dim * cb))    # position_embeddings, live all forward
+    tr.alloc("cos", pscale(m, spec.rotary_dim * cb))  # position_embeddings, live all forward
     tr.alloc("sin", pscale(m, spec.rotary_dim * cb))
     if f.has_mask:
         # 4-D mask. SDPA: bool, built once with batch 1 and expanded unless there is padding;
@@ -345,13 +348,13 @@ def trace_forward(spec: ModelSpec, f: Forward) -> list[Snapshot]:
     _rms_norm(tr, f, "n1", pscale(m, H))
     _attention(tr, f, spec, m)
     tr.free("n1")
-    tr.alloc("h", pscale(m, H * cb))                    # residual + attention output
+    tr.alloc("h", pscale(m, H * cb))  # residual + attention output
     tr.free("o")
     tr.tag = "mlp"
     _rms_norm(tr, f, "n2", pscale(m, H))
     _mlp(tr, f, spec, m)
     tr.free("n2")
-    tr.alloc("y", pscale(m, H * cb))                    # residual + mlp output
+    tr.alloc("y", pscale(m, H * cb))  # residual + mlp output
     tr.free("mo", "h")
     if x == "x":
         tr.free("x")

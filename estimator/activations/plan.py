@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from ..allocator import MAX_ROUNDING_BYTES, MIN_BLOCK_BYTES, POOL_ROUNDING_BYTES, Pools, floor_bytes, pool_segments, tally
+from ..allocator import (
+    MAX_ROUNDING_BYTES,
+    MIN_BLOCK_BYTES,
+    POOL_ROUNDING_BYTES,
+    Pools,
+    floor_bytes,
+    pool_segments,
+    tally,
+)
 from .forward import CARVED, SURCHARGE, Snapshot
 from .poly import ZERO, Poly, min_on, padd, peval, pscale
 
@@ -23,18 +31,19 @@ class Candidate:
     """A snapshot that can hold the allocator peak: its live tensors, sizes as polynomials in T."""
 
     tag: str
-    raw: Poly                            # sum of live sizes
-    sizes: tuple[Poly, ...]              # distinct live sizes that depend on T
-    counts: tuple[int, ...]              # how many tensors of each size
-    const: Pools                         # allocator.tally of the live sizes that do not depend on T
-    slack: int                           # most the allocator can add on top of raw
-    res_slack: int                       # most the segments can add on top of raw
-    own_slack: int = 0                   # slack of the tensors not live in every candidate
-    fresh: tuple[int, ...] = ()          # of counts: how many are charged a fresh block (the rest carved)
+    raw: Poly  # sum of live sizes
+    sizes: tuple[Poly, ...]  # distinct live sizes that depend on T
+    counts: tuple[int, ...]  # how many tensors of each size
+    const: Pools  # allocator.tally of the live sizes that do not depend on T
+    slack: int  # most the allocator can add on top of raw
+    res_slack: int  # most the segments can add on top of raw
+    own_slack: int = 0  # slack of the tensors not live in every candidate
+    fresh: tuple[int, ...] = ()  # of counts: how many are charged a fresh block (the rest carved)
 
 
-def plan(snaps: list[Snapshot], t_lo: int, t_hi: int,
-         persistent: tuple[tuple[Poly, int], ...] = ()) -> tuple[Candidate, ...]:
+def plan(
+    snaps: list[Snapshot], t_lo: int, t_hi: int, persistent: tuple[tuple[Poly, int], ...] = ()
+) -> tuple[Candidate, ...]:
     """The snapshots that can be the allocator peak for some context in ``t_lo..t_hi``.
 
     A snapshot is dropped when another one contains it (as a multiset of live tensors), or
@@ -60,8 +69,9 @@ def plan(snaps: list[Snapshot], t_lo: int, t_hi: int,
         # The most rounding can add on top of raw bytes, both in allocated blocks (block_bytes)
         # and in the segment floor the solvers use (a large tensor's 2 MiB round-up), so that
         # pruning keeps every candidate that can set either peak.
-        return sum(n * (floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else MAX_ROUNDING_BYTES)
-                   for (k, _), n in c.items())
+        return sum(
+            n * (floor_bytes(k[0]) - k[0] if not (k[1] or k[2]) else MAX_ROUNDING_BYTES) for (k, _), n in c.items()
+        )
 
     def raw_of(c: Live) -> Poly:
         raw = ZERO
@@ -101,8 +111,19 @@ def plan(snaps: list[Snapshot], t_lo: int, t_hi: int,
         # reserved: each large tensor rounds up by < 2 MiB; the shared small and medium
         # segments add < 2 MiB + 20 MiB in all.
         res_slack = sum(c.values()) * (MAX_ROUNDING_BYTES + MIN_BLOCK_BYTES) + POOL_ROUNDING_BYTES
-        cands.append(Candidate(tag, raw, tuple(k for k, _ in var), tuple(n for _, n in var), const_pools,
-                               slack_of(c), res_slack, slack_of(c - common), tuple(fr[k] for k, _ in var)))
+        cands.append(
+            Candidate(
+                tag,
+                raw,
+                tuple(k for k, _ in var),
+                tuple(n for _, n in var),
+                const_pools,
+                slack_of(c),
+                res_slack,
+                slack_of(c - common),
+                tuple(fr[k] for k, _ in var),
+            )
+        )
     return tuple(cands)
 
 

@@ -19,14 +19,34 @@ Standard library only; the ``gguf_file`` header readers are standard-library par
 
 from .executorch import VARIANTS as EXECUTORCH_VARIANTS
 from .executorch import ExecuTorchEstimate, estimate_executorch
-from .llamacpp import (FTYPES, GGML_TYPES, GGUF_QUANTS, GgufTensor, LlamaCppEstimate, compute_buffers,
-                       estimate_llamacpp, gguf_tensors, kv_buffer_bytes, max_context_llamacpp, model_buffers,
-                       tensor_type, type_counts)
+from .llamacpp import (
+    FTYPES,
+    GGML_TYPES,
+    GGUF_QUANTS,
+    GgufTensor,
+    LlamaCppEstimate,
+    compute_buffers,
+    estimate_llamacpp,
+    gguf_tensors,
+    kv_buffer_bytes,
+    max_context_llamacpp,
+    model_buffers,
+    tensor_type,
+    type_counts,
+)
 from .llamacpp import estimate_report as llamacpp_estimate_report
 from .llamacpp import fit_report as llamacpp_fit_report
 from .llamacpp import report as llamacpp_report
-from .vllm import (VLLM_VERSIONS, EngineRefusal, VllmEstimate, VllmStartupError, estimate_vllm, kv_bytes_per_block,
-                   max_model_len_vllm, smallest_gpu_set)
+from .vllm import (
+    VLLM_VERSIONS,
+    EngineRefusal,
+    VllmEstimate,
+    VllmStartupError,
+    estimate_vllm,
+    kv_bytes_per_block,
+    max_model_len_vllm,
+    smallest_gpu_set,
+)
 from .vllm import estimate_report as vllm_estimate_report
 from .vllm import fit_report as vllm_fit_report
 from .vllm import report as vllm_report
@@ -58,11 +78,36 @@ def same_bits(quant: str) -> dict[str, str | int | None]:
 
 
 __all__ = [
-    "ENGINES", "EngineRefusal", "EXECUTORCH_VARIANTS", "ExecuTorchEstimate", "estimate_executorch",
-    "FTYPES", "GGML_TYPES", "GGUF_QUANTS", "GgufTensor", "LlamaCppEstimate", "compute_buffers",
-    "estimate_llamacpp", "gguf_tensors", "kv_buffer_bytes", "max_context_llamacpp", "model_buffers",
-    "tensor_type", "type_counts", "VLLM_VERSIONS", "VllmEstimate", "VllmStartupError", "estimate_vllm",
-    "kv_bytes_per_block", "max_model_len_vllm", "smallest_gpu_set", "same_bits",
-    "llamacpp_report", "llamacpp_estimate_report", "llamacpp_fit_report",
-    "vllm_report", "vllm_estimate_report", "vllm_fit_report",
+    "ENGINES",
+    "EngineRefusal",
+    "EXECUTORCH_VARIANTS",
+    "ExecuTorchEstimate",
+    "estimate_executorch",
+    "FTYPES",
+    "GGML_TYPES",
+    "GGUF_QUANTS",
+    "GgufTensor",
+    "LlamaCppEstimate",
+    "compute_buffers",
+    "estimate_llamacpp",
+    "gguf_tensors",
+    "kv_buffer_bytes",
+    "max_context_llamacpp",
+    "model_buffers",
+    "tensor_type",
+    "type_counts",
+    "VLLM_VERSIONS",
+    "VllmEstimate",
+    "VllmStartupError",
+    "estimate_vllm",
+    "kv_bytes_per_block",
+    "max_model_len_vllm",
+    "smallest_gpu_set",
+    "same_bits",
+    "llamacpp_report",
+    "llamacpp_estimate_report",
+    "llamacpp_fit_report",
+    "vllm_report",
+    "vllm_estimate_report",
+    "vllm_fit_report",
 ]

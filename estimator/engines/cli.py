@@ -28,7 +28,7 @@ from .vllm import EngineRefusal
 GiB = 1 << 30
 _ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "ollama": "llama.cpp", "hf": "transformers"}
 # One --quant vocabulary per engine (the transformers one is estimator.quant.QUANTS).
-VLLM_QUANTS = vl.QUANT_CHOICES     # a --dtype, or an in-flight --quantization
+VLLM_QUANTS = vl.QUANT_CHOICES  # a --dtype, or an in-flight --quantization
 LLAMACPP_QUANTS = tuple(lc.FTYPES)  # the GGUF file types (llama-quantize's names)
 VLLM_KV_DTYPES = ("auto", "fp8", "bf16", "fp16")
 LLAMACPP_KV_DTYPES = ("f16", "q8_0", "q4_0")
@@ -50,6 +50,7 @@ def _int_type(flag: str, lo: int, hi: int) -> Callable[[str], int]:
             return parse_int(text, flag, lo, hi)
         except EstimatorError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
+
     parse.__name__ = "integer"
     return parse
 
@@ -79,37 +80,81 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     are read per engine: vLLM takes the dtypes and in-flight quantizations of ``VLLM_QUANTS`` and KV
     ``VLLM_KV_DTYPES``; llama.cpp takes the GGUF types of ``LLAMACPP_QUANTS`` and KV ``LLAMACPP_KV_DTYPES``.
     """
-    parser.add_argument("--engine", type=_engine, default="transformers",
-                        help="serving engine: transformers, vllm or llama.cpp (ollama) (default transformers)")
+    parser.add_argument(
+        "--engine",
+        type=_engine,
+        default="transformers",
+        help="serving engine: transformers, vllm or llama.cpp (ollama) (default transformers)",
+    )
     g = parser.add_argument_group("vLLM (--engine vllm; the context is max_model_len)")
-    g.add_argument("--gpu-memory-utilization", type=_fraction, default=0.9,
-                   help="fraction of GPU memory vLLM may use (default 0.9)")
-    g.add_argument("--max-num-batched-tokens", type=_int_type("--max-num-batched-tokens", 1, MAX_ENGINE_TOKENS),
-                   default=None, help="tokens per scheduler step (default: vLLM's default for the GPU and version)")
-    g.add_argument("--max-num-seqs", type=_int_type("--max-num-seqs", 1, 1 << 20), default=None,
-                   help="max concurrent sequences (default: vLLM's, 1024 on H100-class GPUs with V1, else 256)")
+    g.add_argument(
+        "--gpu-memory-utilization",
+        type=_fraction,
+        default=0.9,
+        help="fraction of GPU memory vLLM may use (default 0.9)",
+    )
+    g.add_argument(
+        "--max-num-batched-tokens",
+        type=_int_type("--max-num-batched-tokens", 1, MAX_ENGINE_TOKENS),
+        default=None,
+        help="tokens per scheduler step (default: vLLM's default for the GPU and version)",
+    )
+    g.add_argument(
+        "--max-num-seqs",
+        type=_int_type("--max-num-seqs", 1, 1 << 20),
+        default=None,
+        help="max concurrent sequences (default: vLLM's, 1024 on H100-class GPUs with V1, else 256)",
+    )
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     g.add_argument("--vllm-version", choices=vl.VLLM_VERSIONS, default="v1", help="engine accounting (default v1)")
-    g.add_argument("--tensor-parallel-size", type=_int_type("--tensor-parallel-size", 1, 1024), default=1,
-                   help="GPUs per tensor-parallel group (1, 2, 4, 8)")
-    g.add_argument("--pipeline-parallel-size", type=_int_type("--pipeline-parallel-size", 1, 1024), default=1,
-                   help="pipeline stages (default 1)")
-    g.add_argument("--safetensors", default=None,
-                   help="read exact weight bytes from this safetensors file, shard index or folder (header only)")
+    g.add_argument(
+        "--tensor-parallel-size",
+        type=_int_type("--tensor-parallel-size", 1, 1024),
+        default=1,
+        help="GPUs per tensor-parallel group (1, 2, 4, 8)",
+    )
+    g.add_argument(
+        "--pipeline-parallel-size",
+        type=_int_type("--pipeline-parallel-size", 1, 1024),
+        default=1,
+        help="pipeline stages (default 1)",
+    )
+    g.add_argument(
+        "--safetensors",
+        default=None,
+        help="read exact weight bytes from this safetensors file, shard index or folder (header only)",
+    )
     g = parser.add_argument_group("llama.cpp / Ollama (--engine llama.cpp; the context is n_ctx)")
-    g.add_argument("--parallel", type=_int_type("--parallel", 1, LLAMA_MAX_SEQ), default=1,
-                   help="parallel sequences sharing n_ctx (default 1)")
-    g.add_argument("--ubatch", type=_int_type("--ubatch", 1, MAX_ENGINE_TOKENS), default=512,
-                   help="physical batch n_ubatch (default 512)")
+    g.add_argument(
+        "--parallel",
+        type=_int_type("--parallel", 1, LLAMA_MAX_SEQ),
+        default=1,
+        help="parallel sequences sharing n_ctx (default 1)",
+    )
+    g.add_argument(
+        "--ubatch",
+        type=_int_type("--ubatch", 1, MAX_ENGINE_TOKENS),
+        default=512,
+        help="physical batch n_ubatch (default 512)",
+    )
     g.add_argument("--flash-attn", action="store_true", help="flash attention on")
-    g.add_argument("--n-gpu-layers", type=_int_type("--n-gpu-layers", -1, 1 << 16), default=-1,
-                   help="layers offloaded to the GPU; -1 = all (default)")
+    g.add_argument(
+        "--n-gpu-layers",
+        type=_int_type("--n-gpu-layers", -1, 1 << 16),
+        default=-1,
+        help="layers offloaded to the GPU; -1 = all (default)",
+    )
     g.add_argument("--gguf", default=None, help="read the tensor inventory from this .gguf file's header")
-    g.add_argument("--llamacpp-version", choices=lc.VERSIONS, default="current",
-                   help="llama.cpp graph/KV layout: current (per-sequence KV streams) or 2025-01 (unified KV)")
+    g.add_argument(
+        "--llamacpp-version",
+        choices=lc.VERSIONS,
+        default="current",
+        help="llama.cpp graph/KV layout: current (per-sequence KV streams) or 2025-01 (unified KV)",
+    )
 
 
 # --- flags to library keywords -------------------------------------------------------------------
+
 
 def _total(gpu: Gpu | None, gpu_memory_bytes: int | None) -> int | None:
     if gpu_memory_bytes is not None:
@@ -124,11 +169,13 @@ def _context_of(args: argparse.Namespace, default: None = None, window: int | No
 def _context_of(args: argparse.Namespace, default: int | None = None, window: int | None = None) -> int | None:
     """--context (the window: vLLM's max_model_len, llama.cpp's n_ctx), at most ``window``."""
     from ..units import parse_context
+
     c = getattr(args, "context", None)
     n = parse_context(c, "--context") if c is not None else default
     if n is not None and window is not None and n > window:
-        raise InvalidSpecError(f"--context must be at most the model's window (max_position_embeddings "
-                               f"{window:,}): {n!r}")
+        raise InvalidSpecError(
+            f"--context must be at most the model's window (max_position_embeddings {window:,}): {n!r}"
+        )
     return n
 
 
@@ -139,8 +186,11 @@ def _cuda_context(gpu: Gpu | None) -> int:
 
 def _labels(args: argparse.Namespace, gpu: Gpu | None) -> dict[str, Any]:
     """The settings as the flags name them (the engine libraries fill in the rest)."""
-    return {"quant": getattr(args, "quant", None), "kv_dtype": getattr(args, "kv_dtype", None),
-            "gpu": getattr(gpu, "key", None)}
+    return {
+        "quant": getattr(args, "quant", None),
+        "kv_dtype": getattr(args, "kv_dtype", None),
+        "gpu": getattr(gpu, "key", None),
+    }
 
 
 def _vllm_weights(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -150,8 +200,9 @@ def _vllm_weights(args: argparse.Namespace) -> tuple[str, str | None]:
     if q in vl.QUANTIZATIONS:
         return "auto", q
     if q not in vl.DTYPES:
-        raise InvalidSpecError(f"--quant for vLLM must be one of {', '.join(VLLM_QUANTS)} "
-                               f"(weights dtype or --quantization): {q!r}")
+        raise InvalidSpecError(
+            f"--quant for vLLM must be one of {', '.join(VLLM_QUANTS)} (weights dtype or --quantization): {q!r}"
+        )
     return q, None
 
 
@@ -161,22 +212,32 @@ def _vllm_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> dict
     if kv not in ("auto",) + tuple(vl.KV_DTYPE_BYTES):  # the fp8 variants and dtype spellings are taken too
         raise InvalidSpecError(f"--kv-dtype for vLLM must be auto, fp8, bf16 or fp16: {kv!r}")
     dtype, quantization = _vllm_weights(args)
-    kw = dict(gpu_memory_utilization=args.gpu_memory_utilization,
-              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-              dtype=dtype, quantization=quantization, kv_cache_dtype=kv, version=args.vllm_version,
-              tensor_parallel_size=args.tensor_parallel_size, pipeline_parallel_size=args.pipeline_parallel_size,
-              enforce_eager=args.enforce_eager, cuda_context_bytes=_cuda_context(gpu),
-              gpu_name=getattr(gpu, "name", None), gpu_arch=getattr(gpu, "arch", None))
+    kw = dict(
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        max_num_seqs=args.max_num_seqs,
+        dtype=dtype,
+        quantization=quantization,
+        kv_cache_dtype=kv,
+        version=args.vllm_version,
+        tensor_parallel_size=args.tensor_parallel_size,
+        pipeline_parallel_size=args.pipeline_parallel_size,
+        enforce_eager=args.enforce_eager,
+        cuda_context_bytes=_cuda_context(gpu),
+        gpu_name=getattr(gpu, "name", None),
+        gpu_arch=getattr(gpu, "arch", None),
+    )
     path = getattr(args, "safetensors", None)
     if path:
         from .gguf_file import checkpoint_weight_bytes, read_safetensors_header
-        kw["checkpoint_weights_bytes"] = checkpoint_weight_bytes(read_safetensors_header(path),
-                                                                 dtype_bytes=vl._dtype_bytes(dtype, spec))
+
+        kw["checkpoint_weights_bytes"] = checkpoint_weight_bytes(
+            read_safetensors_header(path), dtype_bytes=vl._dtype_bytes(dtype, spec)
+        )
     return kw
 
 
-def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec,
-                 gpu: Gpu | None) -> tuple[ModelSpec, str, dict[str, Any]]:
+def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> tuple[ModelSpec, str, dict[str, Any]]:
     """(model, quant, ``estimate_llamacpp`` keywords plus ``settings``) from the llama.cpp flags; with
     ``--gguf`` the model and tensors are the file's and the quant is "gguf"."""
     quant = str(getattr(args, "quant", "q4_k_m") or "q4_k_m").lower()
@@ -184,6 +245,7 @@ def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec,
     path = getattr(args, "gguf", None)
     if path:
         from .gguf_file import read_gguf, spec_from_gguf
+
         meta, tensors = read_gguf(path)
         spec = spec_from_gguf(meta, tensors)
         quant = "gguf"
@@ -193,17 +255,25 @@ def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec,
     kv = {"auto": "f16", "fp16": "f16"}.get(kv, kv)
     if kv not in lc.KV_TYPES:  # f32 and bf16 are taken too
         raise InvalidSpecError(f"--kv-dtype for llama.cpp must be f16, q8_0 or q4_0: {kv!r}")
-    kw = dict(n_ubatch=args.ubatch, parallel=args.parallel, flash_attn=bool(args.flash_attn),
-              n_gpu_layers=args.n_gpu_layers, kv_dtype=kv, tensors=tensors,
-              version=getattr(args, "llamacpp_version", "current") or "current",
-              settings={**_labels(args, gpu), "quant": quant, "gguf": path})
+    kw = dict(
+        n_ubatch=args.ubatch,
+        parallel=args.parallel,
+        flash_attn=bool(args.flash_attn),
+        n_gpu_layers=args.n_gpu_layers,
+        kv_dtype=kv,
+        tensors=tensors,
+        version=getattr(args, "llamacpp_version", "current") or "current",
+        settings={**_labels(args, gpu), "quant": quant, "gguf": path},
+    )
     return spec, quant, kw
 
 
 # --- the commands --------------------------------------------------------------------------------
 
-def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
-                    gpu_memory_bytes: int | None) -> dict[str, Any]:
+
+def engine_estimate(
+    args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None, gpu_memory_bytes: int | None
+) -> dict[str, Any]:
     """The JSON object ``estimate --engine vllm|llama.cpp`` prints.
 
     vLLM: ``vllm.estimate_report`` at max_model_len = ``--context``; raises ``EngineRefusal``
@@ -216,19 +286,28 @@ def engine_estimate(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
         if total is None:
             raise InvalidSpecError("--engine vllm needs --gpu NAME or --gpu-memory SIZE: none given")
         n = _context_of(args)
-        return _with_launch(vl.estimate_report(spec, total, _labels(args, gpu), max_model_len=n,
-                                               **_vllm_kw(args, spec, gpu)).to_dict())
+        return _with_launch(
+            vl.estimate_report(spec, total, _labels(args, gpu), max_model_len=n, **_vllm_kw(args, spec, gpu)).to_dict()
+        )
     if engine == "llama.cpp":
         spec, quant, kw = _llamacpp_kw(args, spec, gpu)
         n_ctx = _context_of(args, 4096, spec.max_position_embeddings)
-        return _with_launch(lc.estimate_report(spec, quant, n_ctx, gpu_memory_bytes=total,
-                                               cuda_context_bytes=_cuda_context(gpu) if total is not None else 0,
-                                               **kw).to_dict())
+        return _with_launch(
+            lc.estimate_report(
+                spec,
+                quant,
+                n_ctx,
+                gpu_memory_bytes=total,
+                cuda_context_bytes=_cuda_context(gpu) if total is not None else 0,
+                **kw,
+            ).to_dict()
+        )
     raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
 
 
-def engine_fit(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None,
-               gpu_memory_bytes: int | None) -> dict[str, Any]:
+def engine_fit(
+    args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None, gpu_memory_bytes: int | None
+) -> dict[str, Any]:
     """``fit --engine ...``: the largest context that starts (vLLM max_model_len, ``vllm.fit_report``)
     or fits (llama.cpp n_ctx, ``llamacpp.fit_report``), with the estimate there."""
     engine = getattr(args, "engine", "transformers")
@@ -258,6 +337,7 @@ def _with_launch(d: dict[str, Any]) -> dict[str, Any]:
 
 # --- formatting ----------------------------------------------------------------------------------
 
+
 def _g(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f} GiB"
 
@@ -267,8 +347,10 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
     lines: list[str] = []
     if "max_context" in result:
         whole = " (the whole window fits)" if result.get("whole_window_fits") else ""
-        lines.append(f"engine {result['engine']}: largest context on {_g(result['gpu_memory_bytes'])}: "
-                     f"{result['max_context']:,} tokens{whole}")
+        lines.append(
+            f"engine {result['engine']}: largest context on {_g(result['gpu_memory_bytes'])}: "
+            f"{result['max_context']:,} tokens{whole}"
+        )
         if "estimate" not in result:
             return "\n".join(lines)
         launch = result.get("launch")
@@ -277,34 +359,46 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
     s = result.get("settings", {})
     rows: list[tuple[str, Any]] = []
     if eng == "vllm":
-        lines.append(f"vLLM {s.get('vllm_version')} accounting, per GPU (x{result['num_gpus']} GPUs), "
-                     f"max_model_len {result['max_model_len']:,}, util {s.get('gpu_memory_utilization')}")
-        rows = [("requested (total x util)", result["requested_memory_bytes"]),
-                ("weights (as loaded)", result["weights_bytes"]),
-                ("profile activation peak", result["activations_bytes"]),
-                ("non-torch memory", result["non_torch_bytes"]),
-                ("CUDA graphs", result["cuda_graph_bytes"]),
-                ("KV pool", result["kv_pool_bytes"]),
-                ("device used", result["device_used_bytes"])]
-        tail = [f"KV blocks (16 tokens): {result['num_gpu_blocks']:,}   "
-                f"KV tokens: {result['kv_cache_tokens']:,}   "
-                f"max concurrency at {result['max_model_len']:,} tokens: {result['max_concurrency']:.2f}x"]
+        lines.append(
+            f"vLLM {s.get('vllm_version')} accounting, per GPU (x{result['num_gpus']} GPUs), "
+            f"max_model_len {result['max_model_len']:,}, util {s.get('gpu_memory_utilization')}"
+        )
+        rows = [
+            ("requested (total x util)", result["requested_memory_bytes"]),
+            ("weights (as loaded)", result["weights_bytes"]),
+            ("profile activation peak", result["activations_bytes"]),
+            ("non-torch memory", result["non_torch_bytes"]),
+            ("CUDA graphs", result["cuda_graph_bytes"]),
+            ("KV pool", result["kv_pool_bytes"]),
+            ("device used", result["device_used_bytes"]),
+        ]
+        tail = [
+            f"KV blocks (16 tokens): {result['num_gpu_blocks']:,}   "
+            f"KV tokens: {result['kv_cache_tokens']:,}   "
+            f"max concurrency at {result['max_model_len']:,} tokens: {result['max_concurrency']:.2f}x"
+        ]
         ss = result.get("smallest_gpu_set")
         if ss:
-            tail.append(f"smallest catalog GPU set for these settings: {ss['num_gpus']} x {ss['gpu']} "
-                        f"(TP {ss['tensor_parallel_size']}, PP {ss['pipeline_parallel_size']})")
+            tail.append(
+                f"smallest catalog GPU set for these settings: {ss['num_gpus']} x {ss['gpu']} "
+                f"(TP {ss['tensor_parallel_size']}, PP {ss['pipeline_parallel_size']})"
+            )
     else:
-        lines.append(f"llama.cpp, n_ctx {s.get('context'):,}, quant {s.get('quant')}, "
-                     f"n_gpu_layers {result['n_gpu_layers']}, parallel {s.get('parallel')}, "
-                     f"flash_attn {'on' if s.get('flash_attn') else 'off'}")
-        rows = [("GPU model buffer", result["model_buffer_bytes"]),
-                ("GPU KV buffer", result["kv_buffer_bytes"]),
-                ("GPU compute buffer", result["compute_buffer_bytes"]),
-                ("CUDA context (assumed)", result["overhead_bytes"]),
-                ("device used", result["device_used_bytes"]),
-                ("host model buffer", result["host_buffer_bytes"]),
-                ("host KV buffer", result["host_kv_buffer_bytes"]),
-                ("host compute buffer", result["host_compute_buffer_bytes"])]
+        lines.append(
+            f"llama.cpp, n_ctx {s.get('context'):,}, quant {s.get('quant')}, "
+            f"n_gpu_layers {result['n_gpu_layers']}, parallel {s.get('parallel')}, "
+            f"flash_attn {'on' if s.get('flash_attn') else 'off'}"
+        )
+        rows = [
+            ("GPU model buffer", result["model_buffer_bytes"]),
+            ("GPU KV buffer", result["kv_buffer_bytes"]),
+            ("GPU compute buffer", result["compute_buffer_bytes"]),
+            ("CUDA context (assumed)", result["overhead_bytes"]),
+            ("device used", result["device_used_bytes"]),
+            ("host model buffer", result["host_buffer_bytes"]),
+            ("host KV buffer", result["host_kv_buffer_bytes"]),
+            ("host compute buffer", result["host_compute_buffer_bytes"]),
+        ]
         tail = []
         if result.get("fits") is not None:
             tail.append(f"fits: {'yes' if result['fits'] else 'no'}   headroom: {_g(result['headroom_bytes'])}")
@@ -316,5 +410,15 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ENGINES", "EngineRefusal", "LLAMACPP_KV_DTYPES", "LLAMACPP_QUANTS", "VLLM_KV_DTYPES", "VLLM_QUANTS",
-           "add_engine_arguments", "engine_estimate", "engine_fit", "format_engine_table"]
+__all__ = [
+    "ENGINES",
+    "EngineRefusal",
+    "LLAMACPP_KV_DTYPES",
+    "LLAMACPP_QUANTS",
+    "VLLM_KV_DTYPES",
+    "VLLM_QUANTS",
+    "add_engine_arguments",
+    "engine_estimate",
+    "engine_fit",
+    "format_engine_table",
+]

@@ -40,7 +40,7 @@ from ..errors import InvalidSpecError, UnknownNameError
 from ..model import ModelSpec
 
 VARIANTS = ("bf16", "spinquant", "qat-lora")
-LORA_RANK = 16          # export_llama -lora 16 for the QAT+LoRA release
+LORA_RANK = 16  # export_llama -lora 16 for the QAT+LoRA release
 DEFAULT_CONTEXT = 8192  # the release's usual on-device context
 KV_CACHES = ("export", "int8")  # the export dtype, or --quantize_kv_cache
 # --quantize_kv_cache, per token and KV head, beside head_dim int8 values: fp32 scale + int8 zero point
@@ -77,8 +77,9 @@ def _linears(spec: ModelSpec) -> list[tuple[int, int]]:
     return [(q, H), (kv, H), (kv, H), (H, q), (I, H), (I, H), (H, I)] * spec.num_hidden_layers
 
 
-def estimate_executorch(spec: ModelSpec, variant: str = "spinquant", context: int = DEFAULT_CONTEXT,
-                        kv_cache: str = "export") -> ExecuTorchEstimate:
+def estimate_executorch(
+    spec: ModelSpec, variant: str = "spinquant", context: int = DEFAULT_CONTEXT, kv_cache: str = "export"
+) -> ExecuTorchEstimate:
     """Program (.pte) bytes and runtime bytes at ``context`` tokens (= the export's max_seq_len).
     ``kv_cache``: "export" (the export dtype) or "int8" (``--quantize_kv_cache``)."""
     if variant not in VARIANTS:
@@ -92,6 +93,7 @@ def estimate_executorch(spec: ModelSpec, variant: str = "spinquant", context: in
         act_bytes = 2
     else:
         from ..quant import weight_bytes
+
         w = weight_bytes(spec, "et-4bit")
         weights = w.parameters_bytes + w.quant_state_bytes
         act_bytes = 4  # -d fp32
@@ -117,6 +119,7 @@ def estimate_executorch(spec: ModelSpec, variant: str = "spinquant", context: in
 def crossover_context(spec: ModelSpec, variant: str, kv_cache: str = "export") -> int | None:
     """The shortest context at which ``variant`` needs more runtime memory than the bf16 variant
     (both grow linearly with the context); None if it never does."""
+
     def line(v: str, kv: str) -> tuple[int, int]:
         a, b = (estimate_executorch(spec, v, t, kv).runtime_bytes for t in (1, 2))
         return a - (b - a), b - a  # intercept, bytes per token

@@ -31,67 +31,149 @@ from .llamacpp import GGML_TYPES, GgufTensor, tensor_bytes
 
 # --- caps and format constants --------------------------------------------------------------------
 
-MAX_HEADER_BYTES = 256 << 20   # tokenizer arrays make GGUF headers a few MiB; refuse past 256 MiB
+MAX_HEADER_BYTES = 256 << 20  # tokenizer arrays make GGUF headers a few MiB; refuse past 256 MiB
 # Count caps keep the worst-case parse of a hostile header to about a second (each tensor info or
 # key/value costs a few microseconds, each skipped string a fraction of one).
-MAX_GGUF_TENSORS = 1 << 16     # 65,536; the largest public GGUFs (MoE experts merged per layer) hold ~1-2 thousand
-MAX_GGUF_KV = 1 << 16          # 65,536; real files carry a few dozen key/values
-MAX_GGUF_STRING = 1 << 24      # 16 MiB; the longest real strings are chat templates of tens of KiB
+MAX_GGUF_TENSORS = 1 << 16  # 65,536; the largest public GGUFs (MoE experts merged per layer) hold ~1-2 thousand
+MAX_GGUF_KV = 1 << 16  # 65,536; real files carry a few dozen key/values
+MAX_GGUF_STRING = 1 << 24  # 16 MiB; the longest real strings are chat templates of tens of KiB
 #                                (llama.cpp's own cap, GGUF_MAX_STRING_LENGTH in ggml/src/gguf.cpp, is 1 GiB)
-MAX_GGUF_ARRAY = 1 << 24       # 16 Mi elements; the largest vocabularies hold ~262k tokens (Gemma 3)
+MAX_GGUF_ARRAY = 1 << 24  # 16 Mi elements; the largest vocabularies hold ~262k tokens (Gemma 3)
 #                                (llama.cpp: GGUF_MAX_ARRAY_ELEMENTS = 1 GiB elements, ggml/src/gguf.cpp)
-MAX_GGUF_STRINGS = 1 << 22     # strings inside arrays, whole header; tokens + merges of real vocabularies < 1 Mi
-MAX_GGUF_NESTED = 1 << 16      # arrays inside arrays, whole header; real files have none (llama.cpp refuses them)
-MAX_GGUF_ARRAY_DEPTH = 4       # gguf.md allows arrays of arrays; llama.cpp reads none (gguf.cpp refuses them)
-GGUF_MAGIC = b"GGUF"           # ggml/include/gguf.h GGUF_MAGIC
-GGUF_VERSIONS = (2, 3)         # v2 widened counts and lengths to u64 (gguf.md); v1 (u32) is refused by
+MAX_GGUF_STRINGS = 1 << 22  # strings inside arrays, whole header; tokens + merges of real vocabularies < 1 Mi
+MAX_GGUF_NESTED = 1 << 16  # arrays inside arrays, whole header; real files have none (llama.cpp refuses them)
+MAX_GGUF_ARRAY_DEPTH = 4  # gguf.md allows arrays of arrays; llama.cpp reads none (gguf.cpp refuses them)
+GGUF_MAGIC = b"GGUF"  # ggml/include/gguf.h GGUF_MAGIC
+GGUF_VERSIONS = (2, 3)  # v2 widened counts and lengths to u64 (gguf.md); v1 (u32) is refused by
 #                                llama.cpp ("GGUFv1 is no longer supported"); GGUF_VERSION = 3 in gguf.h
-GGUF_DEFAULT_ALIGNMENT = 32    # ggml/include/gguf.h GGUF_DEFAULT_ALIGNMENT
-GGML_MAX_DIMS = 4              # ggml/include/ggml.h
-GGML_MAX_NAME = 64             # ggml/include/ggml.h; gguf.cpp refuses tensor names of 64 bytes or more
-INT64_MAX = (1 << 63) - 1      # ggml's ne[] are int64_t (ggml.h struct ggml_tensor)
+GGUF_DEFAULT_ALIGNMENT = 32  # ggml/include/gguf.h GGUF_DEFAULT_ALIGNMENT
+GGML_MAX_DIMS = 4  # ggml/include/ggml.h
+GGML_MAX_NAME = 64  # ggml/include/ggml.h; gguf.cpp refuses tensor names of 64 bytes or more
+INT64_MAX = (1 << 63) - 1  # ggml's ne[] are int64_t (ggml.h struct ggml_tensor)
 
 MAX_SAFETENSORS_HEADER = 100_000_000  # MAX_HEADER_SIZE in safetensors/src/tensor.rs ("100Mo")
-MAX_SAFETENSORS_INDEX = 100_000_000   # same bound for model.safetensors.index.json (real ones are < 10 MB)
-MAX_SAFETENSORS_SHARDS = 10_000       # real checkpoints have at most a few hundred shards
+MAX_SAFETENSORS_INDEX = 100_000_000  # same bound for model.safetensors.index.json (real ones are < 10 MB)
+MAX_SAFETENSORS_SHARDS = 10_000  # real checkpoints have at most a few hundred shards
 SAFETENSORS_INDEX = "model.safetensors.index.json"  # transformers SAFE_WEIGHTS_INDEX_NAME
-SAFETENSORS_SINGLE = "model.safetensors"            # transformers SAFE_WEIGHTS_NAME
+SAFETENSORS_SINGLE = "model.safetensors"  # transformers SAFE_WEIGHTS_NAME
 
 READ_CHUNK = 1 << 20  # bytes read from the file at a time while parsing a GGUF header
 
 # GGUF metadata value types (gguf_type, ggml/include/gguf.h) -> struct format of the fixed-size ones
-_GGUF_SCALARS = {0: struct.Struct("<B"), 1: struct.Struct("<b"), 2: struct.Struct("<H"), 3: struct.Struct("<h"),
-                 4: struct.Struct("<I"), 5: struct.Struct("<i"), 6: struct.Struct("<f"), 7: struct.Struct("<?"),
-                 10: struct.Struct("<Q"), 11: struct.Struct("<q"), 12: struct.Struct("<d")}
+_GGUF_SCALARS = {
+    0: struct.Struct("<B"),
+    1: struct.Struct("<b"),
+    2: struct.Struct("<H"),
+    3: struct.Struct("<h"),
+    4: struct.Struct("<I"),
+    5: struct.Struct("<i"),
+    6: struct.Struct("<f"),
+    7: struct.Struct("<?"),
+    10: struct.Struct("<Q"),
+    11: struct.Struct("<q"),
+    12: struct.Struct("<d"),
+}
 GGUF_STRING, GGUF_ARRAY, GGUF_UINT32 = 8, 9, 4
 # GGUF_TYPE_NAME in ggml/src/gguf.cpp
-GGUF_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "str",
-                   9: "arr", 10: "u64", 11: "i64", 12: "f64"}
+GGUF_TYPE_NAMES = {
+    0: "u8",
+    1: "i8",
+    2: "u16",
+    3: "i16",
+    4: "u32",
+    5: "i32",
+    6: "f32",
+    7: "bool",
+    8: "str",
+    9: "arr",
+    10: "u64",
+    11: "i64",
+    12: "f64",
+}
 # Fewest bytes one value of each type takes: a string is at least its u64 length, an array at least
 # its u32 element type and u64 count.
 _GGUF_MIN_BYTES = {**{t: s.size for t, s in _GGUF_SCALARS.items()}, GGUF_STRING: 8, GGUF_ARRAY: 12}
-_MIN_KV_BYTES = 8 + 4 + 1           # key length, value type, the smallest value
+_MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, the smallest value
 _MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, ggml type, offset
 
 # ggml_type enum values (ggml/include/ggml.h); values 4, 5 and 31-33 are retired types.
-GGML_TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 6: "Q5_0", 7: "Q5_1", 8: "Q8_0", 9: "Q8_1",
-                   10: "Q2_K", 11: "Q3_K", 12: "Q4_K", 13: "Q5_K", 14: "Q6_K", 15: "Q8_K", 16: "IQ2_XXS",
-                   17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S",
-                   23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M",
-                   30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4"}
+GGML_TYPE_NAMES = {
+    0: "F32",
+    1: "F16",
+    2: "Q4_0",
+    3: "Q4_1",
+    6: "Q5_0",
+    7: "Q5_1",
+    8: "Q8_0",
+    9: "Q8_1",
+    10: "Q2_K",
+    11: "Q3_K",
+    12: "Q4_K",
+    13: "Q5_K",
+    14: "Q6_K",
+    15: "Q8_K",
+    16: "IQ2_XXS",
+    17: "IQ2_XS",
+    18: "IQ3_XXS",
+    19: "IQ1_S",
+    20: "IQ4_NL",
+    21: "IQ3_S",
+    22: "IQ2_S",
+    23: "IQ4_XS",
+    24: "I8",
+    25: "I16",
+    26: "I32",
+    27: "I64",
+    28: "F64",
+    29: "IQ1_M",
+    30: "BF16",
+    34: "TQ1_0",
+    35: "TQ2_0",
+    39: "MXFP4",
+}
 # Block formats of the types above that llamacpp.GGML_TYPES does not list (ggml-common.h:
 # block_q8_1, block_iq2_xxs, ..., block_mxfp4 = e8m0 scale + 16 B of 4-bit values).
-_EXTRA_BLOCKS = {"Q8_1": (32, 36), "IQ2_XXS": (256, 66), "IQ2_XS": (256, 74), "IQ3_XXS": (256, 98),
-                 "IQ1_S": (256, 50), "IQ3_S": (256, 110), "IQ2_S": (256, 82), "IQ1_M": (256, 56),
-                 "TQ1_0": (256, 54), "TQ2_0": (256, 66), "MXFP4": (32, 17)}
+_EXTRA_BLOCKS = {
+    "Q8_1": (32, 36),
+    "IQ2_XXS": (256, 66),
+    "IQ2_XS": (256, 74),
+    "IQ3_XXS": (256, 98),
+    "IQ1_S": (256, 50),
+    "IQ3_S": (256, 110),
+    "IQ2_S": (256, 82),
+    "IQ1_M": (256, 56),
+    "TQ1_0": (256, 54),
+    "TQ2_0": (256, 66),
+    "MXFP4": (32, 17),
+}
 for _k, _v in _EXTRA_BLOCKS.items():
     GGML_TYPES.setdefault(_k, _v)  # GgufTensor.nbytes reads llamacpp.GGML_TYPES
 
 # safetensors dtype -> bits per element (Dtype::bitsize, safetensors/src/tensor.rs, safetensors 0.6+)
-SAFETENSORS_DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
-                          "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
-                          "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64,
-                          "I64": 64, "U64": 64}
+SAFETENSORS_DTYPE_BITS = {
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "F64": 64,
+    "I64": 64,
+    "U64": 64,
+}
 
 # Llama-family architectures spec_from_gguf maps onto ModelSpec (general.architecture values)
 GGUF_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "granite")
@@ -108,10 +190,11 @@ class GgufArray:
 
 # --- shared helpers -------------------------------------------------------------------------------
 
+
 def _show(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: file-derived text stays on one short line."""
     r = repr(value)
-    return r if len(r) <= limit else r[:limit - 3] + "..."
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _is_int(v: Any) -> TypeGuard[int]:
@@ -153,14 +236,15 @@ def layer_of(name: str) -> int | None:
 
 # --- GGUF -----------------------------------------------------------------------------------------
 
+
 class _Header:
     """Sequential reads over a GGUF header. ``need`` checks a length against the bytes left in the
     file and against the header cap before anything is read or skipped."""
 
     def __init__(self, f: BinaryIO, size: int, cap: int, where: str) -> None:
         self.f, self.size, self.cap, self.where = f, size, cap, where
-        self.pos = 0                       # file offset of the next read
-        self.buf, self.buf_at = b"", 0     # bytes held in memory and the file offset of buf[0]
+        self.pos = 0  # file offset of the next read
+        self.buf, self.buf_at = b"", 0  # bytes held in memory and the file offset of buf[0]
         self.strings_left, self.nested_left = MAX_GGUF_STRINGS, MAX_GGUF_NESTED  # loop budgets
 
     def fail(self, text: str) -> InvalidSpecError:
@@ -169,11 +253,14 @@ class _Header:
     def need(self, n: int, what: str) -> None:
         left = self.size - self.pos
         if n > left:
-            raise self.fail(f"truncated header: {what} needs {n:,} bytes at offset {self.pos:,}, "
-                            f"the file has {left:,} left")
+            raise self.fail(
+                f"truncated header: {what} needs {n:,} bytes at offset {self.pos:,}, the file has {left:,} left"
+            )
         if self.pos + n > self.cap:
-            raise self.fail(f"gguf header is larger than {self.cap:,} bytes ({what} at offset {self.pos:,}); "
-                            "refusing to read further")
+            raise self.fail(
+                f"gguf header is larger than {self.cap:,} bytes ({what} at offset {self.pos:,}); "
+                "refusing to read further"
+            )
 
     def take(self, n: int, what: str) -> int:
         """Index into ``self.buf`` of the next ``n`` bytes (loaded on demand); advances past them."""
@@ -227,7 +314,7 @@ class _Header:
 
     def raw(self, n: int, what: str) -> bytes:
         i = self.take(n, what)
-        return self.buf[i:i + n]
+        return self.buf[i : i + n]
 
     def name(self, what: str) -> str:
         """A u64-length-prefixed string that must be valid UTF-8 (keys, tensor names)."""
@@ -300,8 +387,10 @@ def _gguf_tensor_info(h: _Header, i: int) -> tuple[str, tuple[int, ...], str, in
     """(name, shape in GGUF order, ggml type name, data offset) of tensor info ``i``."""
     name = h.name(f"tensor {i} name")
     if len(name.encode("utf-8")) >= GGML_MAX_NAME:
-        raise h.fail(f"tensor name {_show(name)} is {len(name.encode('utf-8'))} bytes; "
-                     f"llama.cpp takes fewer than {GGML_MAX_NAME}")
+        raise h.fail(
+            f"tensor name {_show(name)} is {len(name.encode('utf-8'))} bytes; "
+            f"llama.cpp takes fewer than {GGML_MAX_NAME}"
+        )
     n_dims = h.u32(f"n_dims of tensor {_show(name)}")
     if n_dims > GGML_MAX_DIMS:
         raise h.fail(f"tensor {_show(name)} has {n_dims} dimensions; ggml allows at most {GGML_MAX_DIMS}")
@@ -316,8 +405,9 @@ def _gguf_tensor_info(h: _Header, i: int) -> tuple[str, tuple[int, ...], str, in
     shape = dims or (1,)  # n_dims 0 is a scalar: ggml fills ne[] with 1 (gguf.cpp)
     blck = GGML_TYPES[type_name][0]
     if shape[0] % blck:
-        raise h.fail(f"tensor {_show(name)} row of {shape[0]:,} elements is not a whole number of "
-                     f"{type_name} blocks ({blck})")
+        raise h.fail(
+            f"tensor {_show(name)} row of {shape[0]:,} elements is not a whole number of {type_name} blocks ({blck})"
+        )
     offset = h.u64(f"data offset of tensor {_show(name)}")
     return name, shape, type_name, offset
 
@@ -328,8 +418,10 @@ def _parse_gguf(h: _Header) -> tuple[dict[str, Any], list[GgufTensor]]:
         raise h.fail(f"not a GGUF file (bad magic {_show(magic)})")
     version = h.u32("version")
     if version == 1:
-        raise h.fail("GGUF version 1 (32-bit counts) is not supported (llama.cpp refuses it too); "
-                     "convert the model again with a current llama.cpp")
+        raise h.fail(
+            "GGUF version 1 (32-bit counts) is not supported (llama.cpp refuses it too); "
+            "convert the model again with a current llama.cpp"
+        )
     if version and version & 0xFFFF == 0:  # gguf.cpp: the version of a file written on the other endianness
         raise h.fail(f"GGUF version {version:#x} looks big-endian; only little-endian files are supported")
     if version not in GGUF_VERSIONS:
@@ -356,8 +448,10 @@ def _parse_gguf(h: _Header) -> tuple[dict[str, Any], list[GgufTensor]]:
             raise h.fail(f"tensor {_show(name)} data offset {offset:,} is not a multiple of the alignment {alignment}")
         nbytes = tensor_bytes(type_name, shape)
         if data_start + offset + nbytes > h.size:
-            raise h.fail(f"tensor {_show(name)} data ({nbytes:,} bytes at offset {offset:,} from the data "
-                         f"section at {data_start:,}) runs past the end of the file ({h.size:,} bytes)")
+            raise h.fail(
+                f"tensor {_show(name)} data ({nbytes:,} bytes at offset {offset:,} from the data "
+                f"section at {data_start:,}) runs past the end of the file ({h.size:,} bytes)"
+            )
         tensors.append(GgufTensor(name, shape, type_name, layer_of(name)))
     return meta, tensors
 
@@ -409,8 +503,10 @@ def _gguf_vocab(meta: dict[str, Any], by_name: dict[str, GgufTensor], arch: str)
         return tokens.count
     if f"{arch}.vocab_size" in meta:
         return _meta_int(meta, f"{arch}.vocab_size")
-    raise InvalidSpecError("gguf file gives no vocabulary size: no token_embd.weight tensor, "
-                           f"tokenizer.ggml.tokens array or {arch}.vocab_size")
+    raise InvalidSpecError(
+        "gguf file gives no vocabulary size: no token_embd.weight tensor, "
+        f"tokenizer.ggml.tokens array or {arch}.vocab_size"
+    )
 
 
 def spec_from_gguf(meta: dict[str, Any], tensors: list[GgufTensor], name: str = "gguf") -> ModelSpec:
@@ -424,32 +520,41 @@ def spec_from_gguf(meta: dict[str, Any], tensors: list[GgufTensor], name: str = 
     if not isinstance(arch, str):
         raise InvalidSpecError(f"gguf metadata general.architecture must be a string: {_describe(arch)}")
     if arch not in GGUF_ARCHS:
-        raise InvalidSpecError(f"general.architecture {_show(arch)} is not a supported Llama-family decoder "
-                               f"({', '.join(GGUF_ARCHS)})")
+        raise InvalidSpecError(
+            f"general.architecture {_show(arch)} is not a supported Llama-family decoder ({', '.join(GGUF_ARCHS)})"
+        )
     by_name = {t.name: t for t in tensors}
     heads = _meta_int(meta, f"{arch}.attention.head_count")
     hidden = _meta_int(meta, f"{arch}.embedding_length")
     if hidden < heads and f"{arch}.attention.key_length" not in meta:
-        raise InvalidSpecError(f"gguf metadata {arch}.embedding_length ({hidden}) is smaller than "
-                               f"{arch}.attention.head_count: {heads}")
+        raise InvalidSpecError(
+            f"gguf metadata {arch}.embedding_length ({hidden}) is smaller than {arch}.attention.head_count: {heads}"
+        )
     head_dim = _meta_int(meta, f"{arch}.attention.key_length", hidden // heads)
     rot = _meta_int(meta, f"{arch}.rope.dimension_count", head_dim)
     if rot > head_dim:
-        raise InvalidSpecError(f"gguf metadata {arch}.rope.dimension_count must be at most the head size "
-                               f"{head_dim}: {rot}")
+        raise InvalidSpecError(
+            f"gguf metadata {arch}.rope.dimension_count must be at most the head size {head_dim}: {rot}"
+        )
     gname = meta.get("general.name")
     try:
         return ModelSpec(
-            name=gname if isinstance(gname, str) and gname else name, model_type=arch,
-            hidden_size=hidden, num_hidden_layers=_meta_int(meta, f"{arch}.block_count"),
+            name=gname if isinstance(gname, str) and gname else name,
+            model_type=arch,
+            hidden_size=hidden,
+            num_hidden_layers=_meta_int(meta, f"{arch}.block_count"),
             num_attention_heads=heads,
-            num_key_value_heads=_meta_int(meta, f"{arch}.attention.head_count_kv", heads), head_dim=head_dim,
+            num_key_value_heads=_meta_int(meta, f"{arch}.attention.head_count_kv", heads),
+            head_dim=head_dim,
             intermediate_size=_meta_int(meta, f"{arch}.feed_forward_length"),
             vocab_size=_gguf_vocab(meta, by_name, arch),
             tie_word_embeddings="output.weight" not in by_name,
             max_position_embeddings=_meta_int(meta, f"{arch}.context_length", 2048),
-            attention_bias="blk.0.attn_q.bias" in by_name, attention_out_bias="blk.0.attn_output.bias" in by_name,
-            qk_norm="blk.0.attn_q_norm.weight" in by_name, partial_rotary_factor=rot / head_dim)
+            attention_bias="blk.0.attn_q.bias" in by_name,
+            attention_out_bias="blk.0.attn_output.bias" in by_name,
+            qk_norm="blk.0.attn_q_norm.weight" in by_name,
+            partial_rotary_factor=rot / head_dim,
+        )
     except InvalidSpecError as e:
         if str(e).startswith("gguf"):
             raise
@@ -457,6 +562,7 @@ def spec_from_gguf(meta: dict[str, Any], tensors: list[GgufTensor], name: str = 
 
 
 # --- safetensors ----------------------------------------------------------------------------------
+
 
 def _parse_json(raw: bytes, where: str) -> Any:
     """JSON from UTF-8 bytes; bad encoding, bad syntax and runaway nesting are one-line errors."""
@@ -500,8 +606,9 @@ def _safetensors_entry(name: str, info: Any, n_data: int, where: str) -> dict[st
         raise InvalidSpecError(f"{t} data_offsets must be two integers: {_show(offs)}")
     start, end = offs
     if not 0 <= start <= end <= n_data:
-        raise InvalidSpecError(f"{t} data_offsets {_show(offs)} must satisfy 0 <= start <= end <= "
-                               f"{n_data:,} (the data buffer's size)")
+        raise InvalidSpecError(
+            f"{t} data_offsets {_show(offs)} must satisfy 0 <= start <= end <= {n_data:,} (the data buffer's size)"
+        )
     numel = _numel_up_to(shape, n_data * 8)  # every dtype takes >= 4 bits: more elements cannot fit
     if numel > n_data * 8:
         raise InvalidSpecError(f"{t} shape {_show(shape)} needs more than the {n_data:,}-byte data buffer")
@@ -509,8 +616,10 @@ def _safetensors_entry(name: str, info: Any, n_data: int, where: str) -> dict[st
     if bits % 8:
         raise InvalidSpecError(f"{t} of shape {_show(shape)} and dtype {dtype} is not a whole number of bytes")
     if end - start != bits // 8:
-        raise InvalidSpecError(f"{t} data_offsets {_show(offs)} hold {end - start:,} bytes but shape "
-                               f"{_show(shape)} of {dtype} needs {bits // 8:,}")
+        raise InvalidSpecError(
+            f"{t} data_offsets {_show(offs)} hold {end - start:,} bytes but shape "
+            f"{_show(shape)} of {dtype} needs {bits // 8:,}"
+        )
     return {"name": name, "dtype": dtype, "shape": tuple(shape), "nbytes": end - start}
 
 
@@ -523,11 +632,11 @@ def _read_safetensors_file(p: Path) -> list[dict[str, Any]]:
                 raise InvalidSpecError(f"{where}: not a safetensors file (only {size} bytes)")
             n = struct.unpack("<Q", f.read(8))[0]
             if n > MAX_SAFETENSORS_HEADER:
-                raise InvalidSpecError(f"{where}: header length {n:,} exceeds 100 MB "
-                                       f"({MAX_SAFETENSORS_HEADER:,} bytes)")
+                raise InvalidSpecError(
+                    f"{where}: header length {n:,} exceeds 100 MB ({MAX_SAFETENSORS_HEADER:,} bytes)"
+                )
             if 8 + n > size:
-                raise InvalidSpecError(f"{where}: header length {n:,} runs past the end of the file "
-                                       f"({size:,} bytes)")
+                raise InvalidSpecError(f"{where}: header length {n:,} runs past the end of the file ({size:,} bytes)")
             raw = f.read(n)
     except OSError as e:
         raise InvalidSpecError(f"cannot read {where}: {_reason(e)}") from None
@@ -585,8 +694,9 @@ def _read_safetensors_index(p: Path) -> list[dict[str, Any]]:
             raise InvalidSpecError(f"{where}: shard {_show(shard)} is missing from {_show(str(p.parent), 200)}")
         for entry in _read_safetensors_file(sp):
             if entry["name"] in seen:
-                raise InvalidSpecError(f"{where}: tensor {_show(entry['name'])} is in both "
-                                       f"{_show(seen[entry['name']])} and {_show(shard)}")
+                raise InvalidSpecError(
+                    f"{where}: tensor {_show(entry['name'])} is in both {_show(seen[entry['name']])} and {_show(shard)}"
+                )
             seen[entry["name"]] = shard
             out.append(entry)
     return out
@@ -604,8 +714,9 @@ def read_safetensors_header(path: str | Path) -> list[dict[str, Any]]:
             elif (p / SAFETENSORS_SINGLE).exists():
                 p = p / SAFETENSORS_SINGLE
             else:
-                raise InvalidSpecError(f"folder {_show(str(path), 200)} holds neither {SAFETENSORS_INDEX} "
-                                       f"nor {SAFETENSORS_SINGLE}")
+                raise InvalidSpecError(
+                    f"folder {_show(str(path), 200)} holds neither {SAFETENSORS_INDEX} nor {SAFETENSORS_SINGLE}"
+                )
         if p.name.endswith(".index.json"):
             return _read_safetensors_index(p)
         return _read_safetensors_file(p)

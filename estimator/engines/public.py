@@ -16,8 +16,9 @@ from the row's stated inputs are listed in ``NOT_DERIVABLE`` with the reason.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..model import load_preset
 from . import executorch as et
@@ -40,11 +41,20 @@ def rows(path: Path = CSV_PATH) -> dict[str, dict[str, str]]:
 
 # --- the row's own settings ----------------------------------------------------------------
 
+
 def _gt_v0_t4() -> vl.VllmEstimate:
     # GT-001..007: vLLM 0.8.2 V0, fp16, T4 "total_gpu_memory 14.74 GiB", util 0.894,
     # max_num_seqs 192, max_num_batched_tokens 2048, max_model_len 2048.
-    return vl.estimate_vllm(S3, round(14.74 * GiB), gpu_memory_utilization=0.894, max_model_len=2048,
-                            max_num_batched_tokens=2048, max_num_seqs=192, dtype="fp16", version="v0")
+    return vl.estimate_vllm(
+        S3,
+        round(14.74 * GiB),
+        gpu_memory_utilization=0.894,
+        max_model_len=2048,
+        max_num_batched_tokens=2048,
+        max_num_seqs=192,
+        dtype="fp16",
+        version="v0",
+    )
 
 
 def _gt_v06_1080() -> vl.VllmEstimate:
@@ -53,36 +63,55 @@ def _gt_v06_1080() -> vl.VllmEstimate:
     # Device state before the profile, from the same log line: initial_memory_usage 2.73 GiB minus the
     # weights torch holds (2.3185 GiB) = CUDA context + the desktop's 0.3 GiB.
     baseline = round((2.73 - 2.3185) * GiB)
-    return vl.estimate_vllm(S1, round(7.92 * GiB), gpu_memory_utilization=0.95, max_model_len=105088,
-                            max_num_batched_tokens=512, max_num_seqs=256, dtype="fp16", version="v0-0.6",
-                            device_baseline_bytes=baseline)
+    return vl.estimate_vllm(
+        S1,
+        round(7.92 * GiB),
+        gpu_memory_utilization=0.95,
+        max_model_len=105088,
+        max_num_batched_tokens=512,
+        max_num_seqs=256,
+        dtype="fp16",
+        version="v0-0.6",
+        device_baseline_bytes=baseline,
+    )
 
 
 def _gt_v1_1b() -> vl.VllmEstimate:
     # GT-034: V1, bf16, max_num_batched_tokens 2048, max_num_seqs 256; the GPU is unknown, and the
     # weights do not depend on it (any ~45 GiB total gives the same "Model loading took").
-    return vl.estimate_vllm(S1, 45 * GiB, gpu_memory_utilization=0.9, max_model_len=131072,
-                            max_num_batched_tokens=2048, max_num_seqs=256, dtype="bf16", version="v1")
+    return vl.estimate_vllm(
+        S1,
+        45 * GiB,
+        gpu_memory_utilization=0.9,
+        max_model_len=131072,
+        max_num_batched_tokens=2048,
+        max_num_seqs=256,
+        dtype="bf16",
+        version="v1",
+    )
 
 
 def _gt_ollama_4070() -> lc.LlamaCppEstimate:
     # GT-011..015: Ollama (llama.cpp, Jan 2025: unified KV), Q4_K_M, n_ctx 8192, parallel 4, n_ubatch 512,
     # flash_attn 0, 29/29 layers offloaded.
-    return lc.estimate_llamacpp(S3, "q4_k_m", 8192, n_ubatch=512, parallel=4, flash_attn=False,
-                                n_gpu_layers=29, version="2025-01")
+    return lc.estimate_llamacpp(
+        S3, "q4_k_m", 8192, n_ubatch=512, parallel=4, flash_attn=False, n_gpu_layers=29, version="2025-01"
+    )
 
 
 def _gt_ollama_cpu() -> lc.LlamaCppEstimate:
     # GT-024/025: Ollama CPU only, Q4_K_M, n_ctx 8192, n_ubatch 512, flash_attn 0 (Sept 2024).
-    return lc.estimate_llamacpp(S3, "q4_k_m", 8192, n_ubatch=512, parallel=1, flash_attn=False,
-                                gpu=False, version="2025-01")
+    return lc.estimate_llamacpp(
+        S3, "q4_k_m", 8192, n_ubatch=512, parallel=1, flash_attn=False, gpu=False, version="2025-01"
+    )
 
 
 def _gt_paged_fork() -> lc.LlamaCppEstimate:
     # GT-044/045: 2026-era llama.cpp fork, 1B Q4_K_M, n_ctx 133120 over 10 sequences, n_ubatch 512, FA on,
     # per-sequence KV streams (the current default).
-    return lc.estimate_llamacpp(S1, "q4_k_m", 133120, n_ubatch=512, parallel=10, flash_attn=True,
-                                version="current", kv_unified=False)
+    return lc.estimate_llamacpp(
+        S1, "q4_k_m", 133120, n_ubatch=512, parallel=10, flash_attn=True, version="current", kv_unified=False
+    )
 
 
 # id -> (estimate in the row's unit, tolerance kind, unit scale)
@@ -102,8 +131,10 @@ def case(row_id: str) -> tuple[Callable[[], float], str]:
         "GT-014": (lambda: _gt_ollama_4070().compute_buffer_bytes / MiB, "activation"),
         "GT-015": (lambda: _gt_ollama_4070().host_compute_buffer_bytes / MiB, "activation"),
         # GT-016: llama-cpp-python, F16 GGUF, n_gpu_layers -1: the buffer it tried to allocate.
-        "GT-016": (lambda: lc.model_buffers(lc.gguf_tensors(S3, "f16"), S3.num_hidden_layers, -1)
-                   .gpu_model_buffer_bytes / MiB, "weights"),
+        "GT-016": (
+            lambda: lc.model_buffers(lc.gguf_tensors(S3, "f16"), S3.num_hidden_layers, -1).gpu_model_buffer_bytes / MiB,
+            "weights",
+        ),
         # GT-021: ExecuTorch BF16 baseline program (export max_seq_len 2048, the export's rope tables).
         "GT-021": (lambda: et.estimate_executorch(S3, "bf16", 2048).program_bytes / MiB, "weights"),
         "GT-024": (lambda: _gt_ollama_cpu().host_kv_buffer_bytes / MiB, "kv"),
@@ -123,12 +154,12 @@ def case(row_id: str) -> tuple[Callable[[], float], str]:
 REL_TOL = {"weights": 0.001, "activation": 0.05, "pool": 0.01, "kv": 0.0}
 XFAIL = {
     "GT-007": "CUDA-graph capture memory is dominated by the driver's cudaGraphExec allocations, which "
-              "depend on the driver and kernel-node count, not on the row's inputs; the estimator reports "
-              "only the graph pool (a lower bound)",
+    "depend on the driver and kernel-node count, not on the row's inputs; the estimator reports "
+    "only the graph pool (a lower bound)",
     "GT-033": "same as GT-007: CUDA-graph capture memory (driver cudaGraphExec state) is not derivable "
-              "from the row's inputs; the estimator reports only the graph pool (a lower bound)",
+    "from the row's inputs; the estimator reports only the graph pool (a lower bound)",
     "GT-035": "the GPU is unknown ('~44-48 GiB class'): the KV pool is total x 0.9 minus the rest, and "
-              "the total is not stated in the row",
+    "the total is not stated in the row",
 }
 
 
@@ -136,7 +167,7 @@ def measured(row: dict[str, str]) -> tuple[float, float]:
     """(value, half a unit of its last printed digit)."""
     text = row["value"].strip()
     decimals = len(text.split(".")[1]) if "." in text else 0
-    return float(text), 0.5 * 10 ** -decimals
+    return float(text), 0.5 * 10**-decimals
 
 
 NOT_DERIVABLE = XFAIL
@@ -155,11 +186,25 @@ def compare(path: Path = CSV_PATH) -> list[dict[str, Any]]:
             if kind == "non_torch":
                 within = abs(got - want) <= 0.05 + half
             else:
-                tol = REL_TOL[kind] * want if kind == "pool" and row["unit"].startswith("blocks") else \
-                    REL_TOL[kind] * abs(want) + half
+                tol = (
+                    REL_TOL[kind] * want
+                    if kind == "pool" and row["unit"].startswith("blocks")
+                    else REL_TOL[kind] * abs(want) + half
+                )
                 within = abs(got - want) <= tol
-        out.append({"id": rid, "engine": row["engine"], "engine_version": row["engine_version"],
-                    "counter": row["counter"], "unit": row["unit"], "measured": want, "estimate": got,
-                    "error_pct": None if got is None or not want else 100 * (got - want) / want,
-                    "within": within, "note": NOT_DERIVABLE.get(rid, ""), "source": row["source"]})
+        out.append(
+            {
+                "id": rid,
+                "engine": row["engine"],
+                "engine_version": row["engine_version"],
+                "counter": row["counter"],
+                "unit": row["unit"],
+                "measured": want,
+                "estimate": got,
+                "error_pct": None if got is None or not want else 100 * (got - want) / want,
+                "within": within,
+                "note": NOT_DERIVABLE.get(rid, ""),
+                "source": row["source"],
+            }
+        )
     return out

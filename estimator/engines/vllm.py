@@ -71,8 +71,17 @@ QUANT_CHOICES = DTYPES + QUANTIZATIONS
 QUANT_MIN_SM = {"bitsandbytes": 70, "fp8": 80}
 NF4_BLOCKSIZE = 64
 NF4_CODE_BYTES = 16 * 4
-KV_DTYPE_BYTES = {"fp8": 1, "fp8_e4m3": 1, "fp8_e5m2": 1, "fp16": 2, "bf16": 2, "float16": 2,
-                  "bfloat16": 2, "fp32": 4, "float32": 4}
+KV_DTYPE_BYTES = {
+    "fp8": 1,
+    "fp8_e4m3": 1,
+    "fp8_e5m2": 1,
+    "fp16": 2,
+    "bf16": 2,
+    "float16": 2,
+    "bfloat16": 2,
+    "fp32": 4,
+    "float32": 4,
+}
 
 # Non-torch growth between the baseline snapshot and the end of the profile run: CUDA modules
 # loaded lazily by the kernels the profile launches (CUDA_MODULE_LOADING=LAZY), cuBLAS/cuBLASLt
@@ -134,7 +143,9 @@ def _kv_bytes(kv_dtype: str, dtype_bytes: int) -> int:
     try:
         return KV_DTYPE_BYTES[kv_dtype]
     except KeyError:
-        raise UnknownNameError(f"kv_dtype must be one of auto, {', '.join(KV_DTYPE_BYTES)} for vLLM: {kv_dtype!r}") from None
+        raise UnknownNameError(
+            f"kv_dtype must be one of auto, {', '.join(KV_DTYPE_BYTES)} for vLLM: {kv_dtype!r}"
+        ) from None
 
 
 def _pad(n: int, m: int) -> int:
@@ -207,8 +218,9 @@ def _layer_numels(spec: ModelSpec, tp: int) -> tuple[int, int, int]:
     return linear, shards, other
 
 
-def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0,
-                          quantization: str | None = None) -> dict[str, int]:
+def weights_bytes_per_gpu(
+    spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: int = 1, rank: int = 0, quantization: str | None = None
+) -> dict[str, int]:
     """Bytes vLLM's loader allocates on one GPU: parameters plus the rotary ``cos_sin_cache``.
 
     - The parameters are the model's (``estimator.model.tensors``), each split as vLLM's parallel
@@ -222,11 +234,14 @@ def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: in
       last rank also holds its own embedding (LlamaModel creates embed_tokens there for tying).
     """
     if spec.num_attention_heads % tp:
-        raise InvalidSpecError(f"tensor_parallel_size must divide num_attention_heads "
-                               f"({spec.num_attention_heads}): {tp}")
+        raise InvalidSpecError(
+            f"tensor_parallel_size must divide num_attention_heads ({spec.num_attention_heads}): {tp}"
+        )
     if spec.num_key_value_heads < tp and tp % spec.num_key_value_heads:
-        raise InvalidSpecError(f"tensor_parallel_size must divide or be a multiple of num_key_value_heads "
-                               f"({spec.num_key_value_heads}): {tp}")
+        raise InvalidSpecError(
+            f"tensor_parallel_size must divide or be a multiple of num_key_value_heads "
+            f"({spec.num_key_value_heads}): {tp}"
+        )
     d = dtype_bytes
     lo, hi = pp_layers(spec.num_hidden_layers, pp, rank)
     n_local = hi - lo
@@ -246,8 +261,9 @@ def weights_bytes_per_gpu(spec: ModelSpec, dtype_bytes: int, tp: int = 1, pp: in
     return parts
 
 
-def kv_bytes_per_block(spec: ModelSpec, kv_dtype_bytes: int, tp: int = 1, n_layers: int | None = None,
-                       block_size: int = BLOCK_SIZE) -> int:
+def kv_bytes_per_block(
+    spec: ModelSpec, kv_dtype_bytes: int, tp: int = 1, n_layers: int | None = None, block_size: int = BLOCK_SIZE
+) -> int:
     """``page_size_bytes`` summed over layers: 2 x block_size x kv_heads x head_dim x dtype per layer
     (vllm/v1/kv_cache_interface.py AttentionSpec.page_size_bytes; V0 CacheEngine.get_cache_block_size)."""
     L = spec.num_hidden_layers if n_layers is None else n_layers
@@ -267,8 +283,9 @@ def sampler_peak_bytes(num_reqs: int, vocab_size: int, logits_bytes: int) -> int
     return n * (logits_bytes + fp32_copy + sort_bytes_per_element(num_reqs))
 
 
-def forward_peak_bytes(spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1,
-                       quantization: str | None = None) -> int:
+def forward_peak_bytes(
+    spec: ModelSpec, tokens: int, dtype_bytes: int, tp: int = 1, quantization: str | None = None
+) -> int:
     """Peak of one forward over ``tokens`` tokens (vLLM's fused Llama layer): residual and hidden
     [T, H], then gate_up [T, 2I/tp] and the SiLU-and-mul output [T, I/tp] in the MLP.
 
@@ -300,8 +317,9 @@ def capture_sizes(max_num_seqs: int, version: str) -> list[int]:
     return [s for s in sizes if s <= cap]
 
 
-def cuda_graph_pool_bytes(spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1,
-                          quantization: str | None = None) -> int:
+def cuda_graph_pool_bytes(
+    spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1, quantization: str | None = None
+) -> int:
     """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
     forward temporaries (reused by smaller graphs, captured largest first) and each graph's
     output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
@@ -324,8 +342,9 @@ def default_max_num_seqs(version: str, gpu_memory_bytes: int, gpu_name: str | No
     return 1024 if version == "v1" and is_large_gpu(gpu_memory_bytes, gpu_name) else 256
 
 
-def default_max_num_batched_tokens(version: str, max_model_len: int, gpu_memory_bytes: int,
-                                   api_server: bool = True, gpu_name: str | None = None) -> int:
+def default_max_num_batched_tokens(
+    version: str, max_model_len: int, gpu_memory_bytes: int, api_server: bool = True, gpu_name: str | None = None
+) -> int:
     """V1: EngineArgs.get_batch_defaults (8192 API server / 16384 LLM on >= 70 GiB non-A100 GPUs,
     2048 / 8192 elsewhere). V0: max(max_model_len, 2048) without chunked prefill; chunked prefill
     is enabled for max_model_len > 32K with a 2048-token budget (512 before 0.7)."""
@@ -387,16 +406,31 @@ class VllmEstimate:
         return d
 
 
-def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilization: float = 0.9,
-                  max_model_len: int | None = None, max_num_batched_tokens: int | None = None,
-                  max_num_seqs: int | None = None, dtype: str = "auto", kv_cache_dtype: str = "auto",
-                  version: str = "v1", tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1,
-                  enforce_eager: bool = False, block_size: int = BLOCK_SIZE,
-                  non_torch_bytes: int | None = None, device_baseline_bytes: int = 0,
-                  cuda_context_bytes: int = 0, free_memory_bytes: int | None = None,
-                  checkpoint_weights_bytes: int | None = None, gpu_name: str | None = None,
-                  gpu_arch: str | None = None, cudagraph_in_budget: bool | None = None,
-                  quantization: str | None = None) -> VllmEstimate:
+def estimate_vllm(
+    spec: ModelSpec,
+    gpu_memory_bytes: int,
+    *,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    max_num_batched_tokens: int | None = None,
+    max_num_seqs: int | None = None,
+    dtype: str = "auto",
+    kv_cache_dtype: str = "auto",
+    version: str = "v1",
+    tensor_parallel_size: int = 1,
+    pipeline_parallel_size: int = 1,
+    enforce_eager: bool = False,
+    block_size: int = BLOCK_SIZE,
+    non_torch_bytes: int | None = None,
+    device_baseline_bytes: int = 0,
+    cuda_context_bytes: int = 0,
+    free_memory_bytes: int | None = None,
+    checkpoint_weights_bytes: int | None = None,
+    gpu_name: str | None = None,
+    gpu_arch: str | None = None,
+    cudagraph_in_budget: bool | None = None,
+    quantization: str | None = None,
+) -> VllmEstimate:
     """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
 
     ``version``: "v0", "v1" or the older "v0-0.6" accounting. ``device_baseline_bytes``: device
@@ -418,8 +452,7 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     if tp < 1 or pp < 1:
         raise InvalidSpecError(f"tensor/pipeline parallel size must be >= 1: {tp}, {pp}")
     if pp > spec.num_hidden_layers:
-        raise InvalidSpecError(f"pipeline_parallel_size must be <= num_hidden_layers "
-                               f"({spec.num_hidden_layers}): {pp}")
+        raise InvalidSpecError(f"pipeline_parallel_size must be <= num_hidden_layers ({spec.num_hidden_layers}): {pp}")
     max_model_len = max_model_len or spec.max_position_embeddings
     if max_model_len < 1:
         raise InvalidSpecError(f"max_model_len must be >= 1: {max_model_len}")
@@ -427,7 +460,8 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
         # vLLM refuses unless VLLM_ALLOW_LONG_MAX_MODEL_LEN is set (ModelConfig._get_and_verify_max_len)
         raise VllmStartupError(
             f"User-specified max_model_len ({max_model_len}) is greater than the derived max_model_len "
-            f"(max_position_embeddings={spec.max_position_embeddings} in model's config.json).")
+            f"(max_position_embeddings={spec.max_position_embeddings} in model's config.json)."
+        )
     d = _dtype_bytes(dtype, spec)
     kvb = _kv_bytes(kv_cache_dtype, d)
     if quantization is not None and quantization not in QUANTIZATIONS:
@@ -437,13 +471,18 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     eng = "v1" if version == "v1" else "v0"
     max_num_seqs = max_num_seqs or default_max_num_seqs(version, gpu_memory_bytes, gpu_name)
     if max_num_batched_tokens is None:
-        max_num_batched_tokens = default_max_num_batched_tokens(version, max_model_len, gpu_memory_bytes,
-                                                                gpu_name=gpu_name)
+        max_num_batched_tokens = default_max_num_batched_tokens(
+            version, max_model_len, gpu_memory_bytes, gpu_name=gpu_name
+        )
     if max_num_batched_tokens < 1 or max_num_seqs < 1:
-        raise InvalidSpecError(f"max_num_batched_tokens and max_num_seqs must be >= 1: "
-                               f"{max_num_batched_tokens}, {max_num_seqs}")
-    requested = int(math.ceil(gpu_memory_bytes * gpu_memory_utilization)) if eng == "v1" else \
-        int(gpu_memory_bytes * gpu_memory_utilization)
+        raise InvalidSpecError(
+            f"max_num_batched_tokens and max_num_seqs must be >= 1: {max_num_batched_tokens}, {max_num_seqs}"
+        )
+    requested = (
+        int(math.ceil(gpu_memory_bytes * gpu_memory_utilization))
+        if eng == "v1"
+        else int(gpu_memory_bytes * gpu_memory_utilization)
+    )
 
     # Per rank; the last PP rank (lm_head + sampler) and rank 0 (embedding) are the candidates.
     cands = []
@@ -463,8 +502,11 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
             samp = sampler_peak_bytes(num_reqs, spec.vocab_size, d)
             samp += max_num_batched_tokens * spec.hidden_size * d + num_reqs * spec.hidden_size * d
         act = max(fwd, samp)
-        nt = NON_TORCH_GROWTH_BY_ARCH.get(gpu_arch or "", NON_TORCH_GROWTH_BYTES) \
-            if non_torch_bytes is None else non_torch_bytes
+        nt = (
+            NON_TORCH_GROWTH_BY_ARCH.get(gpu_arch or "", NON_TORCH_GROWTH_BYTES)
+            if non_torch_bytes is None
+            else non_torch_bytes
+        )
         if tp > 1 or pp > 1:
             nt += TP_NON_TORCH_BY_ARCH.get(gpu_arch or "", CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES)
         if version == "v0-0.6":
@@ -488,41 +530,70 @@ def estimate_vllm(spec: ModelSpec, gpu_memory_bytes: int, *, gpu_memory_utilizat
     sm = _sm(gpu_arch)
     if quantization is not None and sm is not None and sm < QUANT_MIN_SM[quantization]:
         # VllmConfig._get_quantization_config: capability < quant_config.get_min_capability() -> ValueError
-        refusal = (f"The quantization method {quantization} is not supported for the current GPU. Minimum "
-                   f"capability: {QUANT_MIN_SM[quantization]}. Current capability: {sm}.")
+        refusal = (
+            f"The quantization method {quantization} is not supported for the current GPU. Minimum "
+            f"capability: {QUANT_MIN_SM[quantization]}. Current capability: {sm}."
+        )
     elif weights > gpu_memory_bytes:
         # the load itself fails: torch's allocator error while creating the parameters
-        refusal = (f"CUDA out of memory while loading the model weights: {weights / GiB:.2f} GiB per GPU "
-                   f"on a GPU with {gpu_memory_bytes / GiB:.2f} GiB total capacity.")
+        refusal = (
+            f"CUDA out of memory while loading the model weights: {weights / GiB:.2f} GiB per GPU "
+            f"on a GPU with {gpu_memory_bytes / GiB:.2f} GiB total capacity."
+        )
     elif eng == "v1" and free_memory_bytes is not None and free_memory_bytes < requested:
-        refusal = (f"Free memory on device ({free_memory_bytes / GiB:.2f}/{gpu_memory_bytes / GiB:.2f} GiB) on "
-                   f"startup is less than desired GPU memory utilization ({gpu_memory_utilization}, "
-                   f"{requested / GiB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
-                   f"used by other processes.")
+        refusal = (
+            f"Free memory on device ({free_memory_bytes / GiB:.2f}/{gpu_memory_bytes / GiB:.2f} GiB) on "
+            f"startup is less than desired GPU memory utilization ({gpu_memory_utilization}, "
+            f"{requested / GiB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
+            f"used by other processes."
+        )
     elif blocks <= 0:
-        refusal = ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-                   "when initializing the engine.")
+        refusal = (
+            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+            "when initializing the engine."
+        )
     elif eng == "v0" and max_model_len > blocks * block_size:
-        refusal = (f"The model's max seq len ({max_model_len}) is larger than the maximum number of tokens "
-                   f"that can be stored in KV cache ({blocks * block_size}). Try increasing "
-                   f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine.")
+        refusal = (
+            f"The model's max seq len ({max_model_len}) is larger than the maximum number of tokens "
+            f"that can be stored in KV cache ({blocks * block_size}). Try increasing "
+            f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+        )
     elif eng == "v1" and -(-max_model_len // block_size) > blocks:
         needed = -(-max_model_len // block_size) * blk
         est = blocks * block_size
-        refusal = (f"To serve at least one request with the models's max seq len ({max_model_len}), "
-                   f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
-                   f"cache memory ({max(pool, 0) / GiB:.2f} GiB). Based on the available memory, the "
-                   f"estimated maximum model length is {est}. Try increasing `gpu_memory_utilization` "
-                   f"or decreasing `max_model_len` when initializing the engine.")
+        refusal = (
+            f"To serve at least one request with the models's max seq len ({max_model_len}), "
+            f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
+            f"cache memory ({max(pool, 0) / GiB:.2f} GiB). Based on the available memory, the "
+            f"estimated maximum model length is {est}. Try increasing `gpu_memory_utilization` "
+            f"or decreasing `max_model_len` when initializing the engine."
+        )
     return VllmEstimate(
-        accounting=version, total_gpu_memory_bytes=gpu_memory_bytes, requested_memory_bytes=requested,
-        weights_bytes=weights, activation_peak_bytes=act, sampler_peak_bytes=samp, forward_peak_bytes=fwd,
-        non_torch_bytes=nt, cuda_graph_bytes=graphs, cuda_graph_in_budget=in_budget, kv_pool_bytes=pool,
-        block_bytes=blk, num_gpu_blocks=blocks, kv_cache_tokens=tokens, max_concurrency=conc,
-        max_model_len=max_model_len, max_num_batched_tokens=max_num_batched_tokens, max_num_seqs=max_num_seqs,
-        tensor_parallel_size=tp, pipeline_parallel_size=pp, cuda_context_bytes=cuda_context_bytes,
-        starts=refusal is None, refusal=refusal,
-        breakdown={"rank": rank, "weights": parts})
+        accounting=version,
+        total_gpu_memory_bytes=gpu_memory_bytes,
+        requested_memory_bytes=requested,
+        weights_bytes=weights,
+        activation_peak_bytes=act,
+        sampler_peak_bytes=samp,
+        forward_peak_bytes=fwd,
+        non_torch_bytes=nt,
+        cuda_graph_bytes=graphs,
+        cuda_graph_in_budget=in_budget,
+        kv_pool_bytes=pool,
+        block_bytes=blk,
+        num_gpu_blocks=blocks,
+        kv_cache_tokens=tokens,
+        max_concurrency=conc,
+        max_model_len=max_model_len,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_num_seqs=max_num_seqs,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
+        cuda_context_bytes=cuda_context_bytes,
+        starts=refusal is None,
+        refusal=refusal,
+        breakdown={"rank": rank, "weights": parts},
+    )
 
 
 def _sm(arch: str | None) -> int | None:
@@ -585,35 +656,59 @@ def smallest_utilization(spec: ModelSpec, gpu_memory_bytes: int, step: float = 0
     return None if k > n else k / n
 
 
-def smallest_gpu_set(spec: ModelSpec, max_model_len: int | None = None, gpus: Iterable[Gpu] | None = None,
-                     max_gpus: int = 8, **kw: Any) -> dict[str, Any] | None:
+def smallest_gpu_set(
+    spec: ModelSpec, max_model_len: int | None = None, gpus: Iterable[Gpu] | None = None, max_gpus: int = 8, **kw: Any
+) -> dict[str, Any] | None:
     """The smallest set of identical catalog GPUs (fewest GPUs, then least memory per GPU) on which
     vLLM starts with ``max_model_len``, trying TP 1/2/4/8 and then TP x PP. Returns
     {"gpu", "tensor_parallel_size", "pipeline_parallel_size", "num_gpus", "estimate"} or None."""
     if gpus is None:
         gpus = gpu_catalog()
     gpus = [g for g in gpus if getattr(g, "vendor", "nvidia") == "nvidia"]
-    layouts = sorted({(tp, pp) for tp in (1, 2, 4, 8) for pp in (1, 2, 4, 8) if tp * pp <= max_gpus},
-                     key=lambda x: (x[0] * x[1], x[1]))
+    layouts = sorted(
+        {(tp, pp) for tp in (1, 2, 4, 8) for pp in (1, 2, 4, 8) if tp * pp <= max_gpus},
+        key=lambda x: (x[0] * x[1], x[1]),
+    )
     for tp, pp in layouts:
         for g in sorted(gpus, key=lambda g: g.memory_bytes):
             try:
-                e = estimate_vllm(spec, g.memory_bytes, max_model_len=max_model_len,
-                                  tensor_parallel_size=tp, pipeline_parallel_size=pp,
-                                  gpu_name=getattr(g, "name", None), gpu_arch=getattr(g, "arch", None), **kw)
+                e = estimate_vllm(
+                    spec,
+                    g.memory_bytes,
+                    max_model_len=max_model_len,
+                    tensor_parallel_size=tp,
+                    pipeline_parallel_size=pp,
+                    gpu_name=getattr(g, "name", None),
+                    gpu_arch=getattr(g, "arch", None),
+                    **kw,
+                )
             except (InvalidSpecError, VllmStartupError):
                 continue
             if e.starts:
-                return {"gpu": g, "tensor_parallel_size": tp, "pipeline_parallel_size": pp,
-                        "num_gpus": tp * pp, "estimate": e}
+                return {
+                    "gpu": g,
+                    "tensor_parallel_size": tp,
+                    "pipeline_parallel_size": pp,
+                    "num_gpus": tp * pp,
+                    "estimate": e,
+                }
     return None
 
 
 # --- the one report type -------------------------------------------------------------------------
 
 # estimate_vllm keywords that describe one GPU of the layout, not the settings a GPU set is searched for.
-_PER_GPU_KEYWORDS = ("tensor_parallel_size", "pipeline_parallel_size", "gpu_name", "gpu_arch", "cuda_context_bytes",
-                     "checkpoint_weights_bytes", "free_memory_bytes", "non_torch_bytes", "device_baseline_bytes")
+_PER_GPU_KEYWORDS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "gpu_name",
+    "gpu_arch",
+    "cuda_context_bytes",
+    "checkpoint_weights_bytes",
+    "free_memory_bytes",
+    "non_torch_bytes",
+    "device_baseline_bytes",
+)
 
 
 def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> MemoryReport:
@@ -629,21 +724,38 @@ def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> Memo
     used = e.device_used_bytes
     own = {
         "fits": e.starts,
-        "kv_pool_bytes": e.kv_pool_bytes, "num_gpu_blocks": e.num_gpu_blocks, "block_bytes": e.block_bytes,
-        "max_concurrency": round(e.max_concurrency, 4), "kv_cache_tokens": e.kv_cache_tokens,
-        "requested_memory_bytes": e.requested_memory_bytes, "non_torch_bytes": e.non_torch_bytes,
-        "cuda_graph_bytes": e.cuda_graph_bytes, "cuda_context_bytes": e.cuda_context_bytes,
-        "sampler_peak_bytes": e.sampler_peak_bytes, "forward_peak_bytes": e.forward_peak_bytes,
-        "max_model_len": e.max_model_len, "max_num_batched_tokens": e.max_num_batched_tokens,
-        "max_num_seqs": e.max_num_seqs, "tensor_parallel_size": e.tensor_parallel_size,
+        "kv_pool_bytes": e.kv_pool_bytes,
+        "num_gpu_blocks": e.num_gpu_blocks,
+        "block_bytes": e.block_bytes,
+        "max_concurrency": round(e.max_concurrency, 4),
+        "kv_cache_tokens": e.kv_cache_tokens,
+        "requested_memory_bytes": e.requested_memory_bytes,
+        "non_torch_bytes": e.non_torch_bytes,
+        "cuda_graph_bytes": e.cuda_graph_bytes,
+        "cuda_context_bytes": e.cuda_context_bytes,
+        "sampler_peak_bytes": e.sampler_peak_bytes,
+        "forward_peak_bytes": e.forward_peak_bytes,
+        "max_model_len": e.max_model_len,
+        "max_num_batched_tokens": e.max_num_batched_tokens,
+        "max_num_seqs": e.max_num_seqs,
+        "tensor_parallel_size": e.tensor_parallel_size,
         "pipeline_parallel_size": e.pipeline_parallel_size,
-        "num_gpus": e.tensor_parallel_size * e.pipeline_parallel_size, "per_gpu": True, "refusal": e.refusal,
+        "num_gpus": e.tensor_parallel_size * e.pipeline_parallel_size,
+        "per_gpu": True,
+        "refusal": e.refusal,
     }
     return MemoryReport(
-        settings=settings, engine="vllm", source="estimate",
-        weights_bytes=e.weights_bytes, kv_cache_bytes=kv, activations_bytes=e.activation_peak_bytes,
+        settings=settings,
+        engine="vllm",
+        source="estimate",
+        weights_bytes=e.weights_bytes,
+        kv_cache_bytes=kv,
+        activations_bytes=e.activation_peak_bytes,
         overhead_bytes=used - e.weights_bytes - kv - e.activation_peak_bytes,
-        device_used_bytes=used, gpu_memory_bytes=e.total_gpu_memory_bytes, details={**own, **details})
+        device_used_bytes=used,
+        gpu_memory_bytes=e.total_gpu_memory_bytes,
+        details={**own, **details},
+    )
 
 
 def gpu_set_summary(spec: ModelSpec, max_model_len: int, **kw: Any) -> dict[str, Any] | None:
@@ -658,13 +770,24 @@ def gpu_set_summary(spec: ModelSpec, max_model_len: int, **kw: Any) -> dict[str,
         return None
     if r is None:
         return None
-    return {"gpu": r["gpu"].key, "tensor_parallel_size": r["tensor_parallel_size"],
-            "pipeline_parallel_size": r["pipeline_parallel_size"], "num_gpus": r["num_gpus"],
-            "memory_bytes_per_gpu": r["gpu"].memory_bytes, "num_gpu_blocks": r["estimate"].num_gpu_blocks}
+    return {
+        "gpu": r["gpu"].key,
+        "tensor_parallel_size": r["tensor_parallel_size"],
+        "pipeline_parallel_size": r["pipeline_parallel_size"],
+        "num_gpus": r["num_gpus"],
+        "memory_bytes_per_gpu": r["gpu"].memory_bytes,
+        "num_gpu_blocks": r["estimate"].num_gpu_blocks,
+    }
 
 
-def estimate_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None, *,
-                    smallest_set: bool = True, **kw: Any) -> MemoryReport:
+def estimate_report(
+    spec: ModelSpec,
+    gpu_memory_bytes: int,
+    settings: Mapping[str, Any] | None = None,
+    *,
+    smallest_set: bool = True,
+    **kw: Any,
+) -> MemoryReport:
     """vLLM's startup on a GPU of ``gpu_memory_bytes`` (``estimate_vllm`` keywords ``kw``) as a report.
 
     ``settings``: the engine, model, quant, KV dtype, GPU memory, context (max_model_len) and vLLM's
@@ -676,22 +799,33 @@ def estimate_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[st
     if not e.starts:
         raise VllmStartupError(e.refusal)
     s: dict[str, Any] = {
-        "engine": "vllm", "model": spec.name, "quant": kw.get("quantization") or kw.get("dtype", "auto"),
-        "kv_dtype": kw.get("kv_cache_dtype", "auto"), "gpu": None, "gpu_memory_bytes": gpu_memory_bytes,
-        "context": e.max_model_len, "gpu_memory_utilization": kw.get("gpu_memory_utilization", 0.9),
-        "max_num_batched_tokens": e.max_num_batched_tokens, "max_num_seqs": e.max_num_seqs,
-        "enforce_eager": kw.get("enforce_eager", False), "vllm_version": e.accounting,
-        "tensor_parallel_size": e.tensor_parallel_size, "pipeline_parallel_size": e.pipeline_parallel_size}
+        "engine": "vllm",
+        "model": spec.name,
+        "quant": kw.get("quantization") or kw.get("dtype", "auto"),
+        "kv_dtype": kw.get("kv_cache_dtype", "auto"),
+        "gpu": None,
+        "gpu_memory_bytes": gpu_memory_bytes,
+        "context": e.max_model_len,
+        "gpu_memory_utilization": kw.get("gpu_memory_utilization", 0.9),
+        "max_num_batched_tokens": e.max_num_batched_tokens,
+        "max_num_seqs": e.max_num_seqs,
+        "enforce_eager": kw.get("enforce_eager", False),
+        "vllm_version": e.accounting,
+        "tensor_parallel_size": e.tensor_parallel_size,
+        "pipeline_parallel_size": e.pipeline_parallel_size,
+    }
     s.update(settings or {})
     extra = {}
     if smallest_set:
-        extra["smallest_gpu_set"] = gpu_set_summary(spec, e.max_model_len,
-                                                    **{k: v for k, v in kw.items() if k != "max_model_len"})
+        extra["smallest_gpu_set"] = gpu_set_summary(
+            spec, e.max_model_len, **{k: v for k, v in kw.items() if k != "max_model_len"}
+        )
     return report(e, s, **extra)
 
 
-def fit_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None,
-               **kw: Any) -> dict[str, Any]:
+def fit_report(
+    spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None, **kw: Any
+) -> dict[str, Any]:
     """The largest max_model_len vLLM starts with on a GPU of ``gpu_memory_bytes`` (``max_model_len_vllm``)
     and the report there: {"engine": "vllm", "max_context", "gpu_memory_bytes",
     "max_position_embeddings", "whole_window_fits", "estimate": MemoryReport (``estimate_report``)}.
@@ -701,6 +835,11 @@ def fit_report(spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, An
         e = estimate_vllm(spec, gpu_memory_bytes, max_model_len=16, **kw)
         raise VllmStartupError(e.refusal or "vLLM does not start at any max_model_len on this GPU")
     window = spec.max_position_embeddings
-    return {"engine": "vllm", "max_context": t, "gpu_memory_bytes": gpu_memory_bytes,
-            "max_position_embeddings": window, "whole_window_fits": t == window,
-            "estimate": estimate_report(spec, gpu_memory_bytes, settings, max_model_len=t, **kw)}
+    return {
+        "engine": "vllm",
+        "max_context": t,
+        "gpu_memory_bytes": gpu_memory_bytes,
+        "max_position_embeddings": window,
+        "whole_window_fits": t == window,
+        "estimate": estimate_report(spec, gpu_memory_bytes, settings, max_model_len=t, **kw),
+    }

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-import estimator
 import pytest
-from estimator.units import GiB, format_gib
 
+import estimator
 from app import state
+from estimator.units import GiB, format_gib
 
 
 def _chart(at, title: str) -> dict:
@@ -124,8 +124,17 @@ def test_breakdown_chart_spec_sums_to_headline(at):
 
 def test_query_string_reproduces_view(app_test):
     at = app_test("streamlit_app.py")
-    at.query_params.update({"quant": "int8", "ctx": "32k", "batch": "2", "gpu": "l4-24gb", "kv": "fp8",
-                            "attn": "sdpa", "model": "llama-3.2-1b"})
+    at.query_params.update(
+        {
+            "quant": "int8",
+            "ctx": "32k",
+            "batch": "2",
+            "gpu": "l4-24gb",
+            "kv": "fp8",
+            "attn": "sdpa",
+            "model": "llama-3.2-1b",
+        }
+    )
     at.run()
     assert not at.exception
     est = estimator.estimate("llama-3.2-1b", "int8", 32768, 2, kv_dtype="fp8", gpu="l4-24gb")
@@ -155,7 +164,8 @@ def test_custom_model_waits_for_a_config(at):
 def test_upload_valid_config(at):
     cfg = estimator.model.preset_config("llama-3.2-1b")
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("my-model.json", json.dumps(cfg).encode(), "application/json"))
+        ("my-model.json", json.dumps(cfg).encode(), "application/json")
+    )
     at.run()
     assert not at.exception and not at.error
     est = estimator.estimate("llama-3.2-1b", gpu="rtx-4090-24gb")
@@ -248,11 +258,19 @@ def test_how_is_this_computed_tab(at):
 def test_upload_largest_accepted_config_renders(at):
     """A config at the estimator's size bounds is accepted and renders (no hang, no overflow)."""
     good = estimator.model.preset_config("llama-3.2-3b")
-    big = {**good, "hidden_size": 1 << 20, "num_hidden_layers": 4096, "vocab_size": 1 << 24,
-           "intermediate_size": 1 << 22, "num_attention_heads": 8192, "num_key_value_heads": 8192,
-           "head_dim": 128}
+    big = {
+        **good,
+        "hidden_size": 1 << 20,
+        "num_hidden_layers": 4096,
+        "vocab_size": 1 << 24,
+        "intermediate_size": 1 << 22,
+        "num_attention_heads": 8192,
+        "num_key_value_heads": 8192,
+        "head_dim": 128,
+    }
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("big.json", json.dumps(big).encode(), "application/json"))
+        ("big.json", json.dumps(big).encode(), "application/json")
+    )
     at.run(timeout=120)
     assert not at.exception and not at.error
     assert at.metric[1].value == "No" and at.metric[2].value == "none"
@@ -320,7 +338,8 @@ def test_uploaded_config_window_bounds_the_context(at):
     """A config with a 4K window: the 8K context moves to 4K, the slider, the typed field and the
     chart stop at 4K, and a typed 8K names the window."""
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("short.json", _short_window_config(4096), "application/json"))
+        ("short.json", _short_window_config(4096), "application/json")
+    )
     at.run()
     assert not at.exception and not at.error
     assert at.session_state[state.CONTEXT] == 4096
@@ -337,7 +356,8 @@ def test_uploaded_config_window_bounds_the_context(at):
 
 def test_uploaded_config_with_a_window_too_short_for_any_context(at):
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("tiny.json", _short_window_config(16), "application/json"))
+        ("tiny.json", _short_window_config(16), "application/json")
+    )
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and "window" in at.error[0].value
@@ -345,12 +365,34 @@ def test_uploaded_config_with_a_window_too_short_for_any_context(at):
 
 
 HOSTILE_QUERY = [
-    {"ctx": "9" * 300}, {"ctx": "1" + "0" * 400}, {"ctx": "²"}, {"ctx": "٣"}, {"ctx": "٣٢٧٦٨"},
-    {"ctx": "１０２４"}, {"ctx": "8k²"}, {"ctx": "1e5"}, {"ctx": "nan"}, {"ctx": "0x2000"}, {"ctx": "-8192"},
-    {"ctx": "200k"}, {"ctx": "32"}, {"ctx": "\x00\n"}, {"ctx": "x" * 100_000},
-    {"batch": "٣"}, {"batch": "9" * 300}, {"batch": "²"}, {"batch": "2.0"}, {"batch": "true"},
-    {"mem": "١٢"}, {"mem": "nan"}, {"mem": "inf"}, {"mem": "1e400"}, {"mem": "9" * 300},
-    {"model": "x" * 100_000}, {"gpu": "²"}, {"quant": "[x](javascript:alert(1))"},
+    {"ctx": "9" * 300},
+    {"ctx": "1" + "0" * 400},
+    {"ctx": "²"},
+    {"ctx": "٣"},
+    {"ctx": "٣٢٧٦٨"},
+    {"ctx": "１０２４"},
+    {"ctx": "8k²"},
+    {"ctx": "1e5"},
+    {"ctx": "nan"},
+    {"ctx": "0x2000"},
+    {"ctx": "-8192"},
+    {"ctx": "200k"},
+    {"ctx": "32"},
+    {"ctx": "\x00\n"},
+    {"ctx": "x" * 100_000},
+    {"batch": "٣"},
+    {"batch": "9" * 300},
+    {"batch": "²"},
+    {"batch": "2.0"},
+    {"batch": "true"},
+    {"mem": "١٢"},
+    {"mem": "nan"},
+    {"mem": "inf"},
+    {"mem": "1e400"},
+    {"mem": "9" * 300},
+    {"model": "x" * 100_000},
+    {"gpu": "²"},
+    {"quant": "[x](javascript:alert(1))"},
 ]
 
 
@@ -379,7 +421,8 @@ def test_uploaded_file_name_is_plain_text(at):
     """A file name that is Markdown shows as text: no link in the caption."""
     cfg = estimator.model.preset_config("llama-3.2-1b")
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json"))
+        ("[x](javascript:alert(1)).json", json.dumps(cfg).encode(), "application/json")
+    )
     at.run()
     assert not at.exception and not at.error
     head = next(c.value for c in at.caption if "weights" in c.value)
@@ -390,7 +433,8 @@ def test_uploaded_file_name_is_plain_text(at):
 def test_config_values_in_errors_are_plain_text(at):
     cfg = {**estimator.model.preset_config("llama-3.2-1b"), "model_type": "[x](javascript:alert(1))"}
     _custom(at).file_uploader(key=state.CONFIG_UPLOAD).set_value(
-        ("config.json", json.dumps(cfg).encode(), "application/json"))
+        ("config.json", json.dumps(cfg).encode(), "application/json")
+    )
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("Could not read this config.json")
@@ -490,10 +534,15 @@ def test_remedies_each_fit_on_their_own():
     max_ctx = estimator.max_context("llama-3.2-3b", "bf16", gpu=g, batch=b)
     fixes = compute.remedies("llama-3.2-3b", "bf16", ctx, b, "auto", "sdpa", g, None, max_ctx)
     assert {state.CONTEXT, state.BATCH, state.KV_DTYPE} <= {next(iter(f["change"])) for f in fixes}
-    names = {state.QUANT: "quant", state.KV_DTYPE: "kv_dtype", state.CONTEXT: "context", state.BATCH: "batch",
-             state.PREFILL_CHUNK: "prefill_chunk"}
+    names = {
+        state.QUANT: "quant",
+        state.KV_DTYPE: "kv_dtype",
+        state.CONTEXT: "context",
+        state.BATCH: "batch",
+        state.PREFILL_CHUNK: "prefill_chunk",
+    }
     for f in fixes:
-        (k, v), = f["change"].items()
+        ((k, v),) = f["change"].items()
         kw = {"quant": "bf16", "context": ctx, "batch": b, "kv_dtype": "auto", names[k]: v}
         e = estimator.estimate("llama-3.2-3b", gpu=g, **kw)
         assert e.fits and e.device_used_bytes == f["device_used_bytes"], f

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import estimator
 import pytest
-from estimator.units import GiB
 
+import estimator
 from app import figures, state
+from estimator.units import GiB
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +20,10 @@ def test_breakdown_figure_stacks_the_four_components(est):
     fig = figures.breakdown_figure(est, cap, "RTX 4090")
     parts = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes")
     # each part labelled with its size (the legend), so the small ones are named too
-    assert [t.name for t in fig.data] == [f"{n} {getattr(est, f) / GiB:.2f} GiB" for n, f in
-                                          zip(["Weights", "KV cache", "Activations", "Overhead"], parts)]
+    assert [t.name for t in fig.data] == [
+        f"{n} {getattr(est, f) / GiB:.2f} GiB"
+        for n, f in zip(["Weights", "KV cache", "Activations", "Overhead"], parts)
+    ]
     assert sum(t.x[0] for t in fig.data) == pytest.approx(est.device_used_bytes / GiB)
     assert fig.layout.barmode == "stack"
     assert [s.x0 for s in fig.layout.shapes] == [pytest.approx(cap / GiB)]
@@ -50,9 +52,10 @@ def test_context_figure_one_line_per_quant_on_log_axis():
 
 
 def test_parity_figure_plots_estimate_against_measured():
-    pts = [{"counter": "peak_allocated_bytes", "measured_bytes": 2 * GiB, "estimate_bytes": 2 * GiB + 1,
-            "label": "x"},
-           {"counter": "device_used_bytes", "measured_bytes": 3 * GiB, "estimate_bytes": None}]
+    pts = [
+        {"counter": "peak_allocated_bytes", "measured_bytes": 2 * GiB, "estimate_bytes": 2 * GiB + 1, "label": "x"},
+        {"counter": "device_used_bytes", "measured_bytes": 3 * GiB, "estimate_bytes": None},
+    ]
     fig = figures.parity_figure(pts)
     assert [t.name for t in fig.data] == ["Peak allocated", "estimate = measured"]
     assert figures.COUNTER_LABELS["kv_cache_bytes"] == "KV cache"

@@ -7,11 +7,11 @@ accepted within the model's window or refused with an ``st.error``; never a trac
 
 from __future__ import annotations
 
-import estimator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import estimator
 from app import state
 from app.compute import gpu_keys
 
@@ -20,10 +20,29 @@ ROOT_APP = "streamlit_app.py"
 _junk = st.one_of(
     st.text(max_size=40),
     st.text(st.characters(categories=("Nd", "No")), min_size=1, max_size=8),  # '٣', '²', '１'
-    st.integers(10**19, 10**400).map(str),                                   # huge integers
+    st.integers(10**19, 10**400).map(str),  # huge integers
     st.integers(-(10**6), 0).map(str),
-    st.sampled_from(["nan", "inf", "-inf", "1e400", "1e5", "0x10", "²", "٣", "١٢٨k", "8k²", "１０２４",
-                     "[x](javascript:alert(1))", "<b>x</b>", "$x$", "\x00", " ", "9" * 300]),
+    st.sampled_from(
+        [
+            "nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "1e5",
+            "0x10",
+            "²",
+            "٣",
+            "١٢٨k",
+            "8k²",
+            "１０２４",
+            "[x](javascript:alert(1))",
+            "<b>x</b>",
+            "$x$",
+            "\x00",
+            " ",
+            "9" * 300,
+        ]
+    ),
 )
 _tokens = st.one_of(
     st.integers(state.MIN_CONTEXT, 131072).map(str),
@@ -47,8 +66,9 @@ def test_fuzz_covers_every_query_key():
     assert set(QUERY) == set(state.QUERY_KEYS)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(params=st.fixed_dictionaries({}, optional=QUERY), typed=_tokens)
 def test_random_query_and_typed_context_never_raise(app_test, params, typed):
     at = app_test(ROOT_APP)

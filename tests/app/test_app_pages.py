@@ -64,9 +64,16 @@ def test_validation_measure_button_only_with_cuda(app_test, monkeypatch):
     monkeypatch.setenv("VRAM_APP_CUDA", "1")
     at = app_test(VALIDATION)
     monkeypatch.setenv("VRAM_APP_CUDA", "1")  # after the fixture, which sets "0"
-    at.session_state[state.SETTINGS] = {"model": "llama-3.2-3b", "quant": "nf4", "context": 4096,
-                                        "batch": 1, "kv_dtype": "auto", "attn": "sdpa",
-                                        "gpu": None, "gpu_memory_bytes": 24 << 30}
+    at.session_state[state.SETTINGS] = {
+        "model": "llama-3.2-3b",
+        "quant": "nf4",
+        "context": 4096,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": None,
+        "gpu_memory_bytes": 24 << 30,
+    }
     at.run()
     assert not at.exception
     assert at.button(key="measure_button").label == "Measure these settings"
@@ -75,8 +82,9 @@ def test_validation_measure_button_only_with_cuda(app_test, monkeypatch):
 def test_measure_command_uses_the_runtime_cli():
     from app.run_measurement import measure_command
 
-    cmd = measure_command({"model": "llama-3.2-3b", "quant": "nf4", "context": 4096, "batch": 2,
-                           "kv_dtype": "auto", "attn": "sdpa"})
+    cmd = measure_command(
+        {"model": "llama-3.2-3b", "quant": "nf4", "context": 4096, "batch": 2, "kv_dtype": "auto", "attn": "sdpa"}
+    )
     assert cmd[1:4] == ["-m", "runtime", "measure"]
     assert cmd[cmd.index("--context") + 1] == "4096" and cmd[-3:] == ["--device", "cuda", "--json"]
 
@@ -124,9 +132,16 @@ def test_measure_button_runs_subprocess_and_shows_result(app_test, monkeypatch):
     monkeypatch.setenv("VRAM_VALIDATION_DIR", str(FIXTURES / "empty"))
     at = app_test(VALIDATION)
     monkeypatch.setenv("VRAM_APP_CUDA", "1")
-    at.session_state[state.SETTINGS] = {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024,
-                                        "batch": 1, "kv_dtype": "auto", "attn": "sdpa",
-                                        "gpu": "h100-sxm-80gb", "gpu_memory_bytes": None}
+    at.session_state[state.SETTINGS] = {
+        "model": "llama-3.2-3b",
+        "quant": "bf16",
+        "context": 1024,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": "h100-sxm-80gb",
+        "gpu_memory_bytes": None,
+    }
     at.run()
     at.button(key="measure_button").click().run()
     assert not at.exception
@@ -145,14 +160,30 @@ def _markdown_values(at) -> list[str]:
 def test_validation_page_survives_hostile_result_files(app_test, monkeypatch, tmp_path):
     """Bad JSONL lines (NaN, bools and floats as counters, lists, deep nesting, non-UTF-8) are skipped
     and listed with file:line; file names and values that look like Markdown stay plain text."""
-    good = {"settings": {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024, "batch": 1,
-                         "device": "[y](javascript:alert(2))"},
-            "status": "ok", "weights_bytes": 6425500160}
+    good = {
+        "settings": {
+            "model": "llama-3.2-3b",
+            "quant": "bf16",
+            "context": 1024,
+            "batch": 1,
+            "device": "[y](javascript:alert(2))",
+        },
+        "status": "ok",
+        "weights_bytes": 6425500160,
+    }
     unknown = {**good, "settings": {**good["settings"], "model": "[z](javascript:alert(3))"}}
-    lines = [json.dumps(good).encode(), json.dumps(unknown).encode(),
-             b'{"settings": {}, "weights_bytes": NaN}', b'{"settings": {}, "weights_bytes": true}',
-             b'{"settings": {}, "weights_bytes": 2.5}', b'{"settings": [], "phases": {}}',
-             b'{"settings": {}, "phases": [1]}', b"[1, 2]", b"[" * 50_000 + b"]" * 50_000, b"\xff\xfe\xfd"]
+    lines = [
+        json.dumps(good).encode(),
+        json.dumps(unknown).encode(),
+        b'{"settings": {}, "weights_bytes": NaN}',
+        b'{"settings": {}, "weights_bytes": true}',
+        b'{"settings": {}, "weights_bytes": 2.5}',
+        b'{"settings": [], "phases": {}}',
+        b'{"settings": {}, "phases": [1]}',
+        b"[1, 2]",
+        b"[" * 50_000 + b"]" * 50_000,
+        b"\xff\xfe\xfd",
+    ]
     name = "[x](javascript:alert(1)).jsonl"
     (tmp_path / name).write_bytes(b"\n".join(lines))
     monkeypatch.setenv("VRAM_VALIDATION_DIR", str(tmp_path))
@@ -171,9 +202,17 @@ def test_engines_context_stops_at_the_window(app_test):
     """The engines page's context starts from the calculator's, within the model's window."""
     at = app_test("app/pages/engines.py")
     # e.g. from an uploaded config with a 1M window, then the 3B preset chosen on this page
-    at.session_state[state.SETTINGS] = {"model": "llama-3.2-3b", "quant": "bf16", "context": 1 << 20, "batch": 1,
-                                        "kv_dtype": "auto", "attn": "sdpa", "gpu": "rtx-4090-24gb",
-                                        "gpu_memory_bytes": None, "prefill_chunk": None}
+    at.session_state[state.SETTINGS] = {
+        "model": "llama-3.2-3b",
+        "quant": "bf16",
+        "context": 1 << 20,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": "rtx-4090-24gb",
+        "gpu_memory_bytes": None,
+        "prefill_chunk": None,
+    }
     at.run()
     assert not at.exception
     ctx = at.number_input(key="eng_context")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import estimator
-
 from app import results as m
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -50,8 +49,14 @@ def test_compare_trace_counters():
     assert not problems
     # trace runs: the live peak is compared with weights + KV + activations, and allocated/reserved
     # come from the allocator simulation (estimated for the GPU it names); no device counter.
-    assert {p["counter"] for p in points} == {"weights_bytes", "kv_cache_bytes", "activations_bytes",
-                                              "peak_live_bytes", "peak_allocated_bytes", "peak_reserved_bytes"}
+    assert {p["counter"] for p in points} == {
+        "weights_bytes",
+        "kv_cache_bytes",
+        "activations_bytes",
+        "peak_live_bytes",
+        "peak_allocated_bytes",
+        "peak_reserved_bytes",
+    }
     by = {}
     for p in points:
         by.setdefault(p["counter"], []).append(p["error_bytes"])
@@ -62,6 +67,7 @@ def test_compare_trace_counters():
     assert all(-8 * 2**20 <= e <= 0 for e in by["peak_allocated_bytes"])
     # the page compares what `python -m runtime validate` compares, for the simulation's GPU
     from runtime.validate import compare as runtime_compare
+
     for rec in loaded.records:
         row = runtime_compare({k: v for k, v in rec.items() if k != "_source"})["counters"]
         mine = {p["counter"]: p for p in points if p["source"] == rec["_source"]}
@@ -75,13 +81,16 @@ def test_compare_old_trace_lines_skip_allocator_counters():
     rec = dict(m.load_results(FIXTURES / "trace_only").records[0])
     rec["details"] = {k: v for k, v in rec["details"].items() if k != "allocator_sim"}
     points, _ = m.compare([rec], _est)
-    assert {p["counter"] for p in points} == {"weights_bytes", "kv_cache_bytes", "activations_bytes",
-                                              "peak_live_bytes"}
+    assert {p["counter"] for p in points} == {"weights_bytes", "kv_cache_bytes", "activations_bytes", "peak_live_bytes"}
 
 
 def test_compare_reports_records_it_cannot_estimate():
-    rec = {"settings": {"model": "no-such-model", "quant": "bf16", "context": 10}, "status": "ok",
-           "peak_allocated_bytes": 1, "_source": "x.jsonl:1"}
+    rec = {
+        "settings": {"model": "no-such-model", "quant": "bf16", "context": 10},
+        "status": "ok",
+        "peak_allocated_bytes": 1,
+        "_source": "x.jsonl:1",
+    }
     points, problems = m.compare([rec], _est)
     assert points == [] and "x.jsonl:1" in problems[0]
 
@@ -93,22 +102,27 @@ def test_environments_groups_points():
     assert h100["points"] == 10 and h100["driver"] == "570.86.15"
 
 
-GOOD = {"settings": {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024, "batch": 1, "device": "trace"},
-        "status": "ok", "weights_bytes": 6425500160, "phases": {"load": {"weights_bytes": 6425500160}},
-        "details": {"peak_live_bytes": 1}, "environment": {"torch": "2.6"}}
+GOOD = {
+    "settings": {"model": "llama-3.2-3b", "quant": "bf16", "context": 1024, "batch": 1, "device": "trace"},
+    "status": "ok",
+    "weights_bytes": 6425500160,
+    "phases": {"load": {"weights_bytes": 6425500160}},
+    "details": {"peak_live_bytes": 1},
+    "environment": {"torch": "2.6"},
+}
 BAD_LINES = [
-    b'{"settings": {}, "weights_bytes": 1.5}',                       # float counter
+    b'{"settings": {}, "weights_bytes": 1.5}',  # float counter
     b'{"settings": {}, "weights_bytes": NaN}',
     b'{"settings": {}, "kv_cache_bytes": Infinity}',
     b'{"settings": {}, "device_used_bytes": -Infinity}',
-    b'{"settings": {}, "weights_bytes": true}',                      # bool counter
+    b'{"settings": {}, "weights_bytes": true}',  # bool counter
     b'{"settings": {}, "weights_bytes": "12"}',
     b'{"settings": {}, "weights_bytes": -1}',
-    b'{"settings": {}, "weights_bytes": 1' + b"0" * 5000 + b"}",      # huge integer
+    b'{"settings": {}, "weights_bytes": 1' + b"0" * 5000 + b"}",  # huge integer
     b'{"settings": {}, "weights_bytes": 100000000000000000000000}',  # over 1 EiB
-    b'{"settings": [], "status": "ok"}',                              # non-dict settings
+    b'{"settings": [], "status": "ok"}',  # non-dict settings
     b'{"settings": "x"}',
-    b'{"settings": {}, "phases": []}',                                # non-dict phases
+    b'{"settings": {}, "phases": []}',  # non-dict phases
     b'{"settings": {}, "phases": {"load": 5}}',
     b'{"settings": {}, "phases": {"load": {"weights_bytes": 1e999}}}',
     b'{"settings": {}, "environment": [1]}',
@@ -117,10 +131,10 @@ BAD_LINES = [
     b'{"settings": {}, "details": "x"}',
     b'{"settings": {}, "details": {"peak_live_bytes": [1]}}',
     b'{"settings": {}, "status": ["ok"]}',
-    b"[1, 2, 3]",                                                     # a list instead of an object
+    b"[1, 2, 3]",  # a list instead of an object
     b'"just a string"',
-    b"[" * 100_000 + b"]" * 100_000,                                  # RecursionError
-    b'{"settings": {"model": "' + b"\xff\xfe" + b'"}}',               # not UTF-8
+    b"[" * 100_000 + b"]" * 100_000,  # RecursionError
+    b'{"settings": {"model": "' + b"\xff\xfe" + b'"}}',  # not UTF-8
     b"\xc3\x28",
     b"not json at all",
 ]
@@ -140,8 +154,15 @@ def test_load_results_skips_every_hostile_line(tmp_path):
     for i, p in enumerate(loaded.problems, 2):
         assert p.startswith(f"bad.jsonl:{i}: ") and len(p) < 400
     why = " ".join(loaded.problems)
-    for text in ("not a byte count", "not JSON", "nested too deeply", "not UTF-8", "no 'settings' object",
-                 "'phases' is not an object", "not a JSON object (a list)"):
+    for text in (
+        "not a byte count",
+        "not JSON",
+        "nested too deeply",
+        "not UTF-8",
+        "no 'settings' object",
+        "'phases' is not an object",
+        "not a JSON object (a list)",
+    ):
         assert text in why
     points, problems = m.compare(loaded.records, _est)
     assert problems == [] and points
@@ -155,8 +176,14 @@ def test_load_results_caps_the_problem_list(tmp_path):
 
 
 def test_compare_ignores_counters_that_are_not_byte_counts():
-    rec = {**GOOD, "settings": {**GOOD["settings"], "device": "cuda"}, "weights_bytes": float("nan"),
-           "kv_cache_bytes": True, "peak_allocated_bytes": "1", "_source": "x.jsonl:1"}
+    rec = {
+        **GOOD,
+        "settings": {**GOOD["settings"], "device": "cuda"},
+        "weights_bytes": float("nan"),
+        "kv_cache_bytes": True,
+        "peak_allocated_bytes": "1",
+        "_source": "x.jsonl:1",
+    }
     points, problems = m.compare([rec], _est)
     assert problems == [] and points == []
 

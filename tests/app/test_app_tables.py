@@ -5,9 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-import estimator
 import pytest
 
+import estimator
 from app import compute, state, tables
 
 SPEC = estimator.load_preset("llama-3.2-3b")
@@ -82,12 +82,15 @@ def test_activations_formula_counts_prompt_tokens():
     assert "per prompt token × 8,160 prompt tokens × batch 1" in rows["Activations"]["Formula"]
 
 
-@pytest.mark.parametrize("max_ctx,window,value,note", [
-    (131072, 131072, "131,072 tokens", "the whole window fits"),
-    (4096, 4096, "4,096 tokens", "the whole window fits"),
-    (100_000, 131072, "100,000 tokens", "of a 131,072-token window"),
-    (0, 131072, "none", None),
-])
+@pytest.mark.parametrize(
+    "max_ctx,window,value,note",
+    [
+        (131072, 131072, "131,072 tokens", "the whole window fits"),
+        (4096, 4096, "4,096 tokens", "the whole window fits"),
+        (100_000, 131072, "100,000 tokens", "of a 131,072-token window"),
+        (0, 131072, "none", None),
+    ],
+)
 def test_largest_context_text(max_ctx, window, value, note):
     assert tables.largest_context_text(max_ctx, window) == (value, note)
 
@@ -125,8 +128,17 @@ def test_sweep_contexts_of_a_short_window_model():
     ctxs = {r["context"] for r in rows}
     assert max(ctxs) == 2000 and min(ctxs) > state.NEW_TOKENS
     assert compute.largest_context(key, "bf16", 1, "auto", "sdpa", "h100-sxm-80gb", None) == 2000
-    assert compute.sweep_rows(compute.model_key(estimator.from_hf_config({**cfg, "max_position_embeddings": 8})),
-                              1, "auto", "sdpa", "rtx-4090-24gb", None) == []
+    assert (
+        compute.sweep_rows(
+            compute.model_key(estimator.from_hf_config({**cfg, "max_position_embeddings": 8})),
+            1,
+            "auto",
+            "sdpa",
+            "rtx-4090-24gb",
+            None,
+        )
+        == []
+    )
 
 
 def test_naive_rule_rows_explain_the_whole_estimate():

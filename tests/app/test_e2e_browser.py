@@ -23,8 +23,15 @@ ARTIFACTS = ROOT / "artifacts"
 DOCS_SHOTS = ROOT / "docs" / "screenshots"
 # refreshed under docs/screenshots/ with UPDATE_SCREENSHOTS=1
 README_SHOTS = {"calculator.png", "engines.png", "phone-settings-open.png"}
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LAUNCH_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 pytestmark = pytest.mark.browser
 
@@ -44,13 +51,34 @@ def server():
     port = _free_port()
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "streamlit-e2e.log", "w")  # noqa: SIM115 (closed in finally)
-    env = {**os.environ, "VRAM_APP_CUDA": "0", "PYTHONPATH": os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = {
+        **os.environ,
+        "VRAM_APP_CUDA": "0",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "streamlit_app.py",
+            "--server.headless",
+            "true",
+            "--server.address",
+            "127.0.0.1",
+            "--server.port",
+            str(port),
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -92,8 +120,7 @@ def _headline(page) -> str:
 
 
 def _wait_charts(page, n: int) -> None:
-    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}",
-                           timeout=60_000)
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot .main-svg').length >= {n}", timeout=60_000)
     page.wait_for_timeout(700)
 
 
@@ -102,8 +129,9 @@ def _shot(page, name: str) -> None:
     if os.environ.get("UPDATE_SCREENSHOTS") == "1" and name in README_SHOTS:
         DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
         vw = page.viewport_size or {"width": 1440, "height": 1300}
-        page.screenshot(path=str(DOCS_SHOTS / name),
-                        clip={"x": 0, "y": 0, "width": vw["width"], "height": min(vw["height"], 1300)})
+        page.screenshot(
+            path=str(DOCS_SHOTS / name), clip={"x": 0, "y": 0, "width": vw["width"], "height": min(vw["height"], 1300)}
+        )
 
 
 def test_browser_context_changes_headline(server, browser):
@@ -121,7 +149,10 @@ def test_browser_context_changes_headline(server, browser):
     field.press("Enter")
     page.wait_for_function(
         "before => { const el = document.querySelector('[data-testid=\"stMetricValue\"]');"
-        " return el && el.innerText !== before; }", arg=before, timeout=30_000)
+        " return el && el.innerText !== before; }",
+        arg=before,
+        timeout=30_000,
+    )
     after = _headline(page)
     assert after != before and "GiB" in after
     assert "ctx=65536" in page.url
@@ -133,8 +164,11 @@ def test_browser_context_changes_headline(server, browser):
 def test_browser_other_pages_render(server, browser):
     """The validation and model pages render in the browser without an exception box."""
     page = browser.new_page(viewport={"width": 1440, "height": 1700})
-    for path, text, shot in (("/validation", "Validation", "validation.png"), ("/model", "Where the parameters are", "model.png"),
-                             ("/engines", "Why the numbers differ", "engines.png")):
+    for path, text, shot in (
+        ("/validation", "Validation", "validation.png"),
+        ("/model", "Where the parameters are", "model.png"),
+        ("/engines", "Why the numbers differ", "engines.png"),
+    ):
         page.goto(server + path, wait_until="networkidle")
         page.get_by_text(text).first.wait_for(timeout=60_000)
         page.wait_for_timeout(800)
@@ -145,10 +179,12 @@ def test_browser_other_pages_render(server, browser):
 
 # The verdict card's value, found by its label (during a rerun the metric list can briefly hold
 # other cards, so a position is not enough).
-_VERDICT_JS = ("() => { for (const m of document.querySelectorAll('[data-testid=\"stMetric\"]')) {"
-               " const l = m.querySelector('[data-testid=\"stMetricLabel\"]');"
-               " const v = m.querySelector('[data-testid=\"stMetricValue\"]');"
-               " if (l && v && l.innerText.includes('Fits on')) return v.innerText.trim(); } return null; }")
+_VERDICT_JS = (
+    "() => { for (const m of document.querySelectorAll('[data-testid=\"stMetric\"]')) {"
+    " const l = m.querySelector('[data-testid=\"stMetricLabel\"]');"
+    " const v = m.querySelector('[data-testid=\"stMetricValue\"]');"
+    " if (l && v && l.innerText.includes('Fits on')) return v.innerText.trim(); } return null; }"
+)
 
 
 def _verdict(page) -> str:
@@ -156,8 +192,11 @@ def _verdict(page) -> str:
 
 
 def _open(browser, url: str, phone: bool):
-    page = browser.new_page(viewport={"width": 390, "height": 844} if phone else {"width": 1440, "height": 1700},
-                            is_mobile=phone, has_touch=phone)
+    page = browser.new_page(
+        viewport={"width": 390, "height": 844} if phone else {"width": 1440, "height": 1700},
+        is_mobile=phone,
+        has_touch=phone,
+    )
     page.goto(url, wait_until="networkidle")
     page.get_by_text("Will it fit?").wait_for(timeout=60_000)
     page.locator('[data-testid="stMetricValue"]').nth(1).wait_for(timeout=60_000)
@@ -170,7 +209,6 @@ def test_browser_newcomer_questions(server, browser, phone):
     4-bit at 8K on an 8 GB laptop GPU (the verdict is the estimator's), and bf16 at 128K on an
     RTX 4090 (does not fit; the recommended GPUs are named)."""
     import estimator
-
     from app import tables
 
     tag = "phone" if phone else "desktop"
@@ -225,7 +263,9 @@ def test_browser_phone_reaches_settings_and_every_tab(server, browser):
     tabs.nth(4).click()
     page.get_by_text("Estimate (JSON)").wait_for(timeout=30_000)
     button.click()
-    page.locator('[data-testid="stSidebar"]').get_by_text("Weight quantization").first.wait_for(state="visible", timeout=30_000)
+    page.locator('[data-testid="stSidebar"]').get_by_text("Weight quantization").first.wait_for(
+        state="visible", timeout=30_000
+    )
     assert page.locator('[data-testid="stException"]').count() == 0
     page.wait_for_timeout(1000)  # the sidebar slides in
     _shot(page, "phone-settings-open.png")

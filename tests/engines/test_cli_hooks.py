@@ -15,8 +15,14 @@ from estimator.model import load_preset
 GiB = 1 << 30
 MiB = 1 << 20
 S3 = load_preset("llama-3.2-3b")
-CORE_BYTES = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes", "device_used_bytes",
-              "total_bytes")
+CORE_BYTES = (
+    "weights_bytes",
+    "kv_cache_bytes",
+    "activations_bytes",
+    "overhead_bytes",
+    "device_used_bytes",
+    "total_bytes",
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,12 +48,40 @@ def run(argv: list[str], fit: bool = False, total: int | None = None) -> dict:
 
 def test_adds_flags_without_clobbering_core_ones():
     p = parser()
-    a = p.parse_args(["--engine", "vllm", "--gpu-memory-utilization", "0.8", "--max-num-batched-tokens", "4096",
-                      "--max-num-seqs", "64", "--enforce-eager", "--vllm-version", "v0", "--parallel", "4",
-                      "--ubatch", "256", "--flash-attn", "--n-gpu-layers", "20"])
-    assert (a.engine, a.gpu_memory_utilization, a.max_num_batched_tokens, a.max_num_seqs, a.enforce_eager,
-            a.vllm_version, a.parallel, a.ubatch, a.flash_attn, a.n_gpu_layers) == \
-        ("vllm", 0.8, 4096, 64, True, "v0", 4, 256, True, 20)
+    a = p.parse_args(
+        [
+            "--engine",
+            "vllm",
+            "--gpu-memory-utilization",
+            "0.8",
+            "--max-num-batched-tokens",
+            "4096",
+            "--max-num-seqs",
+            "64",
+            "--enforce-eager",
+            "--vllm-version",
+            "v0",
+            "--parallel",
+            "4",
+            "--ubatch",
+            "256",
+            "--flash-attn",
+            "--n-gpu-layers",
+            "20",
+        ]
+    )
+    assert (
+        a.engine,
+        a.gpu_memory_utilization,
+        a.max_num_batched_tokens,
+        a.max_num_seqs,
+        a.enforce_eager,
+        a.vllm_version,
+        a.parallel,
+        a.ubatch,
+        a.flash_attn,
+        a.n_gpu_layers,
+    ) == ("vllm", 0.8, 4096, 64, True, "v0", 4, 256, True, 20)
     assert p.parse_args(["--engine", "ollama"]).engine == "llama.cpp"
     with pytest.raises(SystemExit):
         p.parse_args(["--engine", "tgi"])
@@ -56,12 +90,31 @@ def test_adds_flags_without_clobbering_core_ones():
 
 
 def test_vllm_estimate_fields():
-    d = run(["--engine", "vllm", "--quant", "fp16", "--context", "2048", "--max-num-seqs", "192",
-             "--max-num-batched-tokens", "2048", "--gpu-memory-utilization", "0.894", "--vllm-version", "v0"],
-            total=round(14.74 * GiB))
+    d = run(
+        [
+            "--engine",
+            "vllm",
+            "--quant",
+            "fp16",
+            "--context",
+            "2048",
+            "--max-num-seqs",
+            "192",
+            "--max-num-batched-tokens",
+            "2048",
+            "--gpu-memory-utilization",
+            "0.894",
+            "--vllm-version",
+            "v0",
+        ],
+        total=round(14.74 * GiB),
+    )
     for k in CORE_BYTES + ("kv_pool_bytes", "num_gpu_blocks", "max_concurrency"):
         assert k in d
-    assert d["weights_bytes"] + d["kv_cache_bytes"] + d["activations_bytes"] + d["overhead_bytes"] == d["device_used_bytes"]
+    assert (
+        d["weights_bytes"] + d["kv_cache_bytes"] + d["activations_bytes"] + d["overhead_bytes"]
+        == d["device_used_bytes"]
+    )
     assert d["settings"]["engine"] == "vllm" and d["settings"]["context"] == 2048
     assert abs(d["num_gpu_blocks"] - 3637) <= 36
     json.dumps(d)  # JSON-able
@@ -69,8 +122,10 @@ def test_vllm_estimate_fields():
 
 def test_vllm_refusal_is_engine_reason():
     with pytest.raises(EngineRefusal, match="larger than the maximum number of tokens that can be stored"):
-        run(["--engine", "vllm", "--context", "131072", "--vllm-version", "v0", "--max-num-batched-tokens", "2048"],
-            total=16 * GiB)
+        run(
+            ["--engine", "vllm", "--context", "131072", "--vllm-version", "v0", "--max-num-batched-tokens", "2048"],
+            total=16 * GiB,
+        )
     assert issubclass(EngineRefusal, EstimatorError) and ecli.EngineRefusal is EngineRefusal
 
 
@@ -94,8 +149,21 @@ def test_vllm_quant_takes_in_flight_quantization():
 
 
 def test_llamacpp_estimate_fields_match_gt011():
-    d = run(["--engine", "llama.cpp", "--quant", "q4_k_m", "--context", "8192", "--parallel", "4",
-             "--llamacpp-version", "2025-01"], total=12 * GiB)
+    d = run(
+        [
+            "--engine",
+            "llama.cpp",
+            "--quant",
+            "q4_k_m",
+            "--context",
+            "8192",
+            "--parallel",
+            "4",
+            "--llamacpp-version",
+            "2025-01",
+        ],
+        total=12 * GiB,
+    )
     assert d["model_buffer_bytes"] == 2_011_539_712
     assert d["kv_buffer_bytes"] == 896 * MiB
     assert abs(d["compute_buffer_bytes"] / MiB - 424.0) < 0.01

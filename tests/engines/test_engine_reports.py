@@ -8,9 +8,19 @@ import sys
 
 import pytest
 
-from estimator.engines import (EngineRefusal, VllmStartupError, estimate_llamacpp, estimate_vllm, llamacpp_fit_report,
-                               llamacpp_report, max_context_llamacpp, max_model_len_vllm, vllm_estimate_report,
-                               vllm_fit_report, vllm_report)
+from estimator.engines import (
+    EngineRefusal,
+    VllmStartupError,
+    estimate_llamacpp,
+    estimate_vllm,
+    llamacpp_fit_report,
+    llamacpp_report,
+    max_context_llamacpp,
+    max_model_len_vllm,
+    vllm_estimate_report,
+    vllm_fit_report,
+    vllm_report,
+)
 from estimator.model import load_preset
 from estimator.report import MemoryReport
 
@@ -23,8 +33,11 @@ def test_vllm_report_fields():
     r = vllm_report(e, {"engine": "vllm", "context": 8192})
     assert isinstance(r, MemoryReport) and r.engine == "vllm" and r.source == "estimate"
     # each part is vLLM's own term (the overhead is what is left: non-torch, graphs, CUDA context)
-    assert (r.weights_bytes, r.kv_cache_bytes, r.activations_bytes) == (e.weights_bytes, e.kv_pool_bytes,
-                                                                         e.activation_peak_bytes)
+    assert (r.weights_bytes, r.kv_cache_bytes, r.activations_bytes) == (
+        e.weights_bytes,
+        e.kv_pool_bytes,
+        e.activation_peak_bytes,
+    )
     assert r.overhead_bytes == e.non_torch_bytes + e.cuda_graph_bytes + e.cuda_context_bytes
     assert r.device_used_bytes == e.device_used_bytes
     assert r.gpu_memory_bytes == 24 * GiB and r.headroom_bytes == 24 * GiB - e.device_used_bytes
@@ -73,7 +86,9 @@ def test_llamacpp_report_and_fit():
 
 
 def test_libraries_and_app_never_import_the_cli():
-    code = ("import sys, estimator.engines, estimator.engines.vllm, estimator.engines.llamacpp;"
-            "print('estimator.engines.cli' in sys.modules)")
+    code = (
+        "import sys, estimator.engines, estimator.engines.vllm, estimator.engines.llamacpp;"
+        "print('estimator.engines.cli' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"

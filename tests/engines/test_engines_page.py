@@ -31,8 +31,17 @@ def _app(settings: dict | None = None) -> AppTest:
 
 
 def _settings(**kw) -> dict:
-    s = {"model": "llama-3.2-3b", "quant": "bf16", "context": 8192, "batch": 1, "kv_dtype": "auto",
-         "attn": "sdpa", "gpu": "rtx-4090-24gb", "gpu_memory_bytes": None, "prefill_chunk": None}
+    s = {
+        "model": "llama-3.2-3b",
+        "quant": "bf16",
+        "context": 8192,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": "rtx-4090-24gb",
+        "gpu_memory_bytes": None,
+        "prefill_chunk": None,
+    }
     return {**s, **kw}
 
 
@@ -119,9 +128,17 @@ def test_vllm_sentence_gives_the_smallest_utilization():
     line = next(b for b in _bullets(at) if b.startswith("- **vLLM**"))
     u = float(re.search(r"gpu_memory_utilization (0\.\d\d)", line).group(1))
     g = get_gpu("rtx-4090-24gb")
-    assert u == vl.smallest_utilization(load_preset("llama-3.2-3b"), g.memory_bytes, max_model_len=8192,
-                                        max_num_seqs=256, version="v1", dtype="bf16", gpu_arch=g.arch,
-                                        gpu_name=g.name, cuda_context_bytes=cuda_context_bytes(g.cls))
+    assert u == vl.smallest_utilization(
+        load_preset("llama-3.2-3b"),
+        g.memory_bytes,
+        max_model_len=8192,
+        max_num_seqs=256,
+        version="v1",
+        dtype="bf16",
+        gpu_arch=g.arch,
+        gpu_name=g.name,
+        cuda_context_bytes=cuda_context_bytes(g.cls),
+    )
     assert 0 < u < 0.9
 
 

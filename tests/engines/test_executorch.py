@@ -50,8 +50,10 @@ def test_four_bit_variants_overtake_bf16_past_the_crossover():
     for v in ("spinquant", "qat-lora"):
         t = et.crossover_context(S3, v)
         assert 8192 < t < 32768
-        diff = [et.estimate_executorch(S3, v, n).runtime_bytes - et.estimate_executorch(S3, "bf16", n).runtime_bytes
-                for n in (t - 1, t)]
+        diff = [
+            et.estimate_executorch(S3, v, n).runtime_bytes - et.estimate_executorch(S3, "bf16", n).runtime_bytes
+            for n in (t - 1, t)
+        ]
         assert diff[0] <= 0 < diff[1]
 
 

@@ -27,13 +27,23 @@ from estimator.errors import InvalidSpecError
 from estimator.model import ModelSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ModelSpec(name="tiny", hidden_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 head_dim=64, intermediate_size=512, vocab_size=512, tie_word_embeddings=True,
-                 max_position_embeddings=4096)
+TINY = ModelSpec(
+    name="tiny",
+    hidden_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=64,
+    intermediate_size=512,
+    vocab_size=512,
+    tie_word_embeddings=True,
+    max_position_embeddings=4096,
+)
 FAST_S = 1.0  # every hostile file must be refused within this many seconds
 
 
 # --- GGUF files written with the gguf package ------------------------------------------------------
+
 
 def _write_gguf(path, spec: ModelSpec, ftype: str, alignment: int | None = None) -> list[lc.GgufTensor]:
     np = pytest.importorskip("numpy")
@@ -80,9 +90,16 @@ def test_gguf_roundtrip(tmp_path, ftype):
     assert {t.name: (t.shape, t.ggml_type) for t in ts} == {t.name: (t.shape, t.ggml_type) for t in written}
     assert meta["tokenizer.ggml.tokens"] == gf.GgufArray(8, TINY.vocab_size)
     spec = gf.spec_from_gguf(meta, ts)
-    assert (spec.hidden_size, spec.num_hidden_layers, spec.num_attention_heads, spec.num_key_value_heads,
-            spec.head_dim, spec.intermediate_size, spec.vocab_size, spec.tie_word_embeddings) == \
-        (256, 2, 4, 2, 64, 512, 512, True)
+    assert (
+        spec.hidden_size,
+        spec.num_hidden_layers,
+        spec.num_attention_heads,
+        spec.num_key_value_heads,
+        spec.head_dim,
+        spec.intermediate_size,
+        spec.vocab_size,
+        spec.tie_word_embeddings,
+    ) == (256, 2, 4, 2, 64, 512, 512, True)
     a = lc.estimate_llamacpp(spec, ftype, 1024, tensors=ts)
     b = lc.estimate_llamacpp(TINY, ftype, 1024, tensors=written)
     assert a.model_buffer_bytes == b.model_buffer_bytes and a.kv_buffer_bytes == b.kv_buffer_bytes
@@ -133,6 +150,7 @@ def test_gguf_header_cap_and_bad_magic(tmp_path):
 
 # --- GGUF files built byte by byte ---------------------------------------------------------------
 
+
 def _s(text: str | bytes) -> bytes:
     b = text.encode() if isinstance(text, str) else text
     return struct.pack("<Q", len(b)) + b
@@ -155,8 +173,12 @@ def _arr(etype: int, n: int, items: bytes) -> bytes:
 
 
 def _info(name: str, dims: tuple[int, ...], ggml_type: int, offset: int) -> bytes:
-    return (_s(name) + struct.pack("<I", len(dims)) + b"".join(struct.pack("<Q", d) for d in dims)
-            + struct.pack("<IQ", ggml_type, offset))
+    return (
+        _s(name)
+        + struct.pack("<I", len(dims))
+        + b"".join(struct.pack("<Q", d) for d in dims)
+        + struct.pack("<IQ", ggml_type, offset)
+    )
 
 
 def _gguf(kvs: list[bytes], infos: list[bytes], data: bytes = b"", version: int = 3, align: int = 32) -> bytes:
@@ -165,18 +187,25 @@ def _gguf(kvs: list[bytes], infos: list[bytes], data: bytes = b"", version: int 
 
 
 def _llama_kvs(heads: bytes | None = None) -> list[bytes]:
-    return [_str("general.architecture", "llama"), _u32("llama.block_count", 1),
-            _u32("llama.embedding_length", 64),
-            heads if heads is not None else _u32("llama.attention.head_count", 2),
-            _u32("llama.attention.head_count_kv", 1), _u32("llama.feed_forward_length", 128),
-            _u32("llama.context_length", 256),
-            _kv("tokenizer.ggml.tokens", 9, _arr(8, 3, _s("a") + _s("b") + _s("c"))),
-            _kv("tokenizer.ggml.scores", 9, _arr(6, 3, struct.pack("<3f", 0, 0, 0)))]
+    return [
+        _str("general.architecture", "llama"),
+        _u32("llama.block_count", 1),
+        _u32("llama.embedding_length", 64),
+        heads if heads is not None else _u32("llama.attention.head_count", 2),
+        _u32("llama.attention.head_count_kv", 1),
+        _u32("llama.feed_forward_length", 128),
+        _u32("llama.context_length", 256),
+        _kv("tokenizer.ggml.tokens", 9, _arr(8, 3, _s("a") + _s("b") + _s("c"))),
+        _kv("tokenizer.ggml.scores", 9, _arr(6, 3, struct.pack("<3f", 0, 0, 0))),
+    ]
 
 
 # token_embd F16 64x8 = 1024 B at 0, attn_norm F32 64 = 256 B at 1024, attn_k Q8_0 32x2 = 68 B at 1280
-_INFOS = [_info("token_embd.weight", (64, 8), 1, 0), _info("blk.0.attn_norm.weight", (64,), 0, 1024),
-          _info("blk.0.attn_k.weight", (32, 2), 8, 1280)]
+_INFOS = [
+    _info("token_embd.weight", (64, 8), 1, 0),
+    _info("blk.0.attn_norm.weight", (64,), 0, 1024),
+    _info("blk.0.attn_k.weight", (32, 2), 8, 1280),
+]
 VALID_GGUF = _gguf(_llama_kvs(), _INFOS, b"\0" * 1348)
 
 
@@ -200,12 +229,19 @@ def _refused(fn, path, match: str | None = None) -> str:
 def test_valid_small_gguf(tmp_path):
     meta, ts = gf.read_gguf(_write(tmp_path, VALID_GGUF))
     assert [(t.name, t.shape, t.ggml_type, t.layer) for t in ts] == [
-        ("token_embd.weight", (64, 8), "F16", None), ("blk.0.attn_norm.weight", (64,), "F32", 0),
-        ("blk.0.attn_k.weight", (32, 2), "Q8_0", 0)]
+        ("token_embd.weight", (64, 8), "F16", None),
+        ("blk.0.attn_norm.weight", (64,), "F32", 0),
+        ("blk.0.attn_k.weight", (32, 2), "Q8_0", 0),
+    ]
     assert meta["tokenizer.ggml.tokens"] == gf.GgufArray(8, 3)
     spec = gf.spec_from_gguf(meta, ts)
-    assert (spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim,
-            spec.vocab_size) == (64, 2, 1, 32, 8)
+    assert (spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads, spec.head_dim, spec.vocab_size) == (
+        64,
+        2,
+        1,
+        32,
+        8,
+    )
     pmeta, pts = _package_inventory(tmp_path / "x.gguf")  # the gguf package agrees on our builder's bytes
     assert meta == pmeta and {t.name: (t.shape, t.ggml_type) for t in ts} == pts
 
@@ -216,13 +252,21 @@ def test_huge_array_count_regression(tmp_path):
     data = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + _s("k") + struct.pack("<IIQ", 9, 0, 1 << 62)
     assert len(data) == 49
     p = _write(tmp_path, data)
-    code = ("import sys, time; from estimator.engines.gguf_file import read_gguf\n"
-            "t = time.perf_counter()\n"
-            "try:\n    read_gguf(sys.argv[1])\nexcept Exception as e:\n"
-            "    print(type(e).__name__, time.perf_counter() - t, e)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(p)], check=False, capture_output=True, text=True,
-                       timeout=20,
-                       cwd=ROOT, preexec_fn=_limit_memory)
+    code = (
+        "import sys, time; from estimator.engines.gguf_file import read_gguf\n"
+        "t = time.perf_counter()\n"
+        "try:\n    read_gguf(sys.argv[1])\nexcept Exception as e:\n"
+        "    print(type(e).__name__, time.perf_counter() - t, e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(p)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        cwd=ROOT,
+        preexec_fn=_limit_memory,
+    )
     name, secs, msg = r.stdout.split(" ", 2)
     assert name == "InvalidSpecError" and float(secs) < FAST_S
     assert "4,611,686,018,427,387,904" in msg and "'k'" in msg
@@ -231,6 +275,7 @@ def test_huge_array_count_regression(tmp_path):
 def _limit_memory() -> None:
     try:
         import resource
+
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
     except (ImportError, ValueError, OSError):
         pass
@@ -251,8 +296,9 @@ def test_every_truncation_refused_regression(tmp_path):
 @pytest.mark.parametrize("chunk", [1, 3, 7, 8, 64])
 def test_read_chunk_size_does_not_matter(tmp_path, monkeypatch, chunk):
     """The reader loads the header in chunks; values straddling a chunk edge read the same."""
-    p = _write(tmp_path, _gguf(_llama_kvs() + [_nested(3), _kv("k", 9, _arr(8, 50, _s("xyz") * 50))],
-                               _INFOS, b"\0" * 1348))
+    p = _write(
+        tmp_path, _gguf(_llama_kvs() + [_nested(3), _kv("k", 9, _arr(8, 50, _s("xyz") * 50))], _INFOS, b"\0" * 1348)
+    )
     expected = gf.read_gguf(p)
     monkeypatch.setattr(gf, "READ_CHUNK", chunk)
     assert gf.read_gguf(p) == expected
@@ -261,8 +307,10 @@ def test_read_chunk_size_does_not_matter(tmp_path, monkeypatch, chunk):
 def test_header_larger_than_a_chunk(tmp_path):
     """A 2 MB tokenizer section (more than one read chunk) is skipped correctly and quickly."""
     n = 100_000
-    kvs = _llama_kvs()[:7] + [_kv("tokenizer.ggml.tokens", 9, _arr(8, n, b"".join(_s(f"tok{i}") for i in range(n)))),
-                              _kv("tokenizer.ggml.scores", 9, _arr(6, n, b"\0" * 4 * n))]
+    kvs = _llama_kvs()[:7] + [
+        _kv("tokenizer.ggml.tokens", 9, _arr(8, n, b"".join(_s(f"tok{i}") for i in range(n)))),
+        _kv("tokenizer.ggml.scores", 9, _arr(6, n, b"\0" * 4 * n)),
+    ]
     p = _write(tmp_path, _gguf(kvs, _INFOS, b"\0" * 1348))
     assert p.stat().st_size > gf.READ_CHUNK
     t0 = time.perf_counter()
@@ -276,13 +324,18 @@ def test_loop_budgets(tmp_path, monkeypatch):
     monkeypatch.setattr(gf, "MAX_GGUF_STRINGS", 5)
     monkeypatch.setattr(gf, "MAX_GGUF_NESTED", 2)
     three = _arr(8, 3, _s("a") * 3)
-    _refused(gf.read_gguf, _write(tmp_path, _gguf([_kv("a", 9, three), _kv("b", 9, three)], [])),
-             "more than 5 strings in arrays")
+    _refused(
+        gf.read_gguf,
+        _write(tmp_path, _gguf([_kv("a", 9, three), _kv("b", 9, three)], [])),
+        "more than 5 strings in arrays",
+    )
     _refused(gf.read_gguf, _write(tmp_path, _gguf([_nested(4)], [])), "more than 2 arrays in arrays")
 
 
-@pytest.mark.parametrize("version,match", [(1, "version 1"), (99, "unsupported GGUF version 99"),
-                                           (0, "unsupported GGUF version 0"), (3 << 24, "big-endian")])
+@pytest.mark.parametrize(
+    "version,match",
+    [(1, "version 1"), (99, "unsupported GGUF version 99"), (0, "unsupported GGUF version 0"), (3 << 24, "big-endian")],
+)
 def test_gguf_versions_regression(tmp_path, version, match):
     """Regression: v1 and v99 headers raised ValueError tracebacks from GGUFReader."""
     _refused(gf.read_gguf, _write(tmp_path, _gguf(_llama_kvs(), _INFOS, b"\0" * 1348, version=version)), match)
@@ -292,15 +345,18 @@ def test_gguf_v2_accepted(tmp_path):
     assert len(gf.read_gguf(_write(tmp_path, _gguf(_llama_kvs(), _INFOS, b"\0" * 1348, version=2)))[1]) == 3
 
 
-@pytest.mark.parametrize("heads,match", [
-    (_u32("llama.attention.head_count", 0), r"head_count must be > 0: 0"),
-    (_str("llama.attention.head_count", "two"), r"head_count must be an integer: str 'two'"),
-    (_str("llama.attention.head_count", "2"), r"head_count must be an integer: str '2'"),
-    (_kv("llama.attention.head_count", 7, b"\x01"), r"head_count must be an integer: bool True"),
-    (_kv("llama.attention.head_count", 6, struct.pack("<f", 2.0)), r"head_count must be an integer: float 2.0"),
-    (_kv("llama.attention.head_count", 9, _arr(4, 1, struct.pack("<I", 2))), r"an array of 1 u32"),
-    (_u32("llama.attention.head_count", 100), r"embedding_length \(64\) is smaller"),
-])
+@pytest.mark.parametrize(
+    "heads,match",
+    [
+        (_u32("llama.attention.head_count", 0), r"head_count must be > 0: 0"),
+        (_str("llama.attention.head_count", "two"), r"head_count must be an integer: str 'two'"),
+        (_str("llama.attention.head_count", "2"), r"head_count must be an integer: str '2'"),
+        (_kv("llama.attention.head_count", 7, b"\x01"), r"head_count must be an integer: bool True"),
+        (_kv("llama.attention.head_count", 6, struct.pack("<f", 2.0)), r"head_count must be an integer: float 2.0"),
+        (_kv("llama.attention.head_count", 9, _arr(4, 1, struct.pack("<I", 2))), r"an array of 1 u32"),
+        (_u32("llama.attention.head_count", 100), r"embedding_length \(64\) is smaller"),
+    ],
+)
 def test_spec_from_gguf_head_counts_regression(tmp_path, heads, match):
     """Regression: a zero head count gave ZeroDivisionError, a string one ValueError/TypeError."""
     meta, ts = gf.read_gguf(_write(tmp_path, _gguf(_llama_kvs(heads), _INFOS, b"\0" * 1348)))
@@ -309,21 +365,57 @@ def test_spec_from_gguf_head_counts_regression(tmp_path, heads, match):
     assert "llama.attention.head_count" in str(e.value)
 
 
-@pytest.mark.parametrize("meta,match", [
-    ({}, "missing general.architecture"),
-    ({"general.architecture": 3}, "must be a string: int 3"),
-    ({"general.architecture": "mamba"}, "not a supported"),
-    ({"general.architecture": "llama", "llama.attention.head_count": 2, "llama.embedding_length": 64,
-      "llama.block_count": 1}, "missing llama.feed_forward_length"),
-    ({"general.architecture": "llama", "llama.attention.head_count": 2, "llama.embedding_length": 64,
-      "llama.block_count": 1, "llama.feed_forward_length": 128}, "no vocabulary size"),
-    ({"general.architecture": "llama", "llama.attention.head_count": 2, "llama.embedding_length": 64,
-      "llama.block_count": 1, "llama.feed_forward_length": 128, "llama.vocab_size": 8,
-      "llama.rope.dimension_count": 64}, "rope.dimension_count must be at most the head size 32: 64"),
-    ({"general.architecture": "llama", "llama.attention.head_count": 3, "llama.embedding_length": 96,
-      "llama.block_count": 1, "llama.feed_forward_length": 128, "llama.vocab_size": 8,
-      "llama.attention.head_count_kv": 2}, "invalid model: num_attention_heads"),
-])
+@pytest.mark.parametrize(
+    "meta,match",
+    [
+        ({}, "missing general.architecture"),
+        ({"general.architecture": 3}, "must be a string: int 3"),
+        ({"general.architecture": "mamba"}, "not a supported"),
+        (
+            {
+                "general.architecture": "llama",
+                "llama.attention.head_count": 2,
+                "llama.embedding_length": 64,
+                "llama.block_count": 1,
+            },
+            "missing llama.feed_forward_length",
+        ),
+        (
+            {
+                "general.architecture": "llama",
+                "llama.attention.head_count": 2,
+                "llama.embedding_length": 64,
+                "llama.block_count": 1,
+                "llama.feed_forward_length": 128,
+            },
+            "no vocabulary size",
+        ),
+        (
+            {
+                "general.architecture": "llama",
+                "llama.attention.head_count": 2,
+                "llama.embedding_length": 64,
+                "llama.block_count": 1,
+                "llama.feed_forward_length": 128,
+                "llama.vocab_size": 8,
+                "llama.rope.dimension_count": 64,
+            },
+            "rope.dimension_count must be at most the head size 32: 64",
+        ),
+        (
+            {
+                "general.architecture": "llama",
+                "llama.attention.head_count": 3,
+                "llama.embedding_length": 96,
+                "llama.block_count": 1,
+                "llama.feed_forward_length": 128,
+                "llama.vocab_size": 8,
+                "llama.attention.head_count_kv": 2,
+            },
+            "invalid model: num_attention_heads",
+        ),
+    ],
+)
 def test_spec_from_gguf_checks_fields(meta, match):
     with pytest.raises(InvalidSpecError, match=match):
         gf.spec_from_gguf(meta, [])
@@ -343,44 +435,53 @@ def test_nested_arrays(tmp_path):
     for depth in (1, 2, gf.MAX_GGUF_ARRAY_DEPTH):
         meta, _ = gf.read_gguf(_write(tmp_path, _gguf(_llama_kvs() + [_nested(depth)], _INFOS, b"\0" * 1348)))
         assert meta["test.nested"] == gf.GgufArray(9 if depth > 1 else 4, 1 if depth > 1 else 2)
-    _refused(gf.read_gguf, _write(tmp_path, _gguf(_llama_kvs() + [_nested(gf.MAX_GGUF_ARRAY_DEPTH + 1)],
-                                                  _INFOS, b"\0" * 1348)), "nests arrays deeper than 4")
+    _refused(
+        gf.read_gguf,
+        _write(tmp_path, _gguf(_llama_kvs() + [_nested(gf.MAX_GGUF_ARRAY_DEPTH + 1)], _INFOS, b"\0" * 1348)),
+        "nests arrays deeper than 4",
+    )
     # an array of arrays whose count cannot fit in the bytes left: refused before looping
     _refused(gf.read_gguf, _write(tmp_path, _gguf([_kv("k", 9, _arr(9, 1 << 20, b""))], [])), "truncated header")
 
 
-@pytest.mark.parametrize("infos,data,match", [
-    # regression: n_dims 5 was read as a 5-D tensor
-    ([_info("a", (32, 1, 1, 1, 1), 0, 0)], 128, "5 dimensions; ggml allows at most 4"),
-    # regression: an unknown ggml type became the name "type99"
-    ([_info("a", (32,), 99, 0)], 128, "unknown ggml type 99"),
-    # regression: offsets were never checked against the file
-    ([_info("a", (32,), 0, 1 << 40)], 128, "runs past the end of the file"),
-    ([_info("a", (32,), 0, 32)], 128, "runs past the end of the file"),
-    # regression: offsets were never checked against the alignment
-    ([_info("a", (32,), 0, 1)], 256, "not a multiple of the alignment 32"),
-    # regression: GGUFReader raised ValueError on duplicate names
-    ([_info("a", (32,), 0, 0), _info("a", (32,), 0, 128)], 256, "duplicate tensor name 'a'"),
-    ([_info("a", (0, 4), 0, 0)], 0, "dimension 0 must be in"),
-    ([_info("a", (30, 2), 8, 0)], 128, "not a whole number of Q8_0 blocks"),
-    ([_info("x" * 64, (32,), 0, 0)], 128, "fewer than 64"),
-    ([_s(b"\xff\xfe") + struct.pack("<IQIQ", 1, 32, 0, 0)], 128, "not valid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "infos,data,match",
+    [
+        # regression: n_dims 5 was read as a 5-D tensor
+        ([_info("a", (32, 1, 1, 1, 1), 0, 0)], 128, "5 dimensions; ggml allows at most 4"),
+        # regression: an unknown ggml type became the name "type99"
+        ([_info("a", (32,), 99, 0)], 128, "unknown ggml type 99"),
+        # regression: offsets were never checked against the file
+        ([_info("a", (32,), 0, 1 << 40)], 128, "runs past the end of the file"),
+        ([_info("a", (32,), 0, 32)], 128, "runs past the end of the file"),
+        # regression: offsets were never checked against the alignment
+        ([_info("a", (32,), 0, 1)], 256, "not a multiple of the alignment 32"),
+        # regression: GGUFReader raised ValueError on duplicate names
+        ([_info("a", (32,), 0, 0), _info("a", (32,), 0, 128)], 256, "duplicate tensor name 'a'"),
+        ([_info("a", (0, 4), 0, 0)], 0, "dimension 0 must be in"),
+        ([_info("a", (30, 2), 8, 0)], 128, "not a whole number of Q8_0 blocks"),
+        ([_info("x" * 64, (32,), 0, 0)], 128, "fewer than 64"),
+        ([_s(b"\xff\xfe") + struct.pack("<IQIQ", 1, 32, 0, 0)], 128, "not valid UTF-8"),
+    ],
+)
 def test_bad_tensor_infos_regression(tmp_path, infos, data, match):
     _refused(gf.read_gguf, _write(tmp_path, _gguf([], infos, b"\0" * data)), match)
 
 
-@pytest.mark.parametrize("kvs,match", [
-    ([_u32("k", 1), _u32("k", 2)], "duplicate key 'k'"),
-    ([_u32("", 1)], "key 0 is empty"),
-    ([_kv("k", 13, b"")], "unknown value type 13"),
-    ([_kv("k", 9, _arr(13, 1, b"\0"))], "unknown element type 13"),
-    ([_kv("k", 8, struct.pack("<Q", 1 << 60))], "claims 1,152,921,504,606,846,976 bytes"),
-    ([_kv("k", 9, _arr(8, 1 << 20, b""))], "truncated header"),
-    ([_kv("general.alignment", 10, struct.pack("<Q", 32))], "must be of type u32"),
-    ([_u32("general.alignment", 24)], "power of two: 24"),
-    ([_u32("general.alignment", 0)], "power of two: 0"),
-])
+@pytest.mark.parametrize(
+    "kvs,match",
+    [
+        ([_u32("k", 1), _u32("k", 2)], "duplicate key 'k'"),
+        ([_u32("", 1)], "key 0 is empty"),
+        ([_kv("k", 13, b"")], "unknown value type 13"),
+        ([_kv("k", 9, _arr(13, 1, b"\0"))], "unknown element type 13"),
+        ([_kv("k", 8, struct.pack("<Q", 1 << 60))], "claims 1,152,921,504,606,846,976 bytes"),
+        ([_kv("k", 9, _arr(8, 1 << 20, b""))], "truncated header"),
+        ([_kv("general.alignment", 10, struct.pack("<Q", 32))], "must be of type u32"),
+        ([_u32("general.alignment", 24)], "power of two: 24"),
+        ([_u32("general.alignment", 0)], "power of two: 0"),
+    ],
+)
 def test_bad_metadata_regression(tmp_path, kvs, match):
     _refused(gf.read_gguf, _write(tmp_path, _gguf(kvs, [])), match)
 
@@ -410,6 +511,7 @@ def test_unreadable_paths(tmp_path, monkeypatch):
 
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", str(p))
+
     monkeypatch.setattr(gf, "open", denied, raising=False)
     assert "Permission denied" in _refused(gf.read_gguf, p, "cannot read")
 
@@ -425,6 +527,7 @@ def test_permission_denied(tmp_path):
 
 
 # --- safetensors ----------------------------------------------------------------------------------
+
 
 def _write_safetensors(path, tensors: dict[str, tuple[str, tuple[int, ...]]]) -> None:
     sizes = {"F32": 4, "BF16": 2, "F16": 2, "I8": 1}
@@ -457,8 +560,9 @@ def _package_safetensors(path) -> list[dict]:
             n = 1
             for s in shape:
                 n *= s
-            out.append({"name": name, "dtype": dtype, "shape": shape,
-                        "nbytes": n * gf.SAFETENSORS_DTYPE_BITS[dtype] // 8})
+            out.append(
+                {"name": name, "dtype": dtype, "shape": shape, "nbytes": n * gf.SAFETENSORS_DTYPE_BITS[dtype] // 8}
+            )
     return out
 
 
@@ -466,8 +570,10 @@ def test_safetensors_header(tmp_path):
     p = tmp_path / "model.safetensors"
     _write_safetensors(p, {"model.embed_tokens.weight": ("BF16", (512, 256)), "model.norm.weight": ("F32", (256,))})
     entries = gf.read_safetensors_header(p)
-    assert {e["name"]: e["nbytes"] for e in entries} == {"model.embed_tokens.weight": 512 * 256 * 2,
-                                                         "model.norm.weight": 1024}
+    assert {e["name"]: e["nbytes"] for e in entries} == {
+        "model.embed_tokens.weight": 512 * 256 * 2,
+        "model.norm.weight": 1024,
+    }
     assert gf.checkpoint_weight_bytes(entries) == 512 * 256 * 2 + 1024
     assert gf.checkpoint_weight_bytes(entries, dtype_bytes=2) == 512 * 256 * 2 + 512
     assert sorted(_package_safetensors(p), key=lambda e: e["name"]) == sorted(entries, key=lambda e: e["name"])
@@ -477,8 +583,9 @@ def test_safetensors_header(tmp_path):
 def test_safetensors_sharded_index(tmp_path):
     _write_safetensors(tmp_path / "a.safetensors", {"x": ("F16", (4, 4))})
     _write_safetensors(tmp_path / "b.safetensors", {"y": ("F32", (8,))})
-    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"x": "a.safetensors",
-                                                                                      "y": "b.safetensors"}}))
+    (tmp_path / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"x": "a.safetensors", "y": "b.safetensors"}})
+    )
     entries = gf.read_safetensors_header(tmp_path)
     assert sum(e["nbytes"] for e in entries) == 32 + 32
 
@@ -490,8 +597,11 @@ def test_safetensors_header_too_large(tmp_path):
         gf.read_safetensors_header(p)
 
 
-GOOD = {"a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
-        "b": {"dtype": "F4", "shape": [4], "data_offsets": [12, 14]}, "__metadata__": {"format": "pt"}}
+GOOD = {
+    "a": {"dtype": "F16", "shape": [2, 3], "data_offsets": [0, 12]},
+    "b": {"dtype": "F4", "shape": [4], "data_offsets": [12, 14]},
+    "__metadata__": {"format": "pt"},
+}
 
 
 def _with(name: str, **fields) -> dict:
@@ -503,39 +613,44 @@ def _with(name: str, **fields) -> dict:
 def test_safetensors_valid_small(tmp_path):
     entries = gf.read_safetensors_header(_write(tmp_path, _raw_safetensors(GOOD, 14), "m.safetensors"))
     assert [(e["name"], e["dtype"], e["shape"], e["nbytes"]) for e in entries] == [
-        ("a", "F16", (2, 3), 12), ("b", "F4", (4,), 2)]
+        ("a", "F16", (2, 3), 12),
+        ("b", "F4", (4,), 2),
+    ]
 
 
-@pytest.mark.parametrize("data,match", [
-    # regression: a header length past the end of the file was read short and parsed
-    (struct.pack("<Q", 200) + json.dumps(GOOD).encode(), "runs past the end of the file"),
-    # already refused before (the message now names the file and the reason)
-    (b"\x01\x02", "only 2 bytes"),
-    (_raw_safetensors(b"{not json", 0), "not valid JSON"),
-    (_raw_safetensors(b"{\xff}", 0), "not UTF-8"),
-    # regression: a JSON array header gave AttributeError
-    (_raw_safetensors([1, 2], 0), "must be a JSON object"),
-    (_raw_safetensors(b" " + json.dumps(GOOD).encode(), 14), "must be a JSON object"),
-    # regression: deep nesting gave RecursionError
-    (_raw_safetensors(b"{\"a\":" + b"[" * 100_000 + b"]" * 100_000 + b"}", 0), "nested too deeply"),
-    # regression: these were all accepted
-    (_raw_safetensors(_with("a", dtype="F17"), 14), "unknown dtype: 'F17'"),
-    (_raw_safetensors(_with("a", dtype=None), 14), "unknown dtype: None"),
-    (_raw_safetensors(_with("a", shape=[-2, -3]), 14), r"non-negative integers: \[-2, -3\]"),
-    (_raw_safetensors(_with("a", shape=[2.0, 3]), 14), r"non-negative integers: \[2.0, 3\]"),
-    (_raw_safetensors(_with("a", shape=[True, 6]), 14), r"non-negative integers: \[True, 6\]"),
-    (_raw_safetensors(_with("a", shape="23"), 14), "non-negative integers: '23'"),
-    (_raw_safetensors(_with("a", data_offsets=[0, 12, 14]), 14), "two integers"),
-    (_raw_safetensors(_with("a", data_offsets=[0, 1200]), 14), r"0 <= start <= end <= 14"),
-    (_raw_safetensors(_with("a", data_offsets=[-4, 8]), 14), r"0 <= start <= end <= 14"),
-    (_raw_safetensors(_with("a", data_offsets=[12, 0]), 14), r"0 <= start <= end <= 14"),
-    (_raw_safetensors(_with("a", data_offsets=[0, 10]), 14), "hold 10 bytes but shape .* needs 12"),
-    (_raw_safetensors(_with("a", shape=[1 << 60, 1 << 60]), 14), "needs more than the 14-byte data buffer"),
-    (_raw_safetensors(_with("b", shape=[3]), 14), "not a whole number of bytes"),
-    (_raw_safetensors({**GOOD, "a": [1]}, 14), r"must be a JSON object: \[1\]"),
-    (_raw_safetensors({**GOOD, "__metadata__": {"x": 1}}, 14), "__metadata__ must be an object of string"),
-    (_raw_safetensors({"__metadata__": {}}, 0), "holds no tensors"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        # regression: a header length past the end of the file was read short and parsed
+        (struct.pack("<Q", 200) + json.dumps(GOOD).encode(), "runs past the end of the file"),
+        # already refused before (the message now names the file and the reason)
+        (b"\x01\x02", "only 2 bytes"),
+        (_raw_safetensors(b"{not json", 0), "not valid JSON"),
+        (_raw_safetensors(b"{\xff}", 0), "not UTF-8"),
+        # regression: a JSON array header gave AttributeError
+        (_raw_safetensors([1, 2], 0), "must be a JSON object"),
+        (_raw_safetensors(b" " + json.dumps(GOOD).encode(), 14), "must be a JSON object"),
+        # regression: deep nesting gave RecursionError
+        (_raw_safetensors(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}", 0), "nested too deeply"),
+        # regression: these were all accepted
+        (_raw_safetensors(_with("a", dtype="F17"), 14), "unknown dtype: 'F17'"),
+        (_raw_safetensors(_with("a", dtype=None), 14), "unknown dtype: None"),
+        (_raw_safetensors(_with("a", shape=[-2, -3]), 14), r"non-negative integers: \[-2, -3\]"),
+        (_raw_safetensors(_with("a", shape=[2.0, 3]), 14), r"non-negative integers: \[2.0, 3\]"),
+        (_raw_safetensors(_with("a", shape=[True, 6]), 14), r"non-negative integers: \[True, 6\]"),
+        (_raw_safetensors(_with("a", shape="23"), 14), "non-negative integers: '23'"),
+        (_raw_safetensors(_with("a", data_offsets=[0, 12, 14]), 14), "two integers"),
+        (_raw_safetensors(_with("a", data_offsets=[0, 1200]), 14), r"0 <= start <= end <= 14"),
+        (_raw_safetensors(_with("a", data_offsets=[-4, 8]), 14), r"0 <= start <= end <= 14"),
+        (_raw_safetensors(_with("a", data_offsets=[12, 0]), 14), r"0 <= start <= end <= 14"),
+        (_raw_safetensors(_with("a", data_offsets=[0, 10]), 14), "hold 10 bytes but shape .* needs 12"),
+        (_raw_safetensors(_with("a", shape=[1 << 60, 1 << 60]), 14), "needs more than the 14-byte data buffer"),
+        (_raw_safetensors(_with("b", shape=[3]), 14), "not a whole number of bytes"),
+        (_raw_safetensors({**GOOD, "a": [1]}, 14), r"must be a JSON object: \[1\]"),
+        (_raw_safetensors({**GOOD, "__metadata__": {"x": 1}}, 14), "__metadata__ must be an object of string"),
+        (_raw_safetensors({"__metadata__": {}}, 0), "holds no tensors"),
+    ],
+)
 def test_bad_safetensors_regression(tmp_path, data, match):
     _refused(gf.read_safetensors_header, _write(tmp_path, data, "m.safetensors"), match)
 
@@ -556,14 +671,20 @@ def test_bad_index_regression(tmp_path):
     _write_safetensors(sub / "b.safetensors", {"x": ("F16", (4, 4))})
     for shard in ("../outside.safetensors", str(tmp_path / "outside.safetensors"), "..", "", "a\\b"):
         _refused(gf.read_safetensors_header, _index(sub, {"x": shard}), "plain file name")
-    _refused(gf.read_safetensors_header, _index(sub, {"x": "model.safetensors.index.json"}),
-             "safetensors file .*index.json': header length")  # read as a shard, not recursed into
+    _refused(
+        gf.read_safetensors_header,
+        _index(sub, {"x": "model.safetensors.index.json"}),
+        "safetensors file .*index.json': header length",
+    )  # read as a shard, not recursed into
     _refused(gf.read_safetensors_header, _index(sub, {"x": "gone.safetensors"}), "shard 'gone.safetensors' is missing")
     _refused(gf.read_safetensors_header, _index(sub, {"x": 3}), "must be a file name: 3")
     _refused(gf.read_safetensors_header, _index(sub, []), "weight_map must be a non-empty JSON object")
     _refused(gf.read_safetensors_header, _index(sub, {}), "weight_map must be a non-empty JSON object")
-    _refused(gf.read_safetensors_header, _index(sub, {"x": "a.safetensors", "y": "b.safetensors"}),
-             "tensor 'x' is in both 'a.safetensors' and 'b.safetensors'")
+    _refused(
+        gf.read_safetensors_header,
+        _index(sub, {"x": "a.safetensors", "y": "b.safetensors"}),
+        "tensor 'x' is in both 'a.safetensors' and 'b.safetensors'",
+    )
     many = {f"t{i}": f"s{i}.safetensors" for i in range(gf.MAX_SAFETENSORS_SHARDS + 1)}
     _refused(gf.read_safetensors_header, _index(sub, many), "more than 10,000 shards")
     (sub / "model.safetensors.index.json").write_bytes(b"[" * 100_000)
@@ -572,8 +693,30 @@ def test_bad_index_regression(tmp_path):
 
 # --- property tests: mutated, truncated and extended files -------------------------------------
 
-INTERESTING = [0, 1, 2, 3, 4, 5, 8, 9, 12, 13, 31, 32, 64, 99, 255, 0xFFFF, 0xFFFFFFFF, 1 << 31, 1 << 32,
-               1 << 62, 1 << 63, (1 << 64) - 1]
+INTERESTING = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    8,
+    9,
+    12,
+    13,
+    31,
+    32,
+    64,
+    99,
+    255,
+    0xFFFF,
+    0xFFFFFFFF,
+    1 << 31,
+    1 << 32,
+    1 << 62,
+    1 << 63,
+    (1 << 64) - 1,
+]
 
 
 @st.composite
@@ -586,11 +729,11 @@ def _mutated(draw, base: bytes) -> bytes:
             del data[i:]
         elif op == "overwrite":
             chunk = draw(st.binary(min_size=1, max_size=8))
-            data[i:i + len(chunk)] = chunk
+            data[i : i + len(chunk)] = chunk
         elif op == "field":  # an interesting u32 or u64 written over any position
             w = draw(st.sampled_from([4, 8]))
             v = draw(st.sampled_from(INTERESTING)) % (1 << (8 * w))
-            data[i:i + w] = v.to_bytes(w, "little")
+            data[i : i + w] = v.to_bytes(w, "little")
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=16))
         else:
@@ -630,10 +773,17 @@ def test_gguf_fuzz(tmp_path, data):
 
 @st.composite
 def _json_value(draw):
-    return draw(st.recursive(st.none() | st.booleans() | st.integers(-(1 << 70), 1 << 70)
-                             | st.floats(allow_nan=True) | st.text(max_size=6),
-                             lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
-                             max_leaves=8))
+    return draw(
+        st.recursive(
+            st.none()
+            | st.booleans()
+            | st.integers(-(1 << 70), 1 << 70)
+            | st.floats(allow_nan=True)
+            | st.text(max_size=6),
+            lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c, max_size=4),
+            max_leaves=8,
+        )
+    )
 
 
 @st.composite
@@ -662,10 +812,18 @@ def test_safetensors_fuzz(tmp_path, data):
 
 # --- the command line -------------------------------------------------------------------------
 
+
 def _cli(*argv: str) -> subprocess.CompletedProcess:
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "estimator", "estimate", *argv], check=False, capture_output=True,
-                       text=True, timeout=60, cwd=ROOT, preexec_fn=_limit_memory)
+    r = subprocess.run(
+        [sys.executable, "-m", "estimator", "estimate", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        preexec_fn=_limit_memory,
+    )
     assert time.perf_counter() - t0 < 10
     return r
 
@@ -702,10 +860,13 @@ def test_cli_valid_small_gguf(tmp_path):
 
 # --- the rest -------------------------------------------------------------------------------------
 
+
 def test_engines_import_is_standard_library_only():
     """Importing estimator.engines pulls in none of gguf, safetensors, torch, numpy."""
-    code = ("import sys, estimator, estimator.engines, estimator.engines.gguf_file, estimator.engines.cli;"
-            "print(','.join(m for m in ('gguf','safetensors','torch','numpy') if m in sys.modules))")
+    code = (
+        "import sys, estimator, estimator.engines, estimator.engines.gguf_file, estimator.engines.cli;"
+        "print(','.join(m for m in ('gguf','safetensors','torch','numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
 

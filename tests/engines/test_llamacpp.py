@@ -18,9 +18,22 @@ S1 = load_preset("llama-3.2-1b")
 S8 = load_preset("llama-3.1-8b")
 
 
-@pytest.mark.parametrize("t,blck,size", [("Q4_0", 32, 18), ("Q8_0", 32, 34), ("Q2_K", 256, 84), ("Q3_K", 256, 110),
-                                         ("Q4_K", 256, 144), ("Q5_K", 256, 176), ("Q6_K", 256, 210),
-                                         ("IQ4_XS", 256, 136), ("Q5_0", 32, 22), ("F16", 1, 2), ("BF16", 1, 2)])
+@pytest.mark.parametrize(
+    "t,blck,size",
+    [
+        ("Q4_0", 32, 18),
+        ("Q8_0", 32, 34),
+        ("Q2_K", 256, 84),
+        ("Q3_K", 256, 110),
+        ("Q4_K", 256, 144),
+        ("Q5_K", 256, 176),
+        ("Q6_K", 256, 210),
+        ("IQ4_XS", 256, 136),
+        ("Q5_0", 32, 22),
+        ("F16", 1, 2),
+        ("BF16", 1, 2),
+    ],
+)
 def test_block_formats(t, blck, size):
     """ggml-common.h block sizes: bits per weight = 8 x bytes / elements."""
     assert lc.GGML_TYPES[t] == (blck, size)
@@ -28,10 +41,20 @@ def test_block_formats(t, blck, size):
 
 
 # Llama 3.2 3B tensor bytes per ftype, computed from the rules (memory-model.md section 8.2 table).
-@pytest.mark.parametrize("ftype,nbytes", [("q2_k", 1_356_097_792), ("q3_k_m", 1_679_321_344), ("q4_0", 1_909_352_704),
-                                          ("q4_k_s", 1_920_362_752), ("q4_k_m", 2_011_539_712),
-                                          ("q5_k_m", 2_314_316_032), ("q6_k", 2_636_015_872),
-                                          ("q8_0", 3_414_061_312), ("f16", 6_425_850_112)])
+@pytest.mark.parametrize(
+    "ftype,nbytes",
+    [
+        ("q2_k", 1_356_097_792),
+        ("q3_k_m", 1_679_321_344),
+        ("q4_0", 1_909_352_704),
+        ("q4_k_s", 1_920_362_752),
+        ("q4_k_m", 2_011_539_712),
+        ("q5_k_m", 2_314_316_032),
+        ("q6_k", 2_636_015_872),
+        ("q8_0", 3_414_061_312),
+        ("f16", 6_425_850_112),
+    ],
+)
 def test_3b_mixture_bytes(ftype, nbytes):
     assert lc.gguf_file_tensor_bytes(lc.gguf_tensors(S3, ftype)) == nbytes
 
@@ -64,8 +87,8 @@ def test_q2_k_attn_v_depends_on_gqa():
 
 def test_iq4_xs_rules():
     t1 = {t.name: t.ggml_type for t in lc.gguf_tensors(S1, "iq4_xs")}
-    assert t1["blk.3.attn_v.weight"] == "Q5_K"          # n_gqa 4
-    assert t1["blk.0.ffn_down.weight"] == "Q5_K"        # i < n/8 without imatrix
+    assert t1["blk.3.attn_v.weight"] == "Q5_K"  # n_gqa 4
+    assert t1["blk.0.ffn_down.weight"] == "Q5_K"  # i < n/8 without imatrix
     assert t1["blk.9.ffn_down.weight"] == "IQ4_XS"
 
 

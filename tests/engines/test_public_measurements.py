@@ -32,6 +32,8 @@ GiB = 1 << 30
 MiB = 1 << 20
 SHARED = Path(__file__).resolve().parents[2].parent / "shared/reference/public-measurements.csv"
 ROWS = public.rows()
+
+
 def test_csv_copy_matches_shared():
     """The copy the estimator ships stays identical to the shared reference when both exist."""
     if not SHARED.is_file():
@@ -65,6 +67,7 @@ def test_row_reproduced(row_id: str, request):
 
 
 # --- exact identities the rows also print ---------------------------------------------------
+
 
 def test_gt006_blocks_follow_from_printed_pool():
     """3637 blocks x 1.75 MiB and 28.41x at 2048 tokens, from the printed 6.22 GiB (rounding window)."""

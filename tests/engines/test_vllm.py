@@ -29,8 +29,9 @@ def test_budget_identity():
     for v in ("v0", "v1", "v0-0.6"):
         e = vl.estimate_vllm(S3, H100, max_model_len=8192, version=v)
         graphs = e.cuda_graph_bytes if v == "v1" else 0
-        assert e.requested_memory_bytes == (e.weights_bytes + e.activation_peak_bytes + e.non_torch_bytes
-                                            + graphs + e.kv_pool_bytes)
+        assert e.requested_memory_bytes == (
+            e.weights_bytes + e.activation_peak_bytes + e.non_torch_bytes + graphs + e.kv_pool_bytes
+        )
         assert e.num_gpu_blocks == e.kv_pool_bytes // e.block_bytes
 
 
@@ -182,12 +183,21 @@ def test_sort_path_temporaries():
 # (llm-d/llm-d-benchmark config_explorer/empirical-vllm-memory-results.md). In 0.11 the CUDA graphs
 # were captured after the KV allocation (cudagraph_in_budget=False).
 def test_llmd_h100_llama31_8b():
-    e = vl.estimate_vllm(S8, round(79.18 * GiB), gpu_memory_utilization=0.9, max_model_len=16000, block_size=128,
-                         version="v1", gpu_name="NVIDIA H100 80GB HBM3", gpu_arch="sm90", cudagraph_in_budget=False)
+    e = vl.estimate_vllm(
+        S8,
+        round(79.18 * GiB),
+        gpu_memory_utilization=0.9,
+        max_model_len=16000,
+        block_size=128,
+        version="v1",
+        gpu_name="NVIDIA H100 80GB HBM3",
+        gpu_arch="sm90",
+        cudagraph_in_budget=False,
+    )
     assert e.max_num_seqs == 1024 and e.max_num_batched_tokens == 8192
-    assert abs(e.weights_bytes / GiB - 14.99) <= 0.015            # weights, 0.1%
+    assert abs(e.weights_bytes / GiB - 14.99) <= 0.015  # weights, 0.1%
     assert abs(e.activation_peak_bytes / GiB - 4.76) / 4.76 <= 0.05  # "torch peak memory increase"
-    assert abs(e.kv_pool_bytes / GiB - 51.38) / 51.38 <= 0.01        # "Available KV cache memory"
+    assert abs(e.kv_pool_bytes / GiB - 51.38) / 51.38 <= 0.01  # "Available KV cache memory"
 
 
 # ---------------------------------------------------------------------------- --quantization
@@ -212,6 +222,7 @@ def test_bitsandbytes_weights_equal_transformers_nf4_layout():
     """The same bitsandbytes NF4 layout transformers loads with load_in_4bit (no double quant):
     only vLLM's rotary cos_sin_cache differs."""
     from estimator.quant import weight_bytes
+
     w = weight_bytes(S3, "nf4")
     got = sum(vl.weights_bytes_per_gpu(S3, 2, quantization="bitsandbytes").values())
     assert got == w.parameters_bytes + w.quant_state_bytes + 32 * MiB
@@ -243,8 +254,7 @@ def test_quantization_capability_refusals():
     """vLLM's own message (VllmConfig._get_quantization_config): fp8 needs sm80, bitsandbytes sm70."""
     t4 = vl.estimate_vllm(S3, 15_826_954_486, max_model_len=8192, quantization="fp8", gpu_arch="sm75")
     assert not t4.starts and "Minimum capability: 80. Current capability: 75." in t4.refusal
-    assert vl.estimate_vllm(S3, 15_826_954_486, max_model_len=8192, quantization="bitsandbytes",
-                            gpu_arch="sm75").starts
+    assert vl.estimate_vllm(S3, 15_826_954_486, max_model_len=8192, quantization="bitsandbytes", gpu_arch="sm75").starts
     p100 = vl.estimate_vllm(S3, 17 * GiB, max_model_len=8192, quantization="bitsandbytes", gpu_arch="sm60")
     assert not p100.starts and "Minimum capability: 70" in p100.refusal
     with pytest.raises(UnknownNameError):

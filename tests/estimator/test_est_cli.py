@@ -8,8 +8,16 @@ import pytest
 
 from estimator.cli import main
 
-BYTE_FIELDS = ("weights_bytes", "kv_cache_bytes", "activations_bytes", "overhead_bytes", "peak_allocated_bytes",
-               "peak_reserved_bytes", "device_used_bytes", "total_bytes")
+BYTE_FIELDS = (
+    "weights_bytes",
+    "kv_cache_bytes",
+    "activations_bytes",
+    "overhead_bytes",
+    "peak_allocated_bytes",
+    "peak_reserved_bytes",
+    "device_used_bytes",
+    "total_bytes",
+)
 
 
 def run(capsys, *argv):
@@ -19,8 +27,9 @@ def run(capsys, *argv):
 
 
 def test_estimate_json_contract(capsys):
-    code, out, err = run(capsys, "estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8192",
-                         "--batch", "1", "--json")
+    code, out, err = run(
+        capsys, "estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8192", "--batch", "1", "--json"
+    )
     assert code == 0 and err == ""
     d = json.loads(out)
     for f in BYTE_FIELDS:
@@ -38,8 +47,16 @@ def test_context_forms_and_gpu(capsys, ctx):
     assert d["headroom_bytes"] == d["gpu_memory_bytes"] - d["total_bytes"]
 
 
-@pytest.mark.parametrize("size,expected", [("24GiB", 24 * 2**30), ("24 GB", 24 * 10**9), ("512MiB", 512 * 2**20),
-                                           ("25769803776", 25769803776), ("1.5GiB", 3 * 2**29)])
+@pytest.mark.parametrize(
+    "size,expected",
+    [
+        ("24GiB", 24 * 2**30),
+        ("24 GB", 24 * 10**9),
+        ("512MiB", 512 * 2**20),
+        ("25769803776", 25769803776),
+        ("1.5GiB", 3 * 2**29),
+    ],
+)
 def test_gpu_memory_sizes(capsys, size, expected):
     code, out, _ = run(capsys, "estimate", "--gpu-memory", size, "--json")
     assert code == 0 and json.loads(out)["gpu_memory_bytes"] == expected
@@ -47,6 +64,7 @@ def test_gpu_memory_sizes(capsys, size, expected):
 
 def test_config_path(capsys, tmp_path):
     from estimator.model import preset_config
+
     p = tmp_path / "config.json"
     p.write_text(json.dumps(preset_config("llama-3.2-1b")))
     code, out, _ = run(capsys, "estimate", "--model", str(p), "--json")
@@ -65,8 +83,17 @@ def test_gpus_and_quants_json(capsys):
     gpus = json.loads(out)
     assert len(gpus) >= 25 and {"key", "name", "memory_bytes", "source"} <= set(gpus[0])
     keys = {g["key"] for g in gpus}
-    assert {"t4-16gb", "l4-24gb", "a10g-24gb", "a100-40gb", "a100-80gb", "h100-sxm-80gb", "h200-141gb",
-            "mi300x-192gb", "rtx-4060-8gb"} <= keys
+    assert {
+        "t4-16gb",
+        "l4-24gb",
+        "a10g-24gb",
+        "a100-40gb",
+        "a100-80gb",
+        "h100-sxm-80gb",
+        "h200-141gb",
+        "mi300x-192gb",
+        "rtx-4060-8gb",
+    } <= keys
     code, out, _ = run(capsys, "quants", "--json")
     q = {r["name"]: r for r in json.loads(out)}
     assert q["bf16"]["bits_per_weight"] == 16.0 and 4 < q["nf4"]["bits_per_weight"] < 6
@@ -86,21 +113,24 @@ def test_sweep_csv(capsys):
     assert code == 0 and len(lines) == 5 and "device_used_bytes" in lines[0]
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["estimate", "--quant", "nf5"], "quant"),
-    (["estimate", "--context", "abc"], "--context"),
-    (["estimate", "--context", "0"], "--context"),
-    (["estimate", "--batch", "x"], "--batch"),
-    (["estimate", "--batch", "0"], "--batch"),
-    (["estimate", "--gpu", "rtx-9999"], "gpu"),
-    (["estimate", "--gpu-memory", "12XB"], "--gpu-memory"),
-    (["estimate", "--gpu-memory", "-5GB"], "--gpu-memory"),
-    (["estimate", "--kv-dtype", "int3"], "kv_dtype"),
-    (["estimate", "--attn", "flash"], "attn"),
-    (["estimate", "--model", "/no/such/config.json"], "model"),
-    (["fit", "--quant", "bf16"], "--gpu"),
-    (["estimate", "--bogus"], "--bogus"),
-])
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["estimate", "--quant", "nf5"], "quant"),
+        (["estimate", "--context", "abc"], "--context"),
+        (["estimate", "--context", "0"], "--context"),
+        (["estimate", "--batch", "x"], "--batch"),
+        (["estimate", "--batch", "0"], "--batch"),
+        (["estimate", "--gpu", "rtx-9999"], "gpu"),
+        (["estimate", "--gpu-memory", "12XB"], "--gpu-memory"),
+        (["estimate", "--gpu-memory", "-5GB"], "--gpu-memory"),
+        (["estimate", "--kv-dtype", "int3"], "kv_dtype"),
+        (["estimate", "--attn", "flash"], "attn"),
+        (["estimate", "--model", "/no/such/config.json"], "model"),
+        (["fit", "--quant", "bf16"], "--gpu"),
+        (["estimate", "--bogus"], "--bogus"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(capsys, argv, field):
     code, out, err = run(capsys, *argv)
     assert code == 2 and out == ""
@@ -115,8 +145,12 @@ def test_bad_config_file_one_line(capsys, tmp_path):
 
 
 def test_python_dash_m_entry_point():
-    r = subprocess.run([sys.executable, "-m", "estimator", "estimate", "--quant", "int8", "--json"],
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "estimator", "estimate", "--quant", "int8", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert json.loads(r.stdout)["settings"]["quant"] == "int8"
     r = subprocess.run([sys.executable, "-m", "estimator", "estimate", "--quant", "q9"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1

@@ -6,8 +6,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from estimator import (InvalidSpecError, UnknownNameError, best_quant, estimate, from_hf_config, get_gpu, load_model,
-                       make_settings, max_batch, max_context, smallest_gpu, sweep)
+from estimator import (
+    InvalidSpecError,
+    UnknownNameError,
+    best_quant,
+    estimate,
+    from_hf_config,
+    get_gpu,
+    load_model,
+    make_settings,
+    max_batch,
+    max_context,
+    smallest_gpu,
+    sweep,
+)
 from estimator.estimate import estimate_settings
 from estimator.model import preset_config
 from estimator.overhead import CUBLAS_WORKSPACE_LARGE_BYTES
@@ -95,8 +107,10 @@ def test_padding_mask_and_chunked_prefill():
 
 def test_bnb_4bit_fp32_compute_costs_more():
     T = 8192
-    assert estimate(quant="nf4", context=T, bnb_compute_dtype="fp32").activations_bytes > \
-        estimate(quant="nf4", context=T).activations_bytes
+    assert (
+        estimate(quant="nf4", context=T, bnb_compute_dtype="fp32").activations_bytes
+        > estimate(quant="nf4", context=T).activations_bytes
+    )
 
 
 def test_static_cache_holds_max_length_from_the_start():
@@ -114,14 +128,25 @@ def test_gpu_memory_bytes_custom():
     assert estimate(context=8192, gpu_memory_bytes=total - 1).fits is False
 
 
-@pytest.mark.parametrize("kw,field", [
-    ({"context": 0}, "context"), ({"batch": 0}, "batch"), ({"context": "8k"}, "context"),
-    ({"attn": "flash"}, "attn"), ({"kv_dtype": "int3"}, "kv_dtype"), ({"quant": "q4"}, "quant"),
-    ({"new_tokens": -1}, "new_tokens"), ({"logits": "all"}, "logits"), ({"gpu": "tpu-v5"}, "gpu"),
-    ({"batch": True}, "batch"), ({"cache": "paged"}, "cache"),
-    ({"context": 131073}, "window"), ({"context": 32, "new_tokens": 32}, "new_tokens"),
-    ({"quant": "NF4"}, "quant"),
-])
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        ({"context": 0}, "context"),
+        ({"batch": 0}, "batch"),
+        ({"context": "8k"}, "context"),
+        ({"attn": "flash"}, "attn"),
+        ({"kv_dtype": "int3"}, "kv_dtype"),
+        ({"quant": "q4"}, "quant"),
+        ({"new_tokens": -1}, "new_tokens"),
+        ({"logits": "all"}, "logits"),
+        ({"gpu": "tpu-v5"}, "gpu"),
+        ({"batch": True}, "batch"),
+        ({"cache": "paged"}, "cache"),
+        ({"context": 131073}, "window"),
+        ({"context": 32, "new_tokens": 32}, "new_tokens"),
+        ({"quant": "NF4"}, "quant"),
+    ],
+)
 def test_bad_settings_name_the_field(kw, field):
     with pytest.raises((InvalidSpecError, UnknownNameError), match=field):
         estimate(**{"context": 8192, **kw})
@@ -130,18 +155,39 @@ def test_bad_settings_name_the_field(kw, field):
 # ---- properties ------------------------------------------------------------------------------
 
 specs = st.builds(
-    lambda layers, kv, group, d, inter_mult, vocab, tied: from_hf_config({
-        "model_type": "llama", "hidden_size": kv * group * d, "num_hidden_layers": layers,
-        "num_attention_heads": kv * group, "num_key_value_heads": kv, "head_dim": d,
-        "intermediate_size": kv * group * d * inter_mult // 2, "vocab_size": vocab, "tie_word_embeddings": tied,
-        "max_position_embeddings": 131072}),
-    st.integers(1, 8), st.integers(1, 4), st.integers(1, 4), st.sampled_from([32, 64, 128]),
-    st.integers(2, 8), st.integers(256, 50_000), st.booleans())
+    lambda layers, kv, group, d, inter_mult, vocab, tied: from_hf_config(
+        {
+            "model_type": "llama",
+            "hidden_size": kv * group * d,
+            "num_hidden_layers": layers,
+            "num_attention_heads": kv * group,
+            "num_key_value_heads": kv,
+            "head_dim": d,
+            "intermediate_size": kv * group * d * inter_mult // 2,
+            "vocab_size": vocab,
+            "tie_word_embeddings": tied,
+            "max_position_embeddings": 131072,
+        }
+    ),
+    st.integers(1, 8),
+    st.integers(1, 4),
+    st.integers(1, 4),
+    st.sampled_from([32, 64, 128]),
+    st.integers(2, 8),
+    st.integers(256, 50_000),
+    st.booleans(),
+)
 quants = st.sampled_from(TRANSFORMERS_QUANTS)
 
 
-@given(spec=specs, quant=quants, T=st.integers(33, 40_000), extra=st.integers(1, 5_000),
-       b=st.integers(1, 4), attn=st.sampled_from(["sdpa", "eager"]))
+@given(
+    spec=specs,
+    quant=quants,
+    T=st.integers(33, 40_000),
+    extra=st.integers(1, 5_000),
+    b=st.integers(1, 4),
+    attn=st.sampled_from(["sdpa", "eager"]),
+)
 def test_memory_never_decreases_with_context_or_batch(spec, quant, T, extra, b, attn):
     """Adding context or batch never lowers allocated memory or the KV cache.
 
@@ -150,6 +196,7 @@ def test_memory_never_decreases_with_context_or_batch(spec, quant, T, extra, b, 
     real caching allocator does; never by more (estimator.solve.POOL_ROUNDING_BYTES).
     """
     from estimator.solve import POOL_ROUNDING_BYTES
+
     s = make_settings(spec, quant=quant, context=T, batch=b, attn=attn)
     a = estimate_settings(s)
     for more in (estimate_settings(replace(s, context=T + extra)), estimate_settings(replace(s, batch=b + 1))):
@@ -174,7 +221,7 @@ def test_parts_add_up_and_are_non_negative_ints(spec, quant, T, b, n):
 
 
 def test_solvers():
-    assert max_context(quant="bf16", gpu="gtx-1650-4gb") == 0          # 6 GiB of weights on 4 GiB
+    assert max_context(quant="bf16", gpu="gtx-1650-4gb") == 0  # 6 GiB of weights on 4 GiB
     q = best_quant(context=32768, gpu="rtx-4090-24gb")
     assert q in ("fp32", "bf16") and estimate(quant=q, context=32768, gpu="rtx-4090-24gb").fits
     g = smallest_gpu(quant="bf16", context=131072)
@@ -196,8 +243,11 @@ def test_sweep_rows_equal_estimate():
 def test_import_is_pure():
     import subprocess
     import sys
-    code = ("import sys, estimator; bad = [m for m in ('torch', 'numpy', 'streamlit', 'transformers', 'plotly')"
-            " if m in sys.modules]; print(bad); assert not bad")
+
+    code = (
+        "import sys, estimator; bad = [m for m in ('torch', 'numpy', 'streamlit', 'transformers', 'plotly')"
+        " if m in sys.modules]; print(bad); assert not bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -218,6 +268,7 @@ def test_pre_sm80_gpus_fall_back_to_math_sdpa():
 def test_match_gpu_from_a_measurement_environment():
     """A measurement's recorded total memory and compute capability select its catalog GPU."""
     from estimator.gpus import match_gpu
+
     h100 = get_gpu("h100-sxm-80gb")
     assert match_gpu(h100.memory_bytes - 50 * 2**20, "sm90").key == "h100-sxm-80gb"
     odd = match_gpu(5 * 2**30, "sm90")

@@ -15,8 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from estimator import (InvalidSpecError, UnknownNameError, best_quant, estimate, load_model, make_settings,
-                       max_batch, max_context, smallest_gpu, sweep)
+from estimator import (
+    InvalidSpecError,
+    UnknownNameError,
+    best_quant,
+    estimate,
+    load_model,
+    make_settings,
+    max_batch,
+    max_context,
+    smallest_gpu,
+    sweep,
+)
 from estimator.cli import main
 from estimator.engines import llamacpp as lc
 from estimator.engines import vllm as vl
@@ -34,6 +44,7 @@ ARCH_GPUS = sorted({g.arch: g for g in gpu_catalog()}.values(), key=lambda g: g.
 
 # ---- every field of a Settings is used -------------------------------------------------------
 
+
 def test_fit_honours_batch_regression():
     """Before: `fit --gpu rtx-4090-24gb --batch 8` answered 97,280 tokens, the same as batch 1,
     and the estimate printed under it did not fit (max_context replaced the batch with 1)."""
@@ -46,6 +57,7 @@ def test_fit_honours_batch_regression():
 
 def test_cli_fit_honours_batch(capsys):
     import json
+
     assert main(["fit", "--gpu", "rtx-4090-24gb", "--batch", "8", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["max_context"] == max_context("llama-3.2-3b", "bf16", gpu="rtx-4090-24gb", batch=8)
@@ -55,11 +67,20 @@ def test_cli_fit_honours_batch(capsys):
 def test_solvers_keep_every_field_of_a_settings():
     """Before: max_context(s), max_batch(s) and best_quant(s) replaced the batch, quant or context
     of a Settings with their own defaults."""
-    s = make_settings("llama-3.2-3b", quant="nf4", context=16384, batch=3, attn="sdpa", kv_dtype="fp8",
-                      new_tokens=8, gpu="rtx-4090-24gb")
+    s = make_settings(
+        "llama-3.2-3b",
+        quant="nf4",
+        context=16384,
+        batch=3,
+        attn="sdpa",
+        kv_dtype="fp8",
+        new_tokens=8,
+        gpu="rtx-4090-24gb",
+    )
     c = max_context(s)
-    assert c == max_context("llama-3.2-3b", "nf4", gpu="rtx-4090-24gb", batch=3, attn="sdpa", kv_dtype="fp8",
-                            new_tokens=8)
+    assert c == max_context(
+        "llama-3.2-3b", "nf4", gpu="rtx-4090-24gb", batch=3, attn="sdpa", kv_dtype="fp8", new_tokens=8
+    )
     assert c != max_context("llama-3.2-3b", gpu="rtx-4090-24gb")
     b = max_batch(s)
     assert estimate(replace(s, batch=b)).fits and not estimate(replace(s, batch=b + 1)).fits
@@ -105,6 +126,7 @@ def test_sweep_validates_every_context():
 
 # ---- the first chunk on pre-sm80 GPUs --------------------------------------------------------
 
+
 def test_first_chunk_math_kernel_peak_is_kept_regression():
     """Before: with --prefill-chunk 2048 on a T4 the peak dropped from 7.06 GiB at a 4,096-token
     prompt to 6.58 GiB at 4,097: only the last two chunks were replayed, and only the first chunk
@@ -119,20 +141,38 @@ def test_first_chunk_math_kernel_peak_is_kept_regression():
 
 # ---- safe answers: brute force over random settings ------------------------------------------
 
+
 def _random_settings(rng: random.Random) -> Settings:
     heads = rng.choice([1, 2, 4, 8])
     kv_heads = rng.choice([h for h in (1, 2, 4, 8) if heads % h == 0])
-    spec = ModelSpec(name="r", hidden_size=rng.choice([64, 256, 1024]), num_hidden_layers=rng.randint(1, 4),
-                     num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=rng.choice([32, 64, 128]),
-                     intermediate_size=rng.choice([128, 512, 2048]), vocab_size=rng.choice([256, 4096, 32000]),
-                     tie_word_embeddings=rng.random() < 0.5, max_position_embeddings=rng.choice([512, 1024, 2048]))
+    spec = ModelSpec(
+        name="r",
+        hidden_size=rng.choice([64, 256, 1024]),
+        num_hidden_layers=rng.randint(1, 4),
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=rng.choice([32, 64, 128]),
+        intermediate_size=rng.choice([128, 512, 2048]),
+        vocab_size=rng.choice([256, 4096, 32000]),
+        tie_word_embeddings=rng.random() < 0.5,
+        max_position_embeddings=rng.choice([512, 1024, 2048]),
+    )
     n = rng.choice([0, 1, 4, 32])
-    return Settings(model=spec, context=n + 1, new_tokens=n, gpu=rng.choice(ARCH_GPUS),
-                    quant=rng.choice(TRANSFORMERS_QUANTS), kv_dtype=rng.choice(KV_DTYPES),
-                    attn=rng.choice(["sdpa", "eager"]), cache=rng.choice(["dynamic", "static"]),
-                    padding=rng.random() < 0.2, logits=rng.choice(["last", "full", "full-fp32"]),
-                    prefill_chunk=rng.choice([None, None, 64, 256]), bnb_compute_dtype=rng.choice(["bf16", "fp32"]),
-                    batch=rng.choice([1, 2, 3]))
+    return Settings(
+        model=spec,
+        context=n + 1,
+        new_tokens=n,
+        gpu=rng.choice(ARCH_GPUS),
+        quant=rng.choice(TRANSFORMERS_QUANTS),
+        kv_dtype=rng.choice(KV_DTYPES),
+        attn=rng.choice(["sdpa", "eager"]),
+        cache=rng.choice(["dynamic", "static"]),
+        padding=rng.random() < 0.2,
+        logits=rng.choice(["last", "full", "full-fp32"]),
+        prefill_chunk=rng.choice([None, None, 64, 256]),
+        bnb_compute_dtype=rng.choice(["bf16", "fp32"]),
+        batch=rng.choice([1, 2, 3]),
+    )
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -156,8 +196,16 @@ def test_max_context_safe_where_memory_dips_regression():
     """A setting where device_used drops as the context grows (a tensor leaves the shared 20 MiB
     segments): with the limit between the dip's two sides, binary search answered above a context
     that does not fit. The answer now stops before the first failure."""
-    s = make_settings("llama-3.2-1b", quant="nf4-dq", kv_dtype="int4", attn="eager", new_tokens=0, cache="static",
-                      context=1, gpu="rtx-4090-24gb")
+    s = make_settings(
+        "llama-3.2-1b",
+        quant="nf4-dq",
+        kv_dtype="int4",
+        attn="eager",
+        new_tokens=0,
+        cache="static",
+        context=1,
+        gpu="rtx-4090-24gb",
+    )
     used = [device_used(s, c) for c in range(1, 3000)]
     dips = [i for i in range(1, len(used)) if used[i] < used[i - 1]]
     assert dips, "the fixture needs a dip"
@@ -185,8 +233,14 @@ VLLM_SPECS = [load_model(p) for p in ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1
 
 
 @settings(max_examples=40, deadline=None)
-@given(spec=st.sampled_from(VLLM_SPECS), gib=st.floats(4, 90), version=st.sampled_from(["v0", "v1", "v0-0.6"]),
-       util=st.sampled_from([0.5, 0.9, 0.95]), eager=st.booleans(), kv=st.sampled_from(["auto", "fp8"]))
+@given(
+    spec=st.sampled_from(VLLM_SPECS),
+    gib=st.floats(4, 90),
+    version=st.sampled_from(["v0", "v1", "v0-0.6"]),
+    util=st.sampled_from([0.5, 0.9, 0.95]),
+    eager=st.booleans(),
+    kv=st.sampled_from(["auto", "fp8"]),
+)
 def test_vllm_max_model_len_is_safe(spec, gib, version, util, eager, kv):
     """Every 16-token max_model_len up to the answer starts, and the next block does not (V0's
     default token budget grows with max_model_len up to 32K, then drops: not monotone)."""
@@ -208,9 +262,15 @@ def test_vllm_max_model_len_is_safe(spec, gib, version, util, eager, kv):
 
 
 @settings(max_examples=15, deadline=None)
-@given(spec=st.sampled_from(VLLM_SPECS), gib=st.floats(2, 40), quant=st.sampled_from(["q4_k_m", "q8_0", "f16"]),
-       fa=st.booleans(), parallel=st.sampled_from([1, 4]), ngl=st.sampled_from([-1, 10]),
-       seed=st.integers(0, 1000))
+@given(
+    spec=st.sampled_from(VLLM_SPECS),
+    gib=st.floats(2, 40),
+    quant=st.sampled_from(["q4_k_m", "q8_0", "f16"]),
+    fa=st.booleans(),
+    parallel=st.sampled_from([1, 4]),
+    ngl=st.sampled_from([-1, 10]),
+    seed=st.integers(0, 1000),
+)
 def test_llamacpp_max_context_is_safe(spec, gib, quant, fa, parallel, ngl, seed):
     """The answer fits, the next 256 cells do not, and smaller multiples of 256 fit (sampled)."""
     mem = int(gib * 2**30)
@@ -233,6 +293,7 @@ def test_llamacpp_max_context_is_safe(spec, gib, quant, fa, parallel, ngl, seed)
 
 def test_engine_fit_clis_stop_at_the_window(capsys):
     import json
+
     assert main(["fit", "--engine", "llama.cpp", "--gpu", "h200-141gb", "--quant", "q4_k_m", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["max_context"] == 131072 and d["whole_window_fits"] is True

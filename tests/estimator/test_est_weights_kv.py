@@ -6,9 +6,9 @@ from estimator import kv_bytes_per_token, kv_cache_bytes, load_model, weight_byt
 from estimator.quant import QUANTS
 
 SPEC = load_model("llama-3.2-3b")
-LINEAR = 2_818_572_288           # 196 linear weights: 28 x 100,663,296
+LINEAR = 2_818_572_288  # 196 linear weights: 28 x 100,663,296
 EMBED_NORMS = 394_002_432 + 175_104
-ROPE = 2 * 64 * 4                # inv_freq + original_inv_freq, fp32 [64] each
+ROPE = 2 * 64 * 4  # inv_freq + original_inv_freq, fp32 [64] each
 # Per layer: (out, in) of q, k, v, o, gate, up, down.
 SHAPES = [(3072, 3072), (1024, 3072), (1024, 3072), (3072, 3072), (8192, 3072), (8192, 3072), (3072, 8192)]
 
@@ -60,8 +60,12 @@ def test_gptq_and_awq_layouts_for_one_linear():
     AWQ: qweight int32 [in, out/8], qzeros and scales as GPTQ, no g_idx."""
     gptq = {t.name.split(".")[-1]: t.nbytes for t in weight_tensors(SPEC, "gptq-int4") if ".0.mlp.down_proj" in t.name}
     o, i = 3072, 8192
-    assert gptq == {"qweight": 4 * (i // 8) * o, "qzeros": 4 * (i // 128) * (o // 8),
-                    "scales": 2 * (i // 128) * o, "g_idx": 4 * i}
+    assert gptq == {
+        "qweight": 4 * (i // 8) * o,
+        "qzeros": 4 * (i // 128) * (o // 8),
+        "scales": 2 * (i // 128) * o,
+        "g_idx": 4 * i,
+    }
     awq = {t.name.split(".")[-1]: t.nbytes for t in weight_tensors(SPEC, "awq-int4") if ".0.mlp.down_proj" in t.name}
     assert awq == {"qweight": 4 * i * (o // 8), "qzeros": 4 * (i // 128) * (o // 8), "scales": 2 * (i // 128) * o}
 

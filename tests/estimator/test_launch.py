@@ -18,8 +18,17 @@ from estimator import make_settings
 from estimator.cli import main
 from estimator.engines import llamacpp_estimate_report, vllm_estimate_report, vllm_fit_report
 from estimator.gpus import get_gpu
-from estimator.launch import (Launch, format_launch, launch_for, llamacpp_launch, model_id, ollama_launch,
-                              shell_command, transformers_launch, vllm_launch)
+from estimator.launch import (
+    Launch,
+    format_launch,
+    launch_for,
+    llamacpp_launch,
+    model_id,
+    ollama_launch,
+    shell_command,
+    transformers_launch,
+    vllm_launch,
+)
 from estimator.model import load_preset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,19 +49,30 @@ def _roundtrips(launch: Launch) -> None:
 
 # --- transformers --------------------------------------------------------------------------------
 
+
 def test_3b_nf4_8k_on_a_4060_gives_the_exact_bitsandbytes_config():
     s = make_settings("llama-3.2-3b", quant="nf4", context=8192, gpu="rtx-4060-8gb")
     la = transformers_launch(s)
     assert la.engine == "transformers" and la.language == "python"
     assert la.options["model"] == "meta-llama/Llama-3.2-3B"
     assert la.options["from_pretrained"] == {
-        "dtype": "bf16", "attn_implementation": "sdpa", "device_map": "cuda",
-        "quantization_config": {"BitsAndBytesConfig": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-                                                       "bnb_4bit_use_double_quant": False,
-                                                       "bnb_4bit_compute_dtype": "torch.bfloat16"}}}
+        "dtype": "bf16",
+        "attn_implementation": "sdpa",
+        "device_map": "cuda",
+        "quantization_config": {
+            "BitsAndBytesConfig": {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_use_double_quant": False,
+                "bnb_4bit_compute_dtype": "torch.bfloat16",
+            }
+        },
+    }
     assert la.options["generate"] == {"max_new_tokens": 32}  # dynamic bf16 cache: generate's default
-    assert "quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=\"nf4\", " \
-           "bnb_4bit_use_double_quant=False, bnb_4bit_compute_dtype=torch.bfloat16)" in la.args
+    assert (
+        'quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", '
+        "bnb_4bit_use_double_quant=False, bnb_4bit_compute_dtype=torch.bfloat16)" in la.args
+    )
     assert "dtype=torch.bfloat16" in la.args and 'attn_implementation="sdpa"' in la.args
     assert "[1, 8160] token ids" in la.command  # 8,192 = 8,160 prompt + 32 new
     compile(la.command, "launch", "exec")
@@ -61,8 +81,12 @@ def test_3b_nf4_8k_on_a_4060_gives_the_exact_bitsandbytes_config():
 def test_bitsandbytes_variants_and_int8():
     la = transformers_launch(make_settings("llama-3.2-3b", quant="fp4-dq", bnb_compute_dtype="fp16"))
     cfg = la.options["from_pretrained"]["quantization_config"]["BitsAndBytesConfig"]
-    assert cfg == {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": True,
-                   "bnb_4bit_compute_dtype": "torch.float16"}
+    assert cfg == {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "fp4",
+        "bnb_4bit_use_double_quant": True,
+        "bnb_4bit_compute_dtype": "torch.float16",
+    }
     la = transformers_launch(make_settings("llama-3.2-3b", quant="int8"))
     assert la.options["from_pretrained"]["quantization_config"] == {"BitsAndBytesConfig": {"load_in_8bit": True}}
     assert "quantization_config=BitsAndBytesConfig(load_in_8bit=True)" in la.args
@@ -70,9 +94,14 @@ def test_bitsandbytes_variants_and_int8():
     assert "quantization_config" not in la.options["from_pretrained"] and "BitsAndBytesConfig" not in la.command
 
 
-@pytest.mark.parametrize("kv,cfg", [("int4", {"backend": "quanto", "nbits": 4}),
-                                    ("int8", {"backend": "hqq", "nbits": 8}),  # quanto takes 2 or 4 bits only
-                                    ("fp8", {"backend": "fp8"})])
+@pytest.mark.parametrize(
+    "kv,cfg",
+    [
+        ("int4", {"backend": "quanto", "nbits": 4}),
+        ("int8", {"backend": "hqq", "nbits": 8}),  # quanto takes 2 or 4 bits only
+        ("fp8", {"backend": "fp8"}),
+    ],
+)
 def test_quantized_kv_cache(kv, cfg):
     la = transformers_launch(make_settings("llama-3.2-3b", quant="bf16", kv_dtype=kv))
     assert la.options["generate"] == {"max_new_tokens": 32, "cache_implementation": "quantized", "cache_config": cfg}
@@ -80,11 +109,24 @@ def test_quantized_kv_cache(kv, cfg):
 
 
 def test_static_cache_chunked_prefill_and_padding():
-    s = make_settings("llama-3.1-8b", quant="nf4", context=8192, new_tokens=64, cache="static", max_cache_len=16384,
-                      prefill_chunk=1024, padding=True)
+    s = make_settings(
+        "llama-3.1-8b",
+        quant="nf4",
+        context=8192,
+        new_tokens=64,
+        cache="static",
+        max_cache_len=16384,
+        prefill_chunk=1024,
+        padding=True,
+    )
     gen = transformers_launch(s).options["generate"]
-    assert gen == {"max_new_tokens": 64, "cache_implementation": "static", "max_cache_len": 16384,
-                   "prefill_chunk_size": 1024, "attention_mask": "attention_mask"}
+    assert gen == {
+        "max_new_tokens": 64,
+        "cache_implementation": "static",
+        "max_cache_len": 16384,
+        "prefill_chunk_size": 1024,
+        "attention_mask": "attention_mask",
+    }
 
 
 def test_prequantized_checkpoints_take_no_quantization_config():
@@ -108,6 +150,7 @@ def test_model_ids():
 
 # --- vLLM ----------------------------------------------------------------------------------------
 
+
 def test_vllm_fit_on_an_l4_launches_the_fit_answer():
     fit = vllm_fit_report(S3, L4.memory_bytes, {"quant": "bf16"}, gpu_name=L4.name, gpu_arch=L4.arch)
     la = vllm_launch(fit["estimate"])
@@ -123,10 +166,20 @@ def test_vllm_fit_on_an_l4_launches_the_fit_answer():
 
 
 def test_vllm_flags_follow_the_settings():
-    r = vllm_estimate_report(S3, 4 * L4.memory_bytes, {"quant": "bitsandbytes", "kv_dtype": "fp8"},
-                             max_model_len=32768, quantization="bitsandbytes", kv_cache_dtype="fp8",
-                             tensor_parallel_size=2, pipeline_parallel_size=2, enforce_eager=True, max_num_seqs=64,
-                             gpu_memory_utilization=0.85, version="v0")
+    r = vllm_estimate_report(
+        S3,
+        4 * L4.memory_bytes,
+        {"quant": "bitsandbytes", "kv_dtype": "fp8"},
+        max_model_len=32768,
+        quantization="bitsandbytes",
+        kv_cache_dtype="fp8",
+        tensor_parallel_size=2,
+        pipeline_parallel_size=2,
+        enforce_eager=True,
+        max_num_seqs=64,
+        gpu_memory_utilization=0.85,
+        version="v0",
+    )
     la = vllm_launch(r, model="/models/llama 3b")
     assert la.args[2] == "/models/llama 3b"
     assert (_flag(la.args, "--tensor-parallel-size"), _flag(la.args, "--pipeline-parallel-size")) == ("2", "2")
@@ -138,6 +191,7 @@ def test_vllm_flags_follow_the_settings():
 
 
 # --- llama.cpp / Ollama --------------------------------------------------------------------------
+
 
 def test_llamacpp_q4km_parallel_4_at_8k():
     r = llamacpp_estimate_report(S3, "q4_k_m", 8192, parallel=4, gpu_memory_bytes=12 << 30)
@@ -175,8 +229,7 @@ def test_llamacpp_early_2025_build_spells_flash_attention_as_a_switch():
 
 
 def test_gguf_path_and_uneven_parallel():
-    r = llamacpp_estimate_report(S3, "q4_k_m", 10000, parallel=3,
-                                 settings={"gguf": "/data/my models/it's.gguf"})
+    r = llamacpp_estimate_report(S3, "q4_k_m", 10000, parallel=3, settings={"gguf": "/data/my models/it's.gguf"})
     la = llamacpp_launch(r)
     assert _flag(la.args, "-m") == "/data/my models/it's.gguf"
     ol = la.alternatives[0]
@@ -185,10 +238,11 @@ def test_gguf_path_and_uneven_parallel():
 
 # --- every command is copy-pasteable -------------------------------------------------------------
 
+
 def _all_shell_launches() -> list[Launch]:
     out: list[Launch] = []
     fit = vllm_fit_report(S3, L4.memory_bytes, {"quant": "bf16"}, gpu_name=L4.name, gpu_arch=L4.arch)
-    v = vllm_launch(fit["estimate"], model="we'ird \"name\" $HOME")
+    v = vllm_launch(fit["estimate"], model='we\'ird "name" $HOME')
     out += [v, *v.alternatives]
     for kw in ({}, {"parallel": 4}, {"flash_attn": True, "kv_dtype": "q4_0", "n_gpu_layers": 7}):
         la = llamacpp_launch(llamacpp_estimate_report(S3, "q4_k_m", 8192, settings={"gguf": "a b;c.gguf"}, **kw))
@@ -226,6 +280,7 @@ def test_launch_for_picks_the_engine_of_a_result():
 
 # --- CLI -----------------------------------------------------------------------------------------
 
+
 def run(capsys, *argv):
     code = main(list(argv))
     out, err = capsys.readouterr()
@@ -234,16 +289,31 @@ def run(capsys, *argv):
 
 
 def test_cli_text_prints_the_launch_after_the_table(capsys):
-    out = run(capsys, "estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8k",
-              "--gpu", "rtx-4060-8gb")
+    out = run(
+        capsys, "estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8k", "--gpu", "rtx-4060-8gb"
+    )
     lines = out.splitlines()
     i = lines.index("launch (python):")
     assert lines[i - 1].startswith("  on 8.00 GiB: fits")
     assert '            bnb_4bit_quant_type="nf4",' in lines
-    out = run(capsys, "estimate", "--engine", "llama.cpp", "--quant", "q4_k_m", "--context", "8192", "--parallel",
-              "4", "--gpu", "rtx-4070-12gb")
+    out = run(
+        capsys,
+        "estimate",
+        "--engine",
+        "llama.cpp",
+        "--quant",
+        "q4_k_m",
+        "--context",
+        "8192",
+        "--parallel",
+        "4",
+        "--gpu",
+        "rtx-4070-12gb",
+    )
     assert "launch: llama-server -m Llama-3.2-3B-Q4_K_M.gguf -c 8192 -np 4 -ngl 29 -fa off" in out
-    assert "  or (ollama): OLLAMA_CONTEXT_LENGTH=2048 OLLAMA_NUM_PARALLEL=4 OLLAMA_FLASH_ATTENTION=0 ollama serve" in out
+    assert (
+        "  or (ollama): OLLAMA_CONTEXT_LENGTH=2048 OLLAMA_NUM_PARALLEL=4 OLLAMA_FLASH_ATTENTION=0 ollama serve" in out
+    )
     out = run(capsys, "fit", "--engine", "vllm", "--gpu", "l4-24gb")
     launch = next(line for line in out.splitlines() if line.startswith("launch: "))
     assert launch.startswith("launch: vllm serve meta-llama/Llama-3.2-3B --max-model-len ")
@@ -270,6 +340,7 @@ def test_cli_json_has_a_launch_object(capsys):
 
 # --- app -----------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def app(monkeypatch):
     pytest.importorskip("streamlit")
@@ -290,8 +361,12 @@ def test_calculator_export_tab_shows_the_transformers_code(app):
     at.run()
     assert not at.exception
     (code,) = [c for c in at.code if c.language == "python"]
-    s = make_settings("llama-3.2-3b", quant=state.DEFAULTS[state.QUANT], context=state.DEFAULTS[state.CONTEXT],
-                      gpu=state.DEFAULTS[state.GPU])
+    s = make_settings(
+        "llama-3.2-3b",
+        quant=state.DEFAULTS[state.QUANT],
+        context=state.DEFAULTS[state.CONTEXT],
+        gpu=state.DEFAULTS[state.GPU],
+    )
     assert code.value == transformers_launch(s).command
     assert "AutoModelForCausalLM.from_pretrained(" in code.value
 
@@ -300,9 +375,17 @@ def test_engines_page_shows_the_serving_commands(app):
     from app import state
 
     at = app("app/pages/engines.py")
-    at.session_state[state.SETTINGS] = {"model": "llama-3.2-3b", "quant": "bf16", "context": 8192, "batch": 1,
-                                        "kv_dtype": "auto", "attn": "sdpa", "gpu": "rtx-4090-24gb",
-                                        "gpu_memory_bytes": None, "prefill_chunk": None}
+    at.session_state[state.SETTINGS] = {
+        "model": "llama-3.2-3b",
+        "quant": "bf16",
+        "context": 8192,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": "rtx-4090-24gb",
+        "gpu_memory_bytes": None,
+        "prefill_chunk": None,
+    }
     at.run()
     assert not at.exception
     assert "Launch with these settings" in [h.value for h in at.subheader]
@@ -320,9 +403,17 @@ def test_engines_page_without_a_vllm_start_has_no_vllm_command(app):
     from app import state
 
     at = app("app/pages/engines.py")
-    at.session_state[state.SETTINGS] = {"model": "llama-3.1-8b", "quant": "bf16", "context": 131072, "batch": 1,
-                                        "kv_dtype": "auto", "attn": "sdpa", "gpu": "t4-16gb",
-                                        "gpu_memory_bytes": None, "prefill_chunk": None}
+    at.session_state[state.SETTINGS] = {
+        "model": "llama-3.1-8b",
+        "quant": "bf16",
+        "context": 131072,
+        "batch": 1,
+        "kv_dtype": "auto",
+        "attn": "sdpa",
+        "gpu": "t4-16gb",
+        "gpu_memory_bytes": None,
+        "prefill_chunk": None,
+    }
     at.run()
     assert not at.exception
     bash = [c.value for c in at.code if c.language == "bash"]

@@ -22,41 +22,142 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 # (name, argv of `python -m estimator`): the README's examples plus the JSON form of each table.
 CLI = [
-    ("estimate-3b-nf4-8k-4060", ["estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8k",
-                                 "--batch", "1", "--gpu", "rtx-4060-8gb"]),
-    ("estimate-3b-nf4-8k-4060-json", ["estimate", "--model", "llama-3.2-3b", "--quant", "nf4", "--context", "8k",
-                                      "--batch", "1", "--gpu", "rtx-4060-8gb", "--json"]),
-    ("estimate-bf16-128k-json", ["estimate", "--model", "llama-3.2-3b", "--quant", "bf16", "--context", "128K",
-                                 "--json"]),
-    ("estimate-int8-32k-eager-json", ["estimate", "--quant", "int8", "--context", "32768", "--attn", "eager",
-                                      "--gpu-memory", "24GiB", "--json"]),
-    ("estimate-8b-nf4-t4-chunk", ["estimate", "--model", "llama-3.1-8b", "--quant", "nf4", "--context", "8k",
-                                  "--gpu", "t4-16gb", "--prefill-chunk", "1024", "--json"]),
+    (
+        "estimate-3b-nf4-8k-4060",
+        [
+            "estimate",
+            "--model",
+            "llama-3.2-3b",
+            "--quant",
+            "nf4",
+            "--context",
+            "8k",
+            "--batch",
+            "1",
+            "--gpu",
+            "rtx-4060-8gb",
+        ],
+    ),
+    (
+        "estimate-3b-nf4-8k-4060-json",
+        [
+            "estimate",
+            "--model",
+            "llama-3.2-3b",
+            "--quant",
+            "nf4",
+            "--context",
+            "8k",
+            "--batch",
+            "1",
+            "--gpu",
+            "rtx-4060-8gb",
+            "--json",
+        ],
+    ),
+    (
+        "estimate-bf16-128k-json",
+        ["estimate", "--model", "llama-3.2-3b", "--quant", "bf16", "--context", "128K", "--json"],
+    ),
+    (
+        "estimate-int8-32k-eager-json",
+        ["estimate", "--quant", "int8", "--context", "32768", "--attn", "eager", "--gpu-memory", "24GiB", "--json"],
+    ),
+    (
+        "estimate-8b-nf4-t4-chunk",
+        [
+            "estimate",
+            "--model",
+            "llama-3.1-8b",
+            "--quant",
+            "nf4",
+            "--context",
+            "8k",
+            "--gpu",
+            "t4-16gb",
+            "--prefill-chunk",
+            "1024",
+            "--json",
+        ],
+    ),
     ("fit-3b-nf4-4060-json", ["fit", "--model", "llama-3.2-3b", "--quant", "nf4", "--gpu", "rtx-4060-8gb", "--json"]),
     ("sweep-csv", ["sweep", "--quants", "bf16,nf4", "--contexts", "1k,8k,32k,128k"]),
     ("gpus-json", ["gpus", "--json"]),
     ("quants-json", ["quants", "--json"]),
     ("vllm-h100-128k", ["estimate", "--engine", "vllm", "--gpu", "h100-sxm-80gb", "--context", "131072"]),
-    ("vllm-h100-128k-json", ["estimate", "--engine", "vllm", "--gpu", "h100-sxm-80gb", "--context", "131072",
-                             "--json"]),
+    (
+        "vllm-h100-128k-json",
+        ["estimate", "--engine", "vllm", "--gpu", "h100-sxm-80gb", "--context", "131072", "--json"],
+    ),
     ("vllm-t4-128k-refusal", ["estimate", "--engine", "vllm", "--gpu", "t4-16gb", "--context", "131072"]),
-    ("vllm-t4-bnb-8k-json", ["estimate", "--engine", "vllm", "--quant", "bitsandbytes", "--gpu", "t4-16gb",
-                             "--context", "8192", "--json"]),
+    (
+        "vllm-t4-bnb-8k-json",
+        ["estimate", "--engine", "vllm", "--quant", "bitsandbytes", "--gpu", "t4-16gb", "--context", "8192", "--json"],
+    ),
     ("vllm-fit-l4-json", ["fit", "--engine", "vllm", "--gpu", "l4-24gb", "--json"]),
-    ("llamacpp-q4km-4070", ["estimate", "--engine", "llama.cpp", "--quant", "q4_k_m", "--context", "8192",
-                            "--parallel", "4", "--gpu", "rtx-4070-12gb"]),
-    ("llamacpp-q4km-4070-json", ["estimate", "--engine", "llama.cpp", "--quant", "q4_k_m", "--context", "8192",
-                                 "--parallel", "4", "--gpu", "rtx-4070-12gb", "--json"]),
-    ("llamacpp-fit-4060-json", ["fit", "--engine", "llama.cpp", "--quant", "q4_k_m", "--gpu", "rtx-4060-8gb",
-                                "--json"]),
-    ("llamacpp-offload-json", ["estimate", "--engine", "llama.cpp", "--model", "llama-3.1-8b", "--quant", "q8_0",
-                               "--context", "32768", "--n-gpu-layers", "20", "--gpu", "rtx-4060-8gb", "--json"]),
+    (
+        "llamacpp-q4km-4070",
+        [
+            "estimate",
+            "--engine",
+            "llama.cpp",
+            "--quant",
+            "q4_k_m",
+            "--context",
+            "8192",
+            "--parallel",
+            "4",
+            "--gpu",
+            "rtx-4070-12gb",
+        ],
+    ),
+    (
+        "llamacpp-q4km-4070-json",
+        [
+            "estimate",
+            "--engine",
+            "llama.cpp",
+            "--quant",
+            "q4_k_m",
+            "--context",
+            "8192",
+            "--parallel",
+            "4",
+            "--gpu",
+            "rtx-4070-12gb",
+            "--json",
+        ],
+    ),
+    (
+        "llamacpp-fit-4060-json",
+        ["fit", "--engine", "llama.cpp", "--quant", "q4_k_m", "--gpu", "rtx-4060-8gb", "--json"],
+    ),
+    (
+        "llamacpp-offload-json",
+        [
+            "estimate",
+            "--engine",
+            "llama.cpp",
+            "--model",
+            "llama-3.1-8b",
+            "--quant",
+            "q8_0",
+            "--context",
+            "32768",
+            "--n-gpu-layers",
+            "20",
+            "--gpu",
+            "rtx-4060-8gb",
+            "--json",
+        ],
+    ),
 ]
 
 
 def _cli(argv: list[str]) -> str:
-    r = subprocess.run([sys.executable, "-m", "estimator", *argv], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "estimator", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     return f"exit {r.returncode}\n--- stdout\n{r.stdout}--- stderr\n{r.stderr}"
 
 
@@ -91,8 +192,22 @@ def test_committed_validation_reproduced_to_the_byte(data, tmp_path):
     """`python -m runtime validate` on a committed sweep rewrites its committed report byte for byte."""
     pytest.importorskip("torch")
     src = ROOT / "validation" / data
-    r = subprocess.run([sys.executable, "-m", "runtime", "validate", "--results", str(src / "sweep.jsonl"),
-                        "--out-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "validate",
+            "--results",
+            str(src / "sweep.jsonl"),
+            "--out-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     for f in ("validation.json", "validation.md"):
         assert (tmp_path / f).read_bytes() == (src / f).read_bytes(), f"{data}/{f} differs"

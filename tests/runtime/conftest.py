@@ -23,13 +23,29 @@ def _config(**overrides):
 
 CONFIGS = {
     # hidden 256, 2 layers, GQA 4:2, tied (the Llama 3.2 layout, narrow)
-    "narrow": _config(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, head_dim=64, vocab_size=1024),
+    "narrow": _config(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        vocab_size=1024,
+    ),
     # odd sizes: gate/up/down have 7,200 elements, not a multiple of the 64-element bnb block;
     # untied lm_head; biases on q/k/v/o and the MLP
-    "odd-untied-bias": _config(hidden_size=72, intermediate_size=100, num_hidden_layers=1, num_attention_heads=3,
-                               num_key_value_heads=1, head_dim=24, vocab_size=500, tie_word_embeddings=False,
-                               attention_bias=True, mlp_bias=True),
+    "odd-untied-bias": _config(
+        hidden_size=72,
+        intermediate_size=100,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        head_dim=24,
+        vocab_size=500,
+        tie_word_embeddings=False,
+        attention_bias=True,
+        mlp_bias=True,
+    ),
     # real Llama 3.2 3B widths, 1 layer, small vocabulary (keeps the CPU build and bnb load fast)
     "real-width-1layer": _config(num_hidden_layers=1, vocab_size=2048),
 }

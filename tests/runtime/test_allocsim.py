@@ -19,13 +19,27 @@ MiB = 1024 * 1024
 
 
 def test_replay_phases_workspace_and_reuse():
-    events = [(ALLOC, 1, 12 * MiB), (PHASE,),                                  # load: one 12 MiB weight
-              (ALLOC, 2, 30 * MiB), (ALLOC, 3, 100), (FREE, 2), (FREE, 3), (PHASE,),  # prefill
-              (ALLOC, 4, 29 * MiB), (FREE, 4), (PHASE,)]                       # decode: reuses the 30 MiB block
+    events = [
+        (ALLOC, 1, 12 * MiB),
+        (PHASE,),  # load: one 12 MiB weight
+        (ALLOC, 2, 30 * MiB),
+        (ALLOC, 3, 100),
+        (FREE, 2),
+        (FREE, 3),
+        (PHASE,),  # prefill
+        (ALLOC, 4, 29 * MiB),
+        (FREE, 4),
+        (PHASE,),
+    ]  # decode: reuses the 30 MiB block
     out = replay(events)
     ws = TRACE_WORKSPACE_BYTES  # 32 MiB at the first forward, its own segment, never freed
-    assert out["load"] == {"peak_allocated_bytes": 12 * MiB, "peak_reserved_bytes": 12 * MiB,
-                           "allocated_end_bytes": 12 * MiB, "reserved_end_bytes": 12 * MiB, "segments": 1}
+    assert out["load"] == {
+        "peak_allocated_bytes": 12 * MiB,
+        "peak_reserved_bytes": 12 * MiB,
+        "allocated_end_bytes": 12 * MiB,
+        "reserved_end_bytes": 12 * MiB,
+        "segments": 1,
+    }
     assert out["prefill"]["peak_allocated_bytes"] == 12 * MiB + ws + 30 * MiB + 512
     assert out["prefill"]["peak_reserved_bytes"] == 12 * MiB + ws + 30 * MiB + 2 * MiB
     # 29 MiB from the cached 30 MiB block: 1 MiB would remain, not more, so it is charged whole
@@ -49,11 +63,15 @@ def test_load_allocated_and_reserved_exact(quant):
         assert e["phases"]["load"][c] == r["phases"]["load"][c], c
 
 
-@pytest.mark.parametrize("kw", [
-    dict(quant="bf16", context=5664, batch=1),  # prompt 5,632: K/V of 11 MiB, 2 MiB round-up leaves 1 MiB
-    dict(quant="fp16", attn="eager", context=2048, batch=1),  # CUDA's fused half_to_float softmax
-    dict(quant="bf16", context=4096, batch=4),
-], ids=["kv-carve-5664", "fp16-eager", "batch4"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(quant="bf16", context=5664, batch=1),  # prompt 5,632: K/V of 11 MiB, 2 MiB round-up leaves 1 MiB
+        dict(quant="fp16", attn="eager", context=2048, batch=1),  # CUDA's fused half_to_float softmax
+        dict(quant="bf16", context=4096, batch=4),
+    ],
+    ids=["kv-carve-5664", "fp16-eager", "batch4"],
+)
 def test_phases_live_exact_and_allocated_within_carve_slack(kw):
     r, e = _pair(**kw)
     for ph in ("prefill", "decode"):  # decode: generate's position_ids and fp32 logits counted in both

@@ -26,8 +26,8 @@ def test_cuda_measure_narrow_counters(model_dirs):
 @pytest.mark.parametrize("quant", ["bf16", "nf4", "int8"])
 def test_cuda_llama_3b_weights_exact_and_peak_close(quant):
     from estimator import estimate
-    from runtime import measure
     from estimator.report import measured_gpu as measured_gpu
+    from runtime import measure
 
     r = measure(device="cuda", model="llama-3.2-3b", quant=quant, context=4096, new_tokens=8)
     assert r["status"] == "ok", r["error"]

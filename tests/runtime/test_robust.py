@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "runtime", *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
 
 
 def _one_error_line(p: subprocess.CompletedProcess, *words: str) -> str:
@@ -41,15 +42,42 @@ def _one_error_line(p: subprocess.CompletedProcess, *words: str) -> str:
 
 def test_weights_config_must_match_model_in_trace(model_dirs):
     """A 2-layer checkpoint folder given as the weights of the 1B is refused, not measured as the 1B."""
-    p = _run("measure", "--model", "llama-3.2-1b", "--weights", model_dirs["narrow"], "--context", "64",
-             "--new-tokens", "2", "--device", "trace", "--json")
+    p = _run(
+        "measure",
+        "--model",
+        "llama-3.2-1b",
+        "--weights",
+        model_dirs["narrow"],
+        "--context",
+        "64",
+        "--new-tokens",
+        "2",
+        "--device",
+        "trace",
+        "--json",
+    )
     _one_error_line(p, "weights", "num_hidden_layers")
 
 
 def test_weights_config_must_match_model_in_sweep(model_dirs, tmp_path):
     out = tmp_path / "s.jsonl"
-    p = _run("sweep", "--model", "llama-3.2-1b", "--weights", model_dirs["narrow"], "--contexts", "64",
-             "--new-tokens", "2", "--device", "trace", "--isolation", "in-process", "--out", str(out))
+    p = _run(
+        "sweep",
+        "--model",
+        "llama-3.2-1b",
+        "--weights",
+        model_dirs["narrow"],
+        "--contexts",
+        "64",
+        "--new-tokens",
+        "2",
+        "--device",
+        "trace",
+        "--isolation",
+        "in-process",
+        "--out",
+        str(out),
+    )
     _one_error_line(p, "weights")
     assert not out.exists() or out.read_text() == ""  # nothing measured
 
@@ -57,12 +85,16 @@ def test_weights_config_must_match_model_in_sweep(model_dirs, tmp_path):
 def test_weights_check_names_each_field(model_dirs):
     from runtime.measure import check_weights
 
-    s = make_settings(model=model_dirs["real-width-1layer"], weights=model_dirs["narrow"], device="cpu",
-                      context=64, new_tokens=2)
+    s = make_settings(
+        model=model_dirs["real-width-1layer"], weights=model_dirs["narrow"], device="cpu", context=64, new_tokens=2
+    )
     with pytest.raises(SettingsError, match="weights.*hidden_size"):
         check_weights(s)
-    check_weights(make_settings(model=model_dirs["narrow"], weights=model_dirs["narrow"], device="trace",
-                                context=64, new_tokens=2))  # the same config passes
+    check_weights(
+        make_settings(
+            model=model_dirs["narrow"], weights=model_dirs["narrow"], device="trace", context=64, new_tokens=2
+        )
+    )  # the same config passes
 
 
 def test_trace_refuses_hub_weights():
@@ -76,8 +108,20 @@ def test_matching_local_checkpoint_loads_on_cpu(model_dirs):
     from runtime.load import config_dict, random_checkpoint
 
     ckpt = random_checkpoint(config_dict(model_dirs["narrow"]))
-    p = _run("measure", "--model", model_dirs["narrow"], "--weights", str(ckpt), "--context", "32",
-             "--new-tokens", "2", "--device", "cpu", "--json")
+    p = _run(
+        "measure",
+        "--model",
+        model_dirs["narrow"],
+        "--weights",
+        str(ckpt),
+        "--context",
+        "32",
+        "--new-tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert r["status"] == "ok" and r["settings"]["weights"] == str(ckpt)
@@ -130,9 +174,18 @@ def test_resume_skips_junk_lines(model_dirs, tmp_path):
     out = tmp_path / "s.jsonl"
     run_sweep(pts[:1], out, isolation="in-process", progress=False)
     good = out.read_bytes()
-    junk = [b"[1, 2]", b"42", b'"text"', b"null", b"\xff\xfe not utf-8 \x80", b'{"status": "ok"}',
-            b'{"status": "ok", "settings": {"model": "x"}}', b'{"status": "ok", "settings": [1]}',
-            b'{"status": "ok", "settings": {"model": [1], "quant": {}}}', b"\xc3\x28{}"]
+    junk = [
+        b"[1, 2]",
+        b"42",
+        b'"text"',
+        b"null",
+        b"\xff\xfe not utf-8 \x80",
+        b'{"status": "ok"}',
+        b'{"status": "ok", "settings": {"model": "x"}}',
+        b'{"status": "ok", "settings": [1]}',
+        b'{"status": "ok", "settings": {"model": [1], "quant": {}}}',
+        b"\xc3\x28{}",
+    ]
     out.write_bytes(b"\n".join(junk) + b"\n" + good + b"\xe2\x80\xa8\n")
     rows = read_results(out)
     assert all(isinstance(r, dict) for r in rows)
@@ -144,8 +197,21 @@ def test_resume_skips_junk_lines(model_dirs, tmp_path):
 @pytest.mark.parametrize("kind", ["folder", "no-parent"])
 def test_out_refused_before_measuring(model_dirs, tmp_path, kind):
     out = tmp_path if kind == "folder" else tmp_path / "missing" / "s.jsonl"
-    p = _run("sweep", "--model", model_dirs["narrow"], "--contexts", "32", "--new-tokens", "2", "--device", "trace",
-             "--isolation", "in-process", "--out", str(out))
+    p = _run(
+        "sweep",
+        "--model",
+        model_dirs["narrow"],
+        "--contexts",
+        "32",
+        "--new-tokens",
+        "2",
+        "--device",
+        "trace",
+        "--isolation",
+        "in-process",
+        "--out",
+        str(out),
+    )
     _one_error_line(p, "out")
     assert "resume" not in p.stderr and not (tmp_path / "missing").exists()
 
@@ -154,8 +220,21 @@ def test_out_refused_before_measuring(model_dirs, tmp_path, kind):
 def test_out_in_unwritable_folder_refused(model_dirs, tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir(mode=0o500)
-    p = _run("sweep", "--model", model_dirs["narrow"], "--contexts", "32", "--new-tokens", "2", "--device", "trace",
-             "--isolation", "in-process", "--out", str(ro / "s.jsonl"))
+    p = _run(
+        "sweep",
+        "--model",
+        model_dirs["narrow"],
+        "--contexts",
+        "32",
+        "--new-tokens",
+        "2",
+        "--device",
+        "trace",
+        "--isolation",
+        "in-process",
+        "--out",
+        str(ro / "s.jsonl"),
+    )
     _one_error_line(p, "out")
 
 
@@ -165,8 +244,21 @@ def test_second_sweep_on_same_file_is_refused(model_dirs, tmp_path):
     out = tmp_path / "s.jsonl"
     with out.open("a") as f:  # what a running sweep holds
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        p = _run("sweep", "--model", model_dirs["narrow"], "--contexts", "32", "--new-tokens", "2",
-                 "--device", "trace", "--isolation", "in-process", "--out", str(out))
+        p = _run(
+            "sweep",
+            "--model",
+            model_dirs["narrow"],
+            "--contexts",
+            "32",
+            "--new-tokens",
+            "2",
+            "--device",
+            "trace",
+            "--isolation",
+            "in-process",
+            "--out",
+            str(out),
+        )
         _one_error_line(p, "out", "in use")
         pts = grid(["bf16"], [32], [1], model=model_dirs["narrow"], device="trace", new_tokens=2)
         with pytest.raises(SettingsError, match="in use"):
@@ -204,10 +296,29 @@ def _alive(pid: int) -> bool:
 def test_worker_dies_with_killed_sweep(tmp_path, isolation):
     # the full 3B traced at 64K takes ~12 s on the 2-core CI machine: a worker outliving its sweep
     # would still be alive after the 5 s this test waits
-    sweep = subprocess.Popen([sys.executable, "-m", "runtime", "sweep", "--model", "llama-3.2-3b", "--contexts", "64K",
-                              "--new-tokens", "2", "--device", "trace", "--isolation", isolation,
-                              "--out", str(tmp_path / "s.jsonl")], cwd=ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    sweep = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "sweep",
+            "--model",
+            "llama-3.2-3b",
+            "--contexts",
+            "64K",
+            "--new-tokens",
+            "2",
+            "--device",
+            "trace",
+            "--isolation",
+            isolation,
+            "--out",
+            str(tmp_path / "s.jsonl"),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     worker = None
     try:
         t0 = time.monotonic()
@@ -254,8 +365,9 @@ def test_worker_fallback_without_prctl_exits_when_orphaned():
     from runtime.sweep import PARENT_ENV
 
     assert PARENT_ENV == "RUNTIME_SWEEP_PID"
-    parent = subprocess.Popen([sys.executable, "-c", _PARENT, _NO_PRCTL_CHILD], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, _NO_PRCTL_CHILD], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
     child = int(parent.stdout.readline())
     try:
         time.sleep(1.5)  # the child is past die_with_parent
@@ -276,14 +388,22 @@ def test_worker_fallback_without_prctl_exits_when_orphaned():
 # 5. host allocation failures are out-of-memory
 
 
-@pytest.mark.parametrize("exc,status", [
-    (MemoryError(), "oom"),
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
-                  "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"), "oom"),
-    (RuntimeError("can't allocate memory: you tried to allocate 10 bytes"), "oom"),
-    (RuntimeError("shape mismatch"), "error"),
-    (ValueError("can't allocate memory"), "error"),
-])
+@pytest.mark.parametrize(
+    "exc,status",
+    [
+        (MemoryError(), "oom"),
+        (
+            RuntimeError(
+                "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                "to allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+            ),
+            "oom",
+        ),
+        (RuntimeError("can't allocate memory: you tried to allocate 10 bytes"), "oom"),
+        (RuntimeError("shape mismatch"), "error"),
+        (ValueError("can't allocate memory"), "error"),
+    ],
+)
 def test_failure_classifier(exc, status):
     from runtime.measure import failure_status
 
@@ -307,14 +427,29 @@ def test_host_allocation_failure_is_recorded_as_oom(model_dirs, monkeypatch):
 @pytest.mark.parametrize("flag", ["--budget-s", "--timeout"])
 @pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "-inf", "x", "٣"])
 def test_time_limits_finite_and_positive(model_dirs, tmp_path, flag, value):
-    p = _run("sweep", "--model", model_dirs["narrow"], "--contexts", "32", "--new-tokens", "2", "--device", "trace",
-             "--isolation", "in-process", f"{flag}={value}", "--out", str(tmp_path / "s.jsonl"))
+    p = _run(
+        "sweep",
+        "--model",
+        model_dirs["narrow"],
+        "--contexts",
+        "32",
+        "--new-tokens",
+        "2",
+        "--device",
+        "trace",
+        "--isolation",
+        "in-process",
+        f"{flag}={value}",
+        "--out",
+        str(tmp_path / "s.jsonl"),
+    )
     _one_error_line(p, flag[2:].replace("-", "_"))
     assert not (tmp_path / "s.jsonl").exists()
 
 
-@pytest.mark.parametrize("kw", [{"budget_s": 0}, {"budget_s": float("nan")}, {"timeout": float("inf")},
-                                {"timeout": -1.0}])
+@pytest.mark.parametrize(
+    "kw", [{"budget_s": 0}, {"budget_s": float("nan")}, {"timeout": float("inf")}, {"timeout": -1.0}]
+)
 def test_run_sweep_refuses_bad_time_limits(model_dirs, tmp_path, kw):
     pts = grid(["bf16"], [32], [1], model=model_dirs["narrow"], device="trace", new_tokens=2)
     with pytest.raises(SettingsError, match=next(iter(kw))):
@@ -331,7 +466,7 @@ def test_gpu_validate_passes_arguments_as_argv():
     for ln in python_lines:
         src = ln.split(" -c ", 1)[1]
         quote = src[0]
-        body = src[1:src.index(quote, 1)]
+        body = src[1 : src.index(quote, 1)]
         assert "$" not in body, ln  # no shell variable inside the Python source
     assert "5664" in text and "7712" in text
 
@@ -340,7 +475,20 @@ def test_gpu_validate_device_with_quote_is_not_code(tmp_path):
     """A --device value that would be Python code if pasted into source is just a bad device."""
     marker = tmp_path / "pwned"
     env = dict(os.environ, PYTHON=sys.executable)
-    p = subprocess.run(["bash", "scripts/gpu-validate.sh", str(tmp_path / "o"), "--device",
-                        f"cpu'))); open('{marker}', 'w').write('1'); print(max(dict(a='", "--budget-s", "40"],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=240)
+    p = subprocess.run(
+        [
+            "bash",
+            "scripts/gpu-validate.sh",
+            str(tmp_path / "o"),
+            "--device",
+            f"cpu'))); open('{marker}', 'w').write('1'); print(max(dict(a='",
+            "--budget-s",
+            "40",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert not marker.exists(), p.stderr[-2000:]

@@ -12,11 +12,42 @@ from hypothesis import strategies as st
 from runtime.__main__ import main
 from runtime.settings import DEFAULTS, SettingsError, make_settings
 
-TEXT = st.one_of(st.sampled_from(["8192", "8K", "0", "-1", "²", "٣", "1" * 400, "nan", "", "8k\n", "bf16", "nf4",
-                                  "cuda", "cpu", "trace", "sdpa", "eager", "random", "llama-3.2-1b", "../x"]),
-                 st.text(max_size=8))
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 1 << 21), st.integers(10 ** 30, 10 ** 40),
-                   st.floats(allow_nan=True), TEXT, st.lists(st.integers(), max_size=2))
+TEXT = st.one_of(
+    st.sampled_from(
+        [
+            "8192",
+            "8K",
+            "0",
+            "-1",
+            "²",
+            "٣",
+            "1" * 400,
+            "nan",
+            "",
+            "8k\n",
+            "bf16",
+            "nf4",
+            "cuda",
+            "cpu",
+            "trace",
+            "sdpa",
+            "eager",
+            "random",
+            "llama-3.2-1b",
+            "../x",
+        ]
+    ),
+    st.text(max_size=8),
+)
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 1 << 21),
+    st.integers(10**30, 10**40),
+    st.floats(allow_nan=True),
+    TEXT,
+    st.lists(st.integers(), max_size=2),
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -31,8 +62,20 @@ def test_make_settings_returns_or_names_the_field(kw):
     assert 1 <= s["new_tokens"] + 1 <= s["context"]
 
 
-OPTIONS = ["--quant", "--context", "--batch", "--kv-dtype", "--attn", "--new-tokens", "--device", "--weights",
-           "--bnb-compute-dtype", "--logits", "--prefill-chunk", "--model"]
+OPTIONS = [
+    "--quant",
+    "--context",
+    "--batch",
+    "--kv-dtype",
+    "--attn",
+    "--new-tokens",
+    "--device",
+    "--weights",
+    "--bnb-compute-dtype",
+    "--logits",
+    "--prefill-chunk",
+    "--model",
+]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -43,8 +43,11 @@ def test_full_3b_trace_vs_estimator_exact(context):
     r = measure(device="trace", model="llama-3.2-3b", quant="bf16", attn="sdpa", context=context, batch=1)
     e = estimate("llama-3.2-3b", quant="bf16", attn="sdpa", context=context, batch=1)
     assert r["status"] == "ok", r["error"]
-    assert (r["weights_bytes"], r["kv_cache_bytes"], r["activations_bytes"]) == \
-        (e.weights_bytes, e.kv_cache_bytes, e.activations_bytes)
+    assert (r["weights_bytes"], r["kv_cache_bytes"], r["activations_bytes"]) == (
+        e.weights_bytes,
+        e.kv_cache_bytes,
+        e.activations_bytes,
+    )
     assert r["details"]["peak_live_bytes"] == e.weights_bytes + e.kv_cache_bytes + e.activations_bytes
     for ph in ("prefill", "decode"):
         assert r["phases"][ph]["activations_bytes"] == e.phases[ph]["activations_bytes"], ph

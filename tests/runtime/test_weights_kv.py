@@ -20,8 +20,12 @@ def test_cpu_weights_and_kv_equal_estimator(model_dirs, config, quant):
     assert r["status"] == "ok", r["error"]
     spec = load_model(model_dirs[config])
     wb = weight_bytes(spec, quant)
-    assert r["weights"] == {"parameters_bytes": wb.parameters_bytes, "quant_state_bytes": wb.quant_state_bytes,
-                            "buffers_bytes": wb.buffers_bytes, "total_bytes": wb.total_bytes}
+    assert r["weights"] == {
+        "parameters_bytes": wb.parameters_bytes,
+        "quant_state_bytes": wb.quant_state_bytes,
+        "buffers_bytes": wb.buffers_bytes,
+        "total_bytes": wb.total_bytes,
+    }
     assert r["weights_bytes"] == wb.total_bytes
     cb = 4 if quant == "fp32" else 2
     # context is the window: the cache ends holding CTX tokens, the prompt is CTX - NEW of them

@@ -18,31 +18,84 @@ Every name is re-exported here: ``from estimator.engines import llamacpp as lc; 
 
 from __future__ import annotations
 
-from .buffers import ModelBuffers, kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
-from .buffers import _cuda_alloc_size  # noqa: F401
+from .buffers import (
+    ModelBuffers,
+    _cuda_alloc_size,  # noqa: F401
+    kv_buffer_bytes,
+    kv_size_cells,
+    model_buffers,
+    offloaded_layers,
+)
 from .estimate import LlamaCppEstimate, estimate_llamacpp, estimate_report, fit_report, max_context_llamacpp, report
-from .galloc import _INPLACE_OPS, _Graph, _simulate, Tallocr  # noqa: F401
+from .galloc import _INPLACE_OPS, Tallocr, _Graph, _simulate  # noqa: F401
 from .graph import ComputeBuffers, compute_buffers
-from .mixture import tensor_type, use_more_bits
-from .mixture import _FALLBACK, _fit_type, _is_70b  # noqa: F401
-from .tensors import GgufTensor, gguf_file_tensor_bytes, gguf_tensors, has_rope_freqs, type_counts
-from .tensors import _GGUF_GLOBAL, _GGUF_LAYER, _gguf_name, _gguf_tensors_cached  # noqa: F401
-from .types import (CPU_ALIGNMENT, CUDA_ALIGNMENT, FTYPES, GGML_TYPES, GGUF_QUANTS, KQ_MASK_PAD, KV_TYPES,
-                    MATRIX_ROW_PADDING, OP_OFFLOAD_MIN_BATCH, VERSIONS, MiB, row_bytes, tensor_bytes)
-from .types import _pad  # noqa: F401
+from .mixture import _FALLBACK, _fit_type, _is_70b, tensor_type, use_more_bits  # noqa: F401
+from .tensors import (  # noqa: F401
+    _GGUF_GLOBAL,
+    _GGUF_LAYER,
+    GgufTensor,
+    _gguf_name,
+    _gguf_tensors_cached,
+    gguf_file_tensor_bytes,
+    gguf_tensors,
+    has_rope_freqs,
+    type_counts,
+)
+from .types import (
+    CPU_ALIGNMENT,
+    CUDA_ALIGNMENT,
+    FTYPES,
+    GGML_TYPES,
+    GGUF_QUANTS,
+    KQ_MASK_PAD,
+    KV_TYPES,
+    MATRIX_ROW_PADDING,
+    OP_OFFLOAD_MIN_BATCH,
+    VERSIONS,
+    MiB,
+    _pad,  # noqa: F401
+    row_bytes,
+    tensor_bytes,
+)
 
 __all__ = [
     # types
-    "MiB", "GGML_TYPES", "FTYPES", "GGUF_QUANTS", "KV_TYPES", "CUDA_ALIGNMENT", "CPU_ALIGNMENT",
-    "MATRIX_ROW_PADDING", "OP_OFFLOAD_MIN_BATCH", "KQ_MASK_PAD", "VERSIONS", "row_bytes", "tensor_bytes",
+    "MiB",
+    "GGML_TYPES",
+    "FTYPES",
+    "GGUF_QUANTS",
+    "KV_TYPES",
+    "CUDA_ALIGNMENT",
+    "CPU_ALIGNMENT",
+    "MATRIX_ROW_PADDING",
+    "OP_OFFLOAD_MIN_BATCH",
+    "KQ_MASK_PAD",
+    "VERSIONS",
+    "row_bytes",
+    "tensor_bytes",
     # mixture
-    "use_more_bits", "tensor_type",
+    "use_more_bits",
+    "tensor_type",
     # tensors
-    "GgufTensor", "has_rope_freqs", "gguf_tensors", "gguf_file_tensor_bytes", "type_counts",
+    "GgufTensor",
+    "has_rope_freqs",
+    "gguf_tensors",
+    "gguf_file_tensor_bytes",
+    "type_counts",
     # buffers
-    "ModelBuffers", "offloaded_layers", "model_buffers", "kv_size_cells", "kv_buffer_bytes",
+    "ModelBuffers",
+    "offloaded_layers",
+    "model_buffers",
+    "kv_size_cells",
+    "kv_buffer_bytes",
     # graph
-    "ComputeBuffers", "compute_buffers",
+    "ComputeBuffers",
+    "compute_buffers",
     # estimate
-    "LlamaCppEstimate", "estimate_llamacpp", "max_context_llamacpp", "report", "estimate_report", "fit_report",
+    "LlamaCppEstimate",
+    "estimate_llamacpp",
+    "max_context_llamacpp",
+    "report",
+    "estimate_report",
+    "fit_report",
 ]

@@ -12,16 +12,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ...errors import InvalidSpecError, UnknownNameError
 from ...model import ModelSpec
 from .tensors import GgufTensor
 from .types import CPU_ALIGNMENT, CUDA_ALIGNMENT, GGML_TYPES, KV_TYPES, MATRIX_ROW_PADDING, _pad, row_bytes
 
-
 # --- model buffers and offload ----------------------------------------------------------------
+
 
 def _cuda_alloc_size(t: GgufTensor) -> int:
     """ggml_backend_cuda_buffer_type_get_alloc_size: quantized rows padded to MATRIX_ROW_PADDING."""
@@ -36,9 +36,9 @@ def _cuda_alloc_size(t: GgufTensor) -> int:
 class ModelBuffers:
     """Model weight buffers as llama.cpp prints them. All fields are bytes."""
 
-    gpu_model_buffer_bytes: int     # "CUDA0 model buffer size"
-    host_model_buffer_bytes: int    # "CPU model buffer size" / "CPU_Mapped model buffer size"
-    n_gpu_layers: int               # effective, counting the output layer as llama.cpp does (n_layer + 1 = all)
+    gpu_model_buffer_bytes: int  # "CUDA0 model buffer size"
+    host_model_buffer_bytes: int  # "CPU model buffer size" / "CPU_Mapped model buffer size"
+    n_gpu_layers: int  # effective, counting the output layer as llama.cpp does (n_layer + 1 = all)
 
 
 def offloaded_layers(n_layer: int, n_gpu_layers: int) -> tuple[int, bool]:
@@ -52,8 +52,9 @@ def offloaded_layers(n_layer: int, n_gpu_layers: int) -> tuple[int, bool]:
     return max(n_layer - n_gpu_layers, 0), n_gpu_layers > n_layer
 
 
-def model_buffers(tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int = -1,
-                  gpu: bool = True) -> ModelBuffers:
+def model_buffers(
+    tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int = -1, gpu: bool = True
+) -> ModelBuffers:
     """Split the tensors into the GPU and host model buffers for ``n_gpu_layers``.
 
     ``token_embd`` always stays on the host; a model without ``output.weight`` gets an ``output``
@@ -87,14 +88,22 @@ def model_buffers(tensors: Iterable[GgufTensor], n_layer: int, n_gpu_layers: int
 
 # --- KV cache ----------------------------------------------------------------------------------
 
+
 def kv_size_cells(n_ctx: int, flash_attn: bool, version: str = "current") -> int:
     """KV cells: n_ctx padded to 256 with flash attention, 32 without (``llama_kv_cache::get_padding``;
     shared/reference/memory-model.md section 8.3). ``version`` is accepted for symmetry."""
     return _pad(n_ctx, 256 if flash_attn else 32)
 
 
-def kv_buffer_bytes(spec: ModelSpec, n_ctx: int, type_k: str = "f16", type_v: str | None = None,
-                    n_layers: int | None = None, flash_attn: bool = False, version: str = "current") -> int:
+def kv_buffer_bytes(
+    spec: ModelSpec,
+    n_ctx: int,
+    type_k: str = "f16",
+    type_v: str | None = None,
+    n_layers: int | None = None,
+    flash_attn: bool = False,
+    version: str = "current",
+) -> int:
     """Bytes of the KV buffer for ``n_ctx`` cells (shared by all ``--parallel`` sequences).
 
     ``n_layer x kv_size x (row_size(type_k, n_embd_k_gqa) + row_size(type_v, n_embd_v_gqa))``.

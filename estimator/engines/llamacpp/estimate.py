@@ -10,9 +10,9 @@ Worked example, Llama 3.2 3B Q4_K_M, ``n_ctx`` 8192, ``n_ubatch`` 512, no flash 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ...errors import InvalidSpecError
 from ...model import ModelSpec
@@ -22,8 +22,8 @@ from .buffers import kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_la
 from .graph import compute_buffers
 from .tensors import GgufTensor, gguf_file_tensor_bytes, gguf_tensors
 
-
 # --- everything at once ------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class LlamaCppEstimate:
@@ -59,11 +59,21 @@ class LlamaCppEstimate:
         return d
 
 
-def estimate_llamacpp(spec: ModelSpec, quant: str = "q4_k_m", n_ctx: int = 4096, *, n_ubatch: int = 512,
-                      parallel: int = 1, flash_attn: bool = False, n_gpu_layers: int = -1,
-                      kv_dtype: str = "f16", gpu: bool = True, version: str = "current",
-                      kv_unified: bool | None = None,
-                      tensors: Iterable[GgufTensor] | None = None) -> LlamaCppEstimate:
+def estimate_llamacpp(
+    spec: ModelSpec,
+    quant: str = "q4_k_m",
+    n_ctx: int = 4096,
+    *,
+    n_ubatch: int = 512,
+    parallel: int = 1,
+    flash_attn: bool = False,
+    n_gpu_layers: int = -1,
+    kv_dtype: str = "f16",
+    gpu: bool = True,
+    version: str = "current",
+    kv_unified: bool | None = None,
+    tensors: Iterable[GgufTensor] | None = None,
+) -> LlamaCppEstimate:
     """Buffers llama.cpp reports for ``spec`` quantized as ``quant`` at ``n_ctx`` total cells.
 
     ``n_ctx`` is the whole KV cache (``--ctx-size``), shared by ``parallel`` sequences. ``tensors``
@@ -92,17 +102,26 @@ def estimate_llamacpp(spec: ModelSpec, quant: str = "q4_k_m", n_ctx: int = 4096,
             host_w = max(host_w, t.nbytes)
     if not out_on_gpu and not any(t.name == "output.weight" for t in ts):
         host_w = max(host_w, next((t.nbytes for t in ts if t.name == "token_embd.weight"), 0))
-    cb = compute_buffers(spec, n_ctx, n_ubatch, flash_attn, n_gpu_layers, gpu, parallel, kv_unified, version,
-                         host_weight_bytes=host_w)
+    cb = compute_buffers(
+        spec, n_ctx, n_ubatch, flash_attn, n_gpu_layers, gpu, parallel, kv_unified, version, host_weight_bytes=host_w
+    )
     return LlamaCppEstimate(
-        quant=quant, model_buffer_bytes=mb.gpu_model_buffer_bytes, host_buffer_bytes=mb.host_model_buffer_bytes,
-        kv_buffer_bytes=kv_gpu, host_kv_buffer_bytes=kv_cpu, compute_buffer_bytes=cb.gpu_compute_buffer_bytes,
-        host_compute_buffer_bytes=cb.host_compute_buffer_bytes, gguf_tensor_bytes=gguf_file_tensor_bytes(ts),
-        n_gpu_layers=mb.n_gpu_layers if gpu else 0, kv_cells=kv_size_cells(n_ctx, flash_attn, version))
+        quant=quant,
+        model_buffer_bytes=mb.gpu_model_buffer_bytes,
+        host_buffer_bytes=mb.host_model_buffer_bytes,
+        kv_buffer_bytes=kv_gpu,
+        host_kv_buffer_bytes=kv_cpu,
+        compute_buffer_bytes=cb.gpu_compute_buffer_bytes,
+        host_compute_buffer_bytes=cb.host_compute_buffer_bytes,
+        gguf_tensor_bytes=gguf_file_tensor_bytes(ts),
+        n_gpu_layers=mb.n_gpu_layers if gpu else 0,
+        kv_cells=kv_size_cells(n_ctx, flash_attn, version),
+    )
 
 
-def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, margin_bytes: int = 0,
-                         cap: int | None = None, **kw: Any) -> int:
+def max_context_llamacpp(
+    spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, margin_bytes: int = 0, cap: int | None = None, **kw: Any
+) -> int:
     """The largest n_ctx whose GPU buffers fit in ``gpu_memory_bytes - margin_bytes``, with every
     smaller n_ctx fitting too: a multiple of 256, or ``cap`` (default and at most the model's window)
     when the whole window fits; 0 if 256 does not fit. Every buffer grows with n_ctx (KV cells,
@@ -121,8 +140,14 @@ def max_context_llamacpp(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, 
 
 # --- the one report type -------------------------------------------------------------------------
 
-def report(e: LlamaCppEstimate, settings: Mapping[str, Any], gpu_memory_bytes: int | None = None,
-           cuda_context_bytes: int = 0, **details: Any) -> MemoryReport:
+
+def report(
+    e: LlamaCppEstimate,
+    settings: Mapping[str, Any],
+    gpu_memory_bytes: int | None = None,
+    cuda_context_bytes: int = 0,
+    **details: Any,
+) -> MemoryReport:
     """llama.cpp's buffers as the one report type (engine "llama.cpp").
 
     Byte fields: the GPU model, KV and compute buffers as weights, KV cache and activations, and the
@@ -133,54 +158,109 @@ def report(e: LlamaCppEstimate, settings: Mapping[str, Any], gpu_memory_bytes: i
     overhead = cuda_context_bytes if e.n_gpu_layers > 0 else 0
     used = e.device_bytes + overhead
     own = {
-        "model_buffer_bytes": e.model_buffer_bytes, "host_buffer_bytes": e.host_buffer_bytes,
-        "kv_buffer_bytes": e.kv_buffer_bytes, "host_kv_buffer_bytes": e.host_kv_buffer_bytes,
-        "compute_buffer_bytes": e.compute_buffer_bytes, "host_compute_buffer_bytes": e.host_compute_buffer_bytes,
-        "gguf_tensor_bytes": e.gguf_tensor_bytes, "n_gpu_layers": e.n_gpu_layers, "kv_cells": e.kv_cells,
+        "model_buffer_bytes": e.model_buffer_bytes,
+        "host_buffer_bytes": e.host_buffer_bytes,
+        "kv_buffer_bytes": e.kv_buffer_bytes,
+        "host_kv_buffer_bytes": e.host_kv_buffer_bytes,
+        "compute_buffer_bytes": e.compute_buffer_bytes,
+        "host_compute_buffer_bytes": e.host_compute_buffer_bytes,
+        "gguf_tensor_bytes": e.gguf_tensor_bytes,
+        "n_gpu_layers": e.n_gpu_layers,
+        "kv_cells": e.kv_cells,
         "host_bytes": e.host_bytes,
     }
     return MemoryReport(
-        settings=settings, engine="llama.cpp", source="estimate",
-        weights_bytes=e.model_buffer_bytes, kv_cache_bytes=e.kv_buffer_bytes,
-        activations_bytes=e.compute_buffer_bytes, overhead_bytes=overhead,
-        device_used_bytes=used, gpu_memory_bytes=gpu_memory_bytes, details={**own, **details})
+        settings=settings,
+        engine="llama.cpp",
+        source="estimate",
+        weights_bytes=e.model_buffer_bytes,
+        kv_cache_bytes=e.kv_buffer_bytes,
+        activations_bytes=e.compute_buffer_bytes,
+        overhead_bytes=overhead,
+        device_used_bytes=used,
+        gpu_memory_bytes=gpu_memory_bytes,
+        details={**own, **details},
+    )
 
 
-def _settings(spec: ModelSpec, quant: str, n_ctx: int, gpu_memory_bytes: int | None,
-              given: Mapping[str, Any] | None, kw: Mapping[str, Any]) -> dict[str, Any]:
+def _settings(
+    spec: ModelSpec,
+    quant: str,
+    n_ctx: int,
+    gpu_memory_bytes: int | None,
+    given: Mapping[str, Any] | None,
+    kw: Mapping[str, Any],
+) -> dict[str, Any]:
     s: dict[str, Any] = {
-        "engine": "llama.cpp", "model": spec.name, "quant": quant, "kv_dtype": kw.get("kv_dtype", "f16"),
-        "gpu": None, "gpu_memory_bytes": gpu_memory_bytes, "context": n_ctx, "parallel": kw.get("parallel", 1),
-        "ubatch": kw.get("n_ubatch", 512), "flash_attn": bool(kw.get("flash_attn", False)),
-        "n_gpu_layers": kw.get("n_gpu_layers", -1), "gguf": None, "llamacpp_version": kw.get("version", "current")}
+        "engine": "llama.cpp",
+        "model": spec.name,
+        "quant": quant,
+        "kv_dtype": kw.get("kv_dtype", "f16"),
+        "gpu": None,
+        "gpu_memory_bytes": gpu_memory_bytes,
+        "context": n_ctx,
+        "parallel": kw.get("parallel", 1),
+        "ubatch": kw.get("n_ubatch", 512),
+        "flash_attn": bool(kw.get("flash_attn", False)),
+        "n_gpu_layers": kw.get("n_gpu_layers", -1),
+        "gguf": None,
+        "llamacpp_version": kw.get("version", "current"),
+    }
     s.update(given or {})
     return s
 
 
-def estimate_report(spec: ModelSpec, quant: str, n_ctx: int, *, gpu_memory_bytes: int | None = None,
-                    cuda_context_bytes: int = 0, settings: Mapping[str, Any] | None = None,
-                    **kw: Any) -> MemoryReport:
+def estimate_report(
+    spec: ModelSpec,
+    quant: str,
+    n_ctx: int,
+    *,
+    gpu_memory_bytes: int | None = None,
+    cuda_context_bytes: int = 0,
+    settings: Mapping[str, Any] | None = None,
+    **kw: Any,
+) -> MemoryReport:
     """``estimate_llamacpp(spec, quant, n_ctx, **kw)`` as a report (``report``) on a GPU of
     ``gpu_memory_bytes`` with ``cuda_context_bytes`` of CUDA context. ``settings``: the engine,
     model, quant, KV type, GPU memory, context (n_ctx) and llama.cpp's settings, updated with the
     ``settings`` given (how the caller names the KV type, GPU and GGUF file)."""
     e = estimate_llamacpp(spec, quant, n_ctx, **kw)
-    return report(e, _settings(spec, quant, n_ctx, gpu_memory_bytes, settings, kw), gpu_memory_bytes,
-                  cuda_context_bytes)
+    return report(
+        e, _settings(spec, quant, n_ctx, gpu_memory_bytes, settings, kw), gpu_memory_bytes, cuda_context_bytes
+    )
 
 
-def fit_report(spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, cuda_context_bytes: int = 0,
-               settings: Mapping[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+def fit_report(
+    spec: ModelSpec,
+    quant: str,
+    gpu_memory_bytes: int,
+    *,
+    cuda_context_bytes: int = 0,
+    settings: Mapping[str, Any] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """The largest n_ctx whose GPU buffers and CUDA context fit ``gpu_memory_bytes``
     (``max_context_llamacpp``, at most the model's window) and the report there: {"engine":
     "llama.cpp", "max_context", "gpu_memory_bytes", "max_position_embeddings", "cuda_context_bytes",
     "whole_window_fits"}, plus "estimate" (a MemoryReport, ``estimate_report``) when some n_ctx fits."""
     window = spec.max_position_embeddings
     t = max_context_llamacpp(spec, quant, gpu_memory_bytes, margin_bytes=cuda_context_bytes, cap=window, **kw)
-    out: dict[str, Any] = {"engine": "llama.cpp", "max_context": t, "gpu_memory_bytes": gpu_memory_bytes,
-                           "max_position_embeddings": window, "cuda_context_bytes": cuda_context_bytes,
-                           "whole_window_fits": t == window}
+    out: dict[str, Any] = {
+        "engine": "llama.cpp",
+        "max_context": t,
+        "gpu_memory_bytes": gpu_memory_bytes,
+        "max_position_embeddings": window,
+        "cuda_context_bytes": cuda_context_bytes,
+        "whole_window_fits": t == window,
+    }
     if t:
-        out["estimate"] = estimate_report(spec, quant, t, gpu_memory_bytes=gpu_memory_bytes,
-                                          cuda_context_bytes=cuda_context_bytes, settings=settings, **kw)
+        out["estimate"] = estimate_report(
+            spec,
+            quant,
+            t,
+            gpu_memory_bytes=gpu_memory_bytes,
+            cuda_context_bytes=cuda_context_bytes,
+            settings=settings,
+            **kw,
+        )
     return out

@@ -9,7 +9,6 @@ from typing import TypedDict
 
 from .types import _pad
 
-
 # --- compute buffer: replay of ggml-alloc over the llama graph ----------------------------------
 
 _INPLACE_OPS = {"add", "mul", "rms_norm", "rope", "soft_max", "unary", "scale"}  # ggml_op_can_inplace
@@ -94,18 +93,45 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[_Node] = []
 
-    def add(self, name: str, nbytes: int, srcs: Sequence[_Node | None], op: str = "op", dev: str = "gpu",
-            view_of: _Node | None = None, inp: bool = False, out: bool = False) -> _Node:
-        n: _Node = {"name": name, "size": nbytes, "srcs": [s for s in srcs if s is not None], "op": op,
-                    "dev": dev, "view_of": view_of, "input": inp, "output": out, "external": False}
+    def add(
+        self,
+        name: str,
+        nbytes: int,
+        srcs: Sequence[_Node | None],
+        op: str = "op",
+        dev: str = "gpu",
+        view_of: _Node | None = None,
+        inp: bool = False,
+        out: bool = False,
+    ) -> _Node:
+        n: _Node = {
+            "name": name,
+            "size": nbytes,
+            "srcs": [s for s in srcs if s is not None],
+            "op": op,
+            "dev": dev,
+            "view_of": view_of,
+            "input": inp,
+            "output": out,
+            "external": False,
+        }
         self.nodes.append(n)
         return n
 
     @staticmethod
     def ext(name: str) -> _Node:
         """A tensor with its own data (weight or KV cache): never allocated by the graph allocator."""
-        return {"name": name, "size": 0, "srcs": [], "op": "none", "dev": "ext", "view_of": None,
-                "input": False, "output": False, "external": True}
+        return {
+            "name": name,
+            "size": 0,
+            "srcs": [],
+            "op": "none",
+            "dev": "ext",
+            "view_of": None,
+            "input": False,
+            "output": False,
+            "external": True,
+        }
 
 
 def _simulate(g: _Graph, alignments: dict[str, int]) -> dict[str, int]:

@@ -24,14 +24,23 @@ from .types import CPU_ALIGNMENT, CUDA_ALIGNMENT, KQ_MASK_PAD, OP_OFFLOAD_MIN_BA
 class ComputeBuffers:
     """Compute buffers as llama.cpp prints them. All fields are bytes."""
 
-    gpu_compute_buffer_bytes: int    # "CUDA0 compute buffer size"
-    host_compute_buffer_bytes: int   # "CUDA_Host compute buffer size" (pinned host), or "CPU compute buffer" CPU-only
+    gpu_compute_buffer_bytes: int  # "CUDA0 compute buffer size"
+    host_compute_buffer_bytes: int  # "CUDA_Host compute buffer size" (pinned host), or "CPU compute buffer" CPU-only
 
 
-def compute_buffers(spec: ModelSpec, n_ctx: int, n_ubatch: int = 512, flash_attn: bool = False,
-                    n_gpu_layers: int = -1, gpu: bool = True, parallel: int = 1,
-                    kv_unified: bool | None = None, version: str = "current",
-                    host_weight_bytes: int = 0, op_offload: bool = True) -> ComputeBuffers:
+def compute_buffers(
+    spec: ModelSpec,
+    n_ctx: int,
+    n_ubatch: int = 512,
+    flash_attn: bool = False,
+    n_gpu_layers: int = -1,
+    gpu: bool = True,
+    parallel: int = 1,
+    kv_unified: bool | None = None,
+    version: str = "current",
+    host_weight_bytes: int = 0,
+    op_offload: bool = True,
+) -> ComputeBuffers:
     """Worst-case compute buffers that ``ggml_backend_sched_reserve`` sizes at context creation.
 
     The reserve graph has ``n_tokens = min(n_ctx, n_ubatch)`` tokens, all of them outputs, attending

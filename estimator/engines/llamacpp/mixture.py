@@ -7,16 +7,22 @@ from __future__ import annotations
 from ...model import ModelSpec
 from .types import FTYPES, GGML_TYPES
 
-
 # --- mixtures ---------------------------------------------------------------------------------
+
 
 def use_more_bits(i_layer: int, n_layers: int) -> bool:
     """``use_more_bits`` lambda of ``llama_tensor_get_type`` (src/llama-quant.cpp)."""
     return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
 
 
-_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0", "Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL",
-             "IQ4_XS": "IQ4_NL"}  # llama-quant.cpp convert_incompatible_tensor switch
+_FALLBACK = {
+    "Q4_K": "Q5_0",
+    "Q5_K": "Q5_1",
+    "Q6_K": "Q8_0",
+    "Q2_K": "IQ4_NL",
+    "Q3_K": "IQ4_NL",
+    "IQ4_XS": "IQ4_NL",
+}  # llama-quant.cpp convert_incompatible_tensor switch
 
 
 def _is_70b(spec: ModelSpec) -> bool:
@@ -24,8 +30,9 @@ def _is_70b(spec: ModelSpec) -> bool:
     return spec.num_hidden_layers == 80 and spec.model_type == "llama"
 
 
-def tensor_type(ftype: str, role: str, i_layer: int | None, spec: ModelSpec, has_output: bool,
-                has_imatrix: bool = False) -> str:
+def tensor_type(
+    ftype: str, role: str, i_layer: int | None, spec: ModelSpec, has_output: bool, has_imatrix: bool = False
+) -> str:
     """The type ``llama_tensor_get_type`` picks for a 2-D weight. ``role`` is the GGUF tensor base name
     (``token_embd``, ``output``, ``attn_q``, ``attn_k``, ``attn_v``, ``attn_output``, ``ffn_gate``,
     ``ffn_up``, ``ffn_down``)."""

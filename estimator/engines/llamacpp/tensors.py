@@ -5,8 +5,9 @@ per-type counts llama.cpp prints."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from ...errors import UnknownNameError
 from ...model import ModelSpec, tensors
@@ -35,6 +36,7 @@ def has_rope_freqs(spec: ModelSpec, hf_config: Mapping[str, Any] | None = None) 
     if cfg is None:
         try:
             from ...model import PRESETS, preset_config
+
             cfg = preset_config(spec.name) if spec.name in PRESETS else {}
         except Exception:  # pragma: no cover - presets always load
             cfg = {}
@@ -43,13 +45,24 @@ def has_rope_freqs(spec: ModelSpec, hf_config: Mapping[str, Any] | None = None) 
 
 
 # Hugging Face tensor names -> GGUF names (convert_hf_to_gguf's tensor map for LLM_ARCH_LLAMA).
-_GGUF_GLOBAL = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-                "lm_head.weight": "output.weight"}
-_GGUF_LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-               "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-               "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
-               "self_attn.k_norm": "attn_k_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-               "mlp.down_proj": "ffn_down"}
+_GGUF_GLOBAL = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_GGUF_LAYER = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
 
 
 def _gguf_name(hf_name: str, layer: int | None) -> str:
@@ -86,8 +99,9 @@ def _gguf_tensors_cached(spec: ModelSpec, ftype: str, rope_freqs: bool, has_imat
     return tuple(out)
 
 
-def gguf_tensors(spec: ModelSpec, quant: str, *, rope_freqs: bool | None = None,
-                 has_imatrix: bool = False) -> tuple[GgufTensor, ...]:
+def gguf_tensors(
+    spec: ModelSpec, quant: str, *, rope_freqs: bool | None = None, has_imatrix: bool = False
+) -> tuple[GgufTensor, ...]:
     """The tensors of a GGUF file that ``llama-quantize --<quant>`` writes for this Llama-family config."""
     quant = quant.lower()
     if rope_freqs is None:
