@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from estimator.errors import EstimatorError, InvalidSpecError
-from estimator.estimate import Settings
+from estimator.estimate import ATTN_IMPLS, BNB_COMPUTE_DTYPES, LOGITS_MODES, Settings
 from estimator.model import DEFAULT_PRESET, load_model
 from estimator.quant import QUANTS, compute_dtype
+from estimator.report import ESTIMATE_KEYS
 from estimator.units import parse_context, parse_int, shown
 
 # Quants the reference runtime can load through transformers (docs/api.md names). fp8, GPTQ
@@ -29,25 +30,10 @@ BNB_QUANTS = ("int8", "nf4", "nf4-dq", "fp4", "fp4-dq")
 DEVICES = ("cuda", "cpu", "trace")
 ISOLATIONS = ("process", "shared-process", "in-process")
 # The estimator's choices, re-exported for the runtime CLI's --help.
-ATTNS = ("sdpa", "eager")
-COMPUTE_DTYPES = ("bf16", "fp32", "fp16")
-LOGITS = ("last", "full", "full-fp32")
+ATTNS, COMPUTE_DTYPES, LOGITS = ATTN_IMPLS, BNB_COMPUTE_DTYPES, LOGITS_MODES
 # The Settings fields a record stores (the model by its reference; max_cache_len and gpu are the
 # estimator's only: the runtime measures DynamicCache on the device it runs on).
-ESTIMATOR_KEYS = (
-    "model",
-    "quant",
-    "context",
-    "batch",
-    "kv_dtype",
-    "attn",
-    "new_tokens",
-    "cache",
-    "padding",
-    "logits",
-    "prefill_chunk",
-    "bnb_compute_dtype",
-)
+ESTIMATOR_KEYS = ("model",) + tuple(k for k in ESTIMATE_KEYS if k != "max_cache_len")
 
 
 class SettingsError(ValueError):
