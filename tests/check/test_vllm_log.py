@@ -1,0 +1,347 @@
+"""vLLM startup logs (tests/check/fixtures/vllm, real excerpts with their sources) against the estimate.
+
+Each fixture: the settings the log states are inferred, the logged values are read (written here by hand
+from the fixture text), and every prediction is ``estimate_vllm`` for those settings. The fixtures that
+are rows of estimator/data/public-measurements.csv meet the tolerances of
+tests/engines/test_public_measurements.py (weights 0.1%, activation peaks 5%, KV pool and blocks 1%,
+non-torch +-0.05 GiB, each on top of half a unit of the last printed digit).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from estimator.check import CheckResult, LogNotRecognised, MissingSetting, check_log
+from estimator.check.vllm_log import check, detect
+from estimator.engines import public
+from estimator.engines import vllm as vl
+from estimator.model import load_model, load_preset, preset_config
+
+GiB = 1 << 30
+FIXTURES = Path(__file__).parent / "fixtures" / "vllm"
+
+
+def read(name: str) -> str:
+    return (FIXTURES / name).read_text(encoding="utf-8")
+
+
+def gib(x: float) -> int:
+    return round(x * GiB)
+
+
+def terms(r: CheckResult) -> dict[str, Any]:
+    return {t.name: t for t in r.terms}
+
+
+META_LLAMA_3_8B = {**preset_config("llama-3.1-8b"), "max_position_embeddings": 8192, "rope_scaling": None}
+
+# file -> options, the settings the log states, the logged values, the estimate_vllm arguments (by hand)
+CASES: dict[str, dict[str, Any]] = {
+    "v0-0.6.4.post1-llama-3.2-1b-gtx1080.log": {
+        "options": {},
+        "inferred": {
+            "engine": "V0",
+            "release": "0.6.4.post1",
+            "accounting": "v0-0.6",
+            "model": "llama-3.2-1b",
+            "dtype": "fp16",
+            "max_model_len": 105088,
+            "max_num_batched_tokens": 512,
+            "gpu_memory_utilization": 0.95,
+            "gpu_memory_bytes": gib(7.92),
+            "tensor_parallel_size": 1,
+            "pipeline_parallel_size": 1,
+            "enforce_eager": False,
+        },
+        "logged": {
+            "weights": gib(2.3185),
+            "peak_torch": gib(3.49),
+            "non_torch": gib(0.44),
+            "kv_cache": gib(3.60),
+            "kv_blocks": 7366,
+            "max_concurrency": 1.12,
+            "cuda_graph": gib(0.24),
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_preset("llama-3.2-1b"),
+            gib(7.92),
+            gpu_memory_utilization=0.95,
+            max_model_len=105088,
+            max_num_batched_tokens=512,
+            dtype="fp16",
+            version="v0-0.6",
+            device_baseline_bytes=gib(2.73) - gib(2.3185),  # initial_memory_usage - weights, same log
+        ),
+    },
+    "v0-0.8.2-llama-3.2-3b-t4.log": {
+        "options": {},
+        "inferred": {
+            "engine": "V0",
+            "release": "0.8.2",
+            "accounting": "v0",
+            "model": "llama-3.2-3b",
+            "model_name": "unsloth/Llama-3.2-3B-Instruct",
+            "dtype": "fp16",
+            "max_model_len": 2048,
+            "max_num_seqs": 192,  # cudagraph_capture_sizes end at 192
+            "gpu_memory_utilization": 0.894,  # 13.18 / 14.74 (printed 0.89)
+            "gpu_memory_bytes": gib(14.74),
+            "enforce_eager": False,
+        },
+        "logged": {
+            "weights": gib(6.0160),
+            "weights_profiled": gib(6.02),
+            "non_torch": gib(0.05),
+            "activation_peak": gib(0.90),
+            "kv_cache": gib(6.22),
+            "kv_blocks": 3637,
+            "max_concurrency": 28.41,
+            "cuda_graph": gib(0.17),
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_preset("llama-3.2-3b"),
+            gib(14.74),
+            gpu_memory_utilization=0.894,
+            max_model_len=2048,
+            max_num_seqs=192,
+            dtype="fp16",
+            version="v0",
+        ),
+    },
+    "v0-0.6.4.dev26-llama-3.1-8b.log": {
+        "options": {"gpu": "rtx-4090-24gb"},  # the log does not state the GPU; this one is an assumption
+        "inferred": {
+            "engine": "V0",
+            "release": "0.6.4.dev26+g92d86da2.d20241017",
+            "accounting": "v0-0.6",
+            "model": "llama-3.1-8b",
+            "dtype": "bf16",
+            "max_model_len": 40960,
+            "max_num_batched_tokens": 512,
+            "gpu_memory_utilization": 0.9,  # not stated: vLLM's default (the script passed 0.9)
+            "gpu": "rtx-4090-24gb",
+        },
+        "logged": {"weights": gib(14.9888), "kv_blocks": 2575, "max_concurrency": 1.01},
+        "estimate": lambda: vl.estimate_vllm(
+            load_preset("llama-3.1-8b"),
+            get_gpu_bytes("rtx-4090-24gb"),
+            gpu_memory_utilization=0.9,
+            max_model_len=40960,
+            max_num_batched_tokens=512,
+            dtype="bf16",
+            version="v0-0.6",
+            gpu_name="NVIDIA GeForce RTX 4090",
+            gpu_arch="sm89",
+        ),
+    },
+    "v1-0.10.2-llama-3.1-8b-jetson-thor.log": {
+        "options": {"gpu_memory_bytes": 128 * 10**9},  # not in the log: Jetson AGX Thor's nominal 128 GB
+        "inferred": {
+            "engine": "V1",
+            "release": "0.10.2",
+            "accounting": "v1",
+            "model": "llama-3.1-8b",
+            "dtype": "bf16",
+            "max_model_len": 131072,
+            "max_num_batched_tokens": 2048,
+            "gpu_memory_utilization": 0.85,
+            "gpu_memory_bytes": 128 * 10**9,
+            "enforce_eager": True,
+        },
+        "logged": {
+            "weights": gib(14.9889),
+            "kv_cache": gib(85.79),
+            "kv_tokens": 702_800,
+            "max_concurrency": 5.36,
+            "kv_blocks": 43925,
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_preset("llama-3.1-8b"),
+            128 * 10**9,
+            gpu_memory_utilization=0.85,
+            max_model_len=131072,
+            max_num_batched_tokens=2048,
+            dtype="bf16",
+            version="v1",
+            enforce_eager=True,
+            cudagraph_in_budget=False,
+        ),
+    },
+    "v0-0.6.5dev-meta-llama-3-8b-h100.log": {
+        "options": {"model": META_LLAMA_3_8B},
+        "inferred": {
+            "engine": "V0",
+            "release": None,
+            "accounting": "v0",
+            "model_name": "meta-llama/Meta-Llama-3-8B",
+            "gpu_memory_utilization": 0.9,
+            "gpu_memory_bytes": gib(79.22),
+            "max_model_len": 8192,
+        },
+        "logged": {
+            "weights_profiled": gib(14.96),
+            "non_torch": gib(1.79),
+            "activation_peak": gib(1.26),
+            "kv_cache": gib(53.29),
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_model(META_LLAMA_3_8B), gib(79.22), gpu_memory_utilization=0.9, version="v0"
+        ),
+    },
+}
+
+
+def get_gpu_bytes(key: str) -> int:
+    from estimator.gpus import get_gpu
+
+    return get_gpu(key).memory_bytes
+
+
+PREDICTED = {
+    "weights": lambda e: e.weights_bytes,
+    "weights_profiled": lambda e: e.weights_bytes,
+    "activation_peak": lambda e: e.activation_peak_bytes,
+    "peak_torch": lambda e: e.weights_bytes + e.activation_peak_bytes,
+    "non_torch": lambda e: e.non_torch_bytes,
+    "kv_cache": lambda e: e.kv_pool_bytes,
+    "kv_blocks": lambda e: e.num_gpu_blocks,
+    "kv_tokens": lambda e: e.kv_cache_tokens,
+    "max_concurrency": lambda e: round(e.max_concurrency, 2),
+    "cuda_graph": lambda e: e.cuda_graph_bytes,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixture_detected_and_cites_its_source(name: str) -> None:
+    text = read(name)
+    assert detect(text)
+    assert text.startswith("# source: ")
+    assert "# quote as published, trimmed to the memory lines" in text.splitlines()[1]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_fixture_inferred_logged_and_predicted(name: str) -> None:
+    case = CASES[name]
+    r = check(read(name), **case["options"])
+    assert r.engine == "vllm"
+    assert r.engine_version == case["inferred"]["release"]
+    for key, want in case["inferred"].items():
+        assert r.inferred[key] == want, key
+    got = terms(r)
+    assert set(got) == set(case["logged"])
+    e = case["estimate"]()
+    for key, want in case["logged"].items():
+        t = got[key]
+        assert t.logged == want, key
+        assert t.predicted == PREDICTED[key](e), key
+        assert t.owner, key
+        assert t.line, key
+        assert t.unit == {"kv_blocks": "blocks", "kv_tokens": "tokens", "max_concurrency": "x"}.get(key, "bytes")
+    assert r.notes[0].startswith(f"modelled vLLM's {case['inferred']['accounting']} accounting")
+    assert any(n.startswith("largest drift: ") for n in r.notes)
+
+
+def _within(kind: str, got: float, want: float, half: float) -> bool:
+    """tests/engines/test_public_measurements.py's tolerance for a row of this kind."""
+    if kind == "non_torch":
+        return abs(got - want) <= 0.05 + half
+    return abs(got - want) <= public.REL_TOL[kind] * abs(want) + half
+
+
+# fixture -> term -> (public row, tolerance kind, printed value in the row's unit, half a unit of the last digit)
+PUBLIC_ROWS = {
+    "v0-0.8.2-llama-3.2-3b-t4.log": {
+        "weights": ("GT-001", "weights", 6.0160, 0.00005),
+        "weights_profiled": ("GT-002", "weights", 6.02, 0.005),
+        "non_torch": ("GT-003", "non_torch", 0.05, 0.005),
+        "activation_peak": ("GT-004", "activation", 0.90, 0.005),
+        "kv_cache": ("GT-005", "pool", 6.22, 0.005),
+        "kv_blocks": ("GT-006", "pool", 3637, 0.5),  # blocks: 1% of the count, no print rounding
+    },
+    "v0-0.6.4.post1-llama-3.2-1b-gtx1080.log": {
+        "weights": ("GT-029", "weights", 2.3185, 0.00005),
+        "peak_torch": ("GT-030", "activation", 3.49, 0.005),
+        "non_torch": ("GT-031", "non_torch", 0.44, 0.005),
+        "kv_cache": ("GT-032", "pool", 3.60, 0.005),
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_ROWS))
+def test_public_rows_within_their_tolerance(name: str) -> None:
+    got = terms(check(read(name), **CASES[name]["options"]))
+    rows = public.rows()
+    for key, (rid, kind, printed, half) in PUBLIC_ROWS[name].items():
+        assert public.measured(rows[rid]) == (printed, pytest.approx(half)), rid
+        scale = 1 if key == "kv_blocks" else GiB
+        pred = got[key].predicted / scale
+        # the same number the public reproduction gives for the row
+        assert pred == pytest.approx(public.case(rid)[0](), rel=1e-9), rid
+        if key == "kv_blocks":
+            assert abs(pred - printed) <= public.REL_TOL[kind] * printed, rid
+        else:
+            assert _within(kind, pred, printed, half), f"{rid}: {pred:.4f} vs {printed}"
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_ROWS))
+def test_cuda_graph_prediction_is_a_lower_bound(name: str) -> None:
+    """GT-007 / GT-033 are not derivable (driver cudaGraphExec memory): the pool is below the log."""
+    t = terms(check(read(name)))["cuda_graph"]
+    assert 0 < t.predicted < t.logged
+    assert "lower bound" in t.owner
+
+
+def test_check_log_dispatches_to_vllm() -> None:
+    r = check_log(read("v0-0.8.2-llama-3.2-3b-t4.log"))
+    assert r.engine == "vllm" and r.inferred["model"] == "llama-3.2-3b"
+    d = r.to_dict()
+    assert d["engine"] == "vllm" and {t["name"] for t in d["terms"]} >= {"weights", "kv_cache", "kv_blocks"}
+
+
+def test_missing_model_is_asked_for() -> None:
+    """A log whose model is not a preset, and a log with the lines that name the model removed."""
+    with pytest.raises(MissingSetting, match=r"^model: .*Meta-Llama-3-8B.*--model PRESET"):
+        check(read("v0-0.6.5dev-meta-llama-3-8b-h100.log"))
+    text = read("v0-0.8.2-llama-3.2-3b-t4.log")
+    stripped = "\n".join(line for line in text.splitlines() if "Llama-3.2-3B" not in line)
+    with pytest.raises(MissingSetting, match=r"^model: the log does not name a known model; pass --model"):
+        check(stripped)
+    assert check(stripped, model="llama-3.2-3b").inferred["model"] == "llama-3.2-3b"
+
+
+def test_missing_gpu_total_is_asked_for() -> None:
+    for name in ("v1-0.10.2-llama-3.1-8b-jetson-thor.log", "v0-0.6.4.dev26-llama-3.1-8b.log"):
+        with pytest.raises(MissingSetting, match=r"^gpu: .*--gpu"):
+            check(read(name))
+        msg = str(pytest.raises(MissingSetting, check, read(name)).value)
+        assert "\n" not in msg
+
+
+def test_log_total_wins_over_the_option_and_the_gpu_gives_the_arch() -> None:
+    r = check(read("v0-0.8.2-llama-3.2-3b-t4.log"), gpu="t4-16gb", gpu_memory_bytes=80 * GiB)
+    assert r.inferred["gpu_memory_bytes"] == gib(14.74)
+    assert r.inferred["gpu"] == "t4-16gb"
+
+
+def test_unparsed_lines_are_counted() -> None:
+    text = read("v0-0.8.2-llama-3.2-3b-t4.log")
+    base = check(text).unparsed_lines
+    noisy = text + "\nrandom words here\nINFO 05-05 15:26:17 [serving_chat.py:115] Using default chat sampling\n\n"
+    r = check(noisy)
+    assert r.unparsed_lines == base + 2
+    assert terms(r).keys() == terms(check(text)).keys()
+
+
+def test_detect_is_specific() -> None:
+    assert not detect("hello world\nthis is not a log\n")
+    assert not detect('{"settings": {"quant": "fp16"}, "status": "ok"}\n')
+    assert not detect(
+        "llama_kv_cache_init:      CUDA0 KV buffer size =   896.00 MiB\n"
+        "llama_new_context_with_model:      CUDA0 compute buffer size =   424.00 MiB\n"
+        "llm_load_tensors:        CUDA0 model buffer size =  1918.35 MiB\n"
+    )
+    with pytest.raises(LogNotRecognised):
+        check("hello world\n")
