@@ -16,7 +16,7 @@ pages = [
     st.Page(PAGES / "calculator.py", title="Calculator", icon=":material/calculate:", default=True),
     st.Page(PAGES / "validation.py", title="Validation", icon=":material/fact_check:"),
     st.Page(PAGES / "model.py", title="Model", icon=":material/account_tree:"),
+    st.Page(PAGES / "engines.py", title="Engines", icon=":material/compare_arrows:"),
+    st.Page(PAGES / "check.py", title="Check a log", icon=":material/troubleshoot:"),
 ]
-if (PAGES / "engines.py").exists():
-    pages.append(st.Page(PAGES / "engines.py", title="Engines", icon=":material/compare_arrows:"))
 st.navigation(pages).run()

@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, with_context=False)
     p.add_argument("--quants", default=",".join(q for q in QUANTS if q != "et-4bit"), help="comma-separated schemes")
     p.add_argument("--contexts", default=None, help="comma-separated contexts (default: 64 points, 1K to 128K)")
+    p = sub.add_parser("check", help="a real engine log (vLLM, llama.cpp / Ollama, runtime JSONL) against the estimate")
+    p.add_argument("logfile", help="the log file ('-' reads standard input)")
+    p.add_argument("--model", default=None, help="preset or config.json, when the log names no known model")
+    p.add_argument("--gpu", default=None, help="catalog GPU key, when the log states no GPU memory")
+    p.add_argument("--gpu-memory", default=None, help="GPU memory (24GiB, 80 GB, bytes), when the log states none")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -270,7 +276,52 @@ def _cmd_quants(args: argparse.Namespace) -> tuple[Any, str]:
     return rows, text
 
 
-COMMANDS = {"estimate": _cmd_estimate, "fit": _cmd_fit, "sweep": _cmd_sweep, "gpus": _cmd_gpus, "quants": _cmd_quants}
+def _cmd_check(args: argparse.Namespace) -> tuple[Any, str]:
+    from .check import MAX_LOG_BYTES, check_log
+
+    if args.logfile == "-":
+        data = sys.stdin.buffer.read(MAX_LOG_BYTES + 1)
+    else:
+        with open(args.logfile, "rb") as f:
+            data = f.read(MAX_LOG_BYTES + 1)
+    options: dict[str, Any] = {"model": args.model, "gpu": args.gpu}
+    if args.gpu_memory is not None:
+        options["gpu_memory_bytes"] = parse_size(args.gpu_memory, "--gpu-memory")
+    r = check_log(data, **options)
+    return r.to_dict(), format_check(r)
+
+
+def _cell(v: float | None, unit: str) -> str:
+    if v is None:
+        return "-"
+    if unit == "bytes":
+        return f"{v / GiB:.3f} GiB"
+    return f"{v:,.2f}{unit}" if unit == "x" else f"{v:,.0f} {unit}"
+
+
+def format_check(r: Any) -> str:
+    """The check as a table: per term logged, predicted, difference and relative error, and the owner."""
+    head = f"{r.engine} log" + (f" ({r.engine_version})" if r.engine_version else "")
+    lines = [head, "settings read: " + ", ".join(f"{k}={v}" for k, v in r.inferred.items())]
+    lines.append(f"{'term':<44} {'logged':>14} {'predicted':>14} {'difference':>14} {'error':>8}  owner")
+    for t in r.terms:
+        err = "-" if t.rel_error is None else f"{100 * t.rel_error:+.1f}%"
+        lines.append(
+            f"{t.name[:44]:<44} {_cell(t.logged, t.unit):>14} {_cell(t.predicted, t.unit):>14} "
+            f"{_cell(t.difference, t.unit):>14} {err:>8}  {t.owner}"
+        )
+    lines += [f"note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+COMMANDS = {
+    "estimate": _cmd_estimate,
+    "fit": _cmd_fit,
+    "sweep": _cmd_sweep,
+    "check": _cmd_check,
+    "gpus": _cmd_gpus,
+    "quants": _cmd_quants,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
