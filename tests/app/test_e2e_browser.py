@@ -168,6 +168,7 @@ def test_browser_other_pages_render(server, browser):
         ("/validation", "Validation", "validation.png"),
         ("/model", "Where the parameters are", "model.png"),
         ("/engines", "Why the numbers differ", "engines.png"),
+        ("/check", "Paste or upload a log", "check.png"),
     ):
         page.goto(server + path, wait_until="networkidle")
         page.get_by_text(text).first.wait_for(timeout=60_000)
