@@ -16,6 +16,7 @@ import json
 import sys
 from typing import Any
 
+from estimator.report import PHASE_FIELDS
 from estimator.units import one_line
 
 from .settings import ATTNS, COMPUTE_DTYPES, DEVICES, ISOLATIONS, LOGITS, RUNTIME_QUANTS, SettingsError, make_settings
@@ -157,14 +158,7 @@ def _table(r: dict[str, Any]) -> str:
         f"{s['model']} {s['quant']} context={s['context']} batch={s['batch']} attn={s['attn']} "
         f"device={s['device']} status={r['status']}" + (f" ({r['error']})" if r.get("error") else "")
     ]
-    cols = (
-        "weights_bytes",
-        "kv_cache_bytes",
-        "activations_bytes",
-        "peak_allocated_bytes",
-        "peak_reserved_bytes",
-        "device_used_bytes",
-    )
+    cols = PHASE_FIELDS
     out.append(f"{'phase':<8}" + "".join(f"{c.replace('_bytes', ''):>22}" for c in cols))
     for ph in ("load", "prefill", "decode"):
         out.append(f"{ph:<8}" + "".join(f"{f(r['phases'][ph].get(c)):>22}" for c in cols))
