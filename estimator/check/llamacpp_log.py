@@ -43,10 +43,9 @@ from ..model import PRESETS, ModelSpec, from_hf_config, load_model, load_preset
 from . import CheckResult, LogNotRecognised, MissingSetting, Term
 
 MiB = 1 << 20
-# First build with per-sequence KV streams (llama.cpp b5913, July 2025: ``kv_unified`` false by
-# default, ``llama_kv_cache_unified`` renamed ``llama_kv_cache``); earlier builds are the
-# ``estimate_llamacpp(version="2025-01")`` layout (one unified KV cache, KQ mask padded to 32).
-STREAMS_BUILD = 5913
+# First build with per-sequence KV streams: ``llamacpp.STREAMS_BUILD`` (b5913); a build maps to its
+# layout through ``llamacpp.resolve_build``, the one place for that boundary.
+STREAMS_BUILD = lc.STREAMS_BUILD
 
 OWNERS = {
     "model_buffer": "llamacpp.model_buffers (GGUF tensor types, 512-row padding, 128 B alignment)",
@@ -366,7 +365,7 @@ def _version(p: _Parsed) -> tuple[str, str]:
     if "kv_unified" in p.ctx:
         return "current", "the log prints kv_unified (per-sequence KV streams, b5913 and later)"
     if p.build is not None:
-        v = "current" if p.build >= STREAMS_BUILD else "2025-01"
+        v, _ = lc.resolve_build(str(p.build))
         return v, f"build {p.build} states the layout: {'per-sequence KV streams' if v == 'current' else 'unified KV'}"
     if p.wording & {"llama_new_context_with_model", "llama_init_from_model", "llm_load_tensors"}:
         return "2025-01", "no build line; the llama_new_context_with_model / llm_load_tensors wording predates b5913"
@@ -436,7 +435,9 @@ def check(
     L = spec.num_hidden_layers
 
     version, why = _version(p)
-    version = str(options.get("version") or version)
+    if options.get("version"):
+        version, why = lc.resolve_build(str(options["version"]), "version")
+        why = f"as given ({options['version']}): {why}"
     notes.append(f"llama.cpp layout {version!r}: {why}")
     inferred["version"] = version
     inferred["build"] = p.build

@@ -39,11 +39,13 @@ Anything else is ignored and counted in ``unparsed_lines``. Standard library onl
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidSpecError
+from ..engines.vllm_releases import Release, resolve_release
+from ..errors import EstimatorError, InvalidSpecError
 from ..gpus import Gpu, get_gpu
 from ..model import PRESETS, ModelSpec, load_model
 from . import CheckResult, LogNotRecognised, MissingSetting, Term
@@ -98,13 +100,6 @@ def _f(s: str) -> float:
 
 def _gib(s: str) -> int:
     return round(_f(s) * GiB)
-
-
-def _release_tuple(release: str | None) -> tuple[int, int, int] | None:
-    m = re.match(r"v?(\d+)\.(\d+)(?:\.(\d+))?", release or "")
-    if not m:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
 
 
 def detect(text: str) -> bool:
@@ -358,17 +353,30 @@ def preset_for(name: str) -> str | None:
     return None
 
 
-def _accounting(engine: str | None, release: str | None, profile_form: str | None) -> str:
-    if engine == "V1":
-        return "v1"
-    if profile_form == "v0-0.6":
-        return "v0-0.6"
-    if profile_form == "summary":
-        return "v0"
-    rel = _release_tuple(release)
-    if rel is not None and rel[:2] != (0, 1) and rel <= (0, 6, 4):
-        return "v0-0.6"
-    return "v0"
+def _release(engine: str | None, release: str | None, profile_form: str | None) -> tuple[Release, str | None]:
+    """The release the log states, resolved by ``vllm_releases.resolve_release`` for the engine it
+    runs (the one place that maps a release to an accounting), and why it fell back when the release
+    cannot be resolved (not stated, a dev build, no such engine in it). The profile lines the log
+    prints are evidence of the accounting and win over the release: the device-wide form is
+    "v0-0.6", the summary form "v0"."""
+    eng = "v1" if engine == "V1" else "v0"
+    if eng == "v0" and profile_form in ("v0-0.6", "summary"):
+        acc = "v0-0.6" if profile_form == "v0-0.6" else "v0"
+        try:
+            r = resolve_release(release or "", eng)
+        except EstimatorError:
+            r = None
+        if r is not None and r.accounting == acc:
+            return r, None
+        return dataclasses.replace(resolve_release(eng), accounting=acc, name=acc), (
+            f"the {'device-wide' if acc == 'v0-0.6' else 'summary'} profile lines state the {acc} accounting"
+        )
+    if release is None:
+        return resolve_release(eng), "no release stated"
+    try:
+        return resolve_release(release, eng), None
+    except EstimatorError as e:
+        return resolve_release(eng), f"release {release!r} not resolved ({str(e).split(': ', 1)[-1]})"
 
 
 def _utilization(log: _Log) -> float | None:
@@ -428,7 +436,8 @@ def check(
         notes.append("the log states no GPU total and none was given: only budget-independent terms are predicted")
 
     engine, release = s.get("engine"), s.get("release")
-    accounting = _accounting(engine, release, s.get("profile_form"))
+    modelled, fallback = _release(engine, release, s.get("profile_form"))
+    accounting = modelled.accounting
     engine_said = f"{engine} engine" if engine else "no engine (V1 lines absent: V0)"
     if engine is None:
         engine = "V1" if accounting == "v1" else "V0"
@@ -466,9 +475,10 @@ def check(
         "gpu_name": g.name if g else None,
         "gpu_arch": g.arch if g else None,
     }
-    rel = _release_tuple(release)
-    if accounting == "v1" and rel is not None and rel[:2] != (0, 1) and rel < (0, 21):
-        kw["cudagraph_in_budget"] = False  # V1 up to ~0.20 captured graphs after the KV allocation
+    if modelled.cudagraph_in_budget is not None:
+        kw["cudagraph_in_budget"] = modelled.cudagraph_in_budget  # V1 up to 0.20: graphs after the KV pool
+    if modelled.version is not None:
+        kw["release"] = modelled.name
     if accounting == "v0-0.6" and "initial_memory_usage_bytes" in s and "weights" in log.logged:
         # the device in use before the profile (CUDA context, other processes), from the same log line
         kw["device_baseline_bytes"] = s["initial_memory_usage_bytes"] - int(log.logged["weights"][0])
@@ -499,6 +509,7 @@ def check(
         "engine": engine,
         "release": release,
         "accounting": accounting,
+        "release_modelled": modelled.name,
         "model": model_key,
         "model_name": s.get("model_name"),
         "dtype": dtype,
@@ -522,8 +533,13 @@ def check(
         notes.append(f"not stated, vLLM's default for {accounting}: {', '.join(defaulted)}")
     notes.insert(
         0,
-        f"modelled vLLM's {accounting} accounting (estimator.engines.vllm.estimate_vllm version={accounting!r}); "
-        f"the log states {engine_said}, release {release or 'not stated'}",
+        f"modelled vLLM's {accounting} accounting (estimator.engines.vllm.estimate_vllm version={accounting!r}) "
+        + (
+            f"of release {modelled.name} (vllm_releases.resolve_release)"
+            if fallback is None
+            else f"as {modelled.name!r}: {fallback}"
+        )
+        + f"; the log states {engine_said}, release {release or 'not stated'}",
     )
     drift = [t for t in terms if t.unit == "bytes" and t.rel_error is not None and abs(t.logged or 0) >= 0.01 * GiB]
     if drift:

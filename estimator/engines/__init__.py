@@ -50,6 +50,9 @@ from .vllm import (
 from .vllm import estimate_report as vllm_estimate_report
 from .vllm import fit_report as vllm_fit_report
 from .vllm import report as vllm_report
+from .vllm_releases import NEWEST_RELEASE as VLLM_NEWEST_RELEASE
+from .vllm_releases import Release as VllmRelease
+from .vllm_releases import resolve_release as resolve_vllm_release
 
 ENGINES = ("transformers", "vllm", "llama.cpp")  # the serving engines modelled, by their names in reports
 
@@ -108,6 +111,9 @@ __all__ = [
     "llamacpp_estimate_report",
     "llamacpp_fit_report",
     "vllm_report",
+    "VLLM_NEWEST_RELEASE",
+    "VllmRelease",
+    "resolve_vllm_release",
     "vllm_estimate_report",
     "vllm_fit_report",
 ]

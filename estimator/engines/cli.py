@@ -55,6 +55,24 @@ def _int_type(flag: str, lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def _vllm_release(text: str) -> str:
+    """--vllm-version: v0, v1 or a vLLM release ("0.8.5"), kept as given once it resolves."""
+    try:
+        vl.resolve_release(text)
+    except EstimatorError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip().lower()
+
+
+def _llamacpp_build(text: str) -> str:
+    """--llamacpp-version: current, 2025-01, a build (b5913 / 5913) or a date, kept once it resolves."""
+    try:
+        lc.resolve_build(text)
+    except EstimatorError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip().lower()
+
+
 def _fraction(text: str) -> float:
     """--gpu-memory-utilization: a finite number in (0, 1] ("nan" and "inf" are refused)."""
     import re
@@ -106,7 +124,14 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         help="max concurrent sequences (default: vLLM's, 1024 on H100-class GPUs with V1, else 256)",
     )
     g.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    g.add_argument("--vllm-version", choices=vl.VLLM_VERSIONS, default="v1", help="engine accounting (default v1)")
+    g.add_argument(
+        "--vllm-version",
+        type=_vllm_release,
+        default=vl.NEWEST_RELEASE,
+        metavar="RELEASE",
+        help=f"vLLM release modelled (0.6.4, 0.8.5, 0.10.2, ... {vl.NEWEST_RELEASE}), or the accounting "
+        f"v0 / v1 (default {vl.NEWEST_RELEASE})",
+    )
     g.add_argument(
         "--tensor-parallel-size",
         type=_int_type("--tensor-parallel-size", 1, 1024),
@@ -147,9 +172,11 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gguf", default=None, help="read the tensor inventory from this .gguf file's header")
     g.add_argument(
         "--llamacpp-version",
-        choices=lc.VERSIONS,
+        type=_llamacpp_build,
         default="current",
-        help="llama.cpp graph/KV layout: current (per-sequence KV streams) or 2025-01 (unified KV)",
+        metavar="BUILD",
+        help="llama.cpp build (b5913 or 5913), date (2025-01) or layout: current (per-sequence KV "
+        f"streams, b{lc.STREAMS_BUILD} on) or 2025-01 (unified KV)",
     )
 
 
@@ -219,7 +246,7 @@ def _vllm_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> dict
         dtype=dtype,
         quantization=quantization,
         kv_cache_dtype=kv,
-        version=args.vllm_version,
+        **vl.resolve_release(str(getattr(args, "vllm_version", None) or vl.NEWEST_RELEASE)).estimate_kw(),
         tensor_parallel_size=args.tensor_parallel_size,
         pipeline_parallel_size=args.pipeline_parallel_size,
         enforce_eager=args.enforce_eager,
@@ -255,6 +282,11 @@ def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> 
     kv = {"auto": "f16", "fp16": "f16"}.get(kv, kv)
     if kv not in lc.KV_TYPES:  # f32 and bf16 are taken too
         raise InvalidSpecError(f"--kv-dtype for llama.cpp must be f16, q8_0 or q4_0: {kv!r}")
+    given = str(getattr(args, "llamacpp_version", "current") or "current")
+    layout, _ = lc.resolve_build(given)
+    settings = {**_labels(args, gpu), "quant": quant, "gguf": path}
+    if given.strip().lower() not in lc.VERSIONS:
+        settings["llamacpp_build"] = given.strip().lower()
     kw = dict(
         n_ubatch=args.ubatch,
         parallel=args.parallel,
@@ -262,8 +294,8 @@ def _llamacpp_kw(args: argparse.Namespace, spec: ModelSpec, gpu: Gpu | None) -> 
         n_gpu_layers=args.n_gpu_layers,
         kv_dtype=kv,
         tensors=tensors,
-        version=getattr(args, "llamacpp_version", "current") or "current",
-        settings={**_labels(args, gpu), "quant": quant, "gguf": path},
+        version=layout,
+        settings=settings,
     )
     return spec, quant, kw
 
@@ -360,7 +392,7 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
     rows: list[tuple[str, Any]] = []
     if eng == "vllm":
         lines.append(
-            f"vLLM {s.get('vllm_version')} accounting, per GPU (x{result['num_gpus']} GPUs), "
+            f"vLLM {s.get('vllm_release')} ({s.get('vllm_version')} accounting), per GPU (x{result['num_gpus']} GPUs), "
             f"max_model_len {result['max_model_len']:,}, util {s.get('gpu_memory_utilization')}"
         )
         rows = [

@@ -11,15 +11,17 @@ vLLM does not grow a cache; at startup it measures what the model needs and hand
     num_blocks    = kv_pool // (block_size x bytes per token, all layers)     block_size 16
     concurrency   = num_blocks x 16 / max_model_len          (V0; V1 uses ceil(max_model_len/16) blocks)
 
-Accounting variants (``accounting``):
+Accounting variants (``accounting``; ``estimator.engines.vllm_releases`` maps each vLLM release to
+one, with the release ranges of every memory-relevant behaviour and their sources):
 
 - ``"v0-0.6"``  vLLM <= 0.6.x: non-torch = everything on the device that torch did not allocate,
   including the CUDA context and other processes (``torch.cuda.mem_get_info`` after profiling).
-- ``"v0"``      V0 engine 0.7-0.10: a baseline snapshot is taken before the model loads, so the
+- ``"v0"``      V0 engine 0.6.5-0.10: a baseline snapshot is taken before the model loads, so the
   CUDA context and other processes are outside the budget; non-torch is only the growth.
   CUDA graphs are captured after the KV pool is allocated, outside the budget.
-- ``"v1"``      V1 engine (0.2x-0.33): as ``v0`` plus the CUDA-graph memory estimate subtracted from
-  the budget, and a startup check that the requested memory is free.
+- ``"v1"``      V1 engine (default from 0.8.0, the only one from 0.11.0): as ``v0``, a startup check
+  that the requested memory is free and, from 0.21.0, the CUDA-graph memory estimate subtracted
+  from the budget (earlier V1 releases captured the graphs after the KV allocation).
 
 Worked example (V0 0.8.2, Llama 3.2 3B fp16, T4 14.74 GiB, util 0.894, 192 seqs, 2048 batched tokens):
 weights 6,459,054,080 B (params x 2 + the 32 MiB rotary cos_sin_cache), profile peak 0.884 GiB
@@ -44,6 +46,9 @@ from ..gpus import Gpu, gpu_catalog
 from ..model import ModelSpec, Tensor, tensors
 from ..report import MemoryReport
 from ..solve import largest_true
+from .vllm_releases import NEWEST_RELEASE as NEWEST_RELEASE
+from .vllm_releases import Release as Release
+from .vllm_releases import resolve_release as resolve_release
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -389,6 +394,7 @@ class VllmEstimate:
     starts: bool
     refusal: str | None
     breakdown: dict[str, Any]
+    release: str | None = None  # the vLLM release modelled (``vllm_releases``), or None: the accounting only
 
     @property
     def device_used_bytes(self) -> int:
@@ -430,6 +436,7 @@ def estimate_vllm(
     gpu_arch: str | None = None,
     cudagraph_in_budget: bool | None = None,
     quantization: str | None = None,
+    release: str | None = None,
 ) -> VllmEstimate:
     """vLLM's startup accounting on each GPU of ``tensor_parallel_size x pipeline_parallel_size``.
 
@@ -441,8 +448,10 @@ def estimate_vllm(
     to ``dtype``; single GPU only), used instead of the derived parameters; the rope cache is added.
     ``gpu_name`` / ``gpu_arch`` pick vLLM's batch defaults (H100-class) and the measured non-torch terms.
     ``cudagraph_in_budget``: V1 subtracts its CUDA-graph estimate from the budget (default for "v1",
-    as in 0.2x-0.33); V1 up to ~0.20 captured graphs after the KV allocation (pass False).
+    as from 0.21.0); V1 up to 0.20 captured graphs after the KV allocation (pass False).
     ``quantization``: None, "bitsandbytes" (in-flight NF4) or "fp8" (online fp8) for the linear layers.
+    ``release``: the vLLM release these settings model, echoed in the result; take ``version`` and
+    ``cudagraph_in_budget`` from ``resolve_release(release).estimate_kw()``.
     """
     if version not in ACCOUNTINGS:
         raise UnknownNameError(f"vllm version must be one of {', '.join(VLLM_VERSIONS)}: {version!r}")
@@ -593,6 +602,7 @@ def estimate_vllm(
         starts=refusal is None,
         refusal=refusal,
         breakdown={"rank": rank, "weights": parts},
+        release=release,
     )
 
 
@@ -811,6 +821,7 @@ def estimate_report(
         "max_num_seqs": e.max_num_seqs,
         "enforce_eager": kw.get("enforce_eager", False),
         "vllm_version": e.accounting,
+        "vllm_release": e.release or e.accounting,
         "tensor_parallel_size": e.tensor_parallel_size,
         "pipeline_parallel_size": e.pipeline_parallel_size,
     }

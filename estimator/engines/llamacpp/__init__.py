@@ -51,9 +51,12 @@ from .types import (
     KV_TYPES,
     MATRIX_ROW_PADDING,
     OP_OFFLOAD_MIN_BATCH,
+    STREAMS_BUILD,
+    STREAMS_DATE,
     VERSIONS,
     MiB,
     _pad,  # noqa: F401
+    resolve_build,
     row_bytes,
     tensor_bytes,
 )
@@ -71,6 +74,9 @@ __all__ = [
     "OP_OFFLOAD_MIN_BATCH",
     "KQ_MASK_PAD",
     "VERSIONS",
+    "STREAMS_BUILD",
+    "STREAMS_DATE",
+    "resolve_build",
     "row_bytes",
     "tensor_bytes",
     # mixture

@@ -7,7 +7,7 @@ functions (``ggml_row_size`` / ``ggml_nbytes``).
 
 from __future__ import annotations
 
-from ...errors import InvalidSpecError
+from ...errors import InvalidSpecError, UnknownNameError
 
 MiB = 1 << 20
 
@@ -83,6 +83,42 @@ MATRIX_ROW_PADDING = 512  # ggml-cuda/common.cuh: quantized rows are padded to 5
 OP_OFFLOAD_MIN_BATCH = 32  # ggml-cuda.cu: ops with host weights are offloaded for batches >= 32 rows
 KQ_MASK_PAD = {"2025-01": 32, "current": 64}  # GGML_KQ_MASK_PAD in ggml.h by era
 VERSIONS = ("2025-01", "current")
+# The first build with per-sequence KV streams: ggml-org/llama.cpp PR #14363 "llama : add
+# high-throughput mode" (merged July 2025): ``kv_unified`` false by default, one KV stream per
+# sequence, ``llama_kv_cache_unified`` renamed ``llama_kv_cache``. Builds before it are the
+# "2025-01" layout (one unified KV cache, KQ mask padded to 32). The build number b5913 is the one
+# the log checker's fixtures place the change at; the tag of the merge commit itself was not read here.
+STREAMS_BUILD = 5913
+STREAMS_DATE = (2025, 7, 16)  # the merge date of PR #14363 (a date before it: the unified layout)
+
+
+def resolve_build(text: str, flag: str = "--llamacpp-version") -> tuple[str, str]:
+    """(layout, why) for a llama.cpp build: a layout name ("current", "2025-01"), a build number
+    ("b5913", "5913") or a date ("2025-01", "2025-07-20"; a month alone is its first day). Builds from
+    ``STREAMS_BUILD`` / dates from ``STREAMS_DATE`` on are "current" (per-sequence KV streams),
+    earlier ones "2025-01" (unified KV). Raises ``UnknownNameError`` naming ``flag`` and the value."""
+    import re
+
+    t = str(text).strip().lower()
+    if t == "current":
+        return "current", "the current layout (per-sequence KV streams)"
+    m = re.fullmatch(r"b?(\d{1,6})", t, re.ASCII)
+    if m:
+        build = int(m.group(1))
+        if build >= STREAMS_BUILD:
+            return "current", f"build {build} >= b{STREAMS_BUILD}: per-sequence KV streams"
+        return "2025-01", f"build {build} < b{STREAMS_BUILD}: one unified KV cache"
+    m = re.fullmatch(r"(20\d\d)-(\d\d)(?:-(\d\d))?", t, re.ASCII)
+    if m and 1 <= int(m.group(2)) <= 12 and 1 <= int(m.group(3) or 1) <= 31:
+        date = (int(m.group(1)), int(m.group(2)), int(m.group(3) or 1))
+        y, mo, d = STREAMS_DATE
+        when = f"{y:04d}-{mo:02d}-{d:02d}"
+        if date >= STREAMS_DATE:
+            return "current", f"{t} is on or after {when} (PR #14363): per-sequence KV streams"
+        return "2025-01", f"{t} is before {when} (PR #14363): one unified KV cache"
+    raise UnknownNameError(
+        f"{flag} must be current, a build (b5913 or 5913) or a date (2025-01 or 2025-07-20): {text!r}"
+    )
 
 
 def row_bytes(ggml_type: str, ne0: int) -> int:
