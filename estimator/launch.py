@@ -230,9 +230,14 @@ def vllm_launch(report: MemoryReport | Mapping[str, Any], *, model: str | None =
     env: dict[str, str] = {}
     version = str(s.get("vllm_version") or "v1")
     if version != "v1":
-        env["VLLM_USE_V1"] = "0"
+        from .engines.vllm_releases import parse_release
+
+        rel = parse_release(str(s["vllm_release"])) if s.get("vllm_release") else None
+        if rel is None or rel >= (0, 8, 0):  # V1 is the default engine from 0.8.0 (vllm_releases)
+            env["VLLM_USE_V1"] = "0"
         notes.append(
-            "V0 accounting: the V0 engine of vLLM 0.7-0.10 (VLLM_USE_V1=0 from 0.8 on; removed in later releases)."
+            "V0 engine: the default before vLLM 0.8.0, VLLM_USE_V1=0 from 0.8 to 0.10, removed in 0.11.0 "
+            "(estimator.engines.vllm_releases)."
         )
     alternatives: tuple[Launch, ...] = ()
     blocks, block_bytes = d.get("num_gpu_blocks"), d.get("block_bytes")
