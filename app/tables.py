@@ -14,7 +14,7 @@ from typing import Any
 import estimator
 from estimator.estimate import Estimate
 from estimator.kv import ELEMENT_BITS
-from estimator.report import MemoryReport
+from estimator.report import MemoryReport, device_used_range, fit_verdict
 from estimator.units import GiB, format_bytes, format_gib
 
 from .escape import md
@@ -199,24 +199,53 @@ def headline_caption(model_label: str, est: Estimate) -> str:
 
 WHOLE_WINDOW = "the whole window fits"
 
-# A fit is "tight" when the headroom is under this fraction of the memory needed: the estimate does
-# not model allocator fragmentation, and replaying the traced transformers forward through the
-# allocator model put reserved memory a median 4.6% above it (validation/trace, 76 points; up to
-# 27% with eager attention). Derived from that measurement, not tuned to any fit.
+# One rule: the estimate's range (``estimator.report.fit_verdict``): "fits" when its high end fits
+# (the most fragmentation the trace's allocator replay measured, the largest CUDA context cited for
+# the GPU class), "does not fit" when even its low end does not, else "may fit". The old rule ("Tight"
+# under 5% headroom, the median fragmentation) is the range's job now; it remains only for a bare
+# byte count, which has no range (a caller holding only the point: ``TIGHT_FRACTION``).
+VERDICT_ANSWERS = {"fits": "Yes", "may fit": "Tight", "does not fit": "No"}
 TIGHT_FRACTION = 0.05
 
 
-def verdict(device_used_bytes: int, capacity_bytes: int) -> tuple[str, str]:
-    """("Yes" | "Tight" | "No", why) for a need against a GPU's memory."""
-    head = capacity_bytes - device_used_bytes
-    if head < 0:
-        return "No", f"{format_gib(-head)} short"
-    if head < TIGHT_FRACTION * device_used_bytes:
-        return "Tight", (
-            f"only {format_gib(head)} headroom, under {TIGHT_FRACTION:.0%} of the need: allocator "
-            "fragmentation, not in the estimate, can take that much"
-        )
-    return "Yes", f"{format_gib(head)} headroom"
+def range_text(est: Any) -> str:
+    """ "low-high GiB" of an estimate's device used (its point when it has no range)."""
+    r = device_used_range(est)
+    if r is None:
+        return "-"
+    return f"{r[0] / GiB:.2f}-{r[1] / GiB:.2f} GiB"
+
+
+def verdict(need: Any, capacity_bytes: int) -> tuple[str, str]:
+    """("Yes" | "Tight" | "No", why) for a need against a GPU's memory: an estimate (a
+    ``MemoryReport``) on its range, ``fit_verdict``'s three cases; a bare byte count on the point
+    with the ``TIGHT_FRACTION`` margin."""
+    if not isinstance(need, MemoryReport):
+        head = capacity_bytes - int(need)
+        if head < 0:
+            return "No", f"{format_gib(-head)} short"
+        if head < TIGHT_FRACTION * int(need):
+            return "Tight", (
+                f"only {format_gib(head)} headroom, under {TIGHT_FRACTION:.0%} of the need: allocator "
+                "fragmentation, not in the estimate, can take that much"
+            )
+        return "Yes", f"{format_gib(head)} headroom"
+    low, high = device_used_range(need) or (0, 0)
+    answer = VERDICT_ANSWERS[fit_verdict(need, capacity_bytes)]
+    if answer == "Yes":
+        return "Yes", f"{format_gib(capacity_bytes - high)} headroom at the range's high end"
+    if answer == "No":
+        return "No", f"{format_gib(low - capacity_bytes)} short even at the range's low end"
+    point = need.device_used_bytes or 0
+    at_point = (
+        f"{format_gib(capacity_bytes - point)} headroom at the estimate"
+        if point <= capacity_bytes
+        else f"{format_gib(point - capacity_bytes)} short at the estimate"
+    )
+    return "Tight", (
+        f"{at_point}; the range ({range_text(need)}: CUDA context, allocator fragmentation) straddles "
+        f"{format_gib(capacity_bytes)}"
+    )
 
 
 def recommended_text(rows: Sequence[Mapping[str, Any]], total: int) -> str:

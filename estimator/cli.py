@@ -1,4 +1,4 @@
-"""``python -m estimator``: estimate, fit, sweep, gpus, quants.
+"""``python -m estimator``: estimate, fit, sweep, check, calibration, gpus, quants.
 
 Output is a table in GiB, or one JSON object with int byte fields under ``--json``.
 Bad input exits 2 with one line on stderr naming the field and the value.
@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", default=None, help="catalog GPU key, when the log states no GPU memory")
     p.add_argument("--gpu-memory", default=None, help="GPU memory (24GiB, 80 GB, bytes), when the log states none")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p = sub.add_parser(
+        "calibration", help="public measurements and cuda points: residuals and whether the range covers them"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--markdown", action="store_true", help="print validation/calibration.md")
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -160,10 +165,22 @@ def format_estimate(d: dict[str, Any]) -> str:
         f"  {'peak reserved':<22}{_gib(d['peak_reserved_bytes'])}   torch.cuda.max_memory_reserved()",
         f"  {'device used (total)':<22}{_gib(d['device_used_bytes'])}   NVML / nvidia-smi: must be free",
     ]
+    low, high = d.get("device_used_low_bytes"), d.get("device_used_high_bytes")
+    if low is not None and high is not None:
+        lines.append(
+            f"  {'range':<22}reserved {d['peak_reserved_low_bytes'] / GiB:.3f}-{d['peak_reserved_high_bytes'] / GiB:.3f}"
+            f" GiB, device used {low / GiB:.3f}-{high / GiB:.3f} GiB (CUDA context, allocator fragmentation)"
+        )
     if d.get("fits") is not None:
-        verdict = "fits" if d["fits"] else "does NOT fit"
+        # the three-way verdict (report.fit_verdict) on the range; without one, on the point
+        verdict = d.get("fit_verdict") or ("fits" if d["fits"] else "does not fit")
         lines.append(
             f"  on {d['gpu_memory_bytes'] / GiB:.2f} GiB: {verdict}, headroom {d['headroom_bytes'] / GiB:.2f} GiB"
+            + (
+                f"; device used {d['device_used_bytes'] / GiB:.3f} GiB ({low / GiB:.2f}-{high / GiB:.2f} GiB)"
+                if low is not None and high is not None
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -314,11 +331,19 @@ def format_check(r: Any) -> str:
     return "\n".join(lines)
 
 
+def _cmd_calibration(args: argparse.Namespace) -> tuple[Any, str]:
+    from . import calibration
+
+    rep = calibration.report()
+    return rep, calibration.format_markdown(rep).rstrip("\n") if args.markdown else calibration.format_text(rep)
+
+
 COMMANDS = {
     "estimate": _cmd_estimate,
     "fit": _cmd_fit,
     "sweep": _cmd_sweep,
     "check": _cmd_check,
+    "calibration": _cmd_calibration,
     "gpus": _cmd_gpus,
     "quants": _cmd_quants,
 }

@@ -45,9 +45,9 @@ from .errors import InvalidSpecError
 from .gpus import Gpu, custom_gpu, get_gpu
 from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
-from .overhead import cublas_workspace_bytes, cuda_context_bytes
+from .overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
 from .quant import compute_dtype, get_quant, weight_bytes, weight_tensors
-from .report import COUNTERS, MemoryReport
+from .report import COUNTERS, MemoryReport, fit_verdict
 from .units import cdiv, check_int
 
 ATTN_IMPLS = ("sdpa", "eager")
@@ -178,6 +178,12 @@ class Estimate(MemoryReport):
     peak_allocated_bytes: int
     peak_reserved_bytes: int
     device_used_bytes: int
+    # The range where derivation stops (``overhead``: allocator fragmentation on reserved, the CUDA
+    # context); peak allocated and the exact terms have none (low = high = the point).
+    peak_reserved_low_bytes: int
+    peak_reserved_high_bytes: int
+    device_used_low_bytes: int
+    device_used_high_bytes: int
     phases: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     breakdown: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     peak_phase: str = "prefill"
@@ -202,6 +208,11 @@ class Estimate(MemoryReport):
             "gpu_memory_bytes": self.gpu_memory_bytes,
             "fits": self.fits,
             "headroom_bytes": self.headroom_bytes,
+            "peak_reserved_low_bytes": self.peak_reserved_low_bytes,
+            "peak_reserved_high_bytes": self.peak_reserved_high_bytes,
+            "device_used_low_bytes": self.device_used_low_bytes,
+            "device_used_high_bytes": self.device_used_high_bytes,
+            "fit_verdict": fit_verdict(self, self.gpu_memory_bytes) if self.gpu_memory_bytes else None,
             "peak_phase": self.peak_phase,
             "peak_at": self.peak_at,
             "phases": {k: dict(v) for k, v in self.phases.items()},
@@ -289,6 +300,10 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
         },
         "overhead": overhead,
     }
+    # The range: reserved from the estimate (no fragmentation) to the most the trace's allocator
+    # replay put above it; device used adds the CUDA context's range for the GPU class.
+    ctx_low, ctx_high = cuda_context_range_bytes(s.gpu.cls if s.gpu else "generic")
+    reserved_high = tot.peak_reserved_bytes + fragmentation_high_bytes(s.attn, tot.peak_reserved_bytes, r.weights)
     est = Estimate(
         settings=s,
         num_params=s.model.num_params,
@@ -299,6 +314,10 @@ def _estimate(s: Settings, gpu_memory_bytes: int | None) -> Estimate:
         peak_allocated_bytes=tot.peak_allocated_bytes,
         peak_reserved_bytes=tot.peak_reserved_bytes,
         device_used_bytes=tot.device_used_bytes,
+        peak_reserved_low_bytes=tot.peak_reserved_bytes,
+        peak_reserved_high_bytes=reserved_high,
+        device_used_low_bytes=tot.peak_reserved_bytes + ctx_low,
+        device_used_high_bytes=reserved_high + ctx_high,
         gpu_memory_bytes=gpu_memory_bytes,
         phases=phases,
         breakdown=breakdown,

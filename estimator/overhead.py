@@ -2,10 +2,14 @@
 
 Every constant says where it comes from. Those marked *uncalibrated* are literature values,
 to be replaced by the H100 measurements of the calibration run (issue 5); see
-docs/research-overheads.md for the sources.
+docs/research-overheads.md for the sources. Where no formula derives a term, it also has a range
+(``CUDA_CONTEXT_RANGE_BYTES``, ``FRAGMENTATION_HIGH``), each bound with its source; the cuBLAS
+workspace is exact (low = high).
 """
 
 from __future__ import annotations
+
+import math
 
 from .units import MiB
 
@@ -31,6 +35,46 @@ CUDA_CONTEXT_BYTES = {
     "custom": 512 * MiB,  # unknown card: the larger figure
     "generic": 512 * MiB,
 }
+
+
+# The CUDA context's range per GPU class, bounded by the cited readings (no formula derives it):
+# (low, high). The point value above lies inside.
+CUDA_CONTEXT_RANGE_BYTES = {
+    # memory-model.md 5.3: datacenter parts (larger module images) at 0.3-0.6 GiB.
+    "datacenter": (307 * MiB, 614 * MiB),
+    # low: 256 MiB bare on an RTX 3090 (InvokeAI#9413); high: 426 MiB on an RTX 6000 Ada after
+    # cuBLAS loads (unsloth-zoo#1053), the largest workstation / consumer reading.
+    "workstation": (256 * MiB, 426 * MiB),
+    "consumer": (256 * MiB, 426 * MiB),
+    # an unknown card: from the smallest reading of any class (256 MiB, RTX 3090) to the largest
+    # (0.6 GiB, datacenter, memory-model.md 5.3).
+    "custom": (256 * MiB, 614 * MiB),
+    "generic": (256 * MiB, 614 * MiB),
+}
+
+# Allocator fragmentation on peak reserved: segments the caching allocator keeps mapped that the
+# peak's live tensors do not need (blocks freed earlier, split, not reusable). The estimate does
+# not model it, so reserved's range is [estimate, estimate + f x (estimate - weights)]: low 0
+# (a replay without fragmentation is the estimate); high f, the largest excess of the trace's
+# allocator replay over the estimate, as a fraction of the estimate's transient part (reserved
+# minus the weights, whose segments are packed exactly), per attention kind, over the committed
+# validation/trace/validation.json (76 points: 69 sdpa, max 0.2519 at 3B bf16 batch 2 4K; 7
+# eager, max 0.4980 at 3B bf16 8K), rounded up. Reproduce:
+#   python3 -c "import json; rows = json.load(open('validation/trace/validation.json'))['rows']
+#   print({a: max((c['peak_reserved_bytes']['measured'] - c['peak_reserved_bytes']['estimate'])
+#   / (c['peak_reserved_bytes']['estimate'] - c['weights_bytes']['estimate']) for r in rows
+#   if r['settings']['attn'] == a for c in [r['counters']]) for a in ('sdpa', 'eager')})"
+FRAGMENTATION_HIGH = {"sdpa": 0.252, "eager": 0.499}
+
+
+def fragmentation_high_bytes(attn: str, peak_reserved_bytes: int, weights_bytes: int) -> int:
+    """The most fragmentation reserved may add above the estimate (``FRAGMENTATION_HIGH``)."""
+    frac = FRAGMENTATION_HIGH.get(attn, max(FRAGMENTATION_HIGH.values()))
+    return math.ceil(frac * max(0, peak_reserved_bytes - weights_bytes))
+
+
+def cuda_context_range_bytes(gpu_class: str) -> tuple[int, int]:
+    return CUDA_CONTEXT_RANGE_BYTES.get(gpu_class, CUDA_CONTEXT_RANGE_BYTES["generic"])
 
 
 def cublas_workspace_bytes(arch: str) -> int:

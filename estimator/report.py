@@ -38,6 +38,16 @@ PHASE_FIELDS = (
 )
 # The byte fields of a report: the phase fields plus the overhead (estimates split it out).
 BYTE_FIELDS = PHASE_FIELDS[:3] + ("overhead_bytes",) + PHASE_FIELDS[3:]
+# The range of the totals no formula derives alone (the CUDA context, allocator fragmentation):
+# low <= point <= high. Peak allocated has no range: every term of it is derived (low = high =
+# the point), so it has no range fields. None: the source states no range.
+RANGE_FIELDS = (
+    "peak_reserved_low_bytes",
+    "peak_reserved_high_bytes",
+    "device_used_low_bytes",
+    "device_used_high_bytes",
+)
+VERDICTS = ("fits", "may fit", "does not fit")
 PHASES = ("load", "prefill", "decode")
 SOURCES = ("estimate", "measured")
 MAX_BYTES = 1 << 60  # 1 EiB: a larger "byte count" in a record is not one
@@ -64,6 +74,10 @@ class MemoryReport:
     peak_reserved_bytes: int | None = None
     device_used_bytes: int | None = None
     gpu_memory_bytes: int | None = None
+    peak_reserved_low_bytes: int | None = None
+    peak_reserved_high_bytes: int | None = None
+    device_used_low_bytes: int | None = None
+    device_used_high_bytes: int | None = None
     phases: Mapping[str, Mapping[str, int | None]] = field(default_factory=dict, compare=False)
     details: Mapping[str, Any] = field(default_factory=dict, compare=False)  # engine- or device-specific
 
@@ -102,6 +116,9 @@ class MemoryReport:
         d: dict[str, Any] = {"settings": s, "engine": self.engine}
         d.update({k: getattr(self, k) for k in BYTE_FIELDS})
         d.update(total_bytes=self.total_bytes, fits=self.fits, headroom_bytes=self.headroom_bytes)
+        if self.device_used_low_bytes is not None or self.device_used_high_bytes is not None:
+            d.update({k: getattr(self, k) for k in RANGE_FIELDS})
+            d["fit_verdict"] = fit_verdict(self, self.gpu_memory_bytes) if self.gpu_memory_bytes else None
         if self.phases:
             d["phases"] = {k: dict(v) for k, v in self.phases.items()}
         d.update(self.details)
@@ -111,7 +128,7 @@ class MemoryReport:
     def from_dict(cls, d: Mapping[str, Any], source: str = "measured") -> MemoryReport:
         """A report from a JSON object (a runtime result line, or ``to_dict()`` output). Byte fields
         that are not int byte counts become None; unknown keys go to ``details``."""
-        own = {f.name for f in dataclasses.fields(cls)} | {"total_bytes", "fits", "headroom_bytes"}
+        own = {f.name for f in dataclasses.fields(cls)} | {"total_bytes", "fits", "headroom_bytes", "fit_verdict"}
         settings = d.get("settings")
         phases = d.get("phases")
         status = d.get("status", "ok")
@@ -131,8 +148,32 @@ class MemoryReport:
             if isinstance(phases, Mapping)
             else {},
             details={k: v for k, v in d.items() if k not in own},
-            **{k: _byte_value(d.get(k)) for k in BYTE_FIELDS},
+            **{k: _byte_value(d.get(k)) for k in BYTE_FIELDS + RANGE_FIELDS},
         )
+
+
+def device_used_range(report: MemoryReport) -> tuple[int, int] | None:
+    """(low, high) of the device-used counter: the report's range, or the point when it has none
+    (None: no device-used value)."""
+    point = report.device_used_bytes
+    if point is None:
+        return None
+    low, high = report.device_used_low_bytes, report.device_used_high_bytes
+    return (point if low is None else low, point if high is None else high)
+
+
+def fit_verdict(report: MemoryReport, capacity_bytes: int) -> str:
+    """ "fits" when the high end of device used fits ``capacity_bytes``, "does not fit" when even the
+    low end does not, else "may fit". A report without a range is judged on its point.
+
+    Raises ValueError for a report without a device-used value."""
+    r = device_used_range(report)
+    if r is None:
+        raise ValueError("the report has no device-used value to judge a fit on")
+    low, high = r
+    if high <= capacity_bytes:
+        return "fits"
+    return "does not fit" if low > capacity_bytes else "may fit"
 
 
 def relative_error(estimate: int | None, measured: int | None) -> float | None:

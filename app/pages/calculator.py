@@ -74,19 +74,22 @@ def render() -> None:
     # ------------------------------------------------------------------ headline
     st.title("Will it fit?")
     st.caption(tables.headline_caption(inp.model_label, est) + f" · on {inp.capacity_label}")
-    answer, why = tables.verdict(est.device_used_bytes, inp.capacity_bytes)
+    answer, why = tables.verdict(est, inp.capacity_bytes)
     c1, c2, c3 = st.columns(3)
     c1.metric(
         "VRAM needed",
         format_gib(est.device_used_bytes),
         border=True,
-        delta=f"= {est.device_used_bytes / 1e9:.2f} GB · "
+        delta=f"= {est.device_used_bytes / 1e9:.2f} GB · range {tables.range_text(est)} · "
         f"{100 * est.device_used_bytes / inp.capacity_bytes:.0f}% of {inp.capacity_label}",
         delta_color="off",
         delta_arrow="off",
         help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
         "context and allocator): what the GPU must have free. 1 GiB = 2^30 bytes = 1.074 GB; GPUs "
-        f"are sold in GB: this is {est.device_used_bytes / 1e9:.2f} GB.",
+        f"are sold in GB: this is {est.device_used_bytes / 1e9:.2f} GB. The range "
+        f"({tables.range_text(est)}) is where derivation stops: the CUDA context (the readings cited "
+        "for this GPU class) and allocator fragmentation (none, up to the most the trace's allocator "
+        "replay measured); weights, KV cache and activations are exact.",
     )
     c2.metric(
         f"Fits on {inp.capacity_label}?",
@@ -97,8 +100,8 @@ def render() -> None:
         delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"),
         delta_arrow="off",
         help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left. "
-        f"Tight: headroom under {tables.TIGHT_FRACTION:.0%} of the need, about what allocator "
-        "fragmentation (not in the estimate) adds in the median traced case.",
+        "Yes: even the range's high end fits. Tight: the range straddles the memory (the CUDA context "
+        "and allocator fragmentation decide). No: even the low end does not fit.",
     )
     ctx_text, ctx_note = tables.largest_context_text(max_ctx, window)
     c3.metric(

@@ -13,6 +13,7 @@ from app import compute, figures, results, state
 from app.escape import md
 from app.run_measurement import cuda_available, measure_command
 from estimator.report import MemoryReport, compare
+from estimator.units import GiB
 
 ROOT = Path(__file__).resolve().parents[2]
 KIND_TITLES = {"gpu": "GPU measurements", "trace": "Trace results (fake-tensor, no GPU)", "cpu": "CPU runs"}
@@ -160,6 +161,61 @@ def _public_logs() -> None:
     st.dataframe(public_logs_table(rows), hide_index=True, key="public_logs")
 
 
+@st.cache_data(show_spinner=False)
+def _calibration_report() -> dict:
+    from estimator import calibration
+
+    return calibration.report()
+
+
+def calibration_table(rows: list[dict]) -> list[dict[str, str]]:
+    """The calibration rows as text cells: logged, estimate, residual, range or tolerance, covered."""
+    out = []
+    for r in rows:
+        u = r["unit"]
+
+        def num(v: float | None, u: str = u) -> str:
+            if v is None:
+                return "-"
+            return f"{v / GiB:.3f} GiB" if u == "bytes" else f"{v:.4g}"
+
+        if r["low"] is not None:
+            band = f"{num(r['low'])} to {num(r['high'])}"
+        else:
+            band = "-" if r["tolerance"] is None else f"±{num(r['tolerance'])}"
+        out.append(
+            {
+                "Row": r["id"],
+                "Counter": r["counter"],
+                "Unit": u,
+                "Logged": num(r["measured"]),
+                "Estimate": num(r["estimate"]),
+                "Residual": num(r["residual"]),
+                "Range / tolerance": band,
+                "Covered": {True: "yes", False: "no", None: "not estimated"}[r["covered"]],
+                "Why not": (r["note"] or "-") if r["covered"] is not True else "-",
+            }
+        )
+    return out
+
+
+def _calibration() -> None:
+    from estimator import calibration
+
+    st.divider()
+    st.subheader("Calibration: does the range cover the measurement?")
+    rep = _calibration_report()
+    st.markdown("**" + md(calibration.summary_line(rep)) + "**")
+    st.caption(
+        "Every public measurement the estimator reproduces, and every committed cuda sweep point: a term "
+        "with a range (peak reserved and device used: CUDA context, allocator fragmentation) is covered "
+        "inside it; a term without one only within its tolerance. No constant is fitted to a row "
+        "(`python -m estimator calibration`, committed as validation/calibration.md)."
+        + ("" if rep["summary"]["cuda_points"] else " No cuda sweep point is committed yet.")
+    )
+    st.dataframe(calibration_table(rep["rows"]), hide_index=True, key="calibration")
+
+
 def render() -> None:
     st.title("Validation")
     st.markdown(
@@ -203,6 +259,7 @@ def render() -> None:
             )
 
     _public_logs()
+    _calibration()
 
     st.divider()
     st.subheader("Measure on this machine")

@@ -173,6 +173,21 @@ def measured(row: dict[str, str]) -> tuple[float, float]:
 NOT_DERIVABLE = XFAIL
 
 
+def _tolerance(row: dict[str, str], kind: str) -> float:
+    want, half = measured(row)
+    if kind == "non_torch":
+        return 0.05 + half
+    if kind == "pool" and row["unit"].startswith("blocks"):
+        return REL_TOL[kind] * want
+    return REL_TOL[kind] * abs(want) + half
+
+
+def tolerance(row_id: str, path: Path = CSV_PATH) -> float:
+    """The absolute tolerance of a row, in its unit: its kind's (module docstring) plus the log's
+    print rounding (the calibration report shows it)."""
+    return _tolerance(rows(path)[row_id], case(row_id)[1])
+
+
 def compare(path: Path = CSV_PATH) -> list[dict[str, Any]]:
     """Every row: id, engine, counter, unit, measured, estimate (in the row's unit), error_pct,
     within (the row's tolerance holds; None where the counter is not derivable), note, source."""
@@ -183,15 +198,7 @@ def compare(path: Path = CSV_PATH) -> list[dict[str, Any]]:
         got = None if rid == "GT-035" else fn()  # GT-035: any GPU total would be a guess
         within = None
         if got is not None and rid not in NOT_DERIVABLE:
-            if kind == "non_torch":
-                within = abs(got - want) <= 0.05 + half
-            else:
-                tol = (
-                    REL_TOL[kind] * want
-                    if kind == "pool" and row["unit"].startswith("blocks")
-                    else REL_TOL[kind] * abs(want) + half
-                )
-                within = abs(got - want) <= tol
+            within = abs(got - want) <= _tolerance(row, kind)
         out.append(
             {
                 "id": rid,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -478,13 +479,28 @@ def test_no_catalog_gpu_fits_says_so(at):
 
 
 def test_tight_fit_is_not_a_confident_yes(at):
-    """Headroom under 5% of the need is "Tight" (allocator fragmentation, median 4.6% in the trace's
-    allocator replay, is not in the estimate); at 10% it is "Yes"; below the need "No"."""
-    need = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1).device_used_bytes  # generic arch, as a custom GPU
+    """The verdict is the range's (``report.fit_verdict``): "Yes" when the range's high end fits,
+    "Tight" when the range straddles the memory (the estimate itself may fit or not), "No" when even
+    its low end does not; the VRAM card shows the range."""
+    from app import tables
+
     at.selectbox(key=state.GPU).set_value(state.CUSTOM_GPU).run()
-    for factor, want in ((1.02, "Tight"), (1.10, "Yes"), (0.98, "No")):
-        at.number_input(key=state.GPU_MEM_GIB).set_value(round(need * factor / GiB, 2)).run()
-        assert not at.exception and at.metric[1].value == want, factor
+    e = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1)  # generic arch, as a custom GPU
+    low, point, high = e.device_used_low_bytes, e.device_used_bytes, e.device_used_high_bytes
+    cents = GiB / 100  # the custom memory input has two decimals of GiB
+    for mem, want in (
+        (math.ceil(high / cents) / 100, "Yes"),
+        (math.floor(high / cents) / 100, "Tight"),
+        (math.ceil(point / cents) / 100, "Tight"),
+        (math.floor(point / cents) / 100, "Tight"),
+        (math.ceil(low / cents) / 100, "Tight"),
+        (math.floor(low / cents) / 100, "No"),
+    ):
+        at.number_input(key=state.GPU_MEM_GIB).set_value(mem).run()
+        assert not at.exception and at.metric[1].value == want, mem
+        shown = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu_memory_bytes=int(mem * GiB))
+        assert at.metric[1].value == tables.verdict(shown, int(mem * GiB))[0]
+        assert f"range {tables.range_text(shown)}" in at.metric[0].delta
 
 
 def _fix_buttons(at) -> dict[str, object]:
@@ -618,9 +634,13 @@ def test_prefill_chunk_query_parameter():
 
 
 def test_headline_gives_gib_and_the_gb_cards_are_sold_in(at):
-    need = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU]).device_used_bytes
+    from app import tables
+
+    e = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU])
+    need = e.device_used_bytes
     assert _headline(at) == format_gib(need)
-    assert at.metric[0].delta.startswith(f"= {need / 1e9:.2f} GB · ")
+    assert at.metric[0].delta.startswith(f"= {need / 1e9:.2f} GB · range {tables.range_text(e)} · ")
+    assert tables.range_text(e) in at.metric[0].help
 
 
 def test_custom_model_link_asks_for_the_config_again(app_test):

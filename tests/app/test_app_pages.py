@@ -239,3 +239,18 @@ def test_validation_shows_the_public_engine_logs(app_test):
     yes = (df["Within tolerance"] == "yes").sum()
     assert yes == sum(r["within"] is True for r in public.compare()) and yes >= 20
     assert all(df["Source"].str.len() > 0)
+
+
+def test_validation_shows_the_calibration(app_test):
+    """The calibration section: one row per reproduced measurement, the summary line the library
+    computes, and the covered count a recount of the table."""
+    from estimator import calibration
+
+    rep = calibration.report()
+    at = app_test("app/pages/validation.py").run()
+    assert not at.exception
+    df = next(d.value for d in at.dataframe if "Range / tolerance" in d.value.columns)
+    assert len(df) == len(rep["rows"]) and not df.isna().any().any()
+    assert set(df["Covered"]) <= {"yes", "no", "not estimated"}
+    assert (df["Covered"] == "yes").sum() == rep["summary"]["covered"]
+    assert any(calibration.summary_line(rep) in m.value.replace("\\", "") for m in at.markdown)

@@ -215,7 +215,7 @@ def test_browser_newcomer_questions(server, browser, phone):
     tag = "phone" if phone else "desktop"
     page = _open(browser, f"{server}/?quant=nf4&ctx=8192&gpu=rtx-4060-laptop-8gb", phone)
     e = estimator.estimate("llama-3.2-3b", "nf4", 8192, 1, gpu="rtx-4060-laptop-8gb")
-    assert _verdict(page) == tables.verdict(e.device_used_bytes, e.gpu_memory_bytes)[0]
+    assert _verdict(page) == tables.verdict(e, e.gpu_memory_bytes)[0]
     assert page.locator('[data-testid="stException"]').count() == 0
     _shot(page, f"newcomer-laptop-{tag}.png")
     page.close()
