@@ -278,7 +278,7 @@ def fitting_gpus(
         e = cached_estimate(
             model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes), prefill_chunk
         )
-        if e.gpu_memory_bytes is not None and verdict(e.device_used_bytes, e.gpu_memory_bytes)[0] == "Yes":
+        if e.gpu_memory_bytes is not None and verdict(e, e.gpu_memory_bytes)[0] == "Yes":
             rows.append(
                 {
                     "gpu": key,

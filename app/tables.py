@@ -201,11 +201,8 @@ WHOLE_WINDOW = "the whole window fits"
 
 # One rule: the estimate's range (``estimator.report.fit_verdict``): "fits" when its high end fits
 # (the most fragmentation the trace's allocator replay measured, the largest CUDA context cited for
-# the GPU class), "does not fit" when even its low end does not, else "may fit". The old rule ("Tight"
-# under 5% headroom, the median fragmentation) is the range's job now; it remains only for a bare
-# byte count, which has no range (a caller holding only the point: ``TIGHT_FRACTION``).
+# the GPU class), "does not fit" when even its low end does not, else "may fit".
 VERDICT_ANSWERS = {"fits": "Yes", "may fit": "Tight", "does not fit": "No"}
-TIGHT_FRACTION = 0.05
 
 
 def range_text(est: Any) -> str:
@@ -216,20 +213,9 @@ def range_text(est: Any) -> str:
     return f"{r[0] / GiB:.2f}-{r[1] / GiB:.2f} GiB"
 
 
-def verdict(need: Any, capacity_bytes: int) -> tuple[str, str]:
-    """("Yes" | "Tight" | "No", why) for a need against a GPU's memory: an estimate (a
-    ``MemoryReport``) on its range, ``fit_verdict``'s three cases; a bare byte count on the point
-    with the ``TIGHT_FRACTION`` margin."""
-    if not isinstance(need, MemoryReport):
-        head = capacity_bytes - int(need)
-        if head < 0:
-            return "No", f"{format_gib(-head)} short"
-        if head < TIGHT_FRACTION * int(need):
-            return "Tight", (
-                f"only {format_gib(head)} headroom, under {TIGHT_FRACTION:.0%} of the need: allocator "
-                "fragmentation, not in the estimate, can take that much"
-            )
-        return "Yes", f"{format_gib(head)} headroom"
+def verdict(need: MemoryReport, capacity_bytes: int) -> tuple[str, str]:
+    """("Yes" | "Tight" | "No", why) for an estimate against a GPU's memory: ``fit_verdict``'s
+    three cases on the estimate's range."""
     low, high = device_used_range(need) or (0, 0)
     answer = VERDICT_ANSWERS[fit_verdict(need, capacity_bytes)]
     if answer == "Yes":

@@ -464,7 +464,7 @@ def test_recommended_gpus_are_the_smallest_that_fit(at):
 
     def answer(g):
         e = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=g.key)
-        return tables.verdict(e.device_used_bytes, g.memory_bytes)[0]
+        return tables.verdict(e, g.memory_bytes)[0]
 
     named = [g for g in cat if tables.gpu_display_name(g.name, g.memory_bytes) in text]
     assert 1 <= len(named) <= 3 and all(answer(g) == "Yes" for g in named)
