@@ -639,8 +639,9 @@ def test_headline_gives_gib_and_the_gb_cards_are_sold_in(at):
     e = estimator.estimate("llama-3.2-3b", "bf16", 8192, 1, gpu=state.DEFAULTS[state.GPU])
     need = e.device_used_bytes
     assert _headline(at) == format_gib(need)
-    assert at.metric[0].delta.startswith(f"= {need / 1e9:.2f} GB · range {tables.range_text(e)} · ")
+    assert at.metric[0].delta == f"= {need / 1e9:.2f} GB · range {tables.range_text(e)}"
     assert tables.range_text(e) in at.metric[0].help
+    assert f"{100 * need / e.gpu_memory_bytes:.0f}% of RTX 4090" in at.metric[0].help
 
 
 def test_custom_model_link_asks_for_the_config_again(app_test):
