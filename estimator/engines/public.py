@@ -163,6 +163,39 @@ XFAIL = {
 }
 
 
+# Rows whose counter has a range in the estimate (``VllmEstimate``'s non-torch and CUDA-graph ranges):
+# id -> (low, high) in the row's unit. The calibration covers such a row when its value is inside.
+RANGES: dict[str, Callable[[], tuple[float, float]]] = {
+    "GT-003": lambda: _range(_gt_v0_t4().non_torch_low_bytes, _gt_v0_t4().non_torch_high_bytes),
+    "GT-007": lambda: _range(_gt_v0_t4().cuda_graph_bytes, _gt_v0_t4().cuda_graph_high_bytes),
+    "GT-031": lambda: _range(_gt_v06_1080().non_torch_low_bytes, _gt_v06_1080().non_torch_high_bytes),
+    "GT-033": lambda: _range(_gt_v06_1080().cuda_graph_bytes, _gt_v06_1080().cuda_graph_high_bytes),
+}
+# The rows that log CUDA-graph capture memory: id -> the row's estimate (settings) and vLLM engine.
+GRAPH_ROWS: dict[str, tuple[Callable[[], vl.VllmEstimate], str]] = {
+    "GT-007": (_gt_v0_t4, "v0"),
+    "GT-033": (_gt_v06_1080, "v0"),
+}
+
+
+def _range(low: int | None, high: int | None) -> tuple[float, float]:
+    assert low is not None and high is not None
+    return low / GiB, high / GiB
+
+
+def graph_exec_per_graph_observed(path: Path = CSV_PATH) -> dict[str, float]:
+    """Per graph-capture row: (logged at the top of its print rounding - the graph pool) / graphs
+    captured, in bytes; the max is what ``vllm.CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` rounds up."""
+    out = {}
+    table = rows(path)
+    for rid, (est, eng) in GRAPH_ROWS.items():
+        want, half = measured(table[rid])
+        e = est()
+        n = len(vl.capture_sizes(e.max_num_seqs, eng))
+        out[rid] = ((want + half) * GiB - e.cuda_graph_bytes) / n
+    return out
+
+
 def measured(row: dict[str, str]) -> tuple[float, float]:
     """(value, half a unit of its last printed digit)."""
     text = row["value"].strip()

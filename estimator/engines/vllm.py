@@ -94,6 +94,11 @@ KV_DTYPE_BYTES = {
 # 64 MiB. Public vLLM logs print 0.03 GiB (0.6.4, GTX 1080) to 0.05 GiB (0.8.2, T4), and ~0.2 GiB
 # on H100 with 0.33 (shared/reference/memory-model.md section 7).
 NON_TORCH_GROWTH_BYTES = 64 * MiB
+# Its range, the spread of the public single-GPU logs, each widened by half its printed digit:
+# low 0.03 GiB (GTX 1080, 0.6.4: memory_usage_post_profile 2.76 - initial_memory_usage 2.73, GT-030's
+# log line), high 0.13 GiB (H100, 0.11 V1, the llm-d source below); 0.05 GiB (T4, 0.8.2, GT-003) lies
+# between. The TP>1 term has one source (TP=2 on H100), so it has no range: low = point = high there.
+NON_TORCH_GROWTH_RANGE_BYTES = (int(0.025 * GiB), int(0.135 * GiB))
 # Measured on H100 (79.18 GiB), vLLM 0.11 V1: "non-torch forward increase memory" 0.13 GiB at TP=1
 # and 0.54-0.55 GiB at TP=2 (llm-d/llm-d-benchmark config_explorer/empirical-vllm-memory-results.md).
 NON_TORCH_GROWTH_BY_ARCH = {"sm90": int(0.13 * GiB)}
@@ -328,13 +333,25 @@ def cuda_graph_pool_bytes(
     """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
     forward temporaries (reused by smaller graphs, captured largest first) and each graph's
     output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
-    public logs show to dominate (0.17-0.24 GiB for 27-35 graphs); that part needs a GPU run."""
+    public logs show to dominate (0.17-0.24 GiB for 27-35 graphs); its upper bound is
+    ``CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` per graph (``VllmEstimate.cuda_graph_high_bytes``)."""
     sizes = capture_sizes(max_num_seqs, version)
     if not sizes:
         return 0
     peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp, quantization)
     outputs = sum(_pad(b * spec.hidden_size * dtype_bytes, 512) for b in sizes)
     return _pad(peak, 2 * MiB) + _pad(outputs, 2 * MiB)
+
+
+# Upper bound of the driver's cudaGraphExec state per captured graph (not in torch's pool): the
+# largest (logged capture - cuda_graph_pool_bytes) / len(capture_sizes) over every public vLLM row
+# that logs its graph memory, the logged value taken at the top of its print rounding, rounded up to
+# a MiB. Two rows inform it (a spread of two logs, both from the same rows the calibration counts):
+#   GT-007 (0.8.2 V0, T4, Llama 3.2 3B fp16, 27 graphs):        (0.175 - 0.0273) / 27 = 5.60 MiB
+#   GT-033 (0.6.4.post1 V0, GTX 1080, Llama 3.2 1B, 35 graphs): (0.245 - 0.0313) / 35 = 6.25 MiB
+# -> 7 MiB. Recomputed from the CSV by ``estimator.engines.public.graph_exec_per_graph_observed()``
+# (tests/engines/test_vllm_ranges.py).
+CUDA_GRAPH_EXEC_PER_GRAPH_BYTES = 7 * MiB
 
 
 def is_large_gpu(gpu_memory_bytes: int, gpu_name: str | None = None) -> bool:
@@ -395,19 +412,48 @@ class VllmEstimate:
     refusal: str | None
     breakdown: dict[str, Any]
     release: str | None = None  # the vLLM release modelled (``vllm_releases``), or None: the accounting only
+    # Ranges of the terms not derivable from the settings (None: the point). Non-torch growth:
+    # NON_TORCH_GROWTH_RANGE_BYTES; CUDA graphs: the pool (low) to the pool plus
+    # CUDA_GRAPH_EXEC_PER_GRAPH_BYTES per captured graph (high). The KV pool and blocks move the
+    # other way (both terms are inside the budget, graphs only when ``cuda_graph_in_budget``).
+    non_torch_low_bytes: int | None = None
+    non_torch_high_bytes: int | None = None
+    cuda_graph_high_bytes: int | None = None
+    kv_pool_low_bytes: int | None = None
+    kv_pool_high_bytes: int | None = None
+    num_gpu_blocks_low: int | None = None
+    num_gpu_blocks_high: int | None = None
+
+    def _used(self, non_torch: int, graphs: int, pool: int) -> int:
+        used = self.weights_bytes + self.activation_peak_bytes + non_torch + max(pool, 0)
+        if self.accounting != "v0-0.6":
+            used += self.cuda_context_bytes
+        return used + graphs  # inside the budget (V1 estimate) or captured on top of it (V0)
+
+    @property
+    def device_used_low_bytes(self) -> int:
+        """Device used at the low end of non-torch and CUDA graphs (the pool grows to match)."""
+        nt = self.non_torch_bytes if self.non_torch_low_bytes is None else self.non_torch_low_bytes
+        pool = self.kv_pool_bytes if self.kv_pool_high_bytes is None else self.kv_pool_high_bytes
+        return self._used(nt, self.cuda_graph_bytes, pool)
+
+    @property
+    def device_used_high_bytes(self) -> int:
+        """Device used at the high end of non-torch and CUDA graphs."""
+        nt = self.non_torch_bytes if self.non_torch_high_bytes is None else self.non_torch_high_bytes
+        g = self.cuda_graph_bytes if self.cuda_graph_high_bytes is None else self.cuda_graph_high_bytes
+        pool = self.kv_pool_bytes if self.kv_pool_low_bytes is None else self.kv_pool_low_bytes
+        return self._used(nt, g, pool)
 
     @property
     def device_used_bytes(self) -> int:
-        kv = max(self.kv_pool_bytes, 0)
-        used = self.weights_bytes + self.activation_peak_bytes + self.non_torch_bytes + kv
-        if self.accounting != "v0-0.6":
-            used += self.cuda_context_bytes
-        used += self.cuda_graph_bytes  # inside the budget (V1 estimate) or captured on top of it (V0)
-        return used
+        return self._used(self.non_torch_bytes, self.cuda_graph_bytes, self.kv_pool_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["device_used_bytes"] = self.device_used_bytes
+        d["device_used_low_bytes"] = self.device_used_low_bytes
+        d["device_used_high_bytes"] = self.device_used_high_bytes
         d["max_concurrency"] = round(self.max_concurrency, 4)
         return d
 
@@ -516,18 +562,31 @@ def estimate_vllm(
             if non_torch_bytes is None
             else non_torch_bytes
         )
+        nt_lo, nt_hi = (
+            (min(nt, NON_TORCH_GROWTH_RANGE_BYTES[0]), max(nt, NON_TORCH_GROWTH_RANGE_BYTES[1]))
+            if non_torch_bytes is None
+            else (nt, nt)
+        )
+        extra = 0
         if tp > 1 or pp > 1:
-            nt += TP_NON_TORCH_BY_ARCH.get(gpu_arch or "", CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES)
+            extra += TP_NON_TORCH_BY_ARCH.get(gpu_arch or "", CUSTOM_AR_BYTES * (tp > 1) + NCCL_BUFFERS_BYTES)
         if version == "v0-0.6":
-            nt += device_baseline_bytes
+            extra += device_baseline_bytes
+        nt, nt_lo, nt_hi = nt + extra, nt_lo + extra, nt_hi + extra
         graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp, quantization)
+        n_graphs = 0 if enforce_eager else len(capture_sizes(max_num_seqs, eng))
+        graphs_hi = graphs + n_graphs * CUDA_GRAPH_EXEC_PER_GRAPH_BYTES
         in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
+        pool_lo = requested - weights - act - nt_hi - (graphs_hi if in_budget else 0)
+        pool_hi = requested - weights - act - nt_lo - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
         blocks = max(pool // blk, 0) if blk else 0
-        cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk))
+        rng = (nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi)
+        cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng))
     # the rank with the fewest KV blocks (the first of equals)
-    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk = min(cands, key=lambda c: c[0])
+    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng = min(cands, key=lambda c: c[0])
+    nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi = rng
     if eng == "v1":
         per_req = -(-max_model_len // block_size)
         conc = blocks / per_req
@@ -603,6 +662,13 @@ def estimate_vllm(
         refusal=refusal,
         breakdown={"rank": rank, "weights": parts},
         release=release,
+        non_torch_low_bytes=nt_lo,
+        non_torch_high_bytes=nt_hi,
+        cuda_graph_high_bytes=graphs_hi,
+        kv_pool_low_bytes=pool_lo,
+        kv_pool_high_bytes=pool_hi,
+        num_gpu_blocks_low=max(pool_lo // blk, 0) if blk else 0,
+        num_gpu_blocks_high=max(pool_hi // blk, 0) if blk else 0,
     )
 
 
@@ -743,6 +809,13 @@ def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> Memo
         "non_torch_bytes": e.non_torch_bytes,
         "cuda_graph_bytes": e.cuda_graph_bytes,
         "cuda_context_bytes": e.cuda_context_bytes,
+        "non_torch_low_bytes": e.non_torch_low_bytes,
+        "non_torch_high_bytes": e.non_torch_high_bytes,
+        "cuda_graph_high_bytes": e.cuda_graph_high_bytes,
+        "kv_pool_low_bytes": e.kv_pool_low_bytes,
+        "kv_pool_high_bytes": e.kv_pool_high_bytes,
+        "num_gpu_blocks_low": e.num_gpu_blocks_low,
+        "num_gpu_blocks_high": e.num_gpu_blocks_high,
         "sampler_peak_bytes": e.sampler_peak_bytes,
         "forward_peak_bytes": e.forward_peak_bytes,
         "max_model_len": e.max_model_len,
@@ -764,6 +837,8 @@ def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> Memo
         overhead_bytes=used - e.weights_bytes - kv - e.activation_peak_bytes,
         device_used_bytes=used,
         gpu_memory_bytes=e.total_gpu_memory_bytes,
+        device_used_low_bytes=e.device_used_low_bytes,
+        device_used_high_bytes=e.device_used_high_bytes,
         details={**own, **details},
     )
 

@@ -24,7 +24,12 @@ def test_rows_match_public_compare():
             assert c["covered"] is None and c["residual"] is None
         else:
             assert c["residual"] == r["estimate"] - r["measured"]
-            # no range on a public row: covered only within its tolerance
+            if r["id"] in public.RANGES:
+                # a vLLM non-torch / CUDA-graph row: covered inside the estimate's range
+                low, high = public.RANGES[r["id"]]()
+                assert (c["low"], c["high"]) == (low, high) and c["covered"] == (low <= r["measured"] <= high)
+                continue
+            # no range on the other public rows: covered only within its tolerance
             assert c["low"] is None and c["covered"] == (r["within"] is True)
             assert c["covered"] == (abs(c["residual"]) <= c["tolerance"]) or r["id"] in public.NOT_DERIVABLE
 
@@ -32,9 +37,12 @@ def test_rows_match_public_compare():
 def test_coverage_is_a_recount():
     rep = calibration.report()
     cmp = public.compare()
-    covered = sum(r["within"] is True for r in cmp) + sum(
-        r["covered"] for r in rep["rows"] if r["source"] == "cuda sweep"
-    )
+    in_range = {rid: f() for rid, f in public.RANGES.items()}
+    covered = sum(
+        (in_range[r["id"]][0] <= r["measured"] <= in_range[r["id"]][1]) if r["id"] in in_range else r["within"] is True
+        for r in cmp
+        if r["estimate"] is not None
+    ) + sum(r["covered"] for r in rep["rows"] if r["source"] == "cuda sweep")
     total = sum(r["estimate"] is not None for r in cmp) + rep["summary"]["cuda_points"]
     s = rep["summary"]
     assert (s["covered"], s["total"]) == (covered, total)
