@@ -154,11 +154,6 @@ def point_label(rec: Mapping[str, Any]) -> str:
     )
 
 
-def estimate_kwargs(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """Arguments of ``estimator.estimate`` that reproduce a measured point (``report.estimate_arguments``)."""
-    return estimate_arguments(rec)
-
-
 def compare(
     records: Iterable[Mapping[str, Any]], estimate_fn: Callable[..., MemoryReport]
 ) -> tuple[list[dict[str, Any]], list[str]]:

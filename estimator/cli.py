@@ -308,24 +308,18 @@ def _cmd_check(args: argparse.Namespace) -> tuple[Any, str]:
     return r.to_dict(), format_check(r)
 
 
-def _cell(v: float | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    if unit == "bytes":
-        return f"{v / GiB:.3f} GiB"
-    return f"{v:,.2f}{unit}" if unit == "x" else f"{v:,.0f} {unit}"
-
-
 def format_check(r: Any) -> str:
     """The check as a table: per term logged, predicted, difference and relative error, and the owner."""
+    from .check import format_value
+
     head = f"{r.engine} log" + (f" ({r.engine_version})" if r.engine_version else "")
     lines = [head, "settings read: " + ", ".join(f"{k}={v}" for k, v in r.inferred.items())]
     lines.append(f"{'term':<44} {'logged':>14} {'predicted':>14} {'difference':>14} {'error':>8}  owner")
     for t in r.terms:
         err = "-" if t.rel_error is None else f"{100 * t.rel_error:+.1f}%"
         lines.append(
-            f"{t.name[:44]:<44} {_cell(t.logged, t.unit):>14} {_cell(t.predicted, t.unit):>14} "
-            f"{_cell(t.difference, t.unit):>14} {err:>8}  {t.owner}"
+            f"{t.name[:44]:<44} {format_value(t.logged, t.unit):>14} {format_value(t.predicted, t.unit):>14} "
+            f"{format_value(t.difference, t.unit):>14} {err:>8}  {t.owner}"
         )
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

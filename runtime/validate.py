@@ -20,7 +20,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from estimator.report import COMPARED as COUNTERS  # noqa: F401  (re-exported: counters per device)
 from estimator.report import compare_record, estimate_arguments
 
 

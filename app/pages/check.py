@@ -12,17 +12,10 @@ from app import compute
 from app.escape import md
 from app.inputs import gpu_label
 from app.state import MODEL_LABELS
-from estimator.check import CheckResult, check_log
-from estimator.units import GiB
+from estimator.check import CheckResult, check_log, format_value
 
 MAX_UPLOAD_BYTES = 2 << 20  # a startup log's memory lines fit in a few KB; the whole log in well under 2 MiB
 AUTO = ""  # the select boxes' "read it from the log" choice
-
-
-def _cell(v: float | None, unit: str) -> str:
-    if v is None:
-        return "-"
-    return f"{v / GiB:,.3f} GiB" if unit == "bytes" else f"{v:,.2f}{unit}" if unit == "x" else f"{v:,.0f} {unit}"
 
 
 def term_rows(r: CheckResult) -> list[dict[str, Any]]:
@@ -30,9 +23,9 @@ def term_rows(r: CheckResult) -> list[dict[str, Any]]:
     return [
         {
             "Term": t.name,
-            "Logged": _cell(t.logged, t.unit),
-            "Predicted": _cell(t.predicted, t.unit),
-            "Difference": _cell(t.difference, t.unit),
+            "Logged": format_value(t.logged, t.unit),
+            "Predicted": format_value(t.predicted, t.unit),
+            "Difference": format_value(t.difference, t.unit),
             "Error": "-" if t.rel_error is None else f"{100 * t.rel_error:+.1f}%",
             "Owner (mechanism)": t.owner or "-",
         }

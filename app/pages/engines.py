@@ -221,16 +221,10 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
         dtype=sb["vllm_dtype"],
         quantization=sb["vllm_quantization"],
     )
+    context_bytes = cuda_context_bytes(gpu.cls)
+    on_gpu = dict(gpu_name=gpu.name, gpu_arch=gpu.arch, cuda_context_bytes=context_bytes)
     try:
-        e = estimate_vllm(
-            spec,
-            total,
-            tensor_parallel_size=inp["tp"],
-            gpu_name=gpu.name,
-            gpu_arch=gpu.arch,
-            cuda_context_bytes=cuda_context_bytes(gpu.cls),
-            **vkw,
-        )
+        e = estimate_vllm(spec, total, tensor_parallel_size=inp["tp"], **on_gpu, **vkw)
         if e.starts:
             r = vl.report(
                 e,
@@ -246,22 +240,10 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
             )
             if inp["tp"] == 1:
                 u = vl.smallest_utilization(
-                    spec,
-                    total,
-                    **{k: v for k, v in vkw.items() if k != "gpu_memory_utilization"},
-                    gpu_name=gpu.name,
-                    gpu_arch=gpu.arch,
-                    cuda_context_bytes=cuda_context_bytes(gpu.cls),
+                    spec, total, **{k: v for k, v in vkw.items() if k != "gpu_memory_utilization"}, **on_gpu
                 )
                 if u is not None:
-                    least = estimate_vllm(
-                        spec,
-                        total,
-                        **{**vkw, "gpu_memory_utilization": u},
-                        gpu_name=gpu.name,
-                        gpu_arch=gpu.arch,
-                        cuda_context_bytes=cuda_context_bytes(gpu.cls),
-                    )
+                    least = estimate_vllm(spec, total, **{**vkw, "gpu_memory_utilization": u}, **on_gpu)
                     r = dataclasses.replace(
                         r,
                         details={
@@ -309,7 +291,7 @@ def compute_all(inp: dict[str, Any]) -> dict[str, dict | str]:
                 "n_gpu_layers": inp["ngl"],
             },
             total,
-            cuda_context_bytes=cuda_context_bytes(gpu.cls),
+            cuda_context_bytes=context_bytes,
         )
     except estimator.EstimatorError as e:
         out["llama.cpp"] = f"llama.cpp cannot: {e}"

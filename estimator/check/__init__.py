@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InvalidSpecError
+from ..units import GiB
 
 MAX_LOG_BYTES = 8 << 20  # a startup log is a few hundred KB at most; refuse larger input
 
@@ -83,6 +84,16 @@ class CheckResult:
             "notes": list(self.notes),
             "unparsed_lines": self.unparsed_lines,
         }
+
+
+def format_value(v: float | None, unit: str) -> str:
+    """A term's value as text: bytes in GiB (3 decimals), concurrency as "28.41x", else the count
+    and its unit; "-" when absent. Shared by the CLI and the app's Check page."""
+    if v is None:
+        return "-"
+    if unit == "bytes":
+        return f"{v / GiB:,.3f} GiB"
+    return f"{v:,.2f}{unit}" if unit == "x" else f"{v:,.0f} {unit}"
 
 
 # Engine checkers register here: (name, detect(text) -> bool, check(text, **options) -> CheckResult).
