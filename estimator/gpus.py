@@ -3,6 +3,12 @@
 Data: ``estimator/data/gpus.json``. ``memory_bytes`` is what ``cudaMemGetInfo`` /
 ``torch.cuda.get_device_properties().total_memory`` reports where a driver reading was found
 (each entry's ``memory_source`` quotes it); otherwise the nominal capacity, marked as such.
+
+For speed (``estimator.speed``): ``bandwidth_bytes_per_s`` is the peak memory bandwidth (SI, the
+vendor's figure, ``bandwidth_source``) and ``flops_per_s`` the dense (no sparsity) peak per dtype
+(fp32 on CUDA cores; fp16, bf16, fp8 and int8 on tensor / matrix cores, FP32 accumulate), each with
+``flops_source``: a datasheet, or SM count x boost clock x the per-SM rate of the architecture's
+whitepaper where the sheet prints only sparse or FP16-accumulate figures.
 """
 
 from __future__ import annotations
@@ -26,6 +32,15 @@ class Gpu:
     memory_source: str
     cls: str
     bandwidth_bytes_per_s: int | None = None
+    bandwidth_source: str = ""
+    # dense peak FLOP/s per dtype ("fp32", "fp16", "bf16", "fp8", "int8"), as sorted pairs so the
+    # dataclass stays hashable; ``flops(dtype)`` reads one
+    flops_per_s: tuple[tuple[str, int], ...] = ()
+    flops_source: str = ""
+
+    def flops(self, dtype: str) -> int | None:
+        """Dense peak FLOP/s (or OP/s for int8) of ``dtype``; None where the catalog has none."""
+        return dict(self.flops_per_s).get(dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -37,6 +52,9 @@ class Gpu:
             "source": self.memory_source,
             "class": self.cls,
             "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "bandwidth_source": self.bandwidth_source,
+            "flops_per_s": dict(self.flops_per_s),
+            "flops_source": self.flops_source,
         }
 
 
@@ -54,6 +72,9 @@ def gpu_catalog() -> tuple[Gpu, ...]:
             memory_source=g["memory_source"],
             cls=g["class"],
             bandwidth_bytes_per_s=g.get("bandwidth_bytes_per_s"),
+            bandwidth_source=g.get("bandwidth_source", ""),
+            flops_per_s=tuple(sorted((k, int(v)) for k, v in (g.get("flops_per_s") or {}).items())),
+            flops_source=g.get("flops_source", ""),
         )
         for g in raw["gpus"]
     ]

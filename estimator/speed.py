@@ -1,0 +1,657 @@
+"""How fast: decode tokens/s (per sequence and over the batch), prefill tokens/s and time to first
+token, each a low / point / high range, from the bytes each step reads and the FLOPs it does.
+
+The model (a roofline per forward):
+
+- **Decode step** (one token for each of ``batch`` sequences at KV length ``L``):
+  ``bytes = W + batch x KV(L)`` where ``W`` is every stored weight byte the engine reads for one
+  token (the layers' packed weights with their quantization state, norms and the output matrix;
+  the embedding is a row gather, so only a tied embedding counts, as the output matrix) and
+  ``KV(L)`` the cache one sequence holds at ``L`` tokens (``estimator.kv``, or ggml row sizes for
+  llama.cpp). bitsandbytes 4-bit above one token per step dequantizes each weight to a 16-bit copy
+  first (``matmul_4bit``'s gemv path takes only one row): that copy is written and read again, 4 B
+  per weight more. ``flops = 2 x P x batch + 4 x layers x heads x head_dim x L x batch`` (``P`` the
+  matmul parameters). The step takes ``max(bytes / (B x f_bw), flops / (F x f_fl))`` with ``B`` the
+  GPU's peak bandwidth, ``F`` its dense peak for the compute dtype (``estimator.gpus``) and ``f``
+  the achieved fractions. Decode is reported at the mean KV length ``prompt + new_tokens / 2``: the
+  step time is linear in ``L``, so that is the whole generation's average.
+- **Prefill** (``prompt`` tokens per sequence in one forward): ``2 x P x prompt`` plus attention,
+  ``4 x layers x heads x head_dim x prompt^2 / 2`` for the causal kernels (SDPA / flash / vLLM /
+  llama.cpp's flash attention skip the masked half) or ``prompt^2`` for eager, at ``F x f_fl``
+  (never faster than one read of the weights). TTFT is the prefill forward: it yields token one.
+- **Fractions** are not one constant: every row of ``data/speed-measurements.csv`` (public tok/s,
+  each with its source and quote) gives the fraction its GPU achieved,
+  ``measured tok/s x bytes per step / B`` (decode) or ``measured tok/s x FLOPs per token / F``
+  (prefill). For an engine and GPU class the range is the min / median / max over that class's
+  rows (``Fractions.basis`` names them), over all classes' rows where a class has fewer than two,
+  and over the llama.cpp rows, said so, for an engine with none (transformers and vLLM today:
+  their ranges are unvalidated). ``validation()`` replays every row leave-one-out.
+
+Worked example: Llama 3.1 8B Q4_K_M on an RTX 3080 (760 GB/s), llama.cpp, batch 1, a one-token
+prompt and 128 new tokens: a step reads 4,617,396,480 B of weights (the 4,912,898,304 B of GGUF
+tensors less the 295,501,824 B Q4_K token embedding, a row gather) plus 8,519,680 B of f16 KV at
+the mean 65 tokens: the roofline is 164 tok/s; the consumer-class fractions (0.44 / 0.66 / 0.91 of
+peak bandwidth over 14 rows) give 71 / 109 / 149 tok/s against 111.95 measured (SP-001).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import statistics
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from .errors import InvalidSpecError, UnknownNameError
+from .gpus import Gpu, get_gpu
+from .kv import kv_cache_bytes
+from .model import ModelSpec, load_model, tensors
+from .quant import QUANTS, compute_dtype, get_quant, weight_tensors
+
+ENGINES = ("transformers", "vllm", "llama.cpp")
+# Engines whose public rows count as llama.cpp: Ollama runs llama.cpp's kernels (its runner).
+ENGINE_FAMILY = {"transformers": "transformers", "vllm": "vllm", "llama.cpp": "llama.cpp", "ollama": "llama.cpp"}
+COUNTERS = ("decode_tok_s", "decode_tok_s_aggregate", "prefill_tok_s")
+VLLM_SPEED_QUANTS = ("bf16", "fp16", "fp8", "awq-int4", "gptq-int4")
+VLLM_SPEED_KV = ("auto", "bf16", "fp16", "fp8")
+LLAMACPP_KV = {"f16": "F16", "bf16": "BF16", "f32": "F32", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+# A class needs this many rows of its own before its range stands alone (one row is a point, not a
+# range); below it the engine's rows of every class are used.
+MIN_CLASS_ROWS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A low / point / high range of one quantity (low <= point <= high)."""
+
+    low: float
+    point: float
+    high: float
+
+    def to_dict(self, digits: int = 4) -> dict[str, float]:
+        return {"low": round(self.low, digits), "point": round(self.point, digits), "high": round(self.high, digits)}
+
+
+@dataclass(frozen=True, slots=True)
+class Fractions:
+    """Achieved fractions of peak bandwidth (decode) and peak FLOPs (prefill) for one engine and GPU
+    class, with the rows they come from."""
+
+    bandwidth: Span
+    flops: Span
+    bandwidth_rows: tuple[str, ...]
+    flops_rows: tuple[str, ...]
+    basis: str
+    validated: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bandwidth": self.bandwidth.to_dict(),
+            "flops": self.flops.to_dict(),
+            "bandwidth_rows": list(self.bandwidth_rows),
+            "flops_rows": list(self.flops_rows),
+            "basis": self.basis,
+            "validated": self.validated,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Speed:
+    """Predicted speed of one setting. Rates are tokens/s, times seconds; each a ``Span``.
+
+    ``decode_tok_s`` is per sequence, ``aggregate_tok_s`` over the ``batch`` sequences decoding
+    together; ``prefill_tok_s`` counts prompt tokens of the whole batch; ``ttft_s`` is the prefill
+    forward. ``bound`` says which roof the decode step's point sits on.
+    """
+
+    engine: str
+    model: str
+    quant: str
+    gpu: str
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    weights_read_bytes: int
+    kv_read_bytes: int
+    decode_flops: int
+    prefill_flops: int
+    decode_tok_s: Span
+    aggregate_tok_s: Span
+    prefill_tok_s: Span | None
+    ttft_s: Span | None
+    bound: str
+    fractions: Fractions
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def step_bytes(self) -> int:
+        """Bytes one decode step reads at the mean KV length (weights + every sequence's KV)."""
+        return self.weights_read_bytes + self.kv_read_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "model": self.model,
+            "quant": self.quant,
+            "gpu": self.gpu,
+            "batch": self.batch,
+            "prompt_tokens": self.prompt_tokens,
+            "new_tokens": self.new_tokens,
+            "weights_read_bytes": self.weights_read_bytes,
+            "kv_read_bytes": self.kv_read_bytes,
+            "step_bytes": self.step_bytes,
+            "decode_flops": self.decode_flops,
+            "prefill_flops": self.prefill_flops,
+            "decode_tok_s": self.decode_tok_s.to_dict(2),
+            "aggregate_tok_s": self.aggregate_tok_s.to_dict(2),
+            "prefill_tok_s": self.prefill_tok_s.to_dict(1) if self.prefill_tok_s else None,
+            "ttft_s": self.ttft_s.to_dict(5) if self.ttft_s else None,
+            "bound": self.bound,
+            "fractions": self.fractions.to_dict(),
+            "notes": list(self.notes),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes and FLOPs of one forward.
+
+
+def matmul_params(spec: ModelSpec, output: bool = True) -> int:
+    """Elements of every matmul weight (the layers' linears, plus the output matrix with ``output``)."""
+    n = sum(_numel(t.shape) for t in tensors(spec) if t.kind == "linear")
+    return n + (spec.vocab_size * spec.hidden_size if output else 0)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise UnknownNameError(f"engine must be one of {', '.join(ENGINES)}: {engine!r}")
+    return engine
+
+
+def weights_read_bytes(spec: ModelSpec, quant: str, engine: str = "transformers", *, output: bool = True) -> int:
+    """Stored weight bytes one decode step reads (per step, whatever the batch). Returns bytes.
+
+    ``output=False`` leaves out the output matrix: a forward that keeps no logits (llama-bench's
+    prompt tokens before the last) never reads it.
+    """
+    _check_engine(engine)
+    if engine == "llama.cpp":
+        from .engines.llamacpp.tensors import gguf_tensors
+
+        ts = gguf_tensors(spec, quant)
+        has_output = any(t.name == "output.weight" for t in ts)
+        total = 0
+        for t in ts:
+            if t.name == "token_embd.weight" and has_output:
+                continue  # a row gather (ggml_get_rows); the untied output.weight is the matmul
+            if t.name in ("output.weight", "token_embd.weight") and not output:
+                continue
+            total += t.nbytes
+        return total
+    get_quant(quant)
+    total = 0
+    lm_head = any(t.kind == "lm_head" for t in tensors(spec))
+    for s in weight_tensors(spec, quant):
+        if s.part == "buffers":
+            continue
+        if s.name.startswith("model.embed_tokens.") and (lm_head or not output):
+            continue  # a row gather; when tied, the embedding is read once as the output matrix
+        if s.name.startswith("lm_head.") and not output:
+            continue
+        total += s.nbytes
+    return total
+
+
+def kv_read_bytes(spec: ModelSpec, tokens: int, batch: int, engine: str, kv_dtype: str, quant: str) -> int:
+    """KV bytes one decode step reads: every layer's K and V of ``batch`` sequences at ``tokens``."""
+    if tokens <= 0:
+        return 0
+    if engine == "llama.cpp":
+        from .engines.llamacpp.types import row_bytes
+
+        t = LLAMACPP_KV.get(kv_dtype)
+        if t is None:
+            raise UnknownNameError(f"kv_dtype must be one of {', '.join(LLAMACPP_KV)} for llama.cpp: {kv_dtype!r}")
+        return 2 * spec.num_hidden_layers * row_bytes(t, spec.num_key_value_heads * spec.head_dim) * tokens * batch
+    if engine == "vllm":
+        if kv_dtype not in VLLM_SPEED_KV:
+            raise UnknownNameError(f"kv_dtype must be one of {', '.join(VLLM_SPEED_KV)} for vLLM: {kv_dtype!r}")
+        kv_dtype = "auto" if kv_dtype == "auto" else kv_dtype
+    compute_bytes = 4 if quant == "fp32" else 2
+    return kv_cache_bytes(spec, tokens, batch, kv_dtype if kv_dtype != "auto" else _auto_kv(quant), compute_bytes)
+
+
+def _auto_kv(quant: str) -> str:
+    return "fp32" if quant == "fp32" else "bf16"
+
+
+def dequant_bytes(spec: ModelSpec, quant: str, engine: str, tokens_per_step: int) -> int:
+    """Extra bytes a step moves to dequantize: bitsandbytes 4-bit with more than one token writes and
+    reads a 16-bit copy of every quantized weight (bitsandbytes ``matmul_4bit``: the gemv kernel
+    reads the packed weight only when the input is one row). Returns bytes."""
+    if engine != "transformers" or tokens_per_step <= 1:
+        return 0
+    q = get_quant(quant)
+    if q.family != "bnb" or q.bits != 4:
+        return 0
+    return 2 * 2 * matmul_params(spec, output=False)
+
+
+def attention_flops(spec: ModelSpec, queries: int, keys: int, causal: bool) -> int:
+    """FLOPs of QK^T and PV for ``queries`` new tokens over ``keys`` cached + new tokens, all layers.
+
+    Each (query, key) pair costs 2 x head_dim multiply-adds twice (scores, then values) per head:
+    ``4 x heads x head_dim``. A causal kernel over a prompt skips the masked half.
+    """
+    per_pair = 4 * spec.num_attention_heads * spec.head_dim * spec.num_hidden_layers
+    if causal and queries == keys:
+        pairs = queries * (queries + 1) // 2
+    else:
+        pairs = queries * keys
+    return per_pair * pairs
+
+
+def flops_dtype(engine: str, quant: str, gpu: Gpu) -> str:
+    """The dtype whose peak a forward's matmuls run at: the compute dtype for transformers (its
+    quantized kernels dequantize to it), fp8 for vLLM's fp8 on GPUs with fp8 tensor cores, int8 for
+    llama.cpp's quantized types (MMQ: int8 tensor-core / dp4a dot products over q8_1 activations)."""
+    if engine == "llama.cpp":
+        if quant in ("f32", "f16", "bf16"):
+            want = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[quant]
+        else:
+            want = "int8"
+    elif engine == "vllm" and quant == "fp8" and gpu.flops("fp8"):
+        want = "fp8"
+    else:
+        want = compute_dtype(quant) if quant in QUANTS else "bf16"
+        want = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(want, want)
+    for d in (want, "bf16", "fp16"):
+        if gpu.flops(d):
+            return d
+    return want
+
+
+# ---------------------------------------------------------------------------------------------
+# Public measurements and the fractions they give.
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One public measurement (``data/speed-measurements.csv``)."""
+
+    id: str
+    model: str
+    engine: str
+    gpu: str
+    quant: str
+    kv_dtype: str
+    prompt_tokens: int
+    gen_tokens: int
+    batch: int
+    logits: str
+    counter: str
+    value: float
+    source: str
+
+    @property
+    def family(self) -> str:
+        return ENGINE_FAMILY[self.engine]
+
+    @property
+    def engine_for_model(self) -> str:
+        return "llama.cpp" if self.family == "llama.cpp" else self.engine
+
+
+@functools.lru_cache(maxsize=1)
+def measurements() -> tuple[Row, ...]:
+    """The committed public tok/s rows."""
+    text = resources.files("estimator").joinpath("data/speed-measurements.csv").read_text(encoding="utf-8")
+    rows = []
+    for r in csv.DictReader(text.splitlines()):
+        rows.append(
+            Row(
+                id=r["id"],
+                model=r["model"],
+                engine=r["engine"],
+                gpu=r["gpu"],
+                quant=r["quant"],
+                kv_dtype=r["kv_dtype"],
+                prompt_tokens=int(r["prompt_tokens"]),
+                gen_tokens=int(r["gen_tokens"]),
+                batch=int(r["batch"]),
+                logits=r["logits"],
+                counter=r["counter"],
+                value=float(r["value"]),
+                source=r["source"],
+            )
+        )
+    return tuple(rows)
+
+
+def _row_step(row: Row) -> tuple[int, int]:
+    """(bytes, flops) of one decode step of a row's setting at its mean KV length."""
+    spec = load_model(row.model)
+    eng = row.engine_for_model
+    out = row.logits == "every"
+    mean_kv = row.prompt_tokens + row.gen_tokens // 2
+    b = weights_read_bytes(spec, row.quant, eng, output=out)
+    b += kv_read_bytes(spec, mean_kv, row.batch, eng, row.kv_dtype, row.quant)
+    b += dequant_bytes(spec, row.quant, eng, row.batch)
+    f = 2 * matmul_params(spec, output=out) * row.batch + attention_flops(spec, row.batch, mean_kv, False)
+    return b, f
+
+
+def _row_prefill_flops(row: Row) -> int:
+    spec = load_model(row.model)
+    p = row.prompt_tokens
+    return (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size) * row.batch + (
+        attention_flops(spec, p, p, True) * row.batch
+    )
+
+
+def achieved_fraction(row: Row) -> float:
+    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved."""
+    gpu = get_gpu(row.gpu)
+    if row.counter == "prefill_tok_s":
+        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+        if not peak:
+            raise InvalidSpecError(f"gpu {row.gpu} has no FLOPs in the catalog (row {row.id})")
+        seconds = row.prompt_tokens * row.batch / row.value
+        return _row_prefill_flops(row) / seconds / peak
+    if not gpu.bandwidth_bytes_per_s:
+        raise InvalidSpecError(f"gpu {row.gpu} has no bandwidth in the catalog (row {row.id})")
+    per_step = row.batch / row.value if row.counter == "decode_tok_s_aggregate" else 1 / row.value
+    step_bytes, _ = _row_step(row)
+    return step_bytes / per_step / gpu.bandwidth_bytes_per_s
+
+
+def _span(values: list[float]) -> Span:
+    return Span(min(values), statistics.median(values), max(values))
+
+
+def fractions(engine: str, gpu_class: str, *, exclude: str | None = None) -> Fractions:
+    """The fraction ranges for ``engine`` on a GPU of ``gpu_class`` (``exclude``: a row id to leave
+    out, for the leave-one-out replay)."""
+    _check_engine(engine)
+    return _fractions(engine, gpu_class, exclude)
+
+
+@functools.lru_cache(maxsize=256)
+def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
+    rows = [r for r in measurements() if r.id != exclude]
+    own = [r for r in rows if r.family == ENGINE_FAMILY[engine]]
+    validated = bool(own)
+    pool = own or [r for r in rows if r.family == "llama.cpp"]
+    name = engine if own else "llama.cpp (no rows of this engine yet: unvalidated)"
+
+    def pick(counter: str) -> tuple[list[Row], str]:
+        cand = [r for r in pool if r.counter == counter]
+        same = [r for r in cand if get_gpu(r.gpu).cls == gpu_class]
+        if len(same) >= MIN_CLASS_ROWS:
+            return same, f"{name} rows on {gpu_class} GPUs"
+        return cand, f"{name} rows of every GPU class ({gpu_class} has {len(same)})"
+
+    bw_rows, bw_basis = pick("decode_tok_s")
+    fl_rows, fl_basis = pick("prefill_tok_s")
+    bw = _span([achieved_fraction(r) for r in bw_rows])
+    fl = _span([achieved_fraction(r) for r in fl_rows])
+    return Fractions(
+        bandwidth=bw,
+        flops=fl,
+        bandwidth_rows=tuple(r.id for r in bw_rows),
+        flops_rows=tuple(r.id for r in fl_rows),
+        basis=f"bandwidth: {bw_basis}; FLOPs: {fl_basis}",
+        validated=validated,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimate.
+
+
+def _check_setting(engine: str, quant: str, kv_dtype: str) -> str:
+    if engine == "llama.cpp":
+        from .engines.llamacpp.types import GGUF_QUANTS
+
+        if quant not in GGUF_QUANTS:
+            raise UnknownNameError(f"quant must be one of {', '.join(GGUF_QUANTS)} for llama.cpp: {quant!r}")
+        return "f16" if kv_dtype == "auto" else kv_dtype
+    if engine == "vllm" and quant not in VLLM_SPEED_QUANTS:
+        raise UnknownNameError(f"quant must be one of {', '.join(VLLM_SPEED_QUANTS)} for vLLM: {quant!r}")
+    get_quant(quant)
+    return kv_dtype
+
+
+def speed(
+    model: Any = "llama-3.2-3b",
+    quant: str = "bf16",
+    gpu: Any = "rtx-4090-24gb",
+    *,
+    engine: str = "transformers",
+    context: int = 8192,
+    new_tokens: int = 32,
+    batch: int = 1,
+    kv_dtype: str = "auto",
+    attn: str = "sdpa",
+) -> Speed:
+    """Decode, prefill and TTFT of one setting on one GPU. ``context`` is the window (prompt + new
+    tokens), as everywhere in the estimator; ``batch`` sequences decode together."""
+    _check_engine(engine)
+    spec = load_model(model)
+    g = get_gpu(gpu)
+    kv_dtype = _check_setting(engine, quant, kv_dtype)
+    for name, v, lo in (("context", context, 1), ("batch", batch, 1), ("new_tokens", new_tokens, 0)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise InvalidSpecError(f"{name} must be an integer >= {lo}: {v!r}")
+    if new_tokens > context - 1:
+        raise InvalidSpecError(f"new_tokens must be at most context - 1 ({context - 1:,}): {new_tokens!r}")
+    if attn not in ("sdpa", "eager"):
+        raise UnknownNameError(f"attn must be one of sdpa, eager: {attn!r}")
+    if not g.bandwidth_bytes_per_s:
+        raise InvalidSpecError(f"gpu {g.key} has no memory bandwidth in the catalog: speed needs one")
+    prompt = context - new_tokens
+    mean_kv = prompt + new_tokens // 2
+    fr = fractions(engine, g.cls)
+    notes: list[str] = []
+    if not fr.validated:
+        notes.append(f"no public {engine} rows yet: the range borrows llama.cpp's fractions (unvalidated)")
+
+    w = weights_read_bytes(spec, quant, engine)
+    kv = kv_read_bytes(spec, mean_kv, batch, engine, kv_dtype, quant)
+    deq = dequant_bytes(spec, quant, engine, batch)
+    step_bytes = w + kv + deq
+    d_flops = 2 * matmul_params(spec) * batch + attention_flops(spec, batch, mean_kv, False)
+    dt = flops_dtype(engine, quant, g)
+    peak_flops = g.flops(dt)
+    bw = g.bandwidth_bytes_per_s
+
+    def step_s(f_bw: float, f_fl: float) -> tuple[float, str]:
+        mem = step_bytes / (bw * f_bw)
+        cmp = d_flops / (peak_flops * f_fl) if peak_flops else 0.0
+        return (mem, "memory") if mem >= cmp else (cmp, "compute")
+
+    # The fast end pairs the high fractions, the slow end the low ones.
+    t_fast, _ = step_s(fr.bandwidth.high, fr.flops.high)
+    t_point, bound = step_s(fr.bandwidth.point, fr.flops.point)
+    t_slow, _ = step_s(fr.bandwidth.low, fr.flops.low)
+    decode = Span(1 / t_slow, 1 / t_point, 1 / t_fast)
+    aggregate = Span(batch / t_slow, batch / t_point, batch / t_fast)
+
+    causal = not (engine == "transformers" and attn == "eager")
+    p_flops = (2 * matmul_params(spec, output=False) * prompt + 2 * spec.vocab_size * spec.hidden_size) * batch
+    p_flops += attention_flops(spec, prompt, prompt, causal) * batch
+    prefill: Span | None = None
+    ttft: Span | None = None
+    if peak_flops:
+        pw = w + deq  # one read of the weights (prefill is never faster than that)
+
+        def prefill_s(f_fl: float, f_bw: float) -> float:
+            return max(p_flops / (peak_flops * f_fl), pw / (bw * f_bw))
+
+        s_fast = prefill_s(fr.flops.high, fr.bandwidth.high)
+        s_point = prefill_s(fr.flops.point, fr.bandwidth.point)
+        s_slow = prefill_s(fr.flops.low, fr.bandwidth.low)
+        n = prompt * batch
+        prefill = Span(n / s_slow, n / s_point, n / s_fast)
+        ttft = Span(s_fast, s_point, s_slow)
+    else:
+        notes.append(f"gpu {g.key} has no {dt} FLOPs in the catalog: no prefill or TTFT")
+    return Speed(
+        engine=engine,
+        model=spec.name,
+        quant=quant,
+        gpu=g.key,
+        batch=batch,
+        prompt_tokens=prompt,
+        new_tokens=new_tokens,
+        weights_read_bytes=w + deq,
+        kv_read_bytes=kv,
+        decode_flops=d_flops,
+        prefill_flops=p_flops,
+        decode_tok_s=decode,
+        aggregate_tok_s=aggregate,
+        prefill_tok_s=prefill,
+        ttft_s=ttft,
+        bound=bound,
+        fractions=fr,
+        notes=tuple(notes),
+    )
+
+
+def max_concurrency(
+    model: Any, quant: str, gpu: Any, *, engine: str = "transformers", context: int = 8192, **settings: Any
+) -> int | None:
+    """How many sequences of ``context`` tokens the KV capacity allows: vLLM's KV pool
+    (``estimate_vllm(...).max_concurrency``), the transformers ``max_batch``; None for llama.cpp
+    (its ``--parallel`` slots share one ``n_ctx`` the user sizes)."""
+    _check_engine(engine)
+    spec = load_model(model)
+    g = get_gpu(gpu)
+    if engine == "vllm":
+        from .engines.vllm import estimate_vllm
+
+        if quant not in ("bf16", "fp16", "fp8"):
+            return None
+        kv = settings.get("kv_dtype", "auto")
+        est = estimate_vllm(
+            spec,
+            g.memory_bytes,
+            max_model_len=context,
+            dtype={"bf16": "bfloat16", "fp16": "float16"}.get(quant, "auto"),
+            kv_cache_dtype=kv,
+            quantization="fp8" if quant == "fp8" else None,
+            gpu_name=g.name,
+            gpu_arch=g.arch,
+        )
+        return int(est.max_concurrency)
+    if engine == "transformers":
+        from .solve import max_batch
+
+        keep = {k: v for k, v in settings.items() if k in ("kv_dtype", "attn", "new_tokens")}
+        return max_batch(spec, quant, context, gpu=g, **keep)
+    return None
+
+
+def concurrency_curve(
+    model: Any,
+    quant: str,
+    gpu: Any,
+    *,
+    engine: str = "transformers",
+    context: int = 8192,
+    new_tokens: int = 32,
+    kv_dtype: str = "auto",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Tokens/s per sequence and in aggregate at 1, 2, 4, ... concurrent sequences up to the KV
+    capacity (``max_concurrency``, or ``limit``). One dict per point: concurrency, per_sequence and
+    aggregate (each a low / point / high dict)."""
+    cap = max_concurrency(model, quant, gpu, engine=engine, context=context, kv_dtype=kv_dtype, new_tokens=new_tokens)
+    top = limit if cap is None else (cap if limit is None else min(cap, limit))
+    if not top or top < 1:
+        return []
+    points, c = [], 1
+    while c < top:
+        points.append(c)
+        c *= 2
+    points.append(top)
+    out = []
+    for c in points:
+        s = speed(model, quant, gpu, engine=engine, context=context, new_tokens=new_tokens, batch=c, kv_dtype=kv_dtype)
+        out.append(
+            {"concurrency": c, "per_sequence": s.decode_tok_s.to_dict(2), "aggregate": s.aggregate_tok_s.to_dict(2)}
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# How wrong it is: every public row replayed with its own row left out of the fractions.
+
+
+def predict_row(row: Row, *, exclude_self: bool = True) -> Span:
+    """The estimate of one public row's counter, its fractions computed without it."""
+    gpu = get_gpu(row.gpu)
+    fr = fractions(row.engine_for_model, gpu.cls, exclude=row.id if exclude_self else None)
+    if row.counter == "prefill_tok_s":
+        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+        assert peak  # rows are checked against the catalog by the tests
+        flops = _row_prefill_flops(row)
+        n = row.prompt_tokens * row.batch
+        return Span(*(n * peak * f / flops for f in (fr.flops.low, fr.flops.point, fr.flops.high)))
+    step_bytes, _ = _row_step(row)
+    bw = gpu.bandwidth_bytes_per_s or 0
+    per = Span(*(bw * f / step_bytes for f in (fr.bandwidth.low, fr.bandwidth.point, fr.bandwidth.high)))
+    if row.counter == "decode_tok_s_aggregate":
+        return Span(per.low * row.batch, per.point * row.batch, per.high * row.batch)
+    return per
+
+
+def validation() -> list[dict[str, Any]]:
+    """Every public row against its leave-one-out estimate: id, counter, GPU class, measured, the
+    estimate's low / point / high, the point's relative error and whether the range covers it."""
+    out = []
+    for r in measurements():
+        p = predict_row(r)
+        out.append(
+            {
+                "id": r.id,
+                "engine": r.engine,
+                "model": r.model,
+                "gpu": r.gpu,
+                "class": get_gpu(r.gpu).cls,
+                "counter": r.counter,
+                "measured": r.value,
+                "low": round(p.low, 2),
+                "point": round(p.point, 2),
+                "high": round(p.high, 2),
+                "rel_error": round(abs(p.point - r.value) / r.value, 4),
+                "covered": p.low <= r.value <= p.high,
+            }
+        )
+    return out
+
+
+def error_summary(rows: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Median and worst relative error and range coverage per (counter, GPU class) of ``validation()``."""
+    rows = validation() if rows is None else rows
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(f"{r['counter']}/{r['class']}", []).append(r)
+    summary = {}
+    for key, rs in sorted(groups.items()):
+        errs = [r["rel_error"] for r in rs]
+        summary[key] = {
+            "rows": len(rs),
+            "median_rel_error": round(statistics.median(errs), 4),
+            "worst_rel_error": round(max(errs), 4),
+            "coverage": round(sum(r["covered"] for r in rs) / len(rs), 4),
+        }
+    return summary
