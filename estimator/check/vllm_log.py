@@ -68,6 +68,7 @@ _DETECT = re.compile(
     r"|Memory profiling results:"
     r"|the current vLLM instance can use"
     r"|Free memory on device \([\d.]+/[\d.]+ GiB\) on startup"
+    r"|Graph capturing finished in [\d.]+ secs?, took -?[\d.]+ GiB"
 )
 
 # The model names the presets stand for (Hugging Face ids, mirrors, local folder names, cache paths).
@@ -153,9 +154,21 @@ def _engine_line(log: _Log, line: str, m: re.Match[str]) -> None:
         log.set("kv_cache_dtype", kv["kv_cache_dtype"])
     if "enforce_eager" in kv:
         log.set("enforce_eager", kv["enforce_eager"] == "True")
-    cap = re.search(r'"max_capture_size":\s*(\d+)', line)
+    _capture_config(log, line)
+
+
+def _capture_config(log: _Log, line: str) -> None:
+    """compilation_config's capture sizes and graph mode: JSON up to 0.10 ("max_capture_size": 192),
+    a Python dict from 0.11 ('max_cudagraph_capture_size': 512, 'cudagraph_mode': <CUDAGraphMode.X: ..>)."""
+    cap = re.search(r"[\"']max_(?:cudagraph_)?capture_size[\"']:\s*(\d+)", line)
     if cap:
         log.set("max_capture_size", int(cap.group(1)))
+    sizes = re.search(r"[\"']cudagraph_capture_sizes[\"']:\s*\[([\d,\s]+)\]", line)
+    if sizes:
+        log.set("capture_sizes", tuple(int(x) for x in sizes.group(1).split(",")))
+    mode = re.search(r"cudagraph_mode[\"']?:\s*<CUDAGraphMode\.(\w+)", line)
+    if mode:
+        log.set("cudagraph_mode", mode.group(1))
 
 
 def _args_line(log: _Log, line: str) -> None:
@@ -268,6 +281,11 @@ _Handler = Callable[[_Log, str, "re.Match[str]"], None]
 _LINES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
     (re.compile(r"Initializing an? (?:(V0|V1) )?LLM engine \(v?([^)\s]+)\) with config"), _engine_line),
     (re.compile(r"vLLM API server version v?(\S+)"), lambda log, line, m: log.set("release", m.group(1))),
+    (re.compile(r"[▀▄█]\s+version v?(\d[\w.+\-]*)\s*$"), lambda log, line, m: log.set("release", m.group(1))),
+    (
+        re.compile(r"Capturing CUDA graph(?:s \(([^)]*)\)| shapes): +100%\|.*\|\s*(\d+)/\2\b"),
+        lambda log, line, m: log.set(f"graphs:{m.group(1) or 'decode'}", int(m.group(2))),
+    ),
     (re.compile(r"non-default args: \{|args: Namespace\("), lambda log, line, m: _args_line(log, line)),
     (re.compile(r"Using max model len (\d+)"), lambda log, line, m: log.set("max_model_len", int(m.group(1)))),
     (
@@ -376,7 +394,57 @@ def _release(engine: str | None, release: str | None, profile_form: str | None) 
     try:
         return resolve_release(release, eng), None
     except EstimatorError as e:
+        hotfix = re.fullmatch(r"(\d+\.\d+\.\d+)\.\d+", release)  # a four-part hotfix release (0.10.1.1 on PyPI)
+        if hotfix:
+            return resolve_release(
+                hotfix.group(1), eng
+            ), f"the hotfix release {release} has the behaviours of {hotfix.group(1)}"
         return resolve_release(eng), f"release {release!r} not resolved ({str(e).split(': ', 1)[-1]})"
+
+
+# vLLM prints GiB with 2 decimals: a logged value stands for anything within half its last digit.
+_HALF_PRINTED_BYTES = GiB // 200
+
+
+def _range_note(name: str, logged: int, low: int, high: int, what: str) -> str:
+    inside = logged + _HALF_PRINTED_BYTES >= low and logged - _HALF_PRINTED_BYTES <= high
+    return (
+        f"{name}: logged {logged / GiB:.3f} GiB is {'within' if inside else 'OUTSIDE'} the range "
+        f"{low / GiB:.3f} .. {high / GiB:.3f} GiB ({what})"
+    )
+
+
+def _graph_count_note(log: _Log, modelled: int) -> str | None:
+    """The graphs the log's progress bars count against the capture sizes the estimate counts."""
+    bars = {k.removeprefix("graphs:"): v for k, v in log.settings.items() if k.startswith("graphs:")}
+    if not bars or sum(bars.values()) == modelled:
+        return None
+    said = " + ".join(f"{n} '{mode}'" for mode, n in bars.items())
+    return f"CUDA graphs: the log captures {sum(bars.values())} ({said}); the estimate counts {modelled} (vllm.capture_sizes)"
+
+
+def _range_notes(log: _Log, e: Any) -> list[str]:
+    """Where the logged non-torch and CUDA-graph memory fall in the estimate's ranges (the terms the
+    settings do not determine), and a graph count the estimate does not model."""
+    from ..engines import vllm as vl
+
+    out: list[str] = []
+    if "non_torch" in log.logged and e.non_torch_low_bytes is not None and e.non_torch_high_bytes is not None:
+        logged = int(log.logged["non_torch"][0])
+        out.append(
+            _range_note(
+                "non_torch", logged, e.non_torch_low_bytes, e.non_torch_high_bytes, "NON_TORCH_GROWTH_RANGE_BYTES"
+            )
+        )
+    n_graphs = len(vl.capture_sizes(e.max_num_seqs, "v1" if e.accounting == "v1" else "v0"))
+    if "cuda_graph" in log.logged and e.cuda_graph_high_bytes is not None:
+        logged = int(log.logged["cuda_graph"][0])
+        what = f"pool .. pool + {n_graphs} graphs x CUDA_GRAPH_EXEC_PER_GRAPH_BYTES"
+        out.append(_range_note("cuda_graph", logged, e.cuda_graph_bytes, e.cuda_graph_high_bytes, what))
+    count = _graph_count_note(log, n_graphs)
+    if count is not None:
+        out.append(count)
+    return out
 
 
 def _utilization(log: _Log) -> float | None:
@@ -541,6 +609,7 @@ def check(
         )
         + f"; the log states {engine_said}, release {release or 'not stated'}",
     )
+    notes.extend(_range_notes(log, e))
     drift = [t for t in terms if t.unit == "bytes" and t.rel_error is not None and abs(t.logged or 0) >= 0.01 * GiB]
     if drift:
         worst = max(drift, key=lambda t: abs(t.difference or 0))

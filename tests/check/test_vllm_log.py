@@ -37,6 +37,10 @@ def terms(r: CheckResult) -> dict[str, Any]:
 
 
 META_LLAMA_3_8B = {**preset_config("llama-3.1-8b"), "max_position_embeddings": 8192, "rope_scaling": None}
+# igabhix001/Finetuning_LLama's final_dpo: Llama 3.1 8B with a PAD token added (scripts/16_merge_dpo_lora.py in the
+# same session prints "Resizing model embeddings: 128256 -> 128257")
+LLAMA_31_8B_PAD = {**preset_config("llama-3.1-8b"), "vocab_size": 128257}
+RTX_6000_ADA_TORCH_BYTES = gib(47.4)  # "VRAM: 47.4 GB", total_memory / 1024**3 printed by the same session
 
 # file -> options, the settings the log states, the logged values, the estimate_vllm arguments (by hand)
 CASES: dict[str, dict[str, Any]] = {
@@ -190,6 +194,94 @@ CASES: dict[str, dict[str, Any]] = {
         "estimate": lambda: vl.estimate_vllm(
             load_model(META_LLAMA_3_8B), gib(79.22), gpu_memory_utilization=0.9, version="v0"
         ),
+    },
+    "v1-0.15.1-llama-3.1-8b-rtx6000ada.log": {
+        "options": {"model": LLAMA_31_8B_PAD, "gpu": "rtx-6000-ada-48gb", "gpu_memory_bytes": RTX_6000_ADA_TORCH_BYTES},
+        "inferred": {
+            "engine": "V1",
+            "release": "0.15.1",
+            "accounting": "v1",
+            "release_modelled": "0.15.1",
+            "model_name": "models/final_dpo",
+            "dtype": "bf16",
+            "max_model_len": 8192,
+            "max_num_seqs": 256,  # not stated: V1's default below 70 GiB
+            "max_num_batched_tokens": 2048,
+            "gpu_memory_utilization": 0.9,
+            "gpu_memory_bytes": RTX_6000_ADA_TORCH_BYTES,
+            "gpu": "rtx-6000-ada-48gb",
+            "enforce_eager": False,
+        },
+        "logged": {
+            "weights": gib(14.99),
+            "kv_cache": gib(26.43),
+            "kv_tokens": 216_496,
+            "max_concurrency": 26.43,
+            "cuda_graph": gib(0.55),
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_model(LLAMA_31_8B_PAD),
+            RTX_6000_ADA_TORCH_BYTES,
+            gpu_memory_utilization=0.9,
+            max_model_len=8192,
+            max_num_batched_tokens=2048,
+            dtype="bf16",
+            version="v1",
+            cudagraph_in_budget=False,  # before 0.21 V1 captures after the KV allocation
+            gpu_name="NVIDIA RTX 6000 Ada Generation 48GB",
+            gpu_arch="sm89",
+        ),
+    },
+    "v1-0.10.1.1-llama-3.1-8b-fp16.log": {
+        "options": {"gpu": "a100-40gb"},  # not in the log: an assumption (a Vertex AI Workbench path, 19.25 GiB KV)
+        "inferred": {
+            "engine": "V1",
+            "release": "0.10.1.1",
+            "accounting": "v1",
+            "release_modelled": "0.10.1",  # the hotfix release has the behaviours of its base
+            "model": "llama-3.1-8b",
+            "dtype": "fp16",
+            "max_model_len": 131072,
+            "max_num_seqs": 256,
+            "max_num_batched_tokens": 2048,
+            "gpu_memory_utilization": 0.9,
+            "gpu": "a100-40gb",
+            "enforce_eager": False,
+        },
+        "logged": {
+            "weights": gib(14.9889),
+            "kv_cache": gib(19.25),
+            "kv_tokens": 157_648,
+            "max_concurrency": 1.20,
+            "cuda_graph": gib(0.52),
+            "kv_blocks": 9853,
+        },
+        "estimate": lambda: vl.estimate_vllm(
+            load_preset("llama-3.1-8b"),
+            get_gpu_bytes("a100-40gb"),
+            gpu_memory_utilization=0.9,
+            max_model_len=131072,
+            max_num_batched_tokens=2048,
+            dtype="fp16",
+            version="v1",
+            cudagraph_in_budget=False,
+            gpu_name="NVIDIA A100 40GB",
+            gpu_arch="sm80",
+        ),
+    },
+    "v0-0.6.5dev-llama-3.2-1b-graphs.log": {
+        "options": {},
+        "inferred": {
+            "engine": "V0",
+            "release": None,
+            "accounting": "v0",
+            "model": "llama-3.2-1b",
+            "model_name": "meta-llama/Llama-3.2-1B-Instruct",
+            "max_num_seqs": 256,  # vLLM's default: the 35 captured shapes are 1, 2, 4 and 8..256
+            "enforce_eager": False,
+        },
+        "logged": {"cuda_graph": gib(0.21)},
+        "estimate": lambda: vl.estimate_vllm(load_preset("llama-3.2-1b"), 80 * GiB, version="v0"),
     },
 }
 
@@ -345,3 +437,109 @@ def test_detect_is_specific() -> None:
     )
     with pytest.raises(LogNotRecognised):
         check("hello world\n")
+
+
+# --- logs that are no row of public-measurements.csv: each term against the same tolerances ----------------------
+
+# fixture -> term -> (tolerance kind of tests/engines/test_public_measurements.py, half a unit of the printed digit)
+OUT_OF_SAMPLE = {
+    "v1-0.15.1-llama-3.1-8b-rtx6000ada.log": {
+        "weights": ("weights", 0.005 * GiB),
+        "kv_cache": ("pool", 0.005 * GiB),
+        "kv_tokens": ("pool", 0.5),
+        "max_concurrency": ("pool", 0.005),
+    },
+    # the GPU is assumed (A100 40GB): the KV terms agree with that assumption, they do not test the estimate
+    "v1-0.10.1.1-llama-3.1-8b-fp16.log": {"weights": ("weights", 0.00005 * GiB)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OUT_OF_SAMPLE))
+def test_out_of_sample_terms_within_tolerance(name: str) -> None:
+    got = terms(check(read(name), **CASES[name]["options"]))
+    for key, (kind, half) in OUT_OF_SAMPLE[name].items():
+        logged, predicted = got[key].logged, got[key].predicted
+        assert abs(predicted - logged) <= public.REL_TOL[kind] * logged + half, (key, predicted, logged)
+
+
+# CUDA-graph memory against its range, pool .. pool + CUDA_GRAPH_EXEC_PER_GRAPH_BYTES per captured graph, on logs
+# that did not set the constant (GT-007 / GT-033 did). A log outside stays, marked with its numbers.
+GRAPH_RANGE_MISSES = {
+    "v1-0.15.1-llama-3.1-8b-rtx6000ada.log": (
+        "0.55 GiB logged > 0.479 GiB = pool 0.131 + 51 x 7 MiB: cudagraph_mode FULL_AND_PIECEWISE captures 51 "
+        "PIECEWISE + 35 FULL decode graphs (86; 4.9 MiB each over the pool), vllm.capture_sizes counts 51 (8.3 MiB each)"
+    ),
+    "v1-0.10.1.1-llama-3.1-8b-fp16.log": (
+        "0.52 GiB logged > 0.479 GiB = pool 0.131 + 51 x 7 MiB: 0.10 captured 67 sizes (multiples of 8 up to 512; "
+        "5.9 MiB each over the pool), vllm.capture_sizes counts the 51 of 0.11+ (7.7 MiB each)"
+    ),
+}
+GRAPH_RANGE = ["v0-0.6.5dev-llama-3.2-1b-graphs.log", *sorted(GRAPH_RANGE_MISSES)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=GRAPH_RANGE_MISSES[n]))
+        if n in GRAPH_RANGE_MISSES
+        else n
+        for n in GRAPH_RANGE
+    ],
+)
+def test_cuda_graph_within_its_range_out_of_sample(name: str) -> None:
+    r = check(read(name), **CASES[name]["options"])
+    logged = terms(r)["cuda_graph"].logged
+    e = CASES[name]["estimate"]()
+    half = GiB // 200  # printed with 2 decimals
+    assert e.cuda_graph_high_bytes is not None
+    assert e.cuda_graph_bytes <= logged + half and logged - half <= e.cuda_graph_high_bytes
+    assert any(n.startswith("cuda_graph: logged") and "is within the range" in n for n in r.notes)
+
+
+def test_graph_count_the_log_captures_is_reported() -> None:
+    r = check(
+        read("v1-0.15.1-llama-3.1-8b-rtx6000ada.log"), **CASES["v1-0.15.1-llama-3.1-8b-rtx6000ada.log"]["options"]
+    )
+    assert (
+        "CUDA graphs: the log captures 86 (51 'mixed prefill-decode, PIECEWISE' + 35 'decode, FULL'); "
+        "the estimate counts 51 (vllm.capture_sizes)"
+    ) in r.notes
+    assert any(n.startswith("cuda_graph: logged 0.550 GiB is OUTSIDE the range 0.131 .. 0.479 GiB") for n in r.notes)
+    # 35 shapes captured, 35 modelled: no count note
+    assert not any(n.startswith("CUDA graphs:") for n in check(read("v0-0.6.5dev-llama-3.2-1b-graphs.log")).notes)
+
+
+def test_range_notes_of_the_in_sample_rows() -> None:
+    notes = check(read("v0-0.8.2-llama-3.2-3b-t4.log")).notes
+    assert "non_torch: logged 0.050 GiB is within the range 0.025 .. 0.135 GiB (NON_TORCH_GROWTH_RANGE_BYTES)" in notes
+    assert any(
+        n.startswith("cuda_graph: logged 0.170 GiB is within the range 0.027 .. 0.212 GiB (pool .. pool + 27")
+        for n in notes
+    )
+
+
+def test_release_0_11_line_formats() -> None:
+    """The 0.11+ banner, the Python-dict compilation_config and the capture progress bars (0.15.1 fixture)."""
+    from estimator.check.vllm_log import parse
+
+    s = parse(read("v1-0.15.1-llama-3.1-8b-rtx6000ada.log")).settings
+    assert s["release"] == "0.15.1"
+    assert s["max_capture_size"] == 512
+    assert len(s["capture_sizes"]) == 51 and s["capture_sizes"][-1] == 512
+    assert s["cudagraph_mode"] == "FULL_AND_PIECEWISE"
+    assert (s["graphs:mixed prefill-decode, PIECEWISE"], s["graphs:decode, FULL"]) == (51, 35)
+    banner = "(APIServer pid=9995) INFO 02-19 17:09:29 [utils.py:325]  ▄▄ ▄█ █     █     █ ▀▄▀ █  version 0.15.1\n"
+    assert parse(banner).settings["release"] == "0.15.1"
+    old = parse(read("v1-0.10.1.1-llama-3.1-8b-fp16.log")).settings
+    assert (old["max_capture_size"], len(old["capture_sizes"]), old["graphs:mixed prefill-decode, PIECEWISE"]) == (
+        512,
+        67,
+        67,
+    )
+    v0 = parse(read("v0-0.6.5dev-llama-3.2-1b-graphs.log")).settings
+    assert v0["graphs:decode"] == 35  # "Capturing CUDA graph shapes: 100%|...| 35/35"
+
+
+def test_graph_line_alone_is_detected() -> None:
+    assert detect("INFO 12-19 22:58:41 model_runner.py:1535] Graph capturing finished in 14 secs, took 0.21 GiB\n")
+    assert not detect("Graph capturing finished in 14 secs.\n")  # 0.6.3 and before printed no size
