@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -318,6 +319,26 @@ def preset_config(name: str) -> dict[str, Any]:
 @functools.lru_cache(maxsize=16)
 def load_preset(name: str = DEFAULT_PRESET) -> ModelSpec:
     return from_hf_config(preset_config(name), name=name)
+
+
+def _preset_name_pattern(preset: str) -> re.Pattern[str]:
+    """``llama-3.2-3b`` -> a pattern for the ways logs and hubs spell it: ``Llama-3.2-3B-Instruct``,
+    ``meta-llama/Llama-3.2-3B``, ``llama3.2:3b`` (Ollama), ``Llama 3.2 3B Instruct`` (GGUF
+    general.name), ``llama_3.2_3b``. No digit may follow the size (``3b`` is not ``30b``)."""
+    family, version, size = preset.split("-")
+    sep = r"[\s_.:-]*"
+    return re.compile(rf"{family}{sep}{re.escape(version)}{sep}{size}(?!\d)", re.I)
+
+
+_PRESET_NAME_PATTERNS = tuple((_preset_name_pattern(p), p) for p in PRESETS)
+
+
+def preset_for(name: str | None) -> str | None:
+    """The preset a model name refers to (a hub id, a path, a GGUF ``general.name``, an Ollama tag),
+    or None. The one place model names are mapped to presets (the log checkers use it)."""
+    if not name:
+        return None
+    return next((p for rx, p in _PRESET_NAME_PATTERNS if rx.search(name)), None)
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a real config.json is a few KB; refuse anything over 1 MiB

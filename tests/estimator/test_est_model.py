@@ -5,7 +5,7 @@ import json
 import pytest
 
 from estimator import InvalidSpecError, UnknownNameError, from_hf_config, load_model, param_breakdown, parse_config_text
-from estimator.model import preset_config, tensors
+from estimator.model import preset_config, preset_for, tensors
 
 LLAMA_3B = dict(hidden=3072, layers=28, heads=24, kv=8, d=128, inter=8192, vocab=128256)
 
@@ -145,3 +145,41 @@ def test_config_path_and_unknown_preset(tmp_path):
     assert load_model(str(tmp_path)).num_params == 3_212_749_824
     with pytest.raises(UnknownNameError, match="llama-9b"):
         load_model("llama-9b")
+
+
+# Names as real logs and hubs spell them (tests/check/fixtures: vLLM model ids, Ollama tags,
+# GGUF general.name), each with the preset it must map to; and names that must not map.
+PRESET_NAMES = {
+    "meta-llama/Llama-3.2-1B": "llama-3.2-1b",
+    "meta-llama/Llama-3.2-3B-Instruct": "llama-3.2-3b",
+    "unsloth/Llama-3.2-3B-Instruct": "llama-3.2-3b",
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "Meta-Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "llama3.2:1b": "llama-3.2-1b",  # Ollama tag
+    "llama3.2:3b-instruct-q4_K_M": "llama-3.2-3b",
+    "llama3.1-8B": "llama-3.1-8b",
+    "Llama 3.2 3B Instruct": "llama-3.2-3b",  # GGUF general.name
+    "/models/llama_3.2_1b.gguf": "llama-3.2-1b",
+    "LLAMA-3.1-8B": "llama-3.1-8b",
+}
+NOT_PRESETS = (
+    "Meta-Llama-3-8B-Instruct",  # Llama 3 (8K window), not 3.1
+    "meta-llama/Llama-3.1-70B-Instruct",
+    "Llama-3.2-11B-Vision",
+    "llama3.2:30b",
+    "Llama-3.1-8.5B",
+    "Whole_Model",
+    "Qwen2.5-3B",
+    "",
+    None,
+)
+
+
+@pytest.mark.parametrize("name,preset", sorted(PRESET_NAMES.items()))
+def test_preset_for_maps_the_spellings_logs_use(name, preset):
+    assert preset_for(name) == preset
+
+
+@pytest.mark.parametrize("name", NOT_PRESETS)
+def test_preset_for_refuses_other_models(name):
+    assert preset_for(name) is None
