@@ -216,9 +216,12 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     s, mem = _settings_from(args, None)
     limit = mem if mem is not None else s.gpu.memory_bytes
     t = max_context(s, gpu_memory_bytes=mem)
+    certain, possible = (max_context(s, gpu_memory_bytes=mem, bound=b) for b in ("high", "low"))
     window = s.model.max_position_embeddings
     d: dict[str, Any] = {
         "max_context": t,
+        "max_context_low": certain,  # the range's high end of device used fits: fits for certain
+        "max_context_high": possible,  # its low end fits: may fit; beyond it nothing fits
         "max_position_embeddings": window,
         "whole_window_fits": t == window,
         "gpu_memory_bytes": limit,
@@ -229,7 +232,10 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         d["launch"] = transformers_launch(replace(s, context=t)).to_dict()
         text = (
             f"largest context on {limit / GiB:.2f} GiB: {t:,} tokens ({format_context(t)}){whole}; "
-            f"every shorter context fits too\n" + format_estimate(d["estimate"]) + "\n" + format_launch(d["launch"])
+            f"every shorter context fits too\n{_fit_range(certain, t, possible)}\n"
+            + format_estimate(d["estimate"])
+            + "\n"
+            + format_launch(d["launch"])
         )
     else:
         text = (
@@ -238,6 +244,14 @@ def _cmd_fit(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
         )
     d["settings"] = {**estimate_settings(s, mem).settings.to_dict(), "context": None}
     return d, text
+
+
+def _fit_range(certain: int, point: int, possible: int) -> str:
+    """The answer on the estimate's range (``solve.point_limit``)."""
+    if certain == point == possible:
+        return "the range agrees: every context up to it fits for certain"
+    sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
+    return f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not fit"
 
 
 def _cmd_sweep(args: argparse.Namespace) -> tuple[Any, str]:

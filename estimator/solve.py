@@ -35,8 +35,9 @@ from typing import Any
 from . import activations as act
 from .allocator import LARGE, POOL_ROUNDING_BYTES, pool_of
 from .errors import InvalidSpecError
-from .estimate import MAX_BATCH, MAX_CONTEXT, Planner, Settings, make_settings
+from .estimate import MAX_BATCH, MAX_CONTEXT, Planner, Settings, make_settings, resident
 from .gpus import Gpu, custom_gpu, get_gpu, gpu_catalog
+from .overhead import cuda_context_range_bytes, fragmentation_high_bytes
 from .quant import PRECISION_ORDER, TRANSFORMERS_QUANTS, get_quant
 from .units import check_int
 
@@ -170,6 +171,32 @@ def _first_over(planner: Planner, limit: int, lo: int, hi: int) -> int | None:
     return b if b <= hi else None
 
 
+# Which end of device used a solver fits in the GPU: "point" (the estimate), "high" (the range's
+# high end: the answer fits for certain, ``fit_verdict`` "fits") or "low" (its low end: the answer
+# may fit; beyond it nothing fits).
+BOUNDS = ("point", "high", "low")
+
+
+def point_limit(s: Settings, memory_bytes: int, bound: str = "point") -> int:
+    """The largest device-used point whose ``bound`` end fits in ``memory_bytes``.
+
+    Both ends of ``estimate()``'s range are increasing functions of the point (point = reserved +
+    CUDA context): low = reserved + the class's lowest context; high = reserved +
+    ``fragmentation_high_bytes(reserved)`` + the highest context. So "the bound's end fits" is "the
+    point fits this limit", and every solver keeps its exact search on the point."""
+    if bound not in BOUNDS:
+        raise InvalidSpecError(f"bound must be one of {', '.join(BOUNDS)}: {bound!r}")
+    if bound == "point":
+        return memory_bytes
+    r = resident(s)
+    ctx_low, ctx_high = cuda_context_range_bytes(s.gpu.cls if s.gpu else "generic")
+    if bound == "low":
+        return memory_bytes - ctx_low + r.cuda_context_bytes
+    budget = memory_bytes - ctx_high  # reserved + fragmentation must fit in it; increasing in reserved
+    reserved = largest_true(lambda x: x + fragmentation_high_bytes(s.attn, x, r.weights) <= budget, 0, max(budget, 0))
+    return reserved + r.cuda_context_bytes
+
+
 def _window(s: Settings) -> int:
     return min(s.model.max_position_embeddings, MAX_CONTEXT)
 
@@ -182,10 +209,13 @@ def max_context(
     gpu_memory_bytes: int | None = None,
     batch: int | None = None,
     limit: int | None = None,
+    bound: str = "point",
     **kw: Any,
 ) -> int:
     """The largest context C such that C and every shorter context fit (device_used_bytes within
     the GPU's memory); at most the model's window (``max_position_embeddings``) and ``limit``.
+    ``bound="high"``: the range's high end must fit (fits for certain); ``"low"``: its low end
+    (may fit); see ``point_limit``.
 
     The shortest context is ``new_tokens + 1`` (a one-token prompt); 0 if even that does not fit.
     ``max_context(...) == spec.max_position_embeddings`` means the whole window fits.
@@ -199,7 +229,7 @@ def max_context(
     cap = _window(s) if limit is None else min(_window(s), limit)
     if cap < N + 1:
         return 0
-    first = _first_over(Planner(s), mem, 1, cap - N)
+    first = _first_over(Planner(s), point_limit(s, mem, bound), 1, cap - N)
     if first is None:
         return cap
     return first - 1 + N if first > 1 else 0
@@ -213,14 +243,16 @@ def max_batch(
     gpu: Any = None,
     gpu_memory_bytes: int | None = None,
     limit: int = MAX_BATCH,
+    bound: str = "point",
     **kw: Any,
 ) -> int:
     """The largest batch B such that B and every smaller batch fit at ``context``; 0 if batch 1
     does not fit. Bounded as ``max_context`` is: batches whose lower bound plus the pool
-    round-up fits are certain, the rest are checked one by one."""
+    round-up fits are certain, the rest are checked one by one. ``bound`` as in ``max_context``."""
     s, mem = _settings(
         model, gpu, gpu_memory_bytes, {"quant": "bf16", "context": 8192}, quant=quant, context=context, **kw
     )
+    mem = point_limit(s, mem, bound)  # the range's ends do not depend on the batch but through the point
     t = s.prompt_tokens
 
     def lower(b: int) -> int:

@@ -19,7 +19,7 @@ from ..errors import EstimatorError, InvalidSpecError
 from ..gpus import Gpu
 from ..launch import format_launch, launch_for
 from ..model import ModelSpec
-from ..overhead import cuda_context_bytes
+from ..overhead import cuda_context_bytes, cuda_context_range_bytes
 from . import ENGINES
 from . import llamacpp as lc
 from . import vllm as vl
@@ -211,6 +211,11 @@ def _cuda_context(gpu: Gpu | None) -> int:
     return cuda_context_bytes(gpu.cls if gpu is not None else "custom")
 
 
+def _cuda_context_range(gpu: Gpu | None) -> tuple[int, int]:
+    """Its range for the class (``overhead.CUDA_CONTEXT_RANGE_BYTES``)."""
+    return cuda_context_range_bytes(gpu.cls if gpu is not None else "custom")
+
+
 def _labels(args: argparse.Namespace, gpu: Gpu | None) -> dict[str, Any]:
     """The settings as the flags name them (the engine libraries fill in the rest)."""
     return {
@@ -331,6 +336,7 @@ def engine_estimate(
                 n_ctx,
                 gpu_memory_bytes=total,
                 cuda_context_bytes=_cuda_context(gpu) if total is not None else 0,
+                cuda_context_range_bytes=_cuda_context_range(gpu) if total is not None else None,
                 **kw,
             ).to_dict()
         )
@@ -350,7 +356,14 @@ def engine_fit(
         out = vl.fit_report(spec, total, _labels(args, gpu), **_vllm_kw(args, spec, gpu))
     elif engine == "llama.cpp":
         spec, quant, kw = _llamacpp_kw(args, spec, gpu)
-        out = lc.fit_report(spec, quant, total, cuda_context_bytes=_cuda_context(gpu), **kw)
+        out = lc.fit_report(
+            spec,
+            quant,
+            total,
+            cuda_context_bytes=_cuda_context(gpu),
+            cuda_context_range_bytes=_cuda_context_range(gpu),
+            **kw,
+        )
     else:
         raise InvalidSpecError(f"--engine {engine!r} is handled by the core estimator, not estimator.engines")
     if "estimate" in out:
@@ -374,6 +387,14 @@ def _g(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.2f} GiB"
 
 
+def _span(result: Mapping[str, Any], key: str, fmt: str) -> str:
+    """ " (range LOW-HIGH)" for a count with ``key``_low / ``key``_high that differ, else ""."""
+    lo, hi = result.get(f"{key}_low"), result.get(f"{key}_high")
+    if lo is None or hi is None or lo == hi:
+        return ""
+    return f" (range {lo:{fmt}}-{hi:{fmt}})"
+
+
 def format_engine_table(result: Mapping[str, Any]) -> str:
     """A readable table in GiB for an ``engine_estimate`` or ``engine_fit`` result."""
     lines: list[str] = []
@@ -383,6 +404,10 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
             f"engine {result['engine']}: largest context on {_g(result['gpu_memory_bytes'])}: "
             f"{result['max_context']:,} tokens{whole}"
         )
+        certain, possible = result.get("max_context_low"), result.get("max_context_high")
+        if certain is not None and possible is not None and (certain, possible) != (result["max_context"],) * 2:
+            sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
+            lines.append(f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not")
         if "estimate" not in result:
             return "\n".join(lines)
         launch = result.get("launch")
@@ -405,9 +430,10 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
             ("device used", result["device_used_bytes"]),
         ]
         tail = [
-            f"KV blocks (16 tokens): {result['num_gpu_blocks']:,}   "
-            f"KV tokens: {result['kv_cache_tokens']:,}   "
+            f"KV blocks (16 tokens): {result['num_gpu_blocks']:,}{_span(result, 'num_gpu_blocks', ',')}   "
+            f"KV tokens: {result['kv_cache_tokens']:,}{_span(result, 'kv_cache_tokens', ',')}",
             f"max concurrency at {result['max_model_len']:,} tokens: {result['max_concurrency']:.2f}x"
+            f"{_span(result, 'max_concurrency', '.2f')}",
         ]
         ss = result.get("smallest_gpu_set")
         if ss:

@@ -423,6 +423,24 @@ class VllmEstimate:
     kv_pool_high_bytes: int | None = None
     num_gpu_blocks_low: int | None = None
     num_gpu_blocks_high: int | None = None
+    # the concurrency and KV tokens those block counts give (``concurrency``)
+    max_concurrency_low: float | None = None
+    max_concurrency_high: float | None = None
+    kv_cache_tokens_low: int | None = None
+    kv_cache_tokens_high: int | None = None
+    # vLLM starts at the pool's low end (for certain) / at its high end (it may start)
+    starts_certain: bool | None = None
+    starts_possible: bool | None = None
+
+    def starts_on(self, bound: str = "point") -> bool:
+        """Whether vLLM starts: "point" (``starts``), "high" (the range's high end of memory, so the
+        pool's low end: for certain) or "low" (the pool's high end: it may start)."""
+        if bound == "point":
+            return self.starts
+        if bound not in ("high", "low"):
+            raise InvalidSpecError(f"bound must be one of point, high, low: {bound!r}")
+        v = self.starts_certain if bound == "high" else self.starts_possible
+        return self.starts if v is None else v
 
     def _used(self, non_torch: int, graphs: int, pool: int) -> int:
         used = self.weights_bytes + self.activation_peak_bytes + non_torch + max(pool, 0)
@@ -454,7 +472,9 @@ class VllmEstimate:
         d["device_used_bytes"] = self.device_used_bytes
         d["device_used_low_bytes"] = self.device_used_low_bytes
         d["device_used_high_bytes"] = self.device_used_high_bytes
-        d["max_concurrency"] = round(self.max_concurrency, 4)
+        for k in ("max_concurrency", "max_concurrency_low", "max_concurrency_high"):
+            v = d[k]
+            d[k] = None if v is None else round(v, 4)
         return d
 
 
@@ -587,13 +607,11 @@ def estimate_vllm(
     # the rank with the fewest KV blocks (the first of equals)
     blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng = min(cands, key=lambda c: c[0])
     nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi = rng
-    if eng == "v1":
-        per_req = -(-max_model_len // block_size)
-        conc = blocks / per_req
-        tokens = int(conc * max_model_len) if blocks else 0
-    else:
-        conc = blocks * block_size / max_model_len
-        tokens = blocks * block_size
+    conc, tokens = concurrency(blocks, block_size, max_model_len, eng)
+    blocks_lo = max(pool_lo // blk, 0) if blk else 0
+    blocks_hi = max(pool_hi // blk, 0) if blk else 0
+    conc_lo, tokens_lo = concurrency(blocks_lo, block_size, max_model_len, eng)
+    conc_hi, tokens_hi = concurrency(blocks_hi, block_size, max_model_len, eng)
     refusal = None
     sm = _sm(gpu_arch)
     if quantization is not None and sm is not None and sm < QUANT_MIN_SM[quantization]:
@@ -615,27 +633,34 @@ def estimate_vllm(
             f"{requested / GiB:.2f} GiB). Decrease GPU memory utilization or reduce GPU memory "
             f"used by other processes."
         )
-    elif blocks <= 0:
-        refusal = (
-            "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-            "when initializing the engine."
-        )
-    elif eng == "v0" and max_model_len > blocks * block_size:
-        refusal = (
-            f"The model's max seq len ({max_model_len}) is larger than the maximum number of tokens "
-            f"that can be stored in KV cache ({blocks * block_size}). Try increasing "
-            f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
-        )
-    elif eng == "v1" and -(-max_model_len // block_size) > blocks:
-        needed = -(-max_model_len // block_size) * blk
-        est = blocks * block_size
-        refusal = (
-            f"To serve at least one request with the models's max seq len ({max_model_len}), "
-            f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
-            f"cache memory ({max(pool, 0) / GiB:.2f} GiB). Based on the available memory, the "
-            f"estimated maximum model length is {est}. Try increasing `gpu_memory_utilization` "
-            f"or decreasing `max_model_len` when initializing the engine."
-        )
+    # the refusals above do not depend on the KV pool; those below are the pool's (one request of
+    # max_model_len must fit in it), checked again at each end of its range
+    pool_starts = (
+        refusal is None and _holds_one_request(b, block_size, max_model_len, eng) for b in (blocks_lo, blocks_hi)
+    )
+    starts_certain, starts_possible = pool_starts
+    if refusal is None:
+        if blocks <= 0:
+            refusal = (
+                "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                "when initializing the engine."
+            )
+        elif eng == "v0" and max_model_len > blocks * block_size:
+            refusal = (
+                f"The model's max seq len ({max_model_len}) is larger than the maximum number of tokens "
+                f"that can be stored in KV cache ({blocks * block_size}). Try increasing "
+                f"`gpu_memory_utilization` or decreasing `max_model_len` when initializing the engine."
+            )
+        elif eng == "v1" and -(-max_model_len // block_size) > blocks:
+            needed = -(-max_model_len // block_size) * blk
+            est = blocks * block_size
+            refusal = (
+                f"To serve at least one request with the models's max seq len ({max_model_len}), "
+                f"({needed / GiB:.2f} GiB KV cache is needed, which is larger than the available KV "
+                f"cache memory ({max(pool, 0) / GiB:.2f} GiB). Based on the available memory, the "
+                f"estimated maximum model length is {est}. Try increasing `gpu_memory_utilization` "
+                f"or decreasing `max_model_len` when initializing the engine."
+            )
     return VllmEstimate(
         accounting=version,
         total_gpu_memory_bytes=gpu_memory_bytes,
@@ -667,9 +692,34 @@ def estimate_vllm(
         cuda_graph_high_bytes=graphs_hi,
         kv_pool_low_bytes=pool_lo,
         kv_pool_high_bytes=pool_hi,
-        num_gpu_blocks_low=max(pool_lo // blk, 0) if blk else 0,
-        num_gpu_blocks_high=max(pool_hi // blk, 0) if blk else 0,
+        num_gpu_blocks_low=blocks_lo,
+        num_gpu_blocks_high=blocks_hi,
+        max_concurrency_low=conc_lo,
+        max_concurrency_high=conc_hi,
+        kv_cache_tokens_low=tokens_lo,
+        kv_cache_tokens_high=tokens_hi,
+        starts_certain=starts_certain,
+        starts_possible=starts_possible,
     )
+
+
+def _holds_one_request(blocks: int, block_size: int, max_model_len: int, engine: str) -> bool:
+    """The pool takes one request of max_model_len: V1 ``check_enough_kv_cache_memory`` (ceil(len /
+    block_size) blocks), V0 ``_verify_and_get_model_len``-era check (len <= blocks x block_size)."""
+    if blocks <= 0:
+        return False
+    return -(-max_model_len // block_size) <= blocks if engine == "v1" else max_model_len <= blocks * block_size
+
+
+def concurrency(blocks: int, block_size: int, max_model_len: int, engine: str) -> tuple[float, int]:
+    """(maximum concurrency, KV cache tokens) that ``blocks`` KV blocks give, as vLLM logs them.
+    V1 (``kv_cache_utils``): a request of max_model_len holds ceil(max_model_len / block_size)
+    blocks, so concurrency = blocks / that, tokens = int(concurrency x max_model_len). V0
+    (``executor_base``/``gpu_executor``): blocks x block_size tokens over max_model_len."""
+    if engine == "v1":
+        conc = blocks / -(-max_model_len // block_size)
+        return conc, int(conc * max_model_len) if blocks else 0
+    return blocks * block_size / max_model_len, blocks * block_size
 
 
 def _sm(arch: str | None) -> int | None:
@@ -689,9 +739,10 @@ def _monotone_pieces(version: str, cap: int, batched_given: bool) -> list[int]:
     return [e for e in (2048, 32768) if e < cap] + [cap]
 
 
-def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw: Any) -> int:
+def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, bound: str = "point", **kw: Any) -> int:
     """The largest max_model_len (a multiple of 16, or the model's window when all of it starts)
     such that vLLM starts with it and with every shorter max_model_len; 0 if 16 does not start.
+    ``bound``: as ``VllmEstimate.starts_on`` ("high": starts for certain; "low": may start).
 
     Within each range of ``_monotone_pieces`` starting is monotone, so each is binary searched in
     order and the first failure ends the search."""
@@ -699,7 +750,7 @@ def max_model_len_vllm(spec: ModelSpec, gpu_memory_bytes: int, **kw: Any) -> int
 
     def ok(n: int) -> bool:
         try:
-            return estimate_vllm(spec, gpu_memory_bytes, max_model_len=n, **kw).starts
+            return estimate_vllm(spec, gpu_memory_bytes, max_model_len=n, **kw).starts_on(bound)
         except VllmStartupError:
             return False
 
@@ -816,6 +867,10 @@ def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> Memo
         "kv_pool_high_bytes": e.kv_pool_high_bytes,
         "num_gpu_blocks_low": e.num_gpu_blocks_low,
         "num_gpu_blocks_high": e.num_gpu_blocks_high,
+        "max_concurrency_low": None if e.max_concurrency_low is None else round(e.max_concurrency_low, 4),
+        "max_concurrency_high": None if e.max_concurrency_high is None else round(e.max_concurrency_high, 4),
+        "kv_cache_tokens_low": e.kv_cache_tokens_low,
+        "kv_cache_tokens_high": e.kv_cache_tokens_high,
         "sampler_peak_bytes": e.sampler_peak_bytes,
         "forward_peak_bytes": e.forward_peak_bytes,
         "max_model_len": e.max_model_len,
@@ -913,7 +968,8 @@ def fit_report(
     spec: ModelSpec, gpu_memory_bytes: int, settings: Mapping[str, Any] | None = None, **kw: Any
 ) -> dict[str, Any]:
     """The largest max_model_len vLLM starts with on a GPU of ``gpu_memory_bytes`` (``max_model_len_vllm``)
-    and the report there: {"engine": "vllm", "max_context", "gpu_memory_bytes",
+    and the report there: {"engine": "vllm", "max_context", "max_context_low" (starts for certain),
+    "max_context_high" (may start), "gpu_memory_bytes",
     "max_position_embeddings", "whole_window_fits", "estimate": MemoryReport (``estimate_report``)}.
     Raises ``VllmStartupError`` with vLLM's reason (at max_model_len 16) when no length starts."""
     t = max_model_len_vllm(spec, gpu_memory_bytes, **kw)
@@ -924,6 +980,8 @@ def fit_report(
     return {
         "engine": "vllm",
         "max_context": t,
+        "max_context_low": max_model_len_vllm(spec, gpu_memory_bytes, bound="high", **kw),  # starts for certain
+        "max_context_high": max_model_len_vllm(spec, gpu_memory_bytes, bound="low", **kw),  # may start
         "gpu_memory_bytes": gpu_memory_bytes,
         "max_position_embeddings": window,
         "whole_window_fits": t == window,

@@ -16,10 +16,12 @@ from typing import Any
 
 from ...errors import InvalidSpecError
 from ...model import ModelSpec
+from ...overhead import CUBLAS_WORKSPACE_LARGE_BYTES
 from ...report import MemoryReport
 from ...solve import largest_true
 from .buffers import kv_buffer_bytes, kv_size_cells, model_buffers, offloaded_layers
 from .graph import compute_buffers
+from .pool import cuda_pool_high_bytes
 from .tensors import GgufTensor, gguf_file_tensor_bytes, gguf_tensors
 
 # --- everything at once ------------------------------------------------------------------------
@@ -43,6 +45,8 @@ class LlamaCppEstimate:
     gguf_tensor_bytes: int
     n_gpu_layers: int
     kv_cells: int
+    # the CUDA pool's temporaries, not in any logged buffer: 0 to this (``pool.cuda_pool_high_bytes``)
+    cuda_pool_high_bytes: int = 0
 
     @property
     def device_bytes(self) -> int:
@@ -116,22 +120,41 @@ def estimate_llamacpp(
         gguf_tensor_bytes=gguf_file_tensor_bytes(ts),
         n_gpu_layers=mb.n_gpu_layers if gpu else 0,
         kv_cells=kv_size_cells(n_ctx, flash_attn, version),
+        cuda_pool_high_bytes=cuda_pool_high_bytes(
+            spec,
+            n_ubatch,
+            kv_cells=kv_size_cells(n_ctx, flash_attn, version),
+            kv_quantized=kv_dtype not in ("f16", "f32", "bf16"),
+            flash_attn=flash_attn,
+            on_gpu=gpu and mb.n_gpu_layers > 0,
+        ),
     )
 
 
 def max_context_llamacpp(
-    spec: ModelSpec, quant: str, gpu_memory_bytes: int, *, margin_bytes: int = 0, cap: int | None = None, **kw: Any
+    spec: ModelSpec,
+    quant: str,
+    gpu_memory_bytes: int,
+    *,
+    margin_bytes: int = 0,
+    cap: int | None = None,
+    with_pool: bool = False,
+    **kw: Any,
 ) -> int:
     """The largest n_ctx whose GPU buffers fit in ``gpu_memory_bytes - margin_bytes``, with every
     smaller n_ctx fitting too: a multiple of 256, or ``cap`` (default and at most the model's window)
     when the whole window fits; 0 if 256 does not fit. Every buffer grows with n_ctx (KV cells,
-    the reserve graph's KQ), so a binary search over multiples of 256 is exact."""
+    the reserve graph's KQ), so a binary search over multiples of 256 is exact. ``with_pool``: the
+    CUDA pool's high end and cuBLAS's workspace must fit too (``device_used_range``'s high end, with
+    the CUDA context in ``margin_bytes``); they do not shrink as n_ctx grows either."""
     window = spec.max_position_embeddings
     cap = window if cap is None else min(cap, window)
     budget = gpu_memory_bytes - margin_bytes
 
     def fits(n: int) -> bool:
-        return estimate_llamacpp(spec, quant, n, **kw).device_bytes <= budget
+        e = estimate_llamacpp(spec, quant, n, **kw)
+        extra = e.cuda_pool_high_bytes + CUBLAS_WORKSPACE_LARGE_BYTES if with_pool and e.n_gpu_layers > 0 else 0
+        return e.device_bytes + extra <= budget
 
     if fits(cap):
         return cap
@@ -146,6 +169,7 @@ def report(
     settings: Mapping[str, Any],
     gpu_memory_bytes: int | None = None,
     cuda_context_bytes: int = 0,
+    cuda_context_range_bytes: tuple[int, int] | None = None,
     **details: Any,
 ) -> MemoryReport:
     """llama.cpp's buffers as the one report type (engine "llama.cpp").
@@ -154,9 +178,18 @@ def report(
     CUDA context as overhead when any layer is on the GPU; device used is their sum, ``fits`` and
     ``headroom_bytes`` are against ``gpu_memory_bytes`` (None without one). ``details``: every buffer
     (GPU and host), the GGUF tensor bytes, the offloaded layers and KV cells, then ``details`` given
-    here. ``settings`` is kept as given."""
-    overhead = cuda_context_bytes if e.n_gpu_layers > 0 else 0
+    here. ``settings`` is kept as given.
+
+    Device used's range (``device_used_range``): low = the buffers + the class's lowest CUDA context;
+    high = the buffers + its highest + the CUDA pool's high end + cuBLAS's own workspace at its
+    largest default (the buffers are exact; the rest no log line reports)."""
+    on_gpu = e.n_gpu_layers > 0
+    overhead = cuda_context_bytes if on_gpu else 0
     used = e.device_bytes + overhead
+    ctx_lo, ctx_hi = (
+        (cuda_context_bytes, cuda_context_bytes) if cuda_context_range_bytes is None else cuda_context_range_bytes
+    )
+    low, high = device_used_range(e, ctx_lo, ctx_hi)
     own = {
         "model_buffer_bytes": e.model_buffer_bytes,
         "host_buffer_bytes": e.host_buffer_bytes,
@@ -168,6 +201,7 @@ def report(
         "n_gpu_layers": e.n_gpu_layers,
         "kv_cells": e.kv_cells,
         "host_bytes": e.host_bytes,
+        "cuda_pool_high_bytes": e.cuda_pool_high_bytes if on_gpu else 0,
     }
     return MemoryReport(
         settings=settings,
@@ -179,8 +213,19 @@ def report(
         overhead_bytes=overhead,
         device_used_bytes=used,
         gpu_memory_bytes=gpu_memory_bytes,
+        device_used_low_bytes=low,
+        device_used_high_bytes=high,
         details={**own, **details},
     )
+
+
+def device_used_range(e: LlamaCppEstimate, context_low_bytes: int, context_high_bytes: int) -> tuple[int, int]:
+    """(low, high) of device used for CUDA contexts in [low, high] (``report``); the buffers alone
+    when no layer is on the GPU."""
+    if e.n_gpu_layers <= 0:
+        return e.device_bytes, e.device_bytes
+    high = e.device_bytes + context_high_bytes + e.cuda_pool_high_bytes + CUBLAS_WORKSPACE_LARGE_BYTES
+    return e.device_bytes + context_low_bytes, high
 
 
 def _settings(
@@ -217,6 +262,7 @@ def estimate_report(
     *,
     gpu_memory_bytes: int | None = None,
     cuda_context_bytes: int = 0,
+    cuda_context_range_bytes: tuple[int, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     **kw: Any,
 ) -> MemoryReport:
@@ -226,7 +272,11 @@ def estimate_report(
     ``settings`` given (how the caller names the KV type, GPU and GGUF file)."""
     e = estimate_llamacpp(spec, quant, n_ctx, **kw)
     return report(
-        e, _settings(spec, quant, n_ctx, gpu_memory_bytes, settings, kw), gpu_memory_bytes, cuda_context_bytes
+        e,
+        _settings(spec, quant, n_ctx, gpu_memory_bytes, settings, kw),
+        gpu_memory_bytes,
+        cuda_context_bytes,
+        cuda_context_range_bytes,
     )
 
 
@@ -236,18 +286,30 @@ def fit_report(
     gpu_memory_bytes: int,
     *,
     cuda_context_bytes: int = 0,
+    cuda_context_range_bytes: tuple[int, int] | None = None,
     settings: Mapping[str, Any] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
     """The largest n_ctx whose GPU buffers and CUDA context fit ``gpu_memory_bytes``
     (``max_context_llamacpp``, at most the model's window) and the report there: {"engine":
-    "llama.cpp", "max_context", "gpu_memory_bytes", "max_position_embeddings", "cuda_context_bytes",
-    "whole_window_fits"}, plus "estimate" (a MemoryReport, ``estimate_report``) when some n_ctx fits."""
+    "llama.cpp", "max_context", "max_context_low" (device used's high end fits: for certain),
+    "max_context_high" (its low end fits: may fit), "gpu_memory_bytes", "max_position_embeddings",
+    "cuda_context_bytes", "whole_window_fits"}, plus "estimate" (a MemoryReport, ``estimate_report``)
+    when some n_ctx fits."""
     window = spec.max_position_embeddings
-    t = max_context_llamacpp(spec, quant, gpu_memory_bytes, margin_bytes=cuda_context_bytes, cap=window, **kw)
+    ctx_lo, ctx_hi = cuda_context_range_bytes or (cuda_context_bytes, cuda_context_bytes)
+
+    def largest(margin: int, with_pool: bool = False) -> int:
+        return max_context_llamacpp(
+            spec, quant, gpu_memory_bytes, margin_bytes=margin, cap=window, with_pool=with_pool, **kw
+        )
+
+    t = largest(cuda_context_bytes)
     out: dict[str, Any] = {
         "engine": "llama.cpp",
         "max_context": t,
+        "max_context_low": largest(ctx_hi, with_pool=True),
+        "max_context_high": largest(ctx_lo),
         "gpu_memory_bytes": gpu_memory_bytes,
         "max_position_embeddings": window,
         "cuda_context_bytes": cuda_context_bytes,
@@ -260,6 +322,7 @@ def fit_report(
             t,
             gpu_memory_bytes=gpu_memory_bytes,
             cuda_context_bytes=cuda_context_bytes,
+            cuda_context_range_bytes=cuda_context_range_bytes,
             settings=settings,
             **kw,
         )
