@@ -4,7 +4,9 @@ What is read (each wording llama.cpp used from 2024 to 2026; a line may carry a 
 journald or ``time=... level=...`` fields, docker-compose ``name  | ``, ``[timestamp]``, LM Studio /
 LLamaSharp tags, colour codes):
 
-- the build: ``build: 4701 (be3bbd62)`` / ``main: build = 1550 (8e672ef)`` / ``version: 4202 (9f912511)``;
+- the build: ``build: 4701 (be3bbd62)`` / ``main: build = 1550 (8e672ef)`` / ``version: 4202 (9f912511)``, the
+  2024 server's ``build info | ... build=3225 commit="925c3095"`` (or its JSON ``"build":2859,"commit":"7bd4ffb7"``)
+  and 2026's ``version: 0.3.0 (build 10621, commit c1d0e7a00)``;
 - the model shape: ``llama_model_loader: - kv N: llama.block_count u32 = 28`` (and embedding_length,
   feed_forward_length, attention.head_count(_kv), attention.key_length, context_length, vocab_size,
   general.name, general.file_type), ``tokenizer.ggml.tokens arr[str,128256]``, the tensor count
@@ -85,7 +87,11 @@ _PRESET_NAMES = {
 }
 
 # --- line patterns (``search``: a line may carry any prefix) ---------------------------------------
-_BUILD = re.compile(r"\b(?:build(?:\s*=|:)|version:)\s*(\d+)\s*\(([0-9a-f]+)\)")
+_BUILD = re.compile(
+    r"\b(?:build(?:\s*=|:)|version:)\s*(?P<b1>\d+)\s*\((?P<c1>[0-9a-f]+)\)"  # build: 5781 (ba3ef86c5)
+    r"|\(build (?P<b2>\d+), commit (?P<c2>[0-9a-f]+)\)"  # version: 0.3.0 (build 10621, commit c1d0e7a00)
+    r"|\bbuild\"?[=:]\s*(?P<b3>\d+)[,\s]+\"?commit\"?[=:]\s*\"(?P<c3>[0-9a-f]+)\""  # 2024 server: build=3225 commit="925c3095"
+)
 _META_KV = re.compile(r"llama_model_loader: - kv\s+\d+:\s+(\S+)\s+(\S+)\s+=\s+(.*)$")
 _META_TYPE = re.compile(r"llama_model_loader: - type\s+(\w+):\s+(\d+) tensors")
 _META_COUNT = re.compile(r"loaded meta data with \d+ key-value pairs and (\d+) tensors")
@@ -180,7 +186,7 @@ def _read_line(p: _Parsed, line: str) -> bool:  # noqa: C901 - one branch per li
         return True
     m = _BUILD.search(line)
     if m:
-        p.build, p.commit = int(m[1]), m[2]
+        p.build, p.commit = int(m["b1"] or m["b2"] or m["b3"]), m["c1"] or m["c2"] or m["c3"]
         return True
     m = _OFFLOADED.search(line)
     if m:
