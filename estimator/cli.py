@@ -1,4 +1,4 @@
-"""``python -m estimator``: estimate, fit, sweep, check, calibration, gpus, quants.
+"""``python -m estimator``: estimate, fit, sweep, check, calibration, speed, gpus, quants.
 
 Output is a table in GiB, or one JSON object with int byte fields under ``--json``.
 Bad input exits 2 with one line on stderr naming the field and the value.
@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--markdown", action="store_true", help="print validation/calibration.md")
+    p = sub.add_parser("speed", help="decode / prefill tokens/s and TTFT on a GPU, each a range")
+    _common(p, engines=True)
+    engine_cli.add_engine_arguments(p)
+    p.add_argument(
+        "--concurrency", action="store_true", help="add tokens/s at 1, 2, 4, ... sequences up to the KV limit"
+    )
+    p.add_argument(
+        "--validation", action="store_true", help="the public tok/s rows against the estimate (leave-one-out)"
+    )
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -277,6 +286,85 @@ def _cmd_sweep(args: argparse.Namespace) -> tuple[Any, str]:
     return {"settings": s.to_dict(), "rows": rows}, out.getvalue().rstrip("\n")
 
 
+def _cmd_speed(args: argparse.Namespace) -> tuple[Any, str]:
+    from .speed import concurrency_curve, error_summary, speed, validation
+
+    if args.validation:
+        rows = validation()
+        summary = error_summary(rows)
+        return {"rows": rows, "summary": summary}, format_speed_validation(rows, summary)
+    if args.gpu is None:
+        raise InvalidSpecError("speed needs --gpu NAME (a catalog GPU with a memory bandwidth): none given")
+    if args.engine == "transformers":
+        s, _ = _settings_from(args, _context(args.context))
+        model, quant, kv_dtype, attn = s.model, s.quant, s.kv_dtype, s.attn
+        context, new_tokens, batch = s.context, s.new_tokens, s.batch
+    else:
+        model, quant, kv_dtype, attn = load_model(args.model), args.quant, args.kv_dtype, args.attn
+        context = _context(args.context)
+        new_tokens = parse_int(args.new_tokens, "--new-tokens", 0)
+        batch = parse_int(args.batch, "--batch", 1)
+    kw: dict[str, Any] = {"engine": args.engine, "context": context, "new_tokens": new_tokens, "kv_dtype": kv_dtype}
+    d = speed(model, quant, args.gpu, batch=batch, attn=attn, **kw).to_dict()
+    if args.concurrency:
+        d["concurrency"] = concurrency_curve(model, quant, args.gpu, **kw)
+    return d, format_speed(d)
+
+
+def format_speed(d: dict[str, Any]) -> str:
+    """The speed table: each rate's low / point / high, what a step reads, and the fractions' basis."""
+    head = (
+        f"speed: {d['model']} {d['quant']} on {d['gpu']} ({d['engine']}), batch {d['batch']}, "
+        f"prompt {d['prompt_tokens']:,} + {d['new_tokens']:,} new tokens"
+    )
+    lines = [head, f"{'':<26}{'low':>12}{'point':>12}{'high':>12}"]
+    for key, label, fmt in (
+        ("decode_tok_s", "decode tok/s per sequence", "{:12,.1f}"),
+        ("aggregate_tok_s", "decode tok/s, all seqs", "{:12,.1f}"),
+        ("prefill_tok_s", "prefill tok/s", "{:12,.0f}"),
+        ("ttft_s", "time to first token (s)", "{:12.4f}"),
+    ):
+        v = d[key]
+        cells = "".join(fmt.format(v[k]) for k in ("low", "point", "high")) if v else f"{'-':>12}" * 3
+        lines.append(f"{label:<26}{cells}")
+    fr = d["fractions"]
+    lines.append(
+        f"a decode step reads {d['step_bytes'] / GiB:.3f} GiB (weights {d['weights_read_bytes'] / GiB:.3f} GiB, "
+        f"KV {d['kv_read_bytes'] / GiB:.3f} GiB); bound by {d['bound']}"
+    )
+    bw, fl = fr["bandwidth"], fr["flops"]
+    lines.append(
+        f"achieved fraction of peak: bandwidth {bw['low']:.2f} / {bw['point']:.2f} / {bw['high']:.2f}, "
+        f"FLOPs {fl['low']:.2f} / {fl['point']:.2f} / {fl['high']:.2f} ({fr['basis']})"
+    )
+    lines += [f"note: {n}" for n in d["notes"]]
+    for c in d.get("concurrency", []):
+        per, agg = c["per_sequence"], c["aggregate"]
+        lines.append(
+            f"{c['concurrency']:>6} seqs: {per['point']:10,.1f} tok/s each ({per['low']:,.1f} to {per['high']:,.1f}), "
+            f"{agg['point']:10,.1f} in all ({agg['low']:,.1f} to {agg['high']:,.1f})"
+        )
+    return "\n".join(lines)
+
+
+def format_speed_validation(rows: list[dict[str, Any]], summary: dict[str, dict[str, Any]]) -> str:
+    """Each public row against its leave-one-out estimate, then the error per counter and GPU class."""
+    lines = [
+        f"{'id':<7} {'gpu':<15} {'counter':<23} {'measured':>9} {'low':>9} {'point':>9} {'high':>9} {'err':>6}  in"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['id']:<7} {r['gpu']:<15} {r['counter']:<23} {r['measured']:9.1f} {r['low']:9.1f} {r['point']:9.1f} "
+            f"{r['high']:9.1f} {r['rel_error']:6.1%}  {'yes' if r['covered'] else 'no'}"
+        )
+    for key, s in summary.items():
+        lines.append(
+            f"{key}: {s['rows']} rows, median error {s['median_rel_error']:.1%}, worst {s['worst_rel_error']:.1%}, "
+            f"range covers {s['coverage']:.0%}"
+        )
+    return "\n".join(lines)
+
+
 def _cmd_gpus(args: argparse.Namespace) -> tuple[Any, str]:
     gpus = [g.to_dict() for g in gpu_catalog()]
     text = "\n".join(f"{g['key']:<20} {g['memory_bytes'] / GiB:8.2f} GiB  {g['name']}" for g in gpus)
@@ -354,6 +442,7 @@ COMMANDS = {
     "calibration": _cmd_calibration,
     "gpus": _cmd_gpus,
     "quants": _cmd_quants,
+    "speed": _cmd_speed,
 }
 
 

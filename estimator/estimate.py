@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import activations as act
 from .allocator import block_bytes, pack, reserved_for
@@ -49,6 +49,9 @@ from .overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_r
 from .quant import compute_dtype, get_quant, weight_bytes, weight_tensors
 from .report import COUNTERS, MemoryReport, fit_verdict
 from .units import cdiv, check_int
+
+if TYPE_CHECKING:
+    from .speed import Speed
 
 ATTN_IMPLS = ("sdpa", "eager")
 CACHE_KINDS = ("dynamic", "static")
@@ -192,6 +195,28 @@ class Estimate(MemoryReport):
     @property
     def total_bytes(self) -> int:
         return self.device_used_bytes
+
+    @property
+    def speed(self) -> Speed | None:
+        """How fast this setting runs on its GPU (``estimator.speed.speed``, transformers engine):
+        decode tok/s per sequence and over the batch, prefill tok/s and TTFT, each low / point / high.
+        Computed on each access (microseconds after the first); None without a catalog GPU that
+        has a memory bandwidth."""
+        s = self.settings
+        if s.gpu is None or not s.gpu.bandwidth_bytes_per_s:
+            return None
+        from .speed import speed
+
+        return speed(
+            s.model,
+            s.quant,
+            s.gpu,
+            context=s.context,
+            new_tokens=s.new_tokens,
+            batch=s.batch,
+            kv_dtype=s.kv_dtype,
+            attn=s.attn,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
