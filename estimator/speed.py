@@ -387,13 +387,17 @@ def fractions(engine: str, gpu_class: str, *, exclude: str | None = None) -> Fra
 @functools.lru_cache(maxsize=256)
 def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
     rows = [r for r in measurements() if r.id != exclude]
-    own = [r for r in rows if r.family == ENGINE_FAMILY[engine]]
+    family = ENGINE_FAMILY[engine]
+    own = [r for r in rows if r.family == family]
     validated = bool(own)
-    pool = own or [r for r in rows if r.family == "llama.cpp"]
-    name = engine if own else "llama.cpp (no rows of this engine yet: unvalidated)"
 
     def pick(counter: str) -> tuple[list[Row], str]:
-        cand = [r for r in pool if r.counter == counter]
+        mine = [r for r in own if r.counter == counter]
+        if len(mine) >= MIN_CLASS_ROWS:
+            cand, name = mine, engine
+        else:  # too few rows of this engine: llama.cpp's rows join its own (said so)
+            cand = mine + [r for r in rows if r.family == "llama.cpp" and r.counter == counter and r not in mine]
+            name = f"{engine} ({len(mine)} rows) + llama.cpp" if family != "llama.cpp" else engine
         same = [r for r in cand if get_gpu(r.gpu).cls == gpu_class]
         if len(same) >= MIN_CLASS_ROWS:
             return same, f"{name} rows on {gpu_class} GPUs"
@@ -463,6 +467,8 @@ def speed(
     notes: list[str] = []
     if not fr.validated:
         notes.append(f"no public {engine} rows yet: the range borrows llama.cpp's fractions (unvalidated)")
+    elif "llama.cpp" in fr.basis and engine != "llama.cpp":
+        notes.append(f"few public {engine} rows: llama.cpp's rows widen the range")
 
     w = weights_read_bytes(spec, quant, engine)
     kv = kv_read_bytes(spec, mean_kv, batch, engine, kv_dtype, quant)
