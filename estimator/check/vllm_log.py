@@ -32,7 +32,17 @@ Lines the checker reads (each wording seen in public logs of the release named):
   Y GiB for non-torch memory, and G GiB for CUDAGraph memory";
 - "Available KV cache memory: X GiB", "GPU KV cache size: N tokens", "# GPU blocks: N, # CPU blocks: M"
   ("# cuda blocks" in 0.8), "num_gpu_blocks is: N", "Maximum concurrency for L tokens per request: Cx",
-  "Graph capturing finished in S secs, took X GiB".
+  "Graph capturing finished in S secs, took X GiB" (alone, a graph-only excerpt is still a vLLM log);
+- V1 0.11+: the banner's "version 0.15.1", the Python-dict compilation_config ('cudagraph_capture_sizes': [...],
+  'max_cudagraph_capture_size': 512, 'cudagraph_mode': <CUDAGraphMode.FULL_AND_PIECEWISE: (2, 1)>), the capture
+  progress bars ("Capturing CUDA graphs (decode, FULL): 100%|...| 35/35"; V0 "Capturing CUDA graph shapes"), the
+  DEBUG lines "Initial free memory: F GiB; Requested memory: U (util), R GiB" and "Total non KV cache memory: ...;
+  torch peak memory increase: A; non-torch forward increase memory: N; weights memory: W", and where the CUDA-graph
+  estimate of PR #30515 runs (opt-in from Dec 2025, default from 0.21) "Estimated CUDA graph memory: X GiB total" /
+  "CUDA graph pool memory: X GiB (actual), Y GiB (estimated)".
+
+A four-part hotfix release (0.10.1.1) is modelled as its base release. The notes say where the logged non-torch and
+CUDA-graph memory fall in the estimate's ranges, and when the log captures more graphs than ``vllm.capture_sizes``.
 
 Anything else is ignored and counted in ``unparsed_lines``. Standard library only.
 """
@@ -271,6 +281,21 @@ def _v1_kv(log: _Log, line: str, m: re.Match[str]) -> None:
     log.log("kv_cache", _gib(m.group(1)), line)
 
 
+def _v1_profile(log: _Log, line: str, m: re.Match[str]) -> None:
+    """V1's memory_profiling summary, a DEBUG line ("Memory profiling takes 14.40 seconds. Total non KV cache memory:
+    10.22GiB; torch peak memory increase: 1.40GiB; non-torch forward increase memory: 0.02GiB; weights memory: 8.80GiB.")."""
+    log.log("activation_peak", _gib(m.group(2)), line)
+    log.log("non_torch", _gib(m.group(3)), line)
+    log.log("weights_profiled", _gib(m.group(4)), line)
+
+
+def _v1_requested(log: _Log, line: str, m: re.Match[str]) -> None:
+    """V1, a DEBUG line: "Initial free memory: 23.08 GiB; Requested memory: 0.80 (util), 18.82 GiB"."""
+    log.set("free_memory_bytes", _gib(m.group(1)))
+    log.set("printed_utilization", _f(m.group(2)))
+    log.set("requested_bytes", _gib(m.group(3)))
+
+
 def _concurrency(log: _Log, line: str, m: re.Match[str]) -> None:
     log.set("concurrency_len", int(_f(m.group(1))))  # the max_model_len the engine divides by
     log.log("max_concurrency", _f(m.group(2)), line)
@@ -328,6 +353,25 @@ _LINES: tuple[tuple[re.Pattern[str], _Handler], ...] = (
         _v1_usage,
     ),
     (re.compile(r"Available KV cache memory: (-?[\d.]+) GiB"), _v1_kv),
+    (
+        re.compile(
+            r"Total non KV cache memory: ([\d.]+) ?GiB; torch peak memory increase: ([\d.]+) ?GiB; "
+            r"non-torch forward increase memory: (-?[\d.]+) ?GiB; weights memory: ([\d.]+) ?GiB"
+        ),
+        _v1_profile,
+    ),
+    (
+        re.compile(r"Initial free memory: ([\d.]+) GiB; Requested memory: ([\d.]+) \(util\), ([\d.]+) GiB"),
+        _v1_requested,
+    ),
+    (
+        re.compile(r"Estimated CUDA graph memory: (-?[\d.]+) GiB total"),
+        lambda log, line, m: log.log("cuda_graph_estimate", _gib(m.group(1)), line),
+    ),
+    (
+        re.compile(r"CUDA graph pool memory: (-?[\d.]+) GiB \(actual\)"),
+        lambda log, line, m: log.log("cuda_graph", _gib(m.group(1)), line),
+    ),
     (
         re.compile(r"GPU KV cache size: ([\d,]+) tokens"),
         lambda log, line, m: log.log("kv_tokens", int(_f(m.group(1))), line),

@@ -543,3 +543,44 @@ def test_release_0_11_line_formats() -> None:
 def test_graph_line_alone_is_detected() -> None:
     assert detect("INFO 12-19 22:58:41 model_runner.py:1535] Graph capturing finished in 14 secs, took 0.21 GiB\n")
     assert not detect("Graph capturing finished in 14 secs.\n")  # 0.6.3 and before printed no size
+
+
+@pytest.mark.parametrize(
+    ("line", "logged", "settings"),
+    [
+        # V1 DEBUG lines (stored index file id 34681159919, a public note of a 2025-09-28 V1 log)
+        (
+            "(EngineCore_DP0 pid=2552931) DEBUG 09-28 21:12:43 [v1/worker/gpu_worker.py:297] Memory profiling takes "
+            "14.40 seconds. Total non KV cache memory: 10.22GiB; torch peak memory increase: 1.40GiB; non-torch "
+            "forward increase memory: 0.02GiB; weights memory: 8.80GiB.",
+            {"activation_peak": gib(1.40), "non_torch": gib(0.02), "weights_profiled": gib(8.80)},
+            {},
+        ),
+        (
+            "(EngineCore_DP0 pid=2552931) DEBUG 09-28 21:12:43 [v1/worker/gpu_worker.py:284] Initial free memory: "
+            "23.08 GiB; Requested memory: 0.80 (util), 18.82 GiB",
+            {},
+            {"free_memory_bytes": gib(23.08), "printed_utilization": 0.80, "requested_bytes": gib(18.82)},
+        ),
+        # gpustack/runner#251 (vLLM 0.27.1 log)
+        (
+            "(Worker_TP0 pid=447) INFO 08-14 14:07:22 [gpu_model_runner.py:6806] Estimated CUDA graph memory: 0.36 GiB total",
+            {"cuda_graph_estimate": gib(0.36)},
+            {},
+        ),
+        # aivrar/vllm-windows-build#4 (2026-05 log)
+        (
+            "INFO 05-26 21:34:14 [gpu_worker.py:621] CUDA graph pool memory: 0.11 GiB (actual), 0.14 GiB (estimated), "
+            "difference: 0.03 GiB (25.0%).",
+            {"cuda_graph": gib(0.11)},
+            {},
+        ),
+    ],
+)
+def test_v1_profiling_line_formats(line: str, logged: dict[str, int], settings: dict[str, Any]) -> None:
+    from estimator.check.vllm_log import parse
+
+    log = parse(line + "\n")
+    assert {k: v for k, (v, _) in log.logged.items()} == logged
+    assert log.settings == settings
+    assert log.unparsed == 0
