@@ -199,6 +199,8 @@ def _args_line(log: _Log, line: str) -> None:
             log.set("gpu_memory_utilization", float(kv["gpu_memory_utilization"]))
         except ValueError:
             pass
+    if kv.get("dtype") not in (None, "auto"):
+        log.set("dtype", _TORCH_DTYPES.get(kv["dtype"], kv["dtype"]))
     if kv.get("enforce_eager") in ("True", "False"):
         log.set("enforce_eager", kv["enforce_eager"] == "True")
     if kv.get("kv_cache_dtype") not in (None, "None"):

@@ -584,3 +584,11 @@ def test_v1_profiling_line_formats(line: str, logged: dict[str, int], settings: 
     assert {k: v for k, (v, _) in log.logged.items()} == logged
     assert log.settings == settings
     assert log.unparsed == 0
+
+
+def test_dtype_from_the_non_default_args() -> None:
+    """'dtype': 'float16' in the args line states the dtype when the engine line is cut from the excerpt."""
+    text = read("v1-0.10.1.1-llama-3.1-8b-fp16.log")
+    no_engine = "\n".join(line for line in text.splitlines() if "Initializing a V1 LLM engine" not in line)
+    assert check(no_engine, gpu="a100-40gb").inferred["dtype"] == "fp16"
+    assert check(text.replace("'dtype': 'float16'", "'port': 1"), gpu="a100-40gb").inferred["dtype"] == "fp16"
