@@ -322,3 +322,76 @@ def parity_figure(points: Iterable[Mapping[str, Any]]) -> go.Figure:
         yaxis=dict(title=dict(text="Estimate (GiB)"), range=[0, hi], scaleanchor="x"),
     )
     return _figure(data, layout)
+
+
+# One colour per engine in the speed figures.
+ENGINE_COLORS = {"transformers": "#3b6fb6", "vLLM": "#e8833a", "llama.cpp": "#4c9f70"}
+
+
+def concurrency_figure(curves: Mapping[str, Sequence[Mapping[str, Any]]]) -> go.Figure:
+    """Tokens/s over all sequences vs concurrent sequences, one line per engine with its low-high
+    band (``estimator.speed.concurrency_curve`` points), and per-sequence tok/s dotted. Each line
+    stops at the engine's KV-capacity limit."""
+    data: list[dict[str, Any]] = []
+    xs: list[int] = []
+    for i, (engine, points) in enumerate(curves.items()):
+        if not points:
+            continue
+        color = ENGINE_COLORS.get(engine, QUANT_COLORS[i % len(QUANT_COLORS)])
+        x = [p["concurrency"] for p in points]
+        xs += x
+        agg = [p["aggregate"] for p in points]
+        per = [p["per_sequence"] for p in points]
+        data.append(
+            dict(
+                type="scatter",
+                x=x + x[::-1],
+                y=[a["high"] for a in agg] + [a["low"] for a in agg][::-1],
+                fill="toself",
+                fillcolor=color,
+                opacity=0.15,
+                line=dict(width=0),
+                name=f"{engine} range",
+                legendgroup=engine,
+                showlegend=False,
+                hoverinfo="skip",
+            )
+        )
+        data.append(
+            dict(
+                type="scatter",
+                x=x,
+                y=[a["point"] for a in agg],
+                mode="lines+markers",
+                name=f"{engine}: all sequences",
+                legendgroup=engine,
+                line=dict(color=color, width=3),
+                customdata=[[a["low"], a["high"]] for a in agg],
+                hovertemplate=(
+                    f"<b>{engine}</b><br>%{{x}} sequences<br>%{{y:,.0f}} tok/s in all "
+                    "(%{customdata[0]:,.0f} to %{customdata[1]:,.0f})<extra></extra>"
+                ),
+            )
+        )
+        data.append(
+            dict(
+                type="scatter",
+                x=x,
+                y=[p["point"] for p in per],
+                mode="lines",
+                name=f"{engine}: each sequence",
+                legendgroup=engine,
+                line=dict(color=color, width=1.5, dash="dot"),
+                hovertemplate=f"<b>{engine}</b><br>%{{x}} sequences<br>%{{y:,.1f}} tok/s each<extra></extra>",
+            )
+        )
+    ticks = sorted(set(xs)) or [1]
+    layout = _layout(
+        title="Speed vs concurrency",
+        height=440,
+        hovermode="closest",
+        legend=dict(orientation="h", y=-0.2, yanchor="top", x=0, xanchor="left"),
+        xaxis=dict(type="log", title=dict(text="Concurrent sequences"), tickvals=ticks, showgrid=True),
+        yaxis=dict(title=dict(text="Decode speed (tokens/s)"), rangemode="tozero"),
+    )
+    return _figure(data, layout)

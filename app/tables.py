@@ -235,16 +235,82 @@ def verdict(need: MemoryReport, capacity_bytes: int) -> tuple[str, str]:
 
 
 def recommended_text(rows: Sequence[Mapping[str, Any]], total: int) -> str:
-    """One line naming the smallest catalog GPUs that fit (``compute.fitting_gpus`` rows)."""
+    """One line naming the smallest catalog GPUs that fit (``compute.fitting_gpus`` rows); rows with
+    a ``decode_tok_s`` (``with_speed``) are ranked by it, fastest first, and show it."""
     if not rows:
         return (
             f"None of the {total} GPUs in the catalog fits these settings: try fewer bits per weight, "
             "a quantized KV cache or a shorter context."
         )
-    names = "; ".join(
-        f"{md(gpu_display_name(r['name'], r['memory_bytes']))}, {format_gib(r['headroom_bytes'])} free" for r in rows
+    fast = all(r.get("decode_tok_s") is not None for r in rows)
+    ranked = sorted(rows, key=lambda r: -r["decode_tok_s"]) if fast else list(rows)
+
+    def cell(r: Mapping[str, Any]) -> str:
+        speed = f", ~{r['decode_tok_s']:,.0f} tok/s" if fast else ""
+        return f"{md(gpu_display_name(r['name'], r['memory_bytes']))}, {format_gib(r['headroom_bytes'])} free{speed}"
+
+    how = ", fastest decode first" if fast else ""
+    return f"**Recommended GPUs** (the smallest in the catalog that fit these settings{how}): " + "; ".join(
+        cell(r) for r in ranked
     )
-    return f"**Recommended GPUs** (the smallest in the catalog that fit these settings): {names}"
+
+
+def with_speed(rows: Sequence[Mapping[str, Any]], est: Estimate) -> list[dict[str, Any]]:
+    """``rows`` (``compute.fitting_gpus``) with each GPU's decode tok/s per sequence (the point of
+    ``estimator.speed``) at the estimate's settings; None where the catalog has no bandwidth."""
+    from estimator.speed import speed
+
+    s = est.settings
+    out = []
+    for r in rows:
+        g = estimator.get_gpu(r["gpu"])
+        tok_s = None
+        if g.bandwidth_bytes_per_s:
+            sp = speed(
+                s.model, s.quant, g, context=s.context, new_tokens=s.new_tokens, batch=s.batch, kv_dtype=s.kv_dtype
+            )
+            tok_s = sp.decode_tok_s.point
+        out.append({**r, "decode_tok_s": tok_s})
+    return out
+
+
+def speed_metrics(sp: Any) -> list[tuple[str, str, str, str]]:
+    """(label, value, delta, help) of the calculator's speed cards from a ``Speed``."""
+    d, agg, p, t = sp.decode_tok_s, sp.aggregate_tok_s, sp.prefill_tok_s, sp.ttft_s
+    basis = sp.fractions.basis + ("" if sp.fractions.validated else " (no public transformers rows yet)")
+    how = (
+        f"A roofline: each decode step reads {sp.step_bytes / GiB:.2f} GiB (weights and quantization "
+        "state, plus the KV cache at the mean length) at the GPU's peak bandwidth times the fraction "
+        f"public measurements achieved ({basis}); bound by {sp.bound}. "
+    )
+    cards = [
+        (
+            "Decode speed",
+            f"{d.point:,.0f} tok/s",
+            f"range {d.low:,.0f}-{d.high:,.0f}"
+            + (f" · {agg.point:,.0f} in all ({sp.batch} seqs)" if sp.batch > 1 else ""),
+            how + "Per sequence; the range is the lowest and highest achieved fraction of the rows.",
+        )
+    ]
+    if t is not None and p is not None:
+        cards.append(
+            (
+                "Time to first token",
+                f"{t.point:.2f} s" if t.point >= 0.1 else f"{t.point * 1000:.0f} ms",
+                f"range {t.low:.2f}-{t.high:.2f} s · {sp.prompt_tokens:,}-token prompt",
+                "The prefill forward: 2 FLOPs per parameter per prompt token plus causal attention, at the "
+                "GPU's dense peak for the compute dtype times the achieved fraction of the public prefill rows.",
+            )
+        )
+        cards.append(
+            (
+                "Prefill speed",
+                f"{p.point:,.0f} tok/s",
+                f"range {p.low:,.0f}-{p.high:,.0f}",
+                "Prompt tokens per second of the prefill forward (all sequences of the batch).",
+            )
+        )
+    return cards
 
 
 def largest_context_text(max_ctx: int, window: int) -> tuple[str, str | None]:

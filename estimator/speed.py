@@ -576,11 +576,16 @@ def concurrency_curve(
     new_tokens: int = 32,
     kv_dtype: str = "auto",
     limit: int | None = None,
+    cap: int | None = None,
 ) -> list[dict[str, Any]]:
     """Tokens/s per sequence and in aggregate at 1, 2, 4, ... concurrent sequences up to the KV
-    capacity (``max_concurrency``, or ``limit``). One dict per point: concurrency, per_sequence and
-    aggregate (each a low / point / high dict)."""
-    cap = max_concurrency(model, quant, gpu, engine=engine, context=context, kv_dtype=kv_dtype, new_tokens=new_tokens)
+    capacity (``cap`` when the caller has it, e.g. its own vLLM estimate; else ``max_concurrency``),
+    at most ``limit``. One dict per point: concurrency, per_sequence and aggregate (each a low /
+    point / high dict)."""
+    if cap is None:
+        cap = max_concurrency(
+            model, quant, gpu, engine=engine, context=context, kv_dtype=kv_dtype, new_tokens=new_tokens
+        )
     top = limit if cap is None else (cap if limit is None else min(cap, limit))
     if not top or top < 1:
         return []

@@ -117,6 +117,14 @@ def render() -> None:
         f"model's window of {window:,} tokens.",
     )
 
+    # How fast: the transformers speed of these settings on this GPU (estimator.speed), next to memory.
+    sp = est.speed
+    if sp is not None:
+        for col, (label, value, delta, help_text) in zip(st.columns(3), tables.speed_metrics(sp)):
+            col.metric(label, value, border=True, delta=delta, delta_color="off", delta_arrow="off", help=help_text)
+    else:
+        st.caption("Speed needs a catalog GPU with a known memory bandwidth (pick one in the sidebar).")
+
     fixes = compute.cached_remedies(
         s["model"],
         inp.quant,
@@ -146,7 +154,7 @@ def render() -> None:
     fitting = compute.cached_fitting_gpus(
         s["model"], inp.quant, inp.context, inp.batch, inp.kv_dtype, inp.attn, inp.keep_free_bytes, inp.prefill_chunk
     )
-    st.markdown(tables.recommended_text(fitting, len(compute.gpu_keys())))
+    st.markdown(tables.recommended_text(tables.with_speed(fitting, est), len(compute.gpu_keys())))
     if est.peak_at == "attention" and est.activations_bytes > est.kv_cache_bytes:
         why = (
             "Eager attention holds the full score matrix (heads × context²) at prefill; SDPA avoids it."

@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 import estimator
-from app import compute, state
+from app import compute, figures, state
 from app.escape import md
 from app.figures import tokens_label
 from app.inputs import MODEL_LABELS, gpu_label, quant_choice_label
@@ -421,6 +421,57 @@ def executorch_rows(model: str, context: int) -> list[dict[str, Any]]:
     return rows
 
 
+def speed_curves(inp: dict[str, Any], results: dict[str, MemoryReport | str]) -> tuple[dict[str, list], list[str]]:
+    """Each engine's decode tokens/s at 1, 2, 4, ... concurrent sequences up to its KV limit
+    (``estimator.speed.concurrency_curve``): transformers up to its largest batch, vLLM up to the
+    concurrency its KV pool allows in this page's own estimate (and ``max_num_seqs``), llama.cpp up to
+    ``--parallel`` slots sharing ``n_ctx``. Returns the curves and a note per engine left out."""
+    from estimator.speed import concurrency_curve
+
+    gpu = inp["gpu"]
+    if gpu.key == "custom" or not gpu.bandwidth_bytes_per_s:
+        return {}, ["Speed needs a catalog GPU with a known memory bandwidth."]
+    spec = compute.spec_of(inp["model"])
+    curves: dict[str, list] = {}
+    notes: list[str] = []
+    common = dict(context=inp["context"], new_tokens=state.NEW_TOKENS)
+    try:
+        curves["transformers"] = concurrency_curve(
+            spec, inp["quant"], gpu, engine="transformers", kv_dtype=inp["kv_dtype"], **common
+        )
+    except estimator.EstimatorError as e:
+        notes.append(f"transformers: {e}")
+    sb = same_bits(inp["quant"])
+    vq = sb["vllm_quantization"] or {"bfloat16": "bf16", "float16": "fp16"}.get(sb["vllm_dtype"], "bf16")
+    r = results.get("vLLM")
+    if not isinstance(r, MemoryReport):
+        notes.append("vLLM: does not start with these settings.")
+    elif inp["tp"] != 1:
+        notes.append("vLLM: speed is modelled on one GPU (tensor parallelism is not).")
+    elif vq not in ("bf16", "fp16", "fp8"):
+        notes.append(f"vLLM: no speed model for --quantization {vq}.")
+    else:
+        cap = min(int(r.details.get("max_concurrency") or 0), inp["seqs"])
+        curves["vLLM"] = concurrency_curve(spec, vq, gpu, engine="vllm", cap=cap, **common)
+    if not isinstance(results.get("llama.cpp"), MemoryReport):
+        notes.append("llama.cpp: cannot run these settings.")
+    elif inp["ngl"] != -1:
+        notes.append("llama.cpp: partial offload (--n-gpu-layers) is not in the speed model yet.")
+    else:
+        per_slot = max(inp["context"] // inp["parallel"], state.NEW_TOKENS + 1)
+        curves["llama.cpp"] = concurrency_curve(
+            spec,
+            inp["lc_quant"],
+            gpu,
+            engine="llama.cpp",
+            kv_dtype=inp["kv"],
+            cap=inp["parallel"],
+            context=per_slot,
+            new_tokens=state.NEW_TOKENS,
+        )
+    return curves, notes
+
+
 def render() -> None:
     st.title("Engines side by side")
     inp = _inputs()
@@ -458,6 +509,37 @@ def render() -> None:
     st.caption("All sizes in GiB (2^30 bytes). GPU memory used is what nvidia-smi shows for the process.")
     if any(isinstance(r, MemoryReport) for r in results.values()):
         st.plotly_chart(side_by_side_figure(results), key="eng_chart", config={"displayModeBar": False})
+    st.subheader("How fast")
+    try:
+        curves, speed_notes = speed_curves(inp, results)
+    except estimator.EstimatorError as e:
+        curves, speed_notes = {}, [str(e)]
+    if curves:
+        cols = st.columns(3)
+        for col, eng in zip(cols, ENGINES):
+            pts = curves.get(eng)
+            if not pts:
+                continue
+            one, last = pts[0]["per_sequence"], pts[-1]
+            col.metric(
+                f"{eng}: one sequence",
+                f"{one['point']:,.0f} tok/s",
+                border=True,
+                delta=f"{last['aggregate']['point']:,.0f} tok/s in all at {last['concurrency']} sequences",
+                delta_color="off",
+                delta_arrow="off",
+                help=f"Range {one['low']:,.0f}-{one['high']:,.0f} tok/s (estimator.speed: bytes each decode step "
+                "reads over the GPU's bandwidth, at the fractions public measurements achieved).",
+            )
+        st.plotly_chart(figures.concurrency_figure(curves), key="eng_speed_chart", config={"displayModeBar": False})
+        st.caption(
+            "Each line stops at the engine's limit: transformers' largest batch that fits, vLLM's KV-pool "
+            "concurrency (and max_num_seqs), llama.cpp's --parallel slots sharing the context. Bands are "
+            "the low-high range; dotted lines are the speed each sequence sees. `python -m estimator speed "
+            "--validation` prints how far the model is from the public measurements."
+        )
+    for n in speed_notes:
+        st.caption(md(n))
     st.subheader("Launch with these settings")
     for label, command, notes in launch_commands(results):
         st.markdown(f"**{label}**")
