@@ -291,3 +291,36 @@ def compare_record(record: Mapping[str, Any], estimate: MemoryReport) -> dict[st
     estimate, measured and relative error."""
     device = device_class(record["settings"].get("device"))
     return compare(estimate, measured_report(record), COMPARED.get(device, ()))
+
+
+# Speed: a cuda record's measured rates (runtime/measure.py: all sequences of the batch) against the
+# estimate's range (``Estimate.speed``, estimator.speed). Kept apart from ``compare_record`` so the
+# memory validation reports stay as they are. CPU runs are labelled, not compared: the speed model
+# is a GPU roofline.
+SPEED_COMPARED = {"prefill_tokens_per_s": "prefill_tok_s", "decode_tokens_per_s": "aggregate_tok_s"}
+
+
+def compare_speed(record: Mapping[str, Any], estimate: Any) -> dict[str, dict[str, Any]]:
+    """Measured prefill / decode tokens/s of a cuda record against the estimate's speed: per field
+    the estimate's point, low and high, the measurement, the point's relative error and whether the
+    range holds it. Empty for a record not on a GPU, or an estimate without a speed."""
+    if device_class(record["settings"].get("device")) != "cuda":
+        return {}
+    sp = getattr(estimate, "speed", None)
+    details = record.get("details")
+    if sp is None or not isinstance(details, Mapping):
+        return {}
+    out = {}
+    for key, attr in SPEED_COMPARED.items():
+        m, span = details.get(key), getattr(sp, attr)
+        if span is None or not isinstance(m, (int, float)) or isinstance(m, bool) or m <= 0:
+            continue
+        out[key] = {
+            "estimate": round(span.point, 1),
+            "low": round(span.low, 1),
+            "high": round(span.high, 1),
+            "measured": m,
+            "rel_error": (span.point - m) / m,
+            "in_range": span.low <= m <= span.high,
+        }
+    return out

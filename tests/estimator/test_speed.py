@@ -237,3 +237,33 @@ def test_leave_one_out_is_not_in_sample():
     )
     assert not rows[lowest.id]["covered"]
     assert rows[lowest.id]["point"] > lowest.value
+
+
+def test_compare_speed_checks_a_cuda_record_against_the_range():
+    """A runtime record's measured tok/s (all sequences) meets the estimate's speed; CPU runs are
+    labelled, not compared."""
+    from estimator import estimate
+    from estimator.report import compare_speed, estimate_arguments
+
+    record = {
+        "settings": {
+            "model": "llama-3.2-1b",
+            "quant": "bf16",
+            "context": 1024,
+            "batch": 2,
+            "new_tokens": 32,
+            "device": "cuda:0",
+            "gpu": "h100-sxm-80gb",
+        },
+        "details": {"prefill_tokens_per_s": 20000.0, "decode_tokens_per_s": 150.0},
+    }
+    est = estimate(**estimate_arguments(record))
+    got = compare_speed(record, est)
+    sp = est.speed
+    assert set(got) == {"prefill_tokens_per_s", "decode_tokens_per_s"}
+    d = got["decode_tokens_per_s"]
+    assert d["estimate"] == round(sp.aggregate_tok_s.point, 1) and d["measured"] == 150.0
+    assert d["rel_error"] == pytest.approx((sp.aggregate_tok_s.point - 150.0) / 150.0)
+    assert d["in_range"] == (sp.aggregate_tok_s.low <= 150.0 <= sp.aggregate_tok_s.high)
+    cpu = {**record, "settings": {**record["settings"], "device": "cpu"}}
+    assert compare_speed(cpu, est) == {}
