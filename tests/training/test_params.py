@@ -8,25 +8,10 @@ import io
 import pytest
 
 from estimator.errors import InvalidSpecError
-from estimator.model import from_hf_config, load_model, preset_config
+from estimator.model import from_hf_config, load_model
 from estimator.training import LAYER_TARGETS, adapters, parse_targets, trainable_params
 
 SPEC = load_model("llama-3.2-3b")
-
-# A narrow Llama 3.2 layout (GQA 4:2, tied), small enough to quantize with bitsandbytes on CPU.
-NARROW = {
-    **preset_config("llama-3.2-3b"),
-    "hidden_size": 256,
-    "intermediate_size": 512,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 64,
-    "vocab_size": 1024,
-    "bos_token_id": None,
-    "eos_token_id": None,
-    "pad_token_id": None,
-}
 
 
 def test_golden_qkvo_rank16():
@@ -104,7 +89,7 @@ def test_against_peft_full_3b_on_meta(targets, peft_targets):
         assert line.startswith("trainable params: 9,175,040 ||")
 
 
-def test_qlora_against_peft_narrow_cpu():
+def test_qlora_against_peft_narrow_cpu(narrow):
     """QLoRA: PEFT counts each bitsandbytes Params4bit as numel x 2 x element_size; checked on a
     narrow model quantized by bitsandbytes on CPU."""
     torch = pytest.importorskip("torch")
@@ -116,7 +101,7 @@ def test_qlora_against_peft_narrow_cpu():
     from runtime.load import hf_config
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(hf_config(NARROW, "sdpa"), dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(hf_config(narrow, "sdpa"), dtype=torch.bfloat16)
     for name, mod in list(model.named_modules()):
         for cname, child in list(mod.named_children()):
             full = f"{name}.{cname}" if name else cname
@@ -127,7 +112,7 @@ def test_qlora_against_peft_narrow_cpu():
                 q.weight = bnb.nn.Params4bit(child.weight.data, requires_grad=False, quant_type="nf4")
                 setattr(mod, cname, q.to("cpu"))
     assert any(p.__class__.__name__ == "Params4bit" for p in model.parameters())
-    spec = from_hf_config(NARROW)
+    spec = from_hf_config(narrow)
     line = _peft_line(model, "all-linear", rank=8)
     assert line == trainable_params(spec, "qlora", 8, parse_targets("all-linear")).line()
 

@@ -1,0 +1,652 @@
+"""One real training step (full, LoRA, QLoRA), measured per phase: forward, backward, optimizer.
+
+The step is the loop of ``estimator.training.settings`` (PEFT's and transformers' plain PyTorch
+loop): ``grad_accum`` micro-batches of ``loss = model(input_ids, labels).loss / grad_accum;
+loss.backward()`` (the output dropped before backward, as the Trainer's ``compute_loss``), then
+``optimizer.step(); optimizer.zero_grad(set_to_none=True)``. Then one more micro-batch (forward
+and backward) runs with the optimizer states present: the steady state of every later step. A
+phase's peak is the most over all its runs; the optimizer phase includes the first step's state
+allocation.
+
+Devices:
+
+- ``trace``: the model is built on meta and run under ``FakeTensorMode`` (as ``runtime.trace``),
+  counting live tensor bytes (``runtime.track.LiveBytes``). Stand-ins where a CUDA kernel cannot
+  run on fake tensors, each allocating what the kernel allocates:
+
+  * SDPA: a differentiable flash-attention stand-in (``FlashAttention``). Forward: output
+    [b, T, h, d] and fp32 logsumexp [b, h, T], both saved with q, k, v (aten
+    ``_scaled_dot_product_flash_attention``). Backward, as ``mha_bwd`` in flash-attention's
+    ``csrc/flash_attn/flash_api.cpp`` (vendored by PyTorch): dq, dk, dv like q, k, v; fp32
+    ``softmax_d`` [b, h, T128] and ``dq_accum`` [b, T128, h, d32] (T rounded up to 128, d to 32);
+    for GQA ``dk_expanded``/``dv_expanded`` [b, T, h, d], summed into dk, dv.
+  * bitsandbytes 4-bit Linear (QLoRA): ``BnbLinear4bitStandIn``, a ``bnb.nn.Linear4bit`` subclass
+    (so PEFT wraps it with its bnb LoRA layer) holding the exact stored layout; forward as
+    ``Linear4bit.forward`` (``x.to(compute_dtype)``, ``MatMul4Bit``, ``.to(input dtype)``) with
+    ``gemm_4bit``'s CUDA transients (``runtime.trace._Bnb4bit``); backward as
+    ``MatMul4Bit.backward``: ``grad_output @ dequantize_4bit(B)``, a dequantized [out, in] copy
+    in the compute dtype (plus, for double quant, the fp32 absmax it dequantizes first).
+  * bitsandbytes 8-bit optimizers: their own ``init_state`` creates the states (real code on fake
+    tensors; paged buffers, which torch never sees, are dropped from the count and reported as
+    ``paged_bytes``); the update kernel works in place and allocates nothing.
+
+  torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
+  ``fused=True`` on CUDA only.
+- ``cpu``: real tensors on the CPU at any width (narrow configs for tests): weights, gradients
+  and optimizer states are real; activations follow the CPU kernels (SDPA's math path).
+- ``cuda``: torch.cuda peak counters per phase, NVML.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from estimator.errors import EstimatorError
+from estimator.training.params import TARGET_MODULES
+from estimator.training.settings import TrainSettings
+
+from .settings import SettingsError
+
+PHASES = ("load", "forward", "backward", "optimizer")
+STANDIN_TRAIN_ATTN = "memest_sdpa_train"  # no "flash" in the name: transformers would look for a kernel
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# ------------------------------------------------------------------------------------- settings
+
+
+def train_settings(**kw: Any) -> dict[str, Any]:
+    """The record's settings: the estimator's ``TrainSettings`` fields (validated there) plus
+    ``device``. Raises SettingsError naming the field and value."""
+    from estimator.model import load_model
+    from estimator.training.params import parse_targets
+
+    device = kw.pop("device", "trace")
+    if device not in ("trace", "cpu", "cuda"):
+        raise SettingsError(f"device must be one of trace, cpu, cuda: {device!r}")
+    model = kw.pop("model", "llama-3.2-3b")
+    try:
+        if "targets" in kw and kw["targets"] is not None:
+            kw["targets"] = parse_targets(kw["targets"])
+        kw = {k: v for k, v in kw.items() if v is not None}
+        ts = TrainSettings(model=load_model(model), **kw)
+    except EstimatorError as e:
+        raise SettingsError(str(e)) from None
+    d = ts.to_dict()
+    d.update(model=model, targets=",".join(ts.targets), device=device, engine="transformers-train")
+    d["rank"], d["dropout"], d["adapter_dtype"] = ts.rank, ts.dropout, ts.adapter_dtype
+    return d
+
+
+def to_train_settings(s: dict[str, Any]) -> TrainSettings:
+    from estimator.model import load_model
+    from estimator.training.params import parse_targets
+
+    return TrainSettings(
+        model=load_model(s["model"]),
+        method=s["method"],
+        rank=s["rank"],
+        targets=parse_targets(s["targets"]),
+        dropout=s["dropout"],
+        quant=s["quant"],
+        adapter_dtype=s["adapter_dtype"],
+        optimizer=s["optimizer"],
+        seq_len=s["seq_len"],
+        micro_batch=s["micro_batch"],
+        grad_accum=s["grad_accum"],
+        grad_checkpointing=s["grad_checkpointing"],
+    )
+
+
+# ------------------------------------------------------------------------------------ stand-ins
+
+
+class FlashAttention(torch.autograd.Function):
+    """What aten's flash attention allocates and saves, forward and backward (module docstring)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):  # q [b, h, T, d], k/v [b, hk, S, d]
+        b, h, T, d = q.shape
+        out = torch.empty(b, T, h, d, dtype=q.dtype, device=q.device)
+        lse = torch.empty(b, h, T, dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        b, h, T, d = q.shape
+        hk, S = k.shape[1], k.shape[2]
+        dev, dt = q.device, q.dtype
+        go = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+        dq = torch.empty(b, T, h, d, dtype=dt, device=dev)
+        dk = torch.empty(b, S, hk, d, dtype=dt, device=dev)
+        dv = torch.empty(b, S, hk, v.shape[-1], dtype=dt, device=dev)
+        t128 = -(-T // 128) * 128
+        d32 = -(-d // 32) * 32
+        softmax_d = torch.empty(b, h, t128, dtype=torch.float32, device=dev)
+        dq_accum = torch.empty(b, t128, h, d32, dtype=torch.float32, device=dev)
+        expanded = []
+        if hk != h:
+            expanded = [torch.empty(b, S, h, d, dtype=dt, device=dev), torch.empty(b, S, h, d, dtype=dt, device=dev)]
+        del dq_accum, expanded, softmax_d, go
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+
+
+def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' sdpa_attention_forward with the CUDA flash kernel (no mask, GQA in the kernel)."""
+    if attention_mask is not None:
+        raise NotImplementedError("the training trace models unpadded causal batches only (no attention mask)")
+    return FlashAttention.apply(query, key, value), None
+
+
+@functools.cache
+def _register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(STANDIN_TRAIN_ATTN, flash_train_attention)
+    AttentionMaskInterface.register(STANDIN_TRAIN_ATTN, sdpa_mask)
+
+
+class _MatMul4bit(torch.autograd.Function):
+    """bitsandbytes 0.50 ``MatMul4Bit`` with the CUDA ``gemm_4bit`` transients (trace stand-in)."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        out_f, in_f = layer.out_features, layer.in_features
+        M = x.numel() // in_f
+        if M <= 4:  # the fused kernel: the output only (runtime.trace._Bnb4bit)
+            return torch.empty(*x.shape[:-1], out_f, dtype=x.dtype, device=x.device)
+        nested = _absmax_dq(layer, x.device)
+        b_dq = torch.empty(out_f, in_f, dtype=x.dtype, device=x.device)
+        out = torch.nn.functional.linear(x, b_dq)
+        del b_dq, nested
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        layer = ctx.layer
+        # grad_A = grad_output @ dequantize_4bit(B).to(grad_output.dtype) (the quant state's dtype
+        # is the compute dtype here, so .to() is no copy)
+        nested = _absmax_dq(layer, grad_output.device)
+        b_dq = torch.empty(layer.out_features, layer.in_features, dtype=grad_output.dtype, device=grad_output.device)
+        del nested
+        grad_a = torch.matmul(grad_output, b_dq)
+        del b_dq
+        return grad_a, None
+
+
+def _absmax_dq(layer, device) -> list[torch.Tensor]:
+    """Double quant: ``dequantize_4bit`` first dequantizes the 8-bit absmax (fp32 per 64-block),
+    then adds the offset (another fp32 tensor), both alive until it returns."""
+    if not layer.quant.endswith("-dq"):
+        return []
+    blocks = -(-layer.out_features * layer.in_features // 64)
+    return [torch.empty(blocks, dtype=torch.float32, device=device) for _ in range(2)]
+
+
+@functools.cache
+def _bnb_standin_class():
+    import bitsandbytes as bnb
+
+    class BnbLinear4bitStandIn(bnb.nn.Linear4bit):
+        """A ``bnb.nn.Linear4bit`` (so PEFT dispatches its bnb LoRA layer) holding the exact stored
+        layout as fake tensors; forward as ``Linear4bit.forward`` on CUDA."""
+
+        def __init__(self, quant: str, linear: nn.Linear, compute: torch.dtype):
+            nn.Module.__init__(self)
+            from .trace import bnb_layout
+
+            self.quant, self.compute_dtype = quant, compute
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.layout = bnb_layout(quant, self.out_features, self.in_features)
+            self.bias = None
+            self.stored: list[torch.Tensor] = []
+            self.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8, device="meta"), requires_grad=False)
+
+        def materialise(self, device: str) -> None:
+            self.stored = [torch.empty(shape, dtype=dt, device=device) for _, shape, dt in self.layout]
+            self.weight = nn.Parameter(self.stored[0], requires_grad=False)
+            self.weight.quant_type = self.quant.split("-")[0]
+            self.weight.compress_statistics = self.quant.endswith("-dq")
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            inp_dtype = x.dtype
+            x = x.to(self.compute_dtype)
+            return _MatMul4bit.apply(x, self).to(inp_dtype)
+
+    return BnbLinear4bitStandIn
+
+
+# ----------------------------------------------------------------------------------- the model
+
+
+def build(s: dict[str, Any], device: str):
+    """The model for the setting: built from the config (meta for trace; real on cpu/cuda),
+    QLoRA stand-ins (trace), prepared for training, with PEFT LoRA applied. Returns
+    (model, stored extra tensors)."""
+    from transformers import AutoModelForCausalLM
+
+    from .load import config_dict, hf_config, quiet
+
+    quiet()
+    trace = device == "meta"
+    if trace:
+        _register()
+    attn = STANDIN_TRAIN_ATTN if trace else "sdpa"
+    conf = hf_config(config_dict(s["model"]), attn)
+    dt = torch.bfloat16
+    if trace:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(conf, dtype=dt)
+    else:
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(conf, dtype=dt)
+    if s["method"] == "qlora":
+        if not trace:
+            _quantize_real(model, s["quant"], device)
+        else:
+            cls = _bnb_standin_class()
+            for name, mod in list(model.named_modules()):
+                for cname, child in list(mod.named_children()):
+                    full = f"{name}.{cname}" if name else cname
+                    if isinstance(child, nn.Linear) and full != "lm_head":
+                        setattr(mod, cname, cls(s["quant"], child, dt))
+    return model
+
+
+def _quantize_real(model, quant: str, device: str) -> None:
+    """Every nn.Linear but lm_head -> bitsandbytes Linear4bit, quantized on ``device``."""
+    import bitsandbytes as bnb
+
+    for name, mod in list(model.named_modules()):
+        for cname, child in list(mod.named_children()):
+            full = f"{name}.{cname}" if name else cname
+            if isinstance(child, nn.Linear) and full != "lm_head":
+                q = bnb.nn.Linear4bit(
+                    child.in_features,
+                    child.out_features,
+                    bias=child.bias is not None,
+                    compute_dtype=torch.bfloat16,
+                    compress_statistics=quant.endswith("-dq"),
+                    quant_type=quant.split("-")[0],
+                    device="meta",
+                )
+                q.weight = bnb.nn.Params4bit(
+                    child.weight.data.to("cpu"),
+                    requires_grad=False,
+                    quant_type=quant.split("-")[0],
+                    compress_statistics=quant.endswith("-dq"),
+                )
+                setattr(mod, cname, q.to(device))
+    model.is_loaded_in_4bit = True
+
+
+def prepare(model, s: dict[str, Any]):
+    """Freeze/upcast (QLoRA: ``prepare_model_for_kbit_training``), gradient checkpointing, PEFT."""
+    gc = s["grad_checkpointing"]
+    gc_kwargs = {"use_reentrant": gc == "reentrant"}
+    if s["method"] == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model.is_loaded_in_4bit = True
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gc != "off", gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif gc != "off":
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        if gc == "reentrant" and s["method"] == "lora":
+            model.enable_input_require_grads()  # what the Trainer does for PEFT + reentrant checkpointing
+    if s["method"] == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = [TARGET_MODULES[t] for t in s["targets"].split(",")]
+    cfg = LoraConfig(
+        r=s["rank"],
+        lora_alpha=2 * s["rank"],
+        target_modules=targets,
+        lora_dropout=s["dropout"],
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, cfg, autocast_adapter_dtype=s["adapter_dtype"] == "fp32")
+    model.train()
+    return model
+
+
+def make_optimizer(model, s: dict[str, Any], device: str):
+    params = [p for p in model.parameters() if p.requires_grad]
+    o = s["optimizer"]
+    if o == "adamw":
+        return torch.optim.AdamW(params, lr=1e-4, foreach=True)
+    if o == "adamw-fused":
+        return torch.optim.AdamW(params, lr=1e-4, fused=True)
+    if o == "sgd":
+        return torch.optim.SGD(params, lr=1e-4, foreach=True)
+    if o == "sgd-momentum":
+        return torch.optim.SGD(params, lr=1e-4, momentum=0.9, foreach=True)
+    if o == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=1e-4, relative_step=False, scale_parameter=False)
+    import bitsandbytes as bnb
+
+    cls = bnb.optim.PagedAdamW8bit if o == "paged-adamw-8bit" else bnb.optim.AdamW8bit
+    return cls(params, lr=1e-4)
+
+
+def _bnb_step_standin(opt, tracker) -> int:
+    """Trace: bitsandbytes' own ``init_state`` for every parameter (paged buffers dropped from the
+    live count: torch never allocates them); the in-place update kernel is skipped. Returns the
+    paged bytes."""
+    paged_flag = getattr(opt, "is_paged", False)
+    opt.is_paged = False
+    paged = 0
+    for gindex, group in enumerate(opt.param_groups):
+        for pindex, p in enumerate(group["params"]):
+            if p.grad is None or len(opt.state[p]) > 0:
+                continue
+            opt.init_state(group, p, gindex, pindex)
+            if paged_flag and p.numel() >= 1e5:
+                st = opt.state[p]
+                for k in ("state1", "state2"):
+                    paged += st[k].untyped_storage().nbytes()
+                    tracker.untrack(st[k])
+    opt.is_paged = paged_flag
+    return paged
+
+
+# ---------------------------------------------------------------------------------- the step
+
+
+def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) -> dict[str, Any]:
+    """The loop of the module docstring. ``phase(name)`` is called at each phase boundary."""
+    b, T, accum = s["micro_batch"], s["seq_len"], s["grad_accum"]
+    vocab = (
+        model.config.vocab_size if not hasattr(model, "get_base_model") else model.get_base_model().config.vocab_size
+    )
+    g = torch.Generator(device="cpu").manual_seed(0)
+    info: dict[str, Any] = {"paged_bytes": 0}
+
+    def micro() -> None:
+        ids = torch.randint(0, vocab, (b, T), generator=g).to(device)
+        if tracker is not None:
+            tracker.track(ids, "input_ids")
+        phase("forward")
+        loss = model(input_ids=ids, labels=ids).loss
+        if accum > 1:
+            loss = loss / accum
+        phase("backward")
+        loss.backward()
+        del loss, ids
+
+    for _ in range(min(accum, 2)):
+        micro()
+    phase("optimizer")
+    info["gradients_bytes"] = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
+    if s["optimizer"] in ("adamw-8bit", "paged-adamw-8bit") and device == "meta":
+        info["paged_bytes"] = _bnb_step_standin(opt, tracker)
+    else:
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    micro()  # the steady state: states present
+    phase(None)
+    return info
+
+
+# ------------------------------------------------------------------------------- measurement
+
+
+def _empty(s: dict[str, Any]) -> dict[str, Any]:
+    from estimator.report import PHASE_FIELDS
+
+    return {
+        "settings": s,
+        "status": "ok",
+        "error": None,
+        **{f: None for f in PHASE_FIELDS},
+        "phases": {p: {f: None for f in PHASE_FIELDS} for p in PHASES},
+        "training": {},
+        "counters": {},
+        "details": {},
+        "environment": None,
+    }
+
+
+def static_bytes(model, opt) -> dict[str, int]:
+    """Tensor bytes by what they are: base weights (parameters, quant state, buffers), adapter
+    weights, gradients and optimizer states (torch-visible), each storage once."""
+    from .load import stored_tensors
+
+    seen: set[int] = set()
+
+    def nb(t) -> int:
+        if not isinstance(t, torch.Tensor):
+            return 0
+        st = t.untyped_storage()
+        if st._cdata in seen or getattr(t, "is_paged", False):
+            return 0
+        seen.add(st._cdata)
+        return st.nbytes()
+
+    adapter = sum(nb(p) for n, p in model.named_parameters() if "lora_" in n)
+    base = 0
+    for _, _, t in stored_tensors(model):
+        base += nb(t)
+    for m in model.modules():
+        for t in getattr(m, "stored", [])[1:]:
+            base += nb(t)
+    grads = sum(nb(p.grad) for p in model.parameters() if p.grad is not None)
+    states = 0
+    if opt is not None:
+        fused = bool(opt.defaults.get("fused"))
+        for st in opt.state.values():
+            for k, v in st.items():
+                # torch keeps AdamW's step on the CPU unless fused or capturable (adam.py _init_group)
+                if isinstance(v, torch.Tensor) and (k != "step" or fused):
+                    states += nb(v)
+    return {
+        "weights_bytes": base,
+        "adapter_weights_bytes": adapter,
+        "gradients_bytes": grads,
+        "optimizer_states_bytes": states,
+    }
+
+
+def train_measure(s: dict[str, Any]) -> dict[str, Any]:
+    """Measure one training step (never raises for a failed run: status oom / error)."""
+    from .measure import environment, failure_status
+
+    r = _empty(s)
+    r["environment"] = environment(s["device"])
+    t0 = time.perf_counter()
+    try:
+        {"trace": _run_trace, "cpu": _run_live, "cuda": _run_cuda}[s["device"]](s, r)
+    except Exception as e:
+        r["status"] = failure_status(e)
+        r["error"] = f"{type(e).__name__}: {e}"[:2000]
+    r["details"]["wall_s"] = round(time.perf_counter() - t0, 3)
+    return r
+
+
+def _device_bytes_class():
+    from .track import LiveBytes, storage_key
+
+    class DeviceBytes(LiveBytes):
+        """LiveBytes counting only tensors on the measured device (a trace's CPU scalars, such as
+        AdamW's CPU ``step``, are host memory), with ``untrack`` for memory torch never allocates."""
+
+        def __init__(self, device: str, detail: bool = False):
+            super().__init__(detail=detail)
+            self.device = device
+
+        def track(self, t, op: str = "external") -> None:
+            if isinstance(t, torch.Tensor) and (self.device == "cpu" or t.device.type != "cpu"):
+                super().track(t, op)
+
+        def untrack(self, t: torch.Tensor) -> None:
+            self._free(storage_key(t))
+
+    return DeviceBytes
+
+
+def _tracked(s: dict[str, Any], r: dict[str, Any], device: str, model) -> None:
+    """trace and cpu: the step under LiveBytes, each phase's live peak (``model`` as built)."""
+    DeviceBytes = _device_bytes_class()
+    if device != "meta":
+        model = prepare(model, s)
+    opt = make_optimizer(model, s, device)
+    tracker = DeviceBytes(device, detail=True)
+    st = static_bytes(model, opt)
+    for p in model.parameters():
+        tracker.track(p, "weights")
+    for buf in model.buffers():
+        tracker.track(buf, "weights")
+    for m in model.modules():
+        for t in getattr(m, "stored", []):
+            tracker.track(t, "weights")
+    load = tracker.live
+    ph = r["phases"]
+    ph["load"].update(weights_bytes=st["weights_bytes"] + st["adapter_weights_bytes"], kv_cache_bytes=0)
+    ph["load"]["peak_allocated_bytes"] = tracker.live_rounded
+    cur: dict[str, Any] = {"name": None}
+    raw: dict[str, int] = {}
+    end_live: dict[str, list[int]] = {}
+    detail: dict[str, list] = {}
+
+    def phase(name: str | None) -> None:
+        prev = cur["name"]
+        if prev is not None:
+            if tracker.peak_rounded >= (ph[prev]["peak_allocated_bytes"] or 0):
+                ph[prev]["peak_allocated_bytes"] = tracker.peak_rounded
+                detail[prev] = tracker.peak_detail
+            raw[prev] = max(raw.get(prev, 0), tracker.peak)
+            end_live.setdefault(prev, []).append(tracker.live)
+        tracker.reset_peak()
+        cur["name"] = name
+
+    with tracker:
+        info = run_step(model, opt, s, device, phase, tracker)
+    final = static_bytes(model, opt)
+    w = st["weights_bytes"] + st["adapter_weights_bytes"]
+    for p in ("forward", "backward", "optimizer"):
+        ph[p].update(weights_bytes=w, kv_cache_bytes=0, activations_bytes=None)
+    r["training"] = {
+        "weights_bytes": st["weights_bytes"],
+        "adapter_weights_bytes": st["adapter_weights_bytes"],
+        "gradients_bytes": info["gradients_bytes"],
+        "optimizer_states_bytes": final["optimizer_states_bytes"],
+        "paged_bytes": info["paged_bytes"],
+        "load_live_bytes": load,
+        "peak_live_bytes": {p: raw[p] for p in raw},
+        "end_live_bytes": end_live,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    r["weights_bytes"] = w
+    r["kv_cache_bytes"] = 0
+    best = max(raw, key=lambda n: raw[n])
+    r["peak_allocated_bytes"] = max(ph[p]["peak_allocated_bytes"] for p in ("forward", "backward", "optimizer"))
+    r["activations_bytes"] = None
+    from .measure import _summarise
+
+    r["details"].update(peak_live_bytes=raw[best], peak_phase=best, peak_tensors=_summarise(detail.get(best, [])))
+
+
+def _materialised(model, device: str):
+    if device != "meta":
+        return model
+    model.to_empty(device="meta")
+    model.tie_weights()
+    for m in model.modules():
+        if hasattr(m, "materialise") and hasattr(m, "layout"):
+            m.materialise("meta")
+    return model
+
+
+def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    r["counters"] = {
+        "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B",
+        "peak_live_bytes": "the same, unrounded (details)",
+    }
+    r["details"]["attention"] = "flash stand-in (forward and backward allocations of flash_api.cpp)"
+    # built, prepared and wrapped by PEFT on meta, outside the fake mode (PEFT moves its adapters
+    # to the base layer's device, which a fake tensor cannot be swapped to); then materialised
+    model = prepare(build(s, "meta"), s)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _tracked(s, r, "meta", _materialised(model, "meta"))
+
+
+def _run_live(s: dict[str, Any], r: dict[str, Any]) -> None:
+    r["counters"] = {"peak_allocated_bytes": "peak live bytes of real CPU tensors, each rounded to 512 B"}
+    r["details"]["attention"] = "torch sdpa on CPU (its kernels, not CUDA's)"
+    _tracked(s, r, "cpu", build(s, "cpu"))
+
+
+def _run_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
+    from .measure import _nvml_used, nvml_baseline
+
+    nvml_baseline()
+    r["counters"] = {
+        "peak_allocated_bytes": "torch.cuda.max_memory_allocated() per phase (reset at each boundary)",
+        "peak_reserved_bytes": "torch.cuda.max_memory_reserved()",
+        "device_used_bytes": "NVML used memory of this process at the end of the phase",
+    }
+    model = prepare(build(s, "cuda"), s)
+    opt = make_optimizer(model, s, "cuda")
+    torch.cuda.synchronize()
+    st = static_bytes(model, opt)
+    ph = r["phases"]
+    w = st["weights_bytes"] + st["adapter_weights_bytes"]
+    ph["load"].update(
+        weights_bytes=w,
+        kv_cache_bytes=0,
+        peak_allocated_bytes=torch.cuda.memory_allocated(),
+        peak_reserved_bytes=torch.cuda.memory_reserved(),
+        device_used_bytes=_nvml_used()[0],
+    )
+    torch.cuda.reset_peak_memory_stats()
+    cur: dict[str, Any] = {"name": None}
+
+    def phase(name: str | None) -> None:
+        prev = cur["name"]
+        if prev is not None:
+            torch.cuda.synchronize()
+            a, res = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved()
+            p = ph[prev]
+            p.update(
+                weights_bytes=w,
+                kv_cache_bytes=0,
+                peak_allocated_bytes=max(a, p["peak_allocated_bytes"] or 0),
+                peak_reserved_bytes=max(res, p["peak_reserved_bytes"] or 0),
+                device_used_bytes=max(_nvml_used()[0] or 0, p["device_used_bytes"] or 0) or None,
+            )
+            torch.cuda.reset_peak_memory_stats()
+        cur["name"] = name
+
+    info = run_step(model, opt, s, "cuda", phase)
+    final = static_bytes(model, opt)
+    r["training"] = {
+        "weights_bytes": st["weights_bytes"],
+        "adapter_weights_bytes": st["adapter_weights_bytes"],
+        "gradients_bytes": info["gradients_bytes"],
+        "optimizer_states_bytes": final["optimizer_states_bytes"],
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    r["weights_bytes"], r["kv_cache_bytes"] = w, 0
+    for f in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
+        vals = [ph[p][f] for p in ("forward", "backward", "optimizer") if ph[p][f] is not None]
+        r[f] = max(vals) if vals else None
