@@ -123,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--validation", action="store_true", help="the public tok/s rows against the estimate (leave-one-out)"
     )
+    p.add_argument(
+        "--host-bandwidth",
+        default=None,
+        help="host RAM bandwidth in GB/s (SI) for a llama.cpp partial offload (default 89.6: dual-channel DDR5-5600)",
+    )
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -305,7 +310,18 @@ def _cmd_speed(args: argparse.Namespace) -> tuple[Any, str]:
         new_tokens = parse_int(args.new_tokens, "--new-tokens", 0)
         batch = parse_int(args.batch, "--batch", 1)
     kw: dict[str, Any] = {"engine": args.engine, "context": context, "new_tokens": new_tokens, "kv_dtype": kv_dtype}
-    d = speed(model, quant, args.gpu, batch=batch, attn=attn, **kw).to_dict()
+    offload: dict[str, Any] = {}
+    if args.engine == "llama.cpp":
+        offload = {"n_gpu_layers": args.n_gpu_layers, "n_ubatch": args.ubatch}
+        if args.host_bandwidth is not None:
+            try:
+                gbs = float(args.host_bandwidth)
+            except ValueError:
+                gbs = 0.0
+            if not 0 < gbs < 1e6:
+                raise InvalidSpecError(f"--host-bandwidth must be a positive number of GB/s: {args.host_bandwidth!r}")
+            offload["host_bandwidth_bytes_per_s"] = int(gbs * 1e9)
+    d = speed(model, quant, args.gpu, batch=batch, attn=attn, **offload, **kw).to_dict()
     if args.concurrency:
         d["concurrency"] = concurrency_curve(model, quant, args.gpu, **kw)
     return d, format_speed(d)

@@ -59,6 +59,11 @@ LLAMACPP_KV = {"f16": "F16", "bf16": "BF16", "f32": "F32", "q8_0": "Q8_0", "q4_0
 # A class needs this many rows of its own before its range stands alone (one row is a point, not a
 # range); below it the engine's rows of every class are used.
 MIN_CLASS_ROWS = 2
+# The host side of a llama.cpp partial offload (``n_gpu_layers`` below all), each overridable:
+# dual-channel DDR5-5600 = 2 channels x 8 B x 5,600 MT/s (JEDEC JESD79-5 data rate), and PCIe 4.0
+# x16 = 16 GT/s x 16 lanes x 128/130 encoding / 8 bits (PCI-SIG PCIe 4.0 base specification).
+HOST_BANDWIDTH_BYTES_PER_S = 2 * 8 * 5_600_000_000
+PCIE_BYTES_PER_S = 16_000_000_000 * 16 * 128 // 130 // 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +128,7 @@ class Speed:
     bound: str
     fractions: Fractions
     notes: tuple[str, ...] = field(default=())
+    host_read_bytes: int = 0  # of the step's bytes, those a llama.cpp partial offload reads from host RAM
 
     @property
     def step_bytes(self) -> int:
@@ -141,6 +147,7 @@ class Speed:
             "weights_read_bytes": self.weights_read_bytes,
             "kv_read_bytes": self.kv_read_bytes,
             "step_bytes": self.step_bytes,
+            "host_read_bytes": self.host_read_bytes,
             "decode_flops": self.decode_flops,
             "prefill_flops": self.prefill_flops,
             "decode_tok_s": self.decode_tok_s.to_dict(2),
@@ -231,6 +238,31 @@ def kv_read_bytes(spec: ModelSpec, tokens: int, batch: int, engine: str, kv_dtyp
 
 def _auto_kv(quant: str) -> str:
     return "fp32" if quant == "fp32" else "bf16"
+
+
+def llamacpp_host_bytes(
+    spec: ModelSpec, quant: str, n_gpu_layers: int, kv_dtype: str, tokens: int, batch: int
+) -> tuple[int, int]:
+    """(weight bytes, KV bytes) a llama.cpp decode step reads from host RAM with ``n_gpu_layers``
+    offloaded: the layers below ``i_gpu_start`` and, unless offloaded, the output matrix
+    (``engines.llamacpp.buffers.offloaded_layers``, llama.cpp's own split). Returns bytes."""
+    from .engines.llamacpp.buffers import offloaded_layers
+    from .engines.llamacpp.tensors import gguf_tensors
+
+    L = spec.num_hidden_layers
+    i0, out_on_gpu = offloaded_layers(L, n_gpu_layers)
+    ts = gguf_tensors(spec, quant)
+    has_output = any(t.name == "output.weight" for t in ts)
+    w = 0
+    for t in ts:
+        if t.layer is not None and t.layer < i0:
+            w += t.nbytes
+        elif not out_on_gpu and t.name in ("output.weight", "output_norm.weight"):
+            w += t.nbytes
+        elif not out_on_gpu and t.name == "token_embd.weight" and not has_output:
+            w += t.nbytes  # tied: the embedding is the output matrix
+    kv = kv_read_bytes(spec, tokens, batch, "llama.cpp", kv_dtype, quant) * i0 // L
+    return w, kv
 
 
 def dequant_bytes(spec: ModelSpec, quant: str, engine: str, tokens_per_step: int) -> int:
@@ -445,9 +477,18 @@ def speed(
     batch: int = 1,
     kv_dtype: str = "auto",
     attn: str = "sdpa",
+    n_gpu_layers: int = -1,
+    n_ubatch: int = 512,
+    host_bandwidth_bytes_per_s: int = HOST_BANDWIDTH_BYTES_PER_S,
+    pcie_bytes_per_s: int = PCIE_BYTES_PER_S,
 ) -> Speed:
     """Decode, prefill and TTFT of one setting on one GPU. ``context`` is the window (prompt + new
-    tokens), as everywhere in the estimator; ``batch`` sequences decode together."""
+    tokens), as everywhere in the estimator; ``batch`` sequences decode together.
+
+    llama.cpp only: ``n_gpu_layers`` below all (-1) leaves the first layers on the host, read at
+    ``host_bandwidth_bytes_per_s`` each decode step; a prefill of 32 tokens or more computes them on
+    the GPU after copying their weights over PCIe (``pcie_bytes_per_s``) once per ``n_ubatch`` chunk
+    (ggml-cuda's op offload, ``OP_OFFLOAD_MIN_BATCH``)."""
     _check_engine(engine)
     spec = load_model(model)
     g = get_gpu(gpu)
@@ -465,6 +506,16 @@ def speed(
     mean_kv = prompt + new_tokens // 2
     fr = fractions(engine, g.cls)
     notes: list[str] = []
+    host_w = host_kv = 0
+    if engine == "llama.cpp" and 0 <= n_gpu_layers <= spec.num_hidden_layers:
+        host_w, host_kv = llamacpp_host_bytes(spec, quant, n_gpu_layers, kv_dtype, mean_kv, batch)
+        notes.append(
+            f"partial offload: {(host_w + host_kv) / 2**30:.2f} GiB a step from host RAM at "
+            f"{host_bandwidth_bytes_per_s / 1e9:g} GB/s; the same achieved fractions (no public partial-offload rows yet)"
+        )
+    for name, v in (("host_bandwidth_bytes_per_s", host_bandwidth_bytes_per_s), ("pcie_bytes_per_s", pcie_bytes_per_s)):
+        if not isinstance(v, int) or v <= 0:
+            raise InvalidSpecError(f"{name} must be a positive integer: {v!r}")
     if not fr.validated:
         notes.append(f"no public {engine} rows yet: the range borrows llama.cpp's fractions (unvalidated)")
     elif "llama.cpp" in fr.basis and engine != "llama.cpp":
@@ -479,10 +530,15 @@ def speed(
     peak_flops = g.flops(dt)
     bw = g.bandwidth_bytes_per_s
 
+    host = host_w + host_kv
+
     def step_s(f_bw: float, f_fl: float) -> tuple[float, str]:
-        mem = step_bytes / (bw * f_bw)
+        dev = (step_bytes - host) / (bw * f_bw)
+        off = host / (host_bandwidth_bytes_per_s * f_bw)
         cmp = d_flops / (peak_flops * f_fl) if peak_flops else 0.0
-        return (mem, "memory") if mem >= cmp else (cmp, "compute")
+        if dev + off >= cmp:
+            return dev + off, "host memory" if off > dev else "memory"
+        return cmp, "compute"
 
     # The fast end pairs the high fractions, the slow end the low ones.
     t_fast, _ = step_s(fr.bandwidth.high, fr.flops.high)
@@ -499,8 +555,14 @@ def speed(
     if peak_flops:
         pw = w + deq  # one read of the weights (prefill is never faster than that)
 
+        # host weights cross PCIe once per n_ubatch chunk (the GPU computes them: prompt >= 32)
+        chunks = -(-prompt // max(n_ubatch, 1))
+        copy_bytes = host_w * chunks if prompt >= 32 else 0
+        host_read = host_w if prompt < 32 else 0
+
         def prefill_s(f_fl: float, f_bw: float) -> float:
-            return max(p_flops / (peak_flops * f_fl), pw / (bw * f_bw))
+            t = max(p_flops / (peak_flops * f_fl), pw / (bw * f_bw))
+            return t + copy_bytes / (pcie_bytes_per_s * f_bw) + host_read / (host_bandwidth_bytes_per_s * f_bw)
 
         s_fast = prefill_s(fr.flops.high, fr.bandwidth.high)
         s_point = prefill_s(fr.flops.point, fr.bandwidth.point)
@@ -529,6 +591,7 @@ def speed(
         bound=bound,
         fractions=fr,
         notes=tuple(notes),
+        host_read_bytes=host,
     )
 
 

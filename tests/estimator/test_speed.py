@@ -267,3 +267,31 @@ def test_compare_speed_checks_a_cuda_record_against_the_range():
     assert d["in_range"] == (sp.aggregate_tok_s.low <= 150.0 <= sp.aggregate_tok_s.high)
     cpu = {**record, "settings": {**record["settings"], "device": "cpu"}}
     assert compare_speed(cpu, est) == {}
+
+
+@pytest.mark.parametrize("ngl", [0, 8, 16, 31, 32])
+def test_partial_offload_host_bytes_are_the_memory_models_host_buffer(ngl):
+    """The host weights a partial-offload step reads are llama.cpp's host model buffer (the memory
+    model's split, ``model_buffers``) less the token embedding, which is a row gather."""
+    from estimator.engines.llamacpp.buffers import model_buffers
+    from estimator.engines.llamacpp.tensors import gguf_tensors
+
+    ts = gguf_tensors(L8B, "q4_k_m")
+    embd = next(t.nbytes for t in ts if t.name == "token_embd.weight")
+    host_w, host_kv = S.llamacpp_host_bytes(L8B, "q4_k_m", ngl, "f16", 1000, 1)
+    assert host_w == model_buffers(ts, 32, ngl, True).host_model_buffer_bytes - embd
+    # the first 32 - ngl layers' K and V: 131,072 B per token for all 32 layers
+    assert host_kv == 131_072 * 1000 * (32 - ngl) // 32
+
+
+def test_partial_offload_slows_decode_and_all_layers_is_the_default():
+    """Fewer layers on the GPU never decode faster; ngl = n_layer + 1 (output too) is -1's answer."""
+    args = ("llama-3.1-8b", "q4_k_m", "rtx-3060-12gb")
+    kw = {"engine": "llama.cpp", "context": 4096, "new_tokens": 128}
+    full = S.speed(*args, **kw)
+    assert S.speed(*args, n_gpu_layers=33, **kw) == full and full.host_read_bytes == 0
+    points = [S.speed(*args, n_gpu_layers=n, **kw).decode_tok_s.point for n in (32, 24, 16, 8, 0)]
+    assert full.decode_tok_s.point > points[0] and points == sorted(points, reverse=True)
+    slow_ram = S.speed(*args, n_gpu_layers=16, host_bandwidth_bytes_per_s=25_600_000_000, **kw)
+    assert slow_ram.decode_tok_s.point < S.speed(*args, n_gpu_layers=16, **kw).decode_tok_s.point
+    assert "partial offload" in slow_ram.notes[0]

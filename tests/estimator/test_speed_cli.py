@@ -77,3 +77,21 @@ def test_estimate_speed_is_the_transformers_speed_of_its_settings():
     assert s.aggregate_tok_s.point == pytest.approx(2 * s.decode_tok_s.point)
     assert estimate(model="llama-3.2-3b").speed is None
     assert estimate(model="llama-3.2-3b", gpu="rtx-4090-laptop-16gb").speed is None
+
+
+def test_cli_speed_partial_offload_flags(capsys):
+    """--n-gpu-layers and --host-bandwidth (GB/s) reach the library; a bad bandwidth exits 2."""
+    argv = ["speed", "--model", "llama-3.1-8b", "--quant", "q4_k_m", "--engine", "llama.cpp"]
+    argv += ["--gpu", "rtx-3060-12gb", "--n-gpu-layers", "16", "--host-bandwidth", "51.2", "--json"]
+    d = _json(capsys, argv)
+    lib = S.speed(
+        "llama-3.1-8b",
+        "q4_k_m",
+        "rtx-3060-12gb",
+        engine="llama.cpp",
+        n_gpu_layers=16,
+        host_bandwidth_bytes_per_s=51_200_000_000,
+    )
+    assert d["decode_tok_s"] == lib.decode_tok_s.to_dict(2) and d["host_read_bytes"] > 0
+    assert main([*argv[:-3], "--host-bandwidth", "-3"]) == 2
+    assert "--host-bandwidth" in capsys.readouterr().err
