@@ -207,7 +207,7 @@ def test_achieved_fractions_are_physical():
 
 
 # Published error (README "Speed"): leave-one-out over the public rows, per counter and GPU class.
-# Measured with this commit's 23 rows; the gate sits a little above each so a model change that
+# Measured with this commit's 26 rows; the gate sits a little above each so a model change that
 # makes the estimate worse fails. Reprint: python -m estimator speed --validation
 GATES = {
     "decode_tok_s/consumer": {"median": 0.13, "worst": 0.60, "coverage": 0.80},
