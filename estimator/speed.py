@@ -325,6 +325,7 @@ class Row:
     gpu: str
     quant: str
     kv_dtype: str
+    depth: int  # tokens already in the KV cache before the measured ones (llama-bench's @dN)
     prompt_tokens: int
     gen_tokens: int
     batch: int
@@ -356,6 +357,7 @@ def measurements() -> tuple[Row, ...]:
                 gpu=r["gpu"],
                 quant=r["quant"],
                 kv_dtype=r["kv_dtype"],
+                depth=int(r["depth"]),
                 prompt_tokens=int(r["prompt_tokens"]),
                 gen_tokens=int(r["gen_tokens"]),
                 batch=int(r["batch"]),
@@ -382,11 +384,12 @@ def _row_step(row: Row) -> tuple[int, int]:
 
 
 def _row_prefill_flops(row: Row) -> int:
+    """Prefill FLOPs of a row: its prompt's matmuls, the last token's logits, causal attention over
+    the prompt and full attention to the ``depth`` tokens cached before it."""
     spec = load_model(row.model)
     p = row.prompt_tokens
-    return (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size) * row.batch + (
-        attention_flops(spec, p, p, True) * row.batch
-    )
+    attn = attention_flops(spec, p, p, True) + attention_flops(spec, p, row.depth, False)
+    return (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size + attn) * row.batch
 
 
 def achieved_fraction(row: Row) -> float:
