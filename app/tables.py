@@ -278,10 +278,13 @@ def speed_metrics(sp: Any) -> list[tuple[str, str, str, str]]:
     """(label, value, delta, help) of the calculator's speed cards from a ``Speed``."""
     d, agg, p, t = sp.decode_tok_s, sp.aggregate_tok_s, sp.prefill_tok_s, sp.ttft_s
     basis = sp.fractions.basis + ("" if sp.fractions.validated else " (no public transformers rows yet)")
+    fx = sp.fractions.fixed_s
     how = (
         f"A roofline: each decode step reads {sp.step_bytes / GiB:.2f} GiB (weights and quantization "
-        "state, plus the KV cache at the mean length) at the GPU's peak bandwidth times the fraction "
-        f"public measurements achieved ({basis}); bound by {sp.bound}. "
+        "state, plus the KV cache at the mean length) at the best fraction of the GPU's peak bandwidth "
+        f"public measurements reached ({sp.fractions.ceiling:.2f}), plus the per-step time they show beyond "
+        f"their bytes ({1000 * fx.low:.1f}-{1000 * fx.high:.1f} ms, launches and the host loop); {basis}; "
+        f"bound by {sp.bound}. "
     )
     cards = [
         (
@@ -289,7 +292,7 @@ def speed_metrics(sp: Any) -> list[tuple[str, str, str, str]]:
             f"{d.point:,.0f} tok/s",
             f"range {d.low:,.0f}-{d.high:,.0f}"
             + (f" · {agg.point:,.0f} in all ({sp.batch} seqs)" if sp.batch > 1 else ""),
-            how + "Per sequence; the range is the lowest and highest achieved fraction of the rows.",
+            how + "Per sequence; the range is the least and most fixed time of the rows.",
         )
     ]
     if t is not None and p is not None:

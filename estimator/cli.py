@@ -348,10 +348,11 @@ def format_speed(d: dict[str, Any]) -> str:
         f"a decode step reads {d['step_bytes'] / GiB:.3f} GiB (weights {d['weights_read_bytes'] / GiB:.3f} GiB, "
         f"KV {d['kv_read_bytes'] / GiB:.3f} GiB); bound by {d['bound']}"
     )
-    bw, fl = fr["bandwidth"], fr["flops"]
+    fx, fl = fr["fixed_s"], fr["flops"]
     lines.append(
-        f"achieved fraction of peak: bandwidth {bw['low']:.2f} / {bw['point']:.2f} / {bw['high']:.2f}, "
-        f"FLOPs {fl['low']:.2f} / {fl['point']:.2f} / {fl['high']:.2f} ({fr['basis']})"
+        f"from public rows: bytes at {fr['ceiling']:.2f} of peak bandwidth, plus {1000 * fx['low']:.2f} / "
+        f"{1000 * fx['point']:.2f} / {1000 * fx['high']:.2f} ms fixed per step; prefill at "
+        f"{fl['low']:.2f} / {fl['point']:.2f} / {fl['high']:.2f} of peak FLOPs ({fr['basis']})"
     )
     lines += [f"note: {n}" for n in d["notes"]]
     for c in d.get("concurrency", []):

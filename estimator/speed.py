@@ -11,27 +11,32 @@ The model (a roofline per forward):
   llama.cpp). bitsandbytes 4-bit above one token per step dequantizes each weight to a 16-bit copy
   first (``matmul_4bit``'s gemv path takes only one row): that copy is written and read again, 4 B
   per weight more. ``flops = 2 x P x batch + 4 x layers x heads x head_dim x L x batch`` (``P`` the
-  matmul parameters). The step takes ``max(bytes / (B x f_bw), flops / (F x f_fl))`` with ``B`` the
-  GPU's peak bandwidth, ``F`` its dense peak for the compute dtype (``estimator.gpus``) and ``f``
-  the achieved fractions. Decode is reported at the mean KV length ``prompt + new_tokens / 2``: the
-  step time is linear in ``L``, so that is the whole generation's average.
+  matmul parameters). The step takes ``max(bytes / (B x c), flops / (F x f_fl)) + t_fixed``:
+  ``B`` the GPU's peak bandwidth, ``F`` its dense peak for the compute dtype (``estimator.gpus``),
+  ``c`` the bandwidth ceiling and ``t_fixed`` the per-step time that does not scale with bytes
+  (kernel launches, synchronisation, sampling, the host loop), both from public rows (below).
+  Decode is reported at the mean KV length ``prompt + new_tokens / 2``: the step time is linear in
+  ``L``, so that is the whole generation's average.
 - **Prefill** (``prompt`` tokens per sequence in one forward): ``2 x P x prompt`` plus attention,
   ``4 x layers x heads x head_dim x prompt^2 / 2`` for the causal kernels (SDPA / flash / vLLM /
   llama.cpp's flash attention skip the masked half) or ``prompt^2`` for eager, at ``F x f_fl``
   (never faster than one read of the weights). TTFT is the prefill forward: it yields token one.
-- **Fractions** are not one constant: every row of ``data/speed-measurements.csv`` (public tok/s,
-  each with its source and quote) gives the fraction its GPU achieved,
+- **From public measurements, not one constant.** Every row of ``data/speed-measurements.csv``
+  (public tok/s, each with its source and quote) gives the fraction of peak its GPU achieved,
   ``measured tok/s x bytes per step / B`` (decode) or ``measured tok/s x FLOPs per token / F``
-  (prefill). For an engine and GPU class the range is the min / median / max over that class's
-  rows (``Fractions.basis`` names them), over all classes' rows where a class has fewer than two,
-  and over the llama.cpp rows, said so, for an engine with none (transformers and vLLM today:
-  their ranges are unvalidated). ``validation()`` replays every row leave-one-out.
+  (prefill). For an engine and GPU class (``Fractions``): the ceiling ``c`` is the best decode
+  row's fraction; ``t_fixed`` ranges over each decode row's time beyond its bytes at ``c`` (min /
+  median / max); ``f_fl`` over the prefill rows' fractions. A class with fewer than two rows uses
+  every class's; an engine with fewer than two rows of a counter has llama.cpp's join its own
+  (vLLM: one row; transformers: none, marked unvalidated). ``validation()`` replays every row
+  leave-one-out.
 
 Worked example: Llama 3.1 8B Q4_K_M on an RTX 3080 (760 GB/s), llama.cpp, batch 1, a one-token
 prompt and 128 new tokens: a step reads 4,617,396,480 B of weights (the 4,912,898,304 B of GGUF
 tensors less the 295,501,824 B Q4_K token embedding, a row gather) plus 8,519,680 B of f16 KV at
-the mean 65 tokens: the roofline is 164 tok/s; the consumer-class fractions (0.44 / 0.66 / 0.91 of
-peak bandwidth over 14 rows) give 71 / 109 / 149 tok/s against 111.95 measured (SP-001).
+the mean 65 tokens: the roofline is 164 tok/s. The consumer rows put the ceiling at 0.91 of peak
+(6.72 ms for the bytes) and the fixed time at 0 / 1.78 / 4.00 ms: 149 / 118 / 93 tok/s against
+111.95 measured (SP-001).
 """
 
 from __future__ import annotations
@@ -80,19 +85,33 @@ class Span:
 
 @dataclass(frozen=True, slots=True)
 class Fractions:
-    """Achieved fractions of peak bandwidth (decode) and peak FLOPs (prefill) for one engine and GPU
-    class, with the rows they come from."""
+    """What one engine achieves on one GPU class, from the public rows it names.
+
+    ``bandwidth``: the achieved fractions of peak bandwidth of the decode rows (min / median / max);
+    its max is the ceiling the decode model reads bytes at. ``fixed_s``: per decode step, the
+    seconds a row took beyond its bytes at that ceiling (min / median / max): the per-token cost
+    that does not scale with bytes (kernel launches, synchronisation, sampling, the host loop).
+    ``flops``: the achieved fractions of the dense peak of the prefill rows.
+    """
 
     bandwidth: Span
+    fixed_s: Span
     flops: Span
     bandwidth_rows: tuple[str, ...]
     flops_rows: tuple[str, ...]
     basis: str
     validated: bool
 
+    @property
+    def ceiling(self) -> float:
+        """The fraction of peak bandwidth the decode model reads bytes at: the best row's."""
+        return self.bandwidth.high
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bandwidth": self.bandwidth.to_dict(),
+            "ceiling": round(self.ceiling, 4),
+            "fixed_s": self.fixed_s.to_dict(6),
             "flops": self.flops.to_dict(),
             "bandwidth_rows": list(self.bandwidth_rows),
             "flops_rows": list(self.flops_rows),
@@ -392,6 +411,12 @@ def _row_prefill_flops(row: Row) -> int:
     return (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size + attn) * row.batch
 
 
+def _row_roof_s(row: Row) -> float:
+    """Seconds a row's decode step takes to read its bytes at the GPU's full peak bandwidth."""
+    step_bytes, _ = _row_step(row)
+    return step_bytes / (get_gpu(row.gpu).bandwidth_bytes_per_s or 1)
+
+
 def achieved_fraction(row: Row) -> float:
     """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved."""
     gpu = get_gpu(row.gpu)
@@ -442,14 +467,34 @@ def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
     fl_rows, fl_basis = pick("prefill_tok_s")
     bw = _span([achieved_fraction(r) for r in bw_rows])
     fl = _span([achieved_fraction(r) for r in fl_rows])
+    # each row's step time beyond its bytes read at the ceiling (never below zero)
+    fixed = _span([max(0.0, 1 / r.value - _row_roof_s(r) / bw.high) for r in bw_rows])
     return Fractions(
         bandwidth=bw,
+        fixed_s=fixed,
         flops=fl,
         bandwidth_rows=tuple(r.id for r in bw_rows),
         flops_rows=tuple(r.id for r in fl_rows),
         basis=f"bandwidth: {bw_basis}; FLOPs: {fl_basis}",
         validated=validated,
     )
+
+
+def decode_step_s(
+    device_bytes: int, host_s: float, flops: int, gpu: Gpu, peak_flops: int | None, fr: Fractions, end: str
+) -> tuple[float, str]:
+    """(seconds, bound) of one decode step at the ``end`` of the range ("low": the slow end,
+    "point", "high": the fast end): the device bytes at the bandwidth ceiling, plus any host-RAM
+    time at the same ceiling (``host_s`` at full host bandwidth), or the FLOPs at the achieved
+    fraction if slower, plus the per-step fixed time (most of it at the slow end)."""
+    f_fl = getattr(fr.flops, end)
+    fixed = {"low": fr.fixed_s.high, "point": fr.fixed_s.point, "high": fr.fixed_s.low}[end]
+    dev = device_bytes / ((gpu.bandwidth_bytes_per_s or 1) * fr.ceiling)
+    off = host_s / fr.ceiling
+    cmp = flops / (peak_flops * f_fl) if peak_flops else 0.0
+    if dev + off >= cmp:
+        return dev + off + fixed, "host memory" if off > dev else "memory"
+    return cmp + fixed, "compute"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -535,18 +580,12 @@ def speed(
 
     host = host_w + host_kv
 
-    def step_s(f_bw: float, f_fl: float) -> tuple[float, str]:
-        dev = (step_bytes - host) / (bw * f_bw)
-        off = host / (host_bandwidth_bytes_per_s * f_bw)
-        cmp = d_flops / (peak_flops * f_fl) if peak_flops else 0.0
-        if dev + off >= cmp:
-            return dev + off, "host memory" if off > dev else "memory"
-        return cmp, "compute"
+    def step_s(end: str) -> tuple[float, str]:
+        return decode_step_s(step_bytes - host, host / host_bandwidth_bytes_per_s, d_flops, g, peak_flops, fr, end)
 
-    # The fast end pairs the high fractions, the slow end the low ones.
-    t_fast, _ = step_s(fr.bandwidth.high, fr.flops.high)
-    t_point, bound = step_s(fr.bandwidth.point, fr.flops.point)
-    t_slow, _ = step_s(fr.bandwidth.low, fr.flops.low)
+    t_fast, _ = step_s("high")
+    t_point, bound = step_s("point")
+    t_slow, _ = step_s("low")
     decode = Span(1 / t_slow, 1 / t_point, 1 / t_fast)
     aggregate = Span(batch / t_slow, batch / t_point, batch / t_fast)
 
@@ -563,13 +602,14 @@ def speed(
         copy_bytes = host_w * chunks if prompt >= 32 else 0
         host_read = host_w if prompt < 32 else 0
 
-        def prefill_s(f_fl: float, f_bw: float) -> float:
+        def prefill_s(f_fl: float) -> float:
+            f_bw = fr.ceiling
             t = max(p_flops / (peak_flops * f_fl), pw / (bw * f_bw))
             return t + copy_bytes / (pcie_bytes_per_s * f_bw) + host_read / (host_bandwidth_bytes_per_s * f_bw)
 
-        s_fast = prefill_s(fr.flops.high, fr.bandwidth.high)
-        s_point = prefill_s(fr.flops.point, fr.bandwidth.point)
-        s_slow = prefill_s(fr.flops.low, fr.bandwidth.low)
+        s_fast = prefill_s(fr.flops.high)
+        s_point = prefill_s(fr.flops.point)
+        s_slow = prefill_s(fr.flops.low)
         n = prompt * batch
         prefill = Span(n / s_slow, n / s_point, n / s_fast)
         ttft = Span(s_fast, s_point, s_slow)
@@ -683,12 +723,11 @@ def predict_row(row: Row, *, exclude_self: bool = True) -> Span:
         flops = _row_prefill_flops(row)
         n = row.prompt_tokens * row.batch
         return Span(*(n * peak * f / flops for f in (fr.flops.low, fr.flops.point, fr.flops.high)))
-    step_bytes, _ = _row_step(row)
-    bw = gpu.bandwidth_bytes_per_s or 0
-    per = Span(*(bw * f / step_bytes for f in (fr.bandwidth.low, fr.bandwidth.point, fr.bandwidth.high)))
-    if row.counter == "decode_tok_s_aggregate":
-        return Span(per.low * row.batch, per.point * row.batch, per.high * row.batch)
-    return per
+    step_bytes, step_flops = _row_step(row)
+    peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+    steps = [decode_step_s(step_bytes, 0.0, step_flops, gpu, peak, fr, end)[0] for end in ("low", "point", "high")]
+    per = 1 if row.counter == "decode_tok_s" else row.batch
+    return Span(*(per / t for t in steps))
 
 
 def validation() -> list[dict[str, Any]]:

@@ -79,6 +79,8 @@ def test_worked_example_rtx_3080():
     assert s.kv_read_bytes == 131_072 * 65 == 8_519_680
     assert s.bound == "memory"
     assert round(760e9 / s.step_bytes) == 164
+    assert round(s.step_bytes / (760e9 * s.fractions.ceiling) * 1000, 2) == 6.72  # ms for the bytes
+    assert [round(v) for v in (s.decode_tok_s.high, s.decode_tok_s.point, s.decode_tok_s.low)] == [149, 118, 93]
     assert s.decode_tok_s.low < 111.95 < s.decode_tok_s.high
 
 
@@ -210,9 +212,11 @@ def test_achieved_fractions_are_physical():
 # Measured with this commit's 30 rows; the gate sits a little above each so a model change that
 # makes the estimate worse fails. Reprint: python -m estimator speed --validation
 GATES = {
-    "decode_tok_s/consumer": {"median": 0.13, "worst": 0.60, "coverage": 0.80},
-    "decode_tok_s/workstation": {"median": 0.27, "worst": 0.60, "coverage": 0.30},
-    "decode_tok_s/datacenter": {"median": 0.15, "worst": 0.15, "coverage": 1.0},
+    "decode_tok_s/consumer": {"median": 0.07, "worst": 0.30, "coverage": 0.80},
+    "decode_tok_s/workstation": {"median": 0.30, "worst": 0.50, "coverage": 0.30},
+    "decode_tok_s/datacenter": {"median": 0.08, "worst": 0.08, "coverage": 1.0},
+    # llama.cpp -ub 2..8: BF16's GEMM follows the model, Q4_0's MMVQ at 8 tokens does not (108%)
+    "decode_tok_s_aggregate/consumer": {"median": 0.10, "worst": 1.10, "coverage": 0.80},
     "prefill_tok_s/consumer": {"median": 0.18, "worst": 0.35, "coverage": 0.6},
     # one V100 row, predicted from the consumer rows' int8 fractions applied to its fp16 peak
     "prefill_tok_s/datacenter": {"median": 0.50, "worst": 0.50, "coverage": 0.0},
@@ -230,15 +234,16 @@ def test_published_error_by_gpu_class():
 
 
 def test_leave_one_out_is_not_in_sample():
-    """The replay leaves each row out of its own fractions: a row that sets the class minimum is
-    then outside (below) its own range, which an in-sample replay could never show."""
+    """The replay leaves each row out of its own fractions: the row that sets the class's bandwidth
+    ceiling is then faster than its own range, which an in-sample replay could never show."""
     rows = {r["id"]: r for r in S.validation()}
-    lowest = min(
+    best = max(
         (r for r in S.measurements() if r.counter == "decode_tok_s" and get_gpu(r.gpu).cls == "consumer"),
         key=S.achieved_fraction,
     )
-    assert not rows[lowest.id]["covered"]
-    assert rows[lowest.id]["point"] > lowest.value
+    assert not rows[best.id]["covered"] and rows[best.id]["high"] < best.value
+    inside = S.predict_row(best, exclude_self=False)
+    assert inside.low <= best.value <= inside.high
 
 
 def test_compare_speed_checks_a_cuda_record_against_the_range():
