@@ -466,14 +466,12 @@ def _graph_count_note(log: _Log, modelled: int) -> str | None:
     if not bars or sum(bars.values()) == modelled:
         return None
     said = " + ".join(f"{n} '{mode}'" for mode, n in bars.items())
-    return f"CUDA graphs: the log captures {sum(bars.values())} ({said}); the estimate counts {modelled} (vllm.capture_sizes)"
+    return f"CUDA graphs: the log captures {sum(bars.values())} ({said}); the estimate counts {modelled} (vllm.num_cuda_graphs)"
 
 
 def _range_notes(log: _Log, e: Any) -> list[str]:
     """Where the logged non-torch and CUDA-graph memory fall in the estimate's ranges (the terms the
     settings do not determine), and a graph count the estimate does not model."""
-    from ..engines import vllm as vl
-
     out: list[str] = []
     if "non_torch" in log.logged and e.non_torch_low_bytes is not None and e.non_torch_high_bytes is not None:
         logged = int(log.logged["non_torch"][0])
@@ -482,7 +480,7 @@ def _range_notes(log: _Log, e: Any) -> list[str]:
                 "non_torch", logged, e.non_torch_low_bytes, e.non_torch_high_bytes, "NON_TORCH_GROWTH_RANGE_BYTES"
             )
         )
-    n_graphs = len(vl.capture_sizes(e.max_num_seqs, "v1" if e.accounting == "v1" else "v0"))
+    n_graphs = e.num_cuda_graphs
     if "cuda_graph" in log.logged and e.cuda_graph_high_bytes is not None:
         logged = int(log.logged["cuda_graph"][0])
         what = f"pool .. pool + {n_graphs} graphs x CUDA_GRAPH_EXEC_PER_GRAPH_BYTES"

@@ -188,10 +188,10 @@ def graph_exec_per_graph_observed(path: Path = CSV_PATH) -> dict[str, float]:
     captured, in bytes; the max is what ``vllm.CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` rounds up."""
     out = {}
     table = rows(path)
-    for rid, (est, eng) in GRAPH_ROWS.items():
+    for rid, (est, _eng) in GRAPH_ROWS.items():
         want, half = measured(table[rid])
         e = est()
-        n = len(vl.capture_sizes(e.max_num_seqs, eng))
+        n = e.num_cuda_graphs
         out[rid] = ((want + half) * GiB - e.cuda_graph_bytes) / n
     return out
 

@@ -48,6 +48,7 @@ from ..report import MemoryReport
 from ..solve import largest_true
 from .vllm_releases import NEWEST_RELEASE as NEWEST_RELEASE
 from .vllm_releases import Release as Release
+from .vllm_releases import graph_capture
 from .vllm_releases import resolve_release as resolve_release
 
 GiB = 1 << 30
@@ -314,33 +315,69 @@ def forward_peak_bytes(
     return max(mlp, attn)
 
 
-def capture_sizes(max_num_seqs: int, version: str) -> list[int]:
-    """Decode batch sizes captured as CUDA graphs (V0 ``_BATCH_SIZES_TO_CAPTURE`` = [1, 2, 4] + 8k
-    up to 256; V1 CompilationConfig default [1, 2, 4] + range(8, 256, 8) + range(256, 513, 16),
-    capped at max_num_seqs x 2 and 512)."""
-    if version == "v1":
-        cap = min(512, 2 * max_num_seqs)
+def capture_sizes(
+    max_num_seqs: int, version: str, release: str | None = None, max_num_batched_tokens: int | None = None
+) -> list[int]:
+    """Decode batch sizes captured as (piecewise) CUDA graphs, by release (``vllm_releases`` rule
+    "cudagraph_capture_sizes"): V0 ``_BATCH_SIZES_TO_CAPTURE`` = [1, 2, 4] + 8k up to 256, capped at
+    max_num_seqs (padded to 8); V1 [1, 2, 4] + 8k up to 512 (before 0.10), up to min(2 x max_num_seqs,
+    512) (0.10-0.11), and from 0.12 8k below 256 then 16k up to that cap; V1 drops sizes above
+    max_num_batched_tokens. ``release`` None: the newest release's rule."""
+    if version != "v1":
+        cap = min(256, _pad(max_num_seqs, 8))
+        return [s for s in [1, 2, 4] + [8 * i for i in range(1, 33)] if s <= cap]
+    rule, _ = graph_capture(release, "v1")
+    cap = 512 if rule == "v1-step8-512" else min(512, 2 * max_num_seqs)
+    if rule == "v1-step16":
         sizes = [1, 2, 4] + list(range(8, 256, 8)) + list(range(256, 513, 16))
     else:
-        cap = min(256, _pad(max_num_seqs, 8))
-        sizes = [1, 2, 4] + [8 * i for i in range(1, 33)]
-    return [s for s in sizes if s <= cap]
+        sizes = [1, 2, 4] + list(range(8, 513, 8))
+    tokens = max_num_batched_tokens if max_num_batched_tokens is not None else cap
+    return [s for s in sizes if s <= cap and s <= tokens]
+
+
+def full_decode_sizes(
+    max_num_seqs: int, version: str, release: str | None = None, max_num_batched_tokens: int | None = None
+) -> list[int]:
+    """Batch sizes captured a second time as full CUDA graphs for uniform decode batches (V1 from
+    0.11: default cudagraph_mode FULL_AND_PIECEWISE, PR #25444): the capture sizes up to max_num_seqs.
+    An attention backend without full-graph support captures fewer, so counting them keeps the
+    high end of the CUDA-graph range an upper bound."""
+    if version != "v1" or not graph_capture(release, "v1")[1]:
+        return []
+    return [s for s in capture_sizes(max_num_seqs, version, release, max_num_batched_tokens) if s <= max_num_seqs]
 
 
 def cuda_graph_pool_bytes(
-    spec: ModelSpec, max_num_seqs: int, dtype_bytes: int, version: str, tp: int = 1, quantization: str | None = None
+    spec: ModelSpec,
+    max_num_seqs: int,
+    dtype_bytes: int,
+    version: str,
+    tp: int = 1,
+    quantization: str | None = None,
+    release: str | None = None,
+    max_num_batched_tokens: int | None = None,
 ) -> int:
     """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
     forward temporaries (reused by smaller graphs, captured largest first) and each graph's
     output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
     public logs show to dominate (0.17-0.24 GiB for 27-35 graphs); its upper bound is
     ``CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` per graph (``VllmEstimate.cuda_graph_high_bytes``)."""
-    sizes = capture_sizes(max_num_seqs, version)
+    sizes = capture_sizes(max_num_seqs, version, release, max_num_batched_tokens)
     if not sizes:
         return 0
     peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp, quantization)
     outputs = sum(_pad(b * spec.hidden_size * dtype_bytes, 512) for b in sizes)
     return _pad(peak, 2 * MiB) + _pad(outputs, 2 * MiB)
+
+
+def num_cuda_graphs(
+    max_num_seqs: int, version: str, release: str | None = None, max_num_batched_tokens: int | None = None
+) -> int:
+    """Every CUDA graph captured at startup: the piecewise (or V0) sizes plus V1's full decode graphs."""
+    return len(capture_sizes(max_num_seqs, version, release, max_num_batched_tokens)) + len(
+        full_decode_sizes(max_num_seqs, version, release, max_num_batched_tokens)
+    )
 
 
 # Upper bound of the driver's cudaGraphExec state per captured graph (not in torch's pool): the
@@ -431,6 +468,7 @@ class VllmEstimate:
     # vLLM starts at the pool's low end (for certain) / at its high end (it may start)
     starts_certain: bool | None = None
     starts_possible: bool | None = None
+    num_cuda_graphs: int = 0  # captured at startup (``num_cuda_graphs``): the CUDA-graph high end counts them
 
     def starts_on(self, bound: str = "point") -> bool:
         """Whether vLLM starts: "point" (``starts``), "high" (the range's high end of memory, so the
@@ -593,8 +631,12 @@ def estimate_vllm(
         if version == "v0-0.6":
             extra += device_baseline_bytes
         nt, nt_lo, nt_hi = nt + extra, nt_lo + extra, nt_hi + extra
-        graphs = 0 if enforce_eager else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp, quantization)
-        n_graphs = 0 if enforce_eager else len(capture_sizes(max_num_seqs, eng))
+        graphs = (
+            0
+            if enforce_eager
+            else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp, quantization, release, max_num_batched_tokens)
+        )
+        n_graphs = 0 if enforce_eager else num_cuda_graphs(max_num_seqs, eng, release, max_num_batched_tokens)
         graphs_hi = graphs + n_graphs * CUDA_GRAPH_EXEC_PER_GRAPH_BYTES
         in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
@@ -602,11 +644,11 @@ def estimate_vllm(
         pool_hi = requested - weights - act - nt_lo - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
         blocks = max(pool // blk, 0) if blk else 0
-        rng = (nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi)
+        rng = (nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi, n_graphs)
         cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng))
     # the rank with the fewest KV blocks (the first of equals)
     blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng = min(cands, key=lambda c: c[0])
-    nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi = rng
+    nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi, n_graphs = rng
     conc, tokens = concurrency(blocks, block_size, max_model_len, eng)
     blocks_lo = max(pool_lo // blk, 0) if blk else 0
     blocks_hi = max(pool_hi // blk, 0) if blk else 0
@@ -700,6 +742,7 @@ def estimate_vllm(
         kv_cache_tokens_high=tokens_hi,
         starts_certain=starts_certain,
         starts_possible=starts_possible,
+        num_cuda_graphs=n_graphs,
     )
 
 
@@ -863,6 +906,7 @@ def report(e: VllmEstimate, settings: Mapping[str, Any], **details: Any) -> Memo
         "non_torch_low_bytes": e.non_torch_low_bytes,
         "non_torch_high_bytes": e.non_torch_high_bytes,
         "cuda_graph_high_bytes": e.cuda_graph_high_bytes,
+        "num_cuda_graphs": e.num_cuda_graphs,
         "kv_pool_low_bytes": e.kv_pool_low_bytes,
         "kv_pool_high_bytes": e.kv_pool_high_bytes,
         "num_gpu_blocks_low": e.num_gpu_blocks_low,

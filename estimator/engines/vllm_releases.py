@@ -110,6 +110,57 @@ BEHAVIOURS: tuple[Behaviour, ...] = (
         True,
         "PR #30515; VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS default on since v0.21.0 (gpu_worker.py log)",
     ),
+    # which decode batch sizes are captured as CUDA graphs (``vllm.capture_sizes``): the count sets the
+    # high end of the CUDA-graph range (each graph's cudaGraphExec state)
+    Behaviour(
+        "cudagraph_capture_sizes",
+        "v0",
+        (0, 2, 0),
+        (0, 10, 99),
+        "v0",
+        "[1, 2, 4] + 8k up to 256, capped at max_num_seqs: vllm/worker/model_runner.py _BATCH_SIZES_TO_CAPTURE",
+    ),
+    Behaviour(
+        "cudagraph_capture_sizes",
+        "v1",
+        (0, 6, 0),
+        (0, 9, 99),
+        "v1-step8-512",
+        "[1, 2, 4] + 8k up to 512: SchedulerConfig.cuda_graph_sizes default [512] (PR #18698 describes it), "
+        "until PR #20062",
+    ),
+    Behaviour(
+        "cudagraph_capture_sizes",
+        "v1",
+        (0, 10, 0),
+        (0, 11, 99),
+        "v1-step8",
+        "[1, 2, 4] + 8k up to min(2 x max_num_seqs, 512): PR #20062 (June 2025) cuda_graph_sizes default "
+        "[min(max_num_seqs * 2, 512)]; the step-16 list's "
+        "first release is not confirmed, so 0.11.x keeps the longer step-8 list (a wider high end)",
+    ),
+    Behaviour(
+        "cudagraph_capture_sizes",
+        "v1",
+        (0, 12, 0),
+        None,
+        "v1-step16",
+        "[1, 2, 4] + 8k below 256 + 16k from 256, up to min(2 x max_num_seqs, 512): vllm/config/vllm.py "
+        "_set_cudagraph_sizes; 51 piecewise graphs in the 0.15.1 public log "
+        "(tests/check/fixtures/vllm/v1-0.15.1-llama-3.1-8b-rtx6000ada.log)",
+    ),
+    Behaviour(
+        "cudagraph_full_decode", "any", (0, 2, 0), (0, 10, 99), False, "piecewise graphs only (V1), V0 full graphs"
+    ),
+    Behaviour(
+        "cudagraph_full_decode",
+        "v1",
+        (0, 11, 0),
+        None,
+        True,
+        "PR #25444: default cudagraph_mode FULL_AND_PIECEWISE, full graphs for uniform decode batches up to "
+        "max_num_seqs on top of the piecewise ones (0.15.1 log: 51 piecewise + 35 full)",
+    ),
     # defaults
     Behaviour("gpu_memory_utilization", "any", (0, 2, 0), None, 0.9, "CacheConfig / EngineArgs default 0.9"),
     Behaviour(
@@ -162,12 +213,14 @@ class Release:
         return {"version": self.accounting, "cudagraph_in_budget": self.cudagraph_in_budget, "release": self.name}
 
 
-_RELEASE = re.compile(r"\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?(?:[.+\-]?(?:rc|dev|post)\S*|\+\S*)?\s*", re.ASCII)
+_RELEASE = re.compile(
+    r"\s*v?(\d{1,3})\.(\d{1,3})(?:\.(\d{1,3}))?(?:\.\d{1,3})?(?:[.+\-]?(?:rc|dev|post)\S*|\+\S*)?\s*", re.ASCII
+)
 
 
 def parse_release(text: str | None) -> ReleaseTuple | None:
     """(major, minor, patch) of a release string ("0.8.5", "v0.10.1rc2.dev310+g4f35be10a", "0.11");
-    None when it is not one."""
+    a four-part hotfix release (0.10.1.1 on PyPI) is its base release's; None when it is not one."""
     m = _RELEASE.fullmatch(text or "")
     if not m:
         return None
@@ -246,6 +299,16 @@ def resolve_release(text: str, engine: str | None = None, *, flag: str = "--vllm
     )
 
 
+def graph_capture(release: str | None, engine: str) -> tuple[str, bool]:
+    """(the capture-size rule, whether full decode graphs are captured too) of ``release`` for
+    ``engine`` ("v0" / "v1"); the newest release's for None, an accounting name or an unparsed text."""
+    rel = parse_release(release) if release not in (None, *ACCOUNTING_NAMES) else None
+    rel = rel or parse_release(NEWEST_RELEASE)
+    assert rel is not None
+    sizes, full = _value("cudagraph_capture_sizes", rel, engine), _value("cudagraph_full_decode", rel, engine)
+    return (str(sizes.value) if sizes else "v0", bool(full and full.value))  # no V0 in the newest: its last rule
+
+
 def release_names() -> tuple[str, ...]:
     """The release boundaries the table names (each a first release of a behaviour), oldest first."""
     firsts = {b.first for b in BEHAVIOURS if b.first is not None}
@@ -259,6 +322,7 @@ __all__ = [
     "OLDEST_RELEASE",
     "Behaviour",
     "Release",
+    "graph_capture",
     "parse_release",
     "release_names",
     "resolve_release",

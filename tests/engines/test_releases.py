@@ -73,20 +73,47 @@ def test_every_behaviour_cites_a_source():
         assert b.source and (b.first is None or b.last is None or b.first <= b.last)
 
 
-def test_v0_v1_numbers_unchanged_by_releases():
-    """A release resolving to an accounting gives the same numbers as that accounting did before."""
-    for release, version, extra in (
-        ("0.8.5", "v1", {"cudagraph_in_budget": False}),
-        (NEWEST_RELEASE, "v1", {}),
-        ("0.8.5:v0", "v0", {}),
-        ("0.6.4", "v0-0.6", {}),
+# the fields a release's CUDA-graph capture list moves (the pool, the graph count and the high ends of the range)
+GRAPH_FIELDS = {
+    "cuda_graph_bytes",
+    "cuda_graph_high_bytes",
+    "num_cuda_graphs",
+    "device_used_bytes",
+    "device_used_low_bytes",
+    "device_used_high_bytes",
+    "kv_pool_low_bytes",
+    "num_gpu_blocks_low",
+    "max_concurrency_low",
+    "kv_cache_tokens_low",
+}
+
+
+def test_releases_change_only_the_graph_terms_of_their_accounting():
+    """A release resolving to an accounting gives that accounting's numbers, but for the CUDA graphs it
+    captures (vllm_releases "cudagraph_capture_sizes" / "cudagraph_full_decode"), counted by hand:
+    0.8.5 V1: [1, 2, 4] + 8k up to 512 = 67; 0.29.0: [1, 2, 4] + 8k below 256 (31) + 16k from 256 to
+    512 (17) = 51 piecewise + the 35 of them up to max_num_seqs 256 as full decode graphs = 86;
+    V0: [1, 2, 4] + 8k up to 256 = 35."""
+    for release, version, extra, graphs in (
+        ("0.8.5", "v1", {"cudagraph_in_budget": False}, 67),
+        (NEWEST_RELEASE, "v1", {}, 86),
+        ("0.8.5:v0", "v0", {}, 35),
+        ("0.6.4", "v0-0.6", {}, 35),
     ):
         text, _, engine = release.partition(":")
         r = resolve_release(text, engine or None)
         got = vl.estimate_vllm(S3, 24 * GiB, max_model_len=8192, **r.estimate_kw())
         want = vl.estimate_vllm(S3, 24 * GiB, max_model_len=8192, version=version, **extra)
         assert got.release == r.name and want.release is None
-        assert got.to_dict() | {"release": None} == want.to_dict()
+        assert got.num_cuda_graphs == graphs
+        g, w = got.to_dict(), want.to_dict()
+        assert {k for k in g if g[k] != w[k]} - {"release"} <= GRAPH_FIELDS
+        if version != "v1" or text == NEWEST_RELEASE:  # the release's rule is the accounting's default
+            assert g | {"release": None} == w
+
+
+def test_four_part_hotfix_release_is_its_base():
+    assert resolve_release("0.10.1.1").name == "0.10.1"
 
 
 def test_estimate_report_names_the_release():

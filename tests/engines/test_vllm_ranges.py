@@ -40,7 +40,9 @@ def test_low_point_high(kw):
         assert e.cuda_graph_high_bytes == e.cuda_graph_bytes == 0
     if "non_torch_bytes" in kw:
         assert e.non_torch_low_bytes == e.non_torch_bytes == e.non_torch_high_bytes
-    n = 0 if kw.get("enforce_eager") else len(vl.capture_sizes(e.max_num_seqs, "v1" if kw["version"] == "v1" else "v0"))
+    eng = "v1" if kw["version"] == "v1" else "v0"
+    n = 0 if kw.get("enforce_eager") else vl.num_cuda_graphs(e.max_num_seqs, eng, None, e.max_num_batched_tokens)
+    assert n == e.num_cuda_graphs
     assert e.cuda_graph_high_bytes - e.cuda_graph_bytes == n * vl.CUDA_GRAPH_EXEC_PER_GRAPH_BYTES
     r = vl.report(e, {}).to_dict()
     assert (r["device_used_low_bytes"], r["device_used_high_bytes"]) == (
