@@ -183,6 +183,7 @@ class Speed:
 # Bytes and FLOPs of one forward.
 
 
+@functools.lru_cache(maxsize=64)
 def matmul_params(spec: ModelSpec, output: bool = True) -> int:
     """Elements of every matmul weight (the layers' linears, plus the output matrix with ``output``)."""
     n = sum(_numel(t.shape) for t in tensors(spec) if t.kind == "linear")
@@ -209,6 +210,11 @@ def weights_read_bytes(spec: ModelSpec, quant: str, engine: str = "transformers"
     prompt tokens before the last) never reads it.
     """
     _check_engine(engine)
+    return _weights_read_bytes(spec, quant, engine, output)
+
+
+@functools.lru_cache(maxsize=256)
+def _weights_read_bytes(spec: ModelSpec, quant: str, engine: str, output: bool) -> int:
     if engine == "llama.cpp":
         from .engines.llamacpp.tensors import gguf_tensors
 
