@@ -41,7 +41,7 @@ from typing import Any
 
 from ..engines import llamacpp as lc
 from ..errors import InvalidSpecError
-from ..model import PRESETS, ModelSpec, from_hf_config, load_model, load_preset
+from ..model import PRESETS, ModelSpec, from_hf_config, load_model, load_preset, preset_for
 from . import CheckResult, LogNotRecognised, MissingSetting, Term
 
 MiB = 1 << 20
@@ -80,11 +80,6 @@ _FILE_TYPE = {
     32: "bf16",
 }
 _SIZE_SUFFIX = {"small": "_s", "medium": "_m", "large": "_l"}
-_PRESET_NAMES = {
-    "llama-3.2-1b": re.compile(r"llama[\s_.-]*3\.2[\s_.-]*1b", re.I),
-    "llama-3.2-3b": re.compile(r"llama[\s_.-]*3\.2[\s_.-]*3b", re.I),
-    "llama-3.1-8b": re.compile(r"llama[\s_.-]*3\.1[\s_.-]*8b", re.I),
-}
 
 # --- line patterns (``search``: a line may carry any prefix) ---------------------------------------
 _BUILD = re.compile(
@@ -298,7 +293,7 @@ def _spec_from_log(p: _Parsed, notes: list[str]) -> ModelSpec | None:
     """The shape the metadata states, as a preset when it is one, else through ``from_hf_config``."""
     shape = _shape(p)
     name = _model_name(p)
-    preset = next((k for k, rx in _PRESET_NAMES.items() if name and rx.search(name)), None)
+    preset = preset_for(name)
     if preset is not None:
         spec = load_preset(preset)
         known = {k: v for k, v in shape.items() if v is not None}

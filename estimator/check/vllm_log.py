@@ -57,7 +57,7 @@ from typing import Any
 from ..engines.vllm_releases import Release, resolve_release
 from ..errors import EstimatorError, InvalidSpecError
 from ..gpus import Gpu, get_gpu
-from ..model import PRESETS, ModelSpec, load_model
+from ..model import PRESETS, ModelSpec, load_model, preset_for
 from . import CheckResult, LogNotRecognised, MissingSetting, Term
 
 GiB = 1 << 30
@@ -81,12 +81,6 @@ _DETECT = re.compile(
     r"|Graph capturing finished in [\d.]+ secs?, took -?[\d.]+ GiB"
 )
 
-# The model names the presets stand for (Hugging Face ids, mirrors, local folder names, cache paths).
-_PRESET_PATTERNS = (
-    (re.compile(r"llama[-_ ]?3\.2[-_ ]?1b(?!\d)", re.I), "llama-3.2-1b"),
-    (re.compile(r"llama[-_ ]?3\.2[-_ ]?3b(?!\d)", re.I), "llama-3.2-3b"),
-    (re.compile(r"llama[-_ ]?3\.1[-_ ]?8b(?!\d)", re.I), "llama-3.1-8b"),
-)
 _TORCH_DTYPES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "float32": "fp32", "float": "fp32"}
 
 OWNERS = {
@@ -409,14 +403,6 @@ def parse(text: str) -> _Log:
     return log
 
 
-def preset_for(name: str) -> str | None:
-    """The preset a logged model name stands for (HF id, mirror, local folder or HF cache path)."""
-    for pattern, preset in _PRESET_PATTERNS:
-        if pattern.search(name):
-            return preset
-    return None
-
-
 def _release(engine: str | None, release: str | None, profile_form: str | None) -> tuple[Release, str | None]:
     """The release the log states, resolved by ``vllm_releases.resolve_release`` for the engine it
     runs (the one place that maps a release to an accounting), and why it fell back when the release
@@ -438,14 +424,15 @@ def _release(engine: str | None, release: str | None, profile_form: str | None) 
     if release is None:
         return resolve_release(eng), "no release stated"
     try:
-        return resolve_release(release, eng), None
+        r = resolve_release(release, eng)  # a four-part hotfix release (0.10.1.1) resolves to its base
     except EstimatorError as e:
-        hotfix = re.fullmatch(r"(\d+\.\d+\.\d+)\.\d+", release)  # a four-part hotfix release (0.10.1.1 on PyPI)
-        if hotfix:
-            return resolve_release(
-                hotfix.group(1), eng
-            ), f"the hotfix release {release} has the behaviours of {hotfix.group(1)}"
         return resolve_release(eng), f"release {release!r} not resolved ({str(e).split(': ', 1)[-1]})"
+    base = release.strip().lstrip("v").split("+")[0]
+    return r, (
+        None
+        if base == r.name or not base.startswith(r.name + ".")
+        else f"the hotfix release {release} has the behaviours of {r.name}"
+    )
 
 
 # vLLM prints GiB with 2 decimals: a logged value stands for anything within half its last digit.
