@@ -429,16 +429,20 @@ def _cmd_check(args: argparse.Namespace) -> tuple[Any, str]:
 
 def format_check(r: Any) -> str:
     """The check as a table: per term logged, predicted, difference and relative error, and the owner."""
-    from .check import format_value
+    from .check import format_range, format_value
 
     head = f"{r.engine} log" + (f" ({r.engine_version})" if r.engine_version else "")
     lines = [head, "settings read: " + ", ".join(f"{k}={v}" for k, v in r.inferred.items())]
-    lines.append(f"{'term':<44} {'logged':>14} {'predicted':>14} {'difference':>14} {'error':>8}  owner")
+    lines.append(
+        f"{'term':<44} {'logged':>14} {'predicted':>14} {'difference':>14} {'error':>8}  {'range':<29} {'in':<3}  owner"
+    )
     for t in r.terms:
         err = "-" if t.rel_error is None else f"{100 * t.rel_error:+.1f}%"
+        rng = "exact" if t.low is None or t.high is None else format_range(t.low, t.high, t.unit)
+        inside = {None: "-", True: "yes", False: "NO"}[t.within_range]
         lines.append(
             f"{t.name[:44]:<44} {format_value(t.logged, t.unit):>14} {format_value(t.predicted, t.unit):>14} "
-            f"{format_value(t.difference, t.unit):>14} {err:>8}  {t.owner}"
+            f"{format_value(t.difference, t.unit):>14} {err:>8}  {rng:<29} {inside:<3}  {t.owner}"
         )
     lines += [f"note: {n}" for n in r.notes]
     return "\n".join(lines)

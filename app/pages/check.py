@@ -12,14 +12,15 @@ from app import compute
 from app.escape import md
 from app.inputs import gpu_label
 from app.state import MODEL_LABELS
-from estimator.check import CheckResult, check_log, format_value
+from estimator.check import CheckResult, check_log, format_range, format_value
 
 MAX_UPLOAD_BYTES = 2 << 20  # a startup log's memory lines fit in a few KB; the whole log in well under 2 MiB
 AUTO = ""  # the select boxes' "read it from the log" choice
 
 
 def term_rows(r: CheckResult) -> list[dict[str, Any]]:
-    """The table: per term logged, predicted, difference (all as text, none empty), error and owner."""
+    """The table: per term logged, predicted, difference (all as text, none empty), error, the
+    prediction's range (where derivation stops) and whether the log lies in it, and the owner."""
     return [
         {
             "Term": t.name,
@@ -27,6 +28,8 @@ def term_rows(r: CheckResult) -> list[dict[str, Any]]:
             "Predicted": format_value(t.predicted, t.unit),
             "Difference": format_value(t.difference, t.unit),
             "Error": "-" if t.rel_error is None else f"{100 * t.rel_error:+.1f}%",
+            "Range": "exact" if t.low is None or t.high is None else format_range(t.low, t.high, t.unit),
+            "In range": {None: "-", True: "yes", False: "no"}[t.within_range],
             "Owner (mechanism)": t.owner or "-",
         }
         for t in r.terms

@@ -38,6 +38,19 @@ class Term:
     unit: str = "bytes"  # "bytes", "blocks", "tokens", "x" (concurrency)
     owner: str = ""  # the mechanism (estimator function / engine behaviour) that owns the prediction
     line: str = ""  # the log line it was read from (trimmed)
+    # The prediction's range where derivation stops (None: an exact term, low = high = predicted), and
+    # the slack of the log's printing (half a unit of its last digit) the logged value stands within.
+    low: int | float | None = None
+    high: int | float | None = None
+    slack: float = 0.0
+
+    @property
+    def within_range(self) -> bool | None:
+        """Whether the logged value lies in [low, high] (within the print's slack); None without a
+        range or a logged value."""
+        if self.logged is None or self.low is None or self.high is None:
+            return None
+        return self.low - self.slack <= self.logged <= self.high + self.slack
 
     @property
     def difference(self) -> int | float | None:
@@ -61,6 +74,9 @@ class Term:
             "rel_error": self.rel_error,
             "owner": self.owner,
             "line": self.line,
+            "low": self.low,
+            "high": self.high,
+            "within_range": self.within_range,
         }
 
 
@@ -94,6 +110,13 @@ def format_value(v: float | None, unit: str) -> str:
     if unit == "bytes":
         return f"{v / GiB:,.3f} GiB"
     return f"{v:,.2f}{unit}" if unit == "x" else f"{v:,.0f} {unit}"
+
+
+def format_range(low: float, high: float, unit: str) -> str:
+    """A term's range as text, "0.131-0.479 GiB", "7,162-7,366 blocks", "4.26-4.32x"."""
+    if unit == "bytes":
+        return f"{low / GiB:,.3f}-{high / GiB:,.3f} GiB"
+    return f"{low:,.2f}-{high:,.2f}x" if unit == "x" else f"{low:,.0f}-{high:,.0f} {unit}"
 
 
 # Engine checkers register here: (name, detect(text) -> bool, check(text, **options) -> CheckResult).

@@ -59,6 +59,7 @@ def check(text: str, **options: Any) -> CheckResult:
             continue
         est = estimate(**estimate_arguments(r))
         for c, v in compare_record(r, est).items():
+            low, high = (getattr(est, c.replace("_bytes", end), None) for end in ("_low_bytes", "_high_bytes"))
             terms.append(
                 Term(
                     f"{label}: {c.removesuffix('_bytes')}",
@@ -66,6 +67,8 @@ def check(text: str, **options: Any) -> CheckResult:
                     v["estimate"],
                     owner=OWNERS.get(c, ""),
                     line=f"line {i + 1}",
+                    low=low,
+                    high=high,
                 )
             )
     first = recs[0]["settings"]

@@ -439,6 +439,26 @@ def _release(engine: str | None, release: str | None, profile_form: str | None) 
 _HALF_PRINTED_BYTES = GiB // 200
 
 
+def _term_range(name: str, e: Any) -> tuple[int | float | None, int | float | None, float]:
+    """(low, high, print slack) of a term's prediction: the estimate's range for the terms the settings
+    do not determine (non-torch growth, CUDA graphs) and those they move (KV pool, blocks, tokens,
+    concurrency); None for the exact terms. GiB and concurrency are printed with 2 decimals."""
+    if name == "non_torch":
+        return e.non_torch_low_bytes, e.non_torch_high_bytes, _HALF_PRINTED_BYTES
+    if name.startswith("cuda_graph"):
+        return e.cuda_graph_bytes, e.cuda_graph_high_bytes, _HALF_PRINTED_BYTES
+    if name == "kv_cache":
+        return e.kv_pool_low_bytes, e.kv_pool_high_bytes, _HALF_PRINTED_BYTES
+    if name == "kv_blocks":
+        return e.num_gpu_blocks_low, e.num_gpu_blocks_high, 0.0
+    if name == "kv_tokens":
+        return e.kv_cache_tokens_low, e.kv_cache_tokens_high, 0.0
+    if name == "max_concurrency":
+        lo, hi = e.max_concurrency_low, e.max_concurrency_high
+        return (None if lo is None else round(lo, 2)), (None if hi is None else round(hi, 2)), 0.005
+    return None, None, 0.0
+
+
 def _range_note(name: str, logged: int, low: int, high: int, what: str) -> str:
     inside = logged + _HALF_PRINTED_BYTES >= low and logged - _HALF_PRINTED_BYTES <= high
     return (
@@ -602,7 +622,9 @@ def check(
         owner = OWNERS.get(name, OWNERS["cuda_graph"] if name.startswith("cuda_graph") else "")
         if name == "non_torch" and accounting == "v0-0.6":
             owner = OWNERS["non_torch_v06"]
-        terms.append(Term(name, value, predicted.get(name), units.get(name, "bytes"), owner, line))
+        low, high, slack = _term_range(name, e)
+        unit = units.get(name, "bytes")
+        terms.append(Term(name, value, predicted.get(name), unit, owner, line, low, high, slack))
 
     inferred: dict[str, Any] = {
         "engine": engine,
