@@ -316,20 +316,24 @@ def attention_flops(spec: ModelSpec, queries: int, keys: int, causal: bool) -> i
     return per_pair * pairs
 
 
-def flops_dtype(engine: str, quant: str, gpu: Gpu) -> str:
-    """The dtype whose peak a forward's matmuls run at: the compute dtype for transformers (its
-    quantized kernels dequantize to it), fp8 for vLLM's fp8 on GPUs with fp8 tensor cores, int8 for
-    llama.cpp's quantized types (MMQ: int8 tensor-core / dp4a dot products over q8_1 activations)."""
-    if engine == "llama.cpp":
-        if quant in ("f32", "f16", "bf16"):
-            want = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}[quant]
-        else:
-            want = "int8"
-    elif engine == "vllm" and quant == "fp8" and gpu.flops("fp8"):
+def flops_dtype(engine: str, quant: str, gpu: Gpu, *, sixteen_bit: bool = False) -> str:
+    """The dense peak a forward's matmuls run at: the compute dtype for transformers (its quantized
+    kernels dequantize to it), fp8 for vLLM's fp8 on GPUs with fp8 tensor cores, int8 for llama.cpp's
+    quantized types (MMQ: int8 dot products over q8_1 activations; GPUs without int8 tensor cores,
+    V100 and older, fall back to the 16-bit peak).
+
+    ``sixteen_bit``: the 16-bit tensor peak whatever the path (fp32 stays fp32): the reference when
+    an engine without prefill rows borrows llama.cpp's, whose MMQ reaches 0.65-0.9 of the 16-bit peak
+    on GeForce Ampere / Ada (0.16-0.23 of their int8 peak, which is 4x the 16-bit one there)."""
+    if quant in ("fp32", "f32"):
+        want = "fp32"
+    elif engine == "vllm" and quant == "fp8" and gpu.flops("fp8") and not sixteen_bit:
         want = "fp8"
+    elif engine == "llama.cpp":
+        want = "bf16" if quant == "bf16" else "fp16" if (sixteen_bit or quant == "f16") else "int8"
     else:
         want = compute_dtype(quant) if quant in QUANTS else "bf16"
-        want = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(want, want)
+        want = {"float16": "fp16", "bfloat16": "bf16"}.get(want, want)
     for d in (want, "bf16", "fp16"):
         if gpu.flops(d):
             return d
@@ -423,11 +427,12 @@ def _row_roof_s(row: Row) -> float:
     return step_bytes / (get_gpu(row.gpu).bandwidth_bytes_per_s or 1)
 
 
-def achieved_fraction(row: Row) -> float:
-    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved."""
+def achieved_fraction(row: Row, *, sixteen_bit: bool = False) -> float:
+    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved;
+    ``sixteen_bit``: of the 16-bit tensor peak (``flops_dtype``)."""
     gpu = get_gpu(row.gpu)
     if row.counter == "prefill_tok_s":
-        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu, sixteen_bit=sixteen_bit))
         if not peak:
             raise InvalidSpecError(f"gpu {row.gpu} has no FLOPs in the catalog (row {row.id})")
         seconds = row.prompt_tokens * row.batch / row.value
@@ -472,7 +477,8 @@ def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
     bw_rows, bw_basis = pick("decode_tok_s")
     fl_rows, fl_basis = pick("prefill_tok_s")
     bw = _span([achieved_fraction(r) for r in bw_rows])
-    fl = _span([achieved_fraction(r) for r in fl_rows])
+    # another engine's rows are read against the 16-bit peak (the peak this engine's matmuls use)
+    fl = _span([achieved_fraction(r, sixteen_bit=r.family != family) for r in fl_rows])
     # each row's step time beyond its bytes read at the ceiling (never below zero)
     fixed = _span([max(0.0, 1 / r.value - _row_roof_s(r) / bw.high) for r in bw_rows])
     return Fractions(
