@@ -525,7 +525,8 @@ def render() -> None:
                 f"{eng}: one sequence",
                 f"{one['point']:,.0f} tok/s",
                 border=True,
-                delta=f"{last['aggregate']['point']:,.0f} tok/s in all at {last['concurrency']} sequences",
+                delta=f"{last['aggregate']['point']:,.0f} tok/s in all at {last['concurrency']} "
+                + ("sequence" if last["concurrency"] == 1 else "sequences"),
                 delta_color="off",
                 delta_arrow="off",
                 help=f"Range {one['low']:,.0f}-{one['high']:,.0f} tok/s (estimator.speed: bytes each decode step "
@@ -535,8 +536,10 @@ def render() -> None:
         st.caption(
             "Each line stops at the engine's limit: transformers' largest batch that fits, vLLM's KV-pool "
             "concurrency (and max_num_seqs), llama.cpp's --parallel slots sharing the context. Bands are "
-            "the low-high range; dotted lines are the speed each sequence sees. `python -m estimator speed "
-            "--validation` prints how far the model is from the public measurements."
+            "the low-high range; dotted lines are the speed each sequence sees. The public rows are llama.cpp's "
+            "but one: transformers and vLLM use llama.cpp's bandwidth ceiling and per-step time, so their lines "
+            "coincide where their bytes do. `python -m estimator speed --validation` prints how far the model "
+            "is from the public measurements."
         )
     for n in speed_notes:
         st.caption(md(n))

@@ -302,3 +302,13 @@ def test_partial_offload_slows_decode_and_all_layers_is_the_default():
     slow_ram = S.speed(*args, n_gpu_layers=16, host_bandwidth_bytes_per_s=25_600_000_000, **kw)
     assert slow_ram.decode_tok_s.point < S.speed(*args, n_gpu_layers=16, **kw).decode_tok_s.point
     assert "partial offload" in slow_ram.notes[0]
+
+
+def test_borrowed_prefill_rows_are_read_against_the_16_bit_peak():
+    """transformers has no prefill rows: it borrows llama.cpp's, read against the 16-bit tensor peak
+    its own matmuls use (MMQ's int8 peak is 4x that on GeForce), so its fractions are 4x llama.cpp's."""
+    mine = S.fractions("transformers", "consumer").flops
+    theirs = S.fractions("llama.cpp", "consumer").flops
+    rows = [r for r in S.measurements() if r.counter == "prefill_tok_s" and get_gpu(r.gpu).cls == "consumer"]
+    assert mine.high == pytest.approx(max(S.achieved_fraction(r, sixteen_bit=True) for r in rows))
+    assert mine.point == pytest.approx(4 * theirs.point)  # int8 = 4 x fp16 on every consumer row's GPU
