@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="host RAM bandwidth in GB/s (SI) for a llama.cpp partial offload (default 89.6: dual-channel DDR5-5600)",
     )
+    p.add_argument("--bandwidth", default=None, help="GPU memory bandwidth in GB/s (SI): a GPU not in the catalog")
+    p.add_argument("--tflops", default=None, help="its dense 16-bit tensor TFLOPS (SI), for prefill and TTFT")
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -298,8 +300,7 @@ def _cmd_speed(args: argparse.Namespace) -> tuple[Any, str]:
         rows = validation()
         summary = error_summary(rows)
         return {"rows": rows, "summary": summary}, format_speed_validation(rows, summary)
-    if args.gpu is None:
-        raise InvalidSpecError("speed needs --gpu NAME (a catalog GPU with a memory bandwidth): none given")
+    gpu = _speed_gpu(args)
     if args.engine == "transformers":
         s, _ = _settings_from(args, _context(args.context))
         model, quant, kv_dtype, attn = s.model, s.quant, s.kv_dtype, s.attn
@@ -321,10 +322,39 @@ def _cmd_speed(args: argparse.Namespace) -> tuple[Any, str]:
             if not 0 < gbs < 1e6:
                 raise InvalidSpecError(f"--host-bandwidth must be a positive number of GB/s: {args.host_bandwidth!r}")
             offload["host_bandwidth_bytes_per_s"] = int(gbs * 1e9)
-    d = speed(model, quant, args.gpu, batch=batch, attn=attn, **offload, **kw).to_dict()
+    d = speed(model, quant, gpu, batch=batch, attn=attn, **offload, **kw).to_dict()
     if args.concurrency:
-        d["concurrency"] = concurrency_curve(model, quant, args.gpu, **kw)
+        d["concurrency"] = concurrency_curve(model, quant, gpu, **kw)
     return d, format_speed(d)
+
+
+def _positive(text: str, flag: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = 0.0
+    if not 0 < v < 1e9:
+        raise InvalidSpecError(f"{flag} must be a positive number: {text!r}")
+    return v
+
+
+def _speed_gpu(args: argparse.Namespace) -> Gpu:
+    """The catalog GPU of --gpu, or one described by --bandwidth (GB/s) and --tflops (dense 16-bit),
+    which also override a catalog GPU's figures."""
+    if args.gpu is None and args.bandwidth is None:
+        raise InvalidSpecError("speed needs --gpu NAME (a catalog GPU) or --bandwidth GB/s: none given")
+    if args.gpu is not None:
+        g = get_gpu(args.gpu)
+    else:
+        mem = parse_size(args.gpu_memory, "--gpu-memory") if args.gpu_memory is not None else 0
+        g = Gpu("custom", "Custom GPU", "nvidia", "generic", mem, "entered by the user", "custom")
+    if args.bandwidth is not None:
+        bw = int(_positive(args.bandwidth, "--bandwidth") * 1e9)
+        g = replace(g, bandwidth_bytes_per_s=bw, bandwidth_source="entered by the user")
+    if args.tflops is not None:
+        f = int(_positive(args.tflops, "--tflops") * 1e12)
+        g = replace(g, flops_per_s=(("bf16", f), ("fp16", f)), flops_source="entered by the user")
+    return g
 
 
 def format_speed(d: dict[str, Any]) -> str:

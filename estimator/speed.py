@@ -316,28 +316,42 @@ def attention_flops(spec: ModelSpec, queries: int, keys: int, causal: bool) -> i
     return per_pair * pairs
 
 
-def flops_dtype(engine: str, quant: str, gpu: Gpu, *, sixteen_bit: bool = False) -> str:
-    """The dense peak a forward's matmuls run at: the compute dtype for transformers (its quantized
-    kernels dequantize to it), fp8 for vLLM's fp8 on GPUs with fp8 tensor cores, int8 for llama.cpp's
-    quantized types (MMQ: int8 dot products over q8_1 activations; GPUs without int8 tensor cores,
-    V100 and older, fall back to the 16-bit peak).
+def flops_dtype(engine: str, quant: str, gpu: Gpu) -> str:
+    """The dense peak a forward's matmuls are measured against (``peak_flops``): the 16-bit tensor
+    peak (bf16 where the compute dtype is bf16, else fp16) for the 16-bit and quantized paths, fp32
+    for fp32 weights, fp8 for vLLM's fp8 on GPUs with fp8 tensor cores.
 
-    ``sixteen_bit``: the 16-bit tensor peak whatever the path (fp32 stays fp32): the reference when
-    an engine without prefill rows borrows llama.cpp's, whose MMQ reaches 0.65-0.9 of the 16-bit peak
-    on GeForce Ampere / Ada (0.16-0.23 of their int8 peak, which is 4x the 16-bit one there)."""
+    llama.cpp's quantized prefill runs MMQ (int8 dot products over q8_1 activations). Where the GPU
+    has int8 tensor cores it is measured against the 16-bit peak: the public rows reach 0.65-0.90 of
+    it on GeForce Ampere / Ada, only 0.16-0.23 of their int8 peak (4x the 16-bit one there, 2x on
+    A100 / H100), so the 16-bit peak is the one that carries across GPUs and engines. Without int8
+    tensor cores (V100 and older: no int8 entry in the catalog) MMQ runs on ``dp4a``, four int8
+    multiply-adds per lane per clock: 4x the fp32 rate."""
     if quant in ("fp32", "f32"):
         want = "fp32"
-    elif engine == "vllm" and quant == "fp8" and gpu.flops("fp8") and not sixteen_bit:
+    elif engine == "vllm" and quant == "fp8" and gpu.flops("fp8"):
         want = "fp8"
+    elif engine == "llama.cpp" and quant not in ("f16", "bf16"):
+        want = "fp16" if gpu.flops("int8") or not gpu.flops("fp32") else "dp4a"
     elif engine == "llama.cpp":
-        want = "bf16" if quant == "bf16" else "fp16" if (sixteen_bit or quant == "f16") else "int8"
+        want = quant.replace("f16", "fp16")
     else:
         want = compute_dtype(quant) if quant in QUANTS else "bf16"
         want = {"float16": "fp16", "bfloat16": "bf16"}.get(want, want)
-    for d in (want, "bf16", "fp16"):
+    if want == "dp4a" or gpu.flops(want):
+        return want
+    for d in ("bf16", "fp16"):
         if gpu.flops(d):
             return d
     return want
+
+
+def peak_flops(gpu: Gpu, dtype: str) -> int | None:
+    """The GPU's dense peak for ``dtype`` (``flops_dtype``): the catalog's, and for ``dp4a`` 4x its fp32."""
+    if dtype == "dp4a":
+        fp32 = gpu.flops("fp32")
+        return 4 * fp32 if fp32 else None
+    return gpu.flops(dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,12 +441,11 @@ def _row_roof_s(row: Row) -> float:
     return step_bytes / (get_gpu(row.gpu).bandwidth_bytes_per_s or 1)
 
 
-def achieved_fraction(row: Row, *, sixteen_bit: bool = False) -> float:
-    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved;
-    ``sixteen_bit``: of the 16-bit tensor peak (``flops_dtype``)."""
+def achieved_fraction(row: Row) -> float:
+    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved."""
     gpu = get_gpu(row.gpu)
     if row.counter == "prefill_tok_s":
-        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu, sixteen_bit=sixteen_bit))
+        peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
         if not peak:
             raise InvalidSpecError(f"gpu {row.gpu} has no FLOPs in the catalog (row {row.id})")
         seconds = row.prompt_tokens * row.batch / row.value
@@ -477,8 +490,7 @@ def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
     bw_rows, bw_basis = pick("decode_tok_s")
     fl_rows, fl_basis = pick("prefill_tok_s")
     bw = _span([achieved_fraction(r) for r in bw_rows])
-    # another engine's rows are read against the 16-bit peak (the peak this engine's matmuls use)
-    fl = _span([achieved_fraction(r, sixteen_bit=r.family != family) for r in fl_rows])
+    fl = _span([achieved_fraction(r) for r in fl_rows])
     # each row's step time beyond its bytes read at the ceiling (never below zero)
     fixed = _span([max(0.0, 1 / r.value - _row_roof_s(r) / bw.high) for r in bw_rows])
     return Fractions(
@@ -493,7 +505,7 @@ def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
 
 
 def decode_step_s(
-    device_bytes: int, host_s: float, flops: int, gpu: Gpu, peak_flops: int | None, fr: Fractions, end: str
+    device_bytes: int, host_s: float, flops: int, gpu: Gpu, peak: int | None, fr: Fractions, end: str
 ) -> tuple[float, str]:
     """(seconds, bound) of one decode step at the ``end`` of the range ("low": the slow end,
     "point", "high": the fast end): the device bytes at the bandwidth ceiling, plus any host-RAM
@@ -503,7 +515,7 @@ def decode_step_s(
     fixed = {"low": fr.fixed_s.high, "point": fr.fixed_s.point, "high": fr.fixed_s.low}[end]
     dev = device_bytes / ((gpu.bandwidth_bytes_per_s or 1) * fr.ceiling)
     off = host_s / fr.ceiling
-    cmp = flops / (peak_flops * f_fl) if peak_flops else 0.0
+    cmp = flops / (peak * f_fl) if peak else 0.0
     if dev + off >= cmp:
         return dev + off + fixed, "host memory" if off > dev else "memory"
     return cmp + fixed, "compute"
@@ -587,13 +599,13 @@ def speed(
     step_bytes = w + kv + deq
     d_flops = 2 * matmul_params(spec) * batch + attention_flops(spec, batch, mean_kv, False)
     dt = flops_dtype(engine, quant, g)
-    peak_flops = g.flops(dt)
+    peak = peak_flops(g, dt)
     bw = g.bandwidth_bytes_per_s
 
     host = host_w + host_kv
 
     def step_s(end: str) -> tuple[float, str]:
-        return decode_step_s(step_bytes - host, host / host_bandwidth_bytes_per_s, d_flops, g, peak_flops, fr, end)
+        return decode_step_s(step_bytes - host, host / host_bandwidth_bytes_per_s, d_flops, g, peak, fr, end)
 
     t_fast, _ = step_s("high")
     t_point, bound = step_s("point")
@@ -606,7 +618,7 @@ def speed(
     p_flops += attention_flops(spec, prompt, prompt, causal) * batch
     prefill: Span | None = None
     ttft: Span | None = None
-    if peak_flops:
+    if peak:
         pw = w + deq  # one read of the weights (prefill is never faster than that)
 
         # host weights cross PCIe once per n_ubatch chunk (the GPU computes them: prompt >= 32)
@@ -616,7 +628,7 @@ def speed(
 
         def prefill_s(f_fl: float) -> float:
             f_bw = fr.ceiling
-            t = max(p_flops / (peak_flops * f_fl), pw / (bw * f_bw))
+            t = max(p_flops / (peak * f_fl), pw / (bw * f_bw))
             return t + copy_bytes / (pcie_bytes_per_s * f_bw) + host_read / (host_bandwidth_bytes_per_s * f_bw)
 
         s_fast = prefill_s(fr.flops.high)
@@ -730,13 +742,13 @@ def predict_row(row: Row, *, exclude_self: bool = True) -> Span:
     gpu = get_gpu(row.gpu)
     fr = fractions(row.engine_for_model, gpu.cls, exclude=row.id if exclude_self else None)
     if row.counter == "prefill_tok_s":
-        peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+        peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
         assert peak  # rows are checked against the catalog by the tests
         flops = _row_prefill_flops(row)
         n = row.prompt_tokens * row.batch
         return Span(*(n * peak * f / flops for f in (fr.flops.low, fr.flops.point, fr.flops.high)))
     step_bytes, step_flops = _row_step(row)
-    peak = gpu.flops(flops_dtype(row.engine_for_model, row.quant, gpu))
+    peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
     steps = [decode_step_s(step_bytes, 0.0, step_flops, gpu, peak, fr, end)[0] for end in ("low", "point", "high")]
     per = 1 if row.counter == "decode_tok_s" else row.batch
     return Span(*(per / t for t in steps))

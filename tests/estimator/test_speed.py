@@ -218,8 +218,8 @@ GATES = {
     # llama.cpp -ub 2..8: BF16's GEMM follows the model, Q4_0's MMVQ at 8 tokens does not (108%)
     "decode_tok_s_aggregate/consumer": {"median": 0.10, "worst": 1.10, "coverage": 0.80},
     "prefill_tok_s/consumer": {"median": 0.18, "worst": 0.35, "coverage": 0.6},
-    # one V100 row, predicted from the consumer rows' int8 fractions applied to its fp16 peak
-    "prefill_tok_s/datacenter": {"median": 0.50, "worst": 0.50, "coverage": 0.0},
+    # one V100 row: no int8 tensor cores, MMQ on dp4a (4x the fp32 rate)
+    "prefill_tok_s/datacenter": {"median": 0.12, "worst": 0.12, "coverage": 1.0},
 }
 
 
@@ -304,11 +304,14 @@ def test_partial_offload_slows_decode_and_all_layers_is_the_default():
     assert "partial offload" in slow_ram.notes[0]
 
 
-def test_borrowed_prefill_rows_are_read_against_the_16_bit_peak():
-    """transformers has no prefill rows: it borrows llama.cpp's, read against the 16-bit tensor peak
-    its own matmuls use (MMQ's int8 peak is 4x that on GeForce), so its fractions are 4x llama.cpp's."""
-    mine = S.fractions("transformers", "consumer").flops
-    theirs = S.fractions("llama.cpp", "consumer").flops
-    rows = [r for r in S.measurements() if r.counter == "prefill_tok_s" and get_gpu(r.gpu).cls == "consumer"]
-    assert mine.high == pytest.approx(max(S.achieved_fraction(r, sixteen_bit=True) for r in rows))
-    assert mine.point == pytest.approx(4 * theirs.point)  # int8 = 4 x fp16 on every consumer row's GPU
+def test_prefill_peaks_by_path():
+    """One reference peak carries across engines: the 16-bit tensor peak for transformers and for
+    llama.cpp's MMQ on GPUs with int8 tensor cores (so transformers borrows llama.cpp's prefill
+    fractions as they are), dp4a (4 x fp32) for MMQ without them (V100), fp8 for vLLM fp8 on Hopper."""
+    g4090, v100, h100 = get_gpu("rtx-4090-24gb"), get_gpu("v100-32gb"), get_gpu("h100-sxm-80gb")
+    assert S.flops_dtype("llama.cpp", "q4_k_m", g4090) == "fp16"
+    assert S.flops_dtype("transformers", "nf4", g4090) == "bf16"
+    assert S.flops_dtype("llama.cpp", "q4_k_m", v100) == "dp4a"
+    assert S.peak_flops(v100, "dp4a") == 4 * v100.flops("fp32") == 62_800_000_000_000
+    assert S.flops_dtype("vllm", "fp8", h100) == "fp8" and S.flops_dtype("vllm", "fp8", v100) == "fp16"
+    assert S.fractions("transformers", "consumer").flops == S.fractions("llama.cpp", "consumer").flops

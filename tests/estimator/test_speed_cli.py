@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -66,6 +67,23 @@ def test_cli_speed_bad_input_exits_2_with_one_line(capsys, argv, field):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and field in err
+
+
+def test_cli_speed_custom_gpu_from_bandwidth_and_tflops(capsys):
+    """--bandwidth GB/s (and --tflops) describe a GPU the catalog lacks; they override a catalog GPU's."""
+    argv = ["speed", "--model", "llama-3.1-8b", "--quant", "q4_k_m", "--engine", "llama.cpp", "--json"]
+    d = _json(capsys, [*argv, "--bandwidth", "960", "--tflops", "112.6"])
+    from estimator.gpus import Gpu
+
+    g = Gpu("custom", "Custom GPU", "nvidia", "generic", 0, "entered by the user", "custom", 960_000_000_000)
+    g = dataclasses.replace(g, flops_per_s=(("bf16", 112_600_000_000_000), ("fp16", 112_600_000_000_000)))
+    lib = S.speed("llama-3.1-8b", "q4_k_m", g, engine="llama.cpp", context=8192)
+    assert d["gpu"] == "custom" and d["decode_tok_s"] == lib.decode_tok_s.to_dict(2)
+    assert d["prefill_tok_s"] == lib.prefill_tok_s.to_dict(1)
+    faster = _json(capsys, [*argv, "--gpu", "rtx-3060-12gb", "--bandwidth", "720"])
+    slower = _json(capsys, [*argv, "--gpu", "rtx-3060-12gb"])
+    assert faster["decode_tok_s"]["point"] > slower["decode_tok_s"]["point"]
+    assert main(["speed", "--bandwidth", "0"]) == 2 and "--bandwidth" in capsys.readouterr().err
 
 
 def test_estimate_speed_is_the_transformers_speed_of_its_settings():
