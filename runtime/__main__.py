@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--results", action="append", default=[], help="JSONL results file(s) to read")
             s.add_argument("--out-dir", required=True, help="folder for validation.md and validation.json")
             s.add_argument("--quiet", action="store_true", help="do not print the table")
+    _train_args(sub.add_parser("train-measure", help="measure one training step (forward, backward, optimizer)"))
     sub.add_parser("_worker", help=argparse.SUPPRESS)
     return ap
 
@@ -166,6 +167,78 @@ def _table(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _train_args(p: argparse.ArgumentParser) -> None:
+    """Flags of ``train-measure``: the estimator's ``estimate_training`` settings plus --device."""
+    p.add_argument("--model", default="llama-3.2-3b", help="preset name or path to a config.json (or its folder)")
+    p.add_argument("--method", default="lora", help="full, lora or qlora")
+    p.add_argument("--rank", default="16", help="LoRA rank")
+    p.add_argument(
+        "--targets", default="all-linear", help="all-linear or a comma list of q,k,v,o,gate,up,down,lm_head,embed"
+    )
+    p.add_argument("--dropout", default="0", help="LoRA dropout")
+    p.add_argument("--quant", default=None, help="qlora: nf4, nf4-dq, fp4, fp4-dq (default nf4); full/lora: bf16")
+    p.add_argument("--adapter-dtype", default="fp32", help="fp32 (PEFT's autocast_adapter_dtype) or bf16")
+    p.add_argument("--optimizer", default="adamw", help="adamw, adamw-fused, sgd, sgd-momentum, adafactor, ...")
+    p.add_argument("--seq-len", default="2048", help="tokens per sequence")
+    p.add_argument("--micro-batch", default="1", help="sequences per micro-batch")
+    p.add_argument("--grad-accum", default="1", help="micro-batches per optimizer step")
+    p.add_argument("--grad-checkpointing", default="off", help="off, non-reentrant or reentrant")
+    p.add_argument("--device", default="trace", help="trace, cpu or cuda")
+    p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+
+
+def _train_measure(a: argparse.Namespace) -> int:
+    from estimator.units import parse_context, parse_int
+
+    from .train import train_measure, train_settings
+
+    def num(text: str, field: str) -> int:
+        try:
+            return parse_context(text, field) if field == "seq_len" else parse_int(text, field)
+        except ValueError as e:
+            raise SettingsError(str(e)) from None
+
+    try:
+        dropout = float(a.dropout)
+    except ValueError:
+        raise SettingsError(f"dropout must be a number in [0, 1): {a.dropout!r}") from None
+    quant = a.quant or ("nf4" if a.method == "qlora" else "bf16")
+    s = train_settings(
+        model=a.model,
+        method=a.method,
+        rank=num(a.rank, "rank"),
+        targets=a.targets,
+        dropout=dropout,
+        quant=quant,
+        adapter_dtype=a.adapter_dtype,
+        optimizer=a.optimizer,
+        seq_len=num(a.seq_len, "seq_len"),
+        micro_batch=num(a.micro_batch, "micro_batch"),
+        grad_accum=num(a.grad_accum, "grad_accum"),
+        grad_checkpointing=a.grad_checkpointing,
+        device=a.device,
+    )
+    _check_device(s["device"])
+    r = train_measure(s)
+    line = json.dumps(r)
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(line + "\n")
+    if not a.json:
+        from estimator.units import format_bytes
+
+        t = r.get("training") or {}
+        print(f"{s['model']} {s['method']} seq_len={s['seq_len']} device={s['device']} status={r['status']}")
+        for ph in ("forward", "backward", "optimizer"):
+            v = r["phases"][ph]["peak_allocated_bytes"]
+            print(f"{ph:<10}{'-' if v is None else format_bytes(v):>22}")
+        if t:
+            print(f"trainable params {t.get('trainable_params'):,}")
+    print(line)
+    return 1 if r["status"] == "error" else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .sweep import die_with_parent
 
@@ -176,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             from .sweep import worker
 
             return worker()
+        if a.cmd == "train-measure":
+            return _train_measure(a)
         if a.cmd == "measure":
             s = make_settings(quant=a.quant, context=a.context, batch=a.batch, **_common(a))
             _check_model(s["model"])

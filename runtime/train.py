@@ -138,6 +138,44 @@ class FlashAttention(torch.autograd.Function):
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
 
 
+class CudaDropout(torch.autograd.Function):
+    """``native_dropout`` as CUDA runs it (``aten/src/ATen/native/cuda/Dropout.cu``): the output
+    and a bool mask (1 B per element), the mask saved for backward. The fake/meta decomposition
+    keeps a float mask instead, which a GPU never allocates."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        out = torch.empty_like(x)
+        mask = torch.empty(x.shape, dtype=torch.bool, device=x.device)
+        ctx.save_for_backward(mask)
+        ctx.scale = 1 / (1 - p)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask * ctx.scale, None
+
+
+class CudaDropoutModule(nn.Module):
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        return CudaDropout.apply(x, self.p) if self.training and self.p > 0 else x
+
+
+def _cuda_dropouts(model) -> None:
+    """Trace: every LoRA dropout runs as ``CudaDropout``."""
+    for m in model.modules():
+        d = getattr(m, "lora_dropout", None)
+        if isinstance(d, nn.ModuleDict):
+            for k, v in list(d.items()):
+                if isinstance(v, nn.Dropout) and v.p > 0:
+                    d[k] = CudaDropoutModule(v.p)
+
+
 def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers' sdpa_attention_forward with the CUDA flash kernel (no mask, GQA in the kernel)."""
     if attention_mask is not None:
@@ -145,13 +183,21 @@ def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0
     return FlashAttention.apply(query, key, value), None
 
 
+def no_mask(*args, **kwargs):
+    """The mask ``sdpa_mask`` gives an unpadded batch on a GPU: None (``_ignore_causal_mask_sdpa``:
+    q_length == kv_length, no padding; SDPA's ``is_causal`` does the masking). Under fake tensors
+    it would build a 4-D mask instead (a fake ``cache_position`` reads as tracing when no cache
+    provides the offset, as with gradient checkpointing's ``use_cache=False``)."""
+    return None
+
+
 @functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(STANDIN_TRAIN_ATTN, flash_train_attention)
-    AttentionMaskInterface.register(STANDIN_TRAIN_ATTN, sdpa_mask)
+    AttentionMaskInterface.register(STANDIN_TRAIN_ATTN, no_mask)
 
 
 class _MatMul4bit(torch.autograd.Function):
@@ -344,7 +390,12 @@ def make_optimizer(model, s: dict[str, Any], device: str):
     import bitsandbytes as bnb
 
     cls = bnb.optim.PagedAdamW8bit if o == "paged-adamw-8bit" else bnb.optim.AdamW8bit
-    return cls(params, lr=1e-4)
+    if device != "meta":
+        return cls(params, lr=1e-4)
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    with unset_fake_temporarily():  # its constructor builds the quantile maps from data
+        return cls(params, lr=1e-4)
 
 
 def _bnb_step_standin(opt, tracker) -> int:
@@ -401,7 +452,8 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
     else:
         opt.step()
     opt.zero_grad(set_to_none=True)
-    micro()  # the steady state: states present
+    for _ in range(min(accum, 2)):  # the steady state: states present (and gradients from micro-batch 2 on)
+        micro()
     phase(None)
     return info
 
@@ -583,9 +635,11 @@ def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
         "peak_live_bytes": "the same, unrounded (details)",
     }
     r["details"]["attention"] = "flash stand-in (forward and backward allocations of flash_api.cpp)"
+    r["details"]["dropout"] = "CUDA native_dropout stand-in (bool mask)" if s["dropout"] else None
     # built, prepared and wrapped by PEFT on meta, outside the fake mode (PEFT moves its adapters
     # to the base layer's device, which a fake tensor cannot be swapped to); then materialised
     model = prepare(build(s, "meta"), s)
+    _cuda_dropouts(model)
     with FakeTensorMode(allow_non_fake_inputs=True):
         _tracked(s, r, "meta", _materialised(model, "meta"))
 

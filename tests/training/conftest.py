@@ -33,3 +33,11 @@ def narrow() -> dict:
 def narrow_dir(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(NARROW))
     return str(tmp_path)
+
+
+@pytest.fixture
+def narrow_llama3_vocab_dir(tmp_path):
+    """NARROW with Llama 3's 128,256-token vocabulary: the loss's fp32 [N, V] tensors then exceed
+    any layer's backward temporaries, as in the real model (traced only: fake tensors)."""
+    (tmp_path / "config.json").write_text(json.dumps({**NARROW, "vocab_size": 128_256}))
+    return str(tmp_path)

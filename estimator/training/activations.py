@@ -1,0 +1,241 @@
+"""Activations saved for backward and the transient peaks of a training step, by mechanism.
+
+What autograd keeps from the forward of ``LlamaForCausalLM`` (transformers 5.24) for the loss
+``ForCausalLMLoss`` (``loss/loss_utils.py``), with SDPA on CUDA's flash kernel, written as the
+list of tensors each op saves (torch ``derivatives.yaml``: an op saves an input only when the
+gradient of another input needs it). N = micro_batch x seq_len tokens, a = 2 (bf16
+activations), ab = the adapter dtype's bytes, r = rank.
+
+Per decoder layer (when its input requires grad; a LoRA model's first layer input, the frozen
+embedding's output, does not, so its ``input_layernorm`` saves nothing):
+
+- each RMSNorm (``LlamaRMSNorm``): ``hidden.to(float32)`` [N, H] (saved by ``pow`` and ``mul``)
+  and ``rsqrt(variance)`` [N, 1] fp32; with a trainable norm weight (full) also
+  ``hidden.to(bf16)`` [N, H], which ``weight * x`` saves for the weight's gradient;
+- a trainable Linear (full) saves its input for the weight's gradient (q, k, v share the norm's
+  output; gate and up too; o_proj's input is the attention output, already saved);
+- a LoRA Linear (peft ``lora.Linear.forward``): ``x.to(lora_A.weight.dtype)``: with fp32
+  adapters a fresh fp32 copy of the input per adapter (4 N in), saved by ``lora_A`` for its
+  weight's gradient; with bf16 adapters ``x`` itself (shared). With dropout, ``lora_A`` saves the
+  dropout's output instead and CUDA's ``native_dropout`` its bool mask (N in; only when the
+  input requires grad). ``lora_B`` saves ``lora_A``'s
+  output (ab N r). The base output plus the fp32 LoRA term promotes to fp32 and is cast back
+  (``result.to(torch_result_dtype)``): nothing saved;
+- attention (the flash kernel saves q, k, v, out and the fp32 logsumexp [b, h, T]): q after
+  rotary (a N q_dim), k and v (a N kv_dim each: the ``DynamicCache`` copies, or with gradient
+  checkpointing the rotary output and the projection), out (a N q_dim), lse;
+- the MLP: ``silu`` saves gate's output, ``act * up`` saves both (3 a N I); a trainable down
+  projection saves the product (a N I).
+
+Once: rotary ``cos`` and ``sin`` [1, T, head_dim] in the activation dtype (saved by the
+rotary ``mul``), the final norm (as a layer norm, plus its output, saved by a trainable
+lm_head), the loss: ``logits.float()`` -> ``log_softmax`` saves its fp32 output [N, V]; the
+labels ``pad(labels, (0, 1))`` [b, T + 1] int64 kept by ``labels[..., 1:].contiguous()`` (a view
+when b == 1, else a [b, T] copy), saved as nll's target with its fp32 total_weight, the loss
+scalar; the input ids [b, T] int64.
+
+Gradient checkpointing (``gradient_checkpointing_enable``, reentrant or not, every layer): each
+layer keeps only its input hidden states (a N H); cos, sin and ``cache_position`` [T] int64 are
+saved once as checkpoint inputs.
+
+Transient peaks (each checked against the trace, runtime/train.py):
+
+- forward, in the loss: the bf16 logits (a N V), their fp32 copy and ``log_softmax``'s output
+  (4 N V each) and the final norm's output (a N H), on top of what is saved;
+- backward, in ``log_softmax``'s backward: ``nll_loss_backward``'s fp32 gradient and
+  ``_log_softmax_backward_data``'s output (4 N V each) next to the saved log-probabilities; the
+  labels are released by then; the backward seed (a 4 B scalar, another with grad_accum > 1);
+- full fine-tuning, at the end of backward: every gradient, and for a tied embedding the
+  engine's input buffer adding lm_head's and the embedding's [V, H] gradients out of place
+  (both and their sum alive: observed on real CPU tensors and in the trace);
+- the optimizer step: its states, the gradients and its own temporaries (``static``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..model import ModelSpec
+from .params import LAYER_TARGETS
+
+FP32 = 4
+INT64 = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """Tensors saved for backward: (what, bytes each, count) rows; ``nbytes`` is their sum."""
+
+    rows: tuple[tuple[str, int, int], ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(n * c for _, n, c in self.rows)
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """(bytes, count) of every tensor, for the allocator's rounding."""
+        return [(n, c) for _, n, c in self.rows if c and n]
+
+
+@functools.lru_cache(maxsize=1024)
+def saved_tensors(
+    spec: ModelSpec,
+    method: str,
+    targets: tuple[str, ...],
+    rank: int,
+    adapter_bytes: int,
+    dropout: bool,
+    grad_checkpointing: str,
+    seq_len: int,
+    micro_batch: int,
+) -> Saved:
+    """Everything autograd holds at the end of the forward (module docstring)."""
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
+    qd, kvd, d, h = spec.q_dim, spec.kv_dim, spec.head_dim, spec.num_attention_heads
+    L = spec.num_hidden_layers
+    a = 2
+    full = method == "full"
+    rows: list[tuple[str, int, int]] = []
+
+    def norm(count: int) -> None:
+        rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
+        rows.append(("rmsnorm rsqrt", FP32 * N, count))
+        if full:
+            rows.append(("rmsnorm bf16 input (weight grad)", a * N * H, count))
+
+    if grad_checkpointing != "off":
+        rows.append(("checkpointed layer inputs", a * N * H, L))
+        rows.append(("cache_position", INT64 * T, 1))
+    else:
+        first_input_grad = full  # a LoRA model's first layer input does not require grad
+        for layer in (0, 1):
+            count = 1 if layer == 0 else L - 1
+            if count == 0:
+                continue
+            in_grad = first_input_grad or layer > 0
+            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm)
+    # once: rotary cos/sin [1, T, head_dim] (position_ids is [1, T] for any batch)
+    rows.append(("rotary cos, sin", a * T * d, 2))
+    norm(1)  # the final norm
+    if full:
+        rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
+    rows.append(("log_softmax output fp32", FP32 * N * V, 1))
+    rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
+    rows.append(("loss, nll total_weight", FP32, 2))
+    rows.append(("input_ids", INT64 * N, 1))
+    del h, qd, kvd, I
+    return Saved(tuple(rows))
+
+
+def _layer(
+    spec: ModelSpec,
+    method: str,
+    targets: tuple[str, ...],
+    rank: int,
+    ab: int,
+    dropout: bool,
+    N: int,
+    b: int,
+    in_grad: bool,
+    count: int,
+    norm: Callable[[int], None],
+) -> list[tuple[str, int, int]]:
+    """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad."""
+    H, I = spec.hidden_size, spec.intermediate_size
+    qd, kvd, h = spec.q_dim, spec.kv_dim, spec.num_attention_heads
+    a = 2
+    full = method == "full"
+    rows: list[tuple[str, int, int]] = []
+    tg = set(targets) if not full else set()
+
+    def lora(name: str, inp: int, inp_grad: bool) -> bool:
+        """Rows of a LoRA adapter on a module with ``inp`` input features (whose input requires
+        grad or not); True when it saves the module's input tensor itself (bf16 adapters, no
+        dropout: shared)."""
+        rows.append((f"{name} lora_A output", ab * N * rank, count))
+        if dropout:
+            rows.append((f"{name} dropout output", ab * N * inp, count))
+            if inp_grad:  # CUDA native_dropout's bool mask, saved when the input needs a gradient
+                rows.append((f"{name} dropout mask", N * inp, count))
+            return False
+        if ab != a:
+            rows.append((f"{name} input cast to the adapter dtype", ab * N * inp, count))
+            return False
+        return True
+
+    # attention half
+    if in_grad:
+        norm(count)
+    shares_x = full
+    for m in ("q", "k", "v"):
+        if m in tg:
+            shares_x = lora(m, H, in_grad) or shares_x
+    if shares_x:
+        rows.append(("attention input (norm output)", a * N * H, count))
+    attn_grad = in_grad or full or bool(tg & {"q", "k", "v"})
+    if attn_grad:
+        rows += [
+            ("q after rotary", a * N * qd, count),
+            ("k, v", a * N * kvd, 2 * count),
+            ("attention output", a * N * qd, count),
+            ("attention logsumexp", FP32 * b * h * (N // b), count),
+        ]
+    if "o" in tg and lora("o", qd, attn_grad) and not attn_grad:
+        rows.append(("o_proj input", a * N * qd, count))
+    # MLP half: its input requires grad whenever anything before it trains
+    mlp_in_grad = attn_grad or "o" in tg
+    if mlp_in_grad:
+        norm(count)
+    shares_x2 = full
+    for m in ("gate", "up"):
+        if m in tg:
+            shares_x2 = lora(m, H, mlp_in_grad) or shares_x2
+    if shares_x2:
+        rows.append(("mlp input (norm output)", a * N * H, count))
+    if mlp_in_grad or tg & {"gate", "up"}:
+        rows.append(("gate, act, up outputs", a * N * I, 3 * count))
+    if full:
+        rows.append(("down_proj input", a * N * I, count))
+    elif "down" in tg and lora("down", I, mlp_in_grad or bool(tg & {"gate", "up"})):
+        rows.append(("down_proj input", a * N * I, count))
+    return rows
+
+
+def loss_forward_bytes(spec: ModelSpec, seq_len: int, micro_batch: int, full: bool) -> int:
+    """The loss's forward transients on top of what is saved: the bf16 logits, their fp32 copy
+    and the final norm's output (``log_softmax``'s output is saved; so is the norm's output when
+    lm_head trains); with more than one sequence also the padded labels [b, T + 1], which
+    ``ForCausalLMLoss``'s ``labels`` keeps until it returns (the saved target is a copy)."""
+    N = seq_len * micro_batch
+    pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
+    return 2 * N * spec.vocab_size + FP32 * N * spec.vocab_size + (0 if full else 2 * N * spec.hidden_size) + pad
+
+
+def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_accum: int) -> list[tuple[str, int, int]]:
+    """Tensors added (and removed, negative counts) at ``log_softmax``'s backward."""
+    b, T = micro_batch, seq_len
+    N = b * T
+    rows = [
+        ("nll_loss_backward grad fp32", FP32 * N * spec.vocab_size, 1),
+        ("log_softmax_backward output fp32", FP32 * N * spec.vocab_size, 1),
+        ("labels (released)", INT64 * (T + 1 if b == 1 else N), -1),
+        ("loss scalar (released)", FP32, -1),
+        ("backward seed", FP32, 1),
+    ]
+    del grad_accum  # ``loss / grad_accum``: the same scalars at this moment (the trace's count)
+    return rows
+
+
+def tied_end_rows(spec: ModelSpec, accum_has_grad: bool) -> list[tuple[str, int, int]]:
+    """Full fine-tuning with a tied embedding, at the end of backward: lm_head's and the
+    embedding's [V, H] bf16 gradients and their out-of-place sum (the input buffer); with an
+    existing ``.grad`` (grad_accum > 1) AccumulateGrad then adds the sum in place."""
+    vh = 2 * spec.vocab_size * spec.hidden_size
+    return [("embedding grad parts (lm_head, embedding) and their sum", vh, 3 if accum_has_grad else 2)]
+
+
+__all__ = ["LAYER_TARGETS", "Saved", "loss_backward_rows", "loss_forward_bytes", "saved_tensors", "tied_end_rows"]

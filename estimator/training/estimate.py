@@ -1,0 +1,288 @@
+"""``estimate_training()``: GPU memory of one fine-tuning step, as the one report type.
+
+The step (``settings``): ``grad_accum`` micro-batches of forward + loss + backward, then the
+optimizer step. The peak is the most live memory at any moment of the steady state (the states
+exist from the first step on; with ``grad_accum > 1`` the gradients exist during every
+micro-batch after the first), over these candidates, each the exact set of live tensors:
+
+- ``forward (loss)``: weights, adapters, states, saved activations, the loss's transients;
+- ``backward (log_softmax)``: the same with the loss's backward tensors (``activations``);
+- ``backward (end)``, full fine-tuning: every gradient and, tied, the [V, H] gradient sum;
+- ``optimizer step``: weights, adapters, gradients, states and the step's temporaries.
+
+Moments inside the decoder layers' backward are not candidates: there every layer's saved
+tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
+layer's backward temporaries for a vocabulary as large as Llama 3's (checked by the trace on the
+proof grid, validation/training/). A model whose vocabulary is small against its width may peak
+in a layer's backward instead; the estimate would then be low.
+
+Counters: the live-tensor peak (``peak_live_bytes``, ``peak_live_rounded_bytes``: each tensor
+rounded to 512 B, what the trace records) is exact by mechanism; ``peak_allocated_bytes`` charges
+each tensor as the caching allocator does (``allocator.block_bytes``) plus the cuBLAS workspace;
+``peak_reserved_bytes`` the segments those tensors need (``allocator.reserved_for``), with the
+fragmentation range of ``overhead`` (measured on inference traces: not yet checked for training);
+``device_used_bytes`` adds the CUDA context and bitsandbytes' paged optimizer states (managed
+memory, resident on the GPU while it fits).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..allocator import block_bytes, reserved_for, round_size
+from ..gpus import Gpu, custom_gpu, get_gpu
+from ..model import load_model
+from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
+from ..report import COUNTERS, MemoryReport, fit_verdict
+from ..units import check_int
+from .activations import loss_backward_rows, loss_forward_bytes, saved_tensors, tied_end_rows
+from .params import TrainableParams, parse_targets, trainable_params
+from .settings import TrainSettings
+from .static import DTYPE_BYTES, StaticBytes, optimizer_states, static_bytes, trainable_tensors, weight_layout
+
+TRAINING_COUNTERS = {
+    **COUNTERS,
+    "peak_live_bytes": "peak of live tensor bytes over the step (the trace's unrounded peak)",
+    "peak_live_rounded_bytes": "the same with each tensor rounded up to 512 B (the trace's peak_allocated)",
+}
+BREAKDOWN_KEYS = (
+    "weights",
+    "adapter_weights",
+    "gradients",
+    "optimizer_states",
+    "activations_saved",
+    "transient_peak",
+    "overhead",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainingEstimate(MemoryReport):
+    """A fine-tuning step's memory: the one report type, every byte field an int.
+
+    ``weights_bytes`` is the base model plus the adapters; ``activations_bytes`` what the peak
+    holds beyond weights, gradients and optimizer states (saved activations + transients);
+    ``overhead_bytes`` the rest of device used (allocator, cuBLAS workspace, CUDA context)."""
+
+    settings: TrainSettings
+    weights_bytes: int
+    kv_cache_bytes: int
+    activations_bytes: int
+    overhead_bytes: int
+    peak_allocated_bytes: int
+    peak_reserved_bytes: int
+    device_used_bytes: int
+    peak_reserved_low_bytes: int
+    peak_reserved_high_bytes: int
+    device_used_low_bytes: int
+    device_used_high_bytes: int
+    gradients_bytes: int
+    optimizer_states_bytes: int
+    paged_bytes: int
+    peak_live_bytes: int
+    peak_live_rounded_bytes: int
+    peak_phase: str
+    trainable: TrainableParams
+    breakdown: dict[str, int] = field(default_factory=dict, compare=False)
+    candidates: dict[str, int] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "settings": self.settings.to_dict(),
+            "engine": self.engine,
+            "trainable_params": self.trainable.trainable,
+            "all_params": self.trainable.all,
+            "trainable_line": self.trainable.line(),
+            "weights_bytes": self.weights_bytes,
+            "kv_cache_bytes": self.kv_cache_bytes,
+            "activations_bytes": self.activations_bytes,
+            "overhead_bytes": self.overhead_bytes,
+            "gradients_bytes": self.gradients_bytes,
+            "optimizer_states_bytes": self.optimizer_states_bytes,
+            "paged_bytes": self.paged_bytes,
+            "peak_live_bytes": self.peak_live_bytes,
+            "peak_live_rounded_bytes": self.peak_live_rounded_bytes,
+            "peak_allocated_bytes": self.peak_allocated_bytes,
+            "peak_reserved_bytes": self.peak_reserved_bytes,
+            "device_used_bytes": self.device_used_bytes,
+            "total_bytes": self.total_bytes,
+            "gpu_memory_bytes": self.gpu_memory_bytes,
+            "fits": self.fits,
+            "headroom_bytes": self.headroom_bytes,
+            "peak_reserved_low_bytes": self.peak_reserved_low_bytes,
+            "peak_reserved_high_bytes": self.peak_reserved_high_bytes,
+            "device_used_low_bytes": self.device_used_low_bytes,
+            "device_used_high_bytes": self.device_used_high_bytes,
+            "fit_verdict": fit_verdict(self, self.gpu_memory_bytes) if self.gpu_memory_bytes else None,
+            "peak_phase": self.peak_phase,
+            "breakdown": dict(self.breakdown),
+            "candidates": dict(self.candidates),
+            "counters": dict(TRAINING_COUNTERS),
+        }
+
+
+def make_train_settings(
+    model: Any = "llama-3.2-3b", *, gpu: Any = None, targets: Any = "all-linear", **kw: Any
+) -> TrainSettings:
+    """Settings from loose inputs: a model reference, a GPU key, targets as text or a sequence."""
+    return TrainSettings(
+        model=load_model(model),
+        gpu=get_gpu(gpu) if gpu is not None else None,
+        targets=parse_targets(targets) if not isinstance(targets, tuple) else targets,
+        **kw,
+    )
+
+
+def estimate_training(
+    model: Any = "llama-3.2-3b",
+    method: str = "lora",
+    *,
+    gpu: Any = None,
+    gpu_memory_bytes: int | None = None,
+    **kw: Any,
+) -> TrainingEstimate:
+    """Estimate one fine-tuning step (see the module docstring and docs/training.md).
+
+    Keywords: rank, targets ("all-linear" or "q,k,v,o"...), dropout, quant (qlora: nf4, nf4-dq,
+    fp4, fp4-dq), adapter_dtype, optimizer, seq_len, micro_batch, grad_accum,
+    grad_checkpointing ("off", "non-reentrant", "reentrant"). ``model`` may be a TrainSettings."""
+    if isinstance(model, TrainSettings):
+        s = model
+    else:
+        if method == "qlora" and "quant" not in kw:
+            kw["quant"] = "nf4"
+        s = make_train_settings(model, gpu=gpu, method=method, **kw)
+    return estimate_train_settings(s, gpu_memory_bytes)
+
+
+def estimate_train_settings(s: TrainSettings, gpu_memory_bytes: int | None = None) -> TrainingEstimate:
+    if gpu_memory_bytes is not None:
+        check_int(gpu_memory_bytes, "gpu_memory_bytes", 1, 1 << 50)
+        if s.gpu is None:
+            from dataclasses import replace
+
+            s = replace(s, gpu=custom_gpu(gpu_memory_bytes))
+    mem = gpu_memory_bytes if gpu_memory_bytes is not None else (s.gpu.memory_bytes if s.gpu else None)
+    return _estimate(s, mem)
+
+
+@functools.lru_cache(maxsize=256)
+def _static_sizes(s: TrainSettings) -> tuple[StaticBytes, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """The static parts and the byte sizes of each weight, trainable and state tensor."""
+    st = static_bytes(s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer)
+    tr = trainable_tensors(s.model, s.method, s.rank, s.targets, s.adapter_dtype)
+    opt = optimizer_states(s.optimizer, tr)
+    return st, weight_layout(s.model, s.method, s.quant), tuple(t.nbytes for t in tr), opt.tensors
+
+
+def ones(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(bytes, 1) rows of single tensors."""
+    return [(n, 1) for n in sizes]
+
+
+def _sums(sizes: list[tuple[int, int]]) -> tuple[int, int, int]:
+    """(raw, 512-rounded, allocator-charged) bytes of (bytes, count) tensors."""
+    raw = rnd = blk = 0
+    for n, c in sizes:
+        raw += n * c
+        rnd += round_size(n) * c
+        blk += block_bytes(n) * c
+    return raw, rnd, blk
+
+
+def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
+    st, w_sizes, t_sizes, o_sizes = _static_sizes(s)
+    saved = saved_tensors(
+        s.model,
+        s.method,
+        s.targets,
+        s.rank,
+        DTYPE_BYTES[s.adapter_dtype],
+        s.dropout > 0,
+        s.grad_checkpointing,
+        s.seq_len,
+        s.micro_batch,
+    )
+    weights = ones(w_sizes) + (ones(t_sizes) if s.method != "full" else [])
+    grads = ones(t_sizes)
+    states = ones(o_sizes)
+    accum_grads = grads if s.grad_accum > 1 else []
+    resident = weights + states + accum_grads
+    fwd = resident + saved.sizes() + [(loss_forward_bytes(s.model, s.seq_len, s.micro_batch, s.method == "full"), 1)]
+    bwd = (
+        resident
+        + saved.sizes()
+        + [(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)]
+    )
+    cands: dict[str, list[tuple[int, int]]] = {"forward (loss)": fwd, "backward (log_softmax)": bwd}
+    if s.method == "full":
+        end = weights + states + grads + [(8 * s.tokens, 1), (4, 2)]
+        if s.model.tie_word_embeddings:
+            end += [(n, c) for _, n, c in tied_end_rows(s.model, s.grad_accum > 1)]
+        cands["backward (end)"] = end
+    cands["optimizer step"] = (
+        weights + grads + states + ([(st.step_transient_bytes, 1)] if st.step_transient_bytes else [])
+    )
+    sums = {k: _sums(v) for k, v in cands.items()}
+    phase = max(sums, key=lambda k: (sums[k][1], sums[k][0]))
+    raw, rounded, blk = sums[phase]
+    raw = max(v[0] for v in sums.values())
+    rounded = max(v[1] for v in sums.values())
+    gpu: Gpu | None = s.gpu
+    arch, cls = (gpu.arch, gpu.cls) if gpu else ("generic", "generic")
+    ws = cublas_workspace_bytes(arch)
+    allocated = blk + block_bytes(ws)
+    merged: dict[int, int] = {}
+    for n, c in cands[phase]:
+        merged[n] = merged.get(n, 0) + c
+    live = [(n, c) for n, c in merged.items() if c > 0 and n > 0]
+    segs = reserved_for([n for n, _ in live], [c for _, c in live]) + reserved_for((ws,))
+    reserved = max(allocated, segs)
+    ctx = cuda_context_bytes(cls)
+    ctx_low, ctx_high = cuda_context_range_bytes(cls)
+    w_total = st.weights_bytes + st.adapter_weights_bytes
+    reserved_high = reserved + fragmentation_high_bytes("sdpa", reserved, w_total)
+    device = reserved + ctx + st.paged_bytes
+    static_at_peak = w_total + st.optimizer_states_bytes
+    grads_at_peak = st.gradients_bytes if (phase in ("optimizer step", "backward (end)") or s.grad_accum > 1) else 0
+    # the tied gradient sum and the step's temporaries are transients; so is everything not static
+    activations = max(0, sums[phase][0] - static_at_peak - grads_at_peak)
+    transient = max(0, activations - saved.nbytes) if phase.startswith(("forward", "backward (log")) else activations
+    saved_at_peak = saved.nbytes if phase.startswith(("forward", "backward (log")) else 0
+    overhead = device - w_total - grads_at_peak - st.optimizer_states_bytes - activations
+    breakdown = {
+        "weights": st.weights_bytes,
+        "adapter_weights": st.adapter_weights_bytes,
+        "gradients": grads_at_peak,
+        "optimizer_states": st.optimizer_states_bytes + st.paged_bytes,
+        "activations_saved": saved_at_peak,
+        "transient_peak": transient,
+        "overhead": overhead - st.paged_bytes,
+    }
+    return TrainingEstimate(
+        settings=s,
+        engine="transformers-train",
+        weights_bytes=w_total,
+        kv_cache_bytes=0,
+        activations_bytes=activations,
+        overhead_bytes=overhead,
+        peak_allocated_bytes=allocated,
+        peak_reserved_bytes=reserved,
+        device_used_bytes=device,
+        peak_reserved_low_bytes=reserved,
+        peak_reserved_high_bytes=reserved_high,
+        device_used_low_bytes=reserved + ctx_low + st.paged_bytes,
+        device_used_high_bytes=reserved_high + ctx_high + st.paged_bytes,
+        gpu_memory_bytes=gpu_memory_bytes,
+        gradients_bytes=grads_at_peak,
+        optimizer_states_bytes=st.optimizer_states_bytes,
+        paged_bytes=st.paged_bytes,
+        peak_live_bytes=raw,
+        peak_live_rounded_bytes=rounded,
+        peak_phase=phase,
+        trainable=trainable_params(s.model, s.method, s.rank, s.targets),
+        breakdown=breakdown,
+        candidates={k: v[0] for k, v in sums.items()},
+    )

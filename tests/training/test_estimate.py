@@ -1,0 +1,170 @@
+"""estimate_training: hand-derived goldens, the committed 3B traces, and fresh traces at narrow
+width, each phase to the byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from estimator.errors import InvalidSpecError
+from estimator.training import estimate_training
+from estimator.training.activations import saved_tensors
+from estimator.training.params import LAYER_TARGETS
+
+ROOT = Path(__file__).resolve().parents[2]
+TRACES = ROOT / "validation" / "training" / "trace.jsonl"
+
+
+def test_saved_golden_lora_3b_512():
+    """Llama 3.2 3B, LoRA r=16 all-linear, fp32 adapters, 512 tokens: what autograd saves."""
+    T, H, I, qd, kvd, r, h, d, V, L = 512, 3072, 8192, 3072, 1024, 16, 24, 128, 128_256, 28
+    per_layer = (
+        2 * (4 * T * H + 4 * T)  # input and post-attention RMSNorm: fp32 input copy + rsqrt
+        + 6 * 4 * T * H  # q, k, v, o, gate, up: the input cast to fp32 for lora_A
+        + 4 * T * I  # down: its input cast to fp32
+        + 7 * 4 * T * r  # lora_A outputs, saved by lora_B
+        + 2 * T * qd
+        + 2 * 2 * T * kvd
+        + 2 * T * qd
+        + 4 * h * T  # flash: q, k, v, out, lse
+        + 3 * 2 * T * I  # gate and up outputs, silu output
+    )
+    assert per_layer == 100_945_920
+    layers = L * per_layer - (4 * T * H + 4 * T)  # layer 0's input_layernorm: no grad, saves nothing
+    once = (4 * T * H + 4 * T) + 2 * 2 * T * d + 4 * T * V + 8 * (T + 1) + 2 * 4 + 8 * T
+    s = saved_tensors(estimate_training().settings.model, "lora", LAYER_TARGETS, 16, 4, False, "off", T, 1)
+    assert s.nbytes == layers + once == 3_089_424_400
+    e = estimate_training(seq_len=512)
+    # backward at log_softmax: weights + adapters + AdamW states + saved - labels + 2 fp32 [T, V]
+    assert e.peak_live_bytes == 6_425_500_160 + 4 * 24_313_856 * 3 + 3_089_424_400 - 8 * 513 + 2 * 4 * T * V
+    assert e.peak_live_bytes == 10_332_023_304  # = the trace (validation/training/trace.jsonl)
+    assert e.peak_phase == "backward (log_softmax)"
+
+
+def _records():
+    if not TRACES.is_file():
+        return []
+    return [json.loads(x) for x in TRACES.read_text().splitlines() if x.strip()]
+
+
+def _estimate(s):
+    return estimate_training(
+        s["model"],
+        s["method"],
+        rank=s["rank"],
+        targets=s["targets"],
+        dropout=s["dropout"],
+        quant=s["quant"],
+        adapter_dtype=s["adapter_dtype"],
+        optimizer=s["optimizer"],
+        seq_len=s["seq_len"],
+        micro_batch=s["micro_batch"],
+        grad_accum=s["grad_accum"],
+        grad_checkpointing=s["grad_checkpointing"],
+    )
+
+
+PHASE_OF = {"forward": ("forward (loss)",), "backward": ("backward (log_softmax)", "backward (end)")}
+
+
+def _check(record):
+    e = _estimate(record["settings"])
+    t = record["training"]
+    for phase, cands in PHASE_OF.items():
+        assert t["peak_live_bytes"][phase] == max(e.candidates[c] for c in cands if c in e.candidates), phase
+    assert t["peak_live_bytes"]["optimizer"] == e.candidates["optimizer step"]
+    assert max(t["peak_live_bytes"].values()) == e.peak_live_bytes
+    assert record["peak_allocated_bytes"] == e.peak_live_rounded_bytes
+    assert t["weights_bytes"] + t["adapter_weights_bytes"] == e.weights_bytes
+    assert t["optimizer_states_bytes"] == e.optimizer_states_bytes
+    assert t.get("paged_bytes", 0) == e.paged_bytes
+
+
+@pytest.mark.parametrize(
+    "record", _records(), ids=lambda r: "{method}-{seq_len}-{grad_checkpointing}".format(**r["settings"])
+)
+def test_committed_3b_traces_match_to_the_byte(record):
+    assert record["status"] == "ok"
+    _check(record)
+
+
+def test_committed_grid_is_complete():
+    seen = {
+        (r["settings"]["method"], r["settings"]["seq_len"], r["settings"]["grad_checkpointing"]) for r in _records()
+    }
+    for gc in ("off", "non-reentrant"):
+        for t in (512, 2048, 8192):
+            assert ("lora", t, gc) in seen
+    assert {("full", 512, "off"), ("full", 2048, "off")} <= seen
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"method": "lora"},
+        {"method": "lora", "targets": "q,k,v,o", "adapter_dtype": "bf16"},
+        {"method": "lora", "dropout": 0.1, "micro_batch": 2, "grad_accum": 2},
+        {"method": "lora", "targets": "v,o,down", "dropout": 0.05},
+        {"method": "lora", "grad_checkpointing": "non-reentrant", "optimizer": "sgd-momentum"},
+        {"method": "full"},
+        {"method": "full", "grad_accum": 2, "optimizer": "adamw-8bit"},
+        {"method": "lora", "rank": 64, "optimizer": "paged-adamw-8bit"},
+    ],
+    ids=str,
+)
+def test_fresh_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
+    """A trace at narrow width (runtime/train.py, fake tensors): forward, backward and optimizer
+    peaks equal the estimate's candidates to the byte."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.train import train_measure, train_settings
+
+    r = train_measure(train_settings(model=narrow_llama3_vocab_dir, seq_len=64, device="trace", **kw))
+    assert r["status"] == "ok", r["error"]
+    _check(r)
+
+
+def test_checkpointing_and_methods_order():
+    off = estimate_training(seq_len=4096)
+    gc = estimate_training(seq_len=4096, grad_checkpointing="non-reentrant")
+    assert gc.peak_live_bytes < off.peak_live_bytes
+    full = estimate_training(method="full", seq_len=4096)
+    assert full.peak_live_bytes > off.peak_live_bytes
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seq=st.integers(2, 16_384),
+    b=st.integers(1, 4),
+    method=st.sampled_from(["full", "lora"]),
+    gc=st.sampled_from(["off", "non-reentrant", "reentrant"]),
+    opt=st.sampled_from(["adamw", "sgd", "adafactor", "paged-adamw-8bit"]),
+)
+def test_parts_add_up_and_grow_with_tokens(seq, b, method, gc, opt):
+    e = estimate_training(method=method, seq_len=seq, micro_batch=b, grad_checkpointing=gc, optimizer=opt)
+    parts = e.weights_bytes + e.activations_bytes + e.gradients_bytes + e.optimizer_states_bytes + e.overhead_bytes
+    assert parts == e.device_used_bytes == e.total_bytes
+    assert sum(e.breakdown.values()) == e.device_used_bytes
+    assert e.peak_live_bytes <= e.peak_live_rounded_bytes <= e.peak_allocated_bytes <= e.peak_reserved_bytes
+    longer = estimate_training(method=method, seq_len=seq + 1, micro_batch=b, grad_checkpointing=gc, optimizer=opt)
+    assert longer.peak_live_bytes >= e.peak_live_bytes
+
+
+def test_bad_input_names_the_field():
+    for kw, field in (
+        ({"method": "dora"}, "method"),
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"seq_len": 0}, "seq_len"),
+        ({"seq_len": 200_000}, "seq_len"),
+        ({"rank": 0}, "rank"),
+        ({"targets": "qq"}, "targets"),
+        ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
+        ({"method": "qlora", "quant": "int8"}, "quant"),
+        ({"dropout": 1.5}, "dropout"),
+    ):
+        with pytest.raises(InvalidSpecError, match=field):
+            estimate_training(**kw)

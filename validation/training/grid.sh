@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The training proof grid, traced (fake tensors, no GPU): Llama 3.2 3B LoRA r=16 all-linear at
+# 512, 2K and 8K tokens with and without gradient checkpointing, full fine-tuning with AdamW at
+# 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
+# `python -m estimator train --compare validation/training/trace.jsonl` compares it.
+#   bash validation/training/grid.sh [OUT.jsonl] [--device trace|cuda]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OUT="${1:-validation/training/trace.jsonl}"
+DEVICE="${2:-trace}"
+PY="${PYTHON:-.venv/bin/python}"
+run() { "$PY" -m runtime train-measure --device "$DEVICE" --out "$OUT" --json "$@" >/dev/null; }
+for gc in off non-reentrant; do
+  for t in 512 2048 8192; do
+    run --method lora --rank 16 --targets all-linear --seq-len "$t" --grad-checkpointing "$gc"
+  done
+done
+for t in 512 2048; do
+  run --method full --optimizer adamw --seq-len "$t"
+done
