@@ -16,7 +16,12 @@ The model (a roofline per forward):
   ``c`` the bandwidth ceiling and ``t_fixed`` the per-step time that does not scale with bytes
   (kernel launches, synchronisation, sampling, the host loop), both from public rows (below).
   Decode is reported at the mean KV length ``prompt + new_tokens / 2``: the step time is linear in
-  ``L``, so that is the whole generation's average.
+  ``L``, so that is the whole generation's average. llama.cpp's quantized weights go through MMVQ
+  up to 8 tokens a step, which streams each weight block once but runs its dot product (unpacking
+  included) once per token: every token after the first adds its integer operations (counted from
+  ggml-cuda/vecdotq.cuh, ``MMVQ_INT_OPS_PER_4``) at the GPU's INT32 rate (``mmvq_s``). Without
+  flash attention llama.cpp also writes, softmaxes and reads the attention scores as F32
+  (``score_bytes``).
 - **Prefill** (``prompt`` tokens per sequence in one forward): ``2 x P x prompt`` plus attention,
   ``4 x layers x heads x head_dim x prompt^2 / 2`` for the causal kernels (SDPA / flash / vLLM /
   llama.cpp's flash attention skip the masked half) or ``prompt^2`` for eager, at ``F x f_fl``
@@ -25,11 +30,13 @@ The model (a roofline per forward):
   (public tok/s, each with its source and quote) gives the fraction of peak its GPU achieved,
   ``measured tok/s x bytes per step / B`` (decode) or ``measured tok/s x FLOPs per token / F``
   (prefill). For an engine and GPU class (``Fractions``): the ceiling ``c`` is the best decode
-  row's fraction; ``t_fixed`` ranges over each decode row's time beyond its bytes at ``c`` (min /
-  median / max); ``f_fl`` over the prefill rows' fractions. A class with fewer than two rows uses
-  every class's; an engine with fewer than two rows of a counter has llama.cpp's join its own
-  (vLLM: one row; transformers: none, marked unvalidated). ``validation()`` replays every row
-  leave-one-out.
+  row's fraction; ``t_fixed`` is each decode row's time beyond its bytes at ``c`` (and its MMVQ
+  work); ``f_fl`` the prefill rows' fractions. The point is their median over the class's rows; a
+  class with fewer than two rows uses every class's, an engine with fewer than two rows of a
+  counter has llama.cpp's join its own (transformers: none, marked unvalidated). The range's ends
+  are the min and max over at least ``RANGE_ROWS`` (9) rows, the pool widened by the engine's other
+  classes, then llama.cpp's rows, when the class has fewer; the fast end reads bytes at the best
+  fraction of that pool. ``validation()`` replays every row leave-one-out.
 
 Worked example: Llama 3.1 8B Q4_K_M on an RTX 3080 (760 GB/s), llama.cpp, batch 1, a one-token
 prompt and 128 new tokens: a step reads 4,617,396,480 B of weights (the 4,912,898,304 B of GGUF
@@ -69,6 +76,48 @@ MIN_CLASS_ROWS = 2
 # x16 = 16 GT/s x 16 lanes x 128/130 encoding / 8 bits (PCI-SIG PCIe 4.0 base specification).
 HOST_BANDWIDTH_BYTES_PER_S = 2 * 8 * 5_600_000_000
 PCIE_BYTES_PER_S = 16_000_000_000 * 16 * 128 // 130 // 8
+# The range's ends come from at least this many rows. The expected share of new rows inside the
+# [min, max] of k exchangeable rows is (k - 1) / (k + 1) (order statistics): 9 rows give 80%. A
+# class or engine with fewer rows keeps its own point and takes its ends from a wider pool.
+RANGE_ROWS = 9
+# llama.cpp's CUDA backend multiplies quantized weights by up to 8 tokens per step with MMVQ
+# (ggml-cuda/mmvq.cuh MMVQ_MAX_BATCH_SIZE; mmvq.cu mul_mat_vec_q), above that with MMQ (tensor
+# cores). MMVQ streams each weight block from memory once per step, but runs the block's whole
+# dot product, unpacking included, once per token (the `for j < ncols_dst` loop around
+# vec_dot_q_cuda): its integer work grows with the tokens, its bytes do not.
+MMVQ_MAX_BATCH_SIZE = 8
+# Integer operations per 4 weights per token of those dot products, counted as written in
+# ggml-cuda/vecdotq.cuh (the vec_dot_*_q8_1 wrappers and their *_impl / *_impl_mmvq / *_impl_vmmq):
+# shifts, masks and ors that unpack the weights, the byte merges of get_int_b2 for 2-byte aligned
+# blocks, ggml_cuda_dp4a (4 int8 multiply-adds) and the integer scale products. Q4_0: per 32-bit
+# word of 8 weights, 2 (get_int_b2 merge) + 3 (two nibble masks, one shift) + 2 dp4a = 7 -> 3.5.
+# Q4_1: no merge (get_int_b4) -> 2.5. Q8_0: 2 (merge) + 1 dp4a per 4 weights -> 3. Q5_0 / Q5_1:
+# Q4's work plus 4 shift-mask-or triples per 4 weights for the fifth bit (and Q5_0's merges) -> 17
+# / 15. Q4_K (impl_vmmq, 16 weights a call): 6 masks / shifts, 8 dp4a (4 dot, 4 sum-of-u), 4
+# scale products -> 4.5. Q5_K: Q4_K's plus the high bits (10 shifts / masks, 4 ors) -> 8. Q6_K
+# (impl_mmvq, 8 weights a call): 16 unpack / subtract / dp4a / scale operations plus 4 merge ->
+# 10. The wrappers' K-quant scale unpacking is not counted; other types have no count (no term).
+MMVQ_INT_OPS_PER_4 = {
+    "Q4_0": 3.5,
+    "Q4_1": 2.5,
+    "Q5_0": 17.0,
+    "Q5_1": 15.0,
+    "Q8_0": 3.0,
+    "Q4_K": 4.5,
+    "Q5_K": 8.0,
+    "Q6_K": 10.0,
+}
+# 32-bit integer lanes per FP32 lane by architecture (the catalog's fp32 FLOPs count 2 per FP32
+# lane per clock): Volta, Turing and GA100 SMs have 64 FP32 and 64 INT32 lanes (their
+# whitepapers); GA10x, AD10x and GH100 SMs 128 FP32 lanes of which 64 also run INT32; RTX
+# Blackwell (GB20x) SMs 128 unified INT32/FP32 lanes. Other architectures: no count.
+INT32_LANES_PER_FP32_LANE = {"sm70": 1.0, "sm75": 1.0, "sm80": 1.0, "sm86": 0.5, "sm89": 0.5, "sm90": 0.5, "sm120": 1.0}
+# Without flash attention llama.cpp materializes the attention scores (src/llama-graph.cpp
+# build_attn_mha): the K*Q matmul writes them as F32 (ggml_mul_mat_set_prec GGML_PREC_F32),
+# ggml_soft_max_ext reads and writes them, the KQV matmul reads them: 16 B per (query, key, head).
+NON_FA_SCORE_BYTES = 4 * 4
+# llama-bench's default micro-batch (-ub 512): the prompt reaches the GPU in chunks this long.
+LLAMA_BENCH_UBATCH = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +136,14 @@ class Span:
 class Fractions:
     """What one engine achieves on one GPU class, from the public rows it names.
 
-    ``bandwidth``: the achieved fractions of peak bandwidth of the decode rows (min / median / max);
-    its max is the ceiling the decode model reads bytes at. ``fixed_s``: per decode step, the
-    seconds a row took beyond its bytes at that ceiling (min / median / max): the per-token cost
-    that does not scale with bytes (kernel launches, synchronisation, sampling, the host loop).
-    ``flops``: the achieved fractions of the dense peak of the prefill rows.
+    ``bandwidth``: the achieved fractions of peak bandwidth of the decode rows (min and median of
+    the point's rows; max of the rows the range's ends come from: the fast end reads at it).
+    ``ceiling``: the best point row's fraction, the one the point and the slow end read bytes at.
+    ``fixed_s``: per decode step, the seconds a row took beyond its bytes at that ceiling (and
+    llama.cpp's MMVQ integer work): the per-token cost that does not scale with bytes (kernel
+    launches, synchronisation, sampling, the host loop); the median of the point's rows, the min
+    and max of the ends' rows. ``flops``: the achieved fractions of the dense peak of the prefill
+    rows, likewise.
     """
 
     bandwidth: Span
@@ -101,11 +153,7 @@ class Fractions:
     flops_rows: tuple[str, ...]
     basis: str
     validated: bool
-
-    @property
-    def ceiling(self) -> float:
-        """The fraction of peak bandwidth the decode model reads bytes at: the best row's."""
-        return self.bandwidth.high
+    ceiling: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -316,6 +364,77 @@ def attention_flops(spec: ModelSpec, queries: int, keys: int, causal: bool) -> i
     return per_pair * pairs
 
 
+def int32_ops_per_s(gpu: Gpu) -> float | None:
+    """32-bit integer operations per second (``INT32_LANES_PER_FP32_LANE`` x fp32 FLOPs / 2), or
+    None where the architecture has no count or the catalog no fp32 FLOPs."""
+    ratio = INT32_LANES_PER_FP32_LANE.get(gpu.arch)
+    fp32 = gpu.flops("fp32")
+    return ratio * fp32 / 2 if ratio and fp32 else None
+
+
+def mmvq_int_ops(
+    spec: ModelSpec, quant: str, *, output: bool = True, first_layer: int = 0, out_on_gpu: bool = True
+) -> float:
+    """Integer operations llama.cpp's MMVQ does for one token over the quantized matmul weights on
+    the GPU (``MMVQ_INT_OPS_PER_4`` per 4 weights): the layers from ``first_layer`` and, with
+    ``output`` and ``out_on_gpu``, the output matrix (the tied embedding where there is none)."""
+    return _mmvq_int_ops(spec, quant, output, first_layer, out_on_gpu)
+
+
+@functools.lru_cache(maxsize=256)
+def _mmvq_int_ops(spec: ModelSpec, quant: str, output: bool, first_layer: int, out_on_gpu: bool) -> float:
+    from .engines.llamacpp.tensors import gguf_tensors
+
+    ts = gguf_tensors(spec, quant)
+    has_output = any(t.name == "output.weight" for t in ts)
+    ops = 0.0
+    for t in ts:
+        if t.layer is not None:
+            if t.layer < first_layer or len(t.shape) != 2:
+                continue
+        elif t.name == "output.weight" or (t.name == "token_embd.weight" and not has_output):
+            if not (output and out_on_gpu):
+                continue
+        else:
+            continue
+        per4 = MMVQ_INT_OPS_PER_4.get(t.ggml_type)
+        if per4:
+            ops += _numel(t.shape) * per4 / 4
+    return ops
+
+
+def mmvq_s(spec: ModelSpec, quant: str, gpu: Gpu, tokens: int, **kw: Any) -> float:
+    """Seconds of MMVQ integer work a llama.cpp step of ``tokens`` tokens adds to its memory time:
+    that of every token after the first. The first token's work overlaps the weight stream (one-
+    token rows leave no room for it: SP-022 reads at 0.82 of peak bandwidth, where the RTX 3080
+    would need 1.4 ms more for its count); each further token's adds (SP-016 to SP-019, RTX 3090
+    Q4_0 at 1, 2, 4 and 8 tokens: the step grows by about the counted work per token). 0 above
+    ``MMVQ_MAX_BATCH_SIZE`` (MMQ's tensor cores take over) and where the GPU has no integer rate."""
+    rate = int32_ops_per_s(gpu)
+    if not rate or tokens <= 1 or tokens > MMVQ_MAX_BATCH_SIZE:
+        return 0.0
+    return (tokens - 1) * mmvq_int_ops(spec, quant, **kw) / rate
+
+
+def score_chunks(prompt: int, depth: int, ubatch: int) -> list[tuple[int, int]]:
+    """(tokens, keys) of each micro-batch of a ``prompt`` after ``depth`` cached tokens: chunk i
+    of ``ubatch`` tokens attends to every key up to its end (llama.cpp's non-FA K*Q covers the
+    cache's used cells, masked afterwards)."""
+    out, start = [], 0
+    while start < prompt:
+        n = min(ubatch, prompt - start)
+        out.append((n, depth + start + n))
+        start += n
+    return out
+
+
+def score_bytes(spec: ModelSpec, chunks: list[tuple[int, int]]) -> int:
+    """Bytes the materialized attention scores move without flash attention (``NON_FA_SCORE_BYTES``
+    per query, key and head, every layer)."""
+    pairs = sum(n * k for n, k in chunks)
+    return NON_FA_SCORE_BYTES * spec.num_attention_heads * spec.num_hidden_layers * pairs
+
+
 def flops_dtype(engine: str, quant: str, gpu: Gpu) -> str:
     """The dense peak a forward's matmuls are measured against (``peak_flops``): the 16-bit tensor
     peak (bf16 where the compute dtype is bf16, else fp16) for the 16-bit and quantized paths, fp32
@@ -376,6 +495,7 @@ class Row:
     counter: str
     value: float
     source: str
+    flash_attn: bool = True  # the table's flash_attn: "0" is off; "1" or unstated is the model's default
 
     @property
     def family(self) -> str:
@@ -406,11 +526,18 @@ def measurements() -> tuple[Row, ...]:
                 batch=int(r["batch"]),
                 logits=r["logits"],
                 counter=r["counter"],
-                value=float(r["value"]),
+                value=_rate(float(r["value"]), r["unit"]),
                 source=r["source"],
+                flash_attn=r["flash_attn"] != "0",
             )
         )
     return tuple(rows)
+
+
+def _rate(value: float, unit: str) -> float:
+    """A row's value as tokens/s: serving benchmarks print the time per output token (TPOT, ms),
+    kept in the table as printed and inverted here (1000 / ms)."""
+    return 1000.0 / value if unit.startswith("ms per") else value
 
 
 def _row_step(row: Row) -> tuple[int, int]:
@@ -422,17 +549,40 @@ def _row_step(row: Row) -> tuple[int, int]:
     b = weights_read_bytes(spec, row.quant, eng, output=out)
     b += kv_read_bytes(spec, mean_kv, row.batch, eng, row.kv_dtype, row.quant)
     b += dequant_bytes(spec, row.quant, eng, row.batch)
+    if eng == "llama.cpp" and not row.flash_attn:
+        b += score_bytes(spec, [(row.batch, mean_kv)])
     f = 2 * matmul_params(spec, output=out) * row.batch + attention_flops(spec, row.batch, mean_kv, False)
     return b, f
 
 
-def _row_prefill_flops(row: Row) -> int:
-    """Prefill FLOPs of a row: its prompt's matmuls, the last token's logits, causal attention over
-    the prompt and full attention to the ``depth`` tokens cached before it."""
+def _row_int_s(row: Row) -> float:
+    """Seconds of MMVQ integer work in one decode step of a row (llama.cpp quantized weights)."""
+    if row.engine_for_model != "llama.cpp":
+        return 0.0
+    return mmvq_s(load_model(row.model), row.quant, get_gpu(row.gpu), row.batch, output=row.logits == "every")
+
+
+def _row_prefill(row: Row) -> tuple[int, int]:
+    """(FLOPs, score bytes) of a row's prefill: its prompt's matmuls, the last token's logits and
+    the attention: with flash attention causal over the prompt plus full to the ``depth`` tokens
+    cached before it; without, every key of each micro-batch (``LLAMA_BENCH_UBATCH``), whose
+    materialized scores also cross memory (``score_bytes``)."""
     spec = load_model(row.model)
     p = row.prompt_tokens
-    attn = attention_flops(spec, p, p, True) + attention_flops(spec, p, row.depth, False)
-    return (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size + attn) * row.batch
+    if row.flash_attn or row.engine_for_model != "llama.cpp":
+        attn = attention_flops(spec, p, p, True) + attention_flops(spec, p, row.depth, False)
+        sb = 0
+    else:
+        chunks = score_chunks(p, row.depth, LLAMA_BENCH_UBATCH)
+        attn = sum(attention_flops(spec, n, k, False) for n, k in chunks)
+        sb = score_bytes(spec, chunks)
+    flops = (2 * matmul_params(spec, output=False) * p + 2 * spec.vocab_size * spec.hidden_size + attn) * row.batch
+    return flops, sb * row.batch
+
+
+def _row_prefill_flops(row: Row) -> int:
+    """Prefill FLOPs of a row (``_row_prefill``)."""
+    return _row_prefill(row)[0]
 
 
 def _row_roof_s(row: Row) -> float:
@@ -442,14 +592,17 @@ def _row_roof_s(row: Row) -> float:
 
 
 def achieved_fraction(row: Row) -> float:
-    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved."""
+    """The fraction of peak bandwidth (decode rows) or of peak FLOPs (prefill rows) a row achieved.
+    A prefill row's time is first reduced by its score traffic at the GPU's full bandwidth (none
+    with flash attention)."""
     gpu = get_gpu(row.gpu)
     if row.counter == "prefill_tok_s":
         peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
         if not peak:
             raise InvalidSpecError(f"gpu {row.gpu} has no FLOPs in the catalog (row {row.id})")
-        seconds = row.prompt_tokens * row.batch / row.value
-        return _row_prefill_flops(row) / seconds / peak
+        flops, sb = _row_prefill(row)
+        seconds = row.prompt_tokens * row.batch / row.value - sb / (gpu.bandwidth_bytes_per_s or 1)
+        return flops / seconds / peak
     if not gpu.bandwidth_bytes_per_s:
         raise InvalidSpecError(f"gpu {row.gpu} has no bandwidth in the catalog (row {row.id})")
     per_step = row.batch / row.value if row.counter == "decode_tok_s_aggregate" else 1 / row.value
@@ -475,46 +628,91 @@ def _fractions(engine: str, gpu_class: str, exclude: str | None) -> Fractions:
     own = [r for r in rows if r.family == family]
     validated = bool(own)
 
-    def pick(counter: str) -> tuple[list[Row], str]:
+    def cls(r: Row) -> str:
+        return get_gpu(r.gpu).cls
+
+    def pick(counter: str) -> tuple[list[Row], list[Row], str]:
+        """(the rows the point comes from, the rows the range's ends come from, the basis)."""
         mine = [r for r in own if r.counter == counter]
+        lcpp = [r for r in rows if r.family == "llama.cpp" and r.counter == counter]
         if len(mine) >= MIN_CLASS_ROWS:
             cand, name = mine, engine
         else:  # too few rows of this engine: llama.cpp's rows join its own (said so)
-            cand = mine + [r for r in rows if r.family == "llama.cpp" and r.counter == counter and r not in mine]
+            cand = mine + [r for r in lcpp if r not in mine]
             name = f"{engine} ({len(mine)} rows) + llama.cpp" if family != "llama.cpp" else engine
-        same = [r for r in cand if get_gpu(r.gpu).cls == gpu_class]
+        same = [r for r in cand if cls(r) == gpu_class]
         if len(same) >= MIN_CLASS_ROWS:
-            return same, f"{name} rows on {gpu_class} GPUs"
-        return cand, f"{name} rows of every GPU class ({gpu_class} has {len(same)})"
+            point, basis = same, f"{name} rows on {gpu_class} GPUs"
+        else:
+            point, basis = cand, f"{name} rows of every GPU class ({gpu_class} has {len(same)})"
+        ends = list(point)
+        pools = (
+            ("the engine's rows of every class", cand),
+            (f"llama.cpp's rows on {gpu_class} GPUs", [r for r in lcpp if cls(r) == gpu_class]),
+            ("llama.cpp's rows of every class", lcpp),
+            ("every row", [r for r in rows if r.counter == counter]),
+        )
+        widened = ""
+        for label, pool in pools:
+            if len(ends) >= RANGE_ROWS:
+                break
+            ends += [r for r in pool if r not in ends]
+            widened = label
+        if widened:
+            basis += f"; range ends from {len(ends)} rows (with {widened})"
+        return point, ends, basis
 
-    bw_rows, bw_basis = pick("decode_tok_s")
-    fl_rows, fl_basis = pick("prefill_tok_s")
-    bw = _span([achieved_fraction(r) for r in bw_rows])
-    fl = _span([achieved_fraction(r) for r in fl_rows])
-    # each row's step time beyond its bytes read at the ceiling (never below zero)
-    fixed = _span([max(0.0, 1 / r.value - _row_roof_s(r) / bw.high) for r in bw_rows])
+    bw_rows, bw_ends, bw_basis = pick("decode_tok_s")
+    fl_rows, fl_ends, fl_basis = pick("prefill_tok_s")
+    # the ceiling: the best row's bandwidth over the part of its step that streams bytes (its MMVQ
+    # integer work taken out, as the model adds it back)
+    ceiling = max(_row_roof_s(r) / (1 / r.value - _row_int_s(r)) for r in bw_rows)
+
+    def fixed(r: Row) -> float:
+        # a row's step time beyond its bytes at the ceiling and its MMVQ integer work (never below 0)
+        return max(0.0, 1 / r.value - _row_roof_s(r) / ceiling - _row_int_s(r))
+
+    def ranged(point: list[float], ends: list[float]) -> Span:
+        return Span(min(ends), statistics.median(point), max(ends))
+
+    bw_point = [achieved_fraction(r) for r in bw_rows]
+    fast = max(ceiling, *(_row_roof_s(r) / (1 / r.value - _row_int_s(r)) for r in bw_ends))
+    bw = Span(min(bw_point), statistics.median(bw_point), fast)
+    fl = ranged([achieved_fraction(r) for r in fl_rows], [achieved_fraction(r) for r in fl_ends])
+    fx = ranged([fixed(r) for r in bw_rows], [fixed(r) for r in bw_ends])
     return Fractions(
         bandwidth=bw,
-        fixed_s=fixed,
+        fixed_s=fx,
         flops=fl,
         bandwidth_rows=tuple(r.id for r in bw_rows),
         flops_rows=tuple(r.id for r in fl_rows),
         basis=f"bandwidth: {bw_basis}; FLOPs: {fl_basis}",
         validated=validated,
+        ceiling=ceiling,
     )
 
 
 def decode_step_s(
-    device_bytes: int, host_s: float, flops: int, gpu: Gpu, peak: int | None, fr: Fractions, end: str
+    device_bytes: int,
+    host_s: float,
+    flops: int,
+    gpu: Gpu,
+    peak: int | None,
+    fr: Fractions,
+    end: str,
+    int_s: float = 0.0,
 ) -> tuple[float, str]:
     """(seconds, bound) of one decode step at the ``end`` of the range ("low": the slow end,
-    "point", "high": the fast end): the device bytes at the bandwidth ceiling, plus any host-RAM
-    time at the same ceiling (``host_s`` at full host bandwidth), or the FLOPs at the achieved
-    fraction if slower, plus the per-step fixed time (most of it at the slow end)."""
+    "point", "high": the fast end): the device bytes at the bandwidth ceiling (the fast end at the
+    best fraction of the range's rows) plus llama.cpp's
+    MMVQ integer work (``int_s``), plus any host-RAM time at the same ceiling (``host_s`` at full
+    host bandwidth), or the FLOPs at the achieved fraction if slower, plus the per-step fixed time
+    (most of it at the slow end)."""
     f_fl = getattr(fr.flops, end)
     fixed = {"low": fr.fixed_s.high, "point": fr.fixed_s.point, "high": fr.fixed_s.low}[end]
-    dev = device_bytes / ((gpu.bandwidth_bytes_per_s or 1) * fr.ceiling)
-    off = host_s / fr.ceiling
+    c = fr.bandwidth.high if end == "high" else fr.ceiling
+    dev = device_bytes / ((gpu.bandwidth_bytes_per_s or 1) * c) + int_s
+    off = host_s / c
     cmp = flops / (peak * f_fl) if peak else 0.0
     if dev + off >= cmp:
         return dev + off + fixed, "host memory" if off > dev else "memory"
@@ -553,9 +751,14 @@ def speed(
     n_ubatch: int = 512,
     host_bandwidth_bytes_per_s: int = HOST_BANDWIDTH_BYTES_PER_S,
     pcie_bytes_per_s: int = PCIE_BYTES_PER_S,
+    flash_attn: bool = True,
 ) -> Speed:
     """Decode, prefill and TTFT of one setting on one GPU. ``context`` is the window (prompt + new
     tokens), as everywhere in the estimator; ``batch`` sequences decode together.
+
+    llama.cpp's quantized weights add MMVQ's integer work for every token after the first up to 8
+    a step (``mmvq_s``); ``flash_attn=False`` adds the materialized attention scores' traffic
+    (``score_bytes``; the prefill in ``n_ubatch`` chunks) and computes the masked half too.
 
     llama.cpp only: ``n_gpu_layers`` below all (-1) leaves the first layers on the host, read at
     ``host_bandwidth_bytes_per_s`` each decode step; a prefill of 32 tokens or more computes them on
@@ -596,7 +799,17 @@ def speed(
     w = weights_read_bytes(spec, quant, engine)
     kv = kv_read_bytes(spec, mean_kv, batch, engine, kv_dtype, quant)
     deq = dequant_bytes(spec, quant, engine, batch)
-    step_bytes = w + kv + deq
+    non_fa = engine == "llama.cpp" and not flash_attn
+    scores = score_bytes(spec, [(batch, mean_kv)]) if non_fa else 0
+    step_bytes = w + kv + deq + scores
+    int_s = 0.0
+    if engine == "llama.cpp":
+        from .engines.llamacpp.buffers import offloaded_layers
+
+        i0, out_on_gpu = (0, True)
+        if 0 <= n_gpu_layers <= spec.num_hidden_layers:
+            i0, out_on_gpu = offloaded_layers(spec.num_hidden_layers, n_gpu_layers)
+        int_s = mmvq_s(spec, quant, g, batch, first_layer=i0, out_on_gpu=out_on_gpu)
     d_flops = 2 * matmul_params(spec) * batch + attention_flops(spec, batch, mean_kv, False)
     dt = flops_dtype(engine, quant, g)
     peak = peak_flops(g, dt)
@@ -605,7 +818,7 @@ def speed(
     host = host_w + host_kv
 
     def step_s(end: str) -> tuple[float, str]:
-        return decode_step_s(step_bytes - host, host / host_bandwidth_bytes_per_s, d_flops, g, peak, fr, end)
+        return decode_step_s(step_bytes - host, host / host_bandwidth_bytes_per_s, d_flops, g, peak, fr, end, int_s)
 
     t_fast, _ = step_s("high")
     t_point, bound = step_s("point")
@@ -615,7 +828,13 @@ def speed(
 
     causal = not (engine == "transformers" and attn == "eager")
     p_flops = (2 * matmul_params(spec, output=False) * prompt + 2 * spec.vocab_size * spec.hidden_size) * batch
-    p_flops += attention_flops(spec, prompt, prompt, causal) * batch
+    p_scores = 0
+    if non_fa:  # every key of each micro-batch, the scores through memory (rows: SP-033)
+        p_chunks = score_chunks(prompt, 0, max(n_ubatch, 1))
+        p_flops += sum(attention_flops(spec, n, k, False) for n, k in p_chunks) * batch
+        p_scores = score_bytes(spec, p_chunks) * batch
+    else:
+        p_flops += attention_flops(spec, prompt, prompt, causal) * batch
     prefill: Span | None = None
     ttft: Span | None = None
     if peak:
@@ -628,7 +847,7 @@ def speed(
 
         def prefill_s(f_fl: float) -> float:
             f_bw = fr.ceiling
-            t = max(p_flops / (peak * f_fl), pw / (bw * f_bw))
+            t = max(p_flops / (peak * f_fl), pw / (bw * f_bw)) + p_scores / bw
             return t + copy_bytes / (pcie_bytes_per_s * f_bw) + host_read / (host_bandwidth_bytes_per_s * f_bw)
 
         s_fast = prefill_s(fr.flops.high)
@@ -744,12 +963,16 @@ def predict_row(row: Row, *, exclude_self: bool = True) -> Span:
     if row.counter == "prefill_tok_s":
         peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
         assert peak  # rows are checked against the catalog by the tests
-        flops = _row_prefill_flops(row)
+        flops, sb = _row_prefill(row)
         n = row.prompt_tokens * row.batch
-        return Span(*(n * peak * f / flops for f in (fr.flops.low, fr.flops.point, fr.flops.high)))
+        score_s = sb / (gpu.bandwidth_bytes_per_s or 1)
+        return Span(*(n / (flops / (peak * f) + score_s) for f in (fr.flops.low, fr.flops.point, fr.flops.high)))
     step_bytes, step_flops = _row_step(row)
     peak = peak_flops(gpu, flops_dtype(row.engine_for_model, row.quant, gpu))
-    steps = [decode_step_s(step_bytes, 0.0, step_flops, gpu, peak, fr, end)[0] for end in ("low", "point", "high")]
+    int_s = _row_int_s(row)
+    steps = [
+        decode_step_s(step_bytes, 0.0, step_flops, gpu, peak, fr, end, int_s)[0] for end in ("low", "point", "high")
+    ]
     per = 1 if row.counter == "decode_tok_s" else row.batch
     return Span(*(per / t for t in steps))
 
