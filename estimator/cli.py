@@ -24,6 +24,7 @@ from .launch import format_launch, transformers_launch
 from .model import DEFAULT_PRESET, PRESETS, ModelSpec, load_model
 from .quant import QUANTS, effective_bits_per_param, weight_bytes
 from .solve import context_grid, max_context, sweep
+from .training import cli as training_cli
 from .units import GiB, format_context, one_line, parse_context, parse_int, parse_size
 
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bandwidth", default=None, help="GPU memory bandwidth in GB/s (SI): a GPU not in the catalog")
     p.add_argument("--tflops", default=None, help="its dense 16-bit tensor TFLOPS (SI), for prefill and TTFT")
+    training_cli.add_parser(sub)
     p = sub.add_parser("gpus", help="the GPU catalog")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("quants", help="the weight schemes")
@@ -494,6 +496,7 @@ COMMANDS = {
     "gpus": _cmd_gpus,
     "quants": _cmd_quants,
     "speed": _cmd_speed,
+    "train": training_cli.cmd_train,
 }
 
 

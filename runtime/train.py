@@ -3,10 +3,10 @@
 The step is the loop of ``estimator.training.settings`` (PEFT's and transformers' plain PyTorch
 loop): ``grad_accum`` micro-batches of ``loss = model(input_ids, labels).loss / grad_accum;
 loss.backward()`` (the output dropped before backward, as the Trainer's ``compute_loss``), then
-``optimizer.step(); optimizer.zero_grad(set_to_none=True)``. Then one more micro-batch (forward
-and backward) runs with the optimizer states present: the steady state of every later step. A
-phase's peak is the most over all its runs; the optimizer phase includes the first step's state
-allocation.
+``optimizer.step(); optimizer.zero_grad(set_to_none=True)``. Then the steady state of every later
+step: ``min(grad_accum, 2)`` more micro-batches with the optimizer states present and a second
+optimizer step. A phase's peak is the most over all its runs; the optimizer phase includes the
+first step's state allocation.
 
 Devices:
 
@@ -180,6 +180,14 @@ def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0
     """transformers' sdpa_attention_forward with the CUDA flash kernel (no mask, GQA in the kernel)."""
     if attention_mask is not None:
         raise NotImplementedError("the training trace models unpadded causal batches only (no attention mask)")
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        # fp32 (QLoRA after prepare_model_for_kbit_training): flash and cuDNN take 16-bit only and
+        # mem-efficient refuses GQA (sdp_utils.cpp), so CUDA runs the composite math path, the
+        # same aten ops that run here; then transformers' transpose(1, 2).contiguous() copies.
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query, key, value, is_causal=True, scale=scaling, enable_gqa=True
+        )
+        return out.transpose(1, 2).contiguous(), None
     return FlashAttention.apply(query, key, value), None
 
 
@@ -256,12 +264,17 @@ def _bnb_standin_class():
             self.bias = None
             self.stored: list[torch.Tensor] = []
             self.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8, device="meta"), requires_grad=False)
+            self._mark_weight()
+
+        def _mark_weight(self) -> None:
+            """The Params4bit attributes PEFT's dispatch_bnb_4bit reads."""
+            self.weight.quant_type = self.quant.split("-")[0]
+            self.weight.compress_statistics = self.quant.endswith("-dq")
 
         def materialise(self, device: str) -> None:
             self.stored = [torch.empty(shape, dtype=dt, device=device) for _, shape, dt in self.layout]
             self.weight = nn.Parameter(self.stored[0], requires_grad=False)
-            self.weight.quant_type = self.quant.split("-")[0]
-            self.weight.compress_statistics = self.quant.endswith("-dq")
+            self._mark_weight()
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             inp_dtype = x.dtype
@@ -446,16 +459,24 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
     for _ in range(min(accum, 2)):
         micro()
     phase("optimizer")
-    info["gradients_bytes"] = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
-    if s["optimizer"] in ("adamw-8bit", "paged-adamw-8bit") and device == "meta":
-        info["paged_bytes"] = _bnb_step_standin(opt, tracker)
-    else:
-        opt.step()
+    _step(opt, s, device, tracker, info, model)
     opt.zero_grad(set_to_none=True)
     for _ in range(min(accum, 2)):  # the steady state: states present (and gradients from micro-batch 2 on)
         micro()
+    # a second step: every state exists before it starts (a first step creates them one by one)
+    phase("optimizer")
+    _step(opt, s, device, tracker, info, model)
+    opt.zero_grad(set_to_none=True)
     phase(None)
     return info
+
+
+def _step(opt, s: dict[str, Any], device: str, tracker, info: dict[str, Any], model) -> None:
+    info["gradients_bytes"] = sum(p.grad.untyped_storage().nbytes() for p in model.parameters() if p.grad is not None)
+    if s["optimizer"] in ("adamw-8bit", "paged-adamw-8bit") and device == "meta":
+        info["paged_bytes"] = max(info["paged_bytes"], _bnb_step_standin(opt, tracker))
+    else:
+        opt.step()
 
 
 # ------------------------------------------------------------------------------- measurement

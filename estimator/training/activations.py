@@ -97,7 +97,7 @@ def saved_tensors(
     H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
     qd, kvd, d, h = spec.q_dim, spec.kv_dim, spec.head_dim, spec.num_attention_heads
     L = spec.num_hidden_layers
-    a = 2
+    a = act_bytes(method)
     full = method == "full"
     rows: list[tuple[str, int, int]] = []
 
@@ -117,8 +117,8 @@ def saved_tensors(
             if count == 0:
                 continue
             in_grad = first_input_grad or layer > 0
-            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm)
-    # once: rotary cos/sin [1, T, head_dim] (position_ids is [1, T] for any batch)
+            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm, a)
+    # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
     rows.append(("rotary cos, sin", a * T * d, 2))
     norm(1)  # the final norm
     if full:
@@ -143,11 +143,12 @@ def _layer(
     in_grad: bool,
     count: int,
     norm: Callable[[int], None],
+    a: int,
 ) -> list[tuple[str, int, int]]:
     """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad."""
     H, I = spec.hidden_size, spec.intermediate_size
-    qd, kvd, h = spec.q_dim, spec.kv_dim, spec.num_attention_heads
-    a = 2
+    qd, kvd, h, d = spec.q_dim, spec.kv_dim, spec.num_attention_heads, spec.head_dim
+    T = N // b
     full = method == "full"
     rows: list[tuple[str, int, int]] = []
     tg = set(targets) if not full else set()
@@ -177,14 +178,22 @@ def _layer(
     if shares_x:
         rows.append(("attention input (norm output)", a * N * H, count))
     attn_grad = in_grad or full or bool(tg & {"q", "k", "v"})
-    if attn_grad:
+    flash = a == 2
+    if attn_grad and flash:
         rows += [
             ("q after rotary", a * N * qd, count),
             ("k, v", a * N * kvd, 2 * count),
             ("attention output", a * N * qd, count),
-            ("attention logsumexp", FP32 * b * h * (N // b), count),
+            ("attention logsumexp", FP32 * b * h * T, count),
         ]
-    if "o" in tg and lora("o", qd, attn_grad) and not attn_grad:
+    elif attn_grad:  # SDPA's math path (fp32): scaled q, scaled k^T and v expanded to h heads, probs
+        rows += [
+            ("q scaled", a * N * qd, count),
+            ("k^T scaled, v expanded to every head", a * b * h * T * d, 2 * count),
+            ("attention probabilities", a * b * h * T * T, count),
+        ]
+    # o_proj's input: flash's saved output (a view); the math path's transpose(1, 2).contiguous() copy
+    if "o" in tg and lora("o", qd, attn_grad) and not (attn_grad and flash):
         rows.append(("o_proj input", a * N * qd, count))
     # MLP half: its input requires grad whenever anything before it trains
     mlp_in_grad = attn_grad or "o" in tg
@@ -205,14 +214,27 @@ def _layer(
     return rows
 
 
-def loss_forward_bytes(spec: ModelSpec, seq_len: int, micro_batch: int, full: bool) -> int:
-    """The loss's forward transients on top of what is saved: the bf16 logits, their fp32 copy
-    and the final norm's output (``log_softmax``'s output is saved; so is the norm's output when
-    lm_head trains); with more than one sequence also the padded labels [b, T + 1], which
-    ``ForCausalLMLoss``'s ``labels`` keeps until it returns (the saved target is a copy)."""
+def act_bytes(method: str) -> int:
+    """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
+    residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""
+    return 4 if method == "qlora" else 2
+
+
+def loss_forward_bytes(spec: ModelSpec, method: str, grad_checkpointing: str, seq_len: int, micro_batch: int) -> int:
+    """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
+    copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
+    (``log_softmax``'s output is saved; so is the norm's output when lm_head trains); with more
+    than one sequence also the padded labels [b, T + 1], which ``ForCausalLMLoss``'s ``labels``
+    keeps until it returns (the saved target is a copy). Without checkpointing the forward fills
+    a ``DynamicCache`` (``use_cache``), held by the output until it is dropped: flash saves those
+    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim."""
     N = seq_len * micro_batch
+    a = act_bytes(method)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
-    return 2 * N * spec.vocab_size + FP32 * N * spec.vocab_size + (0 if full else 2 * N * spec.hidden_size) + pad
+    logits = FP32 * N * spec.vocab_size if a == 4 else (2 + FP32) * N * spec.vocab_size
+    norm_out = 0 if method == "full" else a * N * spec.hidden_size
+    cache = 2 * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
+    return logits + norm_out + pad + cache
 
 
 def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_accum: int) -> list[tuple[str, int, int]]:

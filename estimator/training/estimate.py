@@ -33,7 +33,7 @@ from typing import Any
 
 from ..allocator import block_bytes, reserved_for, round_size
 from ..gpus import Gpu, custom_gpu, get_gpu
-from ..model import load_model
+from ..model import ModelSpec, load_model
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
 from ..report import COUNTERS, MemoryReport, fit_verdict
 from ..units import check_int
@@ -168,32 +168,45 @@ def estimate_train_settings(s: TrainSettings, gpu_memory_bytes: int | None = Non
     return _estimate(s, mem)
 
 
-@functools.lru_cache(maxsize=256)
-def _static_sizes(s: TrainSettings) -> tuple[StaticBytes, tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
-    """The static parts and the byte sizes of each weight, trainable and state tensor."""
-    st = static_bytes(s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer)
-    tr = trainable_tensors(s.model, s.method, s.rank, s.targets, s.adapter_dtype)
-    opt = optimizer_states(s.optimizer, tr)
-    return st, weight_layout(s.model, s.method, s.quant), tuple(t.nbytes for t in tr), opt.tensors
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """Tensors counted together: raw, 512-rounded and allocator-charged bytes, and the count of
+    each size (for the segments)."""
+
+    raw: int
+    rounded: int
+    charged: int
+    sizes: tuple[tuple[int, int], ...]
 
 
-def ones(sizes: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(bytes, 1) rows of single tensors."""
-    return [(n, 1) for n in sizes]
-
-
-def _sums(sizes: list[tuple[int, int]]) -> tuple[int, int, int]:
-    """(raw, 512-rounded, allocator-charged) bytes of (bytes, count) tensors."""
+def _group(rows: list[tuple[int, int]]) -> _Group:
     raw = rnd = blk = 0
-    for n, c in sizes:
+    counts: dict[int, int] = {}
+    for n, c in rows:
         raw += n * c
         rnd += round_size(n) * c
         blk += block_bytes(n) * c
-    return raw, rnd, blk
+        counts[n] = counts.get(n, 0) + c
+    return _Group(raw, rnd, blk, tuple(counts.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _static_groups(
+    spec: ModelSpec, method: str, quant: str, rank: int, targets: tuple[str, ...], adapter_dtype: str, optimizer: str
+) -> tuple[StaticBytes, _Group, _Group, _Group]:
+    """The static parts and the groups of weights (base + adapters), gradients and states."""
+    st = static_bytes(spec, method, quant, rank, targets, adapter_dtype, optimizer)
+    tr = trainable_tensors(spec, method, rank, targets, adapter_dtype)
+    t_sizes = [(t.nbytes, 1) for t in tr]
+    w = [(n, 1) for n in weight_layout(spec, method, quant)] + (t_sizes if method != "full" else [])
+    states = [(n, 1) for n in optimizer_states(optimizer, tr).tensors]
+    return st, _group(w), _group(t_sizes), _group(states)
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
-    st, w_sizes, t_sizes, o_sizes = _static_sizes(s)
+    st, weights, grads, states = _static_groups(
+        s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
+    )
     saved = saved_tensors(
         s.model,
         s.method,
@@ -205,29 +218,24 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         s.seq_len,
         s.micro_batch,
     )
-    weights = ones(w_sizes) + (ones(t_sizes) if s.method != "full" else [])
-    grads = ones(t_sizes)
-    states = ones(o_sizes)
-    accum_grads = grads if s.grad_accum > 1 else []
-    resident = weights + states + accum_grads
-    fwd = resident + saved.sizes() + [(loss_forward_bytes(s.model, s.seq_len, s.micro_batch, s.method == "full"), 1)]
-    bwd = (
-        resident
-        + saved.sizes()
-        + [(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)]
-    )
-    cands: dict[str, list[tuple[int, int]]] = {"forward (loss)": fwd, "backward (log_softmax)": bwd}
+    saved_g = _group(saved.sizes())
+    resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
+    fwd = _group([(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch), 1)])
+    bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)])
+    cands: dict[str, list[_Group]] = {
+        "forward (loss)": resident + [saved_g, fwd],
+        "backward (log_softmax)": resident + [saved_g, bwd],
+    }
     if s.method == "full":
-        end = weights + states + grads + [(8 * s.tokens, 1), (4, 2)]
+        end = [(8 * s.tokens, 1), (4, 2)]
         if s.model.tie_word_embeddings:
             end += [(n, c) for _, n, c in tied_end_rows(s.model, s.grad_accum > 1)]
-        cands["backward (end)"] = end
-    cands["optimizer step"] = (
-        weights + grads + states + ([(st.step_transient_bytes, 1)] if st.step_transient_bytes else [])
-    )
-    sums = {k: _sums(v) for k, v in cands.items()}
+        cands["backward (end)"] = [weights, states, grads, _group(end)]
+    step = [(st.step_transient_bytes, 1)] if st.step_transient_bytes else []
+    cands["optimizer step"] = [weights, grads, states, _group(step)]
+    sums = {k: (sum(g.raw for g in v), sum(g.rounded for g in v), sum(g.charged for g in v)) for k, v in cands.items()}
     phase = max(sums, key=lambda k: (sums[k][1], sums[k][0]))
-    raw, rounded, blk = sums[phase]
+    blk = sums[phase][2]
     raw = max(v[0] for v in sums.values())
     rounded = max(v[1] for v in sums.values())
     gpu: Gpu | None = s.gpu
@@ -235,8 +243,9 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     ws = cublas_workspace_bytes(arch)
     allocated = blk + block_bytes(ws)
     merged: dict[int, int] = {}
-    for n, c in cands[phase]:
-        merged[n] = merged.get(n, 0) + c
+    for g in cands[phase]:
+        for n, c in g.sizes:
+            merged[n] = merged.get(n, 0) + c
     live = [(n, c) for n, c in merged.items() if c > 0 and n > 0]
     segs = reserved_for([n for n, _ in live], [c for _, c in live]) + reserved_for((ws,))
     reserved = max(allocated, segs)

@@ -148,14 +148,32 @@ class OptimizerStates:
     tensors: tuple[int, ...]  # every device state tensor's bytes, in creation order
 
 
-def _adafactor_transient(t: Trainable) -> int:
-    """transformers Adafactor.step's most live temporaries for one tensor: ``grad.float()`` and
-    ``p.float()`` copies when the tensor is 16-bit, then ``(grad**2) + eps`` (both alive for the
-    add: 8 n B), later ``update`` and ``_approx_sq_grad``'s product (8 n B) for a factored tensor,
-    ``update`` and ``exp_avg_sq.rsqrt()`` (8 n B) for a 1-D one."""
-    n = t.numel
-    copies = 8 * n if t.itemsize == 2 else 0
-    return copies + 8 * n
+def _adafactor_transient(trainable: tuple[Trainable, ...]) -> int:
+    """The most transformers ``Adafactor.step`` holds beyond states, gradients and weights: its
+    loop's locals live on into the next tensor's iteration until reassigned. For a tensor of n
+    elements, G = ``grad.float()`` and P = ``p.float()`` (4 n B each, copies only when the tensor
+    is 16-bit), U the previous tensor's ``update`` (and G', P' the previous copies):
+
+    - ``grad = grad.float()``: G + G' + U' + P';  ``p_data_fp32 = p.float()``: G + P + U' + P';
+    - ``update = (grad**2) + eps``: G + P + U' + the power and the sum (8 n);
+    - ``update = _approx_sq_grad(row, col)`` (factored; ``exp_avg_sq.rsqrt()`` otherwise): G + P +
+      the old update and the new (8 n) + the row and column factors (4 (rows + cols));
+    - ``p_data_fp32.add_(-update)``: G + P + update + its negation (8 n)."""
+    worst = 0
+    prev_g = prev_p = prev_u = 0
+    for t in trainable:
+        n4 = 4 * t.numel
+        g = p = n4 if t.itemsize == 2 else 0
+        factors = 4 * (t.numel // t.shape[-1] + t.numel // t.shape[-2]) if len(t.shape) >= 2 else 0
+        worst = max(
+            worst,
+            g + prev_g + prev_u + prev_p,
+            g + p + prev_u + prev_p,
+            g + p + prev_u + 2 * n4,
+            g + p + 2 * n4 + factors,
+        )
+        prev_g, prev_p, prev_u = g, p, n4
+    return worst
 
 
 @functools.lru_cache(maxsize=256)
@@ -185,7 +203,7 @@ def optimizer_states(optimizer: str, trainable: tuple[Trainable, ...]) -> Optimi
             else:
                 dev.append(4 * t.numel)
             dev.append(4)  # state["RMS"] = self._rms(p): a 0-dim fp32 tensor on the device
-            transient = max(transient, _adafactor_transient(t))
+        transient = _adafactor_transient(trainable)
     elif optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         qmaps = False
         for t in trainable:

@@ -113,6 +113,9 @@ def test_committed_grid_is_complete():
         {"method": "full"},
         {"method": "full", "grad_accum": 2, "optimizer": "adamw-8bit"},
         {"method": "lora", "rank": 64, "optimizer": "paged-adamw-8bit"},
+        {"method": "qlora", "quant": "nf4"},
+        {"method": "qlora", "quant": "nf4-dq", "grad_checkpointing": "reentrant", "targets": "q,k,v,o"},
+        {"method": "qlora", "quant": "fp4", "optimizer": "adafactor", "dropout": 0.1},
     ],
     ids=str,
 )

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The training proof grid, traced (fake tensors, no GPU): Llama 3.2 3B LoRA r=16 all-linear at
-# 512, 2K and 8K tokens with and without gradient checkpointing, full fine-tuning with AdamW at
-# 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
+# The training proof grid, traced (fake tensors, no GPU): Llama 3.2 3B LoRA r=16 all-linear and
+# QLoRA (NF4 base, prepare_model_for_kbit_training) at 512, 2K and 8K tokens with and without
+# gradient checkpointing, full fine-tuning with AdamW at 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
 # `python -m estimator train --compare validation/training/trace.jsonl` compares it.
 #   bash validation/training/grid.sh [OUT.jsonl] [--device trace|cuda]
 set -euo pipefail
@@ -10,9 +10,11 @@ OUT="${1:-validation/training/trace.jsonl}"
 DEVICE="${2:-trace}"
 PY="${PYTHON:-.venv/bin/python}"
 run() { "$PY" -m runtime train-measure --device "$DEVICE" --out "$OUT" --json "$@" >/dev/null; }
-for gc in off non-reentrant; do
-  for t in 512 2048 8192; do
-    run --method lora --rank 16 --targets all-linear --seq-len "$t" --grad-checkpointing "$gc"
+for method in lora qlora; do
+  for gc in off non-reentrant; do
+    for t in 512 2048 8192; do
+      run --method "$method" --rank 16 --targets all-linear --seq-len "$t" --grad-checkpointing "$gc"
+    done
   done
 done
 for t in 512 2048; do
