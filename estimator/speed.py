@@ -441,8 +441,8 @@ def flops_dtype(engine: str, quant: str, gpu: Gpu) -> str:
     for fp32 weights, fp8 for vLLM's fp8 on GPUs with fp8 tensor cores.
 
     llama.cpp's quantized prefill runs MMQ (int8 dot products over q8_1 activations). Where the GPU
-    has int8 tensor cores it is measured against the 16-bit peak: the public rows reach 0.65-0.90 of
-    it on GeForce Ampere / Ada, only 0.16-0.23 of their int8 peak (4x the 16-bit one there, 2x on
+    has int8 tensor cores it is measured against the 16-bit peak: the public rows reach 0.57-1.05 of
+    it on GeForce Ampere / Ada / Blackwell, only 0.14-0.26 of their int8 peak (4x the 16-bit one there, 2x on
     A100 / H100), so the 16-bit peak is the one that carries across GPUs and engines. Without int8
     tensor cores (V100 and older: no int8 entry in the catalog) MMQ runs on ``dp4a``, four int8
     multiply-adds per lane per clock: 4x the fp32 rate."""

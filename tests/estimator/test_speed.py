@@ -325,6 +325,39 @@ def test_published_error_by_gpu_class():
         assert got["coverage"] >= gate["coverage"], (key, got)
 
 
+TABLE_ROWS = {
+    "decode tok/s per sequence, consumer": "decode_tok_s/consumer",
+    "decode tok/s per sequence, workstation": "decode_tok_s/workstation",
+    "decode tok/s per sequence, datacenter": "decode_tok_s/datacenter",
+    "decode tok/s over a batch": "decode_tok_s_aggregate/consumer",
+    "prefill tok/s, consumer": "prefill_tok_s/consumer",
+    "prefill tok/s, datacenter": "prefill_tok_s/datacenter",
+}
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/speed.md"])
+def test_published_tables_state_the_measured_error(doc):
+    """The README's Speed table and docs/speed.md's state what the replay measures (rows, median,
+    worst, coverage), so the published error cannot drift from the code."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / doc).read_text(encoding="utf-8")
+    summary = S.error_summary()
+    seen = set()
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        key = next((k for label, k in TABLE_ROWS.items() if cells[0].startswith(label)), None)
+        if key is None or len(cells) != 5:
+            continue
+        got = summary[key]
+        assert int(cells[1]) == got["rows"], (doc, key)
+        assert cells[2] == f"{100 * got['median_rel_error']:.1f}%", (doc, key, cells)
+        assert cells[3] == f"{100 * got['worst_rel_error']:.1f}%", (doc, key, cells)
+        assert cells[4] == f"{100 * got['coverage']:.0f}%", (doc, key, cells)
+        seen.add(key)
+    assert seen == set(TABLE_ROWS.values()), doc
+
+
 def test_leave_one_out_is_not_in_sample():
     """The replay leaves each row out of its own fractions: the row that sets the class's bandwidth
     ceiling is then faster than its own range, which an in-sample replay could never show."""
