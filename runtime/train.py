@@ -74,6 +74,8 @@ def train_settings(**kw: Any) -> dict[str, Any]:
         if "targets" in kw and kw["targets"] is not None:
             kw["targets"] = parse_targets(kw["targets"])
         kw = {k: v for k, v in kw.items() if v is not None}
+        if kw.get("method") == "qlora" and "quant" not in kw:
+            kw["quant"] = "nf4"  # as estimate_training
         ts = TrainSettings(model=load_model(model), **kw)
     except EstimatorError as e:
         raise SettingsError(str(e)) from None

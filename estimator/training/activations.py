@@ -214,6 +214,77 @@ def _layer(
     return rows
 
 
+def math_attention_backward_rows(
+    spec: ModelSpec,
+    targets: tuple[str, ...],
+    rank: int,
+    adapter_bytes: int,
+    dropout: bool,
+    grad_checkpointing: str,
+    seq_len: int,
+    micro_batch: int,
+) -> list[tuple[str, int, int]]:
+    """QLoRA (fp32, SDPA's math path): the live tensors at the last layer's softmax backward,
+    besides weights, states and gradients. (The loss's tensors are gone by then; with
+    checkpointing the layer has just been recomputed.)
+
+    - outside the layer: the checkpointed layer inputs, ``cache_position``, cos and sin (with
+      checkpointing), or every other layer's saved tensors (without); the input ids, the loss and
+      the backward seed;
+    - the layer's attention half, still saved: ``input_layernorm``'s rsqrt (and its fp32 input,
+      which with checkpointing is the checkpointed input itself), q/k/v's LoRA inputs and
+      ``lora_A`` outputs, the scaled q and k^T, the probabilities (v expanded was released by
+      ``attn @ v``'s backward);
+    - the backward's own: the residual stream's gradient, ``grad_out @ v^T`` and
+      ``_softmax_backward_data``'s output (4 b h T^2 each) and v's gradient [b, h, T, d]."""
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, d, h, L = spec.hidden_size, spec.head_dim, spec.num_attention_heads, spec.num_hidden_layers
+    a = 4
+    rows: list[tuple[str, int, int]] = []
+    if grad_checkpointing != "off":
+        rows += [
+            ("checkpointed layer inputs", a * N * H, L),
+            ("cache_position", INT64 * T, 1),
+            ("rotary cos, sin", a * T * d, 2),
+            ("rmsnorm rsqrt", FP32 * N, 1),
+        ]
+    else:
+
+        def norm(count: int) -> None:
+            rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
+            rows.append(("rmsnorm rsqrt", FP32 * N, count))
+
+        rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, False, 1, norm, a)
+        if L > 2:
+            rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a)
+        rows.append(("rotary cos, sin", a * T * d, 2))
+        norm(1)  # the last layer's input_layernorm
+    rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]
+    shared = False
+    for m in ("q", "k", "v"):
+        if m not in targets:
+            continue
+        rows.append((f"{m} lora_A output", adapter_bytes * N * rank, 1))
+        if dropout:
+            rows += [(f"{m} dropout output", adapter_bytes * N * H, 1), (f"{m} dropout mask", N * H, 1)]
+        elif adapter_bytes != a:
+            rows.append((f"{m} input cast to the adapter dtype", adapter_bytes * N * H, 1))
+        else:
+            shared = True
+    if shared:
+        rows.append(("attention input (norm output)", a * N * H, 1))
+    rows += [
+        ("q scaled", a * N * spec.q_dim, 1),
+        ("k^T scaled", a * b * h * T * d, 1),
+        ("attention probabilities", FP32 * b * h * T * T, 1),
+        ("residual stream gradient", a * N * H, 1),
+        ("grad_out @ v^T, softmax backward output", FP32 * b * h * T * T, 2),
+        ("v expanded's gradient", a * b * h * T * d, 1),
+    ]
+    return rows
+
+
 def act_bytes(method: str) -> int:
     """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
     residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""

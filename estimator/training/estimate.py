@@ -37,7 +37,13 @@ from ..model import ModelSpec, load_model
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
 from ..report import COUNTERS, MemoryReport, fit_verdict
 from ..units import check_int
-from .activations import loss_backward_rows, loss_forward_bytes, saved_tensors, tied_end_rows
+from .activations import (
+    loss_backward_rows,
+    loss_forward_bytes,
+    math_attention_backward_rows,
+    saved_tensors,
+    tied_end_rows,
+)
 from .params import TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
 from .static import DTYPE_BYTES, StaticBytes, optimizer_states, static_bytes, trainable_tensors, weight_layout
@@ -203,6 +209,15 @@ def _static_groups(
     return st, _group(w), _group(t_sizes), _group(states)
 
 
+def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
+    """Gradients that exist when the last layer's attention runs its backward (first micro-batch
+    of a step): lm_head's adapter and the last layer's o, gate, up and down adapters."""
+    last = f"model.layers.{s.model.num_hidden_layers - 1}."
+    after = tuple(last + m for m in ("self_attn.o_proj.", "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj."))
+    tr = trainable_tensors(s.model, s.method, s.rank, s.targets, s.adapter_dtype)
+    return [(t.nbytes, 1) for t in tr if t.name.startswith(after) or t.name.startswith("lm_head.")]
+
+
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
     st, weights, grads, states = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
@@ -231,6 +246,19 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         if s.model.tie_word_embeddings:
             end += [(n, c) for _, n, c in tied_end_rows(s.model, s.grad_accum > 1)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2:
+        rows = math_attention_backward_rows(
+            s.model,
+            s.targets,
+            s.rank,
+            DTYPE_BYTES[s.adapter_dtype],
+            s.dropout > 0,
+            s.grad_checkpointing,
+            s.seq_len,
+            s.micro_batch,
+        )
+        done = [] if s.grad_accum > 1 else _grads_before_attention(s)
+        cands["backward (last layer attention)"] = resident + [_group([(n, c) for _, n, c in rows] + done)]
     step = [(st.step_transient_bytes, 1)] if st.step_transient_bytes else []
     cands["optimizer step"] = [weights, grads, states, _group(step)]
     sums = {k: (sum(g.raw for g in v), sum(g.rounded for g in v), sum(g.charged for g in v)) for k, v in cands.items()}

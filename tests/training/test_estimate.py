@@ -75,7 +75,15 @@ def _check(record):
     e = _estimate(record["settings"])
     t = record["training"]
     for phase, cands in PHASE_OF.items():
-        assert t["peak_live_bytes"][phase] == max(e.candidates[c] for c in cands if c in e.candidates), phase
+        est = max(e.candidates[c] for c in cands if c in e.candidates)
+        if phase == "forward" and record["settings"]["method"] == "qlora":
+            # SDPA's math path peaks inside a layer's softmax in the forward (not a candidate, and
+            # below the backward's peak): the loss's moment is a lower bound of the phase
+            assert t["peak_live_bytes"][phase] >= est
+            continue
+        if phase == "backward" and "backward (last layer attention)" in e.candidates:
+            est = max(est, e.candidates["backward (last layer attention)"])
+        assert t["peak_live_bytes"][phase] == est, phase
     assert t["peak_live_bytes"]["optimizer"] == e.candidates["optimizer step"]
     assert max(t["peak_live_bytes"].values()) == e.peak_live_bytes
     assert record["peak_allocated_bytes"] == e.peak_live_rounded_bytes
@@ -116,6 +124,7 @@ def test_committed_grid_is_complete():
         {"method": "qlora", "quant": "nf4"},
         {"method": "qlora", "quant": "nf4-dq", "grad_checkpointing": "reentrant", "targets": "q,k,v,o"},
         {"method": "qlora", "quant": "fp4", "optimizer": "adafactor", "dropout": 0.1},
+        {"method": "qlora", "grad_checkpointing": "non-reentrant", "seq_len": 2048, "targets": "q,v,down"},
     ],
     ids=str,
 )
@@ -126,7 +135,7 @@ def test_fresh_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
     pytest.importorskip("peft")
     from runtime.train import train_measure, train_settings
 
-    r = train_measure(train_settings(model=narrow_llama3_vocab_dir, seq_len=64, device="trace", **kw))
+    r = train_measure(train_settings(model=narrow_llama3_vocab_dir, device="trace", **{"seq_len": 64, **kw}))
     assert r["status"] == "ok", r["error"]
     _check(r)
 
@@ -171,3 +180,27 @@ def test_bad_input_names_the_field():
     ):
         with pytest.raises(InvalidSpecError, match=field):
             estimate_training(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"grad_checkpointing": "non-reentrant"},
+        {"dropout": 0.1},
+        {"adapter_dtype": "bf16", "targets": "q,k,o"},
+    ],
+    ids=str,
+)
+def test_qlora_math_attention_backward_peak(narrow_dir, kw):
+    """A small vocabulary and 4,096 tokens: QLoRA's fp32 attention probabilities (SDPA's math
+    path) make the last layer's softmax backward the step's peak; the estimate's candidate for
+    that moment equals the trace to the byte."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.train import train_measure, train_settings
+
+    r = train_measure(train_settings(model=narrow_dir, method="qlora", seq_len=4096, device="trace", **kw))
+    assert r["status"] == "ok", r["error"]
+    e = _estimate(r["settings"])
+    assert e.peak_phase == "backward (last layer attention)"
+    _check(r)
