@@ -121,3 +121,28 @@ log "validation report"
   || log "validate failed"
 [ -f "$OUT/validation.md" ] && sed -n '1,20p' "$OUT/validation.md" >&2
 log "done: $(wc -l < "$OUT/sweep.jsonl" 2>/dev/null || echo 0) points in $OUT/sweep.jsonl"
+
+# 6. Training (issue 13, docs/training.md): one real training step per point on the GPU
+#    (python -m runtime train-measure --device cuda: forward, backward, optimizer), then the
+#    estimate vs the torch/NVML counters in OUT_DIR/training.md. cuda only: the CPU rehearsal and
+#    everything above are unchanged. Needs peft (the runtime extra); each point is capped by what
+#    is left of the budget.
+if [ "$DEVICE" = cuda ]; then
+  if "$PY" -c 'import peft' >/dev/null 2>&1; then
+    for pt in "lora 512 off" "lora 2048 off" "lora 2048 non-reentrant" "qlora 512 non-reentrant" "full 512 off"; do
+      set -- $pt
+      L=$(left)
+      [ "$L" -gt 40 ] || { log "training: out of budget before '$pt'"; break; }
+      log "training: $pt (cap ${L}s)"
+      timeout "$L" "$PY" -m runtime train-measure --device cuda --method "$1" --seq-len "$2" \
+        --grad-checkpointing "$3" --out "$OUT/training.jsonl" --json >/dev/null 2>>"$OUT/progress.log" \
+        || log "training point '$pt' exited non-zero"
+    done
+    if [ -f "$OUT/training.jsonl" ]; then
+      "$PY" validation/training/report.py "$OUT/training.jsonl" "$OUT/training.md" 2>&1 | tee -a "$OUT/progress.log" >&2 \
+        || log "training report failed"
+    fi
+  else
+    log "training: peft is not installed; training grid skipped"
+  fi
+fi

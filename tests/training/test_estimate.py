@@ -104,9 +104,10 @@ def test_committed_grid_is_complete():
     seen = {
         (r["settings"]["method"], r["settings"]["seq_len"], r["settings"]["grad_checkpointing"]) for r in _records()
     }
-    for gc in ("off", "non-reentrant"):
-        for t in (512, 2048, 8192):
-            assert ("lora", t, gc) in seen
+    for method in ("lora", "qlora"):
+        for gc in ("off", "non-reentrant"):
+            for t in (512, 2048, 8192):
+                assert (method, t, gc) in seen
     assert {("full", 512, "off"), ("full", 2048, "off")} <= seen
 
 
@@ -204,3 +205,13 @@ def test_qlora_math_attention_backward_peak(narrow_dir, kw):
     e = _estimate(r["settings"])
     assert e.peak_phase == "backward (last layer attention)"
     _check(r)
+
+
+def test_committed_report_is_current():
+    """validation/training/README.md is what validation/training/report.py makes of trace.jsonl."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("training_report", ROOT / "validation" / "training" / "report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (ROOT / "validation" / "training" / "README.md").read_text() == mod.markdown(_records())

@@ -26,10 +26,11 @@ PHASES = {
 }
 
 
-def estimate_for(s: dict[str, Any]) -> Any:
+def estimate_for(s: dict[str, Any], gpu: Any = None) -> Any:
     return estimate_training(
         s["model"],
         s["method"],
+        gpu=gpu,
         rank=s["rank"],
         targets=s["targets"],
         dropout=s["dropout"],
@@ -71,7 +72,38 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def cuda_markdown(records: list[dict[str, Any]]) -> str:
+    """Real-GPU records: the estimate's three counters against torch's and NVML's."""
+    from estimator.report import measured_gpu
+
+    env = records[0]["environment"] or {}
+    lines = [
+        "# Training memory: estimator vs a real GPU step",
+        "",
+        f"GPU {env.get('gpu_name')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+        f"bitsandbytes {env.get('bitsandbytes')}.",
+        "",
+        "| point | status | counter | measured | estimate | rel. error |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for r in records:
+        s = r["settings"]
+        point = f"{s['method']} {s['quant']} T={s['seq_len']:,} ckpt={s['grad_checkpointing']}"
+        if r["status"] != "ok":
+            lines.append(f"| {point} | {r['status']} | | | | |")
+            continue
+        gpu = measured_gpu(r.get("environment"))
+        e = estimate_for(s, gpu)
+        for c in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
+            m, v = r.get(c), getattr(e, c)
+            err = f"{(v - m) / m:+.2%}" if m else "-"
+            lines.append(f"| {point} | ok | {c} | {m if m is None else f'{m:,}'} | {v:,} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown(records: list[dict[str, Any]]) -> str:
+    if records and records[0]["settings"].get("device") == "cuda":
+        return cuda_markdown(records)
     env = records[0]["environment"] if records else {}
     lines = [
         "# Training memory: estimator vs trace (Llama 3.2 3B)",
