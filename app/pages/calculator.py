@@ -7,7 +7,7 @@ import json
 import streamlit as st
 
 import estimator
-from app import compute, figures, inputs, state, tables
+from app import compute, figures, inputs, state, tables, training
 from app.escape import md
 from app.figures import tokens_label
 from estimator.launch import transformers_launch
@@ -52,6 +52,9 @@ def _height(rows: int) -> int:
 
 def render() -> None:
     inp = inputs.sidebar()
+    if training.mode() == training.FINE_TUNING:  # the Fine-tuning mode: app/training.py
+        training.render(inp)
+        return
     s = inp.settings()
     try:
         est = compute.cached_estimate(**s)

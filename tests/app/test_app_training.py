@@ -1,0 +1,55 @@
+"""AppTest of the calculator's Fine-tuning mode (app/training.py): cards, breakdown, fixes."""
+
+from __future__ import annotations
+
+import pytest
+
+from app import state, training
+from estimator.training import estimate_training
+from estimator.training.solve import max_seq_len
+from estimator.units import format_gib
+
+
+@pytest.fixture
+def at(app_test):
+    a = app_test("streamlit_app.py").run()
+    a.radio(key=training.MODE).set_value(training.FINE_TUNING).run()
+    return a
+
+
+def test_default_fine_tuning_render(at):
+    """Default: LoRA r=16 all-linear, AdamW, 2,048 tokens on the default GPU: the estimator's numbers."""
+    assert not at.exception and not at.error
+    gpu = state.DEFAULTS[state.GPU]
+    e = estimate_training("llama-3.2-3b", "lora", rank=16, targets="all-linear", seq_len=2048, gpu=gpu)
+    assert at.metric[0].value == format_gib(e.device_used_bytes)
+    assert at.metric[1].value == "Yes"
+    assert at.metric[2].value == f"{max_seq_len(method='lora', gpu=gpu):,} tokens"
+    assert "trainable params: 24,313,856" in at.caption[0].value
+    parts = at.dataframe[0].value
+    assert list(parts["Part"]) == list(training.PARTS.values())
+    assert abs(parts["GiB"].sum() * 2**30 - e.device_used_bytes) < 1
+
+
+def test_qlora_and_checkpointing_change_the_answer(at):
+    at.selectbox(key=training.METHOD).set_value("qlora").run()
+    at.selectbox(key=training.SEQ_LEN).set_value(4096).run()
+    assert not at.exception
+    gpu = state.DEFAULTS[state.GPU]
+    e = estimate_training("llama-3.2-3b", "qlora", quant="nf4", seq_len=4096, gpu=gpu)
+    assert at.metric[0].value == format_gib(e.device_used_bytes)
+    assert at.metric[1].value == "No"  # fp32 attention probabilities over 4K tokens (docs/training.md)
+    labels = [b.label for b in at.button]
+    assert any(lab.startswith("Gradient checkpointing") for lab in labels)
+    at.button(key=f"train_fix_{training.CHECKPOINTING}").click().run()
+    assert at.session_state[training.CHECKPOINTING] == "non-reentrant"
+    e2 = estimate_training(
+        "llama-3.2-3b", "qlora", quant="nf4", seq_len=4096, gpu=gpu, grad_checkpointing="non-reentrant"
+    )
+    assert at.metric[0].value == format_gib(e2.device_used_bytes)
+
+
+def test_inference_mode_unchanged(app_test):
+    a = app_test("streamlit_app.py").run()
+    assert a.radio(key=training.MODE).value == training.INFERENCE
+    assert a.title[0].value == "Will it fit?"
