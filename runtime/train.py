@@ -222,7 +222,7 @@ class _MatMul4bit(torch.autograd.Function):
             return torch.empty(*x.shape[:-1], out_f, dtype=x.dtype, device=x.device)
         nested = _absmax_dq(layer, x.device)
         b_dq = torch.empty(out_f, in_f, dtype=x.dtype, device=x.device)
-        out = torch.nn.functional.linear(x, b_dq)
+        out = torch.nn.functional.linear(x, b_dq, layer.bias)  # gemm_4bit's bias goes into the same output
         del b_dq, nested
         return out
 
@@ -263,7 +263,11 @@ def _bnb_standin_class():
             self.quant, self.compute_dtype = quant, compute
             self.in_features, self.out_features = linear.in_features, linear.out_features
             self.layout = bnb_layout(quant, self.out_features, self.in_features)
-            self.bias = None
+            self.bias = (
+                nn.Parameter(torch.empty(self.out_features, dtype=compute, device="meta"), requires_grad=False)
+                if linear.bias is not None
+                else None
+            )
             self.stored: list[torch.Tensor] = []
             self.weight = nn.Parameter(torch.empty(0, dtype=torch.uint8, device="meta"), requires_grad=False)
             self._mark_weight()
@@ -281,6 +285,8 @@ def _bnb_standin_class():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             inp_dtype = x.dtype
             x = x.to(self.compute_dtype)
+            if self.bias is not None and self.bias.dtype != x.dtype:
+                self.bias.data = self.bias.data.to(x.dtype)  # Linear4bit.forward, in place, for good
             return _MatMul4bit.apply(x, self).to(inp_dtype)
 
     return BnbLinear4bitStandIn
@@ -615,12 +621,14 @@ def _tracked(s: dict[str, Any], r: dict[str, Any], device: str, model) -> None:
     with tracker:
         info = run_step(model, opt, s, device, phase, tracker)
     final = static_bytes(model, opt)
-    w = st["weights_bytes"] + st["adapter_weights_bytes"]
+    # weights after the step: a 4-bit Linear's bias is cast back to bf16 by its first forward
+    w = final["weights_bytes"] + final["adapter_weights_bytes"]
     for p in ("forward", "backward", "optimizer"):
         ph[p].update(weights_bytes=w, kv_cache_bytes=0, activations_bytes=None)
     r["training"] = {
-        "weights_bytes": st["weights_bytes"],
-        "adapter_weights_bytes": st["adapter_weights_bytes"],
+        "weights_bytes": final["weights_bytes"],
+        "adapter_weights_bytes": final["adapter_weights_bytes"],
+        "weights_at_load_bytes": st["weights_bytes"],
         "gradients_bytes": info["gradients_bytes"],
         "optimizer_states_bytes": final["optimizer_states_bytes"],
         "paged_bytes": info["paged_bytes"],
@@ -717,8 +725,9 @@ def _run_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
     info = run_step(model, opt, s, "cuda", phase)
     final = static_bytes(model, opt)
     r["training"] = {
-        "weights_bytes": st["weights_bytes"],
-        "adapter_weights_bytes": st["adapter_weights_bytes"],
+        "weights_bytes": final["weights_bytes"],
+        "adapter_weights_bytes": final["adapter_weights_bytes"],
+        "weights_at_load_bytes": st["weights_bytes"],
         "gradients_bytes": info["gradients_bytes"],
         "optimizer_states_bytes": final["optimizer_states_bytes"],
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),

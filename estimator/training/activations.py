@@ -177,6 +177,7 @@ def _layer(
             shares_x = lora(m, H, in_grad) or shares_x
     if shares_x:
         rows.append(("attention input (norm output)", a * N * H, count))
+    rows += _qk_norm_rows(spec, tg, in_grad or full, N, a, full, count)
     attn_grad = in_grad or full or bool(tg & {"q", "k", "v"})
     flash = a == 2
     if attn_grad and flash:
@@ -274,6 +275,7 @@ def math_attention_backward_rows(
             shared = True
     if shared:
         rows.append(("attention input (norm output)", a * N * H, 1))
+    rows += _qk_norm_rows(spec, targets, True, N, a, False, 1)
     rows += [
         ("q scaled", a * N * spec.q_dim, 1),
         ("k^T scaled", a * b * h * T * d, 1),
@@ -289,6 +291,23 @@ def act_bytes(method: str) -> int:
     """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
     residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""
     return 4 if method == "qlora" else 2
+
+
+def _qk_norm_rows(
+    spec: ModelSpec, tg: set[str] | tuple[str, ...], in_grad: bool, N: int, a: int, full: bool, count: int
+) -> list[tuple[str, int, int]]:
+    """Qwen3's RMSNorm over each head of q and k (``q_norm``/``k_norm``, modeling_qwen3.py), when
+    the projection's output requires grad: its fp32 input and rsqrt per head (and, trainable, the
+    bf16 input for the weight's gradient)."""
+    rows: list[tuple[str, int, int]] = []
+    if not spec.qk_norm:
+        return rows
+    for m, dim, heads in (("q", spec.q_dim, spec.num_attention_heads), ("k", spec.kv_dim, spec.num_key_value_heads)):
+        if in_grad or m in tg:
+            rows += [(f"{m}_norm fp32 input", FP32 * N * dim, count), (f"{m}_norm rsqrt", FP32 * N * heads, count)]
+            if full:
+                rows.append((f"{m}_norm bf16 input (weight grad)", a * N * dim, count))
+    return rows
 
 
 def loss_forward_bytes(spec: ModelSpec, method: str, grad_checkpointing: str, seq_len: int, micro_batch: int) -> int:

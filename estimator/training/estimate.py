@@ -199,14 +199,16 @@ def _group(rows: list[tuple[int, int]]) -> _Group:
 @functools.lru_cache(maxsize=256)
 def _static_groups(
     spec: ModelSpec, method: str, quant: str, rank: int, targets: tuple[str, ...], adapter_dtype: str, optimizer: str
-) -> tuple[StaticBytes, _Group, _Group, _Group]:
-    """The static parts and the groups of weights (base + adapters), gradients and states."""
+) -> tuple[StaticBytes, _Group, _Group, _Group, _Group]:
+    """The static parts and the groups of weights (base + adapters), gradients, states and the
+    optimizer step's temporaries."""
     st = static_bytes(spec, method, quant, rank, targets, adapter_dtype, optimizer)
     tr = trainable_tensors(spec, method, rank, targets, adapter_dtype)
     t_sizes = [(t.nbytes, 1) for t in tr]
     w = [(n, 1) for n in weight_layout(spec, method, quant)] + (t_sizes if method != "full" else [])
-    states = [(n, 1) for n in optimizer_states(optimizer, tr).tensors]
-    return st, _group(w), _group(t_sizes), _group(states)
+    opt = optimizer_states(optimizer, tr)
+    states = [(n, 1) for n in opt.tensors]
+    return st, _group(w), _group(t_sizes), _group(states), _group([(n, 1) for n in opt.step_tensors])
 
 
 def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
@@ -219,7 +221,7 @@ def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
-    st, weights, grads, states = _static_groups(
+    st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
     saved = saved_tensors(
@@ -259,8 +261,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         )
         done = [] if s.grad_accum > 1 else _grads_before_attention(s)
         cands["backward (last layer attention)"] = resident + [_group([(n, c) for _, n, c in rows] + done)]
-    step = [(st.step_transient_bytes, 1)] if st.step_transient_bytes else []
-    cands["optimizer step"] = [weights, grads, states, _group(step)]
+    cands["optimizer step"] = [weights, grads, states, step_g]
     sums = {k: (sum(g.raw for g in v), sum(g.rounded for g in v), sum(g.charged for g in v)) for k, v in cands.items()}
     phase = max(sums, key=lambda k: (sums[k][1], sums[k][0]))
     blk = sums[phase][2]

@@ -9,7 +9,9 @@ Weights
     ``qlora``: the bitsandbytes 4-bit layout of ``weight_tensors(spec, quant)``, then
     ``peft.prepare_model_for_kbit_training`` (peft 0.21 ``utils/other.py``), which casts every
     fp16/bf16 parameter that is not a ``Params4bit`` to fp32: the embedding (tied lm_head once),
-    an untied lm_head, the norms and biases double. Buffers (fp32 ``inv_freq``) are untouched.
+    an untied lm_head and the norms double. A 4-bit Linear's bias is cast to fp32 too, but its first
+    forward casts it back to the compute dtype (``Linear4bit.forward``), so it stays bf16. Buffers
+    (fp32 ``inv_freq``) are untouched.
 
 Adapter weights
     ``lora_A``/``lora_B`` are created by ``nn.Linear`` in the default fp32; ``get_peft_model``'s
@@ -70,6 +72,10 @@ BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes Optimizer2State min_8bit_size default (
 BNB_STATE_BLOCK = 256  # blockwise state quantization blocksize (Optimizer2State.init_state)
 BNB_QMAP_BYTES = 2 * 256 * 4  # the "dynamic" and "udynamic" fp32 [256] maps, once per optimizer
 BNB_PAGED_MIN_NUMEL = 100_000  # get_state_buffer: paged only when p.numel() >= 1e5
+# What prepare_model_for_kbit_training leaves in fp32: every bf16 parameter that is not a
+# Params4bit, except a Linear4bit's bias, which its first forward casts back to the compute dtype
+# (bitsandbytes 0.50 nn/modules.py Linear4bit.forward: ``bias.data = bias.data.to(x.dtype)``).
+UPCAST_KINDS = ("embedding", "lm_head", "norm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +129,7 @@ def base_weight_bytes(spec: ModelSpec, method: str, quant: str, kbit_prepare: bo
     if method == "qlora":
         w = weight_bytes(spec, quant).total_bytes
         if kbit_prepare:  # prepare_model_for_kbit_training: bf16 non-4-bit parameters -> fp32
-            w += sum(2 * t.numel for t in tensors(spec) if t.kind in ("embedding", "lm_head", "norm", "bias"))
+            w += sum(2 * t.numel for t in tensors(spec) if t.kind in UPCAST_KINDS)
         return w
     return weight_bytes(spec, "bf16").total_bytes
 
@@ -132,9 +138,7 @@ def weight_layout(spec: ModelSpec, method: str, quant: str, kbit_prepare: bool =
     """Every base-model tensor's bytes in load order (for the allocator's packing)."""
     if method != "qlora":
         return tuple(s.nbytes for s in weight_tensors(spec, "bf16"))
-    up = (
-        {t.name for t in tensors(spec) if t.kind in ("embedding", "lm_head", "norm", "bias")} if kbit_prepare else set()
-    )
+    up = {t.name for t in tensors(spec) if t.kind in UPCAST_KINDS} if kbit_prepare else set()
     return tuple(2 * s.nbytes if s.name in up else s.nbytes for s in weight_tensors(spec, quant))
 
 
@@ -146,6 +150,7 @@ class OptimizerStates:
     paged_bytes: int  # bitsandbytes paged states in CUDA managed memory (NVML only)
     step_transient_bytes: int  # the most the step allocates on top of states, grads, weights
     tensors: tuple[int, ...]  # every device state tensor's bytes, in creation order
+    step_tensors: tuple[int, ...] = ()  # the step's temporaries at that moment, tensor by tensor
 
 
 def _adafactor_transient(trainable: tuple[Trainable, ...]) -> int:
@@ -183,15 +188,17 @@ def optimizer_states(optimizer: str, trainable: tuple[Trainable, ...]) -> Optimi
     dev: list[int] = []
     paged = 0
     transient = 0
+    step: tuple[int, ...] = ()
     if optimizer in ("adamw", "adamw-fused"):
-        groups: dict[int, int] = {}
+        groups: dict[int, list[int]] = {}
         for t in trainable:
             dev += [t.nbytes, t.nbytes]
-            groups[t.itemsize] = groups.get(t.itemsize, 0) + t.nbytes
+            groups.setdefault(t.itemsize, []).append(t.nbytes)
         if optimizer == "adamw-fused":
             dev += [4] * len(trainable)
-        else:
-            transient = max(groups.values(), default=0)
+        elif groups:  # one _foreach_sqrt output per exp_avg_sq of the largest (device, dtype) group
+            step = tuple(max(groups.values(), key=sum))
+            transient = sum(step)
     elif optimizer == "sgd-momentum":
         dev = [t.nbytes for t in trainable]
     elif optimizer == "adafactor":
@@ -204,6 +211,7 @@ def optimizer_states(optimizer: str, trainable: tuple[Trainable, ...]) -> Optimi
                 dev.append(4 * t.numel)
             dev.append(4)  # state["RMS"] = self._rms(p): a 0-dim fp32 tensor on the device
         transient = _adafactor_transient(trainable)
+        step = (transient,) if transient else ()  # counted as one block (its tensors are 4 n B each)
     elif optimizer in ("adamw-8bit", "paged-adamw-8bit"):
         qmaps = False
         for t in trainable:
@@ -222,7 +230,7 @@ def optimizer_states(optimizer: str, trainable: tuple[Trainable, ...]) -> Optimi
             if n >= BNB_MIN_8BIT_SIZE:
                 blocks = cdiv(n, BNB_STATE_BLOCK)
                 dev += [4 * blocks, 4 * blocks]
-    return OptimizerStates(sum(dev), paged, transient, tuple(dev))
+    return OptimizerStates(sum(dev), paged, transient, tuple(dev), step)
 
 
 @dataclass(frozen=True, slots=True)

@@ -215,3 +215,52 @@ def test_committed_report_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (ROOT / "validation" / "training" / "README.md").read_text() == mod.markdown(_records())
+
+
+QWEN3 = {
+    "model_type": "qwen3",
+    "hidden_size": 256,
+    "intermediate_size": 512,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 64,
+    "vocab_size": 128_256,
+    "max_position_embeddings": 40960,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1_000_000,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "attention_bias": False,
+}
+QWEN2 = {  # biases on q, k, v; untied lm_head
+    **{k: v for k, v in QWEN3.items() if k not in ("head_dim", "attention_bias")},
+    "model_type": "qwen2",
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+}
+
+
+@pytest.mark.parametrize(
+    "cfg,kw",
+    [
+        (QWEN3, {"method": "lora"}),
+        (QWEN3, {"method": "lora", "targets": "v,o"}),
+        (QWEN3, {"method": "full"}),
+        (QWEN2, {"method": "lora"}),
+        (QWEN2, {"method": "full", "grad_accum": 2}),
+        (QWEN2, {"method": "qlora"}),
+    ],
+    ids=lambda x: x.get("model_type") or str(x),
+)
+def test_other_families_trace(tmp_path, cfg, kw):
+    """Qwen3's q/k RMSNorm, Qwen2's q/k/v biases and untied lm_head (a QLoRA bias goes back to
+    bf16 at the first forward), each phase to the byte."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.train import train_measure, train_settings
+
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = train_measure(train_settings(model=str(tmp_path), seq_len=64, device="trace", **kw))
+    assert r["status"] == "ok", r["error"]
+    _check(r)
