@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..allocator import block_bytes, reserved_for, round_size
+from ..errors import InvalidSpecError
 from ..gpus import Gpu, custom_gpu, get_gpu
 from ..model import ModelSpec, load_model
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
@@ -221,6 +222,13 @@ def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
+    extra = [t for t in s.targets if t in ("lm_head", "embed")] if s.method != "full" else []
+    if extra:
+        # trainable_params counts them (checked against PEFT); their activations are not modelled
+        raise InvalidSpecError(
+            "targets: LoRA on lm_head or the embedding changes the loss's and the first layer's saved "
+            f"tensors, which are not modelled yet (count them with trainable_params): {','.join(extra)!r}"
+        )
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )

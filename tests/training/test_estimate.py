@@ -178,6 +178,8 @@ def test_bad_input_names_the_field():
         ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
+        ({"targets": "all-linear,lm_head"}, "targets"),
+        ({"targets": "q,embed"}, "targets"),
     ):
         with pytest.raises(InvalidSpecError, match=field):
             estimate_training(**kw)
