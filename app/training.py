@@ -14,6 +14,7 @@ import streamlit as st
 from app import compute, tables
 from app.escape import md
 from estimator.errors import EstimatorError
+from estimator.estimate import PRE_SM80_ARCHS
 from estimator.training import TrainingEstimate, estimate_train_settings, make_train_settings
 from estimator.training.settings import GRAD_CHECKPOINTING, TrainSettings
 from estimator.training.solve import max_seq_len
@@ -141,6 +142,8 @@ def recommended(s: TrainSettings) -> list[dict[str, Any]]:
     rows = []
     for key in compute.gpu_keys():
         g = compute.gpu_by_key(key)
+        if g.arch in PRE_SM80_ARCHS:  # the training estimate models sm80+ (flash attention, bf16)
+            continue
         e = estimate_train_settings(replace(s, gpu=g))
         if e.device_used_bytes <= g.memory_bytes:
             rows.append(

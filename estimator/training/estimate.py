@@ -33,6 +33,7 @@ from typing import Any
 
 from ..allocator import block_bytes, reserved_for, round_size
 from ..errors import InvalidSpecError
+from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu, custom_gpu, get_gpu
 from ..model import ModelSpec, load_model
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
@@ -222,6 +223,11 @@ def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
+    if s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS:
+        # before sm80 there is no flash kernel (SDPA falls back to math with GQA) and no bf16 GEMM
+        raise InvalidSpecError(
+            f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
+        )
     extra = [t for t in s.targets if t in ("lm_head", "embed")] if s.method != "full" else []
     if extra:
         # trainable_params counts them (checked against PEFT); their activations are not modelled

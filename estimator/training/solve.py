@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
+from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu, get_gpu, gpu_catalog
 from ..solve import largest_true
 from .estimate import TrainingEstimate, estimate_train_settings, make_train_settings
@@ -66,9 +67,11 @@ def max_micro_batch(
 
 
 def smallest_gpu(model: Any = "llama-3.2-3b", *, gpus: Iterable[Gpu] | None = None, **kw: Any) -> Gpu | None:
-    """The catalog GPU with the least memory on which the step fits; None if none does."""
+    """The sm80+ catalog GPU with the least memory on which the step fits; None if none does."""
     s = _settings(model, None, kw)
     for g in sorted(gpus if gpus is not None else gpu_catalog(), key=lambda g: (g.memory_bytes, g.key)):
+        if g.arch in PRE_SM80_ARCHS:  # not modelled for training (estimate_training refuses them)
+            continue
         if _fits(replace(s, gpu=g), g.memory_bytes):
             return g
     return None

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from estimator.cli import main
+from estimator.estimate import PRE_SM80_ARCHS
 from estimator.gpus import get_gpu, gpu_catalog
 from estimator.training import estimate_training
 from estimator.training.solve import best_method, max_micro_batch, max_seq_len, smallest_gpu
@@ -71,6 +72,7 @@ def test_table_names_every_part(capsys):
         (["--solve", "everything", "--gpu", "rtx-4090-24gb"], "solve"),
         (["--solve", "seq-len"], "gpu"),
         (["--method", "qlora", "--quant", "int8"], "quant"),
+        (["--gpu", "v100-32gb"], "gpu"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(args, field):
@@ -96,7 +98,8 @@ def test_max_micro_batch_and_smallest_gpu():
     assert not estimate_training(method="lora", seq_len=2048, micro_batch=b + 1, gpu=g).fits
     s = smallest_gpu(method="lora", seq_len=2048)
     assert s is not None
-    smaller = [x for x in gpu_catalog() if x.memory_bytes < s.memory_bytes]
+    assert s.arch not in PRE_SM80_ARCHS
+    smaller = [x for x in gpu_catalog() if x.memory_bytes < s.memory_bytes and x.arch not in PRE_SM80_ARCHS]
     for x in smaller:
         assert not estimate_training(method="lora", seq_len=2048, gpu=x).fits
 
