@@ -111,13 +111,19 @@ def saved_tensors(
         rows.append(("checkpointed layer inputs", a * N * H, L))
         rows.append(("cache_position", INT64 * T, 1))
     else:
-        first_input_grad = full  # a LoRA model's first layer input does not require grad
+        # a LoRA model's first layer input (the frozen embedding's output) does not require grad,
+        # unless the embedding has an adapter
+        first_input_grad = full or "embed" in targets
         for layer in (0, 1):
             count = 1 if layer == 0 else L - 1
             if count == 0:
                 continue
             in_grad = first_input_grad or layer > 0
             rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm, a)
+    if not full and "embed" in targets:
+        # peft lora.Embedding: after_A = F.embedding(ids, lora_embedding_A.T) [N, r], saved by
+        # ``after_A @ lora_embedding_B.T`` for B's gradient
+        rows.append(("embedding lora after_A", adapter_bytes * N * rank, 1))
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
     rows.append(("rotary cos, sin", a * T * d, 2))
     norm(1)  # the final norm
@@ -256,12 +262,14 @@ def math_attention_backward_rows(
             rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
             rows.append(("rmsnorm rsqrt", FP32 * N, count))
 
-        rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, False, 1, norm, a)
+        rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, "embed" in targets, 1, norm, a)
         if L > 2:
             rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a)
         rows.append(("rotary cos, sin", a * T * d, 2))
         norm(1)  # the last layer's input_layernorm
     rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]
+    if "embed" in targets:
+        rows.append(("embedding lora after_A", adapter_bytes * N * rank, 1))
     shared = False
     for m in ("q", "k", "v"):
         if m not in targets:
