@@ -213,13 +213,16 @@ def _static_groups(
     return st, _group(w), _group(t_sizes), _group(states), _group([(n, 1) for n in opt.step_tensors])
 
 
-def _grads_before_attention(s: TrainSettings) -> list[tuple[int, int]]:
+@functools.lru_cache(maxsize=256)
+def _grads_before_attention(
+    spec: ModelSpec, method: str, rank: int, targets: tuple[str, ...], adapter_dtype: str
+) -> tuple[tuple[int, int], ...]:
     """Gradients that exist when the last layer's attention runs its backward (first micro-batch
     of a step): lm_head's adapter and the last layer's o, gate, up and down adapters."""
-    last = f"model.layers.{s.model.num_hidden_layers - 1}."
+    last = f"model.layers.{spec.num_hidden_layers - 1}."
     after = tuple(last + m for m in ("self_attn.o_proj.", "mlp.gate_proj.", "mlp.up_proj.", "mlp.down_proj."))
-    tr = trainable_tensors(s.model, s.method, s.rank, s.targets, s.adapter_dtype)
-    return [(t.nbytes, 1) for t in tr if t.name.startswith(after) or t.name.startswith("lm_head.")]
+    tr = trainable_tensors(spec, method, rank, targets, adapter_dtype)
+    return tuple((t.nbytes, 1) for t in tr if t.name.startswith(after) or t.name.startswith("lm_head."))
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
@@ -277,7 +280,11 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             s.seq_len,
             s.micro_batch,
         )
-        done = [] if s.grad_accum > 1 else _grads_before_attention(s)
+        done = (
+            []
+            if s.grad_accum > 1
+            else list(_grads_before_attention(s.model, s.method, s.rank, s.targets, s.adapter_dtype))
+        )
         cands["backward (last layer attention)"] = resident + [_group([(n, c) for _, n, c in rows] + done)]
     cands["optimizer step"] = [weights, grads, states, step_g]
     sums = {k: (sum(g.raw for g in v), sum(g.rounded for g in v), sum(g.charged for g in v)) for k, v in cands.items()}

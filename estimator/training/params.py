@@ -112,6 +112,7 @@ def adapters(spec: ModelSpec, rank: int, targets: tuple[str, ...]) -> tuple[Adap
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)
 def base_count(spec: ModelSpec, method: str) -> int:
     """Parameters of the base model as ``get_nb_trainable_parameters`` counts them: a 4-bit
     Linear's packed weight as ``2 x ceil(n / 2)``, everything else by numel, a tied embedding once."""
@@ -147,6 +148,7 @@ def check_method(method: str) -> str:
     return method
 
 
+@functools.lru_cache(maxsize=256)
 def trainable_params(
     spec: ModelSpec, method: str, rank: int = 16, targets: tuple[str, ...] = LAYER_TARGETS
 ) -> TrainableParams:
