@@ -155,7 +155,7 @@ def test_checkpointing_and_methods_order():
 @given(
     seq=st.integers(2, 16_384),
     b=st.integers(1, 4),
-    method=st.sampled_from(["full", "lora"]),
+    method=st.sampled_from(["full", "lora", "qlora"]),
     gc=st.sampled_from(["off", "non-reentrant", "reentrant"]),
     opt=st.sampled_from(["adamw", "sgd", "adafactor", "paged-adamw-8bit"]),
 )
@@ -167,6 +167,7 @@ def test_parts_add_up_and_grow_with_tokens(seq, b, method, gc, opt):
     assert e.peak_live_bytes <= e.peak_live_rounded_bytes <= e.peak_allocated_bytes <= e.peak_reserved_bytes
     longer = estimate_training(method=method, seq_len=seq + 1, micro_batch=b, grad_checkpointing=gc, optimizer=opt)
     assert longer.peak_live_bytes >= e.peak_live_bytes
+    assert longer.device_used_bytes >= e.device_used_bytes  # the solvers' binary search relies on it
 
 
 def test_bad_input_names_the_field():
