@@ -150,6 +150,12 @@ def markdown(records: list[dict[str, Any]]) -> str:
         f"Peaks equal to the byte: {exact} of {len(rs)} points; weights, adapters and optimizer states "
         f"equal: {static} of {len(rs)}.",
         "",
+        "A QLoRA forward phase above the estimate's forward candidate (checkpointed 8K) peaks inside a",
+        "layer's attention: SDPA's math path on fp32 (`_scaled_dot_product_attention_math`). That",
+        "moment is not a candidate (it stays below the step's peak), and under fake tensors it is",
+        "also above CUDA's: aten adds the causal mask out of place for tensor subclasses",
+        "(`attn.add(mask)`) and in place on CUDA (`attn.add_(mask)`), one b x h x T x T fp32 tensor more.",
+        "",
         "What the trace stands in for (the same stand-ins the estimate models, each allocating what",
         "the CUDA kernel allocates): flash attention forward and backward (`mha_bwd`), bitsandbytes",
         "4-bit matmul forward and backward, CUDA's bool dropout mask, bitsandbytes 8-bit optimizer",
