@@ -266,6 +266,10 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     }
     if s.method == "full":
         end = [(8 * s.tokens, 1), (4, 2)]
+        if s.grad_checkpointing == "reentrant":
+            # reentrant checkpointing keeps each layer's run_function (a partial holding cos, sin
+            # and cache_position) on its graph node until the graph is freed
+            end += [(2 * s.seq_len * s.model.head_dim, 2), (8 * s.seq_len, 1)]
         if s.model.tie_word_embeddings:
             end += [(n, c) for _, n, c in tied_end_rows(s.model, s.grad_accum > 1)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]

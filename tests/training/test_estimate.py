@@ -121,6 +121,7 @@ def test_committed_grid_is_complete():
         {"method": "lora", "grad_checkpointing": "non-reentrant", "optimizer": "sgd-momentum"},
         {"method": "full"},
         {"method": "full", "grad_accum": 2, "optimizer": "adamw-8bit"},
+        {"method": "full", "grad_checkpointing": "reentrant", "optimizer": "sgd-momentum"},
         {"method": "lora", "rank": 64, "optimizer": "paged-adamw-8bit"},
         {"method": "qlora", "quant": "nf4"},
         {"method": "qlora", "quant": "nf4-dq", "grad_checkpointing": "reentrant", "targets": "q,k,v,o"},

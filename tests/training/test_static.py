@@ -69,6 +69,7 @@ def test_adafactor_factored_golden():
     "method,optimizer,adapter_dtype,quant",
     [
         ("lora", "adamw", "fp32", "bf16"),
+        ("lora", "adamw-fused", "fp32", "bf16"),
         ("lora", "sgd", "fp32", "bf16"),
         ("lora", "sgd-momentum", "bf16", "bf16"),
         ("lora", "adafactor", "fp32", "bf16"),
