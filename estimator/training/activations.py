@@ -350,12 +350,20 @@ def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_acc
     return rows
 
 
-def tied_end_rows(spec: ModelSpec, accum_has_grad: bool) -> list[tuple[str, int, int]]:
-    """Full fine-tuning with a tied embedding, at the end of backward: lm_head's and the
-    embedding's [V, H] bf16 gradients and their out-of-place sum (the input buffer); with an
-    existing ``.grad`` (grad_accum > 1) AccumulateGrad then adds the sum in place."""
+def embedding_end_rows(spec: ModelSpec, accum_has_grad: bool, tokens: int) -> list[tuple[str, int, int]]:
+    """Full fine-tuning, the end of backward, besides every gradient: with a tied embedding, the
+    engine's input buffer adds lm_head's and the embedding's [V, H] bf16 gradients out of place
+    (both and their sum alive; observed on real CPU tensors and in the trace), and with an
+    existing ``.grad`` (grad_accum > 1) AccumulateGrad then adds the sum in place; untied,
+    ``embedding_dense_backward`` runs with its input, the embedding output's gradient [N, H], and
+    its [V, H] output is the ``.grad`` itself (or, accumulating, added to it)."""
     vh = 2 * spec.vocab_size * spec.hidden_size
-    return [("embedding grad parts (lm_head, embedding) and their sum", vh, 3 if accum_has_grad else 2)]
+    if spec.tie_word_embeddings:
+        return [("embedding grad parts (lm_head, embedding) and their sum", vh, 3 if accum_has_grad else 2)]
+    rows = [("embedding output's gradient", 2 * tokens * spec.hidden_size, 1)]
+    if accum_has_grad:
+        rows.append(("embedding_dense_backward output", vh, 1))
+    return rows
 
 
-__all__ = ["LAYER_TARGETS", "Saved", "loss_backward_rows", "loss_forward_bytes", "saved_tensors", "tied_end_rows"]
+__all__ = ["LAYER_TARGETS", "Saved", "loss_backward_rows", "loss_forward_bytes", "saved_tensors", "embedding_end_rows"]

@@ -40,11 +40,11 @@ from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_
 from ..report import COUNTERS, MemoryReport, fit_verdict
 from ..units import check_int
 from .activations import (
+    embedding_end_rows,
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
     saved_tensors,
-    tied_end_rows,
 )
 from .params import TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
@@ -270,8 +270,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             # reentrant checkpointing keeps each layer's run_function (a partial holding cos, sin
             # and cache_position) on its graph node until the graph is freed
             end += [(2 * s.seq_len * s.model.head_dim, 2), (8 * s.seq_len, 1)]
-        if s.model.tie_word_embeddings:
-            end += [(n, c) for _, n, c in tied_end_rows(s.model, s.grad_accum > 1)]
+        end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
     if s.method == "qlora" and s.model.num_hidden_layers >= 2:
         rows = math_attention_backward_rows(

@@ -255,6 +255,7 @@ QWEN2 = {  # biases on q, k, v; untied lm_head
         (QWEN3, {"method": "full"}),
         (QWEN2, {"method": "lora"}),
         (QWEN2, {"method": "full", "grad_accum": 2}),
+        (QWEN2, {"method": "full", "optimizer": "sgd"}),  # untied: the end of backward peaks
         (QWEN2, {"method": "qlora"}),
     ],
     ids=lambda x: x.get("model_type") or str(x),
