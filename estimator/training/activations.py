@@ -110,6 +110,7 @@ def saved_tensors(
     if grad_checkpointing != "off":
         rows.append(("checkpointed layer inputs", a * N * H, L))
         rows.append(("cache_position", INT64 * T, 1))
+        rows += _embed_leaf_rows(method, targets, N, H, a)
     else:
         # a LoRA model's first layer input (the frozen embedding's output) does not require grad,
         # unless the embedding has an adapter
@@ -250,6 +251,7 @@ def math_attention_backward_rows(
     a = 4
     rows: list[tuple[str, int, int]] = []
     if grad_checkpointing != "off":
+        rows += _embed_leaf_rows("qlora", targets, N, H, a)
         rows += [
             ("checkpointed layer inputs", a * N * H, L),
             ("cache_position", INT64 * T, 1),
@@ -299,6 +301,16 @@ def act_bytes(method: str) -> int:
     """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
     residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""
     return 4 if method == "qlora" else 2
+
+
+def _embed_leaf_rows(method: str, targets: tuple[str, ...], N: int, H: int, a: int) -> list[tuple[str, int, int]]:
+    """With checkpointing, transformers 5.24 calls ``enable_input_require_grads()``
+    (``_activation_checkpointing_enable``), so the embedding's output is a leaf that requires
+    grad and its AccumulateGrad node keeps it; with a LoRA embedding adapter that output is not
+    the first layer's input (which is checkpointed anyway), so it is one more [N, H] tensor."""
+    if method == "full" or "embed" not in targets:
+        return []
+    return [("embedding base output (grad-requiring leaf)", a * N * H, 1)]
 
 
 def _qk_norm_rows(

@@ -231,11 +231,6 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         raise InvalidSpecError(
             f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
         )
-    if s.method != "full" and "embed" in s.targets and s.grad_checkpointing != "off":
-        # traced: the embedding's base output stays alive as well, by a path not yet explained
-        raise InvalidSpecError(
-            "targets: LoRA on the embedding with gradient checkpointing is not modelled yet: 'embed'"
-        )
     if s.method != "full" and "lm_head" in s.targets:
         # trainable_params counts it (checked against PEFT); its activations are not modelled
         raise InvalidSpecError(

@@ -128,6 +128,8 @@ def test_committed_grid_is_complete():
         {"method": "qlora", "quant": "fp4", "optimizer": "adafactor", "dropout": 0.1},
         {"method": "lora", "targets": "all-linear,embed"},
         {"method": "qlora", "targets": "q,v,embed"},
+        {"method": "lora", "targets": "q,v,embed", "grad_checkpointing": "non-reentrant"},
+        {"method": "qlora", "targets": "all-linear,embed", "grad_checkpointing": "reentrant"},
         {"method": "qlora", "grad_checkpointing": "non-reentrant", "seq_len": 2048, "targets": "q,v,down"},
     ],
     ids=str,
@@ -183,7 +185,6 @@ def test_bad_input_names_the_field():
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
         ({"targets": "all-linear,lm_head"}, "targets"),
-        ({"targets": "q,embed", "grad_checkpointing": "reentrant"}, "targets"),
     ):
         with pytest.raises(InvalidSpecError, match=field):
             estimate_training(**kw)
