@@ -4,6 +4,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from app import freeze_imports_once
+
 PAGES = Path(__file__).parent / "app" / "pages"
 
 st.set_page_config(page_title="LLM GPU memory calculator", page_icon=":material/memory:", layout="wide")
@@ -20,3 +22,4 @@ pages = [
     st.Page(PAGES / "check.py", title="Check a log", icon=":material/troubleshoot:"),
 ]
 st.navigation(pages).run()
+freeze_imports_once()  # the first run's objects leave the garbage collector's work

@@ -273,11 +273,15 @@ def fitting_gpus(
     from .tables import verdict
 
     rows = []
+    floor = 0  # weights + KV cache: the same on every GPU, so a GPU with less usable memory cannot fit
     for key in gpu_keys():  # by memory, then name
         g = gpu_by_key(key)
-        e = cached_estimate(
-            model, quant, context, batch, kv_dtype, attn, key, _usable(key, keep_free_bytes), prefill_chunk
-        )
+        usable = _usable(key, keep_free_bytes)
+        if (usable if usable is not None else g.memory_bytes) < floor:
+            continue
+        # the pure function, not its st.cache_data wrapper: this loop is cached as a whole
+        e = estimate_report(model, quant, context, batch, kv_dtype, attn, key, usable, prefill_chunk)
+        floor = e.weights_bytes + e.kv_cache_bytes
         if e.gpu_memory_bytes is not None and verdict(e, e.gpu_memory_bytes)[0] == "Yes":
             rows.append(
                 {

@@ -303,6 +303,11 @@ def _custom_model() -> Any:
         spec = estimator.parse_config_text(data, name=name)
     except estimator.EstimatorError as e:
         return e
+    if spec.num_hidden_layers > state.MAX_APP_LAYERS:
+        return estimator.InvalidSpecError(
+            f"num_hidden_layers must be at most {state.MAX_APP_LAYERS:,} here (the command line takes up "
+            f"to 4,096): {spec.num_hidden_layers:,}"
+        )
     return spec
 
 

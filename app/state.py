@@ -69,6 +69,11 @@ MIN_CONTEXT = NEW_TOKENS + 1
 MAX_CONTEXT = ESTIMATOR_MAX_CONTEXT  # 16M tokens: no context above it is ever valid
 MAX_BATCH = 1024
 MAX_QUERY_TEXT = 64  # longer query values are ignored unread
+# Layers of an uploaded config.json the app computes (the library takes up to 4,096): twice the
+# deepest public dense decoder (Llama 3.1 405B, 126 layers). Per-session work grows with the layers:
+# measured on this 2-core machine, the context chart's sweep of a 4,096-layer config cost 5.1 s of
+# server CPU, of a 256-layer one 0.5 s, a 128-layer one 0.37 s (app.compute.sweep_rows, cold).
+MAX_APP_LAYERS = 256
 
 # URL query parameter -> session key.
 QUERY_KEYS = {

@@ -191,6 +191,8 @@ def _bad_configs():
         pytest.param(json.dumps(missing).encode(), id="missing-key"),
         pytest.param(json.dumps({**good, "hidden_size": 10**12}).encode(), id="huge-hidden"),
         pytest.param(json.dumps({**good, "num_hidden_layers": 10**9}).encode(), id="huge-layers"),
+        # valid for the library (<= 4,096 layers) but over the app's per-session work cap (state.MAX_APP_LAYERS)
+        pytest.param(json.dumps({**good, "num_hidden_layers": 257}).encode(), id="layers-over-app-cap"),
         pytest.param(json.dumps({**good, "vocab_size": -5}).encode(), id="negative"),
         pytest.param(json.dumps({**good, "hidden_size": "big"}).encode(), id="wrong-type"),
         pytest.param(json.dumps({**good, "num_local_experts": 8}).encode(), id="moe"),
@@ -205,6 +207,16 @@ def test_malformed_upload_shows_error_not_traceback(at, data):
     assert not at.exception
     assert len(at.error) == 1 and at.error[0].value.startswith("Could not read this config.json")
     assert len(at.metric) == 0
+
+
+def test_app_layer_cap_names_the_field_and_value(at):
+    cfg = {**estimator.model.preset_config("llama-3.2-3b"), "num_hidden_layers": 4096}
+    _custom(at).text_area(key=state.CONFIG_PASTE).set_value(json.dumps(cfg)).run()
+    assert not at.exception
+    assert "num\\_hidden\\_layers must be at most 256" in at.error[0].value and "4,096" in at.error[0].value
+    ok = {**cfg, "num_hidden_layers": state.MAX_APP_LAYERS}
+    _custom(at).text_area(key=state.CONFIG_PASTE).set_value(json.dumps(ok)).run()
+    assert not at.exception and not at.error
 
 
 def test_malformed_paste_shows_error(at):
@@ -257,12 +269,13 @@ def test_how_is_this_computed_tab(at):
 
 
 def test_upload_largest_accepted_config_renders(at):
-    """A config at the estimator's size bounds is accepted and renders (no hang, no overflow)."""
+    """A config at the app's bounds (the estimator's size bounds, layers at state.MAX_APP_LAYERS) is
+    accepted and renders (no hang, no overflow)."""
     good = estimator.model.preset_config("llama-3.2-3b")
     big = {
         **good,
         "hidden_size": 1 << 20,
-        "num_hidden_layers": 4096,
+        "num_hidden_layers": state.MAX_APP_LAYERS,
         "vocab_size": 1 << 24,
         "intermediate_size": 1 << 22,
         "num_attention_heads": 8192,

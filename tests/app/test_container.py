@@ -120,3 +120,12 @@ def test_image_builds_and_reports_healthy():
     finally:
         subprocess.run(["docker", "rm", "-f", cid], capture_output=True)
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+def test_nginx_caches_the_hashed_front_end_assets():
+    """Streamlit's /static/ assets are immutable under their hashed names: the proxy serves them, so a
+    first page load costs a replica only the page run (README "Serving", benchmarks/bench_load.py)."""
+    block = NGINX[NGINX.index("location /static/") :]
+    block = block[: block.index("}")]
+    assert "proxy_cache calc_static;" in block and "proxy_cache_key $uri;" in block
+    assert re.search(r"proxy_cache_path \S+ .*keys_zone=calc_static:", NGINX)
