@@ -43,7 +43,9 @@ def render() -> None:
         "sweep (JSONL). The settings it states are read from it; each memory line is compared with the "
         f"estimate for the same settings. Logs are capped at {MAX_UPLOAD_BYTES >> 20} MiB and never stored."
     )
-    up = st.file_uploader("Log file", type=["log", "txt", "jsonl", "out"], key="check_upload")
+    up = st.file_uploader(
+        "Log file", type=["log", "txt", "jsonl", "out"], key="check_upload", max_upload_size=MAX_UPLOAD_BYTES >> 20
+    )
     text = st.text_area("…or paste it", key="check_paste", height=200)
     c1, c2 = st.columns(2)
     model = c1.selectbox(
