@@ -407,7 +407,9 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
         certain, possible = result.get("max_context_low"), result.get("max_context_high")
         if certain is not None and possible is not None and (certain, possible) != (result["max_context"],) * 2:
             sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
-            lines.append(f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not")
+            lines.append(
+                f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not fit"
+            )
         if "estimate" not in result:
             return "\n".join(lines)
         launch = result.get("launch")
