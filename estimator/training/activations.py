@@ -124,7 +124,7 @@ def saved_tensors(
     if not full and "embed" in targets:
         # peft lora.Embedding: after_A = F.embedding(ids, lora_embedding_A.T) [N, r], saved by
         # ``after_A @ lora_embedding_B.T`` for B's gradient
-        rows.append(("embedding lora after_A", adapter_bytes * N * rank, 1))
+        rows.append(("embedding lora after_A", embed_adapter_bytes(method, adapter_bytes) * N * rank, 1))
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
     rows.append(("rotary cos, sin", a * T * d, 2))
     norm(1)  # the final norm
@@ -271,7 +271,7 @@ def math_attention_backward_rows(
         norm(1)  # the last layer's input_layernorm
     rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]
     if "embed" in targets:
-        rows.append(("embedding lora after_A", adapter_bytes * N * rank, 1))
+        rows.append(("embedding lora after_A", embed_adapter_bytes("qlora", adapter_bytes) * N * rank, 1))
     shared = False
     for m in ("q", "k", "v"):
         if m not in targets:
@@ -301,6 +301,12 @@ def act_bytes(method: str) -> int:
     """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
     residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""
     return 4 if method == "qlora" else 2
+
+
+def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
+    """An embedding adapter's element size: QLoRA's embedding is fp32, and PEFT gives the adapter
+    its base weight's float dtype (static.trainable_tensors)."""
+    return 4 if method == "qlora" else adapter_bytes
 
 
 def _embed_leaf_rows(method: str, targets: tuple[str, ...], N: int, H: int, a: int) -> list[tuple[str, int, int]]:

@@ -29,7 +29,7 @@ Optimizer states (``OPTIMIZERS``), per trainable tensor of ``n`` elements and ``
       ``exp_avg`` and ``exp_avg_sq`` ``zeros_like(p)`` (2 n b); ``step`` is a CPU tensor when
       neither fused nor capturable (``adam.py`` ``_init_group``): 0 device bytes. The step's
       ``_foreach_sqrt(exp_avg_sqs)`` (``_multi_tensor_adam``) is a transient copy of every
-      ``exp_avg_sq`` of a (device, dtype) group at once.
+      ``exp_avg_sq`` of a (device, dtype) group at once, the previous group's still alive.
     - ``adamw-fused``: the same states plus ``step`` as an fp32 scalar on the device
       (``_get_scalar_dtype(is_fused=True)``: 4 B per tensor); the fused kernel allocates nothing.
     - ``sgd``: no state; ``_foreach_add_(params, grads, alpha=-lr)`` in place.
@@ -116,8 +116,11 @@ def trainable_tensors(
     out: list[Trainable] = []
     for a in adapters(spec, rank, targets):
         if a.kind == "embedding":  # lora_embedding_A / _B are nn.Parameters of these shapes
-            out += [Trainable(a.module + ".lora_embedding_A", a.a_shape, b)]
-            out += [Trainable(a.module + ".lora_embedding_B", a.b_shape, b)]
+            # QLoRA: the embedding is fp32 (prepare_model_for_kbit_training) and PEFT moves an
+            # adapter to its base weight's float dtype (_move_adapter_to_device_of_base_layer)
+            eb = 4 if method == "qlora" else b
+            out += [Trainable(a.module + ".lora_embedding_A", a.a_shape, eb)]
+            out += [Trainable(a.module + ".lora_embedding_B", a.b_shape, eb)]
         else:
             out += [Trainable(a.module + ".lora_A.weight", a.a_shape, b)]
             out += [Trainable(a.module + ".lora_B.weight", a.b_shape, b)]
@@ -196,8 +199,14 @@ def optimizer_states(optimizer: str, trainable: tuple[Trainable, ...]) -> Optimi
             groups.setdefault(t.itemsize, []).append(t.nbytes)
         if optimizer == "adamw-fused":
             dev += [4] * len(trainable)
-        elif groups:  # one _foreach_sqrt output per exp_avg_sq of the largest (device, dtype) group
-            step = tuple(max(groups.values(), key=sum))
+        elif groups:
+            # _multi_tensor_adam loops over the (device, dtype) groups in first-seen order; each
+            # group's ``exp_avg_sq_sqrt = torch._foreach_sqrt(...)`` (one tensor per exp_avg_sq)
+            # is a local that lives until the next group reassigns it: the previous group's
+            # copies are alive while the next group's are made
+            order = list(groups.values())
+            pairs = [order[0]] + [order[i - 1] + order[i] for i in range(1, len(order))]
+            step = tuple(max(pairs, key=sum))
             transient = sum(step)
     elif optimizer == "sgd-momentum":
         dev = [t.nbytes for t in trainable]

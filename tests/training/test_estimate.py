@@ -258,6 +258,9 @@ QWEN2 = {  # biases on q, k, v; untied lm_head
         (QWEN2, {"method": "full", "grad_accum": 2}),
         (QWEN2, {"method": "full", "optimizer": "sgd"}),  # untied: the end of backward peaks
         (QWEN2, {"method": "qlora"}),
+        # bf16 adapters without autocast: the linear ones bf16, the embedding's fp32 like the
+        # upcast embedding; AdamW's two dtype groups overlap in the step
+        (QWEN2, {"method": "qlora", "targets": "all-linear,embed", "adapter_dtype": "bf16", "grad_accum": 2}),
     ],
     ids=lambda x: x.get("model_type") or str(x),
 )
