@@ -67,7 +67,12 @@ def test_page_renders_all_three_engines_without_empty_cells():
     assert list(t.columns) == ["Part", "transformers", "vLLM", "llama.cpp"]
     assert t["Part"].iloc[0] == "Weights as loaded"
     assert not t.isna().any().any() and not t.isin(["None", ""]).any().any()
-    assert [m.label for m in at.metric] == [f"{e}: GPU memory used" for e in ("transformers", "vLLM", "llama.cpp")]
+    engines = ("transformers", "vLLM", "llama.cpp")
+    # memory per engine, then the "How fast" section's decode speed of one sequence per engine
+    assert [m.label for m in at.metric] == [f"{e}: GPU memory used" for e in engines] + [
+        f"{e}: one sequence" for e in engines
+    ]
+    assert all(m.value.endswith("tok/s") for m in at.metric[3:]), [m.value for m in at.metric[3:]]
     assert len(_bullets(at)) == 3
 
 
