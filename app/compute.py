@@ -145,9 +145,11 @@ def largest_context(
     gpu: str | None,
     gpu_memory_bytes: int | None,
     prefill_chunk: int | None = None,
+    bound: str = "point",
 ) -> int:
     """``estimator.max_context``: at most the model's window (the whole window fits); 0 when even a
-    one-token prompt does not fit."""
+    one-token prompt does not fit. ``bound="high"``: the largest that fits for certain (the range's
+    high end fits)."""
     return estimator.max_context(
         model_from_key(model),
         quant,
@@ -157,6 +159,7 @@ def largest_context(
         kv_dtype=kv_dtype,
         attn=attn,
         prefill_chunk=prefill_chunk,
+        bound=bound,
     )
 
 

@@ -50,6 +50,18 @@ def _height(rows: int) -> int:
     return 35 * (rows + 1) + 3
 
 
+def _certain_text(certain: int, point: int) -> str:
+    """The largest context that fits for certain (the range's high end fits), said next to the point's."""
+    if certain >= point:
+        return "The range agrees: it fits for certain (Yes)."
+    if certain == 0:
+        return "No context fits for certain: even a one-token prompt's range reaches past the memory."
+    return (
+        f"For certain (even the range's high end fits, a Yes): up to {certain:,} tokens; between that and "
+        f"{point:,} the verdict is Tight."
+    )
+
+
 def render() -> None:
     inp = inputs.sidebar()
     if training.mode() == training.FINE_TUNING:  # the Fine-tuning mode: app/training.py
@@ -116,8 +128,22 @@ def render() -> None:
         delta_color="off",
         delta_arrow="off",
         help=f"The longest context (the window: prompt plus {state.NEW_TOKENS} generated tokens) such "
-        f"that it and every shorter one fit {inp.capacity_label} with these settings; at most this "
-        f"model's window of {window:,} tokens.",
+        f"that it and every shorter one fit {inp.capacity_label} with these settings (on the point "
+        f"estimate); at most this model's window of {window:,} tokens. "
+        + _certain_text(
+            compute.cached_largest_context(
+                s["model"],
+                inp.quant,
+                inp.batch,
+                inp.kv_dtype,
+                inp.attn,
+                inp.gpu_key,
+                s["gpu_memory_bytes"],
+                inp.prefill_chunk,
+                "high",
+            ),
+            max_ctx,
+        ),
     )
 
     # How fast: the transformers speed of these settings on this GPU (estimator.speed), next to memory.

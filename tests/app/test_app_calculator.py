@@ -308,6 +308,18 @@ def test_largest_context_below_the_window_names_the_window(at):
     assert "131,072-token window" in at.metric[2].delta
 
 
+def test_largest_context_card_says_what_fits_for_certain(at):
+    """The card's help gives the largest context whose range's high end fits (estimator.max_context
+    bound="high"), below the point answer on the RTX 4090; on a huge GPU the range agrees."""
+    certain = estimator.max_context(quant="bf16", gpu="rtx-4090-24gb", bound="high")
+    point = estimator.max_context(quant="bf16", gpu="rtx-4090-24gb")
+    assert 0 < certain < point
+    assert f"up to {certain:,} tokens" in at.metric[2].help and f"{point:,} the verdict is Tight" in at.metric[2].help
+    at.selectbox(key=state.GPU).set_value(state.CUSTOM_GPU).run()
+    at.number_input(key=state.GPU_MEM_GIB).set_value(4096.0).run()
+    assert "The range agrees" in at.metric[2].help
+
+
 def _markdown_values(at) -> list[str]:
     """Source text of every element that Streamlit renders as Markdown."""
     out = []
