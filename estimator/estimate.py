@@ -47,7 +47,7 @@ from .kv import KV_RESIDUAL_TOKENS, kv_layer_linear, resolve_kv_dtype
 from .model import ModelSpec, load_model
 from .overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
 from .quant import compute_dtype, get_quant, weight_bytes, weight_tensors
-from .report import COUNTERS, MemoryReport, fit_verdict
+from .report import COUNTERS, MemoryReport, totals_fields
 from .units import cdiv, check_int
 
 if TYPE_CHECKING:
@@ -222,22 +222,7 @@ class Estimate(MemoryReport):
         return {
             "settings": self.settings.to_dict(),
             "num_params": self.num_params,
-            "weights_bytes": self.weights_bytes,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "activations_bytes": self.activations_bytes,
-            "overhead_bytes": self.overhead_bytes,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
-            "peak_reserved_bytes": self.peak_reserved_bytes,
-            "device_used_bytes": self.device_used_bytes,
-            "total_bytes": self.total_bytes,
-            "gpu_memory_bytes": self.gpu_memory_bytes,
-            "fits": self.fits,
-            "headroom_bytes": self.headroom_bytes,
-            "peak_reserved_low_bytes": self.peak_reserved_low_bytes,
-            "peak_reserved_high_bytes": self.peak_reserved_high_bytes,
-            "device_used_low_bytes": self.device_used_low_bytes,
-            "device_used_high_bytes": self.device_used_high_bytes,
-            "fit_verdict": fit_verdict(self, self.gpu_memory_bytes) if self.gpu_memory_bytes else None,
+            **totals_fields(self),
             "peak_phase": self.peak_phase,
             "peak_at": self.peak_at,
             "phases": {k: dict(v) for k, v in self.phases.items()},

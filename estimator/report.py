@@ -162,6 +162,21 @@ def device_used_range(report: MemoryReport) -> tuple[int, int] | None:
     return (point if low is None else low, point if high is None else high)
 
 
+def totals_fields(report: MemoryReport) -> dict[str, Any]:
+    """The totals an estimate's JSON carries, in one order (``Estimate`` and the training estimate
+    both use it): the byte fields, total, GPU memory, fit and headroom, the range and its verdict."""
+    d: dict[str, Any] = {k: getattr(report, k) for k in BYTE_FIELDS}
+    d.update(
+        total_bytes=report.total_bytes,
+        gpu_memory_bytes=report.gpu_memory_bytes,
+        fits=report.fits,
+        headroom_bytes=report.headroom_bytes,
+    )
+    d.update({k: getattr(report, k) for k in RANGE_FIELDS})
+    d["fit_verdict"] = fit_verdict(report, report.gpu_memory_bytes) if report.gpu_memory_bytes else None
+    return d
+
+
 def fit_verdict(report: MemoryReport, capacity_bytes: int) -> str:
     """ "fits" when the high end of device used fits ``capacity_bytes``, "does not fit" when even the
     low end does not, else "may fit". A report without a range is judged on its point.

@@ -70,7 +70,7 @@ def render() -> None:
     s = inp.settings()
     try:
         est = compute.cached_estimate(**s)
-        max_ctx = compute.cached_largest_context(
+        ctx_args = (
             s["model"],
             inp.quant,
             inp.batch,
@@ -80,6 +80,7 @@ def render() -> None:
             s["gpu_memory_bytes"],
             inp.prefill_chunk,
         )
+        max_ctx = compute.cached_largest_context(*ctx_args)
     except estimator.EstimatorError as e:
         st.error("Cannot estimate these settings: " + md(e))
         st.stop()
@@ -130,20 +131,7 @@ def render() -> None:
         help=f"The longest context (the window: prompt plus {state.NEW_TOKENS} generated tokens) such "
         f"that it and every shorter one fit {inp.capacity_label} with these settings (on the point "
         f"estimate); at most this model's window of {window:,} tokens. "
-        + _certain_text(
-            compute.cached_largest_context(
-                s["model"],
-                inp.quant,
-                inp.batch,
-                inp.kv_dtype,
-                inp.attn,
-                inp.gpu_key,
-                s["gpu_memory_bytes"],
-                inp.prefill_chunk,
-                "high",
-            ),
-            max_ctx,
-        ),
+        + _certain_text(compute.cached_largest_context(*ctx_args, "high"), max_ctx),
     )
 
     # How fast: the transformers speed of these settings on this GPU (estimator.speed), next to memory.

@@ -37,7 +37,7 @@ from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu, custom_gpu, get_gpu
 from ..model import ModelSpec, load_model
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
-from ..report import COUNTERS, MemoryReport, fit_verdict
+from ..report import COUNTERS, MemoryReport, totals_fields
 from ..units import check_int
 from .activations import (
     embedding_end_rows,
@@ -103,27 +103,12 @@ class TrainingEstimate(MemoryReport):
             "trainable_params": self.trainable.trainable,
             "all_params": self.trainable.all,
             "trainable_line": self.trainable.line(),
-            "weights_bytes": self.weights_bytes,
-            "kv_cache_bytes": self.kv_cache_bytes,
-            "activations_bytes": self.activations_bytes,
-            "overhead_bytes": self.overhead_bytes,
+            **totals_fields(self),
             "gradients_bytes": self.gradients_bytes,
             "optimizer_states_bytes": self.optimizer_states_bytes,
             "paged_bytes": self.paged_bytes,
             "peak_live_bytes": self.peak_live_bytes,
             "peak_live_rounded_bytes": self.peak_live_rounded_bytes,
-            "peak_allocated_bytes": self.peak_allocated_bytes,
-            "peak_reserved_bytes": self.peak_reserved_bytes,
-            "device_used_bytes": self.device_used_bytes,
-            "total_bytes": self.total_bytes,
-            "gpu_memory_bytes": self.gpu_memory_bytes,
-            "fits": self.fits,
-            "headroom_bytes": self.headroom_bytes,
-            "peak_reserved_low_bytes": self.peak_reserved_low_bytes,
-            "peak_reserved_high_bytes": self.peak_reserved_high_bytes,
-            "device_used_low_bytes": self.device_used_low_bytes,
-            "device_used_high_bytes": self.device_used_high_bytes,
-            "fit_verdict": fit_verdict(self, self.gpu_memory_bytes) if self.gpu_memory_bytes else None,
             "peak_phase": self.peak_phase,
             "breakdown": dict(self.breakdown),
             "candidates": dict(self.candidates),
