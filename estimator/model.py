@@ -353,14 +353,19 @@ def load_model(ref: str | Path | Mapping[str, Any] | ModelSpec) -> ModelSpec:
     s = str(ref)
     if s in PRESETS:
         return load_preset(s)
+    unknown = f"model must be one of {', '.join(PRESETS)} or a path to a config.json: {shown(s)}"
     p = Path(s)
-    if p.is_dir():
-        p = p / "config.json"
-    if not p.is_file():
-        raise UnknownNameError(f"model must be one of {', '.join(PRESETS)} or a path to a config.json: {s!r}")
-    if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise InvalidSpecError(f"model config {s!r} is larger than 1 MiB; not a config.json")
-    return parse_config_text(p.read_bytes(), name=p.parent.name or p.stem)
+    try:
+        if p.is_dir():
+            p = p / "config.json"
+        if not p.is_file():
+            raise UnknownNameError(unknown)
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise InvalidSpecError(f"model config {shown(s)} is larger than 1 MiB; not a config.json")
+        data = p.read_bytes()
+    except OSError as e:  # a name the filesystem refuses (too long, no permission): not a config.json
+        raise UnknownNameError(f"{unknown} ({e.strerror or type(e).__name__})") from None
+    return parse_config_text(data, name=p.parent.name or p.stem)
 
 
 def parse_config_text(data: bytes | str, name: str | None = None) -> ModelSpec:

@@ -183,3 +183,10 @@ def test_preset_for_maps_the_spellings_logs_use(name, preset):
 @pytest.mark.parametrize("name", NOT_PRESETS)
 def test_preset_for_refuses_other_models(name):
     assert preset_for(name) is None
+
+
+def test_a_name_the_filesystem_refuses_is_an_unknown_model_not_an_oserror():
+    """Found by tests/runtime/test_settings_fuzz.py: a 400-character name made Path.is_dir raise
+    OSError (ENAMETOOLONG) out of load_model; it must be the one-line unknown-model error."""
+    with pytest.raises(UnknownNameError, match=r"model must be one of .*\.\.\. \(File name too long\)"):
+        load_model("1" * 400)
