@@ -85,26 +85,6 @@ def train_settings(**kw: Any) -> dict[str, Any]:
     return d
 
 
-def to_train_settings(s: dict[str, Any]) -> TrainSettings:
-    from estimator.model import load_model
-    from estimator.training.params import parse_targets
-
-    return TrainSettings(
-        model=load_model(s["model"]),
-        method=s["method"],
-        rank=s["rank"],
-        targets=parse_targets(s["targets"]),
-        dropout=s["dropout"],
-        quant=s["quant"],
-        adapter_dtype=s["adapter_dtype"],
-        optimizer=s["optimizer"],
-        seq_len=s["seq_len"],
-        micro_batch=s["micro_batch"],
-        grad_accum=s["grad_accum"],
-        grad_checkpointing=s["grad_checkpointing"],
-    )
-
-
 # ------------------------------------------------------------------------------------ stand-ins
 
 

@@ -28,6 +28,7 @@ memory, resident on the GPU while it fits).
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +127,29 @@ def make_train_settings(
         targets=parse_targets(targets) if not isinstance(targets, tuple) else targets,
         **kw,
     )
+
+
+# The fields of a training record's settings (``python -m runtime train-measure``) that are
+# ``make_train_settings`` keywords, besides the model.
+RECORD_FIELDS = (
+    "method",
+    "rank",
+    "targets",
+    "dropout",
+    "quant",
+    "adapter_dtype",
+    "optimizer",
+    "seq_len",
+    "micro_batch",
+    "grad_accum",
+    "grad_checkpointing",
+)
+
+
+def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
+    """The ``TrainSettings`` a runtime training record's settings state (the runtime, its
+    validation report and the tests estimate a record through this one mapping)."""
+    return make_train_settings(s["model"], gpu=gpu, **{k: s[k] for k in RECORD_FIELDS})
 
 
 def estimate_training(

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from estimator.errors import InvalidSpecError
 from estimator.training import estimate_training
 from estimator.training.activations import saved_tensors
+from estimator.training.estimate import estimate_train_settings, record_settings
 from estimator.training.params import LAYER_TARGETS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,20 +53,7 @@ def _records():
 
 
 def _estimate(s):
-    return estimate_training(
-        s["model"],
-        s["method"],
-        rank=s["rank"],
-        targets=s["targets"],
-        dropout=s["dropout"],
-        quant=s["quant"],
-        adapter_dtype=s["adapter_dtype"],
-        optimizer=s["optimizer"],
-        seq_len=s["seq_len"],
-        micro_batch=s["micro_batch"],
-        grad_accum=s["grad_accum"],
-        grad_checkpointing=s["grad_checkpointing"],
-    )
+    return estimate_train_settings(record_settings(s))
 
 
 PHASE_OF = {"forward": ("forward (loss)",), "backward": ("backward (log_softmax)", "backward (end)")}

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parents[1]))
 
 from estimator.errors import EstimatorError  # noqa: E402
 from estimator.model import preset_config  # noqa: E402
-from estimator.training.estimate import estimate_train_settings  # noqa: E402
+from estimator.training.estimate import estimate_train_settings, record_settings  # noqa: E402
 
 LLAMA = {
     **preset_config("llama-3.2-3b"),
@@ -82,7 +82,7 @@ def draw(rng: random.Random) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from runtime.train import to_train_settings, train_measure, train_settings
+    from runtime.train import train_measure, train_settings
 
     seed = int(argv[1]) if len(argv) > 1 else 1
     n = int(argv[2]) if len(argv) > 2 else 25
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
             s = train_settings(model=str(Path(tmp) / family), device="trace", **kw)
             label = f"{family} " + " ".join(f"{k}={v}" for k, v in kw.items())
             try:
-                e = estimate_train_settings(to_train_settings(s))
+                e = estimate_train_settings(record_settings(s))
             except EstimatorError as err:
                 refused += 1
                 rows.append(f"| {label} | refused: {err} | | |")

@@ -18,7 +18,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))
 
-from estimator.training import estimate_training  # noqa: E402
+from estimator.training.estimate import estimate_train_settings, record_settings  # noqa: E402
 
 PHASES = {
     "forward": ("forward (loss)",),
@@ -27,21 +27,7 @@ PHASES = {
 
 
 def estimate_for(s: dict[str, Any], gpu: Any = None) -> Any:
-    return estimate_training(
-        s["model"],
-        s["method"],
-        gpu=gpu,
-        rank=s["rank"],
-        targets=s["targets"],
-        dropout=s["dropout"],
-        quant=s["quant"],
-        adapter_dtype=s["adapter_dtype"],
-        optimizer=s["optimizer"],
-        seq_len=s["seq_len"],
-        micro_batch=s["micro_batch"],
-        grad_accum=s["grad_accum"],
-        grad_checkpointing=s["grad_checkpointing"],
-    )
+    return estimate_train_settings(record_settings(s, gpu))
 
 
 def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
