@@ -213,6 +213,16 @@ def range_text(est: Any) -> str:
     return f"{r[0] / GiB:.2f}-{r[1] / GiB:.2f} GiB"
 
 
+def vram_delta(est: MemoryReport) -> str:
+    """The "VRAM needed" card's second line: device used in GB (GPUs are sold in GB) and the range,
+    short enough not to be cut at a third of a 1440 px page."""
+    return f"= {(est.device_used_bytes or 0) / 1e9:.2f} GB · range {range_text(est)}"
+
+
+# The "Fits?" card's colour per answer (Streamlit metric delta colours)
+VERDICT_COLORS = {"Yes": "normal", "Tight": "off", "No": "inverse"}
+
+
 def verdict(need: MemoryReport, capacity_bytes: int) -> tuple[str, str]:
     """("Yes" | "Tight" | "No", why) for an estimate against a GPU's memory: ``fit_verdict``'s
     three cases on the estimate's range."""

@@ -180,7 +180,7 @@ def render(inp: Any) -> None:
         "VRAM needed",
         format_gib(e.device_used_bytes),
         border=True,
-        delta=f"= {e.device_used_bytes / 1e9:.2f} GB · range {tables.range_text(e)}",
+        delta=tables.vram_delta(e),
         delta_color="off",
         delta_arrow="off",
         help=f"GPU memory the training step uses at its peak ({e.peak_phase}): weights, adapters, "
@@ -192,7 +192,7 @@ def render(inp: Any) -> None:
         answer,
         border=True,
         delta=why,
-        delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"),
+        delta_color=tables.VERDICT_COLORS[answer],
         delta_arrow="off",
     )
     c3.metric(

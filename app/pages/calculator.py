@@ -97,7 +97,7 @@ def render() -> None:
         format_gib(est.device_used_bytes),
         border=True,
         # short enough not to be cut at a third of a 1440 px page; the share of the GPU is in the help
-        delta=f"= {est.device_used_bytes / 1e9:.2f} GB · range {tables.range_text(est)}",
+        delta=tables.vram_delta(est),
         delta_color="off",
         delta_arrow="off",
         help="GPU memory (VRAM) the process uses at its peak (weights, KV cache, activations, CUDA "
@@ -114,7 +114,7 @@ def render() -> None:
         border=True,
         icon={"Yes": ":material/check_circle:", "Tight": ":material/warning:"}.get(answer, ":material/cancel:"),
         delta=why,
-        delta_color={"Yes": "normal", "Tight": "off"}.get(answer, "inverse"),
+        delta_color=tables.VERDICT_COLORS[answer],
         delta_arrow="off",
         help=f"{inp.capacity_label} has {format_gib(inp.capacity_bytes)}; headroom is what is left. "
         "Yes: even the range's high end fits. Tight: the range straddles the memory (the CUDA context "
