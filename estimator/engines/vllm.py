@@ -336,34 +336,26 @@ def capture_sizes(
     return [s for s in sizes if s <= cap and s <= tokens]
 
 
-def full_decode_sizes(
-    max_num_seqs: int, version: str, release: str | None = None, max_num_batched_tokens: int | None = None
-) -> list[int]:
+def full_decode_sizes(sizes: list[int], max_num_seqs: int, version: str, release: str | None = None) -> list[int]:
     """Batch sizes captured a second time as full CUDA graphs for uniform decode batches (V1 from
-    0.11: default cudagraph_mode FULL_AND_PIECEWISE, PR #25444): the capture sizes up to max_num_seqs.
+    0.11: default cudagraph_mode FULL_AND_PIECEWISE, PR #25444): the capture ``sizes``
+    (``capture_sizes``) up to max_num_seqs.
     An attention backend without full-graph support captures fewer, so counting them keeps the
     high end of the CUDA-graph range an upper bound."""
     if version != "v1" or not graph_capture(release, "v1")[1]:
         return []
-    return [s for s in capture_sizes(max_num_seqs, version, release, max_num_batched_tokens) if s <= max_num_seqs]
+    return [s for s in sizes if s <= max_num_seqs]
 
 
 def cuda_graph_pool_bytes(
-    spec: ModelSpec,
-    max_num_seqs: int,
-    dtype_bytes: int,
-    version: str,
-    tp: int = 1,
-    quantization: str | None = None,
-    release: str | None = None,
-    max_num_batched_tokens: int | None = None,
+    spec: ModelSpec, sizes: list[int], dtype_bytes: int, tp: int = 1, quantization: str | None = None
 ) -> int:
     """Lower bound of CUDA-graph memory: the private pool that holds the largest captured batch's
     forward temporaries (reused by smaller graphs, captured largest first) and each graph's
     output buffer, in 2 MiB segments. Excludes the driver's cudaGraphExec memory, which the
     public logs show to dominate (0.17-0.24 GiB for 27-35 graphs); its upper bound is
-    ``CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` per graph (``VllmEstimate.cuda_graph_high_bytes``)."""
-    sizes = capture_sizes(max_num_seqs, version, release, max_num_batched_tokens)
+    ``CUDA_GRAPH_EXEC_PER_GRAPH_BYTES`` per graph (``VllmEstimate.cuda_graph_high_bytes``).
+    ``sizes``: the batch sizes captured (``capture_sizes``)."""
     if not sizes:
         return 0
     peak = forward_peak_bytes(spec, max(sizes), dtype_bytes, tp, quantization)
@@ -375,9 +367,8 @@ def num_cuda_graphs(
     max_num_seqs: int, version: str, release: str | None = None, max_num_batched_tokens: int | None = None
 ) -> int:
     """Every CUDA graph captured at startup: the piecewise (or V0) sizes plus V1's full decode graphs."""
-    return len(capture_sizes(max_num_seqs, version, release, max_num_batched_tokens)) + len(
-        full_decode_sizes(max_num_seqs, version, release, max_num_batched_tokens)
-    )
+    sizes = capture_sizes(max_num_seqs, version, release, max_num_batched_tokens)
+    return len(sizes) + len(full_decode_sizes(sizes, max_num_seqs, version, release))
 
 
 # Upper bound of the driver's cudaGraphExec state per captured graph (not in torch's pool): the
@@ -597,6 +588,12 @@ def estimate_vllm(
         else int(gpu_memory_bytes * gpu_memory_utilization)
     )
 
+    # CUDA graphs: the same on every rank (the pool, and the graphs counted for the high end)
+    sizes = [] if enforce_eager else capture_sizes(max_num_seqs, eng, release, max_num_batched_tokens)
+    graphs = cuda_graph_pool_bytes(spec, sizes, d, tp, quantization)
+    n_graphs = len(sizes) + len(full_decode_sizes(sizes, max_num_seqs, eng, release))
+    graphs_hi = graphs + n_graphs * CUDA_GRAPH_EXEC_PER_GRAPH_BYTES
+    in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
     # Per rank; the last PP rank (lm_head + sampler) and rank 0 (embedding) are the candidates.
     cands = []
     for rank in range(pp):
@@ -631,24 +628,16 @@ def estimate_vllm(
         if version == "v0-0.6":
             extra += device_baseline_bytes
         nt, nt_lo, nt_hi = nt + extra, nt_lo + extra, nt_hi + extra
-        graphs = (
-            0
-            if enforce_eager
-            else cuda_graph_pool_bytes(spec, max_num_seqs, d, eng, tp, quantization, release, max_num_batched_tokens)
-        )
-        n_graphs = 0 if enforce_eager else num_cuda_graphs(max_num_seqs, eng, release, max_num_batched_tokens)
-        graphs_hi = graphs + n_graphs * CUDA_GRAPH_EXEC_PER_GRAPH_BYTES
-        in_budget = (version == "v1") if cudagraph_in_budget is None else (cudagraph_in_budget and version == "v1")
         pool = requested - weights - act - nt - (graphs if in_budget else 0)
         pool_lo = requested - weights - act - nt_hi - (graphs_hi if in_budget else 0)
         pool_hi = requested - weights - act - nt_lo - (graphs if in_budget else 0)
         blk = kv_bytes_per_block(spec, kvb, tp, hi - lo, block_size)
         blocks = max(pool // blk, 0) if blk else 0
-        rng = (nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi, n_graphs)
-        cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng))
+        rng = (nt_lo, nt_hi, pool_lo, pool_hi)
+        cands.append((blocks, rank, parts, weights, act, samp, fwd, nt, pool, blk, rng))
     # the rank with the fewest KV blocks (the first of equals)
-    blocks, rank, parts, weights, act, samp, fwd, nt, graphs, in_budget, pool, blk, rng = min(cands, key=lambda c: c[0])
-    nt_lo, nt_hi, graphs_hi, pool_lo, pool_hi, n_graphs = rng
+    blocks, rank, parts, weights, act, samp, fwd, nt, pool, blk, rng = min(cands, key=lambda c: c[0])
+    nt_lo, nt_hi, pool_lo, pool_hi = rng
     conc, tokens = concurrency(blocks, block_size, max_model_len, eng)
     blocks_lo = max(pool_lo // blk, 0) if blk else 0
     blocks_hi = max(pool_hi // blk, 0) if blk else 0
