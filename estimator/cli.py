@@ -268,8 +268,7 @@ def _fit_range(certain: int, point: int, possible: int) -> str:
     """The answer on the estimate's range (``solve.point_limit``)."""
     if certain == point == possible:
         return "the range agrees: every context up to it fits for certain"
-    sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
-    return f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not fit"
+    return engine_cli.format_fit_range(certain, possible)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> tuple[Any, str]:

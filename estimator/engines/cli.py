@@ -395,6 +395,13 @@ def _span(result: Mapping[str, Any], key: str, fmt: str) -> str:
     return f" (range {lo:{fmt}}-{hi:{fmt}})"
 
 
+def format_fit_range(certain: int, possible: int) -> str:
+    """A fit answer on the estimate's range: the largest context that fits for certain and the
+    largest that may fit (``fit`` for every engine prints it)."""
+    sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
+    return f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not fit"
+
+
 def format_engine_table(result: Mapping[str, Any]) -> str:
     """A readable table in GiB for an ``engine_estimate`` or ``engine_fit`` result."""
     lines: list[str] = []
@@ -406,10 +413,7 @@ def format_engine_table(result: Mapping[str, Any]) -> str:
         )
         certain, possible = result.get("max_context_low"), result.get("max_context_high")
         if certain is not None and possible is not None and (certain, possible) != (result["max_context"],) * 2:
-            sure = f"fits for certain up to {certain:,} tokens" if certain else "no context fits for certain"
-            lines.append(
-                f"on the range of device used: {sure}; may fit up to {possible:,} tokens; longer ones do not fit"
-            )
+            lines.append(format_fit_range(certain, possible))
         if "estimate" not in result:
             return "\n".join(lines)
         launch = result.get("launch")
