@@ -23,7 +23,7 @@ from estimator.units import format_gib
 
 MODE = "calc_mode"
 INFERENCE, FINE_TUNING = "Inference", "Fine-tuning"
-METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE = (
+METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRECISION = (
     "train_method",
     "train_rank",
     "train_targets",
@@ -32,8 +32,17 @@ METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE = (
     "train_micro_batch",
     "train_checkpointing",
     "train_base",
+    "train_precision",
 )
-METHOD_LABELS = {"lora": "LoRA (bf16 base)", "qlora": "QLoRA (4-bit base)", "full": "Full fine-tuning (bf16)"}
+METHOD_LABELS = {
+    "lora": "LoRA (bf16 base)",
+    "qlora": "QLoRA (4-bit base)",
+    "full": "Full fine-tuning (bf16)",
+    "full-fp32": "Full fine-tuning (fp32 master weights)",
+}
+# mixed_precision: "off" runs the dtypes as loaded (PEFT's plain loop); "bf16" is the Trainer's
+# bf16=True (autocast around the forward). fp32 master weights exist only under autocast.
+PRECISION_LABELS = {"off": "As loaded (no autocast)", "bf16": "bf16 autocast (Trainer bf16=True)"}
 TARGET_CHOICES = ("all-linear", "q,k,v,o", "q,v")
 SEQ_LENS = (256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 DEFAULTS: dict[str, Any] = {
@@ -45,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     MICRO_BATCH: 1,
     CHECKPOINTING: "off",
     BASE: "nf4",
+    PRECISION: "off",
 }
 PARTS = {
     "weights": "Weights",
@@ -79,18 +89,26 @@ def settings(inp: Any) -> TrainSettings:
     ss = st.session_state
     method = ss[METHOD]
     s = inp.settings()
+    fp32 = method == "full-fp32"
+    method = "full" if fp32 else method
     return make_train_settings(
         compute.model_from_key(s["model"]),
         gpu=s["gpu"],
         method=method,
+        mixed_precision="bf16" if fp32 else ss[PRECISION],
         rank=int(ss[RANK]),
         targets=ss[TARGETS],
         optimizer=ss[OPTIMIZER],
-        quant=ss[BASE] if method == "qlora" else "bf16",
+        quant=ss[BASE] if method == "qlora" else ("fp32" if fp32 else "bf16"),
         seq_len=int(ss[SEQ_LEN]),
         micro_batch=int(ss[MICRO_BATCH]),
         grad_checkpointing=ss[CHECKPOINTING],
     )
+
+
+def method_key(s: TrainSettings) -> str:
+    """The Method box's key for the settings (fp32 master weights are their own choice)."""
+    return "full-fp32" if s.method == "full" and s.quant == "fp32" else s.method
 
 
 def _estimate(s: TrainSettings, capacity_bytes: int, custom: bool) -> TrainingEstimate:
@@ -100,7 +118,7 @@ def _estimate(s: TrainSettings, capacity_bytes: int, custom: bool) -> TrainingEs
 def _widgets() -> None:
     c = st.columns(4)
     c[0].selectbox("Method", tuple(METHOD_LABELS), format_func=METHOD_LABELS.get, key=METHOD)
-    if st.session_state[METHOD] != "full":
+    if not st.session_state[METHOD].startswith("full"):
         c[1].number_input("LoRA rank", min_value=1, max_value=1024, step=8, key=RANK)
         c[2].selectbox("Target modules", TARGET_CHOICES, key=TARGETS, help="PEFT target_modules")
     if st.session_state[METHOD] == "qlora":
@@ -110,6 +128,15 @@ def _widgets() -> None:
     d[1].selectbox("Sequence length", SEQ_LENS, key=SEQ_LEN, format_func=lambda t: f"{t:,} tokens")
     d[2].number_input("Micro-batch", min_value=1, max_value=256, step=1, key=MICRO_BATCH)
     d[3].selectbox("Gradient checkpointing", GRAD_CHECKPOINTING, key=CHECKPOINTING)
+    if st.session_state[METHOD] != "full-fp32":  # fp32 master weights are always under autocast
+        st.selectbox(
+            "Precision",
+            tuple(PRECISION_LABELS),
+            format_func=PRECISION_LABELS.get,
+            key=PRECISION,
+            help="bf16 autocast: what the Hugging Face Trainer's bf16=True does (accelerate wraps the "
+            "forward in torch.autocast). As loaded: weights and adapters in their own dtypes (PEFT's plain loop).",
+        )
 
 
 def fixes(s: TrainSettings, capacity_bytes: int, custom: bool) -> list[dict[str, Any]]:
@@ -121,8 +148,12 @@ def fixes(s: TrainSettings, capacity_bytes: int, custom: bool) -> list[dict[str,
         )
     if s.micro_batch > 1:
         options.append(("Micro-batch 1", {MICRO_BATCH: 1}, replace(s, micro_batch=1)))
+    if s.mixed_precision == "off":
+        options.append(("bf16 autocast", {PRECISION: "bf16"}, replace(s, mixed_precision="bf16")))
+    if s.method == "full" and s.quant == "fp32":
+        options.append(("bf16 weights", {METHOD: "full"}, replace(s, quant="bf16")))
     if s.method == "full":
-        options.append(("LoRA", {METHOD: "lora"}, replace(s, method="lora")))
+        options.append(("LoRA", {METHOD: "lora"}, replace(s, method="lora", quant="bf16")))
     if s.optimizer != "paged-adamw-8bit":
         options.append(("Paged AdamW 8-bit", {OPTIMIZER: "paged-adamw-8bit"}, replace(s, optimizer="paged-adamw-8bit")))
     shorter = [t for t in SEQ_LENS if t < s.seq_len]
@@ -170,7 +201,8 @@ def render(inp: Any) -> None:
         st.error("Cannot estimate these settings: " + md(err))
         return
     st.caption(
-        f"{md(inp.model_label)} · {METHOD_LABELS[s.method]} · {s.optimizer} · {s.seq_len:,} tokens × "
+        f"{md(inp.model_label)} · {METHOD_LABELS[method_key(s)]} · {PRECISION_LABELS[s.mixed_precision]} · "
+        f"{s.optimizer} · {s.seq_len:,} tokens × "
         f"{s.micro_batch} · checkpointing {s.grad_checkpointing} · on {md(inp.capacity_label)} · "
         f"{e.trainable.line()}"
     )
@@ -185,7 +217,7 @@ def render(inp: Any) -> None:
         delta_arrow="off",
         help=f"GPU memory the training step uses at its peak ({e.peak_phase}): weights, adapters, "
         "gradients, optimizer states, activations saved for backward, the transient peak, the CUDA "
-        "context and allocator. PEFT's plain loop without autocast (docs/training.md).",
+        "context and allocator (docs/training.md).",
     )
     c2.metric(
         f"Fits on {inp.capacity_label}?",

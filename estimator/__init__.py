@@ -33,6 +33,7 @@ from .quant import (
 )
 from .report import COUNTERS
 from .solve import best_quant, context_grid, max_batch, max_context, smallest_gpu, sweep
+from .training import TrainingEstimate, estimate_training
 
 __all__ = [
     "COUNTERS",
@@ -48,12 +49,14 @@ __all__ = [
     "QUANTS",
     "Settings",
     "TRANSFORMERS_QUANTS",
+    "TrainingEstimate",
     "UnknownNameError",
     "best_quant",
     "context_grid",
     "effective_bits_per_param",
     "estimate",
     "estimate_settings",
+    "estimate_training",
     "from_hf_config",
     "get_gpu",
     "get_quant",

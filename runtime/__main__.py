@@ -176,13 +176,20 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--targets", default="all-linear", help="all-linear or a comma list of q,k,v,o,gate,up,down,lm_head,embed"
     )
     p.add_argument("--dropout", default="0", help="LoRA dropout")
-    p.add_argument("--quant", default=None, help="qlora: nf4, nf4-dq, fp4, fp4-dq (default nf4); full/lora: bf16")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help="qlora: nf4, nf4-dq, fp4, fp4-dq (default nf4); lora: bf16; full: bf16, or fp32 master weights",
+    )
     p.add_argument("--adapter-dtype", default="fp32", help="fp32 (PEFT's autocast_adapter_dtype) or bf16")
     p.add_argument("--optimizer", default="adamw", help="adamw, adamw-fused, sgd, sgd-momentum, adafactor, ...")
     p.add_argument("--seq-len", default="2048", help="tokens per sequence")
     p.add_argument("--micro-batch", default="1", help="sequences per micro-batch")
     p.add_argument("--grad-accum", default="1", help="micro-batches per optimizer step")
     p.add_argument("--grad-checkpointing", default="off", help="off, non-reentrant or reentrant")
+    p.add_argument(
+        "--mixed-precision", default="off", help="off, or bf16 (the Trainer's bf16=True: autocast around the forward)"
+    )
     p.add_argument("--device", default="trace", help="trace, cpu or cuda")
     p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -217,6 +224,7 @@ def _train_measure(a: argparse.Namespace) -> int:
         micro_batch=num(a.micro_batch, "micro_batch"),
         grad_accum=num(a.grad_accum, "grad_accum"),
         grad_checkpointing=a.grad_checkpointing,
+        mixed_precision=a.mixed_precision,
         device=a.device,
     )
     _check_device(s["device"])

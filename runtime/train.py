@@ -29,6 +29,9 @@ Devices:
   * bitsandbytes 8-bit optimizers: their own ``init_state`` creates the states (real code on fake
     tensors; paged buffers, which torch never sees, are dropped from the count and reported as
     ``paged_bytes``); the update kernel works in place and allocates nothing.
+  * ``mixed_precision="bf16"``: CUDA's bf16 autocast (``runtime.autocast.Autocast``: the
+    AutocastCUDA op lists and cast cache, which do nothing for ``meta`` tensors), around the
+    forward as accelerate wraps it, then accelerate's own ``convert_to_fp32`` on the output.
 
   torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
   ``fused=True`` on CUDA only.
@@ -162,6 +165,10 @@ def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0
     """transformers' sdpa_attention_forward with the CUDA flash kernel (no mask, GQA in the kernel)."""
     if attention_mask is not None:
         raise NotImplementedError("the training trace models unpadded causal batches only (no attention mask)")
+    from . import autocast
+
+    if autocast.active():  # SDPA is lower_precision_fp under autocast: q, k, v cast to bf16 first
+        query, key, value = (t.to(autocast.LOW) for t in (query, key, value))
     if query.dtype not in (torch.float16, torch.bfloat16):
         # fp32 (QLoRA after prepare_model_for_kbit_training): flash and cuDNN take 16-bit only and
         # mem-efficient refuses GQA (sdp_utils.cpp), so CUDA runs the composite math path, the
@@ -289,7 +296,7 @@ def build(s: dict[str, Any], device: str):
         _register()
     attn = STANDIN_TRAIN_ATTN if trace else "sdpa"
     conf = hf_config(config_dict(s["model"]), attn)
-    dt = torch.bfloat16
+    dt = torch.float32 if s["quant"] == "fp32" else torch.bfloat16  # fp32: full fine-tuning's master weights
     if trace:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(conf, dtype=dt)
@@ -339,6 +346,18 @@ def _quantize_real(model, quant: str, device: str) -> None:
 
 def prepare(model, s: dict[str, Any]):
     """Freeze/upcast (QLoRA: ``prepare_model_for_kbit_training``), gradient checkpointing, PEFT."""
+    model = _prepare(model, s)
+    if s.get("mixed_precision", "off") != "off":
+        from .autocast import recompute_under_autocast
+
+        for m in model.modules():
+            f = getattr(m, "_gradient_checkpointing_func", None)
+            if f is not None and getattr(m, "gradient_checkpointing", False):
+                m._gradient_checkpointing_func = recompute_under_autocast(f)
+    return model
+
+
+def _prepare(model, s: dict[str, Any]):
     gc = s["grad_checkpointing"]
     gc_kwargs = {"use_reentrant": gc == "reentrant"}
     if s["method"] == "qlora":
@@ -431,13 +450,24 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
     )
     g = torch.Generator(device="cpu").manual_seed(0)
     info: dict[str, Any] = {"paged_bytes": 0}
+    mixed = s.get("mixed_precision", "off") != "off"
 
     def micro() -> None:
         ids = torch.randint(0, vocab, (b, T), generator=g).to(device)
         if tracker is not None:
             tracker.track(ids, "input_ids")
         phase("forward")
-        loss = model(input_ids=ids, labels=ids).loss
+        if mixed:
+            # the Trainer's bf16=True: accelerate 1.16 prepare_model wraps the forward in autocast
+            # and convert_outputs_to_fp32 (16-bit outputs, the logits, copied to fp32)
+            from accelerate.utils.operations import convert_to_fp32
+
+            with _autocast(device):
+                out = model(input_ids=ids, labels=ids)
+            loss = convert_to_fp32(out).loss
+            del out
+        else:
+            loss = model(input_ids=ids, labels=ids).loss
         if accum > 1:
             loss = loss / accum
         phase("backward")
@@ -457,6 +487,16 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
     opt.zero_grad(set_to_none=True)
     phase(None)
     return info
+
+
+def _autocast(device: str):
+    """bf16 autocast on the device: the stand-in on fake tensors (runtime.autocast), torch's own
+    on cpu (its CPU op lists) and cuda."""
+    if device == "meta":
+        from .autocast import Autocast
+
+        return Autocast()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
 def _step(opt, s: dict[str, Any], device: str, tracker, info: dict[str, Any], model) -> None:

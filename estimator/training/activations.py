@@ -90,22 +90,25 @@ def saved_tensors(
     grad_checkpointing: str,
     seq_len: int,
     micro_batch: int,
+    mixed: bool = False,
+    quant: str = "bf16",
 ) -> Saved:
-    """Everything autograd holds at the end of the forward (module docstring)."""
+    """Everything autograd holds at the end of the forward (module docstring); ``mixed``: under
+    bf16 autocast (``autocast_rows``)."""
     b, T = micro_batch, seq_len
     N = b * T
     H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
     qd, kvd, d, h = spec.q_dim, spec.kv_dim, spec.head_dim, spec.num_attention_heads
     L = spec.num_hidden_layers
-    a = act_bytes(method)
+    a = act_bytes(method, quant)
     full = method == "full"
     rows: list[tuple[str, int, int]] = []
 
     def norm(count: int) -> None:
         rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
         rows.append(("rmsnorm rsqrt", FP32 * N, count))
-        if full:
-            rows.append(("rmsnorm bf16 input (weight grad)", a * N * H, count))
+        if full:  # ``weight * hidden.to(input_dtype)``: the normalized input in the weights' dtype
+            rows.append(("rmsnorm normalized input (weight grad)", a * N * H, count))
 
     if grad_checkpointing != "off":
         rows.append(("checkpointed layer inputs", a * N * H, L))
@@ -120,7 +123,9 @@ def saved_tensors(
             if count == 0:
                 continue
             in_grad = first_input_grad or layer > 0
-            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm, a)
+            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm, a, mixed)
+        if full and mixed and a == 4:  # every Linear's cached bf16 weight cast, saved for its input's grad
+            rows += [(f"{m} weight cast (saved)", 2 * i * o, L) for m, i, o in layer_linears(spec, LAYER_TARGETS)]
     if not full and "embed" in targets:
         # peft lora.Embedding: after_A = F.embedding(ids, lora_embedding_A.T) [N, r], saved by
         # ``after_A @ lora_embedding_B.T`` for B's gradient
@@ -128,7 +133,17 @@ def saved_tensors(
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
     rows.append(("rotary cos, sin", a * T * d, 2))
     norm(1)  # the final norm
-    if full:
+    if mixed and method == "qlora":
+        # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
+        # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
+        # input's gradient
+        rows.append(("lm_head weight cast to bf16", 2 * V * H, 1))
+    if full and mixed and a == 4:
+        # fp32 master weights: lm_head casts the final norm's output and (cached) its weight to
+        # bf16, and saves both
+        rows.append(("final norm output cast to bf16 (lm_head weight grad)", 2 * N * H, 1))
+        rows.append(("lm_head weight cast (saved)", 2 * V * H, 1))
+    elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
@@ -151,19 +166,47 @@ def _layer(
     count: int,
     norm: Callable[[int], None],
     a: int,
+    mixed: bool = False,
 ) -> list[tuple[str, int, int]]:
-    """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad."""
+    """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad.
+
+    ``mixed`` (bf16 autocast, ``torch.autocast`` around the forward): every Linear's input and
+    SDPA's q, k, v are cast to bf16 (autocast_mode.cpp ``lower_precision_fp``). A LoRA input is
+    then a fresh bf16 copy per adapter (peft's ``lora.Linear`` first casts it to the adapter
+    dtype, ``bnb.Linear4bit``'s LoRA layer does not under autocast; the linear casts either back
+    to bf16), shared with the module's input only when that is bf16 and the adapters are too;
+    ``lora_A``'s output is bf16; with dropout its output (in the adapter or input dtype) is cast
+    and the bf16 copy saved. Attention always takes the flash kernel (16-bit), which saves its
+    bf16 copies of q, k and v when they are fp32 (QLoRA)."""
     H, I = spec.hidden_size, spec.intermediate_size
     qd, kvd, h, d = spec.q_dim, spec.kv_dim, spec.num_attention_heads, spec.head_dim
     T = N // b
     full = method == "full"
     rows: list[tuple[str, int, int]] = []
     tg = set(targets) if not full else set()
+    dims = {t: (i, o) for t, i, o in layer_linears(spec, LAYER_TARGETS)}
 
     def lora(name: str, inp: int, inp_grad: bool) -> bool:
         """Rows of a LoRA adapter on a module with ``inp`` input features (whose input requires
         grad or not); True when it saves the module's input tensor itself (bf16 adapters, no
-        dropout: shared)."""
+        dropout: shared). Under autocast o_proj's input is flash's bf16 output, the others'
+        the residual stream's dtype (``a``)."""
+        if mixed:
+            rows.append((f"{name} lora_A output (bf16)", 2 * N * rank, count))
+            if ab == 4:  # the cached bf16 casts of the fp32 weights, saved (adapter_cast_bytes)
+                rows.append((f"{name} lora_B weight cast (saved)", 2 * rank * dims[name][1], count))
+                if inp_grad:
+                    rows.append((f"{name} lora_A weight cast (saved)", 2 * rank * inp, count))
+            if dropout:
+                rows.append((f"{name} dropout output, bf16", 2 * N * inp, count))
+                if inp_grad:
+                    rows.append((f"{name} dropout mask", N * inp, count))
+                return False
+            in_bytes = 2 if name == "o" else a
+            if in_bytes == 2 and (method == "qlora" or ab == 2):
+                return True
+            rows.append((f"{name} input cast to bf16 (autocast)", 2 * N * inp, count))
+            return False
         rows.append((f"{name} lora_A output", ab * N * rank, count))
         if dropout:
             rows.append((f"{name} dropout output", ab * N * inp, count))
@@ -178,20 +221,26 @@ def _layer(
     # attention half
     if in_grad:
         norm(count)
-    shares_x = full
+    # fp32 master weights under autocast: each Linear casts its fp32 input to bf16 and saves
+    # the copy (q, k, v each their own; gate and up too); its outputs are bf16
+    casts_x = full and mixed and a == 4
+    c = 2 if casts_x else a  # the MLP's activations' bytes
+    shares_x = full and not casts_x
+    if casts_x:
+        rows.append(("q, k, v inputs cast to bf16", 2 * N * H, 3 * count))
     for m in ("q", "k", "v"):
         if m in tg:
             shares_x = lora(m, H, in_grad) or shares_x
     if shares_x:
         rows.append(("attention input (norm output)", a * N * H, count))
-    rows += _qk_norm_rows(spec, tg, in_grad or full, N, a, full, count)
+    rows += _qk_norm_rows(spec, tg, in_grad or full, N, c if full else a, full, count)
     attn_grad = in_grad or full or bool(tg & {"q", "k", "v"})
-    flash = a == 2
+    flash = a == 2 or mixed
     if attn_grad and flash:
         rows += [
-            ("q after rotary", a * N * qd, count),
-            ("k, v", a * N * kvd, 2 * count),
-            ("attention output", a * N * qd, count),
+            ("q after rotary", 2 * N * qd, count),
+            ("k, v", 2 * N * kvd, 2 * count),
+            ("attention output", 2 * N * qd, count),
             ("attention logsumexp", FP32 * b * h * T, count),
         ]
     elif attn_grad:  # SDPA's math path (fp32): scaled q, scaled k^T and v expanded to h heads, probs
@@ -207,16 +256,18 @@ def _layer(
     mlp_in_grad = attn_grad or "o" in tg
     if mlp_in_grad:
         norm(count)
-    shares_x2 = full
+    shares_x2 = full and not casts_x
+    if casts_x:
+        rows.append(("gate, up inputs cast to bf16", 2 * N * H, 2 * count))
     for m in ("gate", "up"):
         if m in tg:
             shares_x2 = lora(m, H, mlp_in_grad) or shares_x2
     if shares_x2:
         rows.append(("mlp input (norm output)", a * N * H, count))
     if mlp_in_grad or tg & {"gate", "up"}:
-        rows.append(("gate, act, up outputs", a * N * I, 3 * count))
+        rows.append(("gate, act, up outputs", c * N * I, 3 * count))
     if full:
-        rows.append(("down_proj input", a * N * I, count))
+        rows.append(("down_proj input", c * N * I, count))
     elif "down" in tg and lora("down", I, mlp_in_grad or bool(tg & {"gate", "up"})):
         rows.append(("down_proj input", a * N * I, count))
     return rows
@@ -297,10 +348,10 @@ def math_attention_backward_rows(
     return rows
 
 
-def act_bytes(method: str) -> int:
-    """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
-    residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""
-    return 4 if method == "qlora" else 2
+def act_bytes(method: str, quant: str = "bf16") -> int:
+    """Bytes per element of the residual stream: bf16, or fp32 for QLoRA, whose embedding
+    ``prepare_model_for_kbit_training`` casts to fp32, and for fp32 master weights."""
+    return 4 if method == "qlora" or quant == "fp32" else 2
 
 
 def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
@@ -336,20 +387,35 @@ def _qk_norm_rows(
     return rows
 
 
-def loss_forward_bytes(spec: ModelSpec, method: str, grad_checkpointing: str, seq_len: int, micro_batch: int) -> int:
+def loss_forward_bytes(
+    spec: ModelSpec,
+    method: str,
+    grad_checkpointing: str,
+    seq_len: int,
+    micro_batch: int,
+    mixed: bool = False,
+    quant: str = "bf16",
+) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
     (``log_softmax``'s output is saved; so is the norm's output when lm_head trains); with more
     than one sequence also the padded labels [b, T + 1], which ``ForCausalLMLoss``'s ``labels``
     keeps until it returns (the saved target is a copy). Without checkpointing the forward fills
     a ``DynamicCache`` (``use_cache``), held by the output until it is dropped: flash saves those
-    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim."""
+    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim (and under
+    autocast QLoRA's flash saves bf16 casts of them: the cache's fp32 K and V are extra too).
+    Under autocast the logits are bf16 (lm_head is a lower-precision op) for every method.
+    (accelerate's ``convert_outputs_to_fp32`` copies the bf16 logits to fp32 after the forward,
+    when the autocast cache and the loss's own copies are gone: never above this moment.)"""
     N = seq_len * micro_batch
-    a = act_bytes(method)
+    a = act_bytes(method, quant)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
-    logits = FP32 * N * spec.vocab_size if a == 4 else (2 + FP32) * N * spec.vocab_size
-    norm_out = 0 if method == "full" else a * N * spec.hidden_size
-    cache = 2 * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
+    logits = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
+    # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
+    norm_out = 0 if method == "full" and a == 2 else a * N * spec.hidden_size
+    # fp32 master weights: v_proj's output is bf16 (saved by flash as it is), k after rotary fp32
+    kv = 1 if method == "full" else 2
+    cache = kv * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
     return logits + norm_out + pad + cache
 
 
@@ -368,20 +434,51 @@ def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_acc
     return rows
 
 
-def embedding_end_rows(spec: ModelSpec, accum_has_grad: bool, tokens: int) -> list[tuple[str, int, int]]:
+def embedding_end_rows(
+    spec: ModelSpec, accum_has_grad: bool, tokens: int, itemsize: int = 2
+) -> list[tuple[str, int, int]]:
     """Full fine-tuning, the end of backward, besides every gradient: with a tied embedding, the
     engine's input buffer adds lm_head's and the embedding's [V, H] bf16 gradients out of place
     (both and their sum alive; observed on real CPU tensors and in the trace), and with an
     existing ``.grad`` (grad_accum > 1) AccumulateGrad then adds the sum in place; untied,
     ``embedding_dense_backward`` runs with its input, the embedding output's gradient [N, H], and
     its [V, H] output is the ``.grad`` itself (or, accumulating, added to it)."""
-    vh = 2 * spec.vocab_size * spec.hidden_size
+    vh = itemsize * spec.vocab_size * spec.hidden_size
     if spec.tie_word_embeddings:
         return [("embedding grad parts (lm_head, embedding) and their sum", vh, 3 if accum_has_grad else 2)]
-    rows = [("embedding output's gradient", 2 * tokens * spec.hidden_size, 1)]
+    rows = [("embedding output's gradient", itemsize * tokens * spec.hidden_size, 1)]
     if accum_has_grad:
         rows.append(("embedding_dense_backward output", vh, 1))
     return rows
+
+
+def adapter_cast_sizes(spec: ModelSpec, targets: tuple[str, ...], rank: int) -> list[tuple[int, int]]:
+    """fp32 adapters under bf16 autocast: each ``lora_A``/``lora_B`` weight, a leaf that requires
+    grad, is cast to bf16 once per autocast region and cached (autocast_mode.cpp
+    ``cached_cast``/``can_try_cache``) until the region exits: at the loss's forward every cast
+    is alive, (bytes, count) per tensor size here. The linears save some of them (``_layer``:
+    every ``lora_B``, whose input is ``lora_A``'s output, and each ``lora_A`` whose module input
+    requires grad); those outlive the region."""
+    L = spec.num_hidden_layers
+    out: list[tuple[int, int]] = []
+    for _, i, o in layer_linears(spec, targets):
+        out += [(2 * rank * i, L), (2 * rank * o, L)]
+    return out
+
+
+def layer_linears(spec: ModelSpec, targets: tuple[str, ...]) -> list[tuple[str, int, int]]:
+    """(target, in features, out features) of each of a decoder layer's Linears among ``targets``."""
+    H, I = spec.hidden_size, spec.intermediate_size
+    dims = {
+        "q": (H, spec.q_dim),
+        "k": (H, spec.kv_dim),
+        "v": (H, spec.kv_dim),
+        "o": (spec.q_dim, H),
+        "gate": (H, I),
+        "up": (H, I),
+        "down": (I, H),
+    }
+    return [(t, *dims[t]) for t in LAYER_TARGETS if t in targets]
 
 
 __all__ = ["LAYER_TARGETS", "Saved", "loss_backward_rows", "loss_forward_bytes", "saved_tensors", "embedding_end_rows"]

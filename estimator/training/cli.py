@@ -19,7 +19,7 @@ from ..model import DEFAULT_PRESET
 from ..units import GiB, one_line, parse_context, parse_int, parse_size
 from .estimate import BREAKDOWN_KEYS, TRAINING_COUNTERS, estimate_training
 from .params import METHODS
-from .settings import GRAD_CHECKPOINTING
+from .settings import GRAD_CHECKPOINTING, MIXED_PRECISION
 from .solve import best_method, max_micro_batch, max_seq_len, smallest_gpu
 from .static import OPTIMIZERS, QLORA_QUANTS
 
@@ -38,13 +38,22 @@ def add_parser(sub: Any) -> None:
         "--targets", default="all-linear", help="all-linear, or a comma list of q,k,v,o,gate,up,down,lm_head,embed"
     )
     p.add_argument("--dropout", default="0", help="LoRA dropout (default 0)")
-    p.add_argument("--quant", default=None, help=f"qlora base: {', '.join(QLORA_QUANTS)} (default nf4)")
+    p.add_argument(
+        "--quant",
+        default=None,
+        help=f"qlora base: {', '.join(QLORA_QUANTS)} (default nf4); full: bf16 (default) or fp32 master weights",
+    )
     p.add_argument("--adapter-dtype", default="fp32", help="fp32 (PEFT's default autocast_adapter_dtype) or bf16")
     p.add_argument("--optimizer", default="adamw", help=f"{', '.join(OPTIMIZERS)} (default adamw)")
     p.add_argument("--seq-len", default="2048", help="tokens per sequence: 2048, 4k (default 2048)")
     p.add_argument("--micro-batch", default="1", help="sequences per micro-batch (default 1)")
     p.add_argument("--grad-accum", default="1", help="micro-batches per optimizer step (default 1)")
     p.add_argument("--grad-checkpointing", default="off", help=f"{', '.join(GRAD_CHECKPOINTING)} (default off)")
+    p.add_argument(
+        "--mixed-precision",
+        default="off",
+        help=f"{', '.join(MIXED_PRECISION)}: bf16 is the Trainer's bf16=True (autocast around the forward; default off)",
+    )
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument(
@@ -72,6 +81,7 @@ def _kw(args: argparse.Namespace) -> dict[str, Any]:
         micro_batch=parse_int(args.micro_batch, "--micro-batch"),
         grad_accum=parse_int(args.grad_accum, "--grad-accum"),
         grad_checkpointing=args.grad_checkpointing,
+        mixed_precision=args.mixed_precision,
     )
     if args.quant is not None:
         kw["quant"] = args.quant
@@ -122,6 +132,8 @@ def format_training(d: dict[str, Any]) -> str:
         f" base={s['quant']} optimizer={s['optimizer']} seq_len={s['seq_len']:,} micro_batch={s['micro_batch']}"
         f" grad_accum={s['grad_accum']} checkpointing={s['grad_checkpointing']}"
     )
+    if s.get("mixed_precision", "off") != "off":
+        head += f" mixed_precision={s['mixed_precision']}"
     out = [head, d["trainable_line"], ""]
     out += [f"  {k.replace('_', ' '):<24}{_gib(v):>14}" for k, v in d["breakdown"].items() if k in BREAKDOWN_KEYS]
     if d["paged_bytes"]:

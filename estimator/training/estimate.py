@@ -36,20 +36,31 @@ from ..allocator import block_bytes, reserved_for, round_size
 from ..errors import InvalidSpecError
 from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu, custom_gpu, get_gpu
-from ..model import ModelSpec, load_model
+from ..model import ModelSpec, load_model, tensors
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
 from ..report import COUNTERS, MemoryReport, totals_fields
 from ..units import check_int
 from .activations import (
+    act_bytes,
+    adapter_cast_sizes,
     embedding_end_rows,
+    layer_linears,
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
     saved_tensors,
 )
-from .params import TrainableParams, parse_targets, trainable_params
+from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
-from .static import DTYPE_BYTES, StaticBytes, optimizer_states, static_bytes, trainable_tensors, weight_layout
+from .static import (
+    DTYPE_BYTES,
+    StaticBytes,
+    dtype_of,
+    optimizer_states,
+    static_bytes,
+    trainable_tensors,
+    weight_layout,
+)
 
 TRAINING_COUNTERS = {
     **COUNTERS,
@@ -143,13 +154,14 @@ RECORD_FIELDS = (
     "micro_batch",
     "grad_accum",
     "grad_checkpointing",
+    "mixed_precision",
 )
 
 
 def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     """The ``TrainSettings`` a runtime training record's settings state (the runtime, its
     validation report and the tests estimate a record through this one mapping)."""
-    return make_train_settings(s["model"], gpu=gpu, **{k: s[k] for k in RECORD_FIELDS})
+    return make_train_settings(s["model"], gpu=gpu, **{k: s[k] for k in RECORD_FIELDS if k in s})
 
 
 def estimate_training(
@@ -214,7 +226,7 @@ def _static_groups(
     """The static parts and the groups of weights (base + adapters), gradients, states and the
     optimizer step's temporaries."""
     st = static_bytes(spec, method, quant, rank, targets, adapter_dtype, optimizer)
-    tr = trainable_tensors(spec, method, rank, targets, adapter_dtype)
+    tr = trainable_tensors(spec, method, rank, targets, dtype_of(method, quant, adapter_dtype))
     t_sizes = [(t.nbytes, 1) for t in tr]
     w = [(n, 1) for n in weight_layout(spec, method, quant)] + (t_sizes if method != "full" else [])
     opt = optimizer_states(optimizer, tr)
@@ -246,6 +258,11 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             "targets: LoRA on lm_head changes the loss's saved tensors, which are not modelled yet "
             "(count it with trainable_params): 'lm_head'"
         )
+    mixed = s.mixed_precision != "off"
+    if mixed and s.method != "full" and "embed" in s.targets:
+        # peft's lora.Embedding under autocast (an fp32 F.embedding, then a matmul with a view of
+        # lora_embedding_B, which autocast does not cache) is not traced yet
+        raise InvalidSpecError("targets: an embedding adapter under mixed_precision bf16 is not modelled yet: 'embed'")
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
@@ -259,10 +276,33 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         s.grad_checkpointing,
         s.seq_len,
         s.micro_batch,
+        mixed,
+        s.quant,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
-    fwd = _group([(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch), 1)])
+    fwd_rows = [
+        (loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch, mixed, s.quant), 1)
+    ]
+    if mixed and s.method != "full" and s.adapter_dtype == "fp32":
+        # the autocast cache's adapter weight casts the linears did not save (alive until the
+        # forward's autocast region exits, after the loss)
+        cache: dict[int, int] = {}
+        for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
+            cache[n] = cache.get(n, 0) + c
+        for what, n, c in saved.rows:
+            if what.endswith("weight cast (saved)"):
+                cache[n] -= c
+        fwd_rows += [(n, c) for n, c in cache.items() if c]
+    if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
+        # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
+        # during the forward and none is saved (the layers keep only their inputs)
+        L = s.model.num_hidden_layers
+        fwd_rows += [(2 * i * o, L) for _, i, o in layer_linears(s.model, LAYER_TARGETS)]
+    if mixed and s.quant == "fp32":
+        # and every bias's cast (a Linear does not save its bias): cached, never saved
+        fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
+    fwd = _group(fwd_rows)
     bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)])
     cands: dict[str, list[_Group]] = {
         "forward (loss)": resident + [saved_g, fwd],
@@ -273,10 +313,20 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         if s.grad_checkpointing == "reentrant":
             # reentrant checkpointing keeps each layer's run_function (a partial holding cos, sin
             # and cache_position) on its graph node until the graph is freed
-            end += [(2 * s.seq_len * s.model.head_dim, 2), (8 * s.seq_len, 1)]
-        end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens)]
+            end += [(act_bytes("full", s.quant) * s.seq_len * s.model.head_dim, 2), (8 * s.seq_len, 1)]
+        itemsize = DTYPE_BYTES[s.quant]
+        end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens, itemsize)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2:
+        if mixed and s.quant == "fp32":
+            # fp32 master weights: lm_head's weight gradient is computed for its bf16 cast
+            # [V, H] and copied to fp32 (ToCopyBackward) while the gradient of its input [N, H]
+            # waits for the final norm; the loss's tensors and lm_head's saved casts are gone
+            gone = ("log_softmax output fp32", "labels (padded)", "shift_labels", "final norm output cast to bf16")
+            left = [(n, c) for what, n, c in saved.rows if not what.startswith(gone + ("lm_head weight cast",))]
+            vh = s.model.vocab_size * s.model.hidden_size
+            left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
+            cands["backward (lm_head weight grad)"] = resident + [_group(left)]
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed:
         rows = math_attention_backward_rows(
             s.model,
             s.targets,

@@ -6,9 +6,13 @@ optimizer step over ``grad_accum`` micro-batches:
     for micro-batch: loss = model(input_ids=ids, labels=ids).loss / grad_accum; loss.backward()
     optimizer.step(); optimizer.zero_grad(set_to_none=True)
 
-with the model output dropped before ``backward`` (as the Trainer's ``compute_loss`` does), no
-autocast (the weights' and adapters' own dtypes, as PEFT leaves them), SDPA attention, every
-sequence ``seq_len`` tokens (no padding).
+with the model output dropped before ``backward`` (as the Trainer's ``compute_loss`` does), SDPA
+attention, every sequence ``seq_len`` tokens (no padding). ``mixed_precision``: ``"off"`` runs
+the weights' and adapters' own dtypes, as PEFT leaves them; ``"bf16"`` is the Trainer's
+``bf16=True``: accelerate 1.16 ``Accelerator.prepare_model`` wraps the forward in
+``torch.autocast("cuda", dtype=torch.bfloat16)`` and ``convert_outputs_to_fp32`` (the backward
+runs outside autocast). Full fine-tuning with ``quant="fp32"`` is fp32 master weights (the model
+loaded in fp32) under that autocast.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .params import LAYER_TARGETS, MAX_RANK, check_method, targets_label
 from .static import ADAPTER_DTYPES, FULL_PRECISIONS, QLORA_QUANTS, check_optimizer
 
 GRAD_CHECKPOINTING = ("off", "non-reentrant", "reentrant")
+MIXED_PRECISION = ("off", "bf16")
 MAX_SEQ_LEN = 1 << 24
 MAX_MICRO_BATCH = 1 << 16
 MAX_GRAD_ACCUM = 1 << 16
@@ -52,6 +57,7 @@ class TrainSettings:
     micro_batch: int = 1
     grad_accum: int = 1
     grad_checkpointing: str = "off"
+    mixed_precision: str = "off"
     gpu: Gpu | None = None
 
     def __post_init__(self) -> None:
@@ -70,10 +76,17 @@ class TrainSettings:
         _choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise InvalidSpecError(f"dropout must be a number in [0, 1): {self.dropout!r}")
+        _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
         if self.method == "qlora":
             _choice("quant", self.quant, QLORA_QUANTS)
         else:
-            _choice("quant", self.quant, FULL_PRECISIONS)
+            _choice("quant", self.quant, FULL_PRECISIONS if self.method == "full" else FULL_PRECISIONS[:1])
+        if self.quant == "fp32" and self.mixed_precision == "off":
+            # fp32 activations would take SDPA's math path, modelled for QLoRA's layers only
+            raise InvalidSpecError(
+                "quant: fp32 weights are modelled as master weights under mixed_precision bf16 "
+                "(pure fp32 training is not modelled): 'fp32'"
+            )
         if self.method != "full" and not self.targets:
             raise InvalidSpecError(f"targets must name at least one module: {self.targets!r}")
 
@@ -96,6 +109,7 @@ class TrainSettings:
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
             "grad_checkpointing": self.grad_checkpointing,
+            "mixed_precision": self.mixed_precision,
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }

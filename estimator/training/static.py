@@ -65,7 +65,8 @@ from .params import adapters, check_method
 
 OPTIMIZERS = ("adamw", "adamw-fused", "sgd", "sgd-momentum", "adafactor", "adamw-8bit", "paged-adamw-8bit")
 QLORA_QUANTS = ("nf4", "nf4-dq", "fp4", "fp4-dq")
-FULL_PRECISIONS = ("bf16",)  # full fine-tuning: the weights' (and gradients', states') dtype
+FULL_PRECISIONS = ("bf16", "fp32")  # full fine-tuning: the weights' (and gradients', states') dtype;
+# fp32 (master weights) needs mixed_precision="bf16" (settings)
 ADAPTER_DTYPES = ("fp32", "bf16")
 DTYPE_BYTES = {"fp32": 4, "bf16": 2}
 BNB_MIN_8BIT_SIZE = 4096  # bitsandbytes Optimizer2State min_8bit_size default (optim/adamw.py)
@@ -108,11 +109,12 @@ def check_optimizer(optimizer: str) -> str:
 def trainable_tensors(
     spec: ModelSpec, method: str, rank: int, targets: tuple[str, ...], adapter_dtype: str = "fp32"
 ) -> tuple[Trainable, ...]:
-    """The tensors the optimizer updates, in ``model.parameters()`` order (a tied embedding once)."""
+    """The tensors the optimizer updates, in ``model.parameters()`` order (a tied embedding once).
+    ``adapter_dtype`` is the adapters' dtype, or for full fine-tuning the weights' (``dtype_of``)."""
     check_method(method)
-    if method == "full":
-        return tuple(Trainable(t.name, t.shape, 2) for t in tensors(spec) if t.kind != "buffer")
     b = DTYPE_BYTES[adapter_dtype]
+    if method == "full":
+        return tuple(Trainable(t.name, t.shape, b) for t in tensors(spec) if t.kind != "buffer")
     out: list[Trainable] = []
     for a in adapters(spec, rank, targets):
         if a.kind == "embedding":  # lora_embedding_A / _B are nn.Parameters of these shapes
@@ -127,6 +129,12 @@ def trainable_tensors(
     return tuple(out)
 
 
+def dtype_of(method: str, quant: str, adapter_dtype: str) -> str:
+    """The trainable tensors' dtype: the weights' for full fine-tuning (``quant``: bf16, or fp32
+    master weights), else the adapters'."""
+    return quant if method == "full" else adapter_dtype
+
+
 def base_weight_bytes(spec: ModelSpec, method: str, quant: str, kbit_prepare: bool = True) -> int:
     """Bytes of the base model as loaded and prepared for training (no adapters)."""
     if method == "qlora":
@@ -134,13 +142,13 @@ def base_weight_bytes(spec: ModelSpec, method: str, quant: str, kbit_prepare: bo
         if kbit_prepare:  # prepare_model_for_kbit_training: bf16 non-4-bit parameters -> fp32
             w += sum(2 * t.numel for t in tensors(spec) if t.kind in UPCAST_KINDS)
         return w
-    return weight_bytes(spec, "bf16").total_bytes
+    return weight_bytes(spec, quant).total_bytes
 
 
 def weight_layout(spec: ModelSpec, method: str, quant: str, kbit_prepare: bool = True) -> tuple[int, ...]:
     """Every base-model tensor's bytes in load order (for the allocator's packing)."""
     if method != "qlora":
-        return tuple(s.nbytes for s in weight_tensors(spec, "bf16"))
+        return tuple(s.nbytes for s in weight_tensors(spec, quant))
     up = {t.name for t in tensors(spec) if t.kind in UPCAST_KINDS} if kbit_prepare else set()
     return tuple(2 * s.nbytes if s.name in up else s.nbytes for s in weight_tensors(spec, quant))
 
@@ -264,7 +272,7 @@ def static_bytes(
     optimizer: str,
 ) -> StaticBytes:
     """Weights, adapters, gradients and optimizer states of one setting."""
-    tr = trainable_tensors(spec, method, rank, targets, adapter_dtype)
+    tr = trainable_tensors(spec, method, rank, targets, dtype_of(method, quant, adapter_dtype))
     grads = sum(t.nbytes for t in tr)
     opt = optimizer_states(optimizer, tr)
     return StaticBytes(

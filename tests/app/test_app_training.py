@@ -53,3 +53,21 @@ def test_inference_mode_unchanged(app_test):
     a = app_test("streamlit_app.py").run()
     assert a.radio(key=training.MODE).value == training.INFERENCE
     assert a.title[0].value == "Will it fit?"
+
+
+def test_precision_and_fp32_master_weights(at):
+    """bf16 autocast (the Trainer's bf16=True) and full fine-tuning with fp32 master weights: the
+    cards follow estimate_training with those settings."""
+    gpu = state.DEFAULTS[state.GPU]
+    at.selectbox(key=training.METHOD).set_value("qlora").run()
+    at.selectbox(key=training.SEQ_LEN).set_value(4096).run()
+    at.selectbox(key=training.PRECISION).set_value("bf16").run()
+    assert not at.exception and not at.error
+    e = estimate_training("llama-3.2-3b", "qlora", quant="nf4", seq_len=4096, gpu=gpu, mixed_precision="bf16")
+    assert at.metric[0].value == format_gib(e.device_used_bytes)
+    assert "bf16 autocast" in at.caption[0].value
+    at.selectbox(key=training.METHOD).set_value("full-fp32").run()
+    assert not at.exception and not at.error
+    full = estimate_training("llama-3.2-3b", "full", quant="fp32", seq_len=4096, gpu=gpu, mixed_precision="bf16")
+    assert at.metric[0].value == format_gib(full.device_used_bytes)
+    assert "fp32 master weights" in at.caption[0].value

@@ -151,6 +151,26 @@ CLI = [
             "--json",
         ],
     ),
+    # issue 13: the training step (the issue's CLI example as it ran in PEFT's plain loop, and under
+    # the Trainer's bf16=True with gradient checkpointing), fp32 master weights, and a solver
+    (
+        "train-qlora-4090",
+        "train --method qlora --rank 16 --targets all-linear --optimizer paged-adamw-8bit --seq-len 4096 "
+        "--micro-batch 2 --gpu rtx-4090-24gb".split(),
+    ),
+    (
+        "train-qlora-4090-bf16-gc-json",
+        "train --method qlora --rank 16 --targets all-linear --optimizer paged-adamw-8bit --seq-len 4096 "
+        "--micro-batch 2 --gpu rtx-4090-24gb --mixed-precision bf16 --grad-checkpointing non-reentrant --json".split(),
+    ),
+    (
+        "train-full-fp32-h100-json",
+        "train --method full --quant fp32 --mixed-precision bf16 --seq-len 2048 --gpu h100-sxm-80gb --json".split(),
+    ),
+    (
+        "train-lora-solve-seq-len",
+        "train --method lora --gpu rtx-4090-24gb --mixed-precision bf16 --solve seq-len".split(),
+    ),
 ]
 
 

@@ -56,7 +56,10 @@ def _estimate(s):
     return estimate_train_settings(record_settings(s))
 
 
-PHASE_OF = {"forward": ("forward (loss)",), "backward": ("backward (log_softmax)", "backward (end)")}
+PHASE_OF = {
+    "forward": ("forward (loss)",),
+    "backward": ("backward (log_softmax)", "backward (end)", "backward (lm_head weight grad)"),
+}
 
 
 def _check(record):
@@ -81,7 +84,12 @@ def _check(record):
 
 
 @pytest.mark.parametrize(
-    "record", _records(), ids=lambda r: "{method}-{seq_len}-{grad_checkpointing}".format(**r["settings"])
+    "record",
+    _records(),
+    ids=lambda r: (
+        "{method}-{seq_len}-{grad_checkpointing}".format(**r["settings"])
+        + ("-" + r["settings"]["mixed_precision"] if r["settings"].get("mixed_precision", "off") != "off" else "")
+    ),
 )
 def test_committed_3b_traces_match_to_the_byte(record):
     assert record["status"] == "ok"
@@ -97,6 +105,16 @@ def test_committed_grid_is_complete():
             for t in (512, 2048, 8192):
                 assert (method, t, gc) in seen
     assert {("full", 512, "off"), ("full", 2048, "off")} <= seen
+    mixed = {
+        (r["settings"]["method"], r["settings"]["quant"], r["settings"]["seq_len"], r["settings"]["grad_checkpointing"])
+        for r in _records()
+        if r["settings"].get("mixed_precision") == "bf16"
+    }
+    for method, quant in (("lora", "bf16"), ("qlora", "nf4")):
+        for gc in ("off", "non-reentrant"):
+            for t in (2048, 8192):
+                assert (method, quant, t, gc) in mixed
+    assert {("full", "fp32", 512, "off"), ("full", "fp32", 2048, "off")} <= mixed
 
 
 @pytest.mark.parametrize(
@@ -146,17 +164,23 @@ def test_checkpointing_and_methods_order():
 @given(
     seq=st.integers(2, 16_384),
     b=st.integers(1, 4),
-    method=st.sampled_from(["full", "lora", "qlora"]),
+    method=st.sampled_from(["full", "lora", "qlora", "full-fp32"]),
     gc=st.sampled_from(["off", "non-reentrant", "reentrant"]),
     opt=st.sampled_from(["adamw", "sgd", "adafactor", "paged-adamw-8bit"]),
+    mp=st.sampled_from(["off", "bf16"]),
 )
-def test_parts_add_up_and_grow_with_tokens(seq, b, method, gc, opt):
-    e = estimate_training(method=method, seq_len=seq, micro_batch=b, grad_checkpointing=gc, optimizer=opt)
+def test_parts_add_up_and_grow_with_tokens(seq, b, method, gc, opt, mp):
+    kw = {"mixed_precision": mp}
+    if method == "full-fp32":  # fp32 master weights exist only under autocast
+        method, kw = "full", {"quant": "fp32", "mixed_precision": "bf16"}
+    e = estimate_training(method=method, seq_len=seq, micro_batch=b, grad_checkpointing=gc, optimizer=opt, **kw)
     parts = e.weights_bytes + e.activations_bytes + e.gradients_bytes + e.optimizer_states_bytes + e.overhead_bytes
     assert parts == e.device_used_bytes == e.total_bytes
     assert sum(e.breakdown.values()) == e.device_used_bytes
     assert e.peak_live_bytes <= e.peak_live_rounded_bytes <= e.peak_allocated_bytes <= e.peak_reserved_bytes
-    longer = estimate_training(method=method, seq_len=seq + 1, micro_batch=b, grad_checkpointing=gc, optimizer=opt)
+    longer = estimate_training(
+        method=method, seq_len=seq + 1, micro_batch=b, grad_checkpointing=gc, optimizer=opt, **kw
+    )
     assert longer.peak_live_bytes >= e.peak_live_bytes
     assert longer.device_used_bytes >= e.device_used_bytes  # the solvers' binary search relies on it
 
@@ -173,6 +197,10 @@ def test_bad_input_names_the_field():
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
         ({"targets": "all-linear,lm_head"}, "targets"),
+        ({"mixed_precision": "fp16"}, "mixed_precision"),
+        ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
+        ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),
+        ({"targets": "q,v,embed", "mixed_precision": "bf16"}, "targets"),
     ):
         with pytest.raises(InvalidSpecError, match=field):
             estimate_training(**kw)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The training proof grid, traced (fake tensors, no GPU): Llama 3.2 3B LoRA r=16 all-linear and
 # QLoRA (NF4 base, prepare_model_for_kbit_training) at 512, 2K and 8K tokens with and without
-# gradient checkpointing, full fine-tuning with AdamW at 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
+# gradient checkpointing, full fine-tuning with AdamW at 512 and 2K; then the Trainer's bf16=True
+# (--mixed-precision bf16: autocast around the forward): LoRA and QLoRA at 2K and 8K with and
+# without checkpointing, full fine-tuning with fp32 master weights at 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
 # `python -m estimator train --compare validation/training/trace.jsonl` compares it.
 #   bash validation/training/grid.sh [OUT.jsonl] [--device trace|cuda]
 set -euo pipefail
@@ -19,4 +21,14 @@ for method in lora qlora; do
 done
 for t in 512 2048; do
   run --method full --optimizer adamw --seq-len "$t"
+done
+for method in lora qlora; do
+  for gc in off non-reentrant; do
+    for t in 2048 8192; do
+      run --method "$method" --rank 16 --targets all-linear --seq-len "$t" --grad-checkpointing "$gc" --mixed-precision bf16
+    done
+  done
+done
+for t in 512 2048; do
+  run --method full --quant fp32 --optimizer adamw --seq-len "$t" --mixed-precision bf16
 done

@@ -22,8 +22,19 @@ from estimator.training.estimate import estimate_train_settings, record_settings
 
 PHASES = {
     "forward": ("forward (loss)",),
-    "backward": ("backward (log_softmax)", "backward (end)", "backward (last layer attention)"),
+    "backward": (
+        "backward (log_softmax)",
+        "backward (end)",
+        "backward (last layer attention)",
+        "backward (lm_head weight grad)",
+    ),
 }
+
+
+def point(s: dict[str, Any]) -> str:
+    """A record's row label; `bf16 autocast` marks the Trainer's bf16=True."""
+    label = f"{s['method']} {s['quant']} T={s['seq_len']:,} ckpt={s['grad_checkpointing']}"
+    return label + (" bf16 autocast" if s.get("mixed_precision", "off") == "bf16" else "")
 
 
 def estimate_for(s: dict[str, Any], gpu: Any = None) -> Any:
@@ -42,7 +53,7 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         }
         out.append(
             {
-                "point": f"{s['method']} {s['quant']} T={s['seq_len']:,} ckpt={s['grad_checkpointing']}",
+                "point": point(s),
                 "trace": t["peak_live_bytes"],
                 "estimate": est,
                 "peak_trace": max(t["peak_live_bytes"].values()),
@@ -74,16 +85,15 @@ def cuda_markdown(records: list[dict[str, Any]]) -> str:
     ]
     for r in records:
         s = r["settings"]
-        point = f"{s['method']} {s['quant']} T={s['seq_len']:,} ckpt={s['grad_checkpointing']}"
         if r["status"] != "ok":
-            lines.append(f"| {point} | {r['status']} | | | | |")
+            lines.append(f"| {point(s)} | {r['status']} | | | | |")
             continue
         gpu = measured_gpu(r.get("environment"))
         e = estimate_for(s, gpu)
         for c in ("peak_allocated_bytes", "peak_reserved_bytes", "device_used_bytes"):
             m, v = r.get(c), getattr(e, c)
             err = f"{(v - m) / m:+.2%}" if m else "-"
-            lines.append(f"| {point} | ok | {c} | {m if m is None else f'{m:,}'} | {v:,} | {err} |")
+            lines.append(f"| {point(s)} | ok | {c} | {m if m is None else f'{m:,}'} | {v:,} | {err} |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +111,9 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "(`runtime/track.py`); `estimate_training` derives the same peaks by mechanism",
         "(`estimator/training/`, docs/training.md). LoRA: r=16, all-linear, fp32 adapters, AdamW",
         "(foreach). QLoRA: NF4 base, `prepare_model_for_kbit_training`. Full: bf16, AdamW.",
+        "Rows marked `bf16 autocast` run the Trainer's `bf16=True`: the forward under bf16 autocast",
+        "(`runtime/autocast.py` stands in for CUDA's autocast kernels on fake tensors) and accelerate's",
+        "`convert_outputs_to_fp32`; full `fp32` is fp32 master weights under that autocast.",
         "",
         f"Versions: torch {env.get('torch')}, transformers {env.get('transformers')}, "
         f"bitsandbytes {env.get('bitsandbytes')}. Reproduce: `bash validation/training/grid.sh` then "

@@ -1,0 +1,130 @@
+"""The Trainer's bf16=True (``mixed_precision="bf16"``: bf16 autocast around the forward, as
+accelerate's prepare_model wraps it): hand-derived goldens and narrow traces to the byte."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_estimate import QWEN2, QWEN3, _check
+
+from estimator.training import estimate_training
+from estimator.training.activations import adapter_cast_sizes
+from estimator.training.params import LAYER_TARGETS
+
+P_3B = 3_212_749_824  # Llama 3.2 3B parameters (config.json, tied embeddings)
+
+
+def test_adapter_cast_cache_golden_3b():
+    """fp32 LoRA r=16 all-linear under autocast: one cached bf16 cast of every adapter weight,
+    2 B x r x (in + out) per target and layer: q 3072+3072, k 3072+1024, v 3072+1024,
+    o 3072+3072, gate 3072+8192, up 3072+8192, down 8192+3072 = 54,272; x 2 x 16 x 28 layers."""
+    spec = estimate_training().settings.model
+    total = sum(n * c for n, c in adapter_cast_sizes(spec, LAYER_TARGETS, 16))
+    assert total == 54_272 * 2 * 16 * 28 == 48_627_712
+    assert total == 2 * 24_313_856  # = 2 B x PEFT's trainable parameter count
+
+
+def test_full_fp32_master_weights_golden_3b():
+    """Full fine-tuning with fp32 master weights: weights and gradients 4 B a parameter, AdamW's
+    two states 8 B; the weights also hold the rotary inv_freq buffer (64 fp32 + the original
+    copy transformers keeps: 512 B)."""
+    e = estimate_training(method="full", quant="fp32", mixed_precision="bf16", seq_len=512)
+    assert e.gradients_bytes == 4 * P_3B
+    assert e.optimizer_states_bytes == 8 * P_3B
+    assert e.weights_bytes == 4 * P_3B + 512
+    bf16 = estimate_training(method="full", seq_len=512)
+    assert e.peak_live_bytes > bf16.peak_live_bytes + 8 * P_3B  # 2 B more weights, grads; 4 B more states
+
+
+def test_mixed_shrinks_qlora_and_lora_activations():
+    """Under autocast QLoRA's attention runs the bf16 flash kernel instead of fp32 SDPA math
+    (no T x T probabilities) and LoRA's saved adapter inputs are bf16 instead of fp32 copies."""
+    for method in ("qlora", "lora"):
+        off = estimate_training(method=method, seq_len=8192)
+        on = estimate_training(method=method, seq_len=8192, mixed_precision="bf16")
+        assert on.peak_live_bytes < off.peak_live_bytes
+    # bf16 adapters on a bf16 base: autocast casts nothing, the step is the same
+    assert (
+        estimate_training(adapter_dtype="bf16", mixed_precision="bf16").peak_live_bytes
+        == estimate_training(adapter_dtype="bf16").peak_live_bytes
+    )
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"method": "lora"},
+        {"method": "lora", "dropout": 0.1, "micro_batch": 2},
+        {"method": "lora", "targets": "v,o,down", "grad_accum": 2},
+        {"method": "lora", "grad_checkpointing": "reentrant"},
+        {"method": "lora", "adapter_dtype": "bf16", "grad_checkpointing": "non-reentrant"},
+        {"method": "qlora"},
+        {"method": "qlora", "dropout": 0.1, "quant": "nf4-dq"},
+        {"method": "qlora", "adapter_dtype": "bf16", "targets": "q,k,v,o"},
+        {"method": "qlora", "grad_checkpointing": "non-reentrant", "optimizer": "paged-adamw-8bit"},
+        {"method": "full"},
+        {"method": "full", "quant": "fp32"},
+        {"method": "full", "quant": "fp32", "grad_accum": 2},
+        {"method": "full", "quant": "fp32", "grad_checkpointing": "non-reentrant", "optimizer": "sgd"},
+        {"method": "full", "quant": "fp32", "grad_checkpointing": "reentrant", "micro_batch": 2},
+        {"method": "full", "quant": "fp32", "optimizer": "adafactor"},
+    ],
+    ids=str,
+)
+def test_fresh_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
+    """The step under the autocast stand-in (runtime/autocast.py) at narrow width: forward,
+    backward and optimizer peaks equal the estimate's candidates to the byte."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.train import train_measure, train_settings
+
+    r = train_measure(
+        train_settings(model=narrow_llama3_vocab_dir, device="trace", seq_len=64, mixed_precision="bf16", **kw)
+    )
+    assert r["status"] == "ok", r["error"]
+    _check(r)
+
+
+@pytest.mark.parametrize(
+    "cfg,kw",
+    [
+        (QWEN3, {"method": "lora"}),
+        (QWEN3, {"method": "full", "quant": "fp32"}),
+        (QWEN2, {"method": "qlora"}),
+        # untied: lm_head's bf16 weight gradient and its fp32 copy peak the backward
+        (QWEN2, {"method": "full", "quant": "fp32", "grad_checkpointing": "non-reentrant", "grad_accum": 2}),
+    ],
+    ids=lambda x: x.get("model_type") or str(x),
+)
+def test_other_families_trace(tmp_path, cfg, kw):
+    """Qwen3's q/k RMSNorm (its normalized input saved in the projection's bf16), Qwen2's
+    biases (cast and cached, never saved) and untied lm_head."""
+    pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.train import train_measure, train_settings
+
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    r = train_measure(train_settings(model=str(tmp_path), seq_len=64, device="trace", mixed_precision="bf16", **kw))
+    assert r["status"] == "ok", r["error"]
+    _check(r)
+
+
+def test_autocast_standin_follows_cuda_lists():
+    """runtime/autocast.py: linear and matmul run in bf16, softmax and sum in fp32, a trainable
+    fp32 leaf is cast once per region (cached) and the cache empties when the region exits."""
+    torch = pytest.importorskip("torch")
+    from runtime.autocast import Autocast, _State
+
+    w = torch.nn.Parameter(torch.randn(8, 4))
+    x = torch.randn(2, 4)
+    with Autocast():
+        y = torch.nn.functional.linear(x, w)
+        y2 = torch.nn.functional.linear(x, w)
+        s = torch.softmax(y, -1)
+        t = y.sum()
+        assert torch.is_autocast_enabled()
+        assert len(_State.cache) == 1
+    assert y.dtype == y2.dtype == torch.bfloat16
+    assert s.dtype == t.dtype == torch.float32
+    assert not _State.cache and not torch.is_autocast_enabled()
