@@ -129,13 +129,17 @@ log "done: $(wc -l < "$OUT/sweep.jsonl" 2>/dev/null || echo 0) points in $OUT/sw
 #    is left of the budget.
 if [ "$DEVICE" = cuda ]; then
   if "$PY" -c 'import peft' >/dev/null 2>&1; then
-    for pt in "lora 512 off" "lora 2048 off" "lora 2048 non-reentrant" "qlora 512 non-reentrant" "full 512 off"; do
+    # method seq-len checkpointing mixed-precision quant (the Trainer's bf16=True points last)
+    for pt in "lora 512 off off bf16" "lora 2048 off off bf16" "lora 2048 non-reentrant off bf16" \
+      "qlora 512 non-reentrant off nf4" "full 512 off off bf16" "qlora 2048 non-reentrant bf16 nf4" \
+      "lora 2048 off bf16 bf16" "full 512 off bf16 fp32"; do
       set -- $pt
       L=$(left)
       [ "$L" -gt 40 ] || { log "training: out of budget before '$pt'"; break; }
       log "training: $pt (cap ${L}s)"
       timeout "$L" "$PY" -m runtime train-measure --device cuda --method "$1" --seq-len "$2" \
-        --grad-checkpointing "$3" --out "$OUT/training.jsonl" --json >/dev/null 2>>"$OUT/progress.log" \
+        --grad-checkpointing "$3" --mixed-precision "$4" --quant "$5" \
+        --out "$OUT/training.jsonl" --json >/dev/null 2>>"$OUT/progress.log" \
         || log "training point '$pt' exited non-zero"
     done
     if [ -f "$OUT/training.jsonl" ]; then
