@@ -128,3 +128,46 @@ def test_autocast_standin_follows_cuda_lists():
     assert y.dtype == y2.dtype == torch.bfloat16
     assert s.dtype == t.dtype == torch.float32
     assert not _State.cache and not torch.is_autocast_enabled()
+
+
+def _saved_under(ctx_factory, build):
+    """(dtype, shape) of every tensor autograd saves in ``build()``'s forward under the context,
+    each storage once, and the output's dtype."""
+    torch = pytest.importorskip("torch")
+    seen: dict[int, tuple[str, tuple[int, ...]]] = {}
+
+    def pack(t):
+        seen.setdefault(t.untyped_storage().data_ptr(), (str(t.dtype), tuple(t.shape)))
+        return t
+
+    torch.manual_seed(0)
+    model, x = build()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), ctx_factory():
+        out = model(x)
+    return sorted(seen.values()), out.dtype
+
+
+@pytest.mark.parametrize("what", ["lora-fp32-adapters", "fp32-master-linear-twice"])
+def test_autocast_standin_saves_what_torch_autocast_saves(what):
+    """Where torch's CPU and CUDA autocast lists agree (linear is lower_precision_fp on both, and
+    the cast cache is the same code), the stand-in saves exactly what torch's own autocast saves
+    on real CPU tensors: PEFT's fp32 adapters on a bf16 Linear, and an fp32 Linear called twice
+    in one region (its weight cast once, from the cache)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("peft")
+    from runtime.autocast import Autocast
+
+    def build():
+        if what == "lora-fp32-adapters":
+            from peft import LoraConfig, get_peft_model
+
+            base = torch.nn.Sequential(torch.nn.Linear(64, 48, bias=False)).to(torch.bfloat16)
+            m = get_peft_model(base, LoraConfig(r=4, target_modules=["0"]))
+            return m, torch.randn(8, 64, dtype=torch.bfloat16, requires_grad=True)
+        lin = torch.nn.Linear(32, 32, bias=False)
+        return (lambda x: lin(lin(x))), torch.randn(4, 32, requires_grad=True)
+
+    real = _saved_under(lambda: torch.autocast("cpu", dtype=torch.bfloat16), build)
+    standin = _saved_under(Autocast, build)
+    assert standin == real
+    assert real[1] == torch.bfloat16
