@@ -9,6 +9,13 @@ optimizer step over ``grad_accum`` micro-batches:
 with the model output dropped before ``backward`` (as the Trainer's ``compute_loss`` does), no
 autocast (the weights' and adapters' own dtypes, as PEFT leaves them), SDPA attention, every
 sequence ``seq_len`` tokens (no padding).
+
+``packed``: padding-free batches (transformers' ``DataCollatorWithFlattening``, TRL's
+``padding_free``/``packing``): the ``micro_batch`` sequences are one row [1, N] of
+N = micro_batch x seq_len tokens, ``position_ids`` restarting at 0 per sequence, ``labels`` -100 at
+each sequence's first token, no attention mask, and ``use_cache=False`` (the Trainer's default,
+``TrainingArguments.use_cache``). ``attn_implementation``: the model's ``sdpa`` or
+``flash_attention_2`` (flash-attn 2, varlen on a packed row).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from .params import LAYER_TARGETS, MAX_RANK, check_method, targets_label
 from .static import ADAPTER_DTYPES, FULL_PRECISIONS, QLORA_QUANTS, check_optimizer
 
 GRAD_CHECKPOINTING = ("off", "non-reentrant", "reentrant")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2")
 MAX_SEQ_LEN = 1 << 24
 MAX_MICRO_BATCH = 1 << 16
 MAX_GRAD_ACCUM = 1 << 16
@@ -52,6 +60,8 @@ class TrainSettings:
     micro_batch: int = 1
     grad_accum: int = 1
     grad_checkpointing: str = "off"
+    packed: bool = False
+    attn_implementation: str = "sdpa"
     gpu: Gpu | None = None
 
     def __post_init__(self) -> None:
@@ -68,6 +78,19 @@ class TrainSettings:
         check_int(self.grad_accum, "grad_accum", 1, MAX_GRAD_ACCUM)
         _choice("grad_checkpointing", self.grad_checkpointing, GRAD_CHECKPOINTING)
         _choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
+        if not isinstance(self.packed, bool):
+            raise InvalidSpecError(f"packed must be true or false: {self.packed!r}")
+        _choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        if self.packed and self.micro_batch < 2:
+            raise InvalidSpecError(
+                f"micro_batch: a packed row needs at least 2 sequences (one is an unpacked row): {self.micro_batch!r}"
+            )
+        if self.method == "qlora" and self.attn_implementation == "flash_attention_2":
+            # transformers' fa_peft_integration_check casts QLoRA's fp32 q, k, v to bf16 per call: not modelled
+            raise InvalidSpecError(
+                "attn_implementation: flash_attention_2 with qlora (fp32 q, k, v cast to bf16 each call) "
+                f"is not modelled: {self.attn_implementation!r}"
+            )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise InvalidSpecError(f"dropout must be a number in [0, 1): {self.dropout!r}")
         if self.method == "qlora":
@@ -96,6 +119,8 @@ class TrainSettings:
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
             "grad_checkpointing": self.grad_checkpointing,
+            "packed": self.packed,
+            "attn_implementation": self.attn_implementation,
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }
