@@ -26,3 +26,10 @@ run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4
 for impl in sdpa flash_attention_2; do
   run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --attn-implementation "$impl"
 done
+for impl in sdpa flash_attention_2; do
+  run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --attn-implementation "$impl" \
+    --grad-checkpointing non-reentrant
+done
+for gc in off non-reentrant; do
+  run --method qlora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --grad-checkpointing "$gc"
+done
