@@ -175,8 +175,11 @@ class EfficientAttention(torch.autograd.Function):
     output and log_sumexp (the philox seed and offset are CPU scalars without dropout). Backward
     (attention_backward.cu, ``_scaled_dot_product_efficient_attention_backward_cuda`` ->
     ``_efficient_attention_backward``, no shared dq/dk/dv storage): ``grad_out.contiguous()``,
-    grad_q, grad_k, grad_v ``at::empty`` like the [B, M, h, K] inputs, ``delta`` fp32 [B, h, M]
-    (bf16/fp32 kernels on sm80+ compute it in-kernel); no bias gradient (the mask needs none).
+    grad_q, grad_k, grad_v ``at::empty`` like the [B, M, h, K] inputs, ``delta`` fp32 [B, h, M]:
+    16-bit kernels on sm80+ compute it in-kernel (``kKernelComputesDelta``, kernel_backward.h),
+    fp32 ones (QLoRA) get ``(grad_out.to(kFloat) * out.to(kFloat)).sum(-1).transpose(-2,
+    -1).contiguous()``, whose product [B, M, h, K] and sum [B, M, h] live to the end of that
+    statement; no bias gradient (the mask needs none).
     Not allocated here: the kernel's ``workspace`` (fp32 gK/gV/gQ accumulators whose size
     depends on the key-split heuristic and the GPU's kernel choice), a backward transient."""
 
@@ -198,8 +201,12 @@ class EfficientAttention(torch.autograd.Function):
         dq = torch.empty(B, M, h, d, dtype=q.dtype, device=dev)
         dk = torch.empty(B, k.shape[2], h, d, dtype=k.dtype, device=dev)
         dv = torch.empty(B, v.shape[2], h, v.shape[-1], dtype=v.dtype, device=dev)
+        temps = []
+        if q.dtype not in (torch.float16, torch.bfloat16):  # delta computed outside the kernel
+            temps = [torch.empty(B, M, h, v.shape[-1], dtype=torch.float32, device=dev)]
+            temps.append(torch.empty(B, M, h, dtype=torch.float32, device=dev))
         delta = torch.empty(B, h, M, dtype=torch.float32, device=dev)
-        del delta, go
+        del delta, go, temps
         return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None
 
 
