@@ -134,18 +134,21 @@ class FlashAttnVarlen(torch.autograd.Function):
     "flash_attention_2"``), what ``csrc/flash_attn/flash_api.cpp`` allocates. Forward
     (``mha_varlen_fwd``): out like q [N, h, d], the unpadded fp32 ``softmax_lse`` [h, N] and
     ``rng_state`` [2] int64; ``FlashAttnVarlenFunc`` saves q, k, v, out, lse, cu_seqlens_q,
-    cu_seqlens_k (here one tensor) and rng_state. Backward (``FlashAttnVarlenFunc.backward``:
+    cu_seqlens_k (here one tensor) and rng_state, and keeps ``max_seqlen_q``/``_k`` on the context
+    (``ctx.max_seqlen_q = max_seqlen_q``): transformers passes them as one 0-dim int32 device tensor
+    (``cu_seq_lens_q.diff().max()``; ``.item()`` only when tracing), alive until the backward. Backward (``FlashAttnVarlenFunc.backward``:
     dq, dk, dv ``empty_like``; ``mha_varlen_bwd``): fp32 ``softmax_d`` [h, N + 128 S] and
     ``dq_accum`` [N + 128 S, h, d rounded up to 32], and for GQA ``dk_expanded``/``dv_expanded``
     [N, h, d], summed into dk, dv."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_seqlens, sequences):  # q [N, h, d], k/v [N, hk, d]
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, sequences):  # q [N, h, d], k/v [N, hk, d]
         N, h, d = q.shape
         out = torch.empty_like(q)
         lse = torch.empty(h, N, dtype=torch.float32, device=q.device)
         rng = torch.empty(2, dtype=torch.int64, device=q.device)
         ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng)
+        ctx.max_seqlen_q = ctx.max_seqlen_k = max_seqlen
         ctx.sequences = sequences
         return out
 
@@ -164,7 +167,7 @@ class FlashAttnVarlen(torch.autograd.Function):
         if hk != h:
             expanded = [torch.empty(N, h, d, dtype=q.dtype, device=dev) for _ in range(2)]
         del softmax_d, dq_accum, expanded, go
-        return dq, dk, dv, None, None
+        return dq, dk, dv, None, None, None
 
 
 class EfficientAttention(torch.autograd.Function):
@@ -291,8 +294,8 @@ def fa2_train_attention(module, query, key, value, attention_mask, dropout=0.0, 
     """transformers' ``flash_attention_forward`` (integrations/flash_attention.py) with flash-attn
     2.x stand-ins: unpacked, ``flash_attn_func`` (``FlashAttention`` with its ``rng_state``);
     packed (``sequences`` > 0), ``_prepare_from_posids``: q, k, v ``.contiguous().view(-1, h, d)``
-    and ``cu_seqlens`` int32 [S + 1] (``prepare_fa_kwargs_from_position_ids``, made in every
-    layer; its tiny transients and the data-dependent ``max`` are not reproduced on fake tensors),
+    ``cu_seqlens`` int32 [S + 1] and the 0-dim int32 max length (``prepare_fa_kwargs_from_position_ids``,
+    made in every layer; its few-byte transients are not reproduced on fake tensors),
     then ``flash_attn_varlen_func``."""
     if attention_mask is not None:
         raise NotImplementedError("the training trace models unpadded batches only (no attention mask)")
@@ -301,7 +304,8 @@ def fa2_train_attention(module, query, key, value, attention_mask, dropout=0.0, 
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
     q, k, v = (x.contiguous().view(-1, x.size(-2), x.size(-1)) for x in (q, k, v))
     cu = torch.empty(sequences + 1, dtype=torch.int32, device=q.device)
-    out = FlashAttnVarlen.apply(q, k, v, cu, sequences)
+    max_len = torch.empty((), dtype=torch.int32, device=q.device)  # cu.diff().max()
+    out = FlashAttnVarlen.apply(q, k, v, cu, max_len, sequences)
     return out.view(1, -1, *out.shape[-2:]), None
 
 

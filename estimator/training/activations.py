@@ -125,6 +125,10 @@ def saved_tensors(
             rows.append(("cache_position", INT64 * T, 1))
         elif kernel == "efficient":  # the block-causal bool mask, an argument of every checkpointed layer
             rows.append(("packed block-causal mask (bool)", N * N, 1))
+        if kernel == "fa2-varlen" and grad_checkpointing == "non-reentrant":
+            # non-reentrant checkpointing drops saved tensors, not the forward's graph: each
+            # layer's FlashAttnVarlenFunc node keeps its ctx.max_seqlen_q (a 0-dim int32 tensor)
+            rows.append(("max_seqlen (0-dim int32, on the autograd context)", 4, L))
         rows += _embed_leaf_rows(method, targets, N, H, a)
     else:
         # a LoRA model's first layer input (the frozen embedding's output) does not require grad,
@@ -352,8 +356,10 @@ def attention_rows(
     - ``fa2-varlen`` (``FlashAttnVarlenFunc``: q, k, v, out_padded, softmax_lse, cu_seqlens_q,
       cu_seqlens_k, rng_state): q [N, h, d], k, v [N, hk, d] (GQA in the kernel), out, the
       unpadded fp32 lse [h, N] (``mha_varlen_fwd``), ``cu_seqlens`` int32 [S + 1] (transformers'
-      ``prepare_fa_kwargs_from_position_ids``, one tensor for q and k, made in every layer) and
-      ``rng_state``;
+      ``prepare_fa_kwargs_from_position_ids``, one tensor for q and k, made in every layer),
+      ``rng_state``, and the max length, a 0-dim int32 device tensor (``cu_seq_lens_q.diff().max()``,
+      turned into an int only when tracing) that ``FlashAttnVarlenFunc`` keeps as
+      ``ctx.max_seqlen_q`` (and ``_k``: the same tensor);
     - ``efficient`` (aten ``_scaled_dot_product_efficient_attention``, derivatives.yaml saves
       query, key, value, attn_bias, output, log_sumexp): transformers' ``sdpa_attention_forward``
       passes a mask, so ``use_gqa_in_sdpa`` is False and ``repeat_kv`` copies k and v to every
@@ -381,6 +387,7 @@ def attention_rows(
     ]
     if kernel == "fa2-varlen":
         rows.append(("cu_seqlens (int32)", 4 * (sequences + 1), count))
+        rows.append(("max_seqlen (0-dim int32, on the autograd context)", 4, count))
     return rows
 
 

@@ -32,8 +32,8 @@ def test_golden_mask_and_repeat_kv_3b_4x2k():
     SDPA: every layer's attention (q, k, v have adapters, so all 28 record a graph) keeps aten's
     additive bf16 mask [1, 1, N, N] (convert_boolean_attn_mask) and k, v repeated to the 24
     heads [1, 24, N, 128] instead of the 8 kv heads; flash_attention_2 (varlen) keeps neither but
-    its int64 rng_state [2] and int32 cu_seqlens [5]. The logsumexps are equal: N is a multiple
-    of 32, 4 x 24 x 8,192 B each."""
+    its int64 rng_state [2], int32 cu_seqlens [5] and 0-dim int32 max length. The logsumexps
+    are equal: N is a multiple of 32, 4 x 24 x 8,192 B each."""
     N, L, qd, kvd = 4 * 2048, 28, 3072, 1024
     mask = 2 * N * N
     assert mask == 134_217_728
@@ -44,8 +44,8 @@ def test_golden_mask_and_repeat_kv_3b_4x2k():
     assert rows["additive mask (convert_boolean_attn_mask)"] == L * mask == 3_758_096_384
     assert rows["k, v repeated to every head (repeat_kv)"] == L * 2 * (2 * N * qd)
     fa2 = _saved(packed=True, attn_implementation="flash_attention_2")
-    per_layer = mask + 2 * 2 * N * (qd - kvd) - (8 * 2 + 4 * (4 + 1))
-    assert sdpa.nbytes - fa2.nbytes == L * per_layer == 5_637_143_568
+    per_layer = mask + 2 * 2 * N * (qd - kvd) - (8 * 2 + 4 * (4 + 1) + 4)
+    assert sdpa.nbytes - fa2.nbytes == L * per_layer == 5_637_143_456
 
 
 def test_golden_packed_vs_unpacked_inputs_3b():
@@ -53,12 +53,12 @@ def test_golden_packed_vs_unpacked_inputs_3b():
     the rotary cos and sin are [1, N, 128] (positions differ per token) instead of [1, T, 128];
     the loss's labels are one padded row [1, N + 1] instead of the [4, T] shift_labels copy; the
     collator's position_ids and labels [1, N] int64 are inputs; each layer's flash-attn keeps an
-    rng_state [2] int64 and cu_seqlens [5] int32."""
+    rng_state [2] int64, cu_seqlens [5] int32 and a 0-dim int32 max length."""
     N, T, d, L = 8192, 2048, 128, 28
     fa2 = _saved(packed=True, attn_implementation="flash_attention_2")
     flash = _saved()
-    diff = 2 * 2 * (N - T) * d + (8 * (N + 1) - 8 * N) + 2 * 8 * N + L * (16 + 20)
-    assert fa2.nbytes - flash.nbytes == diff == 3_277_816
+    diff = 2 * 2 * (N - T) * d + (8 * (N + 1) - 8 * N) + 2 * 8 * N + L * (16 + 20 + 4)
+    assert fa2.nbytes - flash.nbytes == diff == 3_277_928
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,9 @@ def test_golden_packed_vs_unpacked_inputs_3b():
         {"micro_batch": 2, "method": "full"},
         {"micro_batch": 2, "method": "full", "grad_checkpointing": "reentrant", "optimizer": "sgd"},
         {"micro_batch": 2, "attn_implementation": "flash_attention_2"},
+        # non-reentrant checkpointing keeps each layer's graph node, and with it ctx.max_seqlen_q
         {"micro_batch": 3, "attn_implementation": "flash_attention_2", "grad_checkpointing": "non-reentrant"},
+        {"micro_batch": 2, "attn_implementation": "flash_attention_2", "grad_checkpointing": "reentrant"},
         {"micro_batch": 2, "attn_implementation": "flash_attention_2", "method": "full", "grad_accum": 2},
     ],
     ids=str,
