@@ -190,6 +190,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mixed-precision", default="off", help="off, or bf16 (the Trainer's bf16=True: autocast around the forward)"
     )
+    p.add_argument(
+        "--packed", action="store_true", help="flatten the micro-batch into one row (padding-free, position_ids)"
+    )
+    p.add_argument("--attn-implementation", default="sdpa", help="sdpa or flash_attention_2")
     p.add_argument("--device", default="trace", help="trace, cpu or cuda")
     p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -225,6 +229,8 @@ def _train_measure(a: argparse.Namespace) -> int:
         grad_accum=num(a.grad_accum, "grad_accum"),
         grad_checkpointing=a.grad_checkpointing,
         mixed_precision=a.mixed_precision,
+        packed=a.packed,
+        attn_implementation=a.attn_implementation,
         device=a.device,
     )
     _check_device(s["device"])

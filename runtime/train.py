@@ -57,6 +57,8 @@ from .settings import SettingsError
 
 PHASES = ("load", "forward", "backward", "optimizer")
 STANDIN_TRAIN_ATTN = "memest_sdpa_train"  # no "flash" in the name: transformers would look for a kernel
+STANDIN_PACKED_ATTN = "memest_sdpa_packed"  # SDPA on a packed row: transformers' sdpa_mask, mem-efficient
+STANDIN_FA2_ATTN = "memest_fa2_train"  # attn_implementation="flash_attention_2" (flash-attn 2.x)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -95,16 +97,23 @@ class FlashAttention(torch.autograd.Function):
     """What aten's flash attention allocates and saves, forward and backward (module docstring)."""
 
     @staticmethod
-    def forward(ctx, q, k, v):  # q [b, h, T, d], k/v [b, hk, S, d]
+    def forward(ctx, q, k, v, rng_state=False):  # q [b, h, T, d], k/v [b, hk, S, d]
         b, h, T, d = q.shape
         out = torch.empty(b, T, h, d, dtype=q.dtype, device=q.device)
         lse = torch.empty(b, h, T, dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse)
+        saved = [q, k, v, out, lse]
+        if rng_state:
+            # flash-attn 2.x (attn_implementation="flash_attention_2"): mha_fwd allocates
+            # ``rng_state`` [2] int64 on the device even without dropout, and FlashAttnFunc saves
+            # it with q, k, v, out_padded, softmax_lse (flash_attn_interface.py); the backward's
+            # allocations are the same as aten's vendored copy (mha_bwd)
+            saved.append(torch.empty(2, dtype=torch.int64, device=q.device))
+        ctx.save_for_backward(*saved)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse = ctx.saved_tensors[:5]
         b, h, T, d = q.shape
         hk, S = k.shape[1], k.shape[2]
         dev, dt = q.device, q.dtype
@@ -120,7 +129,91 @@ class FlashAttention(torch.autograd.Function):
         if hk != h:
             expanded = [torch.empty(b, S, h, d, dtype=dt, device=dev), torch.empty(b, S, h, d, dtype=dt, device=dev)]
         del dq_accum, expanded, softmax_d, go
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None
+
+
+class FlashAttnVarlen(torch.autograd.Function):
+    """flash-attn 2.x ``flash_attn_varlen_func`` (a packed row, ``attn_implementation=
+    "flash_attention_2"``), what ``csrc/flash_attn/flash_api.cpp`` allocates. Forward
+    (``mha_varlen_fwd``): out like q [N, h, d], the unpadded fp32 ``softmax_lse`` [h, N] and
+    ``rng_state`` [2] int64; ``FlashAttnVarlenFunc`` saves q, k, v, out, lse, cu_seqlens_q,
+    cu_seqlens_k (here one tensor) and rng_state, and keeps ``max_seqlen_q``/``_k`` on the context
+    (``ctx.max_seqlen_q = max_seqlen_q``): transformers passes them as one 0-dim int32 device tensor
+    (``cu_seq_lens_q.diff().max()``; ``.item()`` only when tracing), alive until the backward. Backward (``FlashAttnVarlenFunc.backward``:
+    dq, dk, dv ``empty_like``; ``mha_varlen_bwd``): fp32 ``softmax_d`` [h, N + 128 S] and
+    ``dq_accum`` [N + 128 S, h, d rounded up to 32], and for GQA ``dk_expanded``/``dv_expanded``
+    [N, h, d], summed into dk, dv."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, sequences):  # q [N, h, d], k/v [N, hk, d]
+        N, h, d = q.shape
+        out = torch.empty_like(q)
+        lse = torch.empty(h, N, dtype=torch.float32, device=q.device)
+        rng = torch.empty(2, dtype=torch.int64, device=q.device)
+        ctx.save_for_backward(q, k, v, out, lse, cu_seqlens, rng)
+        ctx.max_seqlen_q = ctx.max_seqlen_k = max_seqlen
+        ctx.sequences = sequences
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors[:3]
+        N, h, d = q.shape
+        hk = k.shape[1]
+        dev = q.device
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        go = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()  # maybe_contiguous
+        rows = N + 128 * ctx.sequences
+        softmax_d = torch.empty(h, rows, dtype=torch.float32, device=dev)
+        dq_accum = torch.empty(rows, h, -(-d // 32) * 32, dtype=torch.float32, device=dev)
+        expanded = []
+        if hk != h:
+            expanded = [torch.empty(N, h, d, dtype=q.dtype, device=dev) for _ in range(2)]
+        del softmax_d, dq_accum, expanded, go
+        return dq, dk, dv, None, None, None
+
+
+class EfficientAttention(torch.autograd.Function):
+    """aten's memory-efficient SDPA with an additive mask (a packed row under
+    ``attn_implementation="sdpa"``): ``_scaled_dot_product_efficient_attention`` (attention.cu,
+    ``_efficient_attention_forward``): the output [B, M, h, Kv] (returned transposed) and the fp32
+    logsumexp [B, h, M rounded up to 32]; derivatives.yaml saves query, key, value, attn_bias,
+    output and log_sumexp (the philox seed and offset are CPU scalars without dropout). Backward
+    (attention_backward.cu, ``_scaled_dot_product_efficient_attention_backward_cuda`` ->
+    ``_efficient_attention_backward``, no shared dq/dk/dv storage): ``grad_out.contiguous()``,
+    grad_q, grad_k, grad_v ``at::empty`` like the [B, M, h, K] inputs, ``delta`` fp32 [B, h, M]:
+    16-bit kernels on sm80+ compute it in-kernel (``kKernelComputesDelta``, kernel_backward.h),
+    fp32 ones (QLoRA) get ``(grad_out.to(kFloat) * out.to(kFloat)).sum(-1).transpose(-2,
+    -1).contiguous()``, whose product [B, M, h, K] and sum [B, M, h] live to the end of that
+    statement; no bias gradient (the mask needs none).
+    Not allocated here: the kernel's ``workspace`` (fp32 gK/gV/gQ accumulators whose size
+    depends on the key-split heuristic and the GPU's kernel choice), a backward transient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias):  # q, k, v [B, h, M, d] (k, v repeated), bias [B, h, M, N] (a view)
+        B, h, M, _ = q.shape
+        out = torch.empty(B, M, h, v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.empty(B, h, -(-M // 32) * 32, dtype=torch.float32, device=q.device)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors[:3]
+        B, h, M, d = q.shape
+        dev = q.device
+        go = grad_out.transpose(1, 2)
+        go = go if go.is_contiguous() else go.contiguous()
+        dq = torch.empty(B, M, h, d, dtype=q.dtype, device=dev)
+        dk = torch.empty(B, k.shape[2], h, d, dtype=k.dtype, device=dev)
+        dv = torch.empty(B, v.shape[2], h, v.shape[-1], dtype=v.dtype, device=dev)
+        temps = []
+        if q.dtype not in (torch.float16, torch.bfloat16):  # delta computed outside the kernel
+            temps = [torch.empty(B, M, h, v.shape[-1], dtype=torch.float32, device=dev)]
+            temps.append(torch.empty(B, M, h, dtype=torch.float32, device=dev))
+        delta = torch.empty(B, h, M, dtype=torch.float32, device=dev)
+        del delta, go, temps
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2), None
 
 
 class CudaDropout(torch.autograd.Function):
@@ -180,6 +273,49 @@ def flash_train_attention(module, query, key, value, attention_mask, dropout=0.0
     return FlashAttention.apply(query, key, value), None
 
 
+def efficient_train_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' ``sdpa_attention_forward`` with a mask (a packed row's block-causal mask from
+    ``sdpa_mask``) as CUDA runs it: ``use_gqa_in_sdpa`` is False with a mask, so ``repeat_kv``
+    copies k and v to every head; aten's ``scaled_dot_product_attention`` picks mem-efficient
+    (flash takes no mask; priority flash, efficient, math), converts the bool mask to an additive
+    one in the query's dtype (``convert_boolean_attn_mask``: ``at::where``), pads its columns to a
+    multiple of 8 when needed (``preprocess_mask``/``pad_bias``) and expands it to every head."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    if attention_mask is None or attention_mask.dtype != torch.bool:
+        raise NotImplementedError("the packed SDPA stand-in expects transformers' bool block-causal mask")
+    key = repeat_kv(key, module.num_key_value_groups)
+    value = repeat_kv(value, module.num_key_value_groups)
+    neg = torch.scalar_tensor(float("-inf"), dtype=query.dtype, device=query.device)
+    bias = torch.where(attention_mask, 0.0, neg)
+    n = bias.shape[-1]
+    if n % 8:
+        bias = torch.nn.functional.pad(bias, (0, 8 - n % 8))[..., :n]
+    B, h, M = query.shape[:3]
+    bias = bias.expand(B, h, M, key.shape[2])
+    out = EfficientAttention.apply(query, key, value, bias)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def fa2_train_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, sequences=0, **kwargs):
+    """transformers' ``flash_attention_forward`` (integrations/flash_attention.py) with flash-attn
+    2.x stand-ins: unpacked, ``flash_attn_func`` (``FlashAttention`` with its ``rng_state``);
+    packed (``sequences`` > 0), ``_prepare_from_posids``: q, k, v ``.contiguous().view(-1, h, d)``
+    ``cu_seqlens`` int32 [S + 1] and the 0-dim int32 max length (``prepare_fa_kwargs_from_position_ids``,
+    made in every layer; its few-byte transients are not reproduced on fake tensors),
+    then ``flash_attn_varlen_func``."""
+    if attention_mask is not None:
+        raise NotImplementedError("the training trace models unpadded batches only (no attention mask)")
+    if not sequences:
+        return FlashAttention.apply(query, key, value, True), None
+    q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    q, k, v = (x.contiguous().view(-1, x.size(-2), x.size(-1)) for x in (q, k, v))
+    cu = torch.empty(sequences + 1, dtype=torch.int32, device=q.device)
+    max_len = torch.empty((), dtype=torch.int32, device=q.device)  # cu.diff().max()
+    out = FlashAttnVarlen.apply(q, k, v, cu, max_len, sequences)
+    return out.view(1, -1, *out.shape[-2:]), None
+
+
 def no_mask(*args, **kwargs):
     """The mask ``sdpa_mask`` gives an unpadded batch on a GPU: None (``_ignore_causal_mask_sdpa``:
     q_length == kv_length, no padding; SDPA's ``is_causal`` does the masking). Under fake tensors
@@ -191,10 +327,32 @@ def no_mask(*args, **kwargs):
 @functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(STANDIN_TRAIN_ATTN, flash_train_attention)
     AttentionMaskInterface.register(STANDIN_TRAIN_ATTN, no_mask)
+    # a packed row: transformers' own sdpa_mask builds the block-causal bool mask [1, 1, N, N]
+    # (create_causal_mask detects the packing from position_ids; allow_is_causal_skip is off)
+    AttentionInterface.register(STANDIN_PACKED_ATTN, efficient_train_attention)
+    AttentionMaskInterface.register(STANDIN_PACKED_ATTN, sdpa_mask)
+    # flash_attention_2's mask function returns None without padding (flash_attention_mask)
+    AttentionMaskInterface.register(STANDIN_FA2_ATTN, no_mask)
+
+
+def _attention_name(s: dict[str, Any], trace: bool) -> str:
+    """The model's attn_implementation: the setting's, or on a trace the stand-in for it (the
+    flash-attn stand-in bound to the packed row's sequence count)."""
+    impl = s.get("attn_implementation", "sdpa")
+    packed = bool(s.get("packed"))
+    if not trace:
+        return impl
+    if impl == "flash_attention_2":
+        from transformers import AttentionInterface
+
+        seqs = s["micro_batch"] if packed else 0
+        AttentionInterface.register(STANDIN_FA2_ATTN, functools.partial(fa2_train_attention, sequences=seqs))
+        return STANDIN_FA2_ATTN
+    return STANDIN_PACKED_ATTN if packed else STANDIN_TRAIN_ATTN
 
 
 class _MatMul4bit(torch.autograd.Function):
@@ -294,7 +452,7 @@ def build(s: dict[str, Any], device: str):
     trace = device == "meta"
     if trace:
         _register()
-    attn = STANDIN_TRAIN_ATTN if trace else "sdpa"
+    attn = _attention_name(s, trace)
     conf = hf_config(config_dict(s["model"]), attn)
     dt = torch.float32 if s["quant"] == "fp32" else torch.bfloat16  # fp32: full fine-tuning's master weights
     if trace:
@@ -452,8 +610,28 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
     info: dict[str, Any] = {"paged_bytes": 0}
     mixed = s.get("mixed_precision", "off") != "off"
 
+    packed = bool(s.get("packed"))
+
     def micro() -> None:
-        ids = torch.randint(0, vocab, (b, T), generator=g).to(device)
+        if packed:
+            # DataCollatorWithFlattening: one row of the b sequences, position_ids restarting at 0
+            # per sequence, labels = the ids with -100 at each sequence's first token; the
+            # Trainer's use_cache=False (TrainingArguments.use_cache)
+            cpu_ids = torch.randint(0, vocab, (1, b * T), generator=g)
+            cpu_labels = cpu_ids.clone()
+            cpu_labels[:, ::T] = -100
+            ids = cpu_ids.to(device)
+            kw = {
+                "position_ids": torch.arange(T).repeat(b).unsqueeze(0).to(device),
+                "labels": cpu_labels.to(device),
+                "use_cache": False,
+            }
+            if tracker is not None:
+                tracker.track(kw["position_ids"], "position_ids")
+                tracker.track(kw["labels"], "labels")
+        else:
+            ids = torch.randint(0, vocab, (b, T), generator=g).to(device)
+            kw = {"labels": ids}
         if tracker is not None:
             tracker.track(ids, "input_ids")
         phase("forward")
@@ -463,16 +641,16 @@ def run_step(model, opt, s: dict[str, Any], device: str, phase, tracker=None) ->
             from accelerate.utils.operations import convert_to_fp32
 
             with _autocast(device):
-                out = model(input_ids=ids, labels=ids)
+                out = model(input_ids=ids, **kw)
             loss = convert_to_fp32(out).loss
             del out
         else:
-            loss = model(input_ids=ids, labels=ids).loss
+            loss = model(input_ids=ids, **kw).loss
         if accum > 1:
             loss = loss / accum
         phase("backward")
         loss.backward()
-        del loss, ids
+        del loss, ids, kw
 
     for _ in range(min(accum, 2)):
         micro()
@@ -685,7 +863,12 @@ def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
         "peak_allocated_bytes": "peak live tensor bytes under FakeTensorMode, each rounded to 512 B",
         "peak_live_bytes": "the same, unrounded (details)",
     }
-    r["details"]["attention"] = "flash stand-in (forward and backward allocations of flash_api.cpp)"
+    r["details"]["attention"] = {
+        (False, "sdpa"): "flash stand-in (forward and backward allocations of flash_api.cpp)",
+        (True, "sdpa"): "transformers' sdpa_mask, repeat_kv, mem-efficient stand-in (attention.cu)",
+        (False, "flash_attention_2"): "flash-attn 2 stand-in (flash_api.cpp mha_fwd/mha_bwd, rng_state)",
+        (True, "flash_attention_2"): "flash-attn 2 varlen stand-in (mha_varlen_fwd/mha_varlen_bwd)",
+    }[(bool(s.get("packed")), s.get("attn_implementation", "sdpa"))]
     r["details"]["dropout"] = "CUDA native_dropout stand-in (bool mask)" if s["dropout"] else None
     # built, prepared and wrapped by PEFT on meta, outside the fake mode (PEFT moves its adapters
     # to the base layer's device, which a fake tensor cannot be swapped to); then materialised

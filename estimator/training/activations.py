@@ -34,6 +34,12 @@ labels ``pad(labels, (0, 1))`` [b, T + 1] int64 kept by ``labels[..., 1:].contig
 when b == 1, else a [b, T] copy), saved as nll's target with its fp32 total_weight, the loss
 scalar; the input ids [b, T] int64.
 
+A packed row (``packed``: the micro-batch as one row [1, N], position_ids restarting per
+sequence): the attention kernel changes (``attention_kernel``, ``attention_rows``), cos and sin
+are [1, N, head_dim], the loss sees one sequence of N tokens, and the collator's position_ids and
+labels [1, N] int64 are inputs alive all micro-batch; with checkpointing SDPA's bool block-causal
+mask [1, 1, N, N] is an argument of every layer (and position_ids is the input, not a new one).
+
 Gradient checkpointing (``gradient_checkpointing_enable``, reentrant or not, every layer): each
 layer keeps only its input hidden states (a N H); cos, sin and ``cache_position`` [T] int64 are
 saved once as checkpoint inputs.
@@ -92,11 +98,16 @@ def saved_tensors(
     micro_batch: int,
     mixed: bool = False,
     quant: str = "bf16",
+    packed: bool = False,
+    attn_implementation: str = "sdpa",
 ) -> Saved:
-    """Everything autograd holds at the end of the forward (module docstring); ``mixed``: under
-    bf16 autocast (``autocast_rows``)."""
+    """Everything autograd holds at the end of the forward (module docstring; ``mixed``: under
+    bf16 autocast, ``_layer``; a packed row: one row of N tokens, ``packed_rows``)."""
     b, T = micro_batch, seq_len
     N = b * T
+    kernel = attention_kernel(method, packed, attn_implementation, mixed)
+    if packed:
+        b, T = 1, N  # one row; the sequences are told apart by position_ids
     H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
     qd, kvd, d, h = spec.q_dim, spec.kv_dim, spec.head_dim, spec.num_attention_heads
     L = spec.num_hidden_layers
@@ -112,7 +123,14 @@ def saved_tensors(
 
     if grad_checkpointing != "off":
         rows.append(("checkpointed layer inputs", a * N * H, L))
-        rows.append(("cache_position", INT64 * T, 1))
+        if not packed:  # position_ids [1, T] (arange), kept by every layer's checkpoint
+            rows.append(("cache_position", INT64 * T, 1))
+        elif kernel == "efficient":  # the block-causal bool mask, an argument of every checkpointed layer
+            rows.append(("packed block-causal mask (bool)", N * N, 1))
+        if kernel == "fa2-varlen" and grad_checkpointing == "non-reentrant":
+            # non-reentrant checkpointing drops saved tensors, not the forward's graph: each
+            # layer's FlashAttnVarlenFunc node keeps its ctx.max_seqlen_q (a 0-dim int32 tensor)
+            rows.append(("max_seqlen (0-dim int32, on the autograd context)", 4, L))
         rows += _embed_leaf_rows(method, targets, N, H, a)
     else:
         # a LoRA model's first layer input (the frozen embedding's output) does not require grad,
@@ -123,15 +141,34 @@ def saved_tensors(
             if count == 0:
                 continue
             in_grad = first_input_grad or layer > 0
-            rows += _layer(spec, method, targets, rank, adapter_bytes, dropout, N, b, in_grad, count, norm, a, mixed)
+            rows += _layer(
+                spec,
+                method,
+                targets,
+                rank,
+                adapter_bytes,
+                dropout,
+                N,
+                b,
+                in_grad,
+                count,
+                norm,
+                a,
+                kernel,
+                micro_batch,
+                mixed,
+            )
         if full and mixed and a == 4:  # every Linear's cached bf16 weight cast, saved for its input's grad
             rows += [(f"{m} weight cast (saved)", 2 * i * o, L) for m, i, o in layer_linears(spec, LAYER_TARGETS)]
     if not full and "embed" in targets:
         # peft lora.Embedding: after_A = F.embedding(ids, lora_embedding_A.T) [N, r], saved by
         # ``after_A @ lora_embedding_B.T`` for B's gradient
         rows.append(("embedding lora after_A", embed_adapter_bytes(method, adapter_bytes) * N * rank, 1))
-    # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
+    # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T]; packed
+    # [1, N]: positions restart per sequence, so each token has its own row)
     rows.append(("rotary cos, sin", a * T * d, 2))
+    if packed:  # the collator's inputs, held by the loop for the whole micro-batch
+        rows.append(("position_ids, labels (packed inputs)", INT64 * N, 2))
     norm(1)  # the final norm
     if mixed and method == "qlora":
         # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
@@ -166,9 +203,12 @@ def _layer(
     count: int,
     norm: Callable[[int], None],
     a: int,
+    kernel: str = "",
+    sequences: int = 1,
     mixed: bool = False,
 ) -> list[tuple[str, int, int]]:
-    """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad.
+    """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad
+    (``kernel``: ``attention_kernel``; empty: flash, or SDPA's math path on fp32).
 
     ``mixed`` (bf16 autocast, ``torch.autocast`` around the forward): every Linear's input and
     SDPA's q, k, v are cast to bf16 (autocast_mode.cpp ``lower_precision_fp``). A LoRA input is
@@ -235,8 +275,11 @@ def _layer(
         rows.append(("attention input (norm output)", a * N * H, count))
     rows += _qk_norm_rows(spec, tg, in_grad or full, N, c if full else a, full, count)
     attn_grad = in_grad or full or bool(tg & {"q", "k", "v"})
-    flash = a == 2 or mixed
-    if attn_grad and flash:
+    kernel = kernel or ("flash" if a == 2 or mixed else "math")
+    flash = kernel != "math"  # the output is saved by the kernel and shared with o_proj
+    if attn_grad and kernel != "flash" and flash:
+        rows += attention_rows(spec, kernel, N, sequences, a, count)
+    elif attn_grad and flash:
         rows += [
             ("q after rotary", 2 * N * qd, count),
             ("k, v", 2 * N * kvd, 2 * count),
@@ -354,6 +397,71 @@ def act_bytes(method: str, quant: str = "bf16") -> int:
     return 4 if method == "qlora" or quant == "fp32" else 2
 
 
+def attention_kernel(method: str, packed: bool, attn_implementation: str, mixed: bool = False) -> str:
+    """The attention kernel CUDA runs: ``flash`` (SDPA, unpacked 16-bit), ``math`` (SDPA, unpacked
+    fp32: QLoRA), ``efficient`` (SDPA with the packed row's block-causal mask: flash takes no mask,
+    so torch's priority order flash, efficient, math picks mem-efficient, which takes a bias in
+    any float dtype), ``fa2`` and ``fa2-varlen`` (flash-attn 2's ``flash_attn_func`` and, packed,
+    ``flash_attn_varlen_func``)."""
+    if attn_implementation == "flash_attention_2":
+        return "fa2-varlen" if packed else "fa2"
+    if packed:
+        return "efficient"
+    # under autocast SDPA casts q, k, v to bf16: flash
+    return "math" if act_bytes(method) == 4 and not mixed else "flash"
+
+
+def align_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def attention_rows(
+    spec: ModelSpec, kernel: str, N: int, sequences: int, a: int, count: int
+) -> list[tuple[str, int, int]]:
+    """What one attention call saves for backward, besides the flash rows of ``_layer``:
+
+    - ``fa2`` (flash-attn 2.x ``FlashAttnFunc.forward``: ``save_for_backward(q, k, v, out_padded,
+      softmax_lse, rng_state)``): flash's q, k, v, out and fp32 lse [b, h, T], and ``rng_state``
+      [2] int64, which ``mha_fwd`` (csrc/flash_attn/flash_api.cpp) allocates on the device even
+      without dropout;
+    - ``fa2-varlen`` (``FlashAttnVarlenFunc``: q, k, v, out_padded, softmax_lse, cu_seqlens_q,
+      cu_seqlens_k, rng_state): q [N, h, d], k, v [N, hk, d] (GQA in the kernel), out, the
+      unpadded fp32 lse [h, N] (``mha_varlen_fwd``), ``cu_seqlens`` int32 [S + 1] (transformers'
+      ``prepare_fa_kwargs_from_position_ids``, one tensor for q and k, made in every layer),
+      ``rng_state``, and the max length, a 0-dim int32 device tensor (``cu_seq_lens_q.diff().max()``,
+      turned into an int only when tracing) that ``FlashAttnVarlenFunc`` keeps as
+      ``ctx.max_seqlen_q`` (and ``_k``: the same tensor);
+    - ``efficient`` (aten ``_scaled_dot_product_efficient_attention``, derivatives.yaml saves
+      query, key, value, attn_bias, output, log_sumexp): transformers' ``sdpa_attention_forward``
+      passes a mask, so ``use_gqa_in_sdpa`` is False and ``repeat_kv`` copies k and v to every
+      head [1, h, N, d]; aten's ``convert_boolean_attn_mask`` turns the bool mask into an additive
+      one in the query's dtype (``at::where``) [1, 1, N, N] per call, padded to a multiple of 8
+      columns when N is not (``preprocess_mask``/``pad_bias``, mem_eff_alignment 8) and expanded
+      to every head (a view); the output [1, N, h, d] (o_proj's input, a view) and the fp32
+      logsumexp [1, h, N rounded up to 32] (``_efficient_attention_forward``). The philox seed and
+      offset are CPU scalars without dropout."""
+    qd, kvd, h = spec.q_dim, spec.kv_dim, spec.num_attention_heads
+    if kernel == "efficient":
+        return [
+            ("q after rotary", a * N * qd, count),
+            ("k, v repeated to every head (repeat_kv)", a * N * qd, 2 * count),
+            ("attention output", a * N * qd, count),
+            ("attention logsumexp (rows rounded to 32)", FP32 * h * align_up(N, 32), count),
+            ("additive mask (convert_boolean_attn_mask)", a * N * align_up(N, 8), count),
+        ]
+    rows = [
+        ("q after rotary", a * N * qd, count),
+        ("k, v", a * N * kvd, 2 * count),
+        ("attention output", a * N * qd, count),
+        ("attention logsumexp", FP32 * h * N, count),
+        ("flash-attn rng_state", INT64 * 2, count),
+    ]
+    if kernel == "fa2-varlen":
+        rows.append(("cu_seqlens (int32)", 4 * (sequences + 1), count))
+        rows.append(("max_seqlen (0-dim int32, on the autograd context)", 4, count))
+    return rows
+
+
 def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
     """An embedding adapter's element size: QLoRA's embedding is fp32, and PEFT gives the adapter
     its base weight's float dtype (static.trainable_tensors)."""
@@ -395,6 +503,7 @@ def loss_forward_bytes(
     micro_batch: int,
     mixed: bool = False,
     quant: str = "bf16",
+    use_cache: bool = True,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
@@ -406,7 +515,8 @@ def loss_forward_bytes(
     autocast QLoRA's flash saves bf16 casts of them: the cache's fp32 K and V are extra too).
     Under autocast the logits are bf16 (lm_head is a lower-precision op) for every method.
     (accelerate's ``convert_outputs_to_fp32`` copies the bf16 logits to fp32 after the forward,
-    when the autocast cache and the loss's own copies are gone: never above this moment.)"""
+    when the autocast cache and the loss's own copies are gone: never above this moment.) A
+    packed row is passed as (N, 1), with ``use_cache=False``: no cache."""
     N = seq_len * micro_batch
     a = act_bytes(method, quant)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
@@ -416,6 +526,7 @@ def loss_forward_bytes(
     # fp32 master weights: v_proj's output is bf16 (saved by flash as it is), k after rotary fp32
     kv = 1 if method == "full" else 2
     cache = kv * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
+    cache = cache if use_cache else 0
     return logits + norm_out + pad + cache
 
 

@@ -19,7 +19,7 @@ from ..model import DEFAULT_PRESET
 from ..units import GiB, one_line, parse_context, parse_int, parse_size
 from .estimate import BREAKDOWN_KEYS, TRAINING_COUNTERS, estimate_training
 from .params import METHODS
-from .settings import GRAD_CHECKPOINTING, MIXED_PRECISION
+from .settings import ATTN_IMPLEMENTATIONS, GRAD_CHECKPOINTING, MIXED_PRECISION
 from .solve import best_method, max_micro_batch, max_seq_len, smallest_gpu
 from .static import OPTIMIZERS, QLORA_QUANTS
 
@@ -54,6 +54,12 @@ def add_parser(sub: Any) -> None:
         default="off",
         help=f"{', '.join(MIXED_PRECISION)}: bf16 is the Trainer's bf16=True (autocast around the forward; default off)",
     )
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="padding-free: the micro-batch's sequences flattened into one row (DataCollatorWithFlattening)",
+    )
+    p.add_argument("--attn-implementation", default="sdpa", help=f"{', '.join(ATTN_IMPLEMENTATIONS)} (default sdpa)")
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument(
@@ -82,6 +88,8 @@ def _kw(args: argparse.Namespace) -> dict[str, Any]:
         grad_accum=parse_int(args.grad_accum, "--grad-accum"),
         grad_checkpointing=args.grad_checkpointing,
         mixed_precision=args.mixed_precision,
+        packed=args.packed,
+        attn_implementation=args.attn_implementation,
     )
     if args.quant is not None:
         kw["quant"] = args.quant
@@ -134,6 +142,10 @@ def format_training(d: dict[str, Any]) -> str:
     )
     if s.get("mixed_precision", "off") != "off":
         head += f" mixed_precision={s['mixed_precision']}"
+    if s.get("packed"):
+        head += " packed"
+    if s.get("attn_implementation", "sdpa") != "sdpa":
+        head += f" attn={s['attn_implementation']}"
     out = [head, d["trainable_line"], ""]
     out += [f"  {k.replace('_', ' '):<24}{_gib(v):>14}" for k, v in d["breakdown"].items() if k in BREAKDOWN_KEYS]
     if d["paged_bytes"]:

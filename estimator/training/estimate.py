@@ -155,13 +155,17 @@ RECORD_FIELDS = (
     "grad_accum",
     "grad_checkpointing",
     "mixed_precision",
+    "packed",
+    "attn_implementation",
 )
 
 
 def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     """The ``TrainSettings`` a runtime training record's settings state (the runtime, its
     validation report and the tests estimate a record through this one mapping)."""
-    return make_train_settings(s["model"], gpu=gpu, **{k: s[k] for k in RECORD_FIELDS if k in s})
+    # records made before mixed precision and packed batches lack those fields: the defaults
+    defaults = {"mixed_precision": "off", "packed": False, "attn_implementation": "sdpa"}
+    return make_train_settings(s["model"], gpu=gpu, **{k: s.get(k, defaults.get(k)) for k in RECORD_FIELDS})
 
 
 def estimate_training(
@@ -176,7 +180,8 @@ def estimate_training(
 
     Keywords: rank, targets ("all-linear" or "q,k,v,o"...), dropout, quant (qlora: nf4, nf4-dq,
     fp4, fp4-dq), adapter_dtype, optimizer, seq_len, micro_batch, grad_accum,
-    grad_checkpointing ("off", "non-reentrant", "reentrant"). ``model`` may be a TrainSettings."""
+    grad_checkpointing ("off", "non-reentrant", "reentrant"), packed (one padding-free row),
+    attn_implementation ("sdpa", "flash_attention_2"). ``model`` may be a TrainSettings."""
     if isinstance(model, TrainSettings):
         s = model
     else:
@@ -276,14 +281,16 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         s.grad_checkpointing,
         s.seq_len,
         s.micro_batch,
-        mixed,
-        s.quant,
+        mixed=mixed,
+        quant=s.quant,
+        packed=s.packed,
+        attn_implementation=s.attn_implementation,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
-    fwd_rows = [
-        (loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch, mixed, s.quant), 1)
-    ]
+    # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
+    T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
+    fwd_rows = [(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed), 1)]
     if mixed and s.method != "full" and s.adapter_dtype == "fp32":
         # the autocast cache's adapter weight casts the linears did not save (alive until the
         # forward's autocast region exits, after the loss)
@@ -303,17 +310,24 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         # and every bias's cast (a Linear does not save its bias): cached, never saved
         fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
     fwd = _group(fwd_rows)
-    bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)])
+    bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, T, b, s.grad_accum)])
     cands: dict[str, list[_Group]] = {
         "forward (loss)": resident + [saved_g, fwd],
         "backward (log_softmax)": resident + [saved_g, bwd],
     }
     if s.method == "full":
         end = [(8 * s.tokens, 1), (4, 2)]
+        if s.packed:  # position_ids and labels, the loop's inputs
+            end.append((8 * s.tokens, 2))
         if s.grad_checkpointing == "reentrant":
             # reentrant checkpointing keeps each layer's run_function (a partial holding cos, sin
-            # and cache_position) on its graph node until the graph is freed
-            end += [(act_bytes("full", s.quant) * s.seq_len * s.model.head_dim, 2), (8 * s.seq_len, 1)]
+            # and cache_position; packed: the caller's position_ids and, with SDPA, the mask) on
+            # its graph node until the graph is freed
+            end.append((act_bytes("full", s.quant) * T * s.model.head_dim, 2))
+            if not s.packed:
+                end.append((8 * T, 1))
+            elif s.attn_implementation == "sdpa":
+                end.append((T * T, 1))
         itemsize = DTYPE_BYTES[s.quant]
         end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens, itemsize)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
@@ -326,7 +340,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             vh = s.model.vocab_size * s.model.hidden_size
             left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
             cands["backward (lm_head weight grad)"] = resident + [_group(left)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed:
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed:
         rows = math_attention_backward_rows(
             s.model,
             s.targets,

@@ -13,6 +13,13 @@ the weights' and adapters' own dtypes, as PEFT leaves them; ``"bf16"`` is the Tr
 ``torch.autocast("cuda", dtype=torch.bfloat16)`` and ``convert_outputs_to_fp32`` (the backward
 runs outside autocast). Full fine-tuning with ``quant="fp32"`` is fp32 master weights (the model
 loaded in fp32) under that autocast.
+
+``packed``: padding-free batches (transformers' ``DataCollatorWithFlattening``, TRL's
+``padding_free``/``packing``): the ``micro_batch`` sequences are one row [1, N] of
+N = micro_batch x seq_len tokens, ``position_ids`` restarting at 0 per sequence, ``labels`` -100 at
+each sequence's first token, no attention mask, and ``use_cache=False`` (the Trainer's default,
+``TrainingArguments.use_cache``). ``attn_implementation``: the model's ``sdpa`` or
+``flash_attention_2`` (flash-attn 2, varlen on a packed row).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from .static import ADAPTER_DTYPES, FULL_PRECISIONS, QLORA_QUANTS, check_optimiz
 
 GRAD_CHECKPOINTING = ("off", "non-reentrant", "reentrant")
 MIXED_PRECISION = ("off", "bf16")
+ATTN_IMPLEMENTATIONS = ("sdpa", "flash_attention_2")
 MAX_SEQ_LEN = 1 << 24
 MAX_MICRO_BATCH = 1 << 16
 MAX_GRAD_ACCUM = 1 << 16
@@ -58,6 +66,8 @@ class TrainSettings:
     grad_accum: int = 1
     grad_checkpointing: str = "off"
     mixed_precision: str = "off"
+    packed: bool = False
+    attn_implementation: str = "sdpa"
     gpu: Gpu | None = None
 
     def __post_init__(self) -> None:
@@ -74,6 +84,19 @@ class TrainSettings:
         check_int(self.grad_accum, "grad_accum", 1, MAX_GRAD_ACCUM)
         _choice("grad_checkpointing", self.grad_checkpointing, GRAD_CHECKPOINTING)
         _choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
+        if not isinstance(self.packed, bool):
+            raise InvalidSpecError(f"packed must be true or false: {self.packed!r}")
+        _choice("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
+        if self.packed and self.micro_batch < 2:
+            raise InvalidSpecError(
+                f"micro_batch: a packed row needs at least 2 sequences (one is an unpacked row): {self.micro_batch!r}"
+            )
+        if self.method == "qlora" and self.attn_implementation == "flash_attention_2":
+            # transformers' fa_peft_integration_check casts QLoRA's fp32 q, k, v to bf16 per call: not modelled
+            raise InvalidSpecError(
+                "attn_implementation: flash_attention_2 with qlora (fp32 q, k, v cast to bf16 each call) "
+                f"is not modelled: {self.attn_implementation!r}"
+            )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise InvalidSpecError(f"dropout must be a number in [0, 1): {self.dropout!r}")
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -81,6 +104,13 @@ class TrainSettings:
             _choice("quant", self.quant, QLORA_QUANTS)
         else:
             _choice("quant", self.quant, FULL_PRECISIONS if self.method == "full" else FULL_PRECISIONS[:1])
+        fp32_rows = self.method == "qlora" or self.quant == "fp32"
+        if self.mixed_precision != "off" and fp32_rows and (self.packed or self.attn_implementation != "sdpa"):
+            # under autocast the fp32 q, k, v (and a packed row's repeated k, v) are cast per call
+            raise InvalidSpecError(
+                "mixed_precision: bf16 autocast with a packed row or flash_attention_2 is modelled for "
+                "bf16 activations (lora, full bf16), not qlora or fp32 master weights: 'bf16'"
+            )
         if self.quant == "fp32" and self.mixed_precision == "off":
             # fp32 activations would take SDPA's math path, modelled for QLoRA's layers only
             raise InvalidSpecError(
@@ -110,6 +140,8 @@ class TrainSettings:
             "grad_accum": self.grad_accum,
             "grad_checkpointing": self.grad_checkpointing,
             "mixed_precision": self.mixed_precision,
+            "packed": self.packed,
+            "attn_implementation": self.attn_implementation,
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }

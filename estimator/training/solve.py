@@ -59,11 +59,14 @@ def max_seq_len(model: Any = "llama-3.2-3b", *, gpu: Any = None, gpu_memory_byte
 def max_micro_batch(
     model: Any = "llama-3.2-3b", *, gpu: Any = None, gpu_memory_bytes: int | None = None, **kw: Any
 ) -> int:
-    """The largest micro-batch that fits (and every smaller one); 0 when one sequence does not."""
+    """The largest micro-batch that fits (and every smaller one); 0 when one sequence does not
+    (packed: when a row of two does not, the fewest a packed row holds)."""
     kw.pop("micro_batch", None)
-    s = _settings(model, gpu, kw)
+    lo = 2 if kw.get("packed") else 1
+    s = _settings(model, gpu, {**kw, "micro_batch": lo})
     mem = _memory(s, gpu_memory_bytes)
-    return largest_true(lambda b: _fits(replace(s, micro_batch=b), mem), 1, MAX_MICRO_BATCH)
+    n = largest_true(lambda b: _fits(replace(s, micro_batch=b), mem), lo, MAX_MICRO_BATCH)
+    return n if n >= lo else 0
 
 
 def smallest_gpu(model: Any = "llama-3.2-3b", *, gpus: Iterable[Gpu] | None = None, **kw: Any) -> Gpu | None:
@@ -84,6 +87,8 @@ def best_method(
     every other setting as given; None when even QLoRA does not fit."""
     kw = {k: v for k, v in kw.items() if k not in ("method", "quant")}
     for method, quant in METHOD_ORDER:
+        if method == "qlora" and kw.get("attn_implementation") == "flash_attention_2":
+            continue  # not modelled (TrainSettings refuses it)
         s = _settings(model, gpu, {**kw, "method": method, "quant": quant})
         if _fits(s, _memory(s, gpu_memory_bytes)):
             return method

@@ -201,6 +201,7 @@ def test_bad_input_names_the_field():
         ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
         ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),
         ({"targets": "q,v,embed", "mixed_precision": "bf16"}, "targets"),
+        ({"method": "qlora", "micro_batch": 2, "packed": True, "mixed_precision": "bf16"}, "mixed_precision"),
     ):
         with pytest.raises(InvalidSpecError, match=field):
             estimate_training(**kw)

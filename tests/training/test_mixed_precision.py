@@ -69,6 +69,11 @@ def test_mixed_shrinks_qlora_and_lora_activations():
         {"method": "full", "quant": "fp32", "grad_checkpointing": "non-reentrant", "optimizer": "sgd"},
         {"method": "full", "quant": "fp32", "grad_checkpointing": "reentrant", "micro_batch": 2},
         {"method": "full", "quant": "fp32", "optimizer": "adafactor"},
+        # with packed rows (SDPA's mem-efficient kernel and its mask) and flash_attention_2
+        {"method": "lora", "micro_batch": 2, "packed": True},
+        {"method": "lora", "micro_batch": 3, "packed": True, "grad_checkpointing": "non-reentrant"},
+        {"method": "lora", "micro_batch": 2, "packed": True, "attn_implementation": "flash_attention_2"},
+        {"method": "full", "micro_batch": 2, "packed": True},
     ],
     ids=str,
 )

@@ -32,3 +32,16 @@ done
 for t in 512 2048; do
   run --method full --quant fp32 --optimizer adamw --seq-len "$t" --mixed-precision bf16
 done
+# packed (padding-free) batches: 4 sequences of 2K in one row, SDPA and flash_attention_2, and the
+# unpacked micro-batch they replace
+run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4
+for impl in sdpa flash_attention_2; do
+  run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --attn-implementation "$impl"
+done
+for impl in sdpa flash_attention_2; do
+  run --method lora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --attn-implementation "$impl" \
+    --grad-checkpointing non-reentrant
+done
+for gc in off non-reentrant; do
+  run --method qlora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --grad-checkpointing "$gc"
+done

@@ -51,9 +51,15 @@ def rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "backward": max(e.candidates[c] for c in PHASES["backward"] if c in e.candidates),
             "optimizer": e.candidates["optimizer step"],
         }
+        label = point(s)
+        if _batched(r):
+            label = (
+                f"{s['method']} {s.get('attn_implementation', 'sdpa')} {s['micro_batch']} x {s['seq_len']:,} "
+                f"{'packed' if s.get('packed') else 'unpacked'} ckpt={s['grad_checkpointing']}"
+            )
         out.append(
             {
-                "point": point(s),
+                "point": label,
                 "trace": t["peak_live_bytes"],
                 "estimate": est,
                 "peak_trace": max(t["peak_live_bytes"].values()),
@@ -97,9 +103,59 @@ def cuda_markdown(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _batched(r: dict[str, Any]) -> bool:
+    """A point of the packed-batches section: packed, several sequences or flash_attention_2."""
+    s = r["settings"]
+    return bool(s.get("packed")) or s["micro_batch"] > 1 or s.get("attn_implementation", "sdpa") != "sdpa"
+
+
+def packed_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """The "Packed batches" section: the packed points and the unpacked micro-batch they replace."""
+    if not records:
+        return []
+    lines = [
+        "## Packed batches",
+        "",
+        "Padding-free micro-batches (transformers' `DataCollatorWithFlattening`, TRL's `padding_free`):",
+        "the sequences flattened into one row [1, N], `position_ids` restarting per sequence, labels -100",
+        "at each sequence's first token, `use_cache=False`. SDPA gets transformers' block-causal bool mask",
+        "(`sdpa_mask`), so CUDA runs the mem-efficient kernel (flash takes no mask) on k, v repeated to",
+        "every head (`repeat_kv`), and each layer keeps aten's additive bf16 mask [1, 1, N, N]",
+        "(`convert_boolean_attn_mask`): at 4 x 2K, 28 x 128 MiB. flash_attention_2 runs flash-attn's",
+        "varlen kernel: no mask, GQA in the kernel. LoRA r=16 all-linear, fp32 adapters, AdamW; QLoRA",
+        "NF4 (not with flash_attention_2): its fp32 row takes the same mem-efficient kernel with an fp32",
+        "mask, so no math path and none of its b x h x T x T fp32 probabilities.",
+        "",
+        "Reproduce: `python -m runtime train-measure --method lora --rank 16 --targets all-linear",
+        "--seq-len 2048 --micro-batch 4 --packed --attn-implementation sdpa|flash_attention_2 --device trace`",
+        "(and the other points: the last lines of `validation/training/grid.sh`).",
+        "",
+        "| point | phase | trace peak (B) | estimate (B) | diff (B) | trace, 512-rounded | estimate | diff |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for x in rows(records):
+        lines.append(
+            f"| {x['point']} | {x['phase']} | {x['peak_trace']:,} | {x['peak_estimate']:,} | "
+            f"{x['peak_estimate'] - x['peak_trace']:,} | {x['rounded_trace']:,} | {x['rounded_estimate']:,} | "
+            f"{x['rounded_estimate'] - x['rounded_trace']:,} |"
+        )
+    lines += [
+        "",
+        "The stand-ins: aten's mem-efficient attention (`_efficient_attention_forward`/`_backward`: output,",
+        "fp32 logsumexp rounded up to 32 rows, grad_q/k/v and the fp32 `delta`; not its backward",
+        "`workspace`, whose size follows the key-split heuristic) and flash-attn 2's `mha_varlen_fwd`/",
+        "`mha_varlen_bwd` (the unpadded fp32 lse [h, N], `rng_state`, `softmax_d` and `dq_accum` over",
+        "N + 128 x sequences rows).",
+        "",
+    ]
+    return lines
+
+
 def markdown(records: list[dict[str, Any]]) -> str:
     if records and records[0]["settings"].get("device") == "cuda":
         return cuda_markdown(records)
+    batched = [r for r in records if _batched(r)]
+    records = [r for r in records if not _batched(r)]
     env = records[0]["environment"] if records else {}
     lines = [
         "# Training memory: estimator vs trace (Llama 3.2 3B)",
@@ -163,6 +219,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "a GPU.",
         "",
     ]
+    lines += packed_markdown(batched)
     return "\n".join(lines)
 
 
