@@ -183,6 +183,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", default="1", help="sequences per micro-batch")
     p.add_argument("--grad-accum", default="1", help="micro-batches per optimizer step")
     p.add_argument("--grad-checkpointing", default="off", help="off, non-reentrant or reentrant")
+    p.add_argument(
+        "--loss", default="transformers", help="transformers (ForCausalLMLoss) or liger (fused linear cross-entropy)"
+    )
     p.add_argument("--device", default="trace", help="trace, cpu or cuda")
     p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -217,6 +220,7 @@ def _train_measure(a: argparse.Namespace) -> int:
         micro_batch=num(a.micro_batch, "micro_batch"),
         grad_accum=num(a.grad_accum, "grad_accum"),
         grad_checkpointing=a.grad_checkpointing,
+        loss=a.loss,
         device=a.device,
     )
     _check_device(s["device"])

@@ -34,6 +34,9 @@ labels ``pad(labels, (0, 1))`` [b, T + 1] int64 kept by ``labels[..., 1:].contig
 when b == 1, else a [b, T] copy), saved as nll's target with its fp32 total_weight, the loss
 scalar; the input ids [b, T] int64.
 
+With ``loss="liger"`` the loss's rows (log_softmax's output, the labels, nll's scalars and a
+trainable lm_head's saved norm output) give way to Liger's saved gradients (``loss.py``).
+
 Gradient checkpointing (``gradient_checkpointing_enable``, reentrant or not, every layer): each
 layer keeps only its input hidden states (a N H); cos, sin and ``cache_position`` [T] int64 are
 saved once as checkpoint inputs.
@@ -58,6 +61,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import ModelSpec
+from .loss import liger_saved_rows
 from .params import LAYER_TARGETS
 
 FP32 = 4
@@ -90,8 +94,10 @@ def saved_tensors(
     grad_checkpointing: str,
     seq_len: int,
     micro_batch: int,
+    loss: str = "transformers",
 ) -> Saved:
-    """Everything autograd holds at the end of the forward (module docstring)."""
+    """Everything autograd holds at the end of the forward (module docstring; ``loss="liger"``:
+    the fused linear cross-entropy's saved gradients instead of the logits' rows, ``loss.py``)."""
     b, T = micro_batch, seq_len
     N = b * T
     H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
@@ -128,6 +134,10 @@ def saved_tensors(
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T])
     rows.append(("rotary cos, sin", a * T * d, 2))
     norm(1)  # the final norm
+    if loss == "liger":
+        rows += liger_saved_rows(spec, method, N, a)
+        rows.append(("input_ids", INT64 * N, 1))
+        return Saved(tuple(rows))
     if full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
@@ -336,21 +346,27 @@ def _qk_norm_rows(
     return rows
 
 
-def loss_forward_bytes(spec: ModelSpec, method: str, grad_checkpointing: str, seq_len: int, micro_batch: int) -> int:
+def loss_forward_bytes(
+    spec: ModelSpec, method: str, grad_checkpointing: str, seq_len: int, micro_batch: int, logits: bool = True
+) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
     (``log_softmax``'s output is saved; so is the norm's output when lm_head trains); with more
     than one sequence also the padded labels [b, T + 1], which ``ForCausalLMLoss``'s ``labels``
     keeps until it returns (the saved target is a copy). Without checkpointing the forward fills
     a ``DynamicCache`` (``use_cache``), held by the output until it is dropped: flash saves those
-    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim."""
+    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim. With
+    ``logits=False`` only that cache (liger's ``lce_forward`` keeps the decoder's output, and so
+    the cache, while its loss runs; its own tensors are ``loss.liger_forward_rows``)."""
     N = seq_len * micro_batch
     a = act_bytes(method)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
-    logits = FP32 * N * spec.vocab_size if a == 4 else (2 + FP32) * N * spec.vocab_size
-    norm_out = 0 if method == "full" else a * N * spec.hidden_size
     cache = 2 * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
-    return logits + norm_out + pad + cache
+    if not logits:
+        return cache
+    vn = FP32 * N * spec.vocab_size if a == 4 else (2 + FP32) * N * spec.vocab_size
+    norm_out = 0 if method == "full" else a * N * spec.hidden_size
+    return vn + norm_out + pad + cache
 
 
 def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_accum: int) -> list[tuple[str, int, int]]:

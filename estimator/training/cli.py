@@ -19,7 +19,7 @@ from ..model import DEFAULT_PRESET
 from ..units import GiB, one_line, parse_context, parse_int, parse_size
 from .estimate import BREAKDOWN_KEYS, TRAINING_COUNTERS, estimate_training
 from .params import METHODS
-from .settings import GRAD_CHECKPOINTING
+from .settings import GRAD_CHECKPOINTING, LOSSES
 from .solve import best_method, max_micro_batch, max_seq_len, smallest_gpu
 from .static import OPTIMIZERS, QLORA_QUANTS
 
@@ -45,6 +45,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--micro-batch", default="1", help="sequences per micro-batch (default 1)")
     p.add_argument("--grad-accum", default="1", help="micro-batches per optimizer step (default 1)")
     p.add_argument("--grad-checkpointing", default="off", help=f"{', '.join(GRAD_CHECKPOINTING)} (default off)")
+    p.add_argument(
+        "--loss",
+        default="transformers",
+        help=f"{', '.join(LOSSES)}: transformers' ForCausalLMLoss or Liger's fused linear cross-entropy "
+        "(the Trainer's use_liger_kernel) (default transformers)",
+    )
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument(
@@ -72,6 +78,7 @@ def _kw(args: argparse.Namespace) -> dict[str, Any]:
         micro_batch=parse_int(args.micro_batch, "--micro-batch"),
         grad_accum=parse_int(args.grad_accum, "--grad-accum"),
         grad_checkpointing=args.grad_checkpointing,
+        loss=args.loss,
     )
     if args.quant is not None:
         kw["quant"] = args.quant
@@ -122,6 +129,8 @@ def format_training(d: dict[str, Any]) -> str:
         f" base={s['quant']} optimizer={s['optimizer']} seq_len={s['seq_len']:,} micro_batch={s['micro_batch']}"
         f" grad_accum={s['grad_accum']} checkpointing={s['grad_checkpointing']}"
     )
+    if s.get("loss", "transformers") != "transformers":
+        head += f" loss={s['loss']}"
     out = [head, d["trainable_line"], ""]
     out += [f"  {k.replace('_', ' '):<24}{_gib(v):>14}" for k, v in d["breakdown"].items() if k in BREAKDOWN_KEYS]
     if d["paged_bytes"]:

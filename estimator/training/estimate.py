@@ -10,6 +10,11 @@ micro-batch after the first), over these candidates, each the exact set of live 
 - ``backward (end)``, full fine-tuning: every gradient and, tied, the [V, H] gradient sum;
 - ``optimizer step``: weights, adapters, gradients, states and the step's temporaries.
 
+With ``loss="liger"`` (``loss``: Liger's fused linear cross-entropy) the loss's candidates are
+``forward (loss)`` at its chunk loop, ``backward (liger)`` at its backward and, for LoRA and
+QLoRA, ``backward (final norm)``: the final RMSNorm's backward right after it, which the logits'
+[N, V] tensors no longer hide.
+
 Moments inside the decoder layers' backward are not candidates: there every layer's saved
 tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
 layer's backward temporaries for a vocabulary as large as Llama 3's (checked by the trace on the
@@ -41,12 +46,14 @@ from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_
 from ..report import COUNTERS, MemoryReport, totals_fields
 from ..units import check_int
 from .activations import (
+    act_bytes,
     embedding_end_rows,
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
     saved_tensors,
 )
+from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
 from .static import DTYPE_BYTES, StaticBytes, optimizer_states, static_bytes, trainable_tensors, weight_layout
@@ -143,13 +150,16 @@ RECORD_FIELDS = (
     "micro_batch",
     "grad_accum",
     "grad_checkpointing",
+    "loss",
 )
 
 
 def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     """The ``TrainSettings`` a runtime training record's settings state (the runtime, its
     validation report and the tests estimate a record through this one mapping)."""
-    return make_train_settings(s["model"], gpu=gpu, **{k: s[k] for k in RECORD_FIELDS})
+    # records written before the ``loss`` setting existed used transformers' loss
+    kw = {k: s.get(k, "transformers") if k == "loss" else s[k] for k in RECORD_FIELDS}
+    return make_train_settings(s["model"], gpu=gpu, **kw)
 
 
 def estimate_training(
@@ -164,7 +174,8 @@ def estimate_training(
 
     Keywords: rank, targets ("all-linear" or "q,k,v,o"...), dropout, quant (qlora: nf4, nf4-dq,
     fp4, fp4-dq), adapter_dtype, optimizer, seq_len, micro_batch, grad_accum,
-    grad_checkpointing ("off", "non-reentrant", "reentrant"). ``model`` may be a TrainSettings."""
+    grad_checkpointing ("off", "non-reentrant", "reentrant"), loss ("transformers", "liger").
+    ``model`` may be a TrainSettings."""
     if isinstance(model, TrainSettings):
         s = model
     else:
@@ -259,15 +270,29 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         s.grad_checkpointing,
         s.seq_len,
         s.micro_batch,
+        s.loss,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
-    fwd = _group([(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch), 1)])
-    bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)])
+    if s.loss == "liger":
+        a = act_bytes(s.method)
+        cache = loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch, logits=False)
+        fwd = _group([(n, c) for _, n, c in liger_forward_rows(s.model, s.seq_len, s.micro_batch, a)] + [(cache, 1)])
+        bwd = _group([(n, c) for _, n, c in liger_backward_rows(s.grad_accum)])
+        bwd_name = "backward (liger)"
+    else:
+        fwd = _group([(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch), 1)])
+        bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, s.seq_len, s.micro_batch, s.grad_accum)])
+        bwd_name = "backward (log_softmax)"
     cands: dict[str, list[_Group]] = {
         "forward (loss)": resident + [saved_g, fwd],
-        "backward (log_softmax)": resident + [saved_g, bwd],
+        bwd_name: resident + [saved_g, bwd],
     }
+    if s.loss == "liger" and s.method != "full":
+        # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
+        # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)
+        rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum)
+        cands["backward (final norm)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
     if s.method == "full":
         end = [(8 * s.tokens, 1), (4, 2)]
         if s.grad_checkpointing == "reentrant":
@@ -319,8 +344,9 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     grads_at_peak = st.gradients_bytes if (phase in ("optimizer step", "backward (end)") or s.grad_accum > 1) else 0
     # the tied gradient sum and the step's temporaries are transients; so is everything not static
     activations = max(0, sums[phase][0] - static_at_peak - grads_at_peak)
-    transient = max(0, activations - saved.nbytes) if phase.startswith(("forward", "backward (log")) else activations
-    saved_at_peak = saved.nbytes if phase.startswith(("forward", "backward (log")) else 0
+    at_loss = phase.startswith(("forward", "backward (log", "backward (liger", "backward (final"))
+    transient = max(0, activations - saved.nbytes) if at_loss else activations
+    saved_at_peak = saved.nbytes if at_loss else 0
     overhead = device - w_total - grads_at_peak - st.optimizer_states_bytes - activations
     breakdown = {
         "weights": st.weights_bytes,

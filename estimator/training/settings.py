@@ -24,6 +24,9 @@ from .params import LAYER_TARGETS, MAX_RANK, check_method, targets_label
 from .static import ADAPTER_DTYPES, FULL_PRECISIONS, QLORA_QUANTS, check_optimizer
 
 GRAD_CHECKPOINTING = ("off", "non-reentrant", "reentrant")
+# the loss: transformers' ``ForCausalLMLoss`` over the full logits, or Liger-Kernel's fused linear
+# cross-entropy (``LigerForCausalLMLoss``, what the Trainer's ``use_liger_kernel`` swaps in)
+LOSSES = ("transformers", "liger")
 MAX_SEQ_LEN = 1 << 24
 MAX_MICRO_BATCH = 1 << 16
 MAX_GRAD_ACCUM = 1 << 16
@@ -52,6 +55,7 @@ class TrainSettings:
     micro_batch: int = 1
     grad_accum: int = 1
     grad_checkpointing: str = "off"
+    loss: str = "transformers"
     gpu: Gpu | None = None
 
     def __post_init__(self) -> None:
@@ -67,6 +71,7 @@ class TrainSettings:
         check_int(self.micro_batch, "micro_batch", 1, MAX_MICRO_BATCH)
         check_int(self.grad_accum, "grad_accum", 1, MAX_GRAD_ACCUM)
         _choice("grad_checkpointing", self.grad_checkpointing, GRAD_CHECKPOINTING)
+        _choice("loss", self.loss, LOSSES)
         _choice("adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise InvalidSpecError(f"dropout must be a number in [0, 1): {self.dropout!r}")
@@ -96,6 +101,7 @@ class TrainSettings:
             "micro_batch": self.micro_batch,
             "grad_accum": self.grad_accum,
             "grad_checkpointing": self.grad_checkpointing,
+            "loss": self.loss,
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }
