@@ -307,6 +307,59 @@ def math_attention_backward_rows(
     return rows
 
 
+def recompute_up_proj_rows(
+    spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) with non-reentrant checkpointing:
+    the live tensors, besides weights, states and gradients, when backward recomputes a decoder
+    layer (``layers_kept`` - 1 is its index: the checkpointed inputs of the later layers are gone)
+    and the recompute reaches up_proj's LoRA term, its largest moment (torch.utils.checkpoint
+    recomputes on the first unpack of a saved tensor, here lora_B's input in down_proj's backward,
+    and stops once down_proj's saved tensors exist; gate's moment holds less, down's smaller
+    temporaries when I > 1.5 H). Observed in the trace and derived:
+
+    - outside the layer: ``layers_kept`` checkpointed inputs, ``cache_position``, cos and sin, the
+      input ids, the loss and the backward seed (the final norm's tensors and liger's
+      ``grad_input`` are gone);
+    - the gradient of the layer's output (a N H), and down_proj's backward so far: the base
+      output's gradient (``result.to(bf16)``'s backward, then the add: a N H bf16) and the LoRA
+      term's (``* scaling``'s backward: fp32 N H);
+    - the recomputed layer, saved for backward so far: both norms (fp32 input, rsqrt), q, k, v, o,
+      gate and up's fp32 input casts and ``lora_A`` outputs, flash's q, k, v, out and logsumexp,
+      gate's output and ``silu``'s; alive but not saved: the residual after attention and the MLP
+      input (a N H each); up_proj's base output (a N I), ``lora_B``'s fp32 output and its scaled
+      copy (4 N I each)."""
+    del grad_checkpointing  # non-reentrant only (estimate._estimate)
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, I = spec.hidden_size, spec.intermediate_size
+    a, ab = 2, FP32
+    rows: list[tuple[str, int, int]] = [
+        ("checkpointed layer inputs", a * N * H, layers_kept),
+        ("cache_position", INT64 * T, 1),
+        ("rotary cos, sin", a * T * spec.head_dim, 2),
+        ("input_ids", INT64 * N, 1),
+        ("loss, backward seed", FP32, 2),
+        ("the layer output's gradient", a * N * H, 1),
+        ("down_proj base output's gradient", a * N * H, 1),
+        ("down_proj LoRA term's gradient", ab * N * H, 1),
+    ]
+
+    def norm(count: int) -> None:
+        rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
+        rows.append(("rmsnorm rsqrt", FP32 * N, count))
+
+    layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
+    rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+    rows += [
+        ("gate output, silu output", a * N * I, 2),
+        ("residual after attention, MLP input", a * N * H, 2),
+        ("up_proj base output", a * N * I, 1),
+        ("up_proj lora_B output and its scaled copy", ab * N * I, 2),
+    ]
+    return rows
+
+
 def act_bytes(method: str) -> int:
     """Bytes per activation element: bf16, or fp32 for QLoRA, whose embedding (and so the
     residual stream) ``prepare_model_for_kbit_training`` casts to fp32."""

@@ -13,7 +13,10 @@ micro-batch after the first), over these candidates, each the exact set of live 
 With ``loss="liger"`` (``loss``: Liger's fused linear cross-entropy) the loss's candidates are
 ``forward (loss)`` at its chunk loop, ``backward (liger)`` at its backward and, for LoRA and
 QLoRA, ``backward (final norm)``: the final RMSNorm's backward right after it, which the logits'
-[N, V] tensors no longer hide.
+[N, V] tensors no longer hide; for LoRA all-linear (fp32 adapters, no dropout) with non-reentrant
+checkpointing also ``backward (recompute up_proj)``, a layer's recompute inside backward
+(``activations.recompute_up_proj_rows``). These are liger-only: the default loss's candidates
+and numbers are unchanged.
 
 Moments inside the decoder layers' backward are not candidates: there every layer's saved
 tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
@@ -51,10 +54,11 @@ from .activations import (
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
+    recompute_up_proj_rows,
     saved_tensors,
 )
 from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
-from .params import TrainableParams, parse_targets, trainable_params
+from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
 from .static import DTYPE_BYTES, StaticBytes, optimizer_states, static_bytes, trainable_tensors, weight_layout
 
@@ -245,6 +249,15 @@ def _grads_before_attention(
     return tuple((t.nbytes, 1) for t in tr if t.name.startswith(after) or t.name.startswith("lm_head."))
 
 
+@functools.lru_cache(maxsize=256)
+def _grads_after_layer(spec: ModelSpec, rank: int, targets: tuple[str, ...], layer: int) -> tuple[tuple[int, int], ...]:
+    """LoRA gradients made before backward reaches decoder layer ``layer`` (first micro-batch):
+    the adapters of every later layer (fp32 adapters)."""
+    tr = trainable_tensors(spec, "lora", rank, targets, "fp32")
+    later = [t for t in tr if t.name.startswith("model.layers.") and int(t.name.split(".")[2]) > layer]
+    return tuple((t.nbytes, 1) for t in later)
+
+
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
     if s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS:
         # before sm80 there is no flash kernel (SDPA falls back to math with GQA) and no bf16 GEMM
@@ -293,6 +306,25 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)
         rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum)
         cands["backward (final norm)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
+    if (
+        s.loss == "liger"
+        and s.method == "lora"
+        and s.grad_checkpointing == "non-reentrant"
+        and s.targets == LAYER_TARGETS
+        and s.adapter_dtype == "fp32"
+        and s.dropout == 0
+    ):
+        # backward recomputes a checkpointed layer: the last one (every checkpointed input kept)
+        # or the first (every later layer's adapter gradients made, in the first micro-batch)
+        L = s.model.num_hidden_layers
+        best: list[_Group] = []
+        for layer in (L - 1, 0):
+            rows = recompute_up_proj_rows(s.model, s.rank, s.grad_checkpointing, s.seq_len, s.micro_batch, layer + 1)
+            done = [] if s.grad_accum > 1 else list(_grads_after_layer(s.model, s.rank, s.targets, layer))
+            groups = resident + [_group([(n, c) for _, n, c in rows] + done)]
+            if not best or sum(x.rounded for x in groups) > sum(x.rounded for x in best):
+                best = groups
+        cands["backward (recompute up_proj)"] = best
     if s.method == "full":
         end = [(8 * s.tokens, 1), (4, 2)]
         if s.grad_checkpointing == "reentrant":

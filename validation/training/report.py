@@ -131,11 +131,12 @@ def liger_markdown(records: list[dict[str, Any]]) -> list[str]:
     lines += [
         "",
         "Without checkpointing the step peaks in the final RMSNorm's backward, right after liger's",
-        "(five fp32 [N, H] tensors), and the estimate equals the trace. With checkpointing the step",
-        "peaks later, while backward recomputes the last decoder layer: its attention half's saved",
-        "tensors are re-created and held, and the MLP's gate and up LoRA forward add fp32 [N, I]",
-        "temporaries (`lora_B`'s output and its scaled copy). That moment inside a layer is not a",
-        "candidate of the estimate (docs/training.md, Limits), which is low by the diff shown.",
+        "(five fp32 [N, H] tensors). With non-reentrant checkpointing it peaks while backward",
+        "recomputes the last decoder layer (torch.utils.checkpoint recomputes on the first unpack, in",
+        "down_proj's backward): the layer's saved tensors held again, down_proj's two output",
+        "gradients, and up_proj's LoRA term with its fp32 [N, I] temporaries",
+        "(`activations.recompute_up_proj_rows`). Liger's forward and backward columns are the live",
+        "bytes the stand-in reports at those two moments of the loss itself.",
         "",
     ]
     return lines
