@@ -162,15 +162,23 @@ def test_trace_matches_the_liger_moments(narrow_llama3_vocab_dir, kw, step_exact
 
 
 def test_committed_3b_liger_traces():
-    """validation/training/liger.jsonl (Llama 3.2 3B, LoRA r=16 all-linear, 8K tokens): liger's
-    moments to the byte, and the step's peak: the final norm's backward without checkpointing, the
-    recompute of the last layer at up_proj's LoRA term with non-reentrant checkpointing."""
+    """validation/training/liger.jsonl (Llama 3.2 3B, LoRA r=16 all-linear and QLoRA NF4, 8K
+    tokens): liger's moments to the byte, and the step's peak: for LoRA the final norm's backward
+    without checkpointing, the recompute of the last layer at up_proj's LoRA term with
+    non-reentrant checkpointing; for QLoRA the fp32 math attention's backward in the last layer."""
     import json
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "validation" / "training" / "liger.jsonl"
     records = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    assert {r["settings"]["grad_checkpointing"] for r in records} == {"off", "non-reentrant"}
+    seen = {(r["settings"]["method"], r["settings"]["grad_checkpointing"]) for r in records}
+    assert seen == {(m, gc) for m in ("lora", "qlora") for gc in ("off", "non-reentrant")}
+    expect = {
+        ("lora", "off"): ("backward (final norm)", 52_448_582_152),
+        ("lora", "non-reentrant"): ("backward (recompute up_proj)", 10_315_913_736),
+        ("qlora", "off"): ("backward (last layer attention)", 248_078_525_192),
+        ("qlora", "non-reentrant"): ("backward (last layer attention)", 26_115_859_208),
+    }
     for r in records:
         assert r["status"] == "ok" and r["settings"]["loss"] == "liger"
         e = estimate_train_settings(record_settings(r["settings"]))
@@ -181,10 +189,7 @@ def test_committed_3b_liger_traces():
         peak = max(t["peak_live_bytes"].values())
         assert peak == e.peak_live_bytes
         assert r["peak_allocated_bytes"] == e.peak_live_rounded_bytes
-        if r["settings"]["grad_checkpointing"] == "off":
-            assert (e.peak_phase, peak) == ("backward (final norm)", 52_448_582_152)
-        else:
-            assert (e.peak_phase, peak) == ("backward (recompute up_proj)", 10_315_913_736)
+        assert (e.peak_phase, peak) == expect[(r["settings"]["method"], r["settings"]["grad_checkpointing"])]
 
 
 def test_parts_add_up_and_grow_with_tokens():

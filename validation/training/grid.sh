@@ -2,7 +2,7 @@
 # The training proof grid, traced (fake tensors, no GPU): Llama 3.2 3B LoRA r=16 all-linear and
 # QLoRA (NF4 base, prepare_model_for_kbit_training) at 512, 2K and 8K tokens with and without
 # gradient checkpointing, full fine-tuning with AdamW at 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
-# on the trace device also LoRA at 8K with Liger's fused linear cross-entropy (--loss liger) to validation/training/liger.jsonl;
+# on the trace device also LoRA and QLoRA at 8K with Liger's fused linear cross-entropy (--loss liger) to validation/training/liger.jsonl;
 # `python -m estimator train --compare validation/training/trace.jsonl` compares it.
 #   bash validation/training/grid.sh [OUT.jsonl] [--device trace|cuda]
 set -euo pipefail
@@ -22,8 +22,10 @@ for t in 512 2048; do
   run --method full --optimizer adamw --seq-len "$t"
 done
 if [ "$DEVICE" = trace ]; then
-  for gc in off non-reentrant; do
-    "$PY" -m runtime train-measure --device trace --out "${LIGER_OUT:-validation/training/liger.jsonl}" --json \
-      --method lora --rank 16 --targets all-linear --seq-len 8192 --grad-checkpointing "$gc" --loss liger >/dev/null
+  for method in lora qlora; do
+    for gc in off non-reentrant; do
+      "$PY" -m runtime train-measure --device trace --out "${LIGER_OUT:-validation/training/liger.jsonl}" --json \
+        --method "$method" --rank 16 --targets all-linear --seq-len 8192 --grad-checkpointing "$gc" --loss liger >/dev/null
+    done
   done
 fi

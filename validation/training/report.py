@@ -106,7 +106,8 @@ def liger_markdown(records: list[dict[str, Any]]) -> list[str]:
         "",
         "Liger-Kernel's fused linear cross-entropy (what the Trainer's `use_liger_kernel` swaps in for",
         "lm_head + `ForCausalLMLoss`; liger-kernel 0.8.5, stand-in `LigerFusedLinearCrossEntropy` in",
-        "`runtime/train.py`, estimate `estimator/training/loss.py`), same model and LoRA settings:",
+        "`runtime/train.py`, estimate `estimator/training/loss.py`), same model, LoRA and QLoRA settings",
+        "(`bash validation/training/grid.sh` runs them), e.g.:",
         "",
         "```bash",
         "python -m runtime train-measure --device trace --method lora --rank 16 --targets all-linear \\",
@@ -130,13 +131,16 @@ def liger_markdown(records: list[dict[str, Any]]) -> list[str]:
         )
     lines += [
         "",
-        "Without checkpointing the step peaks in the final RMSNorm's backward, right after liger's",
+        "LoRA without checkpointing peaks in the final RMSNorm's backward, right after liger's",
         "(five fp32 [N, H] tensors). With non-reentrant checkpointing it peaks while backward",
         "recomputes the last decoder layer (torch.utils.checkpoint recomputes on the first unpack, in",
         "down_proj's backward): the layer's saved tensors held again, down_proj's two output",
         "gradients, and up_proj's LoRA term with its fp32 [N, I] temporaries",
         "(`activations.recompute_up_proj_rows`). Liger's forward and backward columns are the live",
-        "bytes the stand-in reports at those two moments of the loss itself.",
+        "bytes the stand-in reports at those two moments of the loss itself. QLoRA at 8K tokens",
+        "still peaks in the last layer's fp32 math attention backward (b x h x T x T tensors), so",
+        "liger saves little there (without checkpointing the [N, V] tensors were a small part;",
+        "with checkpointing nothing: compare the QLoRA rows of the table above).",
         "",
     ]
     return lines
