@@ -16,14 +16,14 @@ from app.escape import md
 from estimator.errors import EstimatorError
 from estimator.estimate import PRE_SM80_ARCHS
 from estimator.training import TrainingEstimate, estimate_train_settings, make_train_settings
-from estimator.training.settings import GRAD_CHECKPOINTING, TrainSettings
+from estimator.training.settings import ATTN_IMPLEMENTATIONS, GRAD_CHECKPOINTING, TrainSettings
 from estimator.training.solve import max_seq_len
 from estimator.training.static import OPTIMIZERS, QLORA_QUANTS
 from estimator.units import format_gib
 
 MODE = "calc_mode"
 INFERENCE, FINE_TUNING = "Inference", "Fine-tuning"
-METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRECISION = (
+METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRECISION, PACKED, ATTN, LOSS = (
     "train_method",
     "train_rank",
     "train_targets",
@@ -33,6 +33,9 @@ METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRE
     "train_checkpointing",
     "train_base",
     "train_precision",
+    "train_packed",
+    "train_attn",
+    "train_loss",
 )
 METHOD_LABELS = {
     "lora": "LoRA (bf16 base)",
@@ -55,7 +58,11 @@ DEFAULTS: dict[str, Any] = {
     CHECKPOINTING: "off",
     BASE: "nf4",
     PRECISION: "off",
+    PACKED: False,
+    ATTN: "sdpa",
+    LOSS: "transformers",
 }
+LOSS_LABELS = {"transformers": "transformers (full logits)", "liger": "Liger fused linear cross-entropy"}
 PARTS = {
     "weights": "Weights",
     "adapter_weights": "Adapter weights",
@@ -103,6 +110,9 @@ def settings(inp: Any) -> TrainSettings:
         seq_len=int(ss[SEQ_LEN]),
         micro_batch=int(ss[MICRO_BATCH]),
         grad_checkpointing=ss[CHECKPOINTING],
+        packed=bool(ss[PACKED]),
+        attn_implementation=ss[ATTN],
+        loss=ss[LOSS],
     )
 
 
@@ -137,32 +147,55 @@ def _widgets() -> None:
             help="bf16 autocast: what the Hugging Face Trainer's bf16=True does (accelerate wraps the "
             "forward in torch.autocast). As loaded: weights and adapters in their own dtypes (PEFT's plain loop).",
         )
+    with st.expander("Packing, attention, loss"):
+        e = st.columns(3)
+        e[0].checkbox(
+            "Packed (padding-free)",
+            key=PACKED,
+            help="The micro-batch's sequences flattened into one row (DataCollatorWithFlattening, TRL "
+            "padding_free); needs a micro-batch of 2 or more.",
+        )
+        e[1].selectbox("Attention", ATTN_IMPLEMENTATIONS, key=ATTN, help="The model's attn_implementation")
+        e[2].selectbox(
+            "Loss",
+            tuple(LOSS_LABELS),
+            format_func=LOSS_LABELS.get,
+            key=LOSS,
+            help="transformers' ForCausalLMLoss over the full logits, or Liger's fused linear cross-entropy "
+            "(the Trainer's use_liger_kernel).",
+        )
 
 
 def fixes(s: TrainSettings, capacity_bytes: int, custom: bool) -> list[dict[str, Any]]:
-    """One-setting changes that make the step fit, each with its device used (what would fit)."""
-    options: list[tuple[str, dict[str, Any], TrainSettings]] = []
+    """One-setting changes that make the step fit, each with its device used (what would fit).
+    A change the estimate refuses with the other settings (liger under autocast...) is skipped."""
+    options: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     if s.grad_checkpointing == "off":
         options.append(
-            ("Gradient checkpointing", {CHECKPOINTING: "non-reentrant"}, replace(s, grad_checkpointing="non-reentrant"))
+            ("Gradient checkpointing", {CHECKPOINTING: "non-reentrant"}, {"grad_checkpointing": "non-reentrant"})
         )
-    if s.micro_batch > 1:
-        options.append(("Micro-batch 1", {MICRO_BATCH: 1}, replace(s, micro_batch=1)))
+    if s.micro_batch > 1:  # one sequence is an unpacked row
+        options.append(("Micro-batch 1", {MICRO_BATCH: 1, PACKED: False}, {"micro_batch": 1, "packed": False}))
     if s.mixed_precision == "off":
-        options.append(("bf16 autocast", {PRECISION: "bf16"}, replace(s, mixed_precision="bf16")))
+        options.append(("bf16 autocast", {PRECISION: "bf16"}, {"mixed_precision": "bf16"}))
+    if s.loss == "transformers":
+        options.append(("Liger loss", {LOSS: "liger"}, {"loss": "liger"}))
     if s.method == "full" and s.quant == "fp32":
-        options.append(("bf16 weights", {METHOD: "full"}, replace(s, quant="bf16")))
+        options.append(("bf16 weights", {METHOD: "full"}, {"quant": "bf16"}))
     if s.method == "full":
-        options.append(("LoRA", {METHOD: "lora"}, replace(s, method="lora", quant="bf16")))
+        options.append(("LoRA", {METHOD: "lora"}, {"method": "lora", "quant": "bf16"}))
     if s.optimizer != "paged-adamw-8bit":
-        options.append(("Paged AdamW 8-bit", {OPTIMIZER: "paged-adamw-8bit"}, replace(s, optimizer="paged-adamw-8bit")))
+        options.append(("Paged AdamW 8-bit", {OPTIMIZER: "paged-adamw-8bit"}, {"optimizer": "paged-adamw-8bit"}))
     shorter = [t for t in SEQ_LENS if t < s.seq_len]
     for t in reversed(shorter):
-        options.append((f"{t:,} tokens", {SEQ_LEN: t}, replace(s, seq_len=t)))
+        options.append((f"{t:,} tokens", {SEQ_LEN: t}, {"seq_len": t}))
         break
     out = []
-    for label, change, alt in options:
-        e = _estimate(alt, capacity_bytes, custom)
+    for label, change, kw in options:
+        try:
+            e = _estimate(replace(s, **kw), capacity_bytes, custom)
+        except EstimatorError:
+            continue
         if e.device_used_bytes <= capacity_bytes:
             out.append({"what": label, "change": change, "device_used_bytes": e.device_used_bytes})
     return out

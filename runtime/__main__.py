@@ -194,6 +194,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--packed", action="store_true", help="flatten the micro-batch into one row (padding-free, position_ids)"
     )
     p.add_argument("--attn-implementation", default="sdpa", help="sdpa or flash_attention_2")
+    p.add_argument(
+        "--loss", default="transformers", help="transformers (ForCausalLMLoss) or liger (fused linear cross-entropy)"
+    )
     p.add_argument("--device", default="trace", help="trace, cpu or cuda")
     p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -231,6 +234,7 @@ def _train_measure(a: argparse.Namespace) -> int:
         mixed_precision=a.mixed_precision,
         packed=a.packed,
         attn_implementation=a.attn_implementation,
+        loss=a.loss,
         device=a.device,
     )
     _check_device(s["device"])

@@ -32,6 +32,13 @@ Devices:
   * ``mixed_precision="bf16"``: CUDA's bf16 autocast (``runtime.autocast.Autocast``: the
     AutocastCUDA op lists and cast cache, which do nothing for ``meta`` tensors), around the
     forward as accelerate wraps it, then accelerate's own ``convert_to_fp32`` on the output.
+  * ``loss="liger"``: Liger-Kernel's fused linear cross-entropy (its Triton kernel cannot run
+    here), installed as ``_apply_liger_kernel_to_instance(model, rope=False, rms_norm=False,
+    swiglu=False)`` would (liger-kernel 0.8.5): the base model's ``forward`` becomes
+    ``liger_lce_forward`` (liger's ``transformers/model/llama.py`` ``lce_forward``: the decoder,
+    then ``LigerForCausalLMLoss`` on the final norm's hidden states instead of lm_head +
+    ``ForCausalLMLoss``), whose ``LigerFusedLinearCrossEntropy`` allocates what
+    ``ops/fused_linear_cross_entropy.py`` allocates, forward and backward.
 
   torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
   ``fused=True`` on CUDA only.
@@ -84,6 +91,8 @@ def train_settings(**kw: Any) -> dict[str, Any]:
         ts = TrainSettings(model=load_model(model), **kw)
     except EstimatorError as e:
         raise SettingsError(str(e)) from None
+    if ts.loss == "liger" and device == "cpu":
+        raise SettingsError("loss liger runs on the trace or cuda device (its kernel is Triton): 'cpu'")
     d = ts.to_dict()
     d.update(model=model, targets=",".join(ts.targets), device=device, engine="transformers-train")
     d["rank"], d["dropout"], d["adapter_dtype"] = ts.rank, ts.dropout, ts.adapter_dtype
@@ -322,6 +331,152 @@ def no_mask(*args, **kwargs):
     it would build a 4-D mask instead (a fake ``cache_position`` reads as tracing when no cache
     provides the offset, as with gradient checkpointing's ``use_cache=False``)."""
     return None
+
+
+def _next_power_of_2(n: int) -> int:
+    """``triton.next_power_of_2``."""
+    return 1 << (n - 1).bit_length()
+
+
+def liger_chunk_size(tokens: int, hidden: int, vocab: int) -> int:
+    """liger-kernel 0.8.5 ``fused_linear_cross_entropy_forward``: ``inc_factor = cdiv(V, H)``
+    (``chunk_mem_const`` 1), ``chunk_size = min(next_power_of_2(cdiv(BT, inc_factor)), BT)``."""
+    inc = -(-vocab // hidden)
+    return min(_next_power_of_2(-(-tokens // inc)), tokens)
+
+
+class LigerFusedLinearCrossEntropy(torch.autograd.Function):
+    """``LigerFusedLinearCrossEntropyFunction`` (liger-kernel 0.8.5,
+    ``ops/fused_linear_cross_entropy.py``) as ``LigerForCausalLMLoss`` calls it on a GPU:
+    reduction "mean", no bias, no ce_weight, ``accum_dtype=None``, the Triton cross-entropy
+    (``ce_impl=None``). What it allocates, in order:
+
+    forward (``fused_linear_cross_entropy_forward``, no grad mode, so ``_can_use_mm_out`` is true
+    on CUDA when the hidden states and the weight share a dtype, always here):
+    ``grad_input = zeros_like(_input)`` [BT, H]; ``grad_weight = zeros_like(weight)`` [V, H] when
+    the weight requires grad (full fine-tuning); ``loss_1d`` fp32 [BT]; ``target_mask = target !=
+    ignore_index`` bool [BT], alive to the return; ``target_mask.sum().item()`` an int64 scalar;
+    ``logits_storage`` [chunk_size, V] in the input dtype, written per chunk by ``torch.mm(out=)``;
+    the Triton kernel writes the loss into ``loss_1d`` and the logits' gradient over the logits in
+    place; ``torch.mm(out=grad_input[chunk])`` and, for the weight, ``torch.addmm(out=grad_weight)``
+    (bf16 on sm80+) allocate nothing; after the loop ``del logits_storage``; ``torch.sum(loss_1d)``
+    the fp32 scalar loss; ``grad_weight.to(weight.dtype)`` is no copy. Saved: grad_input and
+    grad_weight (``.detach()``: the same storage).
+
+    backward (``fused_linear_cross_entropy_backward``): ``torch.equal(grad_output,
+    torch.tensor(1.0, device))``, on CUDA a 4 B fp32 scalar and ``eq(...).all()`` (two bool
+    scalars); when not equal (``loss / grad_accum``) ``element_mul_kernel`` scales grad_input and
+    grad_weight in place. Returns the saved tensors themselves as the gradients.
+
+    ``probe`` (set by the trace, ``_tracked``) is called with "forward" inside the first chunk
+    and with "backward" at ``torch.equal``, the moments the estimate's liger candidates
+    describe, so the record carries the live bytes there (``training.liger_live_bytes``)."""
+
+    probe: Any = None
+
+    @staticmethod
+    def forward(ctx, x, weight, target):
+        n, h = x.shape
+        v = weight.shape[0]
+        dev = x.device
+        chunk = liger_chunk_size(n, h, v)
+        grad_input = torch.zeros_like(x)
+        grad_weight = torch.zeros_like(weight) if weight.requires_grad else None
+        loss_1d = torch.zeros(n, dtype=torch.float32, device=dev)
+        target_mask = target != -100
+        n_non_ignore = target_mask.sum()  # .item() on a GPU; data-dependent under fake tensors
+        del n_non_ignore
+        logits_storage = torch.empty((chunk, v), dtype=x.dtype, device=dev)
+        for start in range(0, n, chunk):
+            end = min(start + chunk, n)
+            x_chunk = x[start:end]
+            logits_chunk = logits_storage[: end - start]
+            torch.mm(x_chunk, weight.t(), out=logits_chunk)
+            # liger_cross_entropy_kernel: loss into loss_1d[start:end], gradient over logits_chunk
+            torch.mm(logits_chunk, weight, out=grad_input[start:end])
+            if grad_weight is not None:
+                torch.addmm(grad_weight, logits_chunk.t(), x_chunk, out=grad_weight)
+            if start == 0 and LigerFusedLinearCrossEntropy.probe is not None:
+                LigerFusedLinearCrossEntropy.probe("forward")
+            del x_chunk, logits_chunk
+        del logits_storage, target_mask
+        loss = torch.sum(loss_1d)
+        ctx.save_for_backward(grad_input, grad_weight)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_input, grad_weight = ctx.saved_tensors
+        one = torch.ones((), dtype=torch.float32, device=grad_output.device)  # torch.tensor(1.0, device)
+        eq = grad_output.eq(one)  # torch.equal on CUDA (cuda_equal): eq(...).all().item()
+        equal = eq.all()
+        if LigerFusedLinearCrossEntropy.probe is not None:
+            LigerFusedLinearCrossEntropy.probe("backward")
+        del one, eq, equal
+        grad_input.mul_(grad_output)  # element_mul_kernel, in place (a no-op scale when grad_output is 1)
+        if grad_weight is not None:
+            grad_weight.mul_(grad_output)
+        return grad_input, grad_weight, None
+
+
+def liger_lce_forward(
+    self,
+    input_ids=None,
+    attention_mask=None,
+    position_ids=None,
+    cache=None,
+    inputs_embeds=None,
+    labels=None,
+    use_cache=None,
+    logits_to_keep=0,
+    **kwargs,
+):
+    """liger-kernel 0.8.5 ``lce_forward`` (``transformers/model/llama.py``) on transformers 5.24's
+    ``LlamaForCausalLM.forward`` signature: in training with labels the logits are never
+    materialised; ``LigerForCausalLMLoss`` (``transformers/model/loss_utils.py``) pads the labels
+    (``pad(labels, (0, 1), value=-100)``, ``[..., 1:].contiguous()``), flattens and calls the
+    fused linear cross-entropy with lm_head's weight."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    outputs = self.model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache=cache,
+        inputs_embeds=inputs_embeds,
+        use_cache=use_cache,
+        **kwargs,
+    )
+    hidden_states = outputs[0]
+    slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+    kept = hidden_states[:, slice_indices, :]
+    if not (self.training and labels is not None):
+        raise NotImplementedError("the liger stand-in models the training step with labels only")
+    padded = nn.functional.pad(labels, (0, 1), value=-100)
+    shift_labels = padded[..., 1:].contiguous()
+    flat = kept.view(-1, self.config.hidden_size)
+    target = shift_labels.view(-1).to(flat.device)
+    loss = LigerFusedLinearCrossEntropy.apply(flat, self.lm_head.weight, target)
+    return CausalLMOutputWithPast(
+        loss=loss, logits=None, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+    )
+
+
+def apply_liger_loss(model, device: str) -> None:
+    """Swap the base model's forward for liger's as ``_apply_liger_kernel_to_instance`` (via the
+    Trainer's ``apply_liger_kernel``, which unwraps PEFT first) binds it: trace, the stand-in
+    above; cuda, liger-kernel itself when installed (only its fused linear cross-entropy)."""
+    import types
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if device == "cuda":
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        except ImportError:
+            raise SettingsError("loss=liger on cuda needs liger-kernel installed") from None
+        _apply_liger_kernel_to_instance(model=base, rope=False, rms_norm=False, swiglu=False)
+        return
+    base.forward = types.MethodType(liger_lce_forward, base)
 
 
 @functools.cache
@@ -816,8 +971,18 @@ def _tracked(s: dict[str, Any], r: dict[str, Any], device: str, model) -> None:
         tracker.reset_peak()
         cur["name"] = name
 
-    with tracker:
-        info = run_step(model, opt, s, device, phase, tracker)
+    liger: dict[str, int] = {}
+    if s.get("loss") == "liger":
+
+        def probe(name: str) -> None:
+            liger[name] = max(liger.get(name, 0), tracker.live)
+
+        LigerFusedLinearCrossEntropy.probe = probe
+    try:
+        with tracker:
+            info = run_step(model, opt, s, device, phase, tracker)
+    finally:
+        LigerFusedLinearCrossEntropy.probe = None
     final = static_bytes(model, opt)
     # weights after the step: a 4-bit Linear's bias is cast back to bf16 by its first forward
     w = final["weights_bytes"] + final["adapter_weights_bytes"]
@@ -835,6 +1000,8 @@ def _tracked(s: dict[str, Any], r: dict[str, Any], device: str, model) -> None:
         "end_live_bytes": end_live,
         "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
+    if liger:
+        r["training"]["liger_live_bytes"] = liger  # live bytes at liger's forward and backward moments
     r["weights_bytes"] = w
     r["kv_cache_bytes"] = 0
     best = max(raw, key=lambda n: raw[n])
@@ -874,6 +1041,9 @@ def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
     # to the base layer's device, which a fake tensor cannot be swapped to); then materialised
     model = prepare(build(s, "meta"), s)
     _cuda_dropouts(model)
+    if s.get("loss") == "liger":
+        r["details"]["loss"] = "liger fused linear cross-entropy stand-in (liger-kernel 0.8.5)"
+        apply_liger_loss(model, "meta")
     with FakeTensorMode(allow_non_fake_inputs=True):
         _tracked(s, r, "meta", _materialised(model, "meta"))
 
@@ -894,6 +1064,8 @@ def _run_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
         "device_used_bytes": "NVML used memory of this process at the end of the phase",
     }
     model = prepare(build(s, "cuda"), s)
+    if s.get("loss") == "liger":
+        apply_liger_loss(model, "cuda")
     opt = make_optimizer(model, s, "cuda")
     torch.cuda.synchronize()
     st = static_bytes(model, opt)

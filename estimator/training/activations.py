@@ -40,6 +40,9 @@ are [1, N, head_dim], the loss sees one sequence of N tokens, and the collator's
 labels [1, N] int64 are inputs alive all micro-batch; with checkpointing SDPA's bool block-causal
 mask [1, 1, N, N] is an argument of every layer (and position_ids is the input, not a new one).
 
+With ``loss="liger"`` the loss's rows (log_softmax's output, the labels, nll's scalars and a
+trainable lm_head's saved norm output) give way to Liger's saved gradients (``loss.py``).
+
 Gradient checkpointing (``gradient_checkpointing_enable``, reentrant or not, every layer): each
 layer keeps only its input hidden states (a N H); cos, sin and ``cache_position`` [T] int64 are
 saved once as checkpoint inputs.
@@ -64,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import ModelSpec
+from .loss import liger_saved_rows
 from .params import LAYER_TARGETS
 
 FP32 = 4
@@ -100,9 +104,12 @@ def saved_tensors(
     quant: str = "bf16",
     packed: bool = False,
     attn_implementation: str = "sdpa",
+    loss: str = "transformers",
 ) -> Saved:
     """Everything autograd holds at the end of the forward (module docstring; ``mixed``: under
-    bf16 autocast, ``_layer``; a packed row: one row of N tokens, ``packed_rows``)."""
+    bf16 autocast, ``_layer``; a packed row: one row of N tokens, ``packed_rows``;
+    ``loss="liger"``: the fused linear cross-entropy's saved gradients instead of the logits'
+    rows, ``loss.py``)."""
     b, T = micro_batch, seq_len
     N = b * T
     kernel = attention_kernel(method, packed, attn_implementation, mixed)
@@ -180,6 +187,10 @@ def saved_tensors(
         # bf16, and saves both
         rows.append(("final norm output cast to bf16 (lm_head weight grad)", 2 * N * H, 1))
         rows.append(("lm_head weight cast (saved)", 2 * V * H, 1))
+    elif loss == "liger":
+        rows += liger_saved_rows(spec, method, N, a)
+        rows.append(("input_ids", INT64 * N, 1))
+        return Saved(tuple(rows))
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
@@ -462,6 +473,59 @@ def attention_rows(
     return rows
 
 
+def recompute_up_proj_rows(
+    spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) with non-reentrant checkpointing:
+    the live tensors, besides weights, states and gradients, when backward recomputes a decoder
+    layer (``layers_kept`` - 1 is its index: the checkpointed inputs of the later layers are gone)
+    and the recompute reaches up_proj's LoRA term, its largest moment (torch.utils.checkpoint
+    recomputes on the first unpack of a saved tensor, here lora_B's input in down_proj's backward,
+    and stops once down_proj's saved tensors exist; gate's moment holds less, down's smaller
+    temporaries when I > 1.5 H). Observed in the trace and derived:
+
+    - outside the layer: ``layers_kept`` checkpointed inputs, ``cache_position``, cos and sin, the
+      input ids, the loss and the backward seed (the final norm's tensors and liger's
+      ``grad_input`` are gone);
+    - the gradient of the layer's output (a N H), and down_proj's backward so far: the base
+      output's gradient (``result.to(bf16)``'s backward, then the add: a N H bf16) and the LoRA
+      term's (``* scaling``'s backward: fp32 N H);
+    - the recomputed layer, saved for backward so far: both norms (fp32 input, rsqrt), q, k, v, o,
+      gate and up's fp32 input casts and ``lora_A`` outputs, flash's q, k, v, out and logsumexp,
+      gate's output and ``silu``'s; alive but not saved: the residual after attention and the MLP
+      input (a N H each); up_proj's base output (a N I), ``lora_B``'s fp32 output and its scaled
+      copy (4 N I each)."""
+    del grad_checkpointing  # non-reentrant only (estimate._estimate)
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, I = spec.hidden_size, spec.intermediate_size
+    a, ab = 2, FP32
+    rows: list[tuple[str, int, int]] = [
+        ("checkpointed layer inputs", a * N * H, layers_kept),
+        ("cache_position", INT64 * T, 1),
+        ("rotary cos, sin", a * T * spec.head_dim, 2),
+        ("input_ids", INT64 * N, 1),
+        ("loss, backward seed", FP32, 2),
+        ("the layer output's gradient", a * N * H, 1),
+        ("down_proj base output's gradient", a * N * H, 1),
+        ("down_proj LoRA term's gradient", ab * N * H, 1),
+    ]
+
+    def norm(count: int) -> None:
+        rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
+        rows.append(("rmsnorm rsqrt", FP32 * N, count))
+
+    layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
+    rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+    rows += [
+        ("gate output, silu output", a * N * I, 2),
+        ("residual after attention, MLP input", a * N * H, 2),
+        ("up_proj base output", a * N * I, 1),
+        ("up_proj lora_B output and its scaled copy", ab * N * I, 2),
+    ]
+    return rows
+
+
 def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
     """An embedding adapter's element size: QLoRA's embedding is fp32, and PEFT gives the adapter
     its base weight's float dtype (static.trainable_tensors)."""
@@ -504,6 +568,7 @@ def loss_forward_bytes(
     mixed: bool = False,
     quant: str = "bf16",
     use_cache: bool = True,
+    logits: bool = True,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
@@ -516,18 +581,22 @@ def loss_forward_bytes(
     Under autocast the logits are bf16 (lm_head is a lower-precision op) for every method.
     (accelerate's ``convert_outputs_to_fp32`` copies the bf16 logits to fp32 after the forward,
     when the autocast cache and the loss's own copies are gone: never above this moment.) A
-    packed row is passed as (N, 1), with ``use_cache=False``: no cache."""
+    packed row is passed as (N, 1), with ``use_cache=False``: no cache. With ``logits=False`` only
+    that cache (liger's ``lce_forward`` keeps the decoder's output, and so the cache, while its
+    loss runs; its own tensors are ``loss.liger_forward_rows``)."""
     N = seq_len * micro_batch
     a = act_bytes(method, quant)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
-    logits = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
+    vn = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
     # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
     norm_out = 0 if method == "full" and a == 2 else a * N * spec.hidden_size
     # fp32 master weights: v_proj's output is bf16 (saved by flash as it is), k after rotary fp32
     kv = 1 if method == "full" else 2
     cache = kv * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
     cache = cache if use_cache else 0
-    return logits + norm_out + pad + cache
+    if not logits:
+        return cache
+    return vn + norm_out + pad + cache
 
 
 def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_accum: int) -> list[tuple[str, int, int]]:

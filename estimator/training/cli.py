@@ -19,7 +19,7 @@ from ..model import DEFAULT_PRESET
 from ..units import GiB, one_line, parse_context, parse_int, parse_size
 from .estimate import BREAKDOWN_KEYS, TRAINING_COUNTERS, estimate_training
 from .params import METHODS
-from .settings import ATTN_IMPLEMENTATIONS, GRAD_CHECKPOINTING, MIXED_PRECISION
+from .settings import ATTN_IMPLEMENTATIONS, GRAD_CHECKPOINTING, LOSSES, MIXED_PRECISION
 from .solve import best_method, max_micro_batch, max_seq_len, smallest_gpu
 from .static import OPTIMIZERS, QLORA_QUANTS
 
@@ -60,6 +60,12 @@ def add_parser(sub: Any) -> None:
         help="padding-free: the micro-batch's sequences flattened into one row (DataCollatorWithFlattening)",
     )
     p.add_argument("--attn-implementation", default="sdpa", help=f"{', '.join(ATTN_IMPLEMENTATIONS)} (default sdpa)")
+    p.add_argument(
+        "--loss",
+        default="transformers",
+        help=f"{', '.join(LOSSES)}: transformers' ForCausalLMLoss or Liger's fused linear cross-entropy "
+        "(the Trainer's use_liger_kernel) (default transformers)",
+    )
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument(
@@ -90,6 +96,7 @@ def _kw(args: argparse.Namespace) -> dict[str, Any]:
         mixed_precision=args.mixed_precision,
         packed=args.packed,
         attn_implementation=args.attn_implementation,
+        loss=args.loss,
     )
     if args.quant is not None:
         kw["quant"] = args.quant
@@ -146,6 +153,8 @@ def format_training(d: dict[str, Any]) -> str:
         head += " packed"
     if s.get("attn_implementation", "sdpa") != "sdpa":
         head += f" attn={s['attn_implementation']}"
+    if s.get("loss", "transformers") != "transformers":
+        head += f" loss={s['loss']}"
     out = [head, d["trainable_line"], ""]
     out += [f"  {k.replace('_', ' '):<24}{_gib(v):>14}" for k, v in d["breakdown"].items() if k in BREAKDOWN_KEYS]
     if d["paged_bytes"]:

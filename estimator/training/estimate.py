@@ -10,6 +10,14 @@ micro-batch after the first), over these candidates, each the exact set of live 
 - ``backward (end)``, full fine-tuning: every gradient and, tied, the [V, H] gradient sum;
 - ``optimizer step``: weights, adapters, gradients, states and the step's temporaries.
 
+With ``loss="liger"`` (``loss``: Liger's fused linear cross-entropy) the loss's candidates are
+``forward (loss)`` at its chunk loop, ``backward (liger)`` at its backward and, for LoRA and
+QLoRA, ``backward (final norm)``: the final RMSNorm's backward right after it, which the logits'
+[N, V] tensors no longer hide; for LoRA all-linear (fp32 adapters, no dropout) with non-reentrant
+checkpointing also ``backward (recompute up_proj)``, a layer's recompute inside backward
+(``activations.recompute_up_proj_rows``). These are liger-only: the default loss's candidates
+and numbers are unchanged.
+
 Moments inside the decoder layers' backward are not candidates: there every layer's saved
 tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
 layer's backward temporaries for a vocabulary as large as Llama 3's (checked by the trace on the
@@ -48,8 +56,10 @@ from .activations import (
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
+    recompute_up_proj_rows,
     saved_tensors,
 )
+from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
 from .settings import TrainSettings
 from .static import (
@@ -157,14 +167,16 @@ RECORD_FIELDS = (
     "mixed_precision",
     "packed",
     "attn_implementation",
+    "loss",
 )
 
 
 def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     """The ``TrainSettings`` a runtime training record's settings state (the runtime, its
     validation report and the tests estimate a record through this one mapping)."""
-    # records made before mixed precision and packed batches lack those fields: the defaults
-    defaults = {"mixed_precision": "off", "packed": False, "attn_implementation": "sdpa"}
+    # records made before mixed precision, packed batches and the loss setting lack those
+    # fields: the defaults
+    defaults = {"mixed_precision": "off", "packed": False, "attn_implementation": "sdpa", "loss": "transformers"}
     return make_train_settings(s["model"], gpu=gpu, **{k: s.get(k, defaults.get(k)) for k in RECORD_FIELDS})
 
 
@@ -181,7 +193,8 @@ def estimate_training(
     Keywords: rank, targets ("all-linear" or "q,k,v,o"...), dropout, quant (qlora: nf4, nf4-dq,
     fp4, fp4-dq), adapter_dtype, optimizer, seq_len, micro_batch, grad_accum,
     grad_checkpointing ("off", "non-reentrant", "reentrant"), packed (one padding-free row),
-    attn_implementation ("sdpa", "flash_attention_2"). ``model`` may be a TrainSettings."""
+    attn_implementation ("sdpa", "flash_attention_2"), mixed_precision ("off", "bf16"), loss
+    ("transformers", "liger"). ``model`` may be a TrainSettings."""
     if isinstance(model, TrainSettings):
         s = model
     else:
@@ -251,6 +264,15 @@ def _grads_before_attention(
     return tuple((t.nbytes, 1) for t in tr if t.name.startswith(after) or t.name.startswith("lm_head."))
 
 
+@functools.lru_cache(maxsize=256)
+def _grads_after_layer(spec: ModelSpec, rank: int, targets: tuple[str, ...], layer: int) -> tuple[tuple[int, int], ...]:
+    """LoRA gradients made before backward reaches decoder layer ``layer`` (first micro-batch):
+    the adapters of every later layer (fp32 adapters)."""
+    tr = trainable_tensors(spec, "lora", rank, targets, "fp32")
+    later = [t for t in tr if t.name.startswith("model.layers.") and int(t.name.split(".")[2]) > layer]
+    return tuple((t.nbytes, 1) for t in later)
+
+
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
     if s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS:
         # before sm80 there is no flash kernel (SDPA falls back to math with GQA) and no bf16 GEMM
@@ -285,11 +307,13 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         quant=s.quant,
         packed=s.packed,
         attn_implementation=s.attn_implementation,
+        loss=s.loss,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
+    bwd_name = "backward (log_softmax)"
     fwd_rows = [(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed), 1)]
     if mixed and s.method != "full" and s.adapter_dtype == "fp32":
         # the autocast cache's adapter weight casts the linears did not save (alive until the
@@ -311,10 +335,42 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
     fwd = _group(fwd_rows)
     bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, T, b, s.grad_accum)])
+    if s.loss == "liger":  # (settings: not with autocast or a packed row)
+        kv_cache = loss_forward_bytes(
+            s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch, quant=s.quant, logits=False
+        )
+        liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
+        fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)])
+        bwd = _group([(n, c) for _, n, c in liger_backward_rows(s.grad_accum)])
+        bwd_name = "backward (liger)"
     cands: dict[str, list[_Group]] = {
         "forward (loss)": resident + [saved_g, fwd],
-        "backward (log_softmax)": resident + [saved_g, bwd],
+        bwd_name: resident + [saved_g, bwd],
     }
+    if s.loss == "liger" and s.method != "full":
+        # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
+        # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)
+        rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum)
+        cands["backward (final norm)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
+    if (
+        s.loss == "liger"
+        and s.method == "lora"
+        and s.grad_checkpointing == "non-reentrant"
+        and s.targets == LAYER_TARGETS
+        and s.adapter_dtype == "fp32"
+        and s.dropout == 0
+    ):
+        # backward recomputes a checkpointed layer: the last one (every checkpointed input kept)
+        # or the first (every later layer's adapter gradients made, in the first micro-batch)
+        L = s.model.num_hidden_layers
+        best: list[_Group] = []
+        for layer in (L - 1, 0):
+            rows = recompute_up_proj_rows(s.model, s.rank, s.grad_checkpointing, s.seq_len, s.micro_batch, layer + 1)
+            done = [] if s.grad_accum > 1 else list(_grads_after_layer(s.model, s.rank, s.targets, layer))
+            groups = resident + [_group([(n, c) for _, n, c in rows] + done)]
+            if not best or sum(x.rounded for x in groups) > sum(x.rounded for x in best):
+                best = groups
+        cands["backward (recompute up_proj)"] = best
     if s.method == "full":
         end = [(8 * s.tokens, 1), (4, 2)]
         if s.packed:  # position_ids and labels, the loop's inputs
@@ -383,8 +439,9 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     grads_at_peak = st.gradients_bytes if (phase in ("optimizer step", "backward (end)") or s.grad_accum > 1) else 0
     # the tied gradient sum and the step's temporaries are transients; so is everything not static
     activations = max(0, sums[phase][0] - static_at_peak - grads_at_peak)
-    transient = max(0, activations - saved.nbytes) if phase.startswith(("forward", "backward (log")) else activations
-    saved_at_peak = saved.nbytes if phase.startswith(("forward", "backward (log")) else 0
+    at_loss = phase.startswith(("forward", "backward (log", "backward (liger", "backward (final"))
+    transient = max(0, activations - saved.nbytes) if at_loss else activations
+    saved_at_peak = saved.nbytes if at_loss else 0
     overhead = device - w_total - grads_at_peak - st.optimizer_states_bytes - activations
     breakdown = {
         "weights": st.weights_bytes,

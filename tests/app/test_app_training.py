@@ -71,3 +71,32 @@ def test_precision_and_fp32_master_weights(at):
     full = estimate_training("llama-3.2-3b", "full", quant="fp32", seq_len=4096, gpu=gpu, mixed_precision="bf16")
     assert at.metric[0].value == format_gib(full.device_used_bytes)
     assert "fp32 master weights" in at.caption[0].value
+
+
+def test_packing_attention_and_loss_controls(at):
+    """The expander's packed row, attention implementation and Liger loss reach the estimate; a
+    combination the estimate refuses shows st.error naming the field, not a traceback."""
+    gpu = state.DEFAULTS[state.GPU]
+    at.selectbox(key=training.SEQ_LEN).set_value(8192).run()
+    at.selectbox(key=training.LOSS).set_value("liger").run()
+    assert not at.exception and not at.error
+    e = estimate_training("llama-3.2-3b", "lora", seq_len=8192, gpu=gpu, loss="liger")
+    assert at.metric[0].value == format_gib(e.device_used_bytes)
+    at.selectbox(key=training.LOSS).set_value("transformers").run()
+    at.number_input(key=training.MICRO_BATCH).set_value(2).run()
+    at.checkbox(key=training.PACKED).check().run()
+    at.selectbox(key=training.ATTN).set_value("flash_attention_2").run()
+    assert not at.exception and not at.error
+    p = estimate_training(
+        "llama-3.2-3b",
+        "lora",
+        seq_len=8192,
+        micro_batch=2,
+        gpu=gpu,
+        packed=True,
+        attn_implementation="flash_attention_2",
+    )
+    assert at.metric[0].value == format_gib(p.device_used_bytes)
+    at.selectbox(key=training.LOSS).set_value("liger").run()  # liger on a packed row: refused
+    assert not at.exception
+    assert at.error and "loss" in at.error[0].value

@@ -3,7 +3,9 @@
 # QLoRA (NF4 base, prepare_model_for_kbit_training) at 512, 2K and 8K tokens with and without
 # gradient checkpointing, full fine-tuning with AdamW at 512 and 2K; then the Trainer's bf16=True
 # (--mixed-precision bf16: autocast around the forward): LoRA and QLoRA at 2K and 8K with and
-# without checkpointing, full fine-tuning with fp32 master weights at 512 and 2K. Appends to validation/training/trace.jsonl (one JSON line per point);
+# without checkpointing, full fine-tuning with fp32 master weights at 512 and 2K; packed rows.
+# Appends to validation/training/trace.jsonl (one JSON line per point);
+# on the trace device also LoRA and QLoRA at 8K with Liger's fused linear cross-entropy (--loss liger) to validation/training/liger.jsonl;
 # `python -m estimator train --compare validation/training/trace.jsonl` compares it.
 #   bash validation/training/grid.sh [OUT.jsonl] [--device trace|cuda]
 set -euo pipefail
@@ -45,3 +47,11 @@ done
 for gc in off non-reentrant; do
   run --method qlora --rank 16 --targets all-linear --seq-len 2048 --micro-batch 4 --packed --grad-checkpointing "$gc"
 done
+if [ "$DEVICE" = trace ]; then
+  for method in lora qlora; do
+    for gc in off non-reentrant; do
+      "$PY" -m runtime train-measure --device trace --out "${LIGER_OUT:-validation/training/liger.jsonl}" --json \
+        --method "$method" --rank 16 --targets all-linear --seq-len 8192 --grad-checkpointing "$gc" --loss liger >/dev/null
+    done
+  done
+fi

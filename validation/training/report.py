@@ -27,8 +27,11 @@ PHASES = {
         "backward (end)",
         "backward (last layer attention)",
         "backward (lm_head weight grad)",
+        "backward (liger)",
+        "backward (final norm)",
     ),
 }
+LIGER = HERE / "liger.jsonl"  # loss="liger" points (grid.sh), a section of their own
 
 
 def point(s: dict[str, Any]) -> str:
@@ -151,9 +154,62 @@ def packed_markdown(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def markdown(records: list[dict[str, Any]]) -> str:
+def _load(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def liger_markdown(records: list[dict[str, Any]]) -> list[str]:
+    """The ``--loss liger`` points: the step's peak, and the live bytes the stand-in reports inside
+    liger's chunk loop and at its backward against the estimate's candidates for those moments."""
+    lines = [
+        "## Liger (`--loss liger`)",
+        "",
+        "Liger-Kernel's fused linear cross-entropy (what the Trainer's `use_liger_kernel` swaps in for",
+        "lm_head + `ForCausalLMLoss`; liger-kernel 0.8.5, stand-in `LigerFusedLinearCrossEntropy` in",
+        "`runtime/train.py`, estimate `estimator/training/loss.py`), same model, LoRA and QLoRA settings",
+        "(`bash validation/training/grid.sh` runs them), e.g.:",
+        "",
+        "```bash",
+        "python -m runtime train-measure --device trace --method lora --rank 16 --targets all-linear \\",
+        "    --seq-len 8192 --grad-checkpointing off --loss liger --out validation/training/liger.jsonl",
+        "```",
+        "",
+        "| point | step peak: trace (B) | estimate (B) | diff (B) | estimate's phase "
+        "| liger forward: trace / estimate | liger backward: trace / estimate |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for r in records:
+        s, t = r["settings"], r["training"]
+        e = estimate_for(s)
+        peak = max(t["peak_live_bytes"].values())
+        lv = t.get("liger_live_bytes", {})
+        fwd, bwd = e.candidates["forward (loss)"], e.candidates["backward (liger)"]
+        lines.append(
+            f"| {s['method']} {s['quant']} T={s['seq_len']:,} ckpt={s['grad_checkpointing']} | {peak:,} | "
+            f"{e.peak_live_bytes:,} | {e.peak_live_bytes - peak:,} | {e.peak_phase} | "
+            f"{lv.get('forward', 0):,} / {fwd:,} | {lv.get('backward', 0):,} / {bwd:,} |"
+        )
+    lines += [
+        "",
+        "LoRA without checkpointing peaks in the final RMSNorm's backward, right after liger's",
+        "(five fp32 [N, H] tensors). With non-reentrant checkpointing it peaks while backward",
+        "recomputes the last decoder layer (torch.utils.checkpoint recomputes on the first unpack, in",
+        "down_proj's backward): the layer's saved tensors held again, down_proj's two output",
+        "gradients, and up_proj's LoRA term with its fp32 [N, I] temporaries",
+        "(`activations.recompute_up_proj_rows`). Liger's forward and backward columns are the live",
+        "bytes the stand-in reports at those two moments of the loss itself. QLoRA at 8K tokens",
+        "still peaks in the last layer's fp32 math attention backward (b x h x T x T tensors), so",
+        "liger saves little there (without checkpointing the [N, V] tensors were a small part;",
+        "with checkpointing nothing: compare the QLoRA rows of the table above).",
+        "",
+    ]
+    return lines
+
+
+def markdown(records: list[dict[str, Any]], liger: list[dict[str, Any]] | None = None) -> str:
     if records and records[0]["settings"].get("device") == "cuda":
         return cuda_markdown(records)
+    liger = _load(LIGER) if liger is None else liger
     batched = [r for r in records if _batched(r)]
     records = [r for r in records if not _batched(r)]
     env = records[0]["environment"] if records else {}
@@ -220,6 +276,8 @@ def markdown(records: list[dict[str, Any]]) -> str:
         "",
     ]
     lines += packed_markdown(batched)
+    if liger:
+        lines += liger_markdown(liger)
     return "\n".join(lines)
 
 
