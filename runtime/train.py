@@ -1016,7 +1016,14 @@ def _materialised(model, device: str):
     if device != "meta":
         return model
     model.to_empty(device="meta")
-    model.tie_weights()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = getattr(base, "lm_head", None)
+    if head is not None and hasattr(head, "base_layer") and base.config.tie_word_embeddings:
+        # PEFT wraps a tied lm_head (LoRA on lm_head): its base layer keeps the embedding's
+        # weight (transformers' tie_weights cannot set ``weight`` on the wrapper)
+        head.base_layer.weight = base.get_input_embeddings().weight
+    else:
+        model.tie_weights()
     for m in model.modules():
         if hasattr(m, "materialise") and hasattr(m, "layout"):
             m.materialise("meta")

@@ -182,17 +182,19 @@ def saved_tensors(
         # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
         # input's gradient
         rows.append(("lm_head weight cast to bf16", 2 * V * H, 1))
+    if loss == "liger":  # (settings: no autocast, no lm_head adapter)
+        rows += liger_saved_rows(spec, method, N, a)
+        rows.append(("input_ids", INT64 * N, 1))
+        return Saved(tuple(rows))
     if full and mixed and a == 4:
         # fp32 master weights: lm_head casts the final norm's output and (cached) its weight to
         # bf16, and saves both
         rows.append(("final norm output cast to bf16 (lm_head weight grad)", 2 * N * H, 1))
         rows.append(("lm_head weight cast (saved)", 2 * V * H, 1))
-    elif loss == "liger":
-        rows += liger_saved_rows(spec, method, N, a)
-        rows.append(("input_ids", INT64 * N, 1))
-        return Saved(tuple(rows))
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
+    elif "lm_head" in targets:  # (estimate: no autocast, dropout or packed row)
+        rows += lm_head_lora_rows(spec, method, rank, adapter_bytes, N)
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
     rows.append(("loss, nll total_weight", FP32, 2))
@@ -298,11 +300,18 @@ def _layer(
             ("attention logsumexp", FP32 * b * h * T, count),
         ]
     elif attn_grad:  # SDPA's math path (fp32): scaled q, scaled k^T and v expanded to h heads, probs
-        rows += [
-            ("q scaled", a * N * qd, count),
-            ("k^T scaled, v expanded to every head", a * b * h * T * d, 2 * count),
-            ("attention probabilities", a * b * h * T * T, count),
-        ]
+        # q @ k^T saves each operand for the other's gradient: the scaled q only when k requires
+        # grad, k^T only when q does (a first layer whose input needs no grad, with no k or no q
+        # adapter); probs @ v saves v when the probabilities require grad and the probabilities
+        # (softmax's output, which softmax saves too) for v's
+        q_grad, k_grad = in_grad or "q" in tg, in_grad or "k" in tg
+        if k_grad:
+            rows.append(("q scaled", a * N * qd, count))
+        if q_grad:
+            rows.append(("k^T scaled", a * b * h * T * d, count))
+        if q_grad or k_grad:  # the probabilities require grad
+            rows.append(("v expanded to every head", a * b * h * T * d, count))
+        rows.append(("attention probabilities", a * b * h * T * T, count))
     # o_proj's input: flash's saved output (a view); the math path's transpose(1, 2).contiguous() copy
     if "o" in tg and lora("o", qd, attn_grad) and not (attn_grad and flash):
         rows.append(("o_proj input", a * N * qd, count))
@@ -473,6 +482,38 @@ def attention_rows(
     return rows
 
 
+def lm_head_lora_rows(spec: ModelSpec, method: str, rank: int, ab: int, N: int) -> list[tuple[str, int, int]]:
+    """LoRA on lm_head (peft ``lora.Linear`` around it): ``lora_A`` saves its input, the final
+    norm's output cast to the adapter dtype (a fresh copy when the dtypes differ; else the norm's
+    output itself, which is then saved rather than a transient: ``lm_head_shares_input``), and
+    ``lora_B`` saves ``lora_A``'s output [N, r]."""
+    rows = [("lm_head lora_A output", ab * N * rank, 1)]
+    if lm_head_shares_input(method, ab):
+        rows.append(("final norm output (lm_head lora_A input)", act_bytes(method) * N * spec.hidden_size, 1))
+    else:
+        rows.append(("lm_head input cast to the adapter dtype", ab * N * spec.hidden_size, 1))
+    return rows
+
+
+def lm_head_shares_input(method: str, ab: int) -> bool:
+    """Whether lm_head's ``lora_A`` saves the final norm's output itself (same dtype)."""
+    return ab == act_bytes(method)
+
+
+def lm_head_lora_forward_rows(method: str, ab: int, N: int, V: int) -> list[tuple[str, int, int]]:
+    """Inside lm_head's LoRA forward, at ``result + lora_B(...) * scaling``: the base logits (in
+    lm_head's dtype: bf16, or fp32 for QLoRA's upcast head), the scaled LoRA term (adapter dtype)
+    and their sum (the wider of the two); at the multiply the unscaled term stands for the sum,
+    the same bytes. QLoRA's head (4 B) makes this the forward's peak: 12 N V bytes against the
+    loss's 8 N V."""
+    base = act_bytes(method)
+    return [
+        ("lm_head base logits", base * N * V, 1),
+        ("lm_head LoRA term, scaled", ab * N * V, 1),
+        ("their sum", max(base, ab) * N * V, 1),
+    ]
+
+
 def recompute_up_proj_rows(
     spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
 ) -> list[tuple[str, int, int]]:
@@ -569,6 +610,7 @@ def loss_forward_bytes(
     quant: str = "bf16",
     use_cache: bool = True,
     logits: bool = True,
+    norm_out_saved: bool = False,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
@@ -589,7 +631,7 @@ def loss_forward_bytes(
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
     vn = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
     # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
-    norm_out = 0 if method == "full" and a == 2 else a * N * spec.hidden_size
+    norm_out = 0 if (method == "full" and a == 2) or norm_out_saved else a * N * spec.hidden_size
     # fp32 master weights: v_proj's output is bf16 (saved by flash as it is), k after rotary fp32
     kv = 1 if method == "full" else 2
     cache = kv * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0

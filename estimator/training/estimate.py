@@ -53,6 +53,8 @@ from .activations import (
     adapter_cast_sizes,
     embedding_end_rows,
     layer_linears,
+    lm_head_lora_forward_rows,
+    lm_head_shares_input,
     loss_backward_rows,
     loss_forward_bytes,
     math_attention_backward_rows,
@@ -279,11 +281,15 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         raise InvalidSpecError(
             f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
         )
-    if s.method != "full" and "lm_head" in s.targets:
-        # trainable_params counts it (checked against PEFT); its activations are not modelled
+    if (
+        s.method != "full"
+        and "lm_head" in s.targets
+        and (s.mixed_precision != "off" or s.dropout > 0 or s.loss != "transformers" or s.packed)
+    ):
+        # traced without autocast, dropout, the Liger loss and packed rows only
         raise InvalidSpecError(
-            "targets: LoRA on lm_head changes the loss's saved tensors, which are not modelled yet "
-            "(count it with trainable_params): 'lm_head'"
+            "targets: LoRA on lm_head is modelled without mixed precision, dropout, the Liger loss "
+            "or a packed row: 'lm_head'"
         )
     mixed = s.mixed_precision != "off"
     if mixed and s.method != "full" and "embed" in s.targets:
@@ -314,7 +320,16 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
     bwd_name = "backward (log_softmax)"
-    fwd_rows = [(loss_forward_bytes(s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed), 1)]
+    head_lora = s.method != "full" and "lm_head" in s.targets
+    shares = head_lora and lm_head_shares_input(s.method, DTYPE_BYTES[s.adapter_dtype])
+    fwd_rows = [
+        (
+            loss_forward_bytes(
+                s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
+            ),
+            1,
+        )
+    ]
     if mixed and s.method != "full" and s.adapter_dtype == "fp32":
         # the autocast cache's adapter weight casts the linears did not save (alive until the
         # forward's autocast region exits, after the loss)
@@ -347,6 +362,19 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         "forward (loss)": resident + [saved_g, fwd],
         bwd_name: resident + [saved_g, bwd],
     }
+    if head_lora:
+        # inside lm_head's LoRA forward: the loss's rows do not exist yet
+        loss_rows = ("log_softmax output fp32", "labels (padded)", "shift_labels", "loss, nll total_weight")
+        before = [(n, c) for what, n, c in saved.rows if not what.startswith(loss_rows)]
+        N, V, H = s.tokens, s.model.vocab_size, s.model.hidden_size
+        head = lm_head_lora_forward_rows(s.method, DTYPE_BYTES[s.adapter_dtype], N, V)
+        norm_out = [] if shares else [(act_bytes(s.method) * N * H, 1)]
+        kv_rows = loss_forward_bytes(
+            s.model, s.method, s.grad_checkpointing, T, b, use_cache=not s.packed, logits=False
+        )
+        cands["forward (lm_head LoRA)"] = resident + [
+            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_rows, 1)])
+        ]
     if s.loss == "liger" and s.method != "full":
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
         # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)

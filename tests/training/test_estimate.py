@@ -57,7 +57,7 @@ def _estimate(s):
 
 
 PHASE_OF = {
-    "forward": ("forward (loss)",),
+    "forward": ("forward (loss)", "forward (lm_head LoRA)"),
     "backward": ("backward (log_softmax)", "backward (end)", "backward (lm_head weight grad)"),
 }
 
@@ -137,6 +137,15 @@ def test_committed_grid_is_complete():
         {"method": "lora", "targets": "q,v,embed", "grad_checkpointing": "non-reentrant"},
         {"method": "qlora", "targets": "all-linear,embed", "grad_checkpointing": "reentrant"},
         {"method": "qlora", "grad_checkpointing": "non-reentrant", "seq_len": 2048, "targets": "q,v,down"},
+        # QLoRA's math path in a first layer whose input needs no grad: q @ k^T saves only the
+        # operands the trained side needs (no k adapter: no scaled q; only v: neither, nor v)
+        {"method": "qlora", "targets": "q,v"},
+        {"method": "qlora", "targets": "v,o", "grad_accum": 2},
+        # LoRA on lm_head: its saved input and lora_A output; QLoRA's fp32 head peaks inside it
+        {"method": "lora", "targets": "q,v,lm_head"},
+        {"method": "lora", "targets": "all-linear,lm_head", "adapter_dtype": "bf16", "grad_checkpointing": "reentrant"},
+        {"method": "qlora", "targets": "q,v,lm_head"},
+        {"method": "qlora", "targets": "all-linear,lm_head", "grad_checkpointing": "non-reentrant"},
     ],
     ids=str,
 )
@@ -196,7 +205,7 @@ def test_bad_input_names_the_field():
         ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
-        ({"targets": "all-linear,lm_head"}, "targets"),
+        ({"targets": "all-linear,lm_head", "dropout": 0.1}, "targets"),
         ({"mixed_precision": "fp16"}, "mixed_precision"),
         ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
         ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),
