@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from estimator.errors import EstimatorError
+from estimator.training.loss import liger_chunk_size
 from estimator.training.params import TARGET_MODULES
 from estimator.training.settings import TrainSettings
 
@@ -331,18 +332,6 @@ def no_mask(*args, **kwargs):
     it would build a 4-D mask instead (a fake ``cache_position`` reads as tracing when no cache
     provides the offset, as with gradient checkpointing's ``use_cache=False``)."""
     return None
-
-
-def _next_power_of_2(n: int) -> int:
-    """``triton.next_power_of_2``."""
-    return 1 << (n - 1).bit_length()
-
-
-def liger_chunk_size(tokens: int, hidden: int, vocab: int) -> int:
-    """liger-kernel 0.8.5 ``fused_linear_cross_entropy_forward``: ``inc_factor = cdiv(V, H)``
-    (``chunk_mem_const`` 1), ``chunk_size = min(next_power_of_2(cdiv(BT, inc_factor)), BT)``."""
-    inc = -(-vocab // hidden)
-    return min(_next_power_of_2(-(-tokens // inc)), tokens)
 
 
 class LigerFusedLinearCrossEntropy(torch.autograd.Function):

@@ -67,6 +67,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..model import ModelSpec
+from ..units import round_up
 from .loss import liger_saved_rows
 from .params import LAYER_TARGETS
 
@@ -431,10 +432,6 @@ def attention_kernel(method: str, packed: bool, attn_implementation: str, mixed:
     return "math" if act_bytes(method) == 4 and not mixed else "flash"
 
 
-def align_up(n: int, m: int) -> int:
-    return -(-n // m) * m
-
-
 def attention_rows(
     spec: ModelSpec, kernel: str, N: int, sequences: int, a: int, count: int
 ) -> list[tuple[str, int, int]]:
@@ -466,8 +463,8 @@ def attention_rows(
             ("q after rotary", a * N * qd, count),
             ("k, v repeated to every head (repeat_kv)", a * N * qd, 2 * count),
             ("attention output", a * N * qd, count),
-            ("attention logsumexp (rows rounded to 32)", FP32 * h * align_up(N, 32), count),
-            ("additive mask (convert_boolean_attn_mask)", a * N * align_up(N, 8), count),
+            ("attention logsumexp (rows rounded to 32)", FP32 * h * round_up(N, 32), count),
+            ("additive mask (convert_boolean_attn_mask)", a * N * round_up(N, 8), count),
         ]
     rows = [
         ("q after rotary", a * N * qd, count),
@@ -609,36 +606,41 @@ def loss_forward_bytes(
     mixed: bool = False,
     quant: str = "bf16",
     use_cache: bool = True,
-    logits: bool = True,
     norm_out_saved: bool = False,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
     (``log_softmax``'s output is saved; so is the norm's output when lm_head trains); with more
     than one sequence also the padded labels [b, T + 1], which ``ForCausalLMLoss``'s ``labels``
-    keeps until it returns (the saved target is a copy). Without checkpointing the forward fills
-    a ``DynamicCache`` (``use_cache``), held by the output until it is dropped: flash saves those
-    K and V anyway, the fp32 math path does not, so there they add 2 x L x 4 N kv_dim (and under
-    autocast QLoRA's flash saves bf16 casts of them: the cache's fp32 K and V are extra too).
-    Under autocast the logits are bf16 (lm_head is a lower-precision op) for every method.
-    (accelerate's ``convert_outputs_to_fp32`` copies the bf16 logits to fp32 after the forward,
-    when the autocast cache and the loss's own copies are gone: never above this moment.) A
-    packed row is passed as (N, 1), with ``use_cache=False``: no cache. With ``logits=False`` only
-    that cache (liger's ``lce_forward`` keeps the decoder's output, and so the cache, while its
-    loss runs; its own tensors are ``loss.liger_forward_rows``)."""
+    keeps until it returns (the saved target is a copy); the forward's cache
+    (``forward_cache_bytes``). Under autocast the logits are bf16 (lm_head is a lower-precision
+    op) for every method. (accelerate's ``convert_outputs_to_fp32`` copies the bf16 logits to
+    fp32 after the forward, when the autocast cache and the loss's own copies are gone: never
+    above this moment.) A packed row is passed as (N, 1)."""
     N = seq_len * micro_batch
     a = act_bytes(method, quant)
     pad = INT64 * micro_batch * (seq_len + 1) if micro_batch > 1 else 0
     vn = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
     # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
     norm_out = 0 if (method == "full" and a == 2) or norm_out_saved else a * N * spec.hidden_size
-    # fp32 master weights: v_proj's output is bf16 (saved by flash as it is), k after rotary fp32
+    return vn + norm_out + pad + forward_cache_bytes(spec, method, grad_checkpointing, N, quant, use_cache)
+
+
+def forward_cache_bytes(
+    spec: ModelSpec, method: str, grad_checkpointing: str, tokens: int, quant: str = "bf16", use_cache: bool = True
+) -> int:
+    """The K and V of the ``DynamicCache`` the forward fills without checkpointing (``use_cache``),
+    held by the model's output until it is dropped, beyond what attention saves: flash saves
+    bf16 K and V themselves, so only fp32 ones count (QLoRA: the math path does not save them,
+    and under autocast flash saves bf16 casts of them; fp32 master weights: k after rotary is
+    fp32, v_proj's output bf16, saved by flash as it is). A packed row runs with
+    ``use_cache=False``: none. (Liger's ``lce_forward`` keeps the decoder's output, and so this
+    cache, while its loss runs.)"""
+    a = act_bytes(method, quant)
+    if a != 4 or grad_checkpointing != "off" or not use_cache:
+        return 0
     kv = 1 if method == "full" else 2
-    cache = kv * spec.num_hidden_layers * a * N * spec.kv_dim if a == 4 and grad_checkpointing == "off" else 0
-    cache = cache if use_cache else 0
-    if not logits:
-        return cache
-    return vn + norm_out + pad + cache
+    return kv * spec.num_hidden_layers * a * tokens * spec.kv_dim
 
 
 def loss_backward_rows(spec: ModelSpec, seq_len: int, micro_batch: int, grad_accum: int) -> list[tuple[str, int, int]]:

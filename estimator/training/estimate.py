@@ -52,6 +52,7 @@ from .activations import (
     act_bytes,
     adapter_cast_sizes,
     embedding_end_rows,
+    forward_cache_bytes,
     layer_linears,
     lm_head_lora_forward_rows,
     lm_head_shares_input,
@@ -319,45 +320,40 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
-    bwd_name = "backward (log_softmax)"
     head_lora = s.method != "full" and "lm_head" in s.targets
     shares = head_lora and lm_head_shares_input(s.method, DTYPE_BYTES[s.adapter_dtype])
-    fwd_rows = [
-        (
-            loss_forward_bytes(
-                s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
-            ),
-            1,
-        )
-    ]
-    if mixed and s.method != "full" and s.adapter_dtype == "fp32":
-        # the autocast cache's adapter weight casts the linears did not save (alive until the
-        # forward's autocast region exits, after the loss)
-        cache: dict[int, int] = {}
-        for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
-            cache[n] = cache.get(n, 0) + c
-        for what, n, c in saved.rows:
-            if what.endswith("weight cast (saved)"):
-                cache[n] -= c
-        fwd_rows += [(n, c) for n, c in cache.items() if c]
-    if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
-        # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
-        # during the forward and none is saved (the layers keep only their inputs)
-        L = s.model.num_hidden_layers
-        fwd_rows += [(2 * i * o, L) for _, i, o in layer_linears(s.model, LAYER_TARGETS)]
-    if mixed and s.quant == "fp32":
-        # and every bias's cast (a Linear does not save its bias): cached, never saved
-        fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
-    fwd = _group(fwd_rows)
-    bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, T, b, s.grad_accum)])
+    kv_cache = forward_cache_bytes(s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed)
     if s.loss == "liger":  # (settings: not with autocast or a packed row)
-        kv_cache = loss_forward_bytes(
-            s.model, s.method, s.grad_checkpointing, s.seq_len, s.micro_batch, quant=s.quant, logits=False
-        )
         liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
         fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)])
         bwd = _group([(n, c) for _, n, c in liger_backward_rows(s.grad_accum)])
         bwd_name = "backward (liger)"
+    else:
+        loss_fwd = loss_forward_bytes(
+            s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
+        )
+        fwd_rows = [(loss_fwd, 1)]
+        if mixed and s.method != "full" and s.adapter_dtype == "fp32":
+            # the autocast cache's adapter weight casts the linears did not save (alive until the
+            # forward's autocast region exits, after the loss)
+            cache: dict[int, int] = {}
+            for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
+                cache[n] = cache.get(n, 0) + c
+            for what, n, c in saved.rows:
+                if what.endswith("weight cast (saved)"):
+                    cache[n] -= c
+            fwd_rows += [(n, c) for n, c in cache.items() if c]
+        if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
+            # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
+            # during the forward and none is saved (the layers keep only their inputs)
+            L = s.model.num_hidden_layers
+            fwd_rows += [(2 * i * o, L) for _, i, o in layer_linears(s.model, LAYER_TARGETS)]
+        if mixed and s.quant == "fp32":
+            # and every bias's cast (a Linear does not save its bias): cached, never saved
+            fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
+        fwd = _group(fwd_rows)
+        bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, T, b, s.grad_accum)])
+        bwd_name = "backward (log_softmax)"
     cands: dict[str, list[_Group]] = {
         "forward (loss)": resident + [saved_g, fwd],
         bwd_name: resident + [saved_g, bwd],
@@ -369,11 +365,8 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         N, V, H = s.tokens, s.model.vocab_size, s.model.hidden_size
         head = lm_head_lora_forward_rows(s.method, DTYPE_BYTES[s.adapter_dtype], N, V)
         norm_out = [] if shares else [(act_bytes(s.method) * N * H, 1)]
-        kv_rows = loss_forward_bytes(
-            s.model, s.method, s.grad_checkpointing, T, b, use_cache=not s.packed, logits=False
-        )
         cands["forward (lm_head LoRA)"] = resident + [
-            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_rows, 1)])
+            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)])
         ]
     if s.loss == "liger" and s.method != "full":
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning

@@ -38,6 +38,7 @@ target is not saved, so both go when the loss returns.
 from __future__ import annotations
 
 from ..model import ModelSpec
+from ..units import cdiv
 
 LIGER_RELEASE = "liger-kernel 0.8.5"
 FP32 = 4
@@ -52,8 +53,7 @@ def next_power_of_2(n: int) -> int:
 def liger_chunk_size(tokens: int, hidden: int, vocab: int) -> int:
     """Rows of logits per chunk (``fused_linear_cross_entropy_forward``, ``chunk_mem_const`` 1):
     ``inc_factor = cdiv(V, H)``, ``min(next_power_of_2(cdiv(N, inc_factor)), N)``."""
-    inc = -(-vocab // hidden)
-    return min(next_power_of_2(-(-tokens // inc)), tokens)
+    return min(next_power_of_2(cdiv(tokens, cdiv(vocab, hidden))), tokens)
 
 
 def liger_saved_rows(spec: ModelSpec, method: str, tokens: int, a: int) -> list[tuple[str, int, int]]:
