@@ -41,7 +41,7 @@ Devices:
     ``ops/fused_linear_cross_entropy.py`` allocates, forward and backward.
 
   torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
-  ``fused=True`` on CUDA only.
+  ``fused=True`` (on the trace, torch's fused path with meta admitted to its device list).
 - ``cpu``: real tensors on the CPU at any width (narrow configs for tests): weights, gradients
   and optimizer states are real; activations follow the CPU kernels (SDPA's math path).
 - ``cuda``: torch.cuda peak counters per phase, NVML.
@@ -49,6 +49,7 @@ Devices:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import Any
@@ -694,12 +695,42 @@ def _prepare(model, s: dict[str, Any]):
     return model
 
 
+@contextlib.contextmanager
+def _fused_on_meta():
+    """Admit the meta device to torch's list of fused-kernel devices (``optimizer.
+    _device_dtype_check_for_fused``, checked at construction and at each state init)."""
+    from torch.optim import optimizer as optim_mod
+
+    real = optim_mod._get_fused_kernels_supported_devices
+    optim_mod._get_fused_kernels_supported_devices = lambda: [*real(), "meta"]
+    try:
+        yield
+    finally:
+        optim_mod._get_fused_kernels_supported_devices = real
+
+
+class _MetaFusedAdamW(torch.optim.AdamW):
+    """torch's fused AdamW on the trace's meta tensors: its own ``_fused_adamw`` path runs
+    (``step`` on the device, ``exp_avg``/``exp_avg_sq`` like the parameter, ``_fused_adamw_`` in
+    place, which has a meta kernel); only the device check is widened to admit meta."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        with _fused_on_meta():
+            super().__init__(*args, **kw)
+
+    def step(self, closure=None):  # type: ignore[override]
+        with _fused_on_meta():
+            return super().step(closure)
+
+
 def make_optimizer(model, s: dict[str, Any], device: str):
     params = [p for p in model.parameters() if p.requires_grad]
     o = s["optimizer"]
     if o == "adamw":
         return torch.optim.AdamW(params, lr=1e-4, foreach=True)
     if o == "adamw-fused":
+        if device == "meta":
+            return _MetaFusedAdamW(params, lr=1e-4, fused=True)
         return torch.optim.AdamW(params, lr=1e-4, fused=True)
     if o == "sgd":
         return torch.optim.SGD(params, lr=1e-4, foreach=True)

@@ -70,6 +70,7 @@ from ..model import ModelSpec
 from ..units import round_up
 from .loss import liger_saved_rows
 from .params import LAYER_TARGETS
+from .static import adapter_elem_bytes
 
 FP32 = 4
 INT64 = 8
@@ -195,7 +196,7 @@ def saved_tensors(
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     elif "lm_head" in targets:  # (estimate: no autocast, dropout or packed row)
-        rows += lm_head_lora_rows(spec, method, rank, adapter_bytes, N)
+        rows += lm_head_lora_rows(spec, method, rank, head_adapter_bytes(method, adapter_bytes), N)
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
     rows.append(("loss, nll total_weight", FP32, 2))
@@ -565,9 +566,13 @@ def recompute_up_proj_rows(
 
 
 def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
-    """An embedding adapter's element size: QLoRA's embedding is fp32, and PEFT gives the adapter
-    its base weight's float dtype (static.trainable_tensors)."""
-    return 4 if method == "qlora" else adapter_bytes
+    """An embedding adapter's element size (static.adapter_elem_bytes)."""
+    return adapter_elem_bytes(method, "model.embed_tokens", adapter_bytes)
+
+
+def head_adapter_bytes(method: str, adapter_bytes: int) -> int:
+    """lm_head's adapter element size (static.adapter_elem_bytes)."""
+    return adapter_elem_bytes(method, "lm_head", adapter_bytes)
 
 
 def _embed_leaf_rows(method: str, targets: tuple[str, ...], N: int, H: int, a: int) -> list[tuple[str, int, int]]:

@@ -54,6 +54,7 @@ from .activations import (
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
+    head_adapter_bytes,
     lm_head_lora_forward_rows,
     lm_head_shares_input,
     loss_backward_rows,
@@ -321,7 +322,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
     head_lora = s.method != "full" and "lm_head" in s.targets
-    shares = head_lora and lm_head_shares_input(s.method, DTYPE_BYTES[s.adapter_dtype])
+    shares = head_lora and lm_head_shares_input(s.method, head_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype]))
     kv_cache = forward_cache_bytes(s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed)
     if s.loss == "liger":  # (settings: not with autocast or a packed row)
         liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
@@ -363,7 +364,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         loss_rows = ("log_softmax output fp32", "labels (padded)", "shift_labels", "loss, nll total_weight")
         before = [(n, c) for what, n, c in saved.rows if not what.startswith(loss_rows)]
         N, V, H = s.tokens, s.model.vocab_size, s.model.hidden_size
-        head = lm_head_lora_forward_rows(s.method, DTYPE_BYTES[s.adapter_dtype], N, V)
+        head = lm_head_lora_forward_rows(s.method, head_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype]), N, V)
         norm_out = [] if shares else [(act_bytes(s.method) * N * H, 1)]
         cands["forward (lm_head LoRA)"] = resident + [
             _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)])

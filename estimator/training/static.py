@@ -117,16 +117,22 @@ def trainable_tensors(
         return tuple(Trainable(t.name, t.shape, b) for t in tensors(spec) if t.kind != "buffer")
     out: list[Trainable] = []
     for a in adapters(spec, rank, targets):
+        eb = adapter_elem_bytes(method, a.module, b)
         if a.kind == "embedding":  # lora_embedding_A / _B are nn.Parameters of these shapes
-            # QLoRA: the embedding is fp32 (prepare_model_for_kbit_training) and PEFT moves an
-            # adapter to its base weight's float dtype (_move_adapter_to_device_of_base_layer)
-            eb = 4 if method == "qlora" else b
             out += [Trainable(a.module + ".lora_embedding_A", a.a_shape, eb)]
             out += [Trainable(a.module + ".lora_embedding_B", a.b_shape, eb)]
         else:
-            out += [Trainable(a.module + ".lora_A.weight", a.a_shape, b)]
-            out += [Trainable(a.module + ".lora_B.weight", a.b_shape, b)]
+            out += [Trainable(a.module + ".lora_A.weight", a.a_shape, eb)]
+            out += [Trainable(a.module + ".lora_B.weight", a.b_shape, eb)]
     return tuple(out)
+
+
+def adapter_elem_bytes(method: str, module: str, adapter_bytes: int) -> int:
+    """An adapter's element size. QLoRA: the embedding and lm_head (tied to it, or an untied
+    Linear that bitsandbytes leaves unquantized: ``get_keys_to_not_convert``) are fp32 after
+    ``prepare_model_for_kbit_training``, and PEFT moves an adapter to its base weight's float
+    dtype (``_move_adapter_to_device_of_base_layer``), whatever ``adapter_dtype`` says."""
+    return 4 if method == "qlora" and module in ("model.embed_tokens", "lm_head") else adapter_bytes
 
 
 def dtype_of(method: str, quant: str, adapter_dtype: str) -> str:

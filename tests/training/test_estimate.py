@@ -146,6 +146,11 @@ def test_committed_grid_is_complete():
         {"method": "lora", "targets": "all-linear,lm_head", "adapter_dtype": "bf16", "grad_checkpointing": "reentrant"},
         {"method": "qlora", "targets": "q,v,lm_head"},
         {"method": "qlora", "targets": "all-linear,lm_head", "grad_checkpointing": "non-reentrant"},
+        # bf16 adapters: lm_head's are fp32 like the upcast (tied) head they wrap
+        {"method": "qlora", "targets": "q,v,lm_head", "adapter_dtype": "bf16"},
+        # torch's fused AdamW (its own _fused_adamw path on meta): step on the device, no temporaries
+        {"method": "lora", "optimizer": "adamw-fused"},
+        {"method": "full", "optimizer": "adamw-fused", "grad_accum": 2},
     ],
     ids=str,
 )
@@ -287,6 +292,9 @@ QWEN2 = {  # biases on q, k, v; untied lm_head
         # bf16 adapters without autocast: the linear ones bf16, the embedding's fp32 like the
         # upcast embedding; AdamW's two dtype groups overlap in the step
         (QWEN2, {"method": "qlora", "targets": "all-linear,embed", "adapter_dtype": "bf16", "grad_accum": 2}),
+        # found by validation/training/fuzz.py: bf16 adapters on QLoRA's untied lm_head are fp32
+        # too (bitsandbytes leaves lm_head unquantized; prepare_model_for_kbit_training upcasts it)
+        (QWEN2, {"method": "qlora", "targets": "q,v,lm_head", "adapter_dtype": "bf16", "optimizer": "adamw-8bit"}),
     ],
     ids=lambda x: x.get("model_type") or str(x),
 )

@@ -42,6 +42,22 @@ def test_qlora_prepare_upcasts_non_4bit_params():
     assert s.weights_bytes == 2_373_815_040 + 2 * (128_256 * 3072 + 57 * 3072)  # nf4 incl. 512 B of buffers
 
 
+def test_qlora_head_and_embedding_adapters_stay_fp32():
+    # adapter_dtype bf16 (autocast_adapter_dtype=False): PEFT gives each adapter its base weight's
+    # float dtype. QLoRA's linear layers hold uint8 nibbles: their adapters keep bf16; lm_head
+    # (tied to the upcast fp32 embedding) and the embedding are fp32, so theirs are fp32:
+    # lm_head r=16: 16 x (3,072 + 128,256) = 2,101,248 elements; embedding 16 x (128,256 + 3,072).
+    tr = trainable_tensors(SPEC, "qlora", 16, parse_targets("q,v,lm_head,embed"), "bf16")
+    head = [t for t in tr if t.name.startswith("lm_head.")]
+    assert sum(t.nbytes for t in head) == 4 * 2_101_248
+    embed = [t for t in tr if t.name.startswith("model.embed_tokens.")]
+    assert sum(t.nbytes for t in embed) == 4 * 16 * (128_256 + 3072)
+    q = [t for t in tr if t.name.startswith("model.layers.0.self_attn.q_proj.")]
+    assert sum(t.nbytes for t in q) == 2 * 16 * (3072 + 3072)
+    lora = trainable_tensors(SPEC, "lora", 16, parse_targets("q,v,lm_head"), "bf16")
+    assert sum(t.nbytes for t in lora if t.name.startswith("lm_head.")) == 2 * 2_101_248
+
+
 def test_bnb_8bit_states_golden():
     # q_proj lora_A [16, 3072]: 49,152 elements >= 4096: uint8 state1/state2 (2 B/elt) and fp32
     # absmax per 256: 2 x 4 x 192; lora_B of k_proj [1024, 16]: 16,384 -> 8-bit too.

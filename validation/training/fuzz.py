@@ -4,10 +4,11 @@
 
 Each point draws a family (Llama 3.2 layout, Qwen3 with q/k norms, Qwen2 with biases and an
 untied lm_head; 2 layers, hidden 256, Llama 3's 128,256-token vocabulary), a method, targets,
-rank, dropout, adapter dtype, optimizer, checkpointing, sequence length, micro-batch and
-accumulation; traces one real training step (``runtime.train``, fake tensors) and compares the
-peak of live bytes (raw and 512-rounded) with ``estimate_training``. Settings the estimator refuses
-by name are listed as such.
+rank, dropout, adapter dtype, optimizer, checkpointing, sequence length, micro-batch,
+accumulation, mixed precision (bf16 autocast; fp32 master weights for full), packed rows, the
+attention implementation and the loss; traces one real training step (``runtime.train``, fake tensors) and compares the
+peak of live bytes (raw and 512-rounded) with ``estimate_training``. Settings refused by name
+(by ``TrainSettings``, which the runtime shares, or by the estimate) are listed as such.
 """
 
 from __future__ import annotations
@@ -70,18 +71,30 @@ def draw(rng: random.Random) -> dict:
         micro_batch=rng.choice([1, 1, 2, 3]),
         grad_accum=rng.choice([1, 1, 2, 3]),
         grad_checkpointing=rng.choice(["off", "non-reentrant", "reentrant"]),
-        optimizer=rng.choice(["adamw", "sgd", "sgd-momentum", "adafactor", "adamw-8bit", "paged-adamw-8bit"]),
-        targets=rng.choice(["all-linear", "q,k,v,o", "q,v", "gate,up,down", "o,down", "all-linear,embed"]),
+        optimizer=rng.choice(
+            ["adamw", "adamw-fused", "sgd", "sgd-momentum", "adafactor", "adamw-8bit", "paged-adamw-8bit"]
+        ),
+        targets=rng.choice(
+            ["all-linear", "q,k,v,o", "q,v", "gate,up,down", "o,down", "all-linear,embed", "q,v,lm_head"]
+        ),
         dropout=rng.choice([0.0, 0.0, 0.1]),
         adapter_dtype=rng.choice(["fp32", "fp32", "bf16"]),
         rank=rng.choice([8, 16, 64]),
+        mixed_precision=rng.choice(["off", "bf16"]),
+        attn_implementation=rng.choice(["sdpa", "sdpa", "flash_attention_2"]),
+        loss=rng.choice(["transformers", "transformers", "liger"]),
     )
+    if kw["micro_batch"] > 1 and rng.random() < 0.4:
+        kw["packed"] = True
     if kw["method"] == "qlora":
         kw["quant"] = rng.choice(["nf4", "nf4-dq", "fp4"])
+    elif kw["method"] == "full" and kw["mixed_precision"] == "bf16" and rng.random() < 0.5:
+        kw["quant"] = "fp32"  # fp32 master weights under autocast
     return kw
 
 
 def main(argv: list[str]) -> int:
+    from runtime.settings import SettingsError
     from runtime.train import train_measure, train_settings
 
     seed = int(argv[1]) if len(argv) > 1 else 1
@@ -95,11 +108,11 @@ def main(argv: list[str]) -> int:
         for _ in range(n):
             kw = draw(rng)
             family = kw.pop("family")
-            s = train_settings(model=str(Path(tmp) / family), device="trace", **kw)
             label = f"{family} " + " ".join(f"{k}={v}" for k, v in kw.items())
             try:
+                s = train_settings(model=str(Path(tmp) / family), device="trace", **kw)
                 e = estimate_train_settings(record_settings(s))
-            except EstimatorError as err:
+            except (SettingsError, EstimatorError) as err:
                 refused += 1
                 rows.append(f"| {label} | refused: {err} | | |")
                 continue
