@@ -471,6 +471,25 @@ def test_gpu_validate_passes_arguments_as_argv():
     assert "5664" in text and "7712" in text
 
 
+def test_gpu_validate_keeps_a_training_reserve(tmp_path):
+    """The sweep's budget leaves --train-budget-s for the training grid (a sweep that used the
+    whole budget left the training points 30 s, under their 40 s floor: they never ran); a bad
+    reserve exits 2 with one line naming the flag, before any work."""
+    text = (ROOT / "scripts" / "gpu-validate.sh").read_text()
+    assert "sweep_left() { local l=$(( $(left) - TRAIN_BUDGET ))" in text
+    assert "LEFT=$(sweep_left)" in text and "KV_BUDGET=$(sweep_left)" in text
+    p = subprocess.run(
+        ["bash", "scripts/gpu-validate.sh", str(tmp_path / "o"), "--train-budget-s", "1; touch x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "--train-budget-s" in p.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_gpu_validate_device_with_quote_is_not_code(tmp_path):
     """A --device value that would be Python code if pasted into source is just a bad device."""
     marker = tmp_path / "pwned"

@@ -94,14 +94,17 @@ def peak_table(rs: list[dict[str, Any]]) -> list[str]:
 
 
 def cuda_markdown(records: list[dict[str, Any]]) -> str:
-    """Real-GPU records: the estimate's three counters against torch's and NVML's."""
+    """Real-step records (cuda; cpu in the rehearsal): the estimate's three counters against
+    torch's and NVML's."""
     from estimator.report import measured_gpu
 
     env = records[0]["environment"] or {}
+    cpu = records[0]["settings"].get("device") == "cpu"
     lines = [
-        "# Training memory: estimator vs a real GPU step",
+        "# Training memory: estimator vs a real "
+        + ("CPU step (rehearsal: CPU kernels, so the numbers are not a check)" if cpu else "GPU step"),
         "",
-        f"GPU {env.get('gpu_name')}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
+        f"GPU {env.get('gpu_name') or 'none (CPU)'}, torch {env.get('torch')}, transformers {env.get('transformers')}, "
         f"bitsandbytes {env.get('bitsandbytes')}.",
         "",
         "| point | status | counter | measured | estimate | rel. error |",
@@ -215,7 +218,7 @@ def liger_markdown(records: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(records: list[dict[str, Any]], liger: list[dict[str, Any]] | None = None) -> str:
-    if records and records[0]["settings"].get("device") == "cuda":
+    if records and records[0]["settings"].get("device") in ("cuda", "cpu"):
         return cuda_markdown(records)
     liger = _load(LIGER) if liger is None else liger
     batched = [r for r in records if _batched(r)]
