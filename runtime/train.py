@@ -752,23 +752,39 @@ def make_optimizer(model, s: dict[str, Any], device: str):
 
 
 def _bnb_step_standin(opt, tracker) -> int:
-    """Trace: bitsandbytes' own ``init_state`` for every parameter (paged buffers dropped from the
-    live count: torch never allocates them); the in-place update kernel is skipped. Returns the
-    paged bytes."""
+    """Trace: bitsandbytes' own ``init_state`` for every parameter; the in-place update kernel is
+    skipped. A paged buffer (``get_state_buffer``: ``is_paged`` and at least 1e5 elements) is CUDA
+    managed memory from ``F.get_paged``, which torch's allocator never sees: here it is made as a
+    plain tensor and taken out of the count at once, with the phase's peak and the allocator's
+    event list as they were before it (so not even its own moment counts). Returns the paged bytes."""
     paged_flag = getattr(opt, "is_paged", False)
     opt.is_paged = False
     paged = 0
-    for gindex, group in enumerate(opt.param_groups):
-        for pindex, p in enumerate(group["params"]):
-            if p.grad is None or len(opt.state[p]) > 0:
-                continue
-            opt.init_state(group, p, gindex, pindex)
-            if paged_flag and p.numel() >= 1e5:
-                st = opt.state[p]
-                for k in ("state1", "state2"):
-                    paged += st[k].untyped_storage().nbytes()
-                    tracker.untrack(st[k])
-    opt.is_paged = paged_flag
+    real_get = opt.get_state_buffer
+
+    def get_state_buffer(p, dtype=torch.float32):
+        nonlocal paged
+        if not (paged_flag and p.numel() >= 1e5):
+            return real_get(p, dtype=dtype)
+        before = (tracker.peak, tracker.peak_rounded, tracker.peak_detail, len(tracker.events))
+        buf = real_get(p, dtype=dtype)
+        buf.is_paged = True  # as F.get_paged marks it (static_bytes leaves it out of the states)
+        paged += buf.untyped_storage().nbytes()
+        tracker.untrack(buf)
+        tracker.peak, tracker.peak_rounded, tracker.peak_detail, n_events = before
+        del tracker.events[n_events:]
+        return buf
+
+    opt.get_state_buffer = get_state_buffer
+    try:
+        for gindex, group in enumerate(opt.param_groups):
+            for pindex, p in enumerate(group["params"]):
+                if p.grad is None or len(opt.state[p]) > 0:
+                    continue
+                opt.init_state(group, p, gindex, pindex)
+    finally:
+        del opt.get_state_buffer  # the instance attribute; the class's method again
+        opt.is_paged = paged_flag
     return paged
 
 

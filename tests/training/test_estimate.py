@@ -151,6 +151,9 @@ def test_committed_grid_is_complete():
         # torch's fused AdamW (its own _fused_adamw path on meta): step on the device, no temporaries
         {"method": "lora", "optimizer": "adamw-fused"},
         {"method": "full", "optimizer": "adamw-fused", "grad_accum": 2},
+        # found by validation/training/fuzz.py: a paged state buffer (CUDA managed memory) must not
+        # count even at its own allocation (the trace's optimizer phase held one [V, H] pair)
+        {"method": "full", "optimizer": "paged-adamw-8bit"},
     ],
     ids=str,
 )
@@ -295,6 +298,7 @@ QWEN2 = {  # biases on q, k, v; untied lm_head
         # found by validation/training/fuzz.py: bf16 adapters on QLoRA's untied lm_head are fp32
         # too (bitsandbytes leaves lm_head unquantized; prepare_model_for_kbit_training upcasts it)
         (QWEN2, {"method": "qlora", "targets": "q,v,lm_head", "adapter_dtype": "bf16", "optimizer": "adamw-8bit"}),
+        (QWEN2, {"method": "full", "optimizer": "paged-adamw-8bit", "grad_checkpointing": "non-reentrant"}),
     ],
     ids=lambda x: x.get("model_type") or str(x),
 )
