@@ -314,9 +314,10 @@ def _layer(
         if q_grad or k_grad:  # the probabilities require grad
             rows.append(("v expanded to every head", a * b * h * T * d, count))
         rows.append(("attention probabilities", a * b * h * T * T, count))
-    # o_proj's input: flash's saved output (a view); the math path's transpose(1, 2).contiguous() copy
+    # o_proj's input: flash's saved output (a view); else (the math path, or attention that needs
+    # no grad) the transpose(1, 2).contiguous() copy, bf16 under autocast (SDPA's output)
     if "o" in tg and lora("o", qd, attn_grad) and not (attn_grad and flash):
-        rows.append(("o_proj input", a * N * qd, count))
+        rows.append(("o_proj input", (2 if mixed else a) * N * qd, count))
     # MLP half: its input requires grad whenever anything before it trains
     mlp_in_grad = attn_grad or "o" in tg
     if mlp_in_grad:
