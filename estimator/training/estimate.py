@@ -61,6 +61,7 @@ from .activations import (
     math_attention_backward_rows,
     recompute_up_proj_rows,
     saved_tensors,
+    upcast_adapter_bytes,
 )
 from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
@@ -282,21 +283,15 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         raise InvalidSpecError(
             f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
         )
-    if (
-        s.method != "full"
-        and "lm_head" in s.targets
-        and (s.mixed_precision != "off" or s.dropout > 0 or s.loss != "transformers" or s.packed)
-    ):
-        # traced without autocast, dropout, the Liger loss and packed rows only
+    if s.method != "full" and "lm_head" in s.targets and s.loss == "liger":
+        # liger-kernel 0.8.5's lce_forward (lce_maybe_trainable_lm_head) passes ``lm_head.weight``,
+        # PEFT's base weight, to its fused loss and never calls lm_head: the adapter would not
+        # train, and the step is not traced
         raise InvalidSpecError(
-            "targets: LoRA on lm_head is modelled without mixed precision, dropout, the Liger loss "
-            "or a packed row: 'lm_head'"
+            "targets: LoRA on lm_head is not modelled with the Liger loss (its fused loss reads "
+            "lm_head.weight and never runs the adapter): 'lm_head'"
         )
     mixed = s.mixed_precision != "off"
-    if mixed and s.method != "full" and "embed" in s.targets:
-        # peft's lora.Embedding under autocast (an fp32 F.embedding, then a matmul with a view of
-        # lora_embedding_B, which autocast does not cache) is not traced yet
-        raise InvalidSpecError("targets: an embedding adapter under mixed_precision bf16 is not modelled yet: 'embed'")
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
@@ -321,8 +316,20 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
     head_lora = s.method != "full" and "lm_head" in s.targets
-    shares = head_lora and lm_head_shares_input(s.method, DTYPE_BYTES[s.adapter_dtype])
+    head_ab = upcast_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype])  # lm_head's adapter
+    shares = head_lora and lm_head_shares_input(s.method, head_ab, s.dropout > 0, mixed)
     kv_cache = forward_cache_bytes(s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed)
+    cache_rows: list[tuple[int, int]] = []
+    if mixed and s.method != "full" and s.adapter_dtype == "fp32":
+        # the autocast cache's adapter weight casts the linears did not save (alive until the
+        # forward's autocast region exits, after the loss)
+        cache: dict[int, int] = {}
+        for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
+            cache[n] = cache.get(n, 0) + c
+        for what, n, c in saved.rows:
+            if what.endswith("weight cast (saved)") and not what.startswith("lm_head"):
+                cache[n] -= c
+        cache_rows = [(n, c) for n, c in cache.items() if c]
     if s.loss == "liger":  # (settings: not with autocast or a packed row)
         liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
         fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)])
@@ -332,17 +339,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         loss_fwd = loss_forward_bytes(
             s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
         )
-        fwd_rows = [(loss_fwd, 1)]
-        if mixed and s.method != "full" and s.adapter_dtype == "fp32":
-            # the autocast cache's adapter weight casts the linears did not save (alive until the
-            # forward's autocast region exits, after the loss)
-            cache: dict[int, int] = {}
-            for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
-                cache[n] = cache.get(n, 0) + c
-            for what, n, c in saved.rows:
-                if what.endswith("weight cast (saved)"):
-                    cache[n] -= c
-            fwd_rows += [(n, c) for n, c in cache.items() if c]
+        fwd_rows = [(loss_fwd, 1)] + cache_rows
         if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
             # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
             # during the forward and none is saved (the layers keep only their inputs)
@@ -363,10 +360,10 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         loss_rows = ("log_softmax output fp32", "labels (padded)", "shift_labels", "loss, nll total_weight")
         before = [(n, c) for what, n, c in saved.rows if not what.startswith(loss_rows)]
         N, V, H = s.tokens, s.model.vocab_size, s.model.hidden_size
-        head = lm_head_lora_forward_rows(s.method, DTYPE_BYTES[s.adapter_dtype], N, V)
+        head = lm_head_lora_forward_rows(s.method, head_ab, N, V, H, s.dropout > 0, mixed)
         norm_out = [] if shares else [(act_bytes(s.method) * N * H, 1)]
         cands["forward (lm_head LoRA)"] = resident + [
-            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)])
+            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)] + cache_rows)
         ]
     if s.loss == "liger" and s.method != "full":
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning

@@ -117,15 +117,16 @@ def trainable_tensors(
         return tuple(Trainable(t.name, t.shape, b) for t in tensors(spec) if t.kind != "buffer")
     out: list[Trainable] = []
     for a in adapters(spec, rank, targets):
+        # QLoRA: the embedding and lm_head are fp32 (prepare_model_for_kbit_training) and PEFT
+        # moves an adapter to its base weight's float dtype (_move_adapter_to_device_of_base_layer;
+        # a 4-bit Linear's uint8 weight is not a float: its adapters keep ``adapter_dtype``)
+        eb = 4 if method == "qlora" and (a.kind == "embedding" or a.module == "lm_head") else b
         if a.kind == "embedding":  # lora_embedding_A / _B are nn.Parameters of these shapes
-            # QLoRA: the embedding is fp32 (prepare_model_for_kbit_training) and PEFT moves an
-            # adapter to its base weight's float dtype (_move_adapter_to_device_of_base_layer)
-            eb = 4 if method == "qlora" else b
             out += [Trainable(a.module + ".lora_embedding_A", a.a_shape, eb)]
             out += [Trainable(a.module + ".lora_embedding_B", a.b_shape, eb)]
         else:
-            out += [Trainable(a.module + ".lora_A.weight", a.a_shape, b)]
-            out += [Trainable(a.module + ".lora_B.weight", a.b_shape, b)]
+            out += [Trainable(a.module + ".lora_A.weight", a.a_shape, eb)]
+            out += [Trainable(a.module + ".lora_B.weight", a.b_shape, eb)]
     return tuple(out)
 
 
