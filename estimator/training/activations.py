@@ -148,7 +148,7 @@ def saved_tensors(
             count = 1 if layer == 0 else L - 1
             if count == 0:
                 continue
-            in_grad = first_input_grad or layer > 0
+            in_grad = first_input_grad or (layer > 0 and decoder_requires_grad(method, targets, grad_checkpointing))
             rows += _layer(
                 spec,
                 method,
@@ -172,11 +172,16 @@ def saved_tensors(
         rows += embed_lora_rows(spec, method, rank, adapter_bytes, N, mixed)
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T]; packed
     # [1, N]: positions restart per sequence, so each token has its own row)
-    rows.append(("rotary cos, sin", a * T * d, 2))
+    # (with an adapter on lm_head alone, nothing before lm_head requires grad, unless checkpointing
+    # made the embedding's output a leaf that does: no decoder tensor is saved)
+    head_in_grad = decoder_requires_grad(method, targets, grad_checkpointing)
+    if head_in_grad:
+        rows.append(("rotary cos, sin", a * T * d, 2))
     if packed:  # the collator's inputs, held by the loop for the whole micro-batch
         rows.append(("position_ids, labels (packed inputs)", INT64 * N, 2))
-    norm(1)  # the final norm
-    if mixed and method == "qlora":
+    if head_in_grad:
+        norm(1)  # the final norm
+    if mixed and method == "qlora" and head_in_grad:
         # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
         # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
         # input's gradient
@@ -193,7 +198,8 @@ def saved_tensors(
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     elif "lm_head" in targets:
-        rows += lm_head_lora_rows(spec, method, rank, upcast_adapter_bytes(method, adapter_bytes), N, dropout, mixed)
+        ab = upcast_adapter_bytes(method, adapter_bytes)
+        rows += lm_head_lora_rows(spec, method, rank, ab, N, dropout, mixed, head_in_grad)
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
     rows.append(("loss, nll total_weight", FP32, 2))
@@ -477,8 +483,26 @@ def attention_rows(
     return rows
 
 
+def decoder_requires_grad(method: str, targets: tuple[str, ...], grad_checkpointing: str) -> bool:
+    """Whether the final norm's output (lm_head's input) requires grad: something before it trains
+    (full; an embedding or a decoder layer adapter), or checkpointing, with which transformers
+    5.24 calls ``enable_input_require_grads()`` (the embedding's output becomes a leaf that
+    requires grad, ``_embed_leaf_rows``). Else, an adapter on lm_head alone, the decoder runs
+    without a graph and saves nothing."""
+    if method == "full" or grad_checkpointing != "off":
+        return True
+    return any(t in targets for t in (*LAYER_TARGETS, "embed"))
+
+
 def lm_head_lora_rows(
-    spec: ModelSpec, method: str, rank: int, ab: int, N: int, dropout: bool = False, mixed: bool = False
+    spec: ModelSpec,
+    method: str,
+    rank: int,
+    ab: int,
+    N: int,
+    dropout: bool = False,
+    mixed: bool = False,
+    in_grad: bool = True,
 ) -> list[tuple[str, int, int]]:
     """LoRA on lm_head (peft 0.21 ``lora.Linear.forward`` around it: ``x =
     self._cast_input_dtype(x, lora_A.weight.dtype)``, then ``lora_B(lora_A(dropout(x))) *
@@ -494,12 +518,16 @@ def lm_head_lora_rows(
       dropout), else a bf16 [N, H] (a fresh copy, or the dropout's bf16 output); with dropout the
       bool mask too. ``lora_A``'s output is bf16 (2 N r). fp32 adapters: the cached bf16 casts of
       ``lora_B``'s weight (2 V r, saved for ``lora_A``'s output's gradient) and ``lora_A``'s
-      (2 r H, saved since the norm's output requires grad)."""
+      (2 r H, saved when the norm's output requires grad: ``in_grad``, ``decoder_requires_grad``;
+      else only cached).
+
+    The mask is saved only when the input requires grad (``native_dropout``'s derivative)."""
     H, V = spec.hidden_size, spec.vocab_size
     if not mixed:
         rows = [("lm_head lora_A output", ab * N * rank, 1)]
         if dropout:
-            return rows + [("lm_head dropout output", ab * N * H, 1), ("lm_head dropout mask", N * H, 1)]
+            rows.append(("lm_head dropout output", ab * N * H, 1))
+            return rows + ([("lm_head dropout mask", N * H, 1)] if in_grad else [])
         if lm_head_shares_input(method, ab):
             rows.append(("final norm output (lm_head lora_A input)", act_bytes(method) * N * H, 1))
         else:
@@ -508,9 +536,12 @@ def lm_head_lora_rows(
     rows = [("lm_head lora_A output (bf16)", 2 * N * rank, 1)]
     if ab == 4:
         rows.append(("lm_head lora_B weight cast (saved)", 2 * V * rank, 1))
-        rows.append(("lm_head lora_A weight cast (saved)", 2 * rank * H, 1))
+        if in_grad:
+            rows.append(("lm_head lora_A weight cast (saved)", 2 * rank * H, 1))
     if dropout:
-        rows += [("lm_head dropout output, bf16", 2 * N * H, 1), ("lm_head dropout mask", N * H, 1)]
+        rows.append(("lm_head dropout output, bf16", 2 * N * H, 1))
+        if in_grad:
+            rows.append(("lm_head dropout mask", N * H, 1))
     elif lm_head_shares_input(method, ab, mixed=True):
         rows.append(("final norm output (lm_head lora_A input)", 2 * N * H, 1))
     else:
@@ -667,6 +698,7 @@ def loss_forward_bytes(
     quant: str = "bf16",
     use_cache: bool = True,
     norm_out_saved: bool = False,
+    decoder_grad: bool = True,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
@@ -683,11 +715,18 @@ def loss_forward_bytes(
     vn = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
     # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
     norm_out = 0 if (method == "full" and a == 2) or norm_out_saved else a * N * spec.hidden_size
-    return vn + norm_out + pad + forward_cache_bytes(spec, method, grad_checkpointing, N, quant, use_cache)
+    cache = forward_cache_bytes(spec, method, grad_checkpointing, N, quant, use_cache, decoder_grad)
+    return vn + norm_out + pad + cache
 
 
 def forward_cache_bytes(
-    spec: ModelSpec, method: str, grad_checkpointing: str, tokens: int, quant: str = "bf16", use_cache: bool = True
+    spec: ModelSpec,
+    method: str,
+    grad_checkpointing: str,
+    tokens: int,
+    quant: str = "bf16",
+    use_cache: bool = True,
+    decoder_grad: bool = True,
 ) -> int:
     """The K and V of the ``DynamicCache`` the forward fills without checkpointing (``use_cache``),
     held by the model's output until it is dropped, beyond what attention saves: flash saves
@@ -695,10 +734,14 @@ def forward_cache_bytes(
     and under autocast flash saves bf16 casts of them; fp32 master weights: k after rotary is
     fp32, v_proj's output bf16, saved by flash as it is). A packed row runs with
     ``use_cache=False``: none. (Liger's ``lce_forward`` keeps the decoder's output, and so this
-    cache, while its loss runs.)"""
+    cache, while its loss runs.) When the decoder has no graph (``decoder_grad`` False: an adapter
+    on lm_head alone, ``decoder_requires_grad``) attention saves nothing, and the bf16 K and V
+    count too."""
     a = act_bytes(method, quant)
-    if a != 4 or grad_checkpointing != "off" or not use_cache:
+    if grad_checkpointing != "off" or not use_cache:
         return 0
+    if a != 4:
+        return 0 if decoder_grad else 2 * spec.num_hidden_layers * a * tokens * spec.kv_dim
     kv = 1 if method == "full" else 2
     return kv * spec.num_hidden_layers * a * tokens * spec.kv_dim
 

@@ -51,6 +51,7 @@ from ..units import check_int
 from .activations import (
     act_bytes,
     adapter_cast_sizes,
+    decoder_requires_grad,
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
@@ -292,6 +293,17 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             "lm_head.weight and never runs the adapter): 'lm_head'"
         )
     mixed = s.mixed_precision != "off"
+    head_alone = s.method != "full" and not decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
+    if head_alone and (s.packed or (s.method == "qlora" and not mixed)):
+        # an adapter on lm_head alone: the decoder runs without a graph and has no backward, so a
+        # moment inside its forward can be the step's peak: SDPA's fp32 math softmax (QLoRA
+        # without autocast), or a packed row's mask and mem-efficient attention (traced at
+        # narrow width and 8K tokens above the loss's moment; not candidates)
+        raise InvalidSpecError(
+            "targets: an adapter on lm_head alone is modelled on unpacked rows, and for QLoRA "
+            "under mixed_precision bf16 or with checkpointing (else a decoder forward moment, not "
+            "modelled, can be the peak): 'lm_head'"
+        )
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
@@ -318,7 +330,10 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     head_lora = s.method != "full" and "lm_head" in s.targets
     head_ab = upcast_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype])  # lm_head's adapter
     shares = head_lora and lm_head_shares_input(s.method, head_ab, s.dropout > 0, mixed)
-    kv_cache = forward_cache_bytes(s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed)
+    decoder_grad = decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
+    kv_cache = forward_cache_bytes(
+        s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed, decoder_grad
+    )
     cache_rows: list[tuple[int, int]] = []
     if mixed and s.method != "full" and s.adapter_dtype == "fp32":
         # the autocast cache's adapter weight casts the linears did not save (alive until the
@@ -329,6 +344,9 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         for what, n, c in saved.rows:
             if what.endswith("weight cast (saved)") and not what.startswith("lm_head"):
                 cache[n] -= c
+        if "lm_head" in s.targets and not decoder_grad:
+            # lm_head's adapter alone: lora_A's cached weight cast is not saved (its input needs no grad)
+            cache[2 * s.rank * s.model.hidden_size] = cache.get(2 * s.rank * s.model.hidden_size, 0) + 1
         cache_rows = [(n, c) for n, c in cache.items() if c]
     if s.loss == "liger":  # (settings: not with autocast or a packed row)
         liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
@@ -337,7 +355,16 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         bwd_name = "backward (liger)"
     else:
         loss_fwd = loss_forward_bytes(
-            s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
+            s.model,
+            s.method,
+            s.grad_checkpointing,
+            T,
+            b,
+            mixed,
+            s.quant,
+            not s.packed,
+            norm_out_saved=shares,
+            decoder_grad=decoder_grad,
         )
         fwd_rows = [(loss_fwd, 1)] + cache_rows
         if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
@@ -414,7 +441,8 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             vh = s.model.vocab_size * s.model.hidden_size
             left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
             cands["backward (lm_head weight grad)"] = resident + [_group(left)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed:
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed and decoder_grad:
+        # (an adapter on lm_head alone: the decoder has no graph, no attention backward)
         rows = math_attention_backward_rows(
             s.model,
             s.targets,

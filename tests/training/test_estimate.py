@@ -162,6 +162,13 @@ def test_committed_grid_is_complete():
             "grad_checkpointing": "reentrant",
             "micro_batch": 2,
         },
+        # an adapter on lm_head alone: the decoder has no graph (nothing saved, and the bf16
+        # DynamicCache K and V count), lora_A's input needs no grad (no dropout mask saved);
+        # with checkpointing enable_input_require_grads makes the decoder save as usual
+        {"method": "lora", "targets": "lm_head"},
+        {"method": "lora", "targets": "lm_head", "dropout": 0.1, "micro_batch": 2},
+        {"method": "lora", "targets": "lm_head", "adapter_dtype": "bf16", "grad_accum": 2},
+        {"method": "qlora", "targets": "lm_head", "grad_checkpointing": "non-reentrant", "dropout": 0.1},
         # lm_head on a packed row: the loss sees one sequence of N tokens
         {"method": "lora", "targets": "q,v,lm_head", "micro_batch": 2, "packed": True},
         {
@@ -246,6 +253,8 @@ def test_bad_input_names_the_field():
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
         ({"targets": "all-linear,lm_head", "loss": "liger"}, "targets"),
+        ({"targets": "lm_head", "micro_batch": 2, "packed": True}, "targets"),
+        ({"method": "qlora", "targets": "lm_head"}, "targets"),
         ({"mixed_precision": "fp16"}, "mixed_precision"),
         ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
         ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),

@@ -131,6 +131,9 @@ def test_mixed_shrinks_qlora_and_lora_activations():
             "attn_implementation": "flash_attention_2",
             "grad_accum": 2,
         },
+        # lm_head alone: lora_A's weight cast is cached, not saved (its input needs no grad)
+        {"method": "lora", "targets": "lm_head", "dropout": 0.1},
+        {"method": "qlora", "targets": "lm_head", "adapter_dtype": "bf16"},
         # an embedding adapter: the matmul after F.embedding saves bf16 casts of after_A and of
         # lora_embedding_B.T (a view: not cached), for fp32 adapters
         {"method": "lora", "targets": "q,v,embed"},
