@@ -149,7 +149,7 @@ def saved_tensors(
             count = 1 if layer == 0 else L - 1
             if count == 0:
                 continue
-            in_grad = first_input_grad or layer > 0
+            in_grad = first_input_grad or (layer > 0 and decoder_requires_grad(method, targets, grad_checkpointing))
             rows += _layer(
                 spec,
                 method,
@@ -170,16 +170,19 @@ def saved_tensors(
         if full and mixed and a == 4:  # every Linear's cached bf16 weight cast, saved for its input's grad
             rows += [(f"{m} weight cast (saved)", 2 * i * o, L) for m, i, o in layer_linears(spec, LAYER_TARGETS)]
     if not full and "embed" in targets:
-        # peft lora.Embedding: after_A = F.embedding(ids, lora_embedding_A.T) [N, r], saved by
-        # ``after_A @ lora_embedding_B.T`` for B's gradient
-        rows.append(("embedding lora after_A", embed_adapter_bytes(method, adapter_bytes) * N * rank, 1))
+        rows += embed_lora_rows(spec, method, rank, adapter_bytes, N, mixed)
     # once: rotary cos/sin [1, T, head_dim] in the activation dtype (position_ids is [1, T]; packed
     # [1, N]: positions restart per sequence, so each token has its own row)
-    rows.append(("rotary cos, sin", a * T * d, 2))
+    # (with an adapter on lm_head alone, nothing before lm_head requires grad, unless checkpointing
+    # made the embedding's output a leaf that does: no decoder tensor is saved)
+    head_in_grad = decoder_requires_grad(method, targets, grad_checkpointing)
+    if head_in_grad:
+        rows.append(("rotary cos, sin", a * T * d, 2))
     if packed:  # the collator's inputs, held by the loop for the whole micro-batch
         rows.append(("position_ids, labels (packed inputs)", INT64 * N, 2))
-    norm(1)  # the final norm
-    if mixed and method == "qlora":
+    if head_in_grad:
+        norm(1)  # the final norm
+    if mixed and method == "qlora" and head_in_grad:
         # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
         # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
         # input's gradient
@@ -195,8 +198,9 @@ def saved_tensors(
         rows.append(("lm_head weight cast (saved)", 2 * V * H, 1))
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
-    elif "lm_head" in targets:  # (estimate: no autocast, dropout or packed row)
-        rows += lm_head_lora_rows(spec, method, rank, head_adapter_bytes(method, adapter_bytes), N)
+    elif "lm_head" in targets:
+        ab = upcast_adapter_bytes(method, adapter_bytes)
+        rows += lm_head_lora_rows(spec, method, rank, ab, N, dropout, mixed, head_in_grad)
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
     rows.append(("loss, nll total_weight", FP32, 2))
@@ -388,7 +392,7 @@ def math_attention_backward_rows(
         norm(1)  # the last layer's input_layernorm
     rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]
     if "embed" in targets:
-        rows.append(("embedding lora after_A", embed_adapter_bytes("qlora", adapter_bytes) * N * rank, 1))
+        rows += embed_lora_rows(spec, "qlora", rank, adapter_bytes, N, False)
     shared = False
     for m in ("q", "k", "v"):
         if m not in targets:
@@ -481,36 +485,122 @@ def attention_rows(
     return rows
 
 
-def lm_head_lora_rows(spec: ModelSpec, method: str, rank: int, ab: int, N: int) -> list[tuple[str, int, int]]:
-    """LoRA on lm_head (peft ``lora.Linear`` around it): ``lora_A`` saves its input, the final
-    norm's output cast to the adapter dtype (a fresh copy when the dtypes differ; else the norm's
-    output itself, which is then saved rather than a transient: ``lm_head_shares_input``), and
-    ``lora_B`` saves ``lora_A``'s output [N, r]."""
-    rows = [("lm_head lora_A output", ab * N * rank, 1)]
-    if lm_head_shares_input(method, ab):
-        rows.append(("final norm output (lm_head lora_A input)", act_bytes(method) * N * spec.hidden_size, 1))
+def decoder_requires_grad(method: str, targets: tuple[str, ...], grad_checkpointing: str) -> bool:
+    """Whether the final norm's output (lm_head's input) requires grad: something before it trains
+    (full; an embedding or a decoder layer adapter), or checkpointing, with which transformers
+    5.24 calls ``enable_input_require_grads()`` (the embedding's output becomes a leaf that
+    requires grad, ``_embed_leaf_rows``). Else, an adapter on lm_head alone, the decoder runs
+    without a graph and saves nothing."""
+    if method == "full" or grad_checkpointing != "off":
+        return True
+    return any(t in targets for t in (*LAYER_TARGETS, "embed"))
+
+
+def lm_head_lora_rows(
+    spec: ModelSpec,
+    method: str,
+    rank: int,
+    ab: int,
+    N: int,
+    dropout: bool = False,
+    mixed: bool = False,
+    in_grad: bool = True,
+) -> list[tuple[str, int, int]]:
+    """LoRA on lm_head (peft 0.21 ``lora.Linear.forward`` around it: ``x =
+    self._cast_input_dtype(x, lora_A.weight.dtype)``, then ``lora_B(lora_A(dropout(x))) *
+    scaling``), what it saves. x is the final norm's output (a: bf16, fp32 for QLoRA), ``x_ab`` its
+    cast to the adapter dtype (x itself when the dtypes agree, else a fresh copy).
+
+    - Without autocast ``lora_A`` saves its input, ``x_ab`` (the norm's output itself when the
+      dtypes agree, which is then saved rather than a transient: ``lm_head_shares_input``); with
+      dropout the dropout's output (ab N H) and CUDA ``native_dropout``'s bool mask (N H) instead.
+      ``lora_B`` saves ``lora_A``'s output (ab N r).
+    - Under bf16 autocast (``_layer``'s rule for a layer's adapter) ``lora_A``'s F.linear casts its
+      input to bf16 and saves that: the norm's output itself for bf16 adapters on a bf16 base (no
+      dropout), else a bf16 [N, H] (a fresh copy, or the dropout's bf16 output); with dropout the
+      bool mask too. ``lora_A``'s output is bf16 (2 N r). fp32 adapters: the cached bf16 casts of
+      ``lora_B``'s weight (2 V r, saved for ``lora_A``'s output's gradient) and ``lora_A``'s
+      (2 r H, saved when the norm's output requires grad: ``in_grad``, ``decoder_requires_grad``;
+      else only cached).
+
+    The mask is saved only when the input requires grad (``native_dropout``'s derivative)."""
+    H, V = spec.hidden_size, spec.vocab_size
+    if not mixed:
+        rows = [("lm_head lora_A output", ab * N * rank, 1)]
+        if dropout:
+            rows.append(("lm_head dropout output", ab * N * H, 1))
+            return rows + ([("lm_head dropout mask", N * H, 1)] if in_grad else [])
+        if lm_head_shares_input(method, ab):
+            rows.append(("final norm output (lm_head lora_A input)", act_bytes(method) * N * H, 1))
+        else:
+            rows.append(("lm_head input cast to the adapter dtype", ab * N * H, 1))
+        return rows
+    rows = [("lm_head lora_A output (bf16)", 2 * N * rank, 1)]
+    if ab == 4:
+        rows.append(("lm_head lora_B weight cast (saved)", 2 * V * rank, 1))
+        if in_grad:
+            rows.append(("lm_head lora_A weight cast (saved)", 2 * rank * H, 1))
+    if dropout:
+        rows.append(("lm_head dropout output, bf16", 2 * N * H, 1))
+        if in_grad:
+            rows.append(("lm_head dropout mask", N * H, 1))
+    elif lm_head_shares_input(method, ab, mixed=True):
+        rows.append(("final norm output (lm_head lora_A input)", 2 * N * H, 1))
     else:
-        rows.append(("lm_head input cast to the adapter dtype", ab * N * spec.hidden_size, 1))
+        rows.append(("lm_head input cast to bf16", 2 * N * H, 1))
     return rows
 
 
-def lm_head_shares_input(method: str, ab: int) -> bool:
-    """Whether lm_head's ``lora_A`` saves the final norm's output itself (same dtype)."""
-    return ab == act_bytes(method)
+def lm_head_shares_input(method: str, ab: int, dropout: bool = False, mixed: bool = False) -> bool:
+    """Whether lm_head's ``lora_A`` saves the final norm's output itself (the same dtype as the
+    adapter, bf16 under autocast, and no dropout)."""
+    if dropout:
+        return False
+    return ab == act_bytes(method) and (ab == 2 or not mixed)
 
 
-def lm_head_lora_forward_rows(method: str, ab: int, N: int, V: int) -> list[tuple[str, int, int]]:
+def lm_head_lora_forward_rows(
+    method: str, ab: int, N: int, V: int, H: int, dropout: bool = False, mixed: bool = False
+) -> list[tuple[str, int, int]]:
     """Inside lm_head's LoRA forward, at ``result + lora_B(...) * scaling``: the base logits (in
     lm_head's dtype: bf16, or fp32 for QLoRA's upcast head), the scaled LoRA term (adapter dtype)
     and their sum (the wider of the two); at the multiply the unscaled term stands for the sum,
     the same bytes. QLoRA's head (4 B) makes this the forward's peak: 12 N V bytes against the
-    loss's 8 N V."""
-    base = act_bytes(method)
-    return [
+    loss's 8 N V. Under bf16 autocast all three are bf16 (both linears run in bf16; ``* scaling``
+    and the add keep it). Besides: ``x_ab``, the input's fresh cast to the adapter dtype, which
+    ``forward``'s local ``x`` holds until it returns, when ``lora_A`` does not save it (dropout
+    saves its output; autocast's linear saves its bf16 cast of an fp32 one); the dropout's own
+    output is gone by then (a temporary of ``lora_B(lora_A(dropout(x)))`` when it is not saved)."""
+    base = 2 if mixed else act_bytes(method)
+    term = 2 if mixed else ab
+    rows = [
         ("lm_head base logits", base * N * V, 1),
-        ("lm_head LoRA term, scaled", ab * N * V, 1),
-        ("their sum", max(base, ab) * N * V, 1),
+        ("lm_head LoRA term, scaled", term * N * V, 1),
+        ("their sum", max(base, term) * N * V, 1),
     ]
+    fresh = ab != act_bytes(method)
+    if fresh and (dropout or (mixed and ab == 4)):
+        rows.append(("lm_head input cast to the adapter dtype (forward's local)", ab * N * H, 1))
+    return rows
+
+
+def embed_lora_rows(
+    spec: ModelSpec, method: str, rank: int, adapter_bytes: int, N: int, mixed: bool
+) -> list[tuple[str, int, int]]:
+    """peft 0.21 ``lora.Embedding._embedding_forward``: ``after_A = F.embedding(ids,
+    lora_embedding_A.T)`` [N, r], then ``after_A @ lora_embedding_B.T``. The matmul saves
+    ``after_A`` for B's gradient and B.T (a view of the parameter: no bytes) for ``after_A``'s.
+    Under bf16 autocast with an fp32 adapter (``upcast_adapter_bytes``) F.embedding is in no
+    autocast list (fp32 ``after_A``, a temporary) and the matmul casts both operands to bf16: the
+    bf16 ``after_A`` (2 N r) and B.T's bf16 cast (2 r H; B.T is a view, not a leaf, so
+    ``can_try_cache`` does not cache it: a fresh cast per call) are what it saves."""
+    eb = upcast_adapter_bytes(method, adapter_bytes)
+    if mixed and eb == 4:
+        return [
+            ("embedding lora after_A cast to bf16", 2 * N * rank, 1),
+            ("embedding lora_embedding_B.T cast to bf16", 2 * rank * spec.hidden_size, 1),
+        ]
+    return [("embedding lora after_A", eb * N * rank, 1)]
 
 
 def recompute_up_proj_rows(
@@ -566,13 +656,9 @@ def recompute_up_proj_rows(
     return rows
 
 
-def embed_adapter_bytes(method: str, adapter_bytes: int) -> int:
-    """An embedding adapter's element size (static.adapter_elem_bytes)."""
-    return adapter_elem_bytes(method, "model.embed_tokens", adapter_bytes)
-
-
-def head_adapter_bytes(method: str, adapter_bytes: int) -> int:
-    """lm_head's adapter element size (static.adapter_elem_bytes)."""
+def upcast_adapter_bytes(method: str, adapter_bytes: int) -> int:
+    """The element size of an adapter on the embedding or lm_head (static.adapter_elem_bytes:
+    QLoRA's are fp32 like their upcast base weights)."""
     return adapter_elem_bytes(method, "lm_head", adapter_bytes)
 
 
@@ -613,6 +699,7 @@ def loss_forward_bytes(
     quant: str = "bf16",
     use_cache: bool = True,
     norm_out_saved: bool = False,
+    decoder_grad: bool = True,
 ) -> int:
     """The loss's forward transients on top of what is saved: the logits (bf16, then their fp32
     copy; QLoRA's lm_head is fp32 and ``.float()`` is no copy), the final norm's output
@@ -629,11 +716,18 @@ def loss_forward_bytes(
     vn = FP32 * N * spec.vocab_size if a == 4 and not mixed else (2 + FP32) * N * spec.vocab_size
     # the final norm's output: saved when lm_head trains, unless it is fp32 and cast for it
     norm_out = 0 if (method == "full" and a == 2) or norm_out_saved else a * N * spec.hidden_size
-    return vn + norm_out + pad + forward_cache_bytes(spec, method, grad_checkpointing, N, quant, use_cache)
+    cache = forward_cache_bytes(spec, method, grad_checkpointing, N, quant, use_cache, decoder_grad)
+    return vn + norm_out + pad + cache
 
 
 def forward_cache_bytes(
-    spec: ModelSpec, method: str, grad_checkpointing: str, tokens: int, quant: str = "bf16", use_cache: bool = True
+    spec: ModelSpec,
+    method: str,
+    grad_checkpointing: str,
+    tokens: int,
+    quant: str = "bf16",
+    use_cache: bool = True,
+    decoder_grad: bool = True,
 ) -> int:
     """The K and V of the ``DynamicCache`` the forward fills without checkpointing (``use_cache``),
     held by the model's output until it is dropped, beyond what attention saves: flash saves
@@ -641,10 +735,14 @@ def forward_cache_bytes(
     and under autocast flash saves bf16 casts of them; fp32 master weights: k after rotary is
     fp32, v_proj's output bf16, saved by flash as it is). A packed row runs with
     ``use_cache=False``: none. (Liger's ``lce_forward`` keeps the decoder's output, and so this
-    cache, while its loss runs.)"""
+    cache, while its loss runs.) When the decoder has no graph (``decoder_grad`` False: an adapter
+    on lm_head alone, ``decoder_requires_grad``) attention saves nothing, and the bf16 K and V
+    count too."""
     a = act_bytes(method, quant)
-    if a != 4 or grad_checkpointing != "off" or not use_cache:
+    if grad_checkpointing != "off" or not use_cache:
         return 0
+    if a != 4:
+        return 0 if decoder_grad else 2 * spec.num_hidden_layers * a * tokens * spec.kv_dim
     kv = 1 if method == "full" else 2
     return kv * spec.num_hidden_layers * a * tokens * spec.kv_dim
 

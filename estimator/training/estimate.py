@@ -51,9 +51,9 @@ from ..units import check_int
 from .activations import (
     act_bytes,
     adapter_cast_sizes,
+    decoder_requires_grad,
     embedding_end_rows,
     forward_cache_bytes,
-    head_adapter_bytes,
     layer_linears,
     lm_head_lora_forward_rows,
     lm_head_shares_input,
@@ -62,6 +62,7 @@ from .activations import (
     math_attention_backward_rows,
     recompute_up_proj_rows,
     saved_tensors,
+    upcast_adapter_bytes,
 )
 from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
@@ -283,21 +284,26 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         raise InvalidSpecError(
             f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
         )
-    if (
-        s.method != "full"
-        and "lm_head" in s.targets
-        and (s.mixed_precision != "off" or s.dropout > 0 or s.loss != "transformers" or s.packed)
-    ):
-        # traced without autocast, dropout, the Liger loss and packed rows only
+    if s.method != "full" and "lm_head" in s.targets and s.loss == "liger":
+        # liger-kernel 0.8.5's lce_forward (lce_maybe_trainable_lm_head) passes ``lm_head.weight``,
+        # PEFT's base weight, to its fused loss and never calls lm_head: the adapter would not
+        # train, and the step is not traced
         raise InvalidSpecError(
-            "targets: LoRA on lm_head is modelled without mixed precision, dropout, the Liger loss "
-            "or a packed row: 'lm_head'"
+            "targets: LoRA on lm_head is not modelled with the Liger loss (its fused loss reads "
+            "lm_head.weight and never runs the adapter): 'lm_head'"
         )
     mixed = s.mixed_precision != "off"
-    if mixed and s.method != "full" and "embed" in s.targets:
-        # peft's lora.Embedding under autocast (an fp32 F.embedding, then a matmul with a view of
-        # lora_embedding_B, which autocast does not cache) is not traced yet
-        raise InvalidSpecError("targets: an embedding adapter under mixed_precision bf16 is not modelled yet: 'embed'")
+    head_alone = s.method != "full" and not decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
+    if head_alone and (s.packed or (s.method == "qlora" and not mixed)):
+        # an adapter on lm_head alone: the decoder runs without a graph and has no backward, so a
+        # moment inside its forward can be the step's peak: SDPA's fp32 math softmax (QLoRA
+        # without autocast), or a packed row's mask and mem-efficient attention (traced at
+        # narrow width and 8K tokens above the loss's moment; not candidates)
+        raise InvalidSpecError(
+            "targets: an adapter on lm_head alone is modelled on unpacked rows, and for QLoRA "
+            "under mixed_precision bf16 or with checkpointing (else a decoder forward moment, not "
+            "modelled, can be the peak): 'lm_head'"
+        )
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
@@ -322,8 +328,26 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
     head_lora = s.method != "full" and "lm_head" in s.targets
-    shares = head_lora and lm_head_shares_input(s.method, head_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype]))
-    kv_cache = forward_cache_bytes(s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed)
+    head_ab = upcast_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype])  # lm_head's adapter
+    shares = head_lora and lm_head_shares_input(s.method, head_ab, s.dropout > 0, mixed)
+    decoder_grad = decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
+    kv_cache = forward_cache_bytes(
+        s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed, decoder_grad
+    )
+    cache_rows: list[tuple[int, int]] = []
+    if mixed and s.method != "full" and s.adapter_dtype == "fp32":
+        # the autocast cache's adapter weight casts the linears did not save (alive until the
+        # forward's autocast region exits, after the loss)
+        cache: dict[int, int] = {}
+        for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
+            cache[n] = cache.get(n, 0) + c
+        for what, n, c in saved.rows:
+            if what.endswith("weight cast (saved)") and not what.startswith("lm_head"):
+                cache[n] -= c
+        if "lm_head" in s.targets and not decoder_grad:
+            # lm_head's adapter alone: lora_A's cached weight cast is not saved (its input needs no grad)
+            cache[2 * s.rank * s.model.hidden_size] = cache.get(2 * s.rank * s.model.hidden_size, 0) + 1
+        cache_rows = [(n, c) for n, c in cache.items() if c]
     if s.loss == "liger":  # (settings: not with autocast or a packed row)
         liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
         fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)])
@@ -331,19 +355,18 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         bwd_name = "backward (liger)"
     else:
         loss_fwd = loss_forward_bytes(
-            s.model, s.method, s.grad_checkpointing, T, b, mixed, s.quant, not s.packed, norm_out_saved=shares
+            s.model,
+            s.method,
+            s.grad_checkpointing,
+            T,
+            b,
+            mixed,
+            s.quant,
+            not s.packed,
+            norm_out_saved=shares,
+            decoder_grad=decoder_grad,
         )
-        fwd_rows = [(loss_fwd, 1)]
-        if mixed and s.method != "full" and s.adapter_dtype == "fp32":
-            # the autocast cache's adapter weight casts the linears did not save (alive until the
-            # forward's autocast region exits, after the loss)
-            cache: dict[int, int] = {}
-            for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
-                cache[n] = cache.get(n, 0) + c
-            for what, n, c in saved.rows:
-                if what.endswith("weight cast (saved)"):
-                    cache[n] -= c
-            fwd_rows += [(n, c) for n, c in cache.items() if c]
+        fwd_rows = [(loss_fwd, 1)] + cache_rows
         if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
             # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
             # during the forward and none is saved (the layers keep only their inputs)
@@ -364,10 +387,10 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         loss_rows = ("log_softmax output fp32", "labels (padded)", "shift_labels", "loss, nll total_weight")
         before = [(n, c) for what, n, c in saved.rows if not what.startswith(loss_rows)]
         N, V, H = s.tokens, s.model.vocab_size, s.model.hidden_size
-        head = lm_head_lora_forward_rows(s.method, head_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype]), N, V)
+        head = lm_head_lora_forward_rows(s.method, head_ab, N, V, H, s.dropout > 0, mixed)
         norm_out = [] if shares else [(act_bytes(s.method) * N * H, 1)]
         cands["forward (lm_head LoRA)"] = resident + [
-            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)])
+            _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)] + cache_rows)
         ]
     if s.loss == "liger" and s.method != "full":
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
@@ -418,7 +441,8 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             vh = s.model.vocab_size * s.model.hidden_size
             left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
             cands["backward (lm_head weight grad)"] = resident + [_group(left)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed:
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed and decoder_grad:
+        # (an adapter on lm_head alone: the decoder has no graph, no attention backward)
         rows = math_attention_backward_rows(
             s.model,
             s.targets,

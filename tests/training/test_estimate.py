@@ -146,8 +146,53 @@ def test_committed_grid_is_complete():
         {"method": "lora", "targets": "all-linear,lm_head", "adapter_dtype": "bf16", "grad_checkpointing": "reentrant"},
         {"method": "qlora", "targets": "q,v,lm_head"},
         {"method": "qlora", "targets": "all-linear,lm_head", "grad_checkpointing": "non-reentrant"},
-        # bf16 adapters: lm_head's are fp32 like the upcast (tied) head they wrap
+        # QLoRA's lm_head adapter is fp32 whatever adapter_dtype says (its base, the upcast tied
+        # embedding, is fp32: PEFT moves the adapter to that dtype)
         {"method": "qlora", "targets": "q,v,lm_head", "adapter_dtype": "bf16"},
+        # lm_head with dropout: lora_A saves the dropout's output and its bool mask; the fp32
+        # input copy is the forward's local until lm_head returns (the forward peaks inside it)
+        {"method": "lora", "targets": "q,v,lm_head", "dropout": 0.1},
+        {"method": "lora", "targets": "q,v,lm_head", "dropout": 0.1, "adapter_dtype": "bf16"},
+        {"method": "lora", "targets": "all-linear,lm_head", "dropout": 0.1, "grad_checkpointing": "non-reentrant"},
+        {"method": "qlora", "targets": "q,v,lm_head", "dropout": 0.1, "adapter_dtype": "bf16"},
+        {
+            "method": "qlora",
+            "targets": "q,v,lm_head",
+            "dropout": 0.1,
+            "grad_checkpointing": "reentrant",
+            "micro_batch": 2,
+        },
+        # an adapter on lm_head alone: the decoder has no graph (nothing saved, and the bf16
+        # DynamicCache K and V count), lora_A's input needs no grad (no dropout mask saved);
+        # with checkpointing enable_input_require_grads makes the decoder save as usual
+        {"method": "lora", "targets": "lm_head"},
+        {"method": "lora", "targets": "lm_head", "dropout": 0.1, "micro_batch": 2},
+        {"method": "lora", "targets": "lm_head", "adapter_dtype": "bf16", "grad_accum": 2},
+        {"method": "qlora", "targets": "lm_head", "grad_checkpointing": "non-reentrant", "dropout": 0.1},
+        # lm_head on a packed row: the loss sees one sequence of N tokens
+        {"method": "lora", "targets": "q,v,lm_head", "micro_batch": 2, "packed": True},
+        {
+            "method": "lora",
+            "targets": "q,v,lm_head",
+            "micro_batch": 3,
+            "packed": True,
+            "grad_checkpointing": "reentrant",
+        },
+        {
+            "method": "qlora",
+            "targets": "all-linear,lm_head",
+            "micro_batch": 2,
+            "packed": True,
+            "grad_checkpointing": "non-reentrant",
+        },
+        {
+            "method": "lora",
+            "targets": "q,v,lm_head",
+            "micro_batch": 2,
+            "packed": True,
+            "dropout": 0.1,
+            "attn_implementation": "flash_attention_2",
+        },
         # torch's fused AdamW (its own _fused_adamw path on meta): step on the device, no temporaries
         {"method": "lora", "optimizer": "adamw-fused"},
         {"method": "full", "optimizer": "adamw-fused", "grad_accum": 2},
@@ -213,11 +258,12 @@ def test_bad_input_names_the_field():
         ({"grad_checkpointing": "yes"}, "grad_checkpointing"),
         ({"method": "qlora", "quant": "int8"}, "quant"),
         ({"dropout": 1.5}, "dropout"),
-        ({"targets": "all-linear,lm_head", "dropout": 0.1}, "targets"),
+        ({"targets": "all-linear,lm_head", "loss": "liger"}, "targets"),
+        ({"targets": "lm_head", "micro_batch": 2, "packed": True}, "targets"),
+        ({"method": "qlora", "targets": "lm_head"}, "targets"),
         ({"mixed_precision": "fp16"}, "mixed_precision"),
         ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
         ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),
-        ({"targets": "q,v,embed", "mixed_precision": "bf16"}, "targets"),
         ({"method": "qlora", "micro_batch": 2, "packed": True, "mixed_precision": "bf16"}, "mixed_precision"),
     ):
         with pytest.raises(InvalidSpecError, match=field):

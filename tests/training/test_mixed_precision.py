@@ -37,6 +37,36 @@ def test_full_fp32_master_weights_golden_3b():
     assert e.peak_live_bytes > bf16.peak_live_bytes + 8 * P_3B  # 2 B more weights, grads; 4 B more states
 
 
+def test_lm_head_and_embed_adapters_under_autocast_golden_3b():
+    """Llama 3.2 3B, LoRA r=16, fp32 adapters, 2K tokens under bf16 autocast: what an adapter on
+    lm_head, or on the embedding, adds to all-linear at the step's peak (log_softmax's backward),
+    by mechanism.
+
+    lm_head: the adapter r (H + V) fp32 with AdamW's two states (12 B a parameter); lora_A saves
+    the bf16 cast of the norm's output (2 N H: PEFT's fp32 copy is a transient) and its cached
+    bf16 weight cast (2 r H), lora_B its bf16 input (2 N r) and weight cast (2 V r).
+
+    embed: the adapter r (V + H), 12 B a parameter; ``after_A @ lora_embedding_B.T`` saves bf16
+    casts of after_A (2 N r) and of B.T (2 r H, a view: not cached); the first layer's input now
+    requires grad, so its input_layernorm saves the fp32 input and rsqrt (4 N H + 4 N) and q, k
+    and v's lora_A save their (cached) weight casts (3 x 2 r H)."""
+    T, H, V, r = 2048, 3072, 128_256, 16
+    base = estimate_training(seq_len=T, mixed_precision="bf16")
+    head = estimate_training(seq_len=T, mixed_precision="bf16", targets="all-linear,lm_head")
+    emb = estimate_training(seq_len=T, mixed_precision="bf16", targets="all-linear,embed")
+    for e in (base, head, emb):
+        assert e.peak_phase == "backward (log_softmax)"
+    assert (
+        head.peak_live_bytes - base.peak_live_bytes == 12 * r * (H + V) + 2 * T * H + 2 * r * H + 2 * T * r + 2 * V * r
+    )
+    assert (
+        emb.peak_live_bytes - base.peak_live_bytes
+        == 12 * r * (V + H) + 2 * T * r + 2 * r * H + 4 * T * H + 4 * T + 6 * r * H
+    )
+    assert head.peak_live_bytes == 18_200_394_248
+    assert emb.peak_live_bytes == 18_209_176_072
+
+
 def test_mixed_shrinks_qlora_and_lora_activations():
     """Under autocast QLoRA's attention runs the bf16 flash kernel instead of fp32 SDPA math
     (no T x T probabilities) and LoRA's saved adapter inputs are bf16 instead of fp32 copies."""
@@ -77,6 +107,45 @@ def test_mixed_shrinks_qlora_and_lora_activations():
         {"method": "lora", "micro_batch": 3, "packed": True, "grad_checkpointing": "non-reentrant"},
         {"method": "lora", "micro_batch": 2, "packed": True, "attn_implementation": "flash_attention_2"},
         {"method": "full", "micro_batch": 2, "packed": True},
+        # LoRA on lm_head: lora_A saves a bf16 cast of its input (the norm's output itself for
+        # bf16 adapters on a bf16 base), its bf16 output; fp32 adapters: lora_B's [V, r] and
+        # lora_A's weight casts; with dropout the bf16 dropout output and the bool mask
+        {"method": "lora", "targets": "q,v,lm_head"},
+        {"method": "lora", "targets": "q,v,lm_head", "adapter_dtype": "bf16", "dropout": 0.1},
+        {"method": "lora", "targets": "q,v,lm_head", "dropout": 0.1, "micro_batch": 2, "grad_accum": 2},
+        {"method": "lora", "targets": "all-linear,lm_head", "grad_checkpointing": "non-reentrant"},
+        {"method": "lora", "targets": "all-linear,lm_head", "grad_checkpointing": "reentrant", "micro_batch": 2},
+        {"method": "qlora", "targets": "q,v,lm_head", "dropout": 0.1},
+        {"method": "qlora", "targets": "q,v,lm_head", "adapter_dtype": "bf16"},
+        {"method": "qlora", "targets": "all-linear,lm_head", "grad_checkpointing": "non-reentrant", "dropout": 0.1},
+        {
+            "method": "lora",
+            "targets": "q,v,lm_head",
+            "micro_batch": 2,
+            "packed": True,
+            "dropout": 0.1,
+            "grad_checkpointing": "non-reentrant",
+        },
+        {
+            "method": "lora",
+            "targets": "all-linear,lm_head",
+            "micro_batch": 2,
+            "packed": True,
+            "attn_implementation": "flash_attention_2",
+            "grad_accum": 2,
+        },
+        # lm_head alone: lora_A's weight cast is cached, not saved (its input needs no grad)
+        {"method": "lora", "targets": "lm_head", "dropout": 0.1},
+        {"method": "qlora", "targets": "lm_head", "adapter_dtype": "bf16"},
+        # an embedding adapter: the matmul after F.embedding saves bf16 casts of after_A and of
+        # lora_embedding_B.T (a view: not cached), for fp32 adapters
+        {"method": "lora", "targets": "q,v,embed"},
+        {"method": "lora", "targets": "q,v,embed", "adapter_dtype": "bf16"},
+        {"method": "lora", "targets": "all-linear,embed", "grad_checkpointing": "non-reentrant"},
+        {"method": "lora", "targets": "q,v,embed", "grad_checkpointing": "reentrant", "dropout": 0.1},
+        {"method": "qlora", "targets": "q,v,embed", "adapter_dtype": "bf16", "micro_batch": 2},
+        {"method": "qlora", "targets": "all-linear,embed", "grad_checkpointing": "non-reentrant"},
+        {"method": "lora", "targets": "q,v,embed,lm_head", "micro_batch": 2, "packed": True, "dropout": 0.1},
     ],
     ids=str,
 )
