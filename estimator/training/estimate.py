@@ -51,6 +51,7 @@ from ..units import check_int
 from .activations import (
     act_bytes,
     adapter_cast_sizes,
+    attention_kernel,
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
@@ -293,6 +294,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             "or a packed row: 'lm_head'"
         )
     mixed = s.mixed_precision != "off"
+    kernel = attention_kernel(s.method, s.packed, s.attn_implementation, mixed)
     if mixed and s.method != "full" and "embed" in s.targets:
         # peft's lora.Embedding under autocast (an fp32 F.embedding, then a matmul with a view of
         # lora_embedding_B, which autocast does not cache) is not traced yet
@@ -405,6 +407,11 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
                 end.append((8 * T, 1))
             elif s.attn_implementation == "sdpa":
                 end.append((T * T, 1))
+        elif kernel == "fa2-varlen":
+            # the forward's FlashAttnVarlenFunc nodes (without checkpointing, or non-reentrant's
+            # kept graph) hold ctx.max_seqlen_q, a 0-dim int32 tensor, until the graph is freed
+            # after backward (activations.attention_rows)
+            end.append((4, s.model.num_hidden_layers))
         itemsize = DTYPE_BYTES[s.quant]
         end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens, itemsize)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
@@ -417,7 +424,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             vh = s.model.vocab_size * s.model.hidden_size
             left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
             cands["backward (lm_head weight grad)"] = resident + [_group(left)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed:
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and kernel == "math":
         rows = math_attention_backward_rows(
             s.model,
             s.targets,

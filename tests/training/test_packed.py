@@ -61,6 +61,48 @@ def test_golden_packed_vs_unpacked_inputs_3b():
     assert fa2.nbytes - flash.nbytes == diff == 3_277_928
 
 
+def test_golden_qlora_flash_attention_2_3b_2k():
+    """Llama 3.2 3B, QLoRA r=16 all-linear (fp32 adapters), 2,048 tokens, no autocast: SDPA runs
+    the fp32 math path; flash_attention_2 casts q, k, v to bf16 (fa_peft_integration_check) and
+    returns a bf16 output, which o_proj's fp32 adapter casts back to fp32 for lora_A. Per layer
+    (N = T = 2,048, q_dim 3,072, kv_dim 1,024, 24 heads), math: scaled q, k^T and v expanded to
+    every head (4 N q_dim each: h d = q_dim), the fp32 probabilities 4 h T^2 and o_proj's input
+    (the output's contiguous copy, shared with its fp32 lora_A) 4 N q_dim; flash-attn: bf16 q and
+    out (2 N q_dim each), k and v (2 N kv_dim each), lse 4 h N, rng_state 16 B, o's fp32 input
+    cast 4 N q_dim. Under autocast both see bf16 q, k, v: only flash-attn's rng_state differs."""
+    N, L, qd, kvd, h = 2048, 28, 3072, 1024, 24
+    math = 3 * 4 * N * qd + 4 * h * N * N + 4 * N * qd
+    fa2 = 2 * 2 * N * qd + 2 * 2 * N * kvd + 4 * h * N + 16 + 4 * N * qd
+    assert math - fa2 == 444_399_600
+    kw = dict(method="qlora", seq_len=2048, micro_batch=1)
+    assert _saved(**kw).nbytes - _saved(**kw, attn_implementation="flash_attention_2").nbytes == L * 444_399_600
+    on = _saved(**kw, mixed=True)
+    assert _saved(**kw, mixed=True, attn_implementation="flash_attention_2").nbytes - on.nbytes == L * 16
+
+
+def test_golden_qlora_packed_under_autocast_3b_4x2k():
+    """QLoRA, 4 x 2K packed, SDPA (mem-efficient): without autocast q, the repeated k and v, the
+    output and aten's additive mask are fp32; under bf16 autocast SDPA casts q and the repeated
+    k, v to bf16 and the mask follows the query's dtype: every one of them halves."""
+
+    def attn(**kw):
+        rows: dict[str, int] = {}
+        for name, n, c in _saved(method="qlora", packed=True, **kw).rows:
+            rows[name] = rows.get(name, 0) + n * c
+        return rows
+
+    N, L, qd = 8192, 28, 3072
+    off, on = attn(), attn(mixed=True)
+    assert (
+        off["additive mask (convert_boolean_attn_mask)"]
+        == L * 4 * N * N
+        == 2 * on["additive mask (convert_boolean_attn_mask)"]
+    )
+    assert off["k, v repeated to every head (repeat_kv)"] == L * 2 * 4 * N * qd
+    for name in ("q after rotary", "k, v repeated to every head (repeat_kv)", "attention output"):
+        assert off[name] == 2 * on[name]
+
+
 @pytest.mark.parametrize(
     "kw",
     [
@@ -76,6 +118,22 @@ def test_golden_packed_vs_unpacked_inputs_3b():
         {"micro_batch": 3, "attn_implementation": "flash_attention_2", "grad_checkpointing": "non-reentrant"},
         {"micro_batch": 2, "attn_implementation": "flash_attention_2", "grad_checkpointing": "reentrant"},
         {"micro_batch": 2, "attn_implementation": "flash_attention_2", "method": "full", "grad_accum": 2},
+        # QLoRA: flash-attn casts the fp32 q, k, v to config.dtype (bf16) per call
+        # (fa_peft_integration_check); o_proj's fp32 adapters then save an fp32 cast of the bf16 output
+        {"micro_batch": 2, "attn_implementation": "flash_attention_2", "method": "qlora"},
+        {
+            "micro_batch": 2,
+            "attn_implementation": "flash_attention_2",
+            "method": "qlora",
+            "grad_checkpointing": "non-reentrant",
+        },
+        {
+            "micro_batch": 3,
+            "attn_implementation": "flash_attention_2",
+            "method": "qlora",
+            "dropout": 0.1,
+            "targets": "o",
+        },
     ],
     ids=str,
 )
@@ -93,9 +151,21 @@ def test_packed_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
     _check(r)
 
 
-@pytest.mark.parametrize("kw", [{}, {"method": "full", "micro_batch": 2, "grad_checkpointing": "reentrant"}], ids=str)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"method": "full", "micro_batch": 2, "grad_checkpointing": "reentrant"},
+        {"method": "qlora"},
+        {"method": "qlora", "grad_checkpointing": "non-reentrant", "micro_batch": 2},
+        {"method": "qlora", "adapter_dtype": "bf16", "targets": "q,k,v,o"},
+        {"method": "qlora", "quant": "nf4-dq", "dropout": 0.1, "grad_accum": 2},
+    ],
+    ids=str,
+)
 def test_flash_attention_2_unpacked_trace(narrow_llama3_vocab_dir, kw):
-    """flash_attention_2 without packing: SDPA's flash path plus flash-attn's rng_state per layer."""
+    """flash_attention_2 without packing: SDPA's flash path plus flash-attn's rng_state per layer
+    (QLoRA: bf16 casts of the fp32 q, k, v instead of SDPA's fp32 math path, so the two differ)."""
     pytest.importorskip("torch")
     pytest.importorskip("peft")
     from runtime.train import train_measure, train_settings
@@ -107,6 +177,8 @@ def test_flash_attention_2_unpacked_trace(narrow_llama3_vocab_dir, kw):
     )
     assert r["status"] == "ok", r["error"]
     _check(r)
+    if r["settings"]["method"] == "qlora":
+        return
     sdpa = _estimate({**r["settings"], "attn_implementation": "sdpa"})
     assert _estimate(r["settings"]).peak_live_bytes - sdpa.peak_live_bytes in (0, 2 * 16)  # 2 layers' rng_state
 
@@ -122,7 +194,6 @@ def test_bad_input_names_the_field():
     for kw, field in (
         ({"packed": "yes", "micro_batch": 2}, "packed"),
         ({"attn_implementation": "eager"}, "attn_implementation"),
-        ({"method": "qlora", "attn_implementation": "flash_attention_2"}, "attn_implementation"),
         ({"packed": True, "micro_batch": 1}, "micro_batch"),
     ):
         with pytest.raises(InvalidSpecError, match=field):
