@@ -5,8 +5,10 @@ narrow width equal the estimate to the byte; hand-derived goldens; bad input nam
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from test_estimate import _check, _estimate
@@ -232,3 +234,51 @@ def test_runtime_bad_input_exits_2(args, field):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0]
+
+
+def test_fa2_target_dtype_follows_transformers():
+    """runtime.train._fa_target_dtype is transformers 5.24's get_target_dtype (the dtype
+    fa_peft_integration_check casts an fp32 q, k, v to): a 16-bit query is left alone; an fp32 one
+    goes to autocast's dtype under autocast (torch's own CPU autocast here, the stand-in on
+    fake tensors) and otherwise, for a quantized model, to config.dtype."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig
+    from transformers.integrations.flash_attention import get_target_dtype
+    from transformers.models.llama.modeling_llama import LlamaAttention
+
+    from runtime.autocast import Autocast
+    from runtime.train import _fa_target_dtype
+
+    conf = LlamaConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, dtype=torch.bfloat16)
+    attn = LlamaAttention(conf, layer_idx=0).to(torch.float32)  # an fp32 Linear: the fallback's dtype
+    q32, q16 = torch.zeros(1, 4, 8, 16), torch.zeros(1, 4, 8, 16, dtype=torch.bfloat16)
+    assert _fa_target_dtype(q16, attn) is None is get_target_dtype(q16, attn)
+    assert _fa_target_dtype(q32, attn) == get_target_dtype(q32, attn) == torch.float32
+    conf._is_quantized = True  # what the bnb quantizer sets (and runtime.train.build for QLoRA)
+    assert _fa_target_dtype(q32, attn) == get_target_dtype(q32, attn) == torch.bfloat16
+    del conf._is_quantized
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        real = get_target_dtype(q32, attn)
+    with Autocast():
+        standin = _fa_target_dtype(q32, attn)
+    assert real == standin == torch.bfloat16
+
+
+QLORA_ATTN_3B = Path(__file__).with_name("qlora_attn_3b.jsonl")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [json.loads(x) for x in QLORA_ATTN_3B.read_text().splitlines() if x.strip()],
+    ids=lambda r: (
+        "{method}-{quant}-{micro_batch}x{seq_len}-{attn_implementation}-{mixed_precision}".format(**r["settings"])
+        + ("-packed" if r["settings"]["packed"] else "")
+    ),
+)
+def test_committed_3b_fp32_rows_attention_traces(record):
+    """Llama 3.2 3B traces (``python -m runtime train-measure --device trace``) of QLoRA r=16
+    all-linear with flash_attention_2 (2K and 8K, with and without autocast) and packed 4 x 2K
+    (SDPA under autocast, flash_attention_2 with and without), and fp32 master weights with
+    flash_attention_2 (2K, packed 4 x 512): each phase equals the estimate to the byte."""
+    assert record["status"] == "ok"
+    _check(record)
