@@ -293,18 +293,27 @@ def efficient_train_attention(module, query, key, value, attention_mask, dropout
     multiple of 8 when needed (``preprocess_mask``/``pad_bias``) and expands it to every head."""
     from transformers.integrations.sdpa_attention import repeat_kv
 
+    from . import autocast
+
     if attention_mask is None or attention_mask.dtype != torch.bool:
         raise NotImplementedError("the packed SDPA stand-in expects transformers' bool block-causal mask")
     key = repeat_kv(key, module.num_key_value_groups)
     value = repeat_kv(value, module.num_key_value_groups)
-    neg = torch.scalar_tensor(float("-inf"), dtype=query.dtype, device=query.device)
+    q, k, v = query, key, value
+    if autocast.active():
+        # SDPA is lower_precision_fp: AutocastCUDA casts q and the repeated k, v to bf16 before
+        # the composite op runs (fresh copies, not cached: not leaves); the fp32 repeated k, v
+        # stay alive as sdpa_attention_forward's locals until it returns
+        q, k, v = (t.to(autocast.LOW) for t in (query, key, value))
+    neg = torch.scalar_tensor(float("-inf"), dtype=q.dtype, device=q.device)
     bias = torch.where(attention_mask, 0.0, neg)
     n = bias.shape[-1]
     if n % 8:
         bias = torch.nn.functional.pad(bias, (0, 8 - n % 8))[..., :n]
-    B, h, M = query.shape[:3]
-    bias = bias.expand(B, h, M, key.shape[2])
-    out = EfficientAttention.apply(query, key, value, bias)
+    B, h, M = q.shape[:3]
+    bias = bias.expand(B, h, M, k.shape[2])
+    out = EfficientAttention.apply(q, k, v, bias)
+    del q, k, v, bias
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -314,17 +323,43 @@ def fa2_train_attention(module, query, key, value, attention_mask, dropout=0.0, 
     packed (``sequences`` > 0), ``_prepare_from_posids``: q, k, v ``.contiguous().view(-1, h, d)``
     ``cu_seqlens`` int32 [S + 1] and the 0-dim int32 max length (``prepare_fa_kwargs_from_position_ids``,
     made in every layer; its few-byte transients are not reproduced on fake tensors),
-    then ``flash_attn_varlen_func``."""
+    then ``flash_attn_varlen_func``. fp32 q, k, v (QLoRA's upcast residual stream, or fp32 master
+    weights' q, k after an fp32 rotary) are first cast as ``_flash_attention_forward``'s
+    ``fa_peft_integration_check`` does (``_fa_target_dtype``): ``q.to(target)``, ``k.to``,
+    ``v.to`` on the transposed [b, T, h, d] views (``.to`` keeps their strides; a bf16 one is
+    itself), fresh copies each call that stay alive as its locals until it returns."""
     if attention_mask is not None:
         raise NotImplementedError("the training trace models unpadded batches only (no attention mask)")
-    if not sequences:
-        return FlashAttention.apply(query, key, value, True), None
     q, k, v = (x.transpose(1, 2) for x in (query, key, value))
+    target = _fa_target_dtype(query, module)
+    if target is not None:
+        q, k, v = (x.to(target) for x in (q, k, v))
+    if not sequences:
+        # flash_attn_func: maybe_contiguous (the last stride is 1: no copy)
+        return FlashAttention.apply(*(x.transpose(1, 2) for x in (q, k, v)), True), None
+    casts = (q, k, v)  # query_states, key_states, value_states in _flash_attention_forward
     q, k, v = (x.contiguous().view(-1, x.size(-2), x.size(-1)) for x in (q, k, v))
     cu = torch.empty(sequences + 1, dtype=torch.int32, device=q.device)
     max_len = torch.empty((), dtype=torch.int32, device=q.device)  # cu.diff().max()
     out = FlashAttnVarlen.apply(q, k, v, cu, max_len, sequences)
+    del casts
     return out.view(1, -1, *out.shape[-2:]), None
+
+
+def _fa_target_dtype(query: torch.Tensor, module) -> torch.dtype | None:
+    """transformers 5.24 ``integrations/flash_attention.py`` ``get_target_dtype``: for an fp32
+    query, autocast's dtype when autocast is on, else the config's dtype for a quantized model
+    (``config._is_quantized``, set by the quantizer: ``quantizers/base.py``
+    ``_assign_is_quantized``), else the first Linear's weight dtype."""
+    from . import autocast
+
+    if query.dtype != torch.float32:
+        return None
+    if autocast.active():
+        return autocast.LOW
+    if hasattr(module.config, "_is_quantized"):
+        return module.config.dtype
+    return next(m for m in module.modules() if isinstance(m, nn.Linear)).weight.dtype
 
 
 def no_mask(*args, **kwargs):
@@ -608,6 +643,9 @@ def build(s: dict[str, Any], device: str):
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(conf, dtype=dt)
     if s["method"] == "qlora":
+        # as from_pretrained's bnb quantizer marks it (quantizers/base.py _assign_is_quantized):
+        # flash_attention_2 then casts fp32 q, k, v to config.dtype (get_target_dtype)
+        model.config._is_quantized = True
         if not trace:
             _quantize_real(model, s["quant"], device)
         else:

@@ -235,8 +235,12 @@ def _layer(
     dtype, ``bnb.Linear4bit``'s LoRA layer does not under autocast; the linear casts either back
     to bf16), shared with the module's input only when that is bf16 and the adapters are too;
     ``lora_A``'s output is bf16; with dropout its output (in the adapter or input dtype) is cast
-    and the bf16 copy saved. Attention always takes the flash kernel (16-bit), which saves its
-    bf16 copies of q, k and v when they are fp32 (QLoRA)."""
+    and the bf16 copy saved. Attention always sees bf16 q, k and v (SDPA casts them; unpacked,
+    it takes the flash kernel), and saves its bf16 copies of them when they are fp32 (QLoRA).
+
+    ``flash_attention_2`` (``fa2``, ``fa2-varlen``) is 16-bit with or without autocast:
+    transformers' ``fa_peft_integration_check`` casts fp32 q, k, v to bf16 first (``attention_bytes``),
+    so QLoRA's attention saves bf16 copies and returns a bf16 output, o_proj's input."""
     H, I = spec.hidden_size, spec.intermediate_size
     qd, kvd, h, d = spec.q_dim, spec.kv_dim, spec.num_attention_heads, spec.head_dim
     T = N // b
@@ -244,12 +248,14 @@ def _layer(
     rows: list[tuple[str, int, int]] = []
     tg = set(targets) if not full else set()
     dims = {t: (i, o) for t, i, o in layer_linears(spec, LAYER_TARGETS)}
+    attn_a = attention_bytes(kernel or ("flash" if a == 2 or mixed else "math"), a, mixed)
 
     def lora(name: str, inp: int, inp_grad: bool) -> bool:
         """Rows of a LoRA adapter on a module with ``inp`` input features (whose input requires
         grad or not); True when it saves the module's input tensor itself (bf16 adapters, no
-        dropout: shared). Under autocast o_proj's input is flash's bf16 output, the others'
-        the residual stream's dtype (``a``)."""
+        dropout: shared). o_proj's input is the attention's output (``attention_bytes``: bf16
+        under autocast and from flash-attn), the others' the residual stream's dtype (``a``)."""
+        in_bytes = attn_a if name == "o" else a
         if mixed:
             rows.append((f"{name} lora_A output (bf16)", 2 * N * rank, count))
             if ab == 4:  # the cached bf16 casts of the fp32 weights, saved (adapter_cast_bytes)
@@ -261,7 +267,6 @@ def _layer(
                 if inp_grad:
                     rows.append((f"{name} dropout mask", N * inp, count))
                 return False
-            in_bytes = 2 if name == "o" else a
             if in_bytes == 2 and (method == "qlora" or ab == 2):
                 return True
             rows.append((f"{name} input cast to bf16 (autocast)", 2 * N * inp, count))
@@ -272,7 +277,7 @@ def _layer(
             if inp_grad:  # CUDA native_dropout's bool mask, saved when the input needs a gradient
                 rows.append((f"{name} dropout mask", N * inp, count))
             return False
-        if ab != a:
+        if ab != in_bytes:
             rows.append((f"{name} input cast to the adapter dtype", ab * N * inp, count))
             return False
         return True
@@ -297,7 +302,7 @@ def _layer(
     kernel = kernel or ("flash" if a == 2 or mixed else "math")
     flash = kernel != "math"  # the output is saved by the kernel and shared with o_proj
     if attn_grad and kernel != "flash" and flash:
-        rows += attention_rows(spec, kernel, N, sequences, a, count)
+        rows += attention_rows(spec, kernel, N, sequences, attn_a, count)
     elif attn_grad and flash:
         rows += [
             ("q after rotary", 2 * N * qd, count),
@@ -436,6 +441,17 @@ def attention_kernel(method: str, packed: bool, attn_implementation: str, mixed:
         return "efficient"
     # under autocast SDPA casts q, k, v to bf16: flash
     return "math" if act_bytes(method) == 4 and not mixed else "flash"
+
+
+def attention_bytes(kernel: str, a: int, mixed: bool) -> int:
+    """Element bytes of the q, k, v an attention kernel saves and of its output: bf16 under
+    autocast (SDPA is ``lower_precision_fp``: autocast_mode.cpp casts q, k, v, and a packed row's
+    repeated k, v, to bf16 before the op) and always with flash-attn 2 (transformers 5.24
+    ``integrations/flash_attention.py`` ``get_target_dtype``: autocast's dtype, else, for a
+    quantized model, ``config.dtype``, bf16 here; ``fa_peft_integration_check`` then casts an fp32
+    q, k, v with ``.to``: fresh copies each call); else the residual stream's (``a``: QLoRA's fp32
+    math or mem-efficient path)."""
+    return 2 if mixed or kernel.startswith("fa2") else a
 
 
 def attention_rows(

@@ -51,6 +51,7 @@ from ..units import check_int
 from .activations import (
     act_bytes,
     adapter_cast_sizes,
+    attention_kernel,
     decoder_requires_grad,
     embedding_end_rows,
     forward_cache_bytes,
@@ -304,6 +305,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             "under mixed_precision bf16 or with checkpointing (else a decoder forward moment, not "
             "modelled, can be the peak): 'lm_head'"
         )
+    kernel = attention_kernel(s.method, s.packed, s.attn_implementation, mixed)
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer
     )
@@ -335,16 +337,18 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         s.model, s.method, s.grad_checkpointing, s.tokens, s.quant, not s.packed, decoder_grad
     )
     cache_rows: list[tuple[int, int]] = []
-    if mixed and s.method != "full" and s.adapter_dtype == "fp32":
+    if mixed and s.method != "full":
         # the autocast cache's adapter weight casts the linears did not save (alive until the
-        # forward's autocast region exits, after the loss)
+        # forward's autocast region exits, after the loss): fp32 adapters only (QLoRA's lm_head
+        # adapter is fp32 whatever adapter_dtype says)
         cache: dict[int, int] = {}
-        for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
-            cache[n] = cache.get(n, 0) + c
-        for what, n, c in saved.rows:
-            if what.endswith("weight cast (saved)") and not what.startswith("lm_head"):
-                cache[n] -= c
-        if "lm_head" in s.targets and not decoder_grad:
+        if s.adapter_dtype == "fp32":
+            for n, c in adapter_cast_sizes(s.model, s.targets, s.rank):
+                cache[n] = cache.get(n, 0) + c
+            for what, n, c in saved.rows:
+                if what.endswith("weight cast (saved)") and not what.startswith("lm_head"):
+                    cache[n] -= c
+        if head_lora and head_ab == 4 and not decoder_grad:
             # lm_head's adapter alone: lora_A's cached weight cast is not saved (its input needs no grad)
             cache[2 * s.rank * s.model.hidden_size] = cache.get(2 * s.rank * s.model.hidden_size, 0) + 1
         cache_rows = [(n, c) for n, c in cache.items() if c]
@@ -429,6 +433,11 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
                 end.append((8 * T, 1))
             elif s.attn_implementation == "sdpa":
                 end.append((T * T, 1))
+        elif kernel == "fa2-varlen":
+            # the forward's FlashAttnVarlenFunc nodes (without checkpointing, or non-reentrant's
+            # kept graph) hold ctx.max_seqlen_q, a 0-dim int32 tensor, until the graph is freed
+            # after backward (activations.attention_rows)
+            end.append((4, s.model.num_hidden_layers))
         itemsize = DTYPE_BYTES[s.quant]
         end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens, itemsize)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
@@ -441,7 +450,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             vh = s.model.vocab_size * s.model.hidden_size
             left += [(2 * s.tokens * s.model.hidden_size, 1), (2 * vh, 1), (4 * vh, 1)]
             cands["backward (lm_head weight grad)"] = resident + [_group(left)]
-    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and not mixed and not s.packed and decoder_grad:
+    if s.method == "qlora" and s.model.num_hidden_layers >= 2 and kernel == "math" and decoder_grad:
         # (an adapter on lm_head alone: the decoder has no graph, no attention backward)
         rows = math_attention_backward_rows(
             s.model,

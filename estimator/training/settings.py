@@ -96,12 +96,6 @@ class TrainSettings:
             raise InvalidSpecError(
                 f"micro_batch: a packed row needs at least 2 sequences (one is an unpacked row): {self.micro_batch!r}"
             )
-        if self.method == "qlora" and self.attn_implementation == "flash_attention_2":
-            # transformers' fa_peft_integration_check casts QLoRA's fp32 q, k, v to bf16 per call: not modelled
-            raise InvalidSpecError(
-                "attn_implementation: flash_attention_2 with qlora (fp32 q, k, v cast to bf16 each call) "
-                f"is not modelled: {self.attn_implementation!r}"
-            )
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise InvalidSpecError(f"dropout must be a number in [0, 1): {self.dropout!r}")
         _choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
@@ -115,13 +109,6 @@ class TrainSettings:
             # liger's chunk loop under autocast, on a packed row or next to flash-attn is not traced yet
             raise InvalidSpecError(
                 f"loss: {self.loss} is modelled with SDPA, unpacked rows and no mixed precision: {self.loss!r}"
-            )
-        fp32_rows = self.method == "qlora" or self.quant == "fp32"
-        if self.mixed_precision != "off" and fp32_rows and (self.packed or self.attn_implementation != "sdpa"):
-            # under autocast the fp32 q, k, v (and a packed row's repeated k, v) are cast per call
-            raise InvalidSpecError(
-                "mixed_precision: bf16 autocast with a packed row or flash_attention_2 is modelled for "
-                "bf16 activations (lora, full bf16), not qlora or fp32 master weights: 'bf16'"
             )
         if self.quant == "fp32" and self.mixed_precision == "off":
             # fp32 activations would take SDPA's math path, modelled for QLoRA's layers only

@@ -87,8 +87,6 @@ def best_method(
     every other setting as given; None when even QLoRA does not fit."""
     kw = {k: v for k, v in kw.items() if k not in ("method", "quant")}
     for method, quant in METHOD_ORDER:
-        if method == "qlora" and kw.get("attn_implementation") == "flash_attention_2":
-            continue  # not modelled (TrainSettings refuses it)
         s = _settings(model, gpu, {**kw, "method": method, "quant": quant})
         if _fits(s, _memory(s, gpu_memory_bytes)):
             return method

@@ -146,6 +146,49 @@ def test_mixed_shrinks_qlora_and_lora_activations():
         {"method": "qlora", "targets": "q,v,embed", "adapter_dtype": "bf16", "micro_batch": 2},
         {"method": "qlora", "targets": "all-linear,embed", "grad_checkpointing": "non-reentrant"},
         {"method": "lora", "targets": "q,v,embed,lm_head", "micro_batch": 2, "packed": True, "dropout": 0.1},
+        # fp32 rows (QLoRA, fp32 master weights) with flash_attention_2 or a packed row: SDPA
+        # casts q and the repeated k, v to bf16 (the mask then bf16 too); flash-attn's
+        # fa_peft_integration_check casts fp32 q, k, v to autocast's bf16
+        {"method": "qlora", "attn_implementation": "flash_attention_2"},
+        {"method": "qlora", "attn_implementation": "flash_attention_2", "grad_checkpointing": "reentrant"},
+        {"method": "qlora", "attn_implementation": "flash_attention_2", "dropout": 0.1, "targets": "o,v"},
+        {"method": "qlora", "micro_batch": 2, "packed": True},
+        {"method": "qlora", "micro_batch": 3, "seq_len": 50, "packed": True},  # mask columns 152, lse rows 160
+        {"method": "qlora", "micro_batch": 2, "packed": True, "grad_checkpointing": "non-reentrant"},
+        {"method": "qlora", "micro_batch": 2, "packed": True, "attn_implementation": "flash_attention_2"},
+        {
+            "method": "qlora",
+            "micro_batch": 3,
+            "packed": True,
+            "attn_implementation": "flash_attention_2",
+            "adapter_dtype": "bf16",
+        },
+        {"method": "full", "quant": "fp32", "micro_batch": 2, "packed": True},
+        {
+            "method": "full",
+            "quant": "fp32",
+            "micro_batch": 2,
+            "packed": True,
+            "grad_checkpointing": "reentrant",
+            "optimizer": "sgd",
+        },
+        {"method": "full", "quant": "fp32", "attn_implementation": "flash_attention_2"},
+        # the backward's end (the peak) keeps each layer's varlen max_seqlen (0-dim int32) on its node
+        {
+            "method": "full",
+            "quant": "fp32",
+            "micro_batch": 2,
+            "packed": True,
+            "attn_implementation": "flash_attention_2",
+        },
+        {
+            "method": "full",
+            "quant": "fp32",
+            "micro_batch": 2,
+            "packed": True,
+            "attn_implementation": "flash_attention_2",
+            "grad_checkpointing": "non-reentrant",
+        },
     ],
     ids=str,
 )
@@ -156,9 +199,8 @@ def test_fresh_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
     pytest.importorskip("peft")
     from runtime.train import train_measure, train_settings
 
-    r = train_measure(
-        train_settings(model=narrow_llama3_vocab_dir, device="trace", seq_len=64, mixed_precision="bf16", **kw)
-    )
+    kw = {"seq_len": 64, **kw}
+    r = train_measure(train_settings(model=narrow_llama3_vocab_dir, device="trace", mixed_precision="bf16", **kw))
     assert r["status"] == "ok", r["error"]
     _check(r)
 
@@ -171,6 +213,9 @@ def test_fresh_trace_matches_each_phase(narrow_llama3_vocab_dir, kw):
         (QWEN2, {"method": "qlora"}),
         # untied: lm_head's bf16 weight gradient and its fp32 copy peak the backward
         (QWEN2, {"method": "full", "quant": "fp32", "grad_checkpointing": "non-reentrant", "grad_accum": 2}),
+        # q, k, v biases and the q/k norms ahead of flash-attn's bf16 casts and a packed row's repeat_kv
+        (QWEN2, {"method": "qlora", "attn_implementation": "flash_attention_2"}),
+        (QWEN3, {"method": "full", "quant": "fp32", "micro_batch": 2, "packed": True}),
     ],
     ids=lambda x: x.get("model_type") or str(x),
 )
