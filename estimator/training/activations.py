@@ -107,11 +107,12 @@ def saved_tensors(
     packed: bool = False,
     attn_implementation: str = "sdpa",
     loss: str = "transformers",
+    liger_layers: bool = False,
 ) -> Saved:
     """Everything autograd holds at the end of the forward (module docstring; ``mixed``: under
     bf16 autocast, ``_layer``; a packed row: one row of N tokens, ``packed_rows``;
     ``loss="liger"``: the fused linear cross-entropy's saved gradients instead of the logits'
-    rows, ``loss.py``)."""
+    rows, ``loss.py``; ``liger_layers``: Liger's RMSNorm and SwiGLU, ``liger_norm_rows``)."""
     b, T = micro_batch, seq_len
     N = b * T
     kernel = attention_kernel(method, packed, attn_implementation, mixed)
@@ -125,6 +126,9 @@ def saved_tensors(
     rows: list[tuple[str, int, int]] = []
 
     def norm(count: int) -> None:
+        if liger_layers:
+            rows.extend(liger_norm_rows(N, H, a, count))
+            return
         rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
         rows.append(("rmsnorm rsqrt", FP32 * N, count))
         if full:  # ``weight * hidden.to(input_dtype)``: the normalized input in the weights' dtype
@@ -166,6 +170,7 @@ def saved_tensors(
                 kernel,
                 micro_batch,
                 mixed,
+                liger_layers,
             )
         if full and mixed and a == 4:  # every Linear's cached bf16 weight cast, saved for its input's grad
             rows += [(f"{m} weight cast (saved)", 2 * i * o, L) for m, i, o in layer_linears(spec, LAYER_TARGETS)]
@@ -221,6 +226,7 @@ def _layer(
     kernel: str = "",
     sequences: int = 1,
     mixed: bool = False,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad
     (``kernel``: ``attention_kernel``; empty: flash, or SDPA's math path on fp32).
@@ -329,13 +335,35 @@ def _layer(
             shares_x2 = lora(m, H, mlp_in_grad) or shares_x2
     if shares_x2:
         rows.append(("mlp input (norm output)", a * N * H, count))
-    if mlp_in_grad or tg & {"gate", "up"}:
+    if (mlp_in_grad or tg & {"gate", "up"}) and liger_layers:
+        # LigerSiLUMulFunction saves gate's and up's outputs, not silu's (liger_norm_rows)
+        rows.append(("gate, up outputs (liger swiglu)", c * N * I, 2 * count))
+    elif mlp_in_grad or tg & {"gate", "up"}:
         rows.append(("gate, act, up outputs", c * N * I, 3 * count))
     if full:
         rows.append(("down_proj input", c * N * I, count))
     elif "down" in tg and lora("down", I, mlp_in_grad or bool(tg & {"gate", "up"})):
         rows.append(("down_proj input", a * N * I, count))
     return rows
+
+
+def liger_norm_rows(N: int, H: int, a: int, count: int) -> list[tuple[str, int, int]]:
+    """``liger_layers`` (liger-kernel 0.8.5, what ``apply_liger_kernel_to_llama`` installs; the
+    trace's stand-ins in runtime/train.py follow the source line by line):
+
+    - ``LigerRMSNorm`` (offset 0, casting_mode "llama", in_place True): ``LigerRMSNormFunction``
+      saves ``(X, W, RSTD)``: its input itself (``X.view(-1, H)``, a view of the residual stream
+      in the activation dtype, which nothing else keeps) and ``RSTD`` fp32 [N]
+      (``rms_norm_forward``); W is the parameter. No fp32 copy of the input, and for full
+      fine-tuning no normalized copy for the weight's gradient (the kernel recomputes it).
+      Backward writes dX over dY in place (``in_place=True``), and for a trainable weight an fp32
+      [sm_count, H] partial and its sum (inside the norm's backward only);
+    - ``LigerSwiGLUMLP``: ``LigerSiLUMulFunction`` saves gate's and up's outputs ``(a, b)`` and
+      returns ``c = empty_like(a)``; no silu output. Its backward writes da, db over a, b;
+    - ``liger_rotary_pos_emb``: ``LigerRopeFunction`` rotates q and k in place (their
+      ``transpose(1, 2).contiguous()`` is the projections' own layout: no copy) and saves cos and
+      sin, which the rotary embedding holds anyway: the attention rows do not change."""
+    return [("liger rmsnorm input (saved X)", a * N * H, count), ("liger rmsnorm rstd fp32", FP32 * N, count)]
 
 
 def math_attention_backward_rows(

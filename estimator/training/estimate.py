@@ -172,6 +172,7 @@ RECORD_FIELDS = (
     "packed",
     "attn_implementation",
     "loss",
+    "liger_layers",
 )
 
 
@@ -180,7 +181,13 @@ def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     validation report and the tests estimate a record through this one mapping)."""
     # records made before mixed precision, packed batches and the loss setting lack those
     # fields: the defaults
-    defaults = {"mixed_precision": "off", "packed": False, "attn_implementation": "sdpa", "loss": "transformers"}
+    defaults = {
+        "mixed_precision": "off",
+        "packed": False,
+        "attn_implementation": "sdpa",
+        "loss": "transformers",
+        "liger_layers": False,
+    }
     return make_train_settings(s["model"], gpu=gpu, **{k: s.get(k, defaults.get(k)) for k in RECORD_FIELDS})
 
 
@@ -316,6 +323,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         packed=s.packed,
         attn_implementation=s.attn_implementation,
         loss=s.loss,
+        liger_layers=s.liger_layers,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])

@@ -72,6 +72,7 @@ class TrainSettings:
     packed: bool = False
     attn_implementation: str = "sdpa"
     loss: str = "transformers"
+    liger_layers: bool = False
     gpu: Gpu | None = None
 
     def __post_init__(self) -> None:
@@ -129,8 +130,37 @@ class TrainSettings:
                 "quant: fp32 weights are modelled as master weights under mixed_precision bf16 "
                 "(pure fp32 training is not modelled): 'fp32'"
             )
+        self._check_liger_layers()
         if self.method != "full" and not self.targets:
             raise InvalidSpecError(f"targets must name at least one module: {self.targets!r}")
+
+    def _check_liger_layers(self) -> None:
+        """``liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
+        ``liger_kernel_config``), modelled for Llama's bf16 residual stream with SDPA on unpacked
+        rows and no autocast; each other combination is refused by name until traced."""
+        if not isinstance(self.liger_layers, bool):
+            raise InvalidSpecError(f"liger_layers must be true or false: {self.liger_layers!r}")
+        if not self.liger_layers:
+            return
+        why = None
+        if self.method == "qlora":
+            why = "qlora (an fp32 residual stream)"
+        elif self.mixed_precision != "off":
+            why = f"mixed_precision {self.mixed_precision}"
+        elif self.packed:
+            why = "a packed row"
+        elif self.attn_implementation != "sdpa":
+            why = f"attn_implementation {self.attn_implementation}"
+        elif self.model.model_type != "llama":
+            why = f"model_type {self.model.model_type} (apply_liger_kernel_to_llama's patches only)"
+        elif self.method != "full" and ("lm_head" in self.targets or "embed" in self.targets):
+            why = "LoRA on lm_head or the embedding"
+        elif self.dropout:
+            why = "LoRA dropout"
+        if why is not None:
+            raise InvalidSpecError(
+                f"liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels are not modelled with {why}: True"
+            )
 
     @property
     def tokens(self) -> int:
@@ -155,6 +185,7 @@ class TrainSettings:
             "packed": self.packed,
             "attn_implementation": self.attn_implementation,
             "loss": self.loss,
+            "liger_layers": self.liger_layers,
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }
