@@ -366,6 +366,66 @@ def liger_norm_rows(N: int, H: int, a: int, count: int) -> list[tuple[str, int, 
     return [("liger rmsnorm input (saved X)", a * N * H, count), ("liger rmsnorm rstd fp32", FP32 * N, count)]
 
 
+def liger_down_proj_backward_rows(
+    spec: ModelSpec, rank: int, tokens: int, first_grads: bool
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, every layer Linear a target) with ``loss="liger"`` and
+    ``liger_layers``: the step's backward peak, in the last decoder layer, at down_proj's
+    ``lora_A`` input gradient (``mm`` [N, I] fp32), on top of the saved tensors (traced; the
+    logits' [N, V] tensors and the final norm's fp32 backward no longer hide it). Since liger's
+    backward: its scalars are gone (the backward seed stays), the final ``LigerRMSNorm`` ran in
+    place (dX over liger's ``grad_input``, which stays as the layer output's gradient) and
+    released its saved input and rstd; down_proj's backward so far: the base output's gradient
+    (``add``'s backward casts it to bf16, a N H), the fp32 LoRA-term gradients came and went,
+    ``lora_B``'s input gradient [N, r] fp32 replaced ``lora_A``'s saved output (same bytes),
+    ``lora_A``'s weight gradient [r, I] fp32 (its AccumulateGrad has not run) and the peak's
+    [N, I] fp32. ``first_grads`` (no ``.grad`` yet: grad_accum 1, or the estimate's resident
+    gradients otherwise): ``lora_B``'s weight gradient [H, r] became its ``.grad``. Every later
+    moment of the layer holds less: up_proj's LoRA backward peaks 2 N H + 4 N r below this
+    (down's fp32 input copy, 4 N I, is released before it allocates 8 N I), gate's below that."""
+    N, H, I = tokens, spec.hidden_size, spec.intermediate_size
+    a, ab = 2, FP32
+    rows = [
+        ("final norm saved input, rstd (released)", a * N * H, -1),
+        ("final norm rstd (released)", FP32 * N, -1),
+        ("backward seed", FP32, 1),
+        ("down_proj base output's gradient (bf16)", a * N * H, 1),
+        ("down_proj lora_A input gradient [N, I] fp32", ab * N * I, 1),
+        ("down_proj lora_A weight gradient", ab * rank * I, 1),
+    ]
+    if first_grads:
+        rows.append(("down_proj lora_B weight gradient (.grad)", ab * H * rank, 1))
+    return rows
+
+
+def liger_down_proj_forward_rows(spec: ModelSpec, seq_len: int, micro_batch: int) -> list[tuple[str, int, int]]:
+    """The same setting's forward moment in the last decoder layer: down_proj's LoRA term
+    (``result + lora_B(lora_A(x)) * scaling``, at the ``mul`` and again at the ``add``), on top
+    of the saved tensors less those made after it (the final norm's input and rstd, liger's
+    ``grad_input`` and the loss scalar): SwiGLU's output ``c`` (down_proj's input, a N I), the
+    base output (a N H), ``lora_B``'s fp32 output and its scaled copy (4 N H each; at the add the
+    sum replaces ``lora_B``'s output); held by the callers, not saved: the MLP's input (the
+    post-attention norm's output, the decoder layer's ``hidden_states``), the frozen embedding's
+    output (``LlamaModel.forward``'s ``inputs_embeds``, alive through the layer loop: the first
+    norm saves nothing for LoRA) and ``cache_position`` [T] int64 (traced). (up_proj's moment
+    holds 10 N I against this one's 8 N I + 10 N H plus the saved up output and down's fp32
+    input copy: lower when I < 5 H.)"""
+    N, H, I = seq_len * micro_batch, spec.hidden_size, spec.intermediate_size
+    a = 2
+    return [
+        ("MLP input (post-attention norm output)", a * N * H, 1),
+        ("embedding output (inputs_embeds)", a * N * H, 1),
+        ("cache_position", INT64 * seq_len, 1),
+        ("final norm saved input (not yet)", a * N * H, -1),
+        ("final norm rstd (not yet)", FP32 * N, -1),
+        ("liger grad_input, loss (not yet)", a * N * H, -1),
+        ("loss scalar (not yet)", FP32, -1),
+        ("swiglu output c (down_proj input)", a * N * I, 1),
+        ("down_proj base output", a * N * H, 1),
+        ("down_proj lora_B output fp32, its scaled copy", FP32 * N * H, 2),
+    ]
+
+
 def math_attention_backward_rows(
     spec: ModelSpec,
     targets: tuple[str, ...],
@@ -541,7 +601,13 @@ def lm_head_lora_forward_rows(method: str, ab: int, N: int, V: int) -> list[tupl
 
 
 def recompute_up_proj_rows(
-    spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
+    spec: ModelSpec,
+    rank: int,
+    grad_checkpointing: str,
+    seq_len: int,
+    micro_batch: int,
+    layers_kept: int,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) with non-reentrant checkpointing:
     the live tensors, besides weights, states and gradients, when backward recomputes a decoder
@@ -582,11 +648,19 @@ def recompute_up_proj_rows(
         rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
         rows.append(("rmsnorm rsqrt", FP32 * N, count))
 
-    layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
-    rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+    if liger_layers:
+        # LigerRMSNorm saves its input itself: the input norm's is the checkpointed input (already
+        # counted), the post-attention norm's the residual after attention; silu's output is not
+        # made (LigerSiLUMulFunction runs after up_proj)
+        layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, lambda c: None, a)
+        rows += [r for r in layer if not r[0].startswith(("down", "gate, up outputs", "gate, act, up"))]
+        rows += liger_norm_rows(N, H, a, 1)
+        rows += [("input norm rstd", FP32 * N, 1), ("gate output", a * N * I, 1), ("MLP input", a * N * H, 1)]
+    else:
+        layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
+        rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+        rows += [("gate output, silu output", a * N * I, 2), ("residual after attention, MLP input", a * N * H, 2)]
     rows += [
-        ("gate output, silu output", a * N * I, 2),
-        ("residual after attention, MLP input", a * N * H, 2),
         ("up_proj base output", a * N * I, 1),
         ("up_proj lora_B output and its scaled copy", ab * N * I, 2),
     ]

@@ -157,6 +157,15 @@ class TrainSettings:
             why = "LoRA on lm_head or the embedding"
         elif self.dropout:
             why = "LoRA dropout"
+        elif self.loss == "liger" and self.method == "lora" and self.grad_checkpointing == "reentrant":
+            # a decoder layer's moment is then the peak: traced without checkpointing and non-reentrant
+            why = "loss liger on lora with reentrant checkpointing"
+        elif (
+            self.loss == "liger"
+            and self.method == "lora"
+            and (self.targets != LAYER_TARGETS or self.adapter_dtype != "fp32")
+        ):
+            why = "loss liger on lora other than all-linear fp32 adapters"
         if why is not None:
             raise InvalidSpecError(
                 f"liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels are not modelled with {why}: True"
