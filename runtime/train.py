@@ -39,6 +39,10 @@ Devices:
     then ``LigerForCausalLMLoss`` on the final norm's hidden states instead of lm_head +
     ``ForCausalLMLoss``), whose ``LigerFusedLinearCrossEntropy`` allocates what
     ``ops/fused_linear_cross_entropy.py`` allocates, forward and backward.
+  * ``liger_layers``: Liger-Kernel's RMSNorm, SwiGLU and RoPE (Triton), installed where
+    ``apply_liger_kernel_to_llama(model=base)`` installs them (``liger_layers_applied``): the
+    stand-ins ``LigerRMSNormStandIn``, ``LigerSiLUMulStandIn``, ``LigerRopeStandIn`` allocate and
+    save what ``ops/rms_norm.py``, ``ops/swiglu.py`` and ``ops/rope.py`` do.
 
   torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
   ``fused=True`` (on the trace, torch's fused path with meta admitted to its device list).
