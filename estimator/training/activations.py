@@ -435,6 +435,7 @@ def math_attention_backward_rows(
     grad_checkpointing: str,
     seq_len: int,
     micro_batch: int,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """QLoRA (fp32, SDPA's math path): the live tensors at the last layer's softmax backward,
     besides weights, states and gradients. (The loss's tensors are gone by then; with
@@ -468,9 +469,16 @@ def math_attention_backward_rows(
             rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
             rows.append(("rmsnorm rsqrt", FP32 * N, count))
 
-        rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, "embed" in targets, 1, norm, a)
+        # (liger_layers: LigerRMSNorm saves the fp32 residual itself and RSTD, the same bytes as
+        # LlamaRMSNorm's no-op ``.to(float32)`` and rsqrt; the MLP saves two outputs, not three)
+        ll = liger_layers
+        rows += _layer(
+            spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, "embed" in targets, 1, norm, a, liger_layers=ll
+        )
         if L > 2:
-            rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a)
+            rows += _layer(
+                spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a, liger_layers=ll
+            )
         rows.append(("rotary cos, sin", a * T * d, 2))
         norm(1)  # the last layer's input_layernorm
     rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]

@@ -450,6 +450,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             s.grad_checkpointing,
             s.seq_len,
             s.micro_batch,
+            s.liger_layers,
         )
         done = (
             []

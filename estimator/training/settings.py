@@ -136,17 +136,21 @@ class TrainSettings:
 
     def _check_liger_layers(self) -> None:
         """``liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
-        ``liger_kernel_config``), modelled for Llama's bf16 residual stream with SDPA on unpacked
-        rows and no autocast; each other combination is refused by name until traced."""
+        ``liger_kernel_config``), modelled for Llama with SDPA on unpacked rows (QLoRA, and bf16
+        autocast, with the default loss only); each other combination is refused by name until
+        traced."""
         if not isinstance(self.liger_layers, bool):
             raise InvalidSpecError(f"liger_layers must be true or false: {self.liger_layers!r}")
         if not self.liger_layers:
             return
         why = None
-        if self.method == "qlora":
-            why = "qlora (an fp32 residual stream)"
-        elif self.mixed_precision != "off":
-            why = f"mixed_precision {self.mixed_precision}"
+        if self.method == "qlora" and self.loss == "liger":
+            # with the final norm's backward in place a decoder layer's backward moment (not a
+            # candidate) is the peak of the narrow trace: not modelled
+            why = "qlora and loss liger together"
+        elif self.mixed_precision != "off" and (self.quant == "fp32" or self.loss == "liger"):
+            # traced under autocast for bf16 weights and 4-bit bases with the default loss
+            why = f"mixed_precision {self.mixed_precision} with fp32 master weights or loss liger"
         elif self.packed:
             why = "a packed row"
         elif self.attn_implementation != "sdpa":
