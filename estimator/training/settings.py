@@ -136,9 +136,9 @@ class TrainSettings:
 
     def _check_liger_layers(self) -> None:
         """``liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
-        ``liger_kernel_config``), modelled for Llama with SDPA on unpacked rows (QLoRA, and bf16
-        autocast, with the default loss only); each other combination is refused by name until
-        traced."""
+        ``liger_kernel_config``), modelled for Llama with SDPA on unpacked rows (QLoRA, bf16
+        autocast and LoRA dropout with the default loss only); each other combination is refused
+        by name until traced."""
         if not isinstance(self.liger_layers, bool):
             raise InvalidSpecError(f"liger_layers must be true or false: {self.liger_layers!r}")
         if not self.liger_layers:
@@ -157,10 +157,8 @@ class TrainSettings:
             why = f"attn_implementation {self.attn_implementation}"
         elif self.model.model_type != "llama":
             why = f"model_type {self.model.model_type} (apply_liger_kernel_to_llama's patches only)"
-        elif self.method != "full" and ("lm_head" in self.targets or "embed" in self.targets):
-            why = "LoRA on lm_head or the embedding"
-        elif self.dropout:
-            why = "LoRA dropout"
+        elif self.dropout and self.loss == "liger":
+            why = "LoRA dropout and loss liger together"
         elif self.loss == "liger" and self.method == "lora" and self.grad_checkpointing == "reentrant":
             # a decoder layer's moment is then the peak: traced without checkpointing and non-reentrant
             why = "loss liger on lora with reentrant checkpointing"

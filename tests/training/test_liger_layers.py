@@ -145,6 +145,14 @@ CASES = [
     {"method": "lora", "mixed_precision": "bf16", "grad_checkpointing": "non-reentrant", "adapter_dtype": "bf16"},
     {"method": "full", "mixed_precision": "bf16", "grad_checkpointing": "reentrant", "micro_batch": 2},
     {"method": "qlora", "mixed_precision": "bf16"},
+    # LoRA dropout, and adapters on the embedding (layer 0's input norm then saves its input) or
+    # lm_head (its lora_A saves the final norm's output), with the default loss
+    {"method": "lora", "dropout": 0.1},
+    {"method": "qlora", "dropout": 0.1, "adapter_dtype": "bf16", "grad_checkpointing": "non-reentrant"},
+    {"method": "lora", "targets": "all-linear,embed"},
+    {"method": "lora", "targets": "all-linear,embed", "grad_checkpointing": "non-reentrant"},
+    {"method": "lora", "targets": "all-linear,lm_head"},
+    {"method": "qlora", "targets": "all-linear,lm_head"},  # lm_head's LoRA forward is the peak
 ]
 
 
@@ -198,9 +206,8 @@ def test_trace_restores_the_rotary_function(narrow_llama3_vocab_dir):
         {"method": "full", "quant": "fp32", "mixed_precision": "bf16"},
         {"packed": True, "micro_batch": 2},
         {"attn_implementation": "flash_attention_2"},
-        {"dropout": 0.1},
-        {"targets": "all-linear,lm_head"},
-        {"targets": "all-linear,embed"},
+        {"dropout": 0.1, "loss": "liger"},
+        {"targets": "all-linear,embed", "loss": "liger"},
         {"loss": "liger", "grad_checkpointing": "reentrant"},
         {"loss": "liger", "targets": "q,v"},
         {"loss": "liger", "adapter_dtype": "bf16"},
