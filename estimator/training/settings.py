@@ -136,8 +136,8 @@ class TrainSettings:
 
     def _check_liger_layers(self) -> None:
         """``liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
-        ``liger_kernel_config``), modelled for Llama with SDPA on unpacked rows (QLoRA, bf16
-        autocast and LoRA dropout with the default loss only); each other combination is refused
+        ``liger_kernel_config``), modelled for Llama (QLoRA, bf16 autocast, LoRA dropout, packed
+        rows and flash_attention_2 with the default loss only); each other combination is refused
         by name until traced."""
         if not isinstance(self.liger_layers, bool):
             raise InvalidSpecError(f"liger_layers must be true or false: {self.liger_layers!r}")
@@ -151,10 +151,9 @@ class TrainSettings:
         elif self.mixed_precision != "off" and (self.quant == "fp32" or self.loss == "liger"):
             # traced under autocast for bf16 weights and 4-bit bases with the default loss
             why = f"mixed_precision {self.mixed_precision} with fp32 master weights or loss liger"
-        elif self.packed:
-            why = "a packed row"
-        elif self.attn_implementation != "sdpa":
-            why = f"attn_implementation {self.attn_implementation}"
+        elif self.loss == "liger" and (self.packed or self.attn_implementation != "sdpa"):
+            # the Liger loss's layer moments are traced on unpacked SDPA rows only
+            why = f"loss liger and a packed row or attn_implementation {self.attn_implementation}"
         elif self.model.model_type != "llama":
             why = f"model_type {self.model.model_type} (apply_liger_kernel_to_llama's patches only)"
         elif self.dropout and self.loss == "liger":

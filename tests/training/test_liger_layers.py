@@ -72,12 +72,13 @@ def test_golden_3b_step_peaks():
 def test_committed_3b_traces():
     """tests/training/liger_layers_3b.jsonl (`python -m runtime train-measure --device trace
     --seq-len 8192 --liger-layers [--loss liger] [--grad-checkpointing non-reentrant]
-    [--mixed-precision bf16]`, LoRA r=16 all-linear and QLoRA NF4): every phase and the step's peak
+    [--mixed-precision bf16]`, LoRA r=16 all-linear and QLoRA NF4; and 4 x 2K packed, SDPA and
+    flash_attention_2): every phase and the step's peak
     equal the estimate to the byte (the checkpointed forward phase of LoRA with liger's loss and
     QLoRA's math-path forward are lower bounds: their moments are not candidates, below the
     step's peak)."""
     records = [json.loads(x) for x in RECORDS.read_text().splitlines() if x.strip()]
-    assert len(records) == 7
+    assert len(records) == 9
     for r in records:
         assert r["status"] == "ok" and r["settings"]["liger_layers"] is True
         e = estimate_train_settings(record_settings(r["settings"]))
@@ -85,16 +86,18 @@ def test_committed_3b_traces():
         _check_phases(r, e)
         assert max(t["peak_live_bytes"].values()) == e.peak_live_bytes
         assert r["peak_allocated_bytes"] == e.peak_live_rounded_bytes
-    keys = ("method", "loss", "grad_checkpointing", "mixed_precision")
+    keys = ("method", "loss", "grad_checkpointing", "mixed_precision", "packed", "attn_implementation")
     seen = {tuple(r["settings"][k] for k in keys) for r in records}
     assert seen == {
-        ("lora", "liger", "off", "off"),
-        ("lora", "liger", "non-reentrant", "off"),
-        ("lora", "transformers", "off", "off"),
-        ("qlora", "transformers", "off", "off"),
-        ("qlora", "transformers", "non-reentrant", "off"),
-        ("lora", "transformers", "off", "bf16"),
-        ("qlora", "transformers", "off", "bf16"),
+        ("lora", "liger", "off", "off", False, "sdpa"),
+        ("lora", "liger", "non-reentrant", "off", False, "sdpa"),
+        ("lora", "transformers", "off", "off", False, "sdpa"),
+        ("qlora", "transformers", "off", "off", False, "sdpa"),
+        ("qlora", "transformers", "non-reentrant", "off", False, "sdpa"),
+        ("lora", "transformers", "off", "bf16", False, "sdpa"),
+        ("qlora", "transformers", "off", "bf16", False, "sdpa"),
+        ("lora", "transformers", "off", "off", True, "sdpa"),  # 4 x 2K packed
+        ("lora", "transformers", "off", "off", True, "flash_attention_2"),
     }
 
 
@@ -153,6 +156,13 @@ CASES = [
     {"method": "lora", "targets": "all-linear,embed", "grad_checkpointing": "non-reentrant"},
     {"method": "lora", "targets": "all-linear,lm_head"},
     {"method": "qlora", "targets": "all-linear,lm_head"},  # lm_head's LoRA forward is the peak
+    # packed rows (cos, sin [1, N, d]: liger's kernel reads one row per token) and flash-attn 2
+    {"method": "lora", "packed": True, "micro_batch": 2},
+    {"method": "lora", "packed": True, "micro_batch": 2, "attn_implementation": "flash_attention_2"},
+    {"method": "lora", "attn_implementation": "flash_attention_2"},
+    {"method": "full", "packed": True, "micro_batch": 3, "grad_checkpointing": "non-reentrant"},
+    {"method": "qlora", "packed": True, "micro_batch": 2},
+    {"method": "lora", "packed": True, "micro_batch": 2, "mixed_precision": "bf16", "grad_checkpointing": "reentrant"},
 ]
 
 
@@ -204,8 +214,6 @@ def test_trace_restores_the_rotary_function(narrow_llama3_vocab_dir):
     [
         {"method": "qlora", "loss": "liger"},
         {"method": "full", "quant": "fp32", "mixed_precision": "bf16"},
-        {"packed": True, "micro_batch": 2},
-        {"attn_implementation": "flash_attention_2"},
         {"dropout": 0.1, "loss": "liger"},
         {"targets": "all-linear,embed", "loss": "liger"},
         {"loss": "liger", "grad_checkpointing": "reentrant"},
@@ -258,11 +266,11 @@ def test_cli_flag(capsys):
 def test_refused_flag_exits_2_with_one_line(module):
     if module.startswith("runtime"):
         pytest.importorskip("torch")
-    cmd = [sys.executable, "-m", *module.split(), "--liger-layers", "--attn-implementation", "flash_attention_2"]
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", *module.split(), "--liger-layers", "--method", "full", "--quant", "fp32"]
+    p = subprocess.run([*cmd, "--mixed-precision", "bf16"], capture_output=True, text=True)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and "liger_layers" in lines[0] and "flash_attention_2" in lines[0]
+    assert len(lines) == 1 and "liger_layers" in lines[0] and "fp32 master weights" in lines[0]
 
 
 def test_runtime_refuses_cpu():
