@@ -380,13 +380,13 @@ def liger_down_proj_backward_rows(
     ``lora_B``'s input gradient [N, r] fp32 replaced ``lora_A``'s saved output (same bytes),
     ``lora_A``'s weight gradient [r, I] fp32 (its AccumulateGrad has not run) and the peak's
     [N, I] fp32. ``first_grads`` (no ``.grad`` yet: grad_accum 1, or the estimate's resident
-    gradients otherwise): ``lora_B``'s weight gradient [H, r] became its ``.grad``. Every later
-    moment of the layer holds less: up_proj's LoRA backward peaks 2 N H + 4 N r below this
-    (down's fp32 input copy, 4 N I, is released before it allocates 8 N I), gate's below that."""
+    gradients otherwise): ``lora_B``'s weight gradient [H, r] became its ``.grad``. The layer's
+    later moments hold less: up_proj's LoRA backward about 2 N H less (down's fp32 input copy,
+    4 N I, is released before it allocates 8 N I), gate's less again (traced)."""
     N, H, I = tokens, spec.hidden_size, spec.intermediate_size
     a, ab = 2, FP32
     rows = [
-        ("final norm saved input, rstd (released)", a * N * H, -1),
+        ("final norm saved input (released)", a * N * H, -1),
         ("final norm rstd (released)", FP32 * N, -1),
         ("backward seed", FP32, 1),
         ("down_proj base output's gradient (bf16)", a * N * H, 1),
@@ -418,7 +418,7 @@ def liger_down_proj_forward_rows(spec: ModelSpec, seq_len: int, micro_batch: int
         ("cache_position", INT64 * seq_len, 1),
         ("final norm saved input (not yet)", a * N * H, -1),
         ("final norm rstd (not yet)", FP32 * N, -1),
-        ("liger grad_input, loss (not yet)", a * N * H, -1),
+        ("liger grad_input (not yet)", a * N * H, -1),
         ("loss scalar (not yet)", FP32, -1),
         ("swiglu output c (down_proj input)", a * N * I, 1),
         ("down_proj base output", a * N * H, 1),
