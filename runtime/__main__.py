@@ -197,6 +197,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--loss", default="transformers", help="transformers (ForCausalLMLoss) or liger (fused linear cross-entropy)"
     )
+    p.add_argument(
+        "--liger-layers", action="store_true", help="Liger's RMSNorm, SwiGLU and RoPE kernels (liger-kernel 0.8.5)"
+    )
     p.add_argument("--device", default="trace", help="trace, cpu or cuda")
     p.add_argument("--out", default=None, help="append the JSON result as one line to this JSONL file")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
@@ -235,6 +238,7 @@ def _train_measure(a: argparse.Namespace) -> int:
         packed=a.packed,
         attn_implementation=a.attn_implementation,
         loss=a.loss,
+        liger_layers=a.liger_layers,
         device=a.device,
     )
     _check_device(s["device"])

@@ -39,6 +39,10 @@ Devices:
     then ``LigerForCausalLMLoss`` on the final norm's hidden states instead of lm_head +
     ``ForCausalLMLoss``), whose ``LigerFusedLinearCrossEntropy`` allocates what
     ``ops/fused_linear_cross_entropy.py`` allocates, forward and backward.
+  * ``liger_layers``: Liger-Kernel's RMSNorm, SwiGLU and RoPE (Triton), installed where
+    ``apply_liger_kernel_to_llama(model=base)`` installs them (``liger_layers_applied``): the
+    stand-ins ``LigerRMSNormStandIn``, ``LigerSiLUMulStandIn``, ``LigerRopeStandIn`` allocate and
+    save what ``ops/rms_norm.py``, ``ops/swiglu.py`` and ``ops/rope.py`` do.
 
   torch's optimizers run their own code; AdamW runs with ``foreach=True`` (its CUDA default), or
   ``fused=True`` (on the trace, torch's fused path with meta admitted to its device list).
@@ -95,6 +99,8 @@ def train_settings(**kw: Any) -> dict[str, Any]:
         raise SettingsError(str(e)) from None
     if ts.loss == "liger" and device == "cpu":
         raise SettingsError("loss liger runs on the trace or cuda device (its kernel is Triton): 'cpu'")
+    if ts.liger_layers and device == "cpu":
+        raise SettingsError("liger_layers runs on the trace or cuda device (its kernels are Triton): 'cpu'")
     d = ts.to_dict()
     d.update(model=model, targets=",".join(ts.targets), device=device, engine="transformers-train")
     d["rank"], d["dropout"], d["adapter_dtype"] = ts.rank, ts.dropout, ts.adapter_dtype
@@ -502,6 +508,156 @@ def apply_liger_loss(model, device: str) -> None:
         _apply_liger_kernel_to_instance(model=base, rope=False, rms_norm=False, swiglu=False)
         return
     base.forward = types.MethodType(liger_lce_forward, base)
+
+
+# the SM count a meta trace gives ``rms_norm_backward``'s fp32 partial dW [sm_count, H] (full
+# fine-tuning only): torch.cuda.get_device_properties(...).multi_processor_count of an H100 SXM
+# (132; A100 108, H100 PCIe 114, L40S 142, RTX 4090 128). Inside a norm's backward only.
+TRACE_SM_COUNT = 132
+
+
+class LigerRMSNormStandIn(torch.autograd.Function):
+    """``LigerRMSNormFunction`` (liger-kernel 0.8.5 ``ops/rms_norm.py``) as ``LigerRMSNorm`` calls
+    it for Llama: offset 0.0, casting_mode "llama", in_place True, row_mode None.
+
+    forward (``@ensure_contiguous``: every tensor argument ``.contiguous()``, no copy for the
+    contiguous residual stream; ``rms_norm_forward``): ``X.view(-1, H)``; ``Y = torch.empty(
+    (n_rows, n_cols), dtype=X.dtype)``; ``RSTD = torch.empty(n_rows, dtype=float32)`` (fp32 in
+    the llama casting mode); the Triton kernel writes both. Saves ``(X, W, RSTD)``: the input
+    itself (a view), not an fp32 copy. Returns ``Y.view(*shape)``.
+
+    backward (``rms_norm_backward``): ``dY.contiguous()`` (ensure_contiguous), ``dY.view(-1, H)``;
+    ``_dW = torch.empty((sm_count, n_cols), dtype=float32)`` only when the weight needs a
+    gradient (``needs_dw = ctx.needs_input_grad[1]``: full fine-tuning); ``dX = dY`` (in_place:
+    the kernel writes dX over dY, no allocation); then ``_dW.sum(dim=0).to(W.dtype)`` (an fp32
+    [H] and its bf16 copy)."""
+
+    @staticmethod
+    def forward(ctx, X, W, eps):
+        X = X.contiguous()
+        shape = X.shape
+        X = X.view(-1, shape[-1])
+        n_rows, n_cols = X.shape
+        Y = torch.empty((n_rows, n_cols), dtype=X.dtype, device=X.device)
+        RSTD = torch.empty(n_rows, dtype=torch.float32, device=X.device)
+        ctx.save_for_backward(X, W, RSTD)
+        return Y.view(*shape)
+
+    @staticmethod
+    def backward(ctx, dY):
+        X, W, RSTD = ctx.saved_tensors
+        dY = dY.contiguous()
+        shape = dY.shape
+        dY = dY.view(-1, shape[-1])
+        dW = None
+        if ctx.needs_input_grad[1]:
+            sm = torch.cuda.get_device_properties(X.device).multi_processor_count if X.is_cuda else TRACE_SM_COUNT
+            _dW = torch.empty((sm, dY.shape[1]), dtype=torch.float32, device=W.device)
+            dW = _dW.sum(dim=0).to(W.dtype)
+            del _dW
+        dX = dY  # in_place=True: the kernel writes dX over dY
+        return dX.view(*shape), dW, None
+
+
+class LigerSiLUMulStandIn(torch.autograd.Function):
+    """``LigerSiLUMulFunction`` (liger-kernel 0.8.5 ``ops/swiglu.py``), gate and down multipliers
+    1.0. forward (``@ensure_contiguous``; ``swiglu_forward``): ``a.view(-1, n)``, ``b.view(-1, n)``,
+    ``c = torch.empty_like(a)``; saves ``(a, b)`` (gate's and up's outputs; no silu output).
+    backward (``swiglu_backward``): ``dc.contiguous()``; the kernel writes da over ``a`` and db over
+    ``b`` in place and returns them: no allocation."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        a, b = a.contiguous(), b.contiguous()
+        shape = a.shape
+        a, b = a.view(-1, shape[-1]), b.view(-1, shape[-1])
+        c = torch.empty_like(a)
+        ctx.save_for_backward(a, b)
+        return c.view(*shape)
+
+    @staticmethod
+    def backward(ctx, dc):
+        a, b = ctx.saved_tensors
+        dc = dc.contiguous()
+        return a.view(*dc.shape), b.view(*dc.shape)
+
+
+class LigerRopeStandIn(torch.autograd.Function):
+    """``LigerRopeFunction`` (liger-kernel 0.8.5 ``ops/rope.py``, the Triton backend that
+    ``dispatch("rope")`` picks without the ``cutedsl`` extra). forward (``rope_forward``): cos,
+    sin [1, T, d] stay 3-D; ``q.transpose(1, 2).contiguous()`` (and k): the projections' [b, T,
+    h, d] layout, so no copy; the kernel rotates them in place; saves ``(cos, sin)`` (the rotary
+    embedding's, already alive); returns ``q.transpose(1, 2)``, ``k.transpose(1, 2)``. backward
+    (``rope_backward``): ``dq.transpose(1, 2).contiguous()`` (and dk; a copy only when the
+    gradient is not in that layout), rotated in place, returned transposed back."""
+
+    @staticmethod
+    def forward(ctx, q, k, cos, sin):
+        q, k = q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous()
+        cos, sin = cos.contiguous(), sin.contiguous()
+        ctx.save_for_backward(cos, sin)
+        return q.transpose(1, 2), k.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dq, dk):
+        dq, dk = dq.transpose(1, 2).contiguous(), dk.transpose(1, 2).contiguous()
+        return dq.transpose(1, 2), dk.transpose(1, 2), None, None
+
+
+def liger_rms_norm_forward(self, hidden_states):
+    """``LigerRMSNorm.forward`` as ``_patch_rms_norm_module`` binds it (monkey_patch.py)."""
+    return LigerRMSNormStandIn.apply(hidden_states, self.weight, self.variance_epsilon)
+
+
+def liger_swiglu_forward(self, x):
+    """``LigerSwiGLUMLP.forward`` (transformers/swiglu.py): ``down_proj(_swiglu_dispatch(gate_proj(x),
+    up_proj(x)))``; PEFT's LoRA wrappers of the three projections stay in place."""
+    return self.down_proj(LigerSiLUMulStandIn.apply(self.gate_proj(x), self.up_proj(x)))
+
+
+def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
+    """``liger_rotary_pos_emb`` (transformers/rope.py)."""
+    return LigerRopeStandIn.apply(q, k, cos, sin)
+
+
+@contextlib.contextmanager
+def liger_layers_applied(model, device: str, fused_linear_cross_entropy: bool):
+    """Liger's RMSNorm, SwiGLU and RoPE, as ``apply_liger_kernel_to_llama(rope=True,
+    rms_norm=True, swiglu=True, model=base)`` installs them on an instance (the Trainer's
+    ``apply_liger_kernel`` unwraps PEFT first, after ``get_peft_model``): the module-level
+    ``modeling_llama.apply_rotary_pos_emb`` replaced, and ``forward`` bound on the final norm, each
+    layer's two norms and each layer's MLP (``_patch_rms_norm_module``, ``_patch_swiglu_module``).
+    trace: the stand-ins above, the module global restored on exit; cuda: liger-kernel itself
+    (with the fused linear cross-entropy when ``loss="liger"``)."""
+    import types
+
+    from transformers.models.llama import modeling_llama
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if device == "cuda":
+        try:
+            from liger_kernel.transformers import _apply_liger_kernel_to_instance
+        except ImportError:
+            raise SettingsError("liger_layers on cuda needs liger-kernel installed") from None
+        _apply_liger_kernel_to_instance(
+            model=base, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=fused_linear_cross_entropy
+        )
+        yield model
+        return
+    inner = getattr(base, base.base_model_prefix, base)
+    norms = [inner.norm] + [
+        n for layer in inner.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)
+    ]
+    for m in norms:
+        m.forward = types.MethodType(liger_rms_norm_forward, m)
+    for layer in inner.layers:
+        layer.mlp.forward = types.MethodType(liger_swiglu_forward, layer.mlp)
+    saved = modeling_llama.apply_rotary_pos_emb
+    modeling_llama.apply_rotary_pos_emb = liger_rotary_pos_emb
+    try:
+        yield model
+    finally:
+        modeling_llama.apply_rotary_pos_emb = saved
 
 
 @functools.cache
@@ -1125,7 +1281,11 @@ def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
     if s.get("loss") == "liger":
         r["details"]["loss"] = "liger fused linear cross-entropy stand-in (liger-kernel 0.8.5)"
         apply_liger_loss(model, "meta")
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    layers = contextlib.nullcontext()
+    if s.get("liger_layers"):
+        r["details"]["liger_layers"] = "liger RMSNorm, SwiGLU, RoPE stand-ins (liger-kernel 0.8.5)"
+        layers = liger_layers_applied(model, "meta", s.get("loss") == "liger")
+    with layers, FakeTensorMode(allow_non_fake_inputs=True):
         _tracked(s, r, "meta", _materialised(model, "meta"))
 
 
@@ -1145,7 +1305,10 @@ def _run_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
         "device_used_bytes": "NVML used memory of this process at the end of the phase",
     }
     model = prepare(build(s, "cuda"), s)
-    if s.get("loss") == "liger":
+    if s.get("liger_layers"):  # one _apply_liger_kernel_to_instance call, as the Trainer makes it
+        with liger_layers_applied(model, "cuda", s.get("loss") == "liger"):
+            pass
+    elif s.get("loss") == "liger":
         apply_liger_loss(model, "cuda")
     opt = make_optimizer(model, s, "cuda")
     torch.cuda.synchronize()

@@ -107,11 +107,12 @@ def saved_tensors(
     packed: bool = False,
     attn_implementation: str = "sdpa",
     loss: str = "transformers",
+    liger_layers: bool = False,
 ) -> Saved:
     """Everything autograd holds at the end of the forward (module docstring; ``mixed``: under
     bf16 autocast, ``_layer``; a packed row: one row of N tokens, ``packed_rows``;
     ``loss="liger"``: the fused linear cross-entropy's saved gradients instead of the logits'
-    rows, ``loss.py``)."""
+    rows, ``loss.py``; ``liger_layers``: Liger's RMSNorm and SwiGLU, ``liger_norm_rows``)."""
     b, T = micro_batch, seq_len
     N = b * T
     kernel = attention_kernel(method, packed, attn_implementation, mixed)
@@ -125,6 +126,9 @@ def saved_tensors(
     rows: list[tuple[str, int, int]] = []
 
     def norm(count: int) -> None:
+        if liger_layers:
+            rows.extend(liger_norm_rows(N, H, a, count))
+            return
         rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
         rows.append(("rmsnorm rsqrt", FP32 * N, count))
         if full:  # ``weight * hidden.to(input_dtype)``: the normalized input in the weights' dtype
@@ -166,6 +170,7 @@ def saved_tensors(
                 kernel,
                 micro_batch,
                 mixed,
+                liger_layers,
             )
         if full and mixed and a == 4:  # every Linear's cached bf16 weight cast, saved for its input's grad
             rows += [(f"{m} weight cast (saved)", 2 * i * o, L) for m, i, o in layer_linears(spec, LAYER_TARGETS)]
@@ -225,6 +230,7 @@ def _layer(
     kernel: str = "",
     sequences: int = 1,
     mixed: bool = False,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """The saved tensors of ``count`` decoder layers whose input does (or does not) require grad
     (``kernel``: ``attention_kernel``; empty: flash, or SDPA's math path on fp32).
@@ -339,13 +345,95 @@ def _layer(
             shares_x2 = lora(m, H, mlp_in_grad) or shares_x2
     if shares_x2:
         rows.append(("mlp input (norm output)", a * N * H, count))
-    if mlp_in_grad or tg & {"gate", "up"}:
+    if (mlp_in_grad or tg & {"gate", "up"}) and liger_layers:
+        # LigerSiLUMulFunction saves gate's and up's outputs, not silu's (liger_norm_rows)
+        rows.append(("gate, up outputs (liger swiglu)", c * N * I, 2 * count))
+    elif mlp_in_grad or tg & {"gate", "up"}:
         rows.append(("gate, act, up outputs", c * N * I, 3 * count))
     if full:
         rows.append(("down_proj input", c * N * I, count))
     elif "down" in tg and lora("down", I, mlp_in_grad or bool(tg & {"gate", "up"})):
         rows.append(("down_proj input", a * N * I, count))
     return rows
+
+
+def liger_norm_rows(N: int, H: int, a: int, count: int) -> list[tuple[str, int, int]]:
+    """``liger_layers`` (liger-kernel 0.8.5, what ``apply_liger_kernel_to_llama`` installs; the
+    trace's stand-ins in runtime/train.py follow the source line by line):
+
+    - ``LigerRMSNorm`` (offset 0, casting_mode "llama", in_place True): ``LigerRMSNormFunction``
+      saves ``(X, W, RSTD)``: its input itself (``X.view(-1, H)``, a view of the residual stream
+      in the activation dtype, which nothing else keeps) and ``RSTD`` fp32 [N]
+      (``rms_norm_forward``); W is the parameter. No fp32 copy of the input, and for full
+      fine-tuning no normalized copy for the weight's gradient (the kernel recomputes it).
+      Backward writes dX over dY in place (``in_place=True``), and for a trainable weight an fp32
+      [sm_count, H] partial and its sum (inside the norm's backward only);
+    - ``LigerSwiGLUMLP``: ``LigerSiLUMulFunction`` saves gate's and up's outputs ``(a, b)`` and
+      returns ``c = empty_like(a)``; no silu output. Its backward writes da, db over a, b;
+    - ``liger_rotary_pos_emb``: ``LigerRopeFunction`` rotates q and k in place (their
+      ``transpose(1, 2).contiguous()`` is the projections' own layout: no copy) and saves cos and
+      sin, which the rotary embedding holds anyway: the attention rows do not change."""
+    return [("liger rmsnorm input (saved X)", a * N * H, count), ("liger rmsnorm rstd fp32", FP32 * N, count)]
+
+
+def liger_down_proj_backward_rows(
+    spec: ModelSpec, rank: int, tokens: int, first_grads: bool
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, every layer Linear a target) with ``loss="liger"`` and
+    ``liger_layers``: the step's backward peak, in the last decoder layer, at down_proj's
+    ``lora_A`` input gradient (``mm`` [N, I] fp32), on top of the saved tensors (traced; the
+    logits' [N, V] tensors and the final norm's fp32 backward no longer hide it). Since liger's
+    backward: its scalars are gone (the backward seed stays), the final ``LigerRMSNorm`` ran in
+    place (dX over liger's ``grad_input``, which stays as the layer output's gradient) and
+    released its saved input and rstd; down_proj's backward so far: the base output's gradient
+    (``add``'s backward casts it to bf16, a N H), the fp32 LoRA-term gradients came and went,
+    ``lora_B``'s input gradient [N, r] fp32 replaced ``lora_A``'s saved output (same bytes),
+    ``lora_A``'s weight gradient [r, I] fp32 (its AccumulateGrad has not run) and the peak's
+    [N, I] fp32. ``first_grads`` (no ``.grad`` yet: grad_accum 1, or the estimate's resident
+    gradients otherwise): ``lora_B``'s weight gradient [H, r] became its ``.grad``. The layer's
+    later moments hold less: up_proj's LoRA backward about 2 N H less (down's fp32 input copy,
+    4 N I, is released before it allocates 8 N I), gate's less again (traced)."""
+    N, H, I = tokens, spec.hidden_size, spec.intermediate_size
+    a, ab = 2, FP32
+    rows = [
+        ("final norm saved input (released)", a * N * H, -1),
+        ("final norm rstd (released)", FP32 * N, -1),
+        ("backward seed", FP32, 1),
+        ("down_proj base output's gradient (bf16)", a * N * H, 1),
+        ("down_proj lora_A input gradient [N, I] fp32", ab * N * I, 1),
+        ("down_proj lora_A weight gradient", ab * rank * I, 1),
+    ]
+    if first_grads:
+        rows.append(("down_proj lora_B weight gradient (.grad)", ab * H * rank, 1))
+    return rows
+
+
+def liger_down_proj_forward_rows(spec: ModelSpec, seq_len: int, micro_batch: int) -> list[tuple[str, int, int]]:
+    """The same setting's forward moment in the last decoder layer: down_proj's LoRA term
+    (``result + lora_B(lora_A(x)) * scaling``, at the ``mul`` and again at the ``add``), on top
+    of the saved tensors less those made after it (the final norm's input and rstd, liger's
+    ``grad_input`` and the loss scalar): SwiGLU's output ``c`` (down_proj's input, a N I), the
+    base output (a N H), ``lora_B``'s fp32 output and its scaled copy (4 N H each; at the add the
+    sum replaces ``lora_B``'s output); held by the callers, not saved: the MLP's input (the
+    post-attention norm's output, the decoder layer's ``hidden_states``), the frozen embedding's
+    output (``LlamaModel.forward``'s ``inputs_embeds``, alive through the layer loop: the first
+    norm saves nothing for LoRA) and ``cache_position`` [T] int64 (traced). (up_proj's moment
+    holds 10 N I against this one's 8 N I + 10 N H plus the saved up output and down's fp32
+    input copy: lower when I < 5 H.)"""
+    N, H, I = seq_len * micro_batch, spec.hidden_size, spec.intermediate_size
+    a = 2
+    return [
+        ("MLP input (post-attention norm output)", a * N * H, 1),
+        ("embedding output (inputs_embeds)", a * N * H, 1),
+        ("cache_position", INT64 * seq_len, 1),
+        ("final norm saved input (not yet)", a * N * H, -1),
+        ("final norm rstd (not yet)", FP32 * N, -1),
+        ("liger grad_input (not yet)", a * N * H, -1),
+        ("loss scalar (not yet)", FP32, -1),
+        ("swiglu output c (down_proj input)", a * N * I, 1),
+        ("down_proj base output", a * N * H, 1),
+        ("down_proj lora_B output fp32, its scaled copy", FP32 * N * H, 2),
+    ]
 
 
 def math_attention_backward_rows(
@@ -357,6 +445,7 @@ def math_attention_backward_rows(
     grad_checkpointing: str,
     seq_len: int,
     micro_batch: int,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """QLoRA (fp32, SDPA's math path): the live tensors at the last layer's softmax backward,
     besides weights, states and gradients. (The loss's tensors are gone by then; with
@@ -390,9 +479,16 @@ def math_attention_backward_rows(
             rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
             rows.append(("rmsnorm rsqrt", FP32 * N, count))
 
-        rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, "embed" in targets, 1, norm, a)
+        # (liger_layers: LigerRMSNorm saves the fp32 residual itself and RSTD, the same bytes as
+        # LlamaRMSNorm's no-op ``.to(float32)`` and rsqrt; the MLP saves two outputs, not three)
+        ll = liger_layers
+        rows += _layer(
+            spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, "embed" in targets, 1, norm, a, liger_layers=ll
+        )
         if L > 2:
-            rows += _layer(spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a)
+            rows += _layer(
+                spec, "qlora", targets, rank, adapter_bytes, dropout, N, b, True, L - 2, norm, a, liger_layers=ll
+            )
         rows.append(("rotary cos, sin", a * T * d, 2))
         norm(1)  # the last layer's input_layernorm
     rows += [("input_ids", INT64 * N, 1), ("loss, backward seed", FP32, 2)]
@@ -620,7 +716,13 @@ def embed_lora_rows(
 
 
 def recompute_up_proj_rows(
-    spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
+    spec: ModelSpec,
+    rank: int,
+    grad_checkpointing: str,
+    seq_len: int,
+    micro_batch: int,
+    layers_kept: int,
+    liger_layers: bool = False,
 ) -> list[tuple[str, int, int]]:
     """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) with non-reentrant checkpointing:
     the live tensors, besides weights, states and gradients, when backward recomputes a decoder
@@ -661,11 +763,19 @@ def recompute_up_proj_rows(
         rows.append(("rmsnorm fp32 input", FP32 * N * H, count))
         rows.append(("rmsnorm rsqrt", FP32 * N, count))
 
-    layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
-    rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+    if liger_layers:
+        # LigerRMSNorm saves its input itself: the input norm's is the checkpointed input (already
+        # counted), the post-attention norm's the residual after attention; silu's output is not
+        # made (LigerSiLUMulFunction runs after up_proj)
+        layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, lambda c: None, a)
+        rows += [r for r in layer if not r[0].startswith(("down", "gate, up outputs", "gate, act, up"))]
+        rows += liger_norm_rows(N, H, a, 1)
+        rows += [("input norm rstd", FP32 * N, 1), ("gate output", a * N * I, 1), ("MLP input", a * N * H, 1)]
+    else:
+        layer = _layer(spec, "lora", LAYER_TARGETS, rank, ab, False, N, b, True, 1, norm, a)
+        rows += [r for r in layer if not r[0].startswith(("down", "gate, act, up"))]
+        rows += [("gate output, silu output", a * N * I, 2), ("residual after attention, MLP input", a * N * H, 2)]
     rows += [
-        ("gate output, silu output", a * N * I, 2),
-        ("residual after attention, MLP input", a * N * H, 2),
         ("up_proj base output", a * N * I, 1),
         ("up_proj lora_B output and its scaled copy", ab * N * I, 2),
     ]

@@ -66,6 +66,11 @@ def add_parser(sub: Any) -> None:
         help=f"{', '.join(LOSSES)}: transformers' ForCausalLMLoss or Liger's fused linear cross-entropy "
         "(the Trainer's use_liger_kernel) (default transformers)",
     )
+    p.add_argument(
+        "--liger-layers",
+        action="store_true",
+        help="Liger's RMSNorm, SwiGLU and RoPE kernels (with --loss liger: the Trainer's use_liger_kernel)",
+    )
     p.add_argument("--gpu", default=None, help="catalog GPU key (see 'gpus'); adds fits and headroom_bytes")
     p.add_argument("--gpu-memory", default=None, help="custom GPU memory: bytes, or a number with GiB, GB, MiB, MB")
     p.add_argument(
@@ -97,6 +102,7 @@ def _kw(args: argparse.Namespace) -> dict[str, Any]:
         packed=args.packed,
         attn_implementation=args.attn_implementation,
         loss=args.loss,
+        liger_layers=args.liger_layers,
     )
     if args.quant is not None:
         kw["quant"] = args.quant
@@ -155,6 +161,8 @@ def format_training(d: dict[str, Any]) -> str:
         head += f" attn={s['attn_implementation']}"
     if s.get("loss", "transformers") != "transformers":
         head += f" loss={s['loss']}"
+    if s.get("liger_layers"):
+        head += " liger-layers"
     out = [head, d["trainable_line"], ""]
     out += [f"  {k.replace('_', ' '):<24}{_gib(v):>14}" for k, v in d["breakdown"].items() if k in BREAKDOWN_KEYS]
     if d["paged_bytes"]:

@@ -56,6 +56,8 @@ from .activations import (
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
+    liger_down_proj_backward_rows,
+    liger_down_proj_forward_rows,
     lm_head_lora_forward_rows,
     lm_head_shares_input,
     loss_backward_rows,
@@ -174,6 +176,7 @@ RECORD_FIELDS = (
     "packed",
     "attn_implementation",
     "loss",
+    "liger_layers",
 )
 
 
@@ -182,7 +185,13 @@ def record_settings(s: Mapping[str, Any], gpu: Any = None) -> TrainSettings:
     validation report and the tests estimate a record through this one mapping)."""
     # records made before mixed precision, packed batches and the loss setting lack those
     # fields: the defaults
-    defaults = {"mixed_precision": "off", "packed": False, "attn_implementation": "sdpa", "loss": "transformers"}
+    defaults = {
+        "mixed_precision": "off",
+        "packed": False,
+        "attn_implementation": "sdpa",
+        "loss": "transformers",
+        "liger_layers": False,
+    }
     return make_train_settings(s["model"], gpu=gpu, **{k: s.get(k, defaults.get(k)) for k in RECORD_FIELDS})
 
 
@@ -324,6 +333,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         packed=s.packed,
         attn_implementation=s.attn_implementation,
         loss=s.loss,
+        liger_layers=s.liger_layers,
     )
     saved_g = _group(saved.sizes())
     resident = [weights, states] + ([grads] if s.grad_accum > 1 else [])
@@ -396,7 +406,17 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         cands["forward (lm_head LoRA)"] = resident + [
             _group(before + [(n, c) for _, n, c in head] + norm_out + [(kv_cache, 1)] + cache_rows)
         ]
-    if s.loss == "liger" and s.method != "full":
+    if s.loss == "liger" and s.method != "full" and s.liger_layers:
+        # LigerRMSNorm's backward runs in place (no final norm candidate): the last decoder
+        # layer's down_proj LoRA, backward and forward (settings: lora, all-linear, fp32
+        # adapters); with checkpointing the recompute below is the step's peak (the forward's
+        # moments, without the layers' saved tensors, stay below it)
+        if s.grad_checkpointing == "off":
+            rows = liger_down_proj_backward_rows(s.model, s.rank, s.tokens, s.grad_accum == 1)
+            cands["backward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
+            rows = liger_down_proj_forward_rows(s.model, s.seq_len, s.micro_batch)
+            cands["forward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
+    elif s.loss == "liger" and s.method != "full":
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
         # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)
         rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum)
@@ -414,7 +434,9 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         L = s.model.num_hidden_layers
         best: list[_Group] = []
         for layer in (L - 1, 0):
-            rows = recompute_up_proj_rows(s.model, s.rank, s.grad_checkpointing, s.seq_len, s.micro_batch, layer + 1)
+            rows = recompute_up_proj_rows(
+                s.model, s.rank, s.grad_checkpointing, s.seq_len, s.micro_batch, layer + 1, s.liger_layers
+            )
             done = [] if s.grad_accum > 1 else list(_grads_after_layer(s.model, s.rank, s.targets, layer))
             groups = resident + [_group([(n, c) for _, n, c in rows] + done)]
             if not best or sum(x.rounded for x in groups) > sum(x.rounded for x in best):
@@ -461,6 +483,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             s.grad_checkpointing,
             s.seq_len,
             s.micro_batch,
+            s.liger_layers,
         )
         done = (
             []
