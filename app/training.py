@@ -23,7 +23,21 @@ from estimator.units import format_gib
 
 MODE = "calc_mode"
 INFERENCE, FINE_TUNING = "Inference", "Fine-tuning"
-METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRECISION, PACKED, ATTN, LOSS = (
+(
+    METHOD,
+    RANK,
+    TARGETS,
+    OPTIMIZER,
+    SEQ_LEN,
+    MICRO_BATCH,
+    CHECKPOINTING,
+    BASE,
+    PRECISION,
+    PACKED,
+    ATTN,
+    LOSS,
+    LIGER_LAYERS,
+) = (
     "train_method",
     "train_rank",
     "train_targets",
@@ -36,6 +50,7 @@ METHOD, RANK, TARGETS, OPTIMIZER, SEQ_LEN, MICRO_BATCH, CHECKPOINTING, BASE, PRE
     "train_packed",
     "train_attn",
     "train_loss",
+    "train_liger_layers",
 )
 METHOD_LABELS = {
     "lora": "LoRA (bf16 base)",
@@ -61,6 +76,7 @@ DEFAULTS: dict[str, Any] = {
     PACKED: False,
     ATTN: "sdpa",
     LOSS: "transformers",
+    LIGER_LAYERS: False,
 }
 LOSS_LABELS = {"transformers": "transformers (full logits)", "liger": "Liger fused linear cross-entropy"}
 PARTS = {
@@ -113,6 +129,7 @@ def settings(inp: Any) -> TrainSettings:
         packed=bool(ss[PACKED]),
         attn_implementation=ss[ATTN],
         loss=ss[LOSS],
+        liger_layers=bool(ss[LIGER_LAYERS]),
     )
 
 
@@ -147,8 +164,8 @@ def _widgets() -> None:
             help="bf16 autocast: what the Hugging Face Trainer's bf16=True does (accelerate wraps the "
             "forward in torch.autocast). As loaded: weights and adapters in their own dtypes (PEFT's plain loop).",
         )
-    with st.expander("Packing, attention, loss"):
-        e = st.columns(3)
+    with st.expander("Packing, attention, loss, Liger kernels"):
+        e = st.columns(4)
         e[0].checkbox(
             "Packed (padding-free)",
             key=PACKED,
@@ -163,6 +180,12 @@ def _widgets() -> None:
             key=LOSS,
             help="transformers' ForCausalLMLoss over the full logits, or Liger's fused linear cross-entropy "
             "(the Trainer's use_liger_kernel).",
+        )
+        e[3].checkbox(
+            "Liger RMSNorm, SwiGLU, RoPE",
+            key=LIGER_LAYERS,
+            help="Liger-Kernel's layer kernels, which the Trainer's use_liger_kernel=True applies with the "
+            "fused loss (Llama models).",
         )
 
 
@@ -180,6 +203,8 @@ def fixes(s: TrainSettings, capacity_bytes: int, custom: bool) -> list[dict[str,
         options.append(("bf16 autocast", {PRECISION: "bf16"}, {"mixed_precision": "bf16"}))
     if s.loss == "transformers":
         options.append(("Liger loss", {LOSS: "liger"}, {"loss": "liger"}))
+    if not s.liger_layers:
+        options.append(("Liger layer kernels", {LIGER_LAYERS: True}, {"liger_layers": True}))
     if s.method == "full" and s.quant == "fp32":
         options.append(("bf16 weights", {METHOD: "full"}, {"quant": "bf16"}))
     if s.method == "full":

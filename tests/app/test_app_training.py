@@ -82,6 +82,12 @@ def test_packing_attention_and_loss_controls(at):
     assert not at.exception and not at.error
     e = estimate_training("llama-3.2-3b", "lora", seq_len=8192, gpu=gpu, loss="liger")
     assert at.metric[0].value == format_gib(e.device_used_bytes)
+    at.checkbox(key=training.LIGER_LAYERS).check().run()  # the Trainer's use_liger_kernel=True
+    assert not at.exception and not at.error
+    k = estimate_training("llama-3.2-3b", "lora", seq_len=8192, gpu=gpu, loss="liger", liger_layers=True)
+    assert k.device_used_bytes < e.device_used_bytes
+    assert at.metric[0].value == format_gib(k.device_used_bytes)
+    at.checkbox(key=training.LIGER_LAYERS).uncheck().run()
     at.selectbox(key=training.LOSS).set_value("transformers").run()
     at.number_input(key=training.MICRO_BATCH).set_value(2).run()
     at.checkbox(key=training.PACKED).check().run()
