@@ -178,15 +178,15 @@ def saved_tensors(
     if packed:  # the collator's inputs, held by the loop for the whole micro-batch
         rows.append(("position_ids, labels (packed inputs)", INT64 * N, 2))
     norm(1)  # the final norm
+    if loss == "liger":  # (estimate: no lm_head adapter) lm_head's Linear never runs
+        rows += liger_saved_rows(spec, method, N, a)
+        rows.append(("input_ids", INT64 * N, 1))
+        return Saved(tuple(rows))
     if mixed and method == "qlora":
         # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
         # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
         # input's gradient
         rows.append(("lm_head weight cast to bf16", 2 * V * H, 1))
-    if loss == "liger":  # (settings: no autocast, no lm_head adapter)
-        rows += liger_saved_rows(spec, method, N, a)
-        rows.append(("input_ids", INT64 * N, 1))
-        return Saved(tuple(rows))
     if full and mixed and a == 4:
         # fp32 master weights: lm_head casts the final norm's output and (cached) its weight to
         # bf16, and saves both
