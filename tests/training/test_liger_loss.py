@@ -338,3 +338,17 @@ def test_autocast_standin_out_and_views():
         g = y @ w
         assert g.dtype == torch.bfloat16 and len(_State.cache) == 1
     assert not _State.cache
+
+
+def test_golden_3b_packed_flash_attention_2():
+    """Llama 3.2 3B, LoRA r=16 all-linear, two 4K sequences in one packed row with flash-attn's
+    varlen kernel: the final norm's backward over N = 8,192 tokens is the step's peak (traced with
+    ``python -m runtime train-measure --model llama-3.2-3b --seq-len 4096 --micro-batch 2 --packed
+    --attn-implementation flash_attention_2 --loss liger --device trace``: equal to the byte)."""
+    e = estimate_training(
+        seq_len=4096, micro_batch=2, packed=True, attn_implementation="flash_attention_2", loss="liger"
+    )
+    assert (e.peak_phase, e.peak_live_bytes) == ("backward (final norm)", 52_448_714_120)
+    # one row of N tokens to the loss: labels [1, N + 1] padded, shifted as a view (no copy)
+    rows = dict((w, n) for w, n, _ in liger_forward_rows(e.settings.model, 8192, 1, 2))
+    assert rows["padded labels"] == 8 * 8193 and "shift_labels copy" not in rows
