@@ -511,6 +511,41 @@ def lm_head_lora_forward_rows(method: str, ab: int, N: int, V: int) -> list[tupl
     ]
 
 
+def down_proj_lora_forward_rows(
+    spec: ModelSpec, seq_len: int, micro_batch: int, packed: bool = False, attn_implementation: str = "sdpa"
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) under bf16 autocast with the Liger
+    loss, no checkpointing: the forward's most, in the last layer's down_proj at PEFT's ``result
+    + lora_B(lora_A(x)) * scaling`` (``lora.Linear.forward``: ``x = _cast_input_dtype(x, fp32)``
+    is alive to the return). Relative to the end of the forward's saved tensors: the final norm's
+    and liger's are not made yet; alive besides: down_proj's fp32 input cast (4 N I) and its bf16
+    input, the product ``act(gate) * up`` (autocast saved a bf16 copy instead), the base output,
+    the scaled LoRA term and their sum (bf16 N H each), the residual after attention and the MLP
+    input (the post-attention norm's output), the layer's input (held by the decoder's loop) and
+    the embedding's output (``inputs_embeds``, held by ``LlamaModel.forward``), and the
+    ``position_ids`` it makes, an arange [T] int64, when none is given (a packed row brings its
+    own, an input; with SDPA its bool block-causal mask [1, 1, N, N] from ``create_causal_mask``
+    is alive through the layers). Observed in the trace (3B at 8K tokens: 151 MB above the loss's
+    moments) and derived."""
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, I = spec.hidden_size, spec.intermediate_size
+    rows = [
+        ("final norm fp32 input, rsqrt (not yet)", FP32 * N * H + FP32 * N, -1),
+        ("liger grad_input, loss (not yet)", 2 * N * H + FP32, -1),
+        ("down_proj input cast to fp32 (peft)", FP32 * N * I, 1),
+        ("down_proj input, act(gate) * up", 2 * N * I, 1),
+        ("down_proj base output, scaled LoRA term, their sum", 2 * N * H, 3),
+        ("residual after attention, MLP input", 2 * N * H, 2),
+        ("the layer's input, the embedding's output", 2 * N * H, 2),
+    ]
+    if not packed:
+        rows.append(("position_ids (arange)", INT64 * T, 1))
+    elif attn_implementation == "sdpa":
+        rows.append(("packed block-causal mask (bool)", N * N, 1))
+    return rows
+
+
 def recompute_up_proj_rows(
     spec: ModelSpec, rank: int, grad_checkpointing: str, seq_len: int, micro_batch: int, layers_kept: int
 ) -> list[tuple[str, int, int]]:

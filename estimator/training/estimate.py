@@ -16,8 +16,10 @@ inputs its autocast matmuls: ``loss.liger_chunk_rows``), ``backward (liger)`` at
 and, but for fp32 master weights, ``backward (final norm)``: the final RMSNorm's backward right
 after it, which the logits' [N, V] tensors no longer hide; for LoRA all-linear (fp32 adapters,
 no dropout, no autocast) with non-reentrant checkpointing also ``backward (recompute up_proj)``,
-a layer's recompute inside backward (``activations.recompute_up_proj_rows``). These are
-liger-only: the default loss's candidates and numbers are unchanged.
+a layer's recompute inside backward (``activations.recompute_up_proj_rows``); for LoRA
+all-linear (fp32 adapters, no dropout, no checkpointing) under autocast ``forward (down_proj
+LoRA)``, the last layer's down_proj LoRA forward (``activations.down_proj_lora_forward_rows``).
+These are liger-only: the default loss's candidates and numbers are unchanged.
 
 Moments inside the decoder layers' backward are not candidates: there every layer's saved
 tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
@@ -52,6 +54,7 @@ from ..units import check_int
 from .activations import (
     act_bytes,
     adapter_cast_sizes,
+    down_proj_lora_forward_rows,
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
@@ -379,6 +382,19 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         full = s.method == "full"
         rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum, full)
         cands["backward (final norm)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
+    if (
+        s.loss == "liger"
+        and s.method == "lora"
+        and mixed
+        and s.adapter_dtype == "fp32"
+        and s.grad_checkpointing == "off"
+        and s.targets == LAYER_TARGETS
+        and s.dropout == 0
+    ):
+        # under autocast PEFT's fp32 input casts put the forward's most in the last layer's
+        # down_proj LoRA forward, above the loss's chunk loop
+        rows = down_proj_lora_forward_rows(s.model, s.seq_len, s.micro_batch, s.packed, s.attn_implementation)
+        cands["forward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows] + cache_rows)]
     if (
         s.loss == "liger"
         and s.method == "lora"

@@ -134,6 +134,11 @@ CASES = [
     ({"method": "full", "quant": "fp32", "mixed_precision": "bf16", "grad_checkpointing": "non-reentrant"}, True),
     ({"method": "full", "mixed_precision": "bf16"}, True),  # bf16 in and out: the out= path
     ({"method": "lora", "mixed_precision": "bf16", "adapter_dtype": "bf16"}, True),
+    # LoRA with fp32 adapters under autocast: the last layer's down_proj LoRA forward is the peak
+    ({"method": "lora", "mixed_precision": "bf16"}, True),
+    ({"method": "lora", "mixed_precision": "bf16", "micro_batch": 2, "grad_accum": 2}, True),
+    ({"method": "lora", "mixed_precision": "bf16", "packed": True, "micro_batch": 2}, True),
+    ({"method": "lora", "mixed_precision": "bf16", "attn_implementation": "flash_attention_2"}, True),
     # packed rows (labels [1, N]: padded, shifted as a view) and flash_attention_2
     ({"method": "lora", "packed": True, "micro_batch": 2}, True),
     ({"method": "lora", "attn_implementation": "flash_attention_2"}, True),
@@ -186,6 +191,8 @@ def test_trace_matches_the_liger_moments(narrow_llama3_vocab_dir, kw, step_exact
         assert t["peak_live_bytes"]["backward"] == e.candidates["backward (end)"]
     if kw["method"] == "lora" and kw.get("grad_checkpointing", "off") == "off":
         assert t["peak_live_bytes"]["backward"] == e.candidates["backward (final norm)"]
+    if kw["method"] == "lora" and kw.get("mixed_precision") == "bf16" and "adapter_dtype" not in kw:
+        assert t["peak_live_bytes"]["forward"] == e.candidates["forward (down_proj LoRA)"]
     if kw["method"] == "lora" and kw.get("grad_checkpointing") == "non-reentrant":
         assert t["peak_live_bytes"]["backward"] == e.candidates["backward (recompute up_proj)"]
 
@@ -247,16 +254,19 @@ def test_parts_add_up_and_grow_with_tokens():
 
 
 def test_refused_under_autocast_with_fp32_lora_adapters():
-    """LoRA with fp32 adapters under bf16 autocast (and QLoRA with checkpointing): a decoder
-    layer's own moment is the step's peak once the logits are gone, not modelled (3B trace at 8K:
-    LoRA's forward 151 MB, its recompute 1.23 GB, QLoRA's recompute 996 MB above the estimate)."""
+    """LoRA or QLoRA with fp32 adapters under bf16 autocast with checkpointing, or LoRA with other
+    targets or dropout: a decoder layer's own moment is the step's peak once the logits are gone,
+    not modelled (3B trace at 8K: LoRA's recompute 1.23 GB, QLoRA's 996 MB above the estimate)."""
     with pytest.raises(InvalidSpecError, match="loss"):
-        estimate_training(loss="liger", mixed_precision="bf16")
+        estimate_training(loss="liger", mixed_precision="bf16", targets="q,v")
+    with pytest.raises(InvalidSpecError, match="loss"):
+        estimate_training(loss="liger", mixed_precision="bf16", dropout=0.1)
     with pytest.raises(InvalidSpecError, match="loss"):
         estimate_training(loss="liger", mixed_precision="bf16", grad_checkpointing="non-reentrant")
     with pytest.raises(InvalidSpecError, match="loss"):
         estimate_training(method="qlora", loss="liger", mixed_precision="bf16", grad_checkpointing="reentrant")
     for kw in (
+        dict(method="lora"),
         dict(method="qlora"),
         dict(method="lora", adapter_dtype="bf16"),
         dict(method="full"),
@@ -298,6 +308,19 @@ def test_golden_3b_8k_under_autocast():
     )
     lora = estimate_training(seq_len=N, mixed_precision="bf16", adapter_dtype="bf16", loss="liger")
     assert (lora.peak_phase, lora.peak_live_bytes) == ("backward (final norm)", 34_400_360_968)
+    # fp32 adapters: the last layer's down_proj LoRA forward, above the loss's moments by PEFT's
+    # fp32 input cast [N, I] and its neighbours (activations.down_proj_lora_forward_rows)
+    lora = estimate_training(seq_len=N, mixed_precision="bf16", loss="liger")
+    assert (lora.peak_phase, lora.peak_live_bytes) == ("forward (down_proj LoRA)", 40_383_076_864)
+    I = 8192  # noqa: E741
+    down = 4 * N * I + 2 * N * I + 7 * 2 * N * H + 8 * N  # fp32, bf16 [N, I]; 7 bf16 [N, H]; arange
+    not_yet = (4 * N * H + 4 * N) + (2 * N * H + 4)  # the final norm's and liger's saved tensors
+    loss_rows = 2 * N * H + 8 * (N + 1) + 4 * N + N + 2 * c * V - 4  # liger's forward rows
+    assert lora.candidates["forward (down_proj LoRA)"] - lora.candidates["forward (loss)"] == (
+        down - not_yet - loss_rows
+    )
+    two_k = estimate_training(seq_len=2048, mixed_precision="bf16", loss="liger")
+    assert (two_k.peak_phase, two_k.peak_live_bytes) == ("forward (down_proj LoRA)", 15_170_189_824)
 
 
 @pytest.mark.parametrize("grad_accum", [1, 2])
@@ -349,6 +372,10 @@ def test_golden_3b_packed_flash_attention_2():
         seq_len=4096, micro_batch=2, packed=True, attn_implementation="flash_attention_2", loss="liger"
     )
     assert (e.peak_phase, e.peak_live_bytes) == ("backward (final norm)", 52_448_714_120)
+    # under autocast with SDPA (traced the same way, ``--mixed-precision bf16`` without the flash
+    # flag): the last layer's down_proj LoRA forward, with the row's bool mask [N, N] alive
+    m = estimate_training(seq_len=4096, micro_batch=2, packed=True, mixed_precision="bf16", loss="liger")
+    assert (m.peak_phase, m.peak_live_bytes) == ("forward (down_proj LoRA)", 46_087_395_840)
     # one row of N tokens to the loss: labels [1, N + 1] padded, shifted as a view (no copy)
     rows = dict((w, n) for w, n, _ in liger_forward_rows(e.settings.model, 8192, 1, 2))
     assert rows["padded labels"] == 8 * 8193 and "shift_labels copy" not in rows
