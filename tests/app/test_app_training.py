@@ -110,6 +110,8 @@ def test_packing_attention_and_loss_controls(at):
         loss="liger",
     )
     assert at.metric[0].value == format_gib(p.device_used_bytes)
-    at.selectbox(key=training.PRECISION).set_value("bf16").run()  # with fp32 adapters: refused
+    at.selectbox(key=training.PRECISION).set_value("bf16").run()  # fp32 adapters, all-linear: modelled
+    assert not at.exception and not at.error
+    at.selectbox(key=training.CHECKPOINTING).set_value("non-reentrant").run()  # and checkpointed: refused
     assert not at.exception
     assert at.error and "loss" in at.error[0].value
