@@ -15,7 +15,11 @@ AutocastCUDA, m)``) for the ops a decoder-only model calls:
 - ``fp32_set_opt_dtype`` (softmax, log_softmax, sum, prod, cumsum, cumprod): called with
   ``dtype=float32`` when no dtype is given and the input is a float tensor.
 
-Ops in no list run as called (type promotion: a bf16 tensor times an fp32 one is fp32).
+Ops in no list run as called (type promotion: a bf16 tensor times an fp32 one is fp32), and so
+do ``out=`` calls: the lists name the functional overloads only, and AutocastCUDA falls through
+for every other (``TORCH_LIBRARY_IMPL(_, AutocastCUDA, m)``: ``makeFallthrough``), so
+``torch.mm(a, b, out=c)`` and ``torch.addmm(..., out_dtype=..., out=c)`` cast nothing (liger's
+fused linear cross-entropy relies on it).
 ``torch.is_autocast_enabled()`` reads True inside (PEFT's bnb LoRA layers branch on it).
 
 Checkpointed layers: torch's checkpoint re-enters autocast for the recompute when the forward
@@ -58,7 +62,8 @@ def active() -> bool:
 def _cast(t: Any, to: torch.dtype) -> Any:
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dtype in (to, torch.float64):
         return t
-    if to == LOW and t.dtype == torch.float32 and t.is_leaf and t.requires_grad:
+    # can_try_cache: a leaf that requires grad and is not a view
+    if to == LOW and t.dtype == torch.float32 and t.is_leaf and t.requires_grad and not t._is_view():
         hit = _State.cache.get(id(t))
         if hit is not None and hit[0] is t:
             return hit[1]
@@ -93,6 +98,8 @@ class Autocast(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if kwargs.get("out") is not None:  # an out= overload: AutocastCUDA falls through
+            return func(*args, **kwargs)
         if name in LOWER:
             args, kwargs = _cast_all(args, LOW), {k: _cast_all(v, LOW) for k, v in kwargs.items()}
         elif name in FP32:

@@ -36,8 +36,9 @@ class LiveBytes(TorchDispatchMode):
     """Counts live tensor storage bytes (raw and 512-rounded) and their peaks.
 
     ``track(t)`` registers tensors created outside the mode (parameters, buffers, inputs).
-    ``reset_peak()`` starts a new phase. With ``detail=True`` the live set at the latest peak
-    is kept (``peak_detail``: list of (nbytes, dtype, shape, op)) for breakdown reports.
+    ``reset_peak()`` starts a new phase; ``mark()`` starts ``high``, the most live bytes since.
+    With ``detail=True`` the live set at the latest peak is kept (``peak_detail``: list of
+    (nbytes, dtype, shape, op)) for breakdown reports.
     ``events`` lists, in order, ``("alloc", key, nbytes)``, ``("free", key)`` and ``("phase",)``
     at each ``reset_peak()`` (the event kinds of ``runtime.allocsim``).
     """
@@ -48,6 +49,7 @@ class LiveBytes(TorchDispatchMode):
         self.live_rounded = 0
         self.peak = 0
         self.peak_rounded = 0
+        self.high = 0  # the most live bytes since ``mark()``
         self.detail = detail
         self.peak_detail: list[tuple[int, str, tuple[int, ...], str]] = []
         self._info: dict[int, tuple[int, str, tuple[int, ...], str]] = {}
@@ -81,6 +83,11 @@ class LiveBytes(TorchDispatchMode):
             if self.detail:
                 self.peak_detail = sorted(self._info.values(), reverse=True)
         self.peak = max(self.peak, self.live)
+        self.high = max(self.high, self.live)
+
+    def mark(self) -> None:
+        """Start a sub-phase high-water mark (``high``) without touching the phase's peaks."""
+        self.high = self.live
 
     def reset_peak(self) -> None:
         self.events.append((PHASE,))

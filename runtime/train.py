@@ -380,30 +380,55 @@ class LigerFusedLinearCrossEntropy(torch.autograd.Function):
     """``LigerFusedLinearCrossEntropyFunction`` (liger-kernel 0.8.5,
     ``ops/fused_linear_cross_entropy.py``) as ``LigerForCausalLMLoss`` calls it on a GPU:
     reduction "mean", no bias, no ce_weight, ``accum_dtype=None``, the Triton cross-entropy
-    (``ce_impl=None``). What it allocates, in order:
+    (``ce_impl=None``). Its forward is ``@amp_custom_fwd`` (``torch.amp.custom_fwd`` without
+    ``cast_inputs``): under the Trainer's bf16 autocast it runs inside the ambient region, so its
+    ``@`` matmuls are autocast and its ``out=`` ones are not. What it allocates, in order:
 
-    forward (``fused_linear_cross_entropy_forward``, no grad mode, so ``_can_use_mm_out`` is true
-    on CUDA when the hidden states and the weight share a dtype, always here):
-    ``grad_input = zeros_like(_input)`` [BT, H]; ``grad_weight = zeros_like(weight)`` [V, H] when
-    the weight requires grad (full fine-tuning); ``loss_1d`` fp32 [BT]; ``target_mask = target !=
-    ignore_index`` bool [BT], alive to the return; ``target_mask.sum().item()`` an int64 scalar;
-    ``logits_storage`` [chunk_size, V] in the input dtype, written per chunk by ``torch.mm(out=)``;
-    the Triton kernel writes the loss into ``loss_1d`` and the logits' gradient over the logits in
-    place; ``torch.mm(out=grad_input[chunk])`` and, for the weight, ``torch.addmm(out=grad_weight)``
-    (bf16 on sm80+) allocate nothing; after the loop ``del logits_storage``; ``torch.sum(loss_1d)``
-    the fp32 scalar loss; ``grad_weight.to(weight.dtype)`` is no copy. Saved: grad_input and
-    grad_weight (``.detach()``: the same storage).
+    forward (``fused_linear_cross_entropy_forward``, lines 49-410): ``grad_input =
+    zeros_like(_input)`` [BT, H]; ``grad_weight = zeros_like(weight)`` [V, H] when the weight
+    requires grad (full fine-tuning); ``loss_1d`` fp32 [BT]; ``target_mask = target !=
+    ignore_index`` bool [BT], alive to the return; ``target_mask.sum().item()`` an int64 scalar.
+    ``_can_use_mm_out`` (lines 31-46; CUDA, grad disabled inside ``Function.forward``): the
+    hidden states and the weight share a dtype and, under autocast, that dtype is bf16 (LoRA,
+    full bf16; not QLoRA's fp32 norm output and upcast embedding, nor fp32 master weights). Then
+    ``logits_storage`` [chunk_size, V] in the input dtype, written per chunk by ``torch.mm(out=)``
+    and ``torch.mm(out=grad_input[chunk])``; otherwise per chunk ``_input_chunk @ weight.t()``
+    (autocast: bf16 casts of the chunk and of ``weight.t()``, a view that autocast never caches,
+    and a fresh bf16 [chunk, V] output) and ``grad_input[chunk] = grad_logits_chunk @ weight``
+    (autocast: the weight's bf16 cast, cached while the region lasts when the weight is a leaf
+    that requires grad, fp32 master weights; a fresh one otherwise, QLoRA's frozen embedding; a
+    bf16 [chunk, H] output copied into ``grad_input``). The Triton kernel writes the loss into
+    ``loss_1d`` and the logits' gradient over the logits in place. For the weight on sm80+
+    (lines 337-383): an fp32 ``grad_weight`` with bf16 logits takes ``addmm(out_dtype=float32,
+    out=grad_weight)`` with ``_input_chunk.to(bf16)`` (a [chunk, H] copy when the input is fp32);
+    a bf16 one ``addmm(out=grad_weight)``: no allocation but that copy. After the loop ``del
+    logits_storage``; ``torch.sum(loss_1d)`` the fp32 scalar loss; ``grad_weight.to(weight.dtype)``
+    is no copy. Saved: grad_input and grad_weight (``.detach()``: the same storage).
 
     backward (``fused_linear_cross_entropy_backward``): ``torch.equal(grad_output,
     torch.tensor(1.0, device))``, on CUDA a 4 B fp32 scalar and ``eq(...).all()`` (two bool
     scalars); when not equal (``loss / grad_accum``) ``element_mul_kernel`` scales grad_input and
     grad_weight in place. Returns the saved tensors themselves as the gradients.
 
-    ``probe`` (set by the trace, ``_tracked``) is called with "forward" inside the first chunk
-    and with "backward" at ``torch.equal``, the moments the estimate's liger candidates
-    describe, so the record carries the live bytes there (``training.liger_live_bytes``)."""
+    ``probe`` (set by the trace, ``_tracked``) is called with "mark" before the chunk loop and
+    "forward" after it (the trace records the most live bytes in between), and with "backward"
+    at ``torch.equal``: the moments the estimate's liger candidates describe, so the record
+    carries the live bytes there (``training.liger_live_bytes``)."""
 
     probe: Any = None
+
+    @staticmethod
+    def can_use_mm_out(x, weight) -> bool:
+        """``_can_use_mm_out`` as on CUDA (not ROCm) inside ``Function.forward``."""
+        from . import autocast
+
+        if torch.is_grad_enabled() or x.dtype != weight.dtype:
+            return False
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            return False
+        if autocast.active():
+            return x.dtype == autocast.LOW
+        return True
 
     @staticmethod
     def forward(ctx, x, weight, target):
@@ -417,19 +442,43 @@ class LigerFusedLinearCrossEntropy(torch.autograd.Function):
         target_mask = target != -100
         n_non_ignore = target_mask.sum()  # .item() on a GPU; data-dependent under fake tensors
         del n_non_ignore
-        logits_storage = torch.empty((chunk, v), dtype=x.dtype, device=dev)
+        use_mm_out = LigerFusedLinearCrossEntropy.can_use_mm_out(x, weight)
+        logits_storage = torch.empty((chunk, v), dtype=x.dtype, device=dev) if use_mm_out else None
+        probe = LigerFusedLinearCrossEntropy.probe
+        if probe is not None:
+            probe("mark")
         for start in range(0, n, chunk):
             end = min(start + chunk, n)
             x_chunk = x[start:end]
-            logits_chunk = logits_storage[: end - start]
-            torch.mm(x_chunk, weight.t(), out=logits_chunk)
+            if logits_storage is not None:
+                logits_chunk = logits_storage[: end - start]
+                torch.mm(x_chunk, weight.t(), out=logits_chunk)
+            else:
+                logits_chunk = x_chunk @ weight.t()
             # liger_cross_entropy_kernel: loss into loss_1d[start:end], gradient over logits_chunk
-            torch.mm(logits_chunk, weight, out=grad_input[start:end])
+            grad_logits_chunk = logits_chunk.contiguous()
+            del logits_chunk
+            if use_mm_out and grad_logits_chunk.dtype == grad_input.dtype:
+                torch.mm(grad_logits_chunk, weight, out=grad_input[start:end])
+            else:
+                grad_input[start:end] = grad_logits_chunk @ weight
             if grad_weight is not None:
-                torch.addmm(grad_weight, logits_chunk.t(), x_chunk, out=grad_weight)
-            if start == 0 and LigerFusedLinearCrossEntropy.probe is not None:
-                LigerFusedLinearCrossEntropy.probe("forward")
-            del x_chunk, logits_chunk
+                grad_logits_t = grad_logits_chunk.t()
+                low = (torch.float16, torch.bfloat16)
+                if grad_weight.dtype == torch.float32 and grad_logits_t.dtype in low:
+                    input_chunk = x_chunk if x_chunk.dtype == grad_logits_t.dtype else x_chunk.to(grad_logits_t.dtype)
+                    torch.addmm(grad_weight, grad_logits_t, input_chunk, out_dtype=torch.float32, out=grad_weight)
+                    del input_chunk
+                elif grad_logits_t.dtype in low and grad_weight.dtype == grad_logits_t.dtype:
+                    input_chunk = x_chunk if x_chunk.dtype == grad_logits_t.dtype else x_chunk.to(grad_logits_t.dtype)
+                    torch.addmm(grad_weight, grad_logits_t, input_chunk, out=grad_weight)
+                    del input_chunk
+                else:
+                    grad_weight += torch.mm(grad_logits_chunk.t(), x_chunk).float()
+                del grad_logits_t
+            del grad_logits_chunk, x_chunk
+        if probe is not None:
+            probe("forward")
         del logits_storage, target_mask
         loss = torch.sum(loss_1d)
         ctx.save_for_backward(grad_input, grad_weight)
@@ -1205,7 +1254,11 @@ def _tracked(s: dict[str, Any], r: dict[str, Any], device: str, model) -> None:
     if s.get("loss") == "liger":
 
         def probe(name: str) -> None:
-            liger[name] = max(liger.get(name, 0), tracker.live)
+            if name == "mark":  # the chunk loop starts: its most live bytes are the forward's moment
+                tracker.mark()
+                return
+            live = tracker.high if name == "forward" else tracker.live
+            liger[name] = max(liger.get(name, 0), live)
 
         LigerFusedLinearCrossEntropy.probe = probe
     try:

@@ -187,15 +187,15 @@ def saved_tensors(
         rows.append(("position_ids, labels (packed inputs)", INT64 * N, 2))
     if head_in_grad:
         norm(1)  # the final norm
+    if loss == "liger":  # (estimate: no lm_head adapter) lm_head's Linear never runs
+        rows += liger_saved_rows(spec, method, N, a)
+        rows.append(("input_ids", INT64 * N, 1))
+        return Saved(tuple(rows))
     if mixed and method == "qlora" and head_in_grad:
         # lm_head (the tied embedding, fp32 and frozen after prepare_model_for_kbit_training) under
         # autocast: its bf16 weight cast (not cached: it does not require grad) is saved for the
         # input's gradient
         rows.append(("lm_head weight cast to bf16", 2 * V * H, 1))
-    if loss == "liger":  # (settings: no autocast, no lm_head adapter)
-        rows += liger_saved_rows(spec, method, N, a)
-        rows.append(("input_ids", INT64 * N, 1))
-        return Saved(tuple(rows))
     if full and mixed and a == 4:
         # fp32 master weights: lm_head casts the final norm's output and (cached) its weight to
         # bf16, and saves both
@@ -713,6 +713,41 @@ def embed_lora_rows(
             ("embedding lora_embedding_B.T cast to bf16", 2 * rank * spec.hidden_size, 1),
         ]
     return [("embedding lora after_A", eb * N * rank, 1)]
+
+
+def down_proj_lora_forward_rows(
+    spec: ModelSpec, seq_len: int, micro_batch: int, packed: bool = False, attn_implementation: str = "sdpa"
+) -> list[tuple[str, int, int]]:
+    """LoRA (bf16 base, fp32 adapters, no dropout, all-linear) under bf16 autocast with the Liger
+    loss, no checkpointing: the forward's most, in the last layer's down_proj at PEFT's ``result
+    + lora_B(lora_A(x)) * scaling`` (``lora.Linear.forward``: ``x = _cast_input_dtype(x, fp32)``
+    is alive to the return). Relative to the end of the forward's saved tensors: the final norm's
+    and liger's are not made yet; alive besides: down_proj's fp32 input cast (4 N I) and its bf16
+    input, the product ``act(gate) * up`` (autocast saved a bf16 copy instead), the base output,
+    the scaled LoRA term and their sum (bf16 N H each), the residual after attention and the MLP
+    input (the post-attention norm's output), the layer's input (held by the decoder's loop) and
+    the embedding's output (``inputs_embeds``, held by ``LlamaModel.forward``), and the
+    ``position_ids`` it makes, an arange [T] int64, when none is given (a packed row brings its
+    own, an input; with SDPA its bool block-causal mask [1, 1, N, N] from ``create_causal_mask``
+    is alive through the layers). Observed in the trace (3B at 8K tokens: 151 MB above the loss's
+    moments) and derived."""
+    b, T = micro_batch, seq_len
+    N = b * T
+    H, I = spec.hidden_size, spec.intermediate_size
+    rows = [
+        ("final norm fp32 input, rsqrt (not yet)", FP32 * N * H + FP32 * N, -1),
+        ("liger grad_input, loss (not yet)", 2 * N * H + FP32, -1),
+        ("down_proj input cast to fp32 (peft)", FP32 * N * I, 1),
+        ("down_proj input, act(gate) * up", 2 * N * I, 1),
+        ("down_proj base output, scaled LoRA term, their sum", 2 * N * H, 3),
+        ("residual after attention, MLP input", 2 * N * H, 2),
+        ("the layer's input, the embedding's output", 2 * N * H, 2),
+    ]
+    if not packed:
+        rows.append(("position_ids (arange)", INT64 * T, 1))
+    elif attn_implementation == "sdpa":
+        rows.append(("packed block-causal mask (bool)", N * N, 1))
+    return rows
 
 
 def recompute_up_proj_rows(

@@ -11,12 +11,15 @@ micro-batch after the first), over these candidates, each the exact set of live 
 - ``optimizer step``: weights, adapters, gradients, states and the step's temporaries.
 
 With ``loss="liger"`` (``loss``: Liger's fused linear cross-entropy) the loss's candidates are
-``forward (loss)`` at its chunk loop, ``backward (liger)`` at its backward and, for LoRA and
-QLoRA, ``backward (final norm)``: the final RMSNorm's backward right after it, which the logits'
-[N, V] tensors no longer hide; for LoRA all-linear (fp32 adapters, no dropout) with non-reentrant
-checkpointing also ``backward (recompute up_proj)``, a layer's recompute inside backward
-(``activations.recompute_up_proj_rows``). These are liger-only: the default loss's candidates
-and numbers are unchanged.
+``forward (loss)`` at its chunk loop (under autocast with the autocast cache, and for fp32
+inputs its autocast matmuls: ``loss.liger_chunk_rows``), ``backward (liger)`` at its backward
+and, but for fp32 master weights, ``backward (final norm)``: the final RMSNorm's backward right
+after it, which the logits' [N, V] tensors no longer hide; for LoRA all-linear (fp32 adapters,
+no dropout, no autocast) with non-reentrant checkpointing also ``backward (recompute up_proj)``,
+a layer's recompute inside backward (``activations.recompute_up_proj_rows``); for LoRA
+all-linear (fp32 adapters, no dropout, no checkpointing) under autocast ``forward (down_proj
+LoRA)``, the last layer's down_proj LoRA forward (``activations.down_proj_lora_forward_rows``).
+These are liger-only: the default loss's candidates and numbers are unchanged.
 
 Moments inside the decoder layers' backward are not candidates: there every layer's saved
 tensors are the most that can be alive, and the loss's 8 N V bytes of fp32 gradients exceed any
@@ -53,6 +56,7 @@ from .activations import (
     adapter_cast_sizes,
     attention_kernel,
     decoder_requires_grad,
+    down_proj_lora_forward_rows,
     embedding_end_rows,
     forward_cache_bytes,
     layer_linears,
@@ -362,9 +366,19 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             # lm_head's adapter alone: lora_A's cached weight cast is not saved (its input needs no grad)
             cache[2 * s.rank * s.model.hidden_size] = cache.get(2 * s.rank * s.model.hidden_size, 0) + 1
         cache_rows = [(n, c) for n, c in cache.items() if c]
-    if s.loss == "liger":  # (settings: not with autocast or a packed row)
-        liger_fwd = liger_forward_rows(s.model, s.seq_len, s.micro_batch, act_bytes(s.method, s.quant))
-        fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)])
+    if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
+        # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
+        # during the forward and none is saved (the layers keep only their inputs)
+        L = s.model.num_hidden_layers
+        cache_rows += [(2 * i * o, L) for _, i, o in layer_linears(s.model, LAYER_TARGETS)]
+    if mixed and s.quant == "fp32":
+        # and every bias's cast (a Linear does not save its bias): cached, never saved
+        cache_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
+    if s.loss == "liger":
+        # fp32 master weights: lm_head's weight is an fp32 leaf that requires grad (cached cast)
+        # (a packed row: labels [1, N], padded to [1, N + 1], shifted as a view)
+        liger_fwd = liger_forward_rows(s.model, T, b, act_bytes(s.method, s.quant), mixed, s.quant == "fp32")
+        fwd = _group([(n, c) for _, n, c in liger_fwd] + [(kv_cache, 1)] + cache_rows)
         bwd = _group([(n, c) for _, n, c in liger_backward_rows(s.grad_accum)])
         bwd_name = "backward (liger)"
     else:
@@ -380,16 +394,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             norm_out_saved=shares,
             decoder_grad=decoder_grad,
         )
-        fwd_rows = [(loss_fwd, 1)] + cache_rows
-        if mixed and s.quant == "fp32" and s.grad_checkpointing != "off":
-            # fp32 master weights, checkpointed layers: every Linear's bf16 weight cast is cached
-            # during the forward and none is saved (the layers keep only their inputs)
-            L = s.model.num_hidden_layers
-            fwd_rows += [(2 * i * o, L) for _, i, o in layer_linears(s.model, LAYER_TARGETS)]
-        if mixed and s.quant == "fp32":
-            # and every bias's cast (a Linear does not save its bias): cached, never saved
-            fwd_rows += [(2 * t.numel, 1) for t in tensors(s.model) if t.kind == "bias"]
-        fwd = _group(fwd_rows)
+        fwd = _group([(loss_fwd, 1)] + cache_rows)
         bwd = _group([(n, c) for _, n, c in loss_backward_rows(s.model, T, b, s.grad_accum)])
         bwd_name = "backward (log_softmax)"
     cands: dict[str, list[_Group]] = {
@@ -416,14 +421,30 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
             cands["backward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
             rows = liger_down_proj_forward_rows(s.model, s.seq_len, s.micro_batch)
             cands["forward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
-    elif s.loss == "liger" and s.method != "full":
+    elif s.loss == "liger" and s.quant != "fp32" and not s.liger_layers:
         # the logits no longer dominate: the final norm's backward comes next (full fine-tuning
-        # peaks at the end of backward, far above it, and its trainable norm weight is not modelled)
-        rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum)
+        # with its trainable norm weight too: above the end of backward at long sequences; fp32
+        # master weights' fp32 norm is not modelled: there the loss's forward is the higher)
+        full = s.method == "full"
+        rows = final_norm_backward_rows(s.model, s.tokens, act_bytes(s.method), s.grad_accum, full)
         cands["backward (final norm)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows])]
     if (
         s.loss == "liger"
         and s.method == "lora"
+        and mixed
+        and s.adapter_dtype == "fp32"
+        and s.grad_checkpointing == "off"
+        and s.targets == LAYER_TARGETS
+        and s.dropout == 0
+    ):
+        # under autocast PEFT's fp32 input casts put the forward's most in the last layer's
+        # down_proj LoRA forward, above the loss's chunk loop
+        rows = down_proj_lora_forward_rows(s.model, s.seq_len, s.micro_batch, s.packed, s.attn_implementation)
+        cands["forward (down_proj LoRA)"] = resident + [saved_g, _group([(n, c) for _, n, c in rows] + cache_rows)]
+    if (
+        s.loss == "liger"
+        and s.method == "lora"
+        and not mixed
         and s.grad_checkpointing == "non-reentrant"
         and s.targets == LAYER_TARGETS
         and s.adapter_dtype == "fp32"
@@ -463,7 +484,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
         itemsize = DTYPE_BYTES[s.quant]
         end += [(n, c) for _, n, c in embedding_end_rows(s.model, s.grad_accum > 1, s.tokens, itemsize)]
         cands["backward (end)"] = [weights, states, grads, _group(end)]
-        if mixed and s.quant == "fp32":
+        if mixed and s.quant == "fp32" and s.loss != "liger":
             # fp32 master weights: lm_head's weight gradient is computed for its bf16 cast
             # [V, H] and copied to fp32 (ToCopyBackward) while the gradient of its input [N, H]
             # waits for the final norm; the loss's tensors and lm_head's saved casts are gone

@@ -103,6 +103,21 @@ def test_packing_attention_and_loss_controls(at):
         attn_implementation="flash_attention_2",
     )
     assert at.metric[0].value == format_gib(p.device_used_bytes)
-    at.selectbox(key=training.LOSS).set_value("liger").run()  # liger on a packed row: refused
+    at.selectbox(key=training.LOSS).set_value("liger").run()  # liger on a packed row: modelled
+    assert not at.exception and not at.error
+    p = estimate_training(
+        "llama-3.2-3b",
+        "lora",
+        seq_len=8192,
+        micro_batch=2,
+        gpu=gpu,
+        packed=True,
+        attn_implementation="flash_attention_2",
+        loss="liger",
+    )
+    assert at.metric[0].value == format_gib(p.device_used_bytes)
+    at.selectbox(key=training.PRECISION).set_value("bf16").run()  # fp32 adapters, all-linear: modelled
+    assert not at.exception and not at.error
+    at.selectbox(key=training.CHECKPOINTING).set_value("non-reentrant").run()  # and checkpointed: refused
     assert not at.exception
     assert at.error and "loss" in at.error[0].value
