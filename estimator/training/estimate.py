@@ -44,8 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..allocator import block_bytes, reserved_for, round_size
-from ..errors import InvalidSpecError
-from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu, custom_gpu, get_gpu
 from ..model import ModelSpec, load_model, tensors
 from ..overhead import cublas_workspace_bytes, cuda_context_bytes, cuda_context_range_bytes, fragmentation_high_bytes
@@ -73,7 +71,7 @@ from .activations import (
 )
 from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
-from .settings import TrainSettings
+from .settings import TrainSettings, check_modelled
 from .static import (
     DTYPE_BYTES,
     StaticBytes,
@@ -293,31 +291,8 @@ def _grads_after_layer(spec: ModelSpec, rank: int, targets: tuple[str, ...], lay
 
 
 def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimate:
-    if s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS:
-        # before sm80 there is no flash kernel (SDPA falls back to math with GQA) and no bf16 GEMM
-        raise InvalidSpecError(
-            f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
-        )
-    if s.method != "full" and "lm_head" in s.targets and s.loss == "liger":
-        # liger-kernel 0.8.5's lce_forward (lce_maybe_trainable_lm_head) passes ``lm_head.weight``,
-        # PEFT's base weight, to its fused loss and never calls lm_head: the adapter would not
-        # train, and the step is not traced
-        raise InvalidSpecError(
-            "targets: LoRA on lm_head is not modelled with the Liger loss (its fused loss reads "
-            "lm_head.weight and never runs the adapter): 'lm_head'"
-        )
+    check_modelled(s)
     mixed = s.mixed_precision != "off"
-    head_alone = s.method != "full" and not decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
-    if head_alone and (s.packed or (s.method == "qlora" and not mixed)):
-        # an adapter on lm_head alone: the decoder runs without a graph and has no backward, so a
-        # moment inside its forward can be the step's peak: SDPA's fp32 math softmax (QLoRA
-        # without autocast), or a packed row's mask and mem-efficient attention (traced at
-        # narrow width and 8K tokens above the loss's moment; not candidates)
-        raise InvalidSpecError(
-            "targets: an adapter on lm_head alone is modelled on unpacked rows, and for QLoRA "
-            "under mixed_precision bf16 or with checkpointing (else a decoder forward moment, not "
-            "modelled, can be the peak): 'lm_head'"
-        )
     kernel = attention_kernel(s.method, s.packed, s.attn_implementation, mixed)
     st, weights, grads, states, step_g = _static_groups(
         s.model, s.method, s.quant, s.rank, s.targets, s.adapter_dtype, s.optimizer

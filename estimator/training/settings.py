@@ -20,6 +20,11 @@ N = micro_batch x seq_len tokens, ``position_ids`` restarting at 0 per sequence,
 each sequence's first token, no attention mask, and ``use_cache=False`` (the Trainer's default,
 ``TrainingArguments.use_cache``). ``attn_implementation``: the model's ``sdpa`` or
 ``flash_attention_2`` (flash-attn 2, varlen on a packed row).
+
+Two kinds of refusal, in two places: ``TrainSettings`` refuses what is not a step (a bad value,
+a packed row of one sequence...), for the estimator and the runtime alike; ``check_modelled``
+refuses a valid step the estimate does not model yet, for the estimate only, so the runtime
+can still measure (trace, or run on a GPU) the combinations that are to be modelled next.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidSpecError
+from ..estimate import PRE_SM80_ARCHS
 from ..gpus import Gpu
 from ..model import ModelSpec
 from ..units import check_int
+from .activations import decoder_requires_grad
 from .params import LAYER_TARGETS, MAX_RANK, check_method, targets_label
 from .static import ADAPTER_DTYPES, FULL_PRECISIONS, QLORA_QUANTS, check_optimizer
 
@@ -104,72 +111,16 @@ class TrainSettings:
             _choice("quant", self.quant, QLORA_QUANTS)
         else:
             _choice("quant", self.quant, FULL_PRECISIONS if self.method == "full" else FULL_PRECISIONS[:1])
-        if (
-            self.loss != "transformers"
-            and self.mixed_precision != "off"
-            and self.method != "full"
-            and self.adapter_dtype == "fp32"
-            and (
-                self.grad_checkpointing != "off"
-                or (self.method == "lora" and (self.targets != LAYER_TARGETS or self.dropout > 0))
-            )
-        ):
-            # with the logits gone, a decoder layer's own moment under autocast is the step's peak:
-            # the checkpointed recompute in backward (3B trace at 8K: 1.23 GB for LoRA, 996 MB for
-            # QLoRA above the estimate), or, for LoRA, the forward's fp32 input casts, a candidate
-            # for all-linear targets without dropout only (estimate: down_proj's LoRA forward)
-            raise InvalidSpecError(
-                f"loss: {self.loss} under mixed_precision bf16 with fp32 adapters is modelled without "
-                "gradient checkpointing, and for lora with all-linear targets and no dropout (a decoder "
-                f"layer's moment under autocast, above the loss's, is not modelled otherwise): {self.loss!r}"
-            )
-        if self.quant == "fp32" and self.mixed_precision == "off":
-            # fp32 activations would take SDPA's math path, modelled for QLoRA's layers only
-            raise InvalidSpecError(
-                "quant: fp32 weights are modelled as master weights under mixed_precision bf16 "
-                "(pure fp32 training is not modelled): 'fp32'"
-            )
-        self._check_liger_layers()
-        if self.method != "full" and not self.targets:
-            raise InvalidSpecError(f"targets must name at least one module: {self.targets!r}")
-
-    def _check_liger_layers(self) -> None:
-        """``liger_layers``: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
-        ``liger_kernel_config``), modelled for Llama (QLoRA, bf16 autocast, LoRA dropout, packed
-        rows and flash_attention_2 with the default loss only); each other combination is refused
-        by name until traced."""
         if not isinstance(self.liger_layers, bool):
             raise InvalidSpecError(f"liger_layers must be true or false: {self.liger_layers!r}")
-        if not self.liger_layers:
-            return
-        why = None
-        if self.method == "qlora" and self.loss == "liger":
-            # with the final norm's backward in place a decoder layer's backward moment (not a
-            # candidate) is the peak of the narrow trace: not modelled
-            why = "qlora and loss liger together"
-        elif self.mixed_precision != "off" and (self.quant == "fp32" or self.loss == "liger"):
-            # traced under autocast for bf16 weights and 4-bit bases with the default loss
-            why = f"mixed_precision {self.mixed_precision} with fp32 master weights or loss liger"
-        elif self.loss == "liger" and (self.packed or self.attn_implementation != "sdpa"):
-            # the Liger loss's layer moments are traced on unpacked SDPA rows only
-            why = f"loss liger and a packed row or attn_implementation {self.attn_implementation}"
-        elif self.model.model_type != "llama":
-            why = f"model_type {self.model.model_type} (apply_liger_kernel_to_llama's patches only)"
-        elif self.dropout and self.loss == "liger":
-            why = "LoRA dropout and loss liger together"
-        elif self.loss == "liger" and self.method == "lora" and self.grad_checkpointing == "reentrant":
-            # a decoder layer's moment is then the peak: traced without checkpointing and non-reentrant
-            why = "loss liger on lora with reentrant checkpointing"
-        elif (
-            self.loss == "liger"
-            and self.method == "lora"
-            and (self.targets != LAYER_TARGETS or self.adapter_dtype != "fp32")
-        ):
-            why = "loss liger on lora other than all-linear fp32 adapters"
-        if why is not None:
+        if self.liger_layers and self.model.model_type != "llama":
+            # the runtime's stand-ins (and the estimate) follow apply_liger_kernel_to_llama's patches
             raise InvalidSpecError(
-                f"liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels are not modelled with {why}: True"
+                "liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels are modelled for llama "
+                f"(apply_liger_kernel_to_llama), not model_type {self.model.model_type}: True"
             )
+        if self.method != "full" and not self.targets:
+            raise InvalidSpecError(f"targets must name at least one module: {self.targets!r}")
 
     @property
     def tokens(self) -> int:
@@ -198,3 +149,85 @@ class TrainSettings:
             "engine": "transformers-train",
             "gpu": self.gpu.key if self.gpu else None,
         }
+
+
+def check_modelled(s: TrainSettings) -> None:
+    """Refuse by name a valid step that the estimate does not model (docs/training.md, Limits).
+
+    ``TrainSettings`` says what a step is, and the runtime measures any valid step (trace, cpu,
+    cuda): that is how a combination gets traced before it is modelled. This says what the
+    estimate covers; ``estimate_train_settings`` calls it first, so the CLI, the solvers and the
+    app refuse the same combinations with the same one line naming the field."""
+    if s.gpu is not None and s.gpu.arch in PRE_SM80_ARCHS:
+        # before sm80 there is no flash kernel (SDPA falls back to math with GQA) and no bf16 GEMM
+        raise InvalidSpecError(
+            f"gpu: the training estimate models sm80+ GPUs (flash attention, bf16); {s.gpu.key} is {s.gpu.arch}"
+        )
+    if (
+        s.loss != "transformers"
+        and s.mixed_precision != "off"
+        and s.method != "full"
+        and s.adapter_dtype == "fp32"
+        and (s.grad_checkpointing != "off" or (s.method == "lora" and (s.targets != LAYER_TARGETS or s.dropout > 0)))
+    ):
+        # with the logits gone, a decoder layer's own moment under autocast is the step's peak:
+        # the checkpointed recompute in backward (3B trace at 8K: 1.23 GB for LoRA, 996 MB for
+        # QLoRA above the estimate), or, for LoRA, the forward's fp32 input casts, a candidate
+        # for all-linear targets without dropout only (estimate: down_proj's LoRA forward)
+        raise InvalidSpecError(
+            f"loss: {s.loss} under mixed_precision bf16 with fp32 adapters is modelled without "
+            "gradient checkpointing, and for lora with all-linear targets and no dropout (a decoder "
+            f"layer's moment under autocast, above the loss's, is not modelled otherwise): {s.loss!r}"
+        )
+    if s.quant == "fp32" and s.mixed_precision == "off":
+        # fp32 activations would take SDPA's math path, modelled for QLoRA's layers only
+        raise InvalidSpecError(
+            "quant: fp32 weights are modelled as master weights under mixed_precision bf16 "
+            "(pure fp32 training is not modelled): 'fp32'"
+        )
+    if s.method != "full" and "lm_head" in s.targets and s.loss == "liger":
+        # liger-kernel 0.8.5's lce_forward (lce_maybe_trainable_lm_head) passes ``lm_head.weight``,
+        # PEFT's base weight, to its fused loss and never calls lm_head: the adapter would not
+        # train, and the step is not traced
+        raise InvalidSpecError(
+            "targets: LoRA on lm_head is not modelled with the Liger loss (its fused loss reads "
+            "lm_head.weight and never runs the adapter): 'lm_head'"
+        )
+    head_alone = s.method != "full" and not decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
+    if head_alone and (s.packed or (s.method == "qlora" and s.mixed_precision == "off")):
+        # an adapter on lm_head alone: the decoder runs without a graph and has no backward, so a
+        # moment inside its forward can be the step's peak: SDPA's fp32 math softmax (QLoRA
+        # without autocast), or a packed row's mask and mem-efficient attention (traced at
+        # narrow width and 8K tokens above the loss's moment; not candidates)
+        raise InvalidSpecError(
+            "targets: an adapter on lm_head alone is modelled on unpacked rows, and for QLoRA "
+            "under mixed_precision bf16 or with checkpointing (else a decoder forward moment, not "
+            "modelled, can be the peak): 'lm_head'"
+        )
+    if not s.liger_layers:
+        return
+    # liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels (the Trainer's default
+    # liger_kernel_config), modelled for Llama (QLoRA, bf16 autocast, LoRA dropout, packed rows
+    # and flash_attention_2 with the default loss only); each other combination until traced
+    why = None
+    if s.method == "qlora" and s.loss == "liger":
+        # with the final norm's backward in place a decoder layer's backward moment (not a
+        # candidate) is the peak of the narrow trace: not modelled
+        why = "qlora and loss liger together"
+    elif s.mixed_precision != "off" and (s.quant == "fp32" or s.loss == "liger"):
+        # traced under autocast for bf16 weights and 4-bit bases with the default loss
+        why = f"mixed_precision {s.mixed_precision} with fp32 master weights or loss liger"
+    elif s.loss == "liger" and (s.packed or s.attn_implementation != "sdpa"):
+        # the Liger loss's layer moments are traced on unpacked SDPA rows only
+        why = f"loss liger and a packed row or attn_implementation {s.attn_implementation}"
+    elif s.dropout and s.loss == "liger":
+        why = "LoRA dropout and loss liger together"
+    elif s.loss == "liger" and s.method == "lora" and s.grad_checkpointing == "reentrant":
+        # a decoder layer's moment is then the peak: traced without checkpointing and non-reentrant
+        why = "loss liger on lora with reentrant checkpointing"
+    elif s.loss == "liger" and s.method == "lora" and (s.targets != LAYER_TARGETS or s.adapter_dtype != "fp32"):
+        why = "loss liger on lora other than all-linear fp32 adapters"
+    if why is not None:
+        raise InvalidSpecError(
+            f"liger_layers: Liger's RMSNorm, SwiGLU and RoPE kernels are not modelled with {why}: True"
+        )

@@ -262,15 +262,24 @@ def test_cli_flag(capsys):
     assert d["settings"]["liger_layers"] is True and d["peak_live_bytes"] == 45_804_870_144
 
 
-@pytest.mark.parametrize("module", ["estimator train", "runtime train-measure"])
-def test_refused_flag_exits_2_with_one_line(module):
-    if module.startswith("runtime"):
-        pytest.importorskip("torch")
-    cmd = [sys.executable, "-m", *module.split(), "--liger-layers", "--method", "full", "--quant", "fp32"]
+def test_refused_flag_exits_2_with_one_line():
+    cmd = [sys.executable, "-m", "estimator", "train", "--liger-layers", "--method", "full", "--quant", "fp32"]
     p = subprocess.run([*cmd, "--mixed-precision", "bf16"], capture_output=True, text=True)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "liger_layers" in lines[0] and "fp32 master weights" in lines[0]
+
+
+def test_runtime_measures_what_the_estimate_does_not_model():
+    """The estimate refuses an unmodelled step (settings.check_modelled); the runtime's settings
+    accept it, so it can be traced or run on a GPU before it is modelled."""
+    pytest.importorskip("torch")
+    from runtime.train import train_settings
+
+    kw = {"method": "full", "quant": "fp32", "mixed_precision": "bf16", "liger_layers": True}
+    with pytest.raises(InvalidSpecError, match="liger_layers"):
+        estimate_training(**kw)
+    assert train_settings(device="trace", **kw)["liger_layers"] is True
 
 
 def test_runtime_refuses_cpu():
