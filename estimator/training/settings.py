@@ -193,6 +193,15 @@ def check_modelled(s: TrainSettings) -> None:
             "targets: LoRA on lm_head is not modelled with the Liger loss (its fused loss reads "
             "lm_head.weight and never runs the adapter): 'lm_head'"
         )
+    if s.method != "full" and "lm_head" in s.targets and 2 * s.rank >= s.tokens:
+        # lm_head's LoRA backward holds lora_B's fp32 [V, r] gradient next to the logits' fp32
+        # and bf16 [N, V] gradients (about 4 V r + 6 N V bytes against the loss backward's 12 N V):
+        # above the loss's moment from about r = 1.5 N (found by validation/training/fuzz.py:
+        # r=64 at 32 tokens, 8.2 MB above the estimate), and not a candidate; refused with a margin
+        raise InvalidSpecError(
+            "rank: LoRA on lm_head is modelled for a rank under half the micro-batch's tokens "
+            f"({s.tokens:,}; above it lm_head's LoRA backward can be the peak): {s.rank!r}"
+        )
     head_alone = s.method != "full" and not decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
     if head_alone and (s.packed or (s.method == "qlora" and s.mixed_precision == "off")):
         # an adapter on lm_head alone: the decoder runs without a graph and has no backward, so a

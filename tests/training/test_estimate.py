@@ -267,6 +267,7 @@ def test_bad_input_names_the_field():
         ({"targets": "all-linear,lm_head", "loss": "liger"}, "targets"),
         ({"targets": "lm_head", "micro_batch": 2, "packed": True}, "targets"),
         ({"method": "qlora", "targets": "lm_head"}, "targets"),
+        ({"targets": "q,v,lm_head", "rank": 64, "seq_len": 128}, "rank"),  # lm_head's LoRA backward
         ({"mixed_precision": "fp16"}, "mixed_precision"),
         ({"method": "full", "quant": "fp32"}, "quant"),  # fp32 weights without autocast
         ({"method": "lora", "quant": "fp32", "mixed_precision": "bf16"}, "quant"),
