@@ -93,28 +93,12 @@ def test_packing_attention_and_loss_controls(at):
     at.checkbox(key=training.PACKED).check().run()
     at.selectbox(key=training.ATTN).set_value("flash_attention_2").run()
     assert not at.exception and not at.error
-    p = estimate_training(
-        "llama-3.2-3b",
-        "lora",
-        seq_len=8192,
-        micro_batch=2,
-        gpu=gpu,
-        packed=True,
-        attn_implementation="flash_attention_2",
-    )
+    packed_fa2 = dict(seq_len=8192, micro_batch=2, gpu=gpu, packed=True, attn_implementation="flash_attention_2")
+    p = estimate_training("llama-3.2-3b", "lora", **packed_fa2)
     assert at.metric[0].value == format_gib(p.device_used_bytes)
     at.selectbox(key=training.LOSS).set_value("liger").run()  # liger on a packed row: modelled
     assert not at.exception and not at.error
-    p = estimate_training(
-        "llama-3.2-3b",
-        "lora",
-        seq_len=8192,
-        micro_batch=2,
-        gpu=gpu,
-        packed=True,
-        attn_implementation="flash_attention_2",
-        loss="liger",
-    )
+    p = estimate_training("llama-3.2-3b", "lora", loss="liger", **packed_fa2)
     assert at.metric[0].value == format_gib(p.device_used_bytes)
     at.selectbox(key=training.PRECISION).set_value("bf16").run()  # fp32 adapters, all-linear: modelled
     assert not at.exception and not at.error
