@@ -542,21 +542,29 @@ def liger_lce_forward(
     )
 
 
-def apply_liger_loss(model, device: str) -> None:
-    """Swap the base model's forward for liger's as ``_apply_liger_kernel_to_instance`` (via the
-    Trainer's ``apply_liger_kernel``, which unwraps PEFT first) binds it: trace, the stand-in
-    above; cuda, liger-kernel itself when installed (only its fused linear cross-entropy)."""
+def apply_liger_loss(model) -> None:
+    """Trace: swap the base model's forward for the stand-in above, as
+    ``_apply_liger_kernel_to_instance`` (via the Trainer's ``apply_liger_kernel``, which unwraps
+    PEFT first) binds liger's (on cuda: ``apply_liger_cuda``)."""
     import types
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if device == "cuda":
-        try:
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-        except ImportError:
-            raise SettingsError("loss=liger on cuda needs liger-kernel installed") from None
-        _apply_liger_kernel_to_instance(model=base, rope=False, rms_norm=False, swiglu=False)
-        return
     base.forward = types.MethodType(liger_lce_forward, base)
+
+
+def apply_liger_cuda(model, layers: bool, loss: bool) -> None:
+    """cuda: liger-kernel itself, in one ``_apply_liger_kernel_to_instance`` call on the base model
+    as the Trainer's ``apply_liger_kernel`` makes it: RMSNorm, SwiGLU and RoPE when ``layers``
+    (``liger_layers``), the fused linear cross-entropy when ``loss`` (``loss="liger"``)."""
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        what = "liger_layers" if layers else "loss=liger"
+        raise SettingsError(f"{what} on cuda needs liger-kernel installed") from None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    _apply_liger_kernel_to_instance(
+        model=base, rope=layers, rms_norm=layers, swiglu=layers, fused_linear_cross_entropy=loss
+    )
 
 
 # the SM count a meta trace gives ``rms_norm_backward``'s fp32 partial dW [sm_count, H] (full
@@ -670,29 +678,19 @@ def liger_rotary_pos_emb(q, k, cos, sin, position_ids=None, unsqueeze_dim=1):
 
 
 @contextlib.contextmanager
-def liger_layers_applied(model, device: str, fused_linear_cross_entropy: bool):
+def liger_layers_applied(model):
     """Liger's RMSNorm, SwiGLU and RoPE, as ``apply_liger_kernel_to_llama(rope=True,
     rms_norm=True, swiglu=True, model=base)`` installs them on an instance (the Trainer's
     ``apply_liger_kernel`` unwraps PEFT first, after ``get_peft_model``): the module-level
     ``modeling_llama.apply_rotary_pos_emb`` replaced, and ``forward`` bound on the final norm, each
     layer's two norms and each layer's MLP (``_patch_rms_norm_module``, ``_patch_swiglu_module``).
-    trace: the stand-ins above, the module global restored on exit; cuda: liger-kernel itself
-    (with the fused linear cross-entropy when ``loss="liger"``)."""
+    Trace: the stand-ins above, the module global restored on exit (on cuda:
+    ``apply_liger_cuda``)."""
     import types
 
     from transformers.models.llama import modeling_llama
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if device == "cuda":
-        try:
-            from liger_kernel.transformers import _apply_liger_kernel_to_instance
-        except ImportError:
-            raise SettingsError("liger_layers on cuda needs liger-kernel installed") from None
-        _apply_liger_kernel_to_instance(
-            model=base, rope=True, rms_norm=True, swiglu=True, fused_linear_cross_entropy=fused_linear_cross_entropy
-        )
-        yield model
-        return
     inner = getattr(base, base.base_model_prefix, base)
     norms = [inner.norm] + [
         n for layer in inner.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)
@@ -1333,11 +1331,11 @@ def _run_trace(s: dict[str, Any], r: dict[str, Any]) -> None:
     _cuda_dropouts(model)
     if s.get("loss") == "liger":
         r["details"]["loss"] = "liger fused linear cross-entropy stand-in (liger-kernel 0.8.5)"
-        apply_liger_loss(model, "meta")
+        apply_liger_loss(model)
     layers = contextlib.nullcontext()
     if s.get("liger_layers"):
         r["details"]["liger_layers"] = "liger RMSNorm, SwiGLU, RoPE stand-ins (liger-kernel 0.8.5)"
-        layers = liger_layers_applied(model, "meta", s.get("loss") == "liger")
+        layers = liger_layers_applied(model)
     with layers, FakeTensorMode(allow_non_fake_inputs=True):
         _tracked(s, r, "meta", _materialised(model, "meta"))
 
@@ -1358,11 +1356,8 @@ def _run_cuda(s: dict[str, Any], r: dict[str, Any]) -> None:
         "device_used_bytes": "NVML used memory of this process at the end of the phase",
     }
     model = prepare(build(s, "cuda"), s)
-    if s.get("liger_layers"):  # one _apply_liger_kernel_to_instance call, as the Trainer makes it
-        with liger_layers_applied(model, "cuda", s.get("loss") == "liger"):
-            pass
-    elif s.get("loss") == "liger":
-        apply_liger_loss(model, "cuda")
+    if s.get("liger_layers") or s.get("loss") == "liger":
+        apply_liger_cuda(model, bool(s.get("liger_layers")), s.get("loss") == "liger")
     opt = make_optimizer(model, s, "cuda")
     torch.cuda.synchronize()
     st = static_bytes(model, opt)
