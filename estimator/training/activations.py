@@ -204,7 +204,7 @@ def saved_tensors(
     elif full:
         rows.append(("final norm output (lm_head weight grad)", a * N * H, 1))
     elif "lm_head" in targets:
-        ab = upcast_adapter_bytes(method, adapter_bytes)
+        ab = adapter_elem_bytes(method, "lm_head", adapter_bytes)
         rows += lm_head_lora_rows(spec, method, rank, ab, N, dropout, mixed, head_in_grad)
     rows.append(("log_softmax output fp32", FP32 * N * V, 1))
     rows.append(("labels (padded)" if b == 1 else "shift_labels", INT64 * (T + 1 if b == 1 else N), 1))
@@ -702,11 +702,11 @@ def embed_lora_rows(
     """peft 0.21 ``lora.Embedding._embedding_forward``: ``after_A = F.embedding(ids,
     lora_embedding_A.T)`` [N, r], then ``after_A @ lora_embedding_B.T``. The matmul saves
     ``after_A`` for B's gradient and B.T (a view of the parameter: no bytes) for ``after_A``'s.
-    Under bf16 autocast with an fp32 adapter (``upcast_adapter_bytes``) F.embedding is in no
+    Under bf16 autocast with an fp32 adapter (``static.adapter_elem_bytes``) F.embedding is in no
     autocast list (fp32 ``after_A``, a temporary) and the matmul casts both operands to bf16: the
     bf16 ``after_A`` (2 N r) and B.T's bf16 cast (2 r H; B.T is a view, not a leaf, so
     ``can_try_cache`` does not cache it: a fresh cast per call) are what it saves."""
-    eb = upcast_adapter_bytes(method, adapter_bytes)
+    eb = adapter_elem_bytes(method, "model.embed_tokens", adapter_bytes)
     if mixed and eb == 4:
         return [
             ("embedding lora after_A cast to bf16", 2 * N * rank, 1),
@@ -815,12 +815,6 @@ def recompute_up_proj_rows(
         ("up_proj lora_B output and its scaled copy", ab * N * I, 2),
     ]
     return rows
-
-
-def upcast_adapter_bytes(method: str, adapter_bytes: int) -> int:
-    """The element size of an adapter on the embedding or lm_head (static.adapter_elem_bytes:
-    QLoRA's are fp32 like their upcast base weights)."""
-    return adapter_elem_bytes(method, "lm_head", adapter_bytes)
 
 
 def _embed_leaf_rows(method: str, targets: tuple[str, ...], N: int, H: int, a: int) -> list[tuple[str, int, int]]:

@@ -67,7 +67,6 @@ from .activations import (
     math_attention_backward_rows,
     recompute_up_proj_rows,
     saved_tensors,
-    upcast_adapter_bytes,
 )
 from .loss import final_norm_backward_rows, liger_backward_rows, liger_forward_rows
 from .params import LAYER_TARGETS, TrainableParams, parse_targets, trainable_params
@@ -75,6 +74,7 @@ from .settings import TrainSettings, check_modelled
 from .static import (
     DTYPE_BYTES,
     StaticBytes,
+    adapter_elem_bytes,
     dtype_of,
     optimizer_states,
     static_bytes,
@@ -319,7 +319,7 @@ def _estimate(s: TrainSettings, gpu_memory_bytes: int | None) -> TrainingEstimat
     # a packed row is one sequence of N tokens to the loss, without a cache (use_cache=False)
     T, b = (s.tokens, 1) if s.packed else (s.seq_len, s.micro_batch)
     head_lora = s.method != "full" and "lm_head" in s.targets
-    head_ab = upcast_adapter_bytes(s.method, DTYPE_BYTES[s.adapter_dtype])  # lm_head's adapter
+    head_ab = adapter_elem_bytes(s.method, "lm_head", DTYPE_BYTES[s.adapter_dtype])
     shares = head_lora and lm_head_shares_input(s.method, head_ab, s.dropout > 0, mixed)
     decoder_grad = decoder_requires_grad(s.method, s.targets, s.grad_checkpointing)
     kv_cache = forward_cache_bytes(
